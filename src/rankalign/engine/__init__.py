@@ -1,0 +1,1 @@
+"""rankalign.engine (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""rankalign.eval (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""rankalign.personal (see DESIGN.md)."""

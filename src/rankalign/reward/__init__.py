@@ -1,0 +1,1 @@
+"""rankalign.reward (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""rankalign.sim (see DESIGN.md)."""

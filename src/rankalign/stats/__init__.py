@@ -1,0 +1,1 @@
+"""rankalign.stats (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""rankalign.train (see DESIGN.md)."""
