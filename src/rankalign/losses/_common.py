@@ -1,0 +1,170 @@
+"""Shared tensor helpers for every objective: ranks, log-ratios, the pair decomposition, per-list metrics.
+
+Conventions (DESIGN.md, "Tensor conventions"):
+
+* ``policy_logps``, ``ref_logps``: ``[B, K]`` summed log-probabilities of each candidate's response.
+* ``ranks``: ``[B, K]`` long; 0 best, equal values tie, ``-1`` pads a list shorter than K.
+  ``None`` means column order is the ranking (column 0 best, no ties).
+* A per-list loss is ``[B]``; reduction and record weights are the caller's.
+
+The **pair decomposition** used whenever a pairwise objective sees K > 2 (or ties): every unordered pair
+of valid candidates ``{i, j}`` with different ranks becomes one ordered pair (winner, loser); tied pairs
+and pairs touching padding are left out; the list's loss is the *mean* over its pairs (0 for a list with
+no ordered pair, e.g. K = 1 or all tied). For K = 2 without ties this is exactly the pairwise loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def resolve_ranks(policy_logps: Tensor, ranks: Tensor | None) -> Tensor:
+    """``ranks`` as a ``[B, K]`` long tensor on ``policy_logps``' device (column order when None)."""
+    batch, k = policy_logps.shape[:2]
+    if ranks is None:
+        return torch.arange(k, device=policy_logps.device).expand(batch, k)
+    ranks = torch.as_tensor(ranks, device=policy_logps.device)
+    if ranks.shape != policy_logps.shape[:2]:
+        raise ValueError(f"ranks has shape {tuple(ranks.shape)}, expected {tuple(policy_logps.shape[:2])}")
+    return ranks.long()
+
+
+def valid_mask(ranks: Tensor) -> Tensor:
+    """``[B, K]`` bool: True where a candidate is present (rank >= 0)."""
+    return ranks >= 0
+
+
+def log_ratios(policy_logps: Tensor, ref_logps: Tensor | None) -> Tensor:
+    """rho = log pi_theta(y|x) - log pi_ref(y|x); the policy log-prob itself when reference-free."""
+    if ref_logps is None:
+        return policy_logps
+    if ref_logps.shape != policy_logps.shape:
+        raise ValueError(f"ref_logps has shape {tuple(ref_logps.shape)}, expected {tuple(policy_logps.shape)}")
+    return policy_logps - ref_logps
+
+
+def better_mask(ranks: Tensor) -> Tensor:
+    """``[B, K, K]`` bool: ``[b, i, j]`` is True when candidate i is strictly preferred to j (both valid)."""
+    valid = valid_mask(ranks)
+    both = valid.unsqueeze(2) & valid.unsqueeze(1)
+    return (ranks.unsqueeze(2) < ranks.unsqueeze(1)) & both
+
+
+def tie_mask(ranks: Tensor) -> Tensor:
+    """``[B, K, K]`` bool: ``[b, i, j]`` True for i != j tied (same rank, both valid)."""
+    valid = valid_mask(ranks)
+    k = ranks.shape[1]
+    off_diagonal = ~torch.eye(k, dtype=torch.bool, device=ranks.device)
+    return (ranks.unsqueeze(2) == ranks.unsqueeze(1)) & valid.unsqueeze(2) & valid.unsqueeze(1) & off_diagonal
+
+
+@dataclass
+class Pairs:
+    """Ordered pairs of one batch, ``[B, P]`` each, P = K(K-1)/2 (every unordered pair, oriented).
+
+    ``winner``/``loser`` are candidate indices; ``valid`` marks pairs with a strict preference
+    between two present candidates. Use :meth:`take` to gather any ``[B, K]`` tensor into ``[B, P]``.
+    """
+
+    winner: Tensor
+    loser: Tensor
+    valid: Tensor
+
+    def take(self, values: Tensor) -> tuple[Tensor, Tensor]:
+        """``(values at winners, values at losers)``, each ``[B, P]``."""
+        return values.gather(1, self.winner), values.gather(1, self.loser)
+
+    def mean(self, per_pair: Tensor, weights: Tensor | None = None) -> Tensor:
+        """Per-list (weighted) mean over valid pairs, ``[B]``; 0 for a list with no valid pair.
+
+        Invalid entries are replaced (not multiplied) so a non-finite value there cannot leak NaNs.
+        """
+        w = self.valid.to(per_pair.dtype)
+        if weights is not None:
+            w = w * weights
+        safe = torch.where(self.valid, per_pair, torch.zeros_like(per_pair))
+        total = (safe * w).sum(1)
+        return total / w.sum(1).clamp_min(torch.finfo(per_pair.dtype).tiny)
+
+
+def ordered_pairs(ranks: Tensor) -> Pairs:
+    """All unordered index pairs of K columns, each oriented winner -> loser by ``ranks``."""
+    batch, k = ranks.shape
+    first, second = torch.triu_indices(k, k, offset=1, device=ranks.device)
+    rank_first = ranks[:, first]
+    rank_second = ranks[:, second]
+    first_wins = rank_first <= rank_second
+    winner = torch.where(first_wins, first.expand(batch, -1), second.expand(batch, -1))
+    loser = torch.where(first_wins, second.expand(batch, -1), first.expand(batch, -1))
+    valid = (rank_first >= 0) & (rank_second >= 0) & (rank_first != rank_second)
+    return Pairs(winner=winner.long(), loser=loser.long(), valid=valid)
+
+
+def pairwise_loss(per_pair_fn, policy_logps: Tensor, ref_logps: Tensor | None, ranks: Tensor | None,
+                  *extra: Tensor | None) -> Tensor:
+    """Apply a pairwise objective through the pair decomposition (module docstring).
+
+    ``per_pair_fn(chosen_policy, rejected_policy, chosen_ref, rejected_ref, *chosen_rejected_extras)``
+    receives ``[B, P]`` tensors (``None`` for a missing reference or extra) and returns the ``[B, P]``
+    per-pair loss. ``extra`` tensors (``[B, K]``, e.g. lengths) are gathered the same way and passed as
+    ``(chosen, rejected)`` pairs in order.
+    """
+    ranks = resolve_ranks(policy_logps, ranks)
+    pairs = ordered_pairs(ranks)
+    if pairs.winner.shape[1] == 0:  # K = 1: nothing to compare
+        return policy_logps.sum(1) * 0.0
+    chosen, rejected = pairs.take(policy_logps)
+    if ref_logps is None:
+        ref_chosen = ref_rejected = None
+    else:
+        ref_chosen, ref_rejected = pairs.take(ref_logps)
+    gathered = []
+    for tensor in extra:
+        if tensor is None:
+            gathered.extend([None, None])
+        else:
+            gathered.extend(pairs.take(torch.as_tensor(tensor, device=policy_logps.device).to(policy_logps.dtype)))
+    per_pair = per_pair_fn(chosen, rejected, ref_chosen, ref_rejected, *gathered)
+    return pairs.mean(per_pair)
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+@torch.no_grad()
+def preference_metrics(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor | None = None,
+                       beta: float = 0.1) -> dict[str, Tensor]:
+    """Per-list diagnostics beside any loss, computed once for every objective.
+
+    Returns ``[B]`` tensors:
+
+    * ``reward_best`` / ``reward_worst``: mean implicit reward beta * rho of the best / worst rank group;
+    * ``margin``: mean over ordered pairs of beta * (rho_winner - rho_loser);
+    * ``reward_accuracy``: share of ordered pairs with rho_winner > rho_loser (implicit-reward accuracy);
+    * ``ranking_accuracy``: share of ordered pairs with log pi(y_w) > log pi(y_l) (policy likelihood only);
+    * ``pairs``: number of ordered pairs in the list.
+    Lists without an ordered pair get 0 for the pair averages (check ``pairs``).
+    """
+    ranks = resolve_ranks(policy_logps, ranks)
+    rewards = beta * log_ratios(policy_logps, ref_logps)
+    pairs = ordered_pairs(ranks)
+    valid = valid_mask(ranks)
+    out: dict[str, Tensor] = {}
+    big = torch.iinfo(torch.long).max
+    best = torch.where(valid, ranks, torch.full_like(ranks, big)).min(1, keepdim=True).values
+    worst = torch.where(valid, ranks, torch.full_like(ranks, -1)).max(1, keepdim=True).values
+    for name, target in (("reward_best", best), ("reward_worst", worst)):
+        members = (ranks == target) & valid
+        out[name] = (rewards * members).sum(1) / members.sum(1).clamp_min(1)
+    if pairs.winner.shape[1] == 0:
+        zeros = policy_logps.new_zeros(policy_logps.shape[0])
+        out.update(margin=zeros, reward_accuracy=zeros, ranking_accuracy=zeros, pairs=zeros)
+        return out
+    reward_w, reward_l = pairs.take(rewards)
+    logp_w, logp_l = pairs.take(policy_logps)
+    out["margin"] = pairs.mean(reward_w - reward_l)
+    out["reward_accuracy"] = pairs.mean((reward_w > reward_l).to(rewards.dtype))
+    out["ranking_accuracy"] = pairs.mean((logp_w > logp_l).to(rewards.dtype))
+    out["pairs"] = pairs.valid.sum(1).to(rewards.dtype)
+    return out
