@@ -116,17 +116,24 @@ def pairwise_loss(per_pair_fn, policy_logps: Tensor, ref_logps: Tensor | None, r
     pairs = ordered_pairs(ranks)
     if pairs.winner.shape[1] == 0:  # K = 1: nothing to compare
         return policy_logps.sum(1) * 0.0
-    chosen, rejected = pairs.take(policy_logps)
+    # Invalid pairs (ties, padding) get harmless stand-in inputs (log-prob 0, length 1) *before* the
+    # objective runs: masking only the output would still send NaN gradients through padded entries.
+    def take(values: Tensor, fill: float) -> tuple[Tensor, Tensor]:
+        winner, loser = pairs.take(values)
+        stand_in = torch.full_like(winner, fill)
+        return torch.where(pairs.valid, winner, stand_in), torch.where(pairs.valid, loser, stand_in)
+
+    chosen, rejected = take(policy_logps, 0.0)
     if ref_logps is None:
         ref_chosen = ref_rejected = None
     else:
-        ref_chosen, ref_rejected = pairs.take(ref_logps)
+        ref_chosen, ref_rejected = take(ref_logps, 0.0)
     gathered = []
     for tensor in extra:
         if tensor is None:
             gathered.extend([None, None])
         else:
-            gathered.extend(pairs.take(torch.as_tensor(tensor, device=policy_logps.device).to(policy_logps.dtype)))
+            gathered.extend(take(torch.as_tensor(tensor, device=policy_logps.device).to(policy_logps.dtype), 1.0))
     per_pair = per_pair_fn(chosen, rejected, ref_chosen, ref_rejected, *gathered)
     return pairs.mean(per_pair)
 
