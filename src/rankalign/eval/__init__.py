@@ -1,1 +1,44 @@
-"""rankalign.eval (see DESIGN.md)."""
+"""rankalign.eval: metrics and reports for preference learning (see DESIGN.md).
+
+The metrics (:mod:`rankalign.eval.metrics`) need only NumPy; the reports need ``rich`` and, for PNG
+plots, ``matplotlib``. Neither imports torch or transformers: the model path lives in
+:mod:`rankalign.eval.cli` (``rankalign eval``) and is imported only by that command.
+"""
+
+from .metrics import (
+    alignment_gap,
+    cohens_kappa,
+    expected_calibration_error,
+    gold_win_rate,
+    group_metrics,
+    idealised_ranking_accuracy,
+    kendall_tau,
+    kl_estimate,
+    likelihood_displacement,
+    listwise_ranking_accuracy,
+    listwise_reward_accuracy,
+    mean_kendall_tau,
+    mean_with_se,
+    preference_calibration,
+    ranking_accuracy,
+    reward_accuracy,
+)
+
+__all__ = [
+    "alignment_gap",
+    "cohens_kappa",
+    "expected_calibration_error",
+    "gold_win_rate",
+    "group_metrics",
+    "idealised_ranking_accuracy",
+    "kendall_tau",
+    "kl_estimate",
+    "likelihood_displacement",
+    "listwise_ranking_accuracy",
+    "listwise_reward_accuracy",
+    "mean_kendall_tau",
+    "mean_with_se",
+    "preference_calibration",
+    "ranking_accuracy",
+    "reward_accuracy",
+]

@@ -1,0 +1,658 @@
+"""Evaluation metrics for preference learning, as plain NumPy functions (no torch, no transformers).
+
+Every function takes array-likes and works in float64. Conventions:
+
+* A *pair* is ``(w, l)``: ``w`` the preferred (chosen) response, ``l`` the rejected one.
+* A *list* is a row of ``[N, K]`` values with ``ranks`` ``[N, K]``: 0 best, equal ranks tie, ``-1`` pads a
+  list shorter than K (DESIGN.md, "Tensor conventions"). Its ordered pairs are every two present
+  candidates with different ranks; tied pairs are left out.
+* Standard errors are those of a mean of independent per-unit outcomes: ``s / sqrt(n)`` with the sample
+  standard deviation ``s`` (``ddof=1``). The unit is the prompt wherever several values share a prompt,
+  so correlated samples of one prompt never shrink the SE.
+* Accuracies count a tie in the compared values as wrong (``ties="strict"``, the convention of Chen et
+  al. 2024) unless ``ties="half"`` is asked for.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Sequence
+
+import numpy as np
+
+__all__ = [
+    "mean_with_se",
+    "gold_win_rate",
+    "kl_estimate",
+    "ranking_accuracy",
+    "listwise_ranking_accuracy",
+    "idealised_ranking_accuracy",
+    "alignment_gap",
+    "likelihood_displacement",
+    "reward_accuracy",
+    "listwise_reward_accuracy",
+    "kendall_tau",
+    "mean_kendall_tau",
+    "expected_calibration_error",
+    "preference_calibration",
+    "cohens_kappa",
+    "group_metrics",
+]
+
+TIE_MODES = ("strict", "half")
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _as_float_array(values, name: str, *, ndim: int | tuple[int, ...] | None = None) -> np.ndarray:
+    array = np.asarray(values, dtype=np.float64)
+    allowed = (ndim,) if isinstance(ndim, int) else ndim
+    if allowed is not None and array.ndim not in allowed:
+        raise ValueError(f"{name} must have {' or '.join(map(str, allowed))} dimension(s), got shape {array.shape}")
+    return array
+
+
+def _same_shape(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"{name_a} has shape {a.shape} but {name_b} has shape {b.shape}")
+
+
+def _correct(better: np.ndarray, worse: np.ndarray, ties: str) -> np.ndarray:
+    """1 where ``better > worse``, 0 where below; an exact tie counts 0 (``strict``) or 0.5 (``half``)."""
+    if ties not in TIE_MODES:
+        raise ValueError(f"ties must be one of {TIE_MODES}, got {ties!r}")
+    out = (better > worse).astype(np.float64)
+    if ties == "half":
+        out = out + 0.5 * (better == worse)
+    return out
+
+
+def _share(outcomes: np.ndarray) -> float:
+    return float(outcomes.mean()) if outcomes.size else math.nan
+
+
+def _ordered_pair_values(values: np.ndarray, ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Values at winners and losers of every ordered pair, and the list each pair comes from (1-D each)."""
+    values = _as_float_array(values, "values", ndim=2)
+    ranks = np.asarray(ranks)
+    if ranks.shape != values.shape:
+        raise ValueError(f"ranks has shape {ranks.shape} but the values have shape {values.shape}")
+    if not np.issubdtype(ranks.dtype, np.integer):
+        if not np.all(np.isfinite(ranks)) or not np.all(np.asarray(ranks) == np.round(ranks)):
+            raise ValueError("ranks must be integers (-1 for padding)")
+        ranks = ranks.astype(np.int64)
+    k = values.shape[1]
+    first, second = np.triu_indices(k, 1)
+    rank_a, rank_b = ranks[:, first], ranks[:, second]
+    valid = (rank_a >= 0) & (rank_b >= 0) & (rank_a != rank_b)
+    a_wins = rank_a < rank_b
+    value_a, value_b = values[:, first], values[:, second]
+    winner = np.where(a_wins, value_a, value_b)[valid]
+    loser = np.where(a_wins, value_b, value_a)[valid]
+    list_of_pair = np.broadcast_to(np.arange(values.shape[0])[:, None], valid.shape)[valid]
+    return winner, loser, list_of_pair
+
+
+def _average_pairs(correct: np.ndarray, list_of_pair: np.ndarray, n_lists: int, average: str) -> float:
+    if average == "pairs":
+        return _share(correct)
+    if average == "lists":
+        counts = np.bincount(list_of_pair, minlength=n_lists)
+        sums = np.bincount(list_of_pair, weights=correct, minlength=n_lists)
+        has_pairs = counts > 0
+        return _share(sums[has_pairs] / counts[has_pairs])
+    raise ValueError(f"average must be 'pairs' or 'lists', got {average!r}")
+
+
+# ------------------------------------------------------------------------------------------ estimates
+def mean_with_se(values, *, axis_is_prompt: bool = True) -> tuple[float, float]:
+    """Mean and its standard error, ``(mean, s / sqrt(n))``.
+
+    Parameters
+    ----------
+    values : array-like, shape [N] or [N, S]
+        One value per unit, or ``S`` values (samples) per prompt. With 2-D input the unit is the prompt:
+        each row is averaged first, so the SE accounts for the correlation of samples of one prompt
+        (a cluster-robust SE with equal cluster sizes). NaN entries (missing values) are ignored, and
+        rows with no value are dropped; infinities are kept and make the result infinite.
+    axis_is_prompt : bool
+        For 2-D input, False flattens it and treats every entry as independent.
+
+    Returns
+    -------
+    (mean, se) : tuple of float
+        ``mean = (1/n) sum_i v_i``, ``se = sqrt(sum_i (v_i - mean)^2 / (n - 1)) / sqrt(n)``.
+        ``se`` is NaN for ``n < 2``; both are NaN for ``n = 0``.
+    """
+    array = _as_float_array(values, "values", ndim=(1, 2))
+    if array.ndim == 2:
+        if axis_is_prompt:
+            present = ~np.isnan(array)
+            counts = present.sum(1)
+            sums = np.where(present, array, 0.0).sum(1)
+            array = sums[counts > 0] / counts[counts > 0]
+        else:
+            array = array.ravel()
+    array = array[~np.isnan(array)]
+    n = array.size
+    if n == 0:
+        return math.nan, math.nan
+    mean = float(array.mean())
+    if n < 2:
+        return mean, math.nan
+    with np.errstate(invalid="ignore"):  # an infinite value gives an undefined spread: NaN, not a warning
+        spread = array.std(ddof=1)
+    return mean, float(spread / math.sqrt(n))
+
+
+def gold_win_rate(policy_rewards, reference_rewards, ties: str = "half") -> tuple[float, float]:
+    """Win rate of a policy against the reference policy under a gold reward, paired by prompt.
+
+    AlpacaFarm (Dubois et al. 2023, "AlpacaFarm: A Simulation Framework for Methods that Learn from Human
+    Feedback") scores a method by how often its response beats the reference policy's response to the
+    same prompt. With ``S`` samples per prompt on either side, the prompt's outcome is the share of its
+    ``S_policy * S_reference`` comparisons won:
+
+        o_i = mean_{s, t} [ 1(r*(y_is) > r*(y'_it)) + c * 1(r*(y_is) = r*(y'_it)) ]
+
+    and the rate is ``mean_i o_i`` with SE ``std(o, ddof=1) / sqrt(n)`` over prompts (the prompt is the
+    independent unit).
+
+    Parameters
+    ----------
+    policy_rewards, reference_rewards : array-like, shape [N] or [N, S]
+        Gold rewards of the policy's and the reference policy's responses; row ``i`` is prompt ``i``.
+        NaN marks a missing sample.
+    ties : {"half", "win", "loss", "exclude"}
+        A tie counts ``c = 0.5``, 1 or 0; ``"exclude"`` drops tied comparisons from ``o_i`` (and prompts
+        whose comparisons all tie).
+
+    Returns
+    -------
+    (rate, se) : tuple of float
+    """
+    policy = _as_float_array(policy_rewards, "policy_rewards", ndim=(1, 2))
+    reference = _as_float_array(reference_rewards, "reference_rewards", ndim=(1, 2))
+    policy = policy[:, None] if policy.ndim == 1 else policy
+    reference = reference[:, None] if reference.ndim == 1 else reference
+    if policy.shape[0] != reference.shape[0]:
+        raise ValueError(f"{policy.shape[0]} prompts in policy_rewards but {reference.shape[0]} in reference_rewards")
+    tie_credit = {"half": 0.5, "win": 1.0, "loss": 0.0, "exclude": None}
+    if ties not in tie_credit:
+        raise ValueError(f"ties must be one of {sorted(tie_credit)}, got {ties!r}")
+    a = policy[:, :, None]
+    b = reference[:, None, :]
+    present = np.isfinite(a) & np.isfinite(b)
+    wins = ((a > b) & present).sum((1, 2)).astype(np.float64)
+    tied = ((a == b) & present).sum((1, 2)).astype(np.float64)
+    total = present.sum((1, 2)).astype(np.float64)
+    if tie_credit[ties] is None:
+        total = total - tied
+        score = wins
+    else:
+        score = wins + tie_credit[ties] * tied
+    keep = total > 0
+    outcomes = score[keep] / total[keep]
+    return mean_with_se(outcomes)
+
+
+def kl_estimate(policy_logps, ref_logps, *, estimator: str = "k1") -> tuple[float, float]:
+    """Monte-Carlo estimate of KL(pi || pi_ref) from responses sampled from the policy pi.
+
+    With ``y ~ pi`` and the log-ratio ``log r = log pi_ref(y) - log pi(y)``:
+
+    * ``"k1"`` (the plain estimator): ``KL = E_pi[log pi(y) - log pi_ref(y)] = E_pi[-log r]``. Unbiased,
+      but single samples can be negative and its variance is high when pi is far from pi_ref.
+    * ``"k3"`` (J. Schulman 2020, "Approximating KL Divergence"): ``E_pi[(r - 1) - log r]``. Also unbiased,
+      because ``E_pi[r] = 1``, and every term is >= 0 (``x - 1 >= log x``), so its variance is lower when
+      the two policies are close. ``r - 1`` is computed as ``expm1(log r)``.
+
+    Parameters
+    ----------
+    policy_logps, ref_logps : array-like, shape [M] or [N, S]
+        Sequence log-probabilities of the sampled responses under pi and pi_ref. ``[N, S]`` is ``S``
+        samples for each of ``N`` prompts: the estimate is then the mean over prompts of the per-prompt
+        mean (KL of the policy averaged over the prompt distribution) and the SE treats the prompt as
+        the unit.
+
+    Returns
+    -------
+    (kl, se) : tuple of float
+    """
+    policy = _as_float_array(policy_logps, "policy_logps", ndim=(1, 2))
+    reference = _as_float_array(ref_logps, "ref_logps", ndim=(1, 2))
+    _same_shape(policy, reference, "policy_logps", "ref_logps")
+    log_r = reference - policy
+    if estimator == "k1":
+        terms = -log_r
+    elif estimator == "k3":
+        with np.errstate(over="ignore"):
+            terms = np.expm1(log_r) - log_r
+    else:
+        raise ValueError(f"estimator must be 'k1' or 'k3', got {estimator!r}")
+    return mean_with_se(terms)
+
+
+# ------------------------------------------------------------------------------------ ranking accuracy
+def ranking_accuracy(logps_w, logps_l, *, ties: str = "strict") -> float:
+    """Share of pairs in which the model gives the preferred response the higher likelihood.
+
+    Chen et al. 2024, "Preference Learning Algorithms Do Not Learn Preference Rankings":
+    ``RA = (1/N) sum_i 1[ log pi(y_w,i | x_i) > log pi(y_l,i | x_i) ]``. Only the policy's own likelihoods
+    are compared (no reference model), which is what separates ranking accuracy from reward accuracy.
+
+    Parameters
+    ----------
+    logps_w, logps_l : array-like, shape [N]
+        Summed log-probabilities of the chosen and rejected responses.
+    ties : {"strict", "half"}
+        An exact tie counts as wrong (the paper's strict inequality) or as half right.
+
+    Returns
+    -------
+    float
+        NaN for no pairs.
+    """
+    w = _as_float_array(logps_w, "logps_w", ndim=1)
+    l_ = _as_float_array(logps_l, "logps_l", ndim=1)
+    _same_shape(w, l_, "logps_w", "logps_l")
+    return _share(_correct(w, l_, ties))
+
+
+def listwise_ranking_accuracy(logps, ranks, *, ties: str = "strict", average: str = "pairs") -> float:
+    """Ranking accuracy over every ordered pair of ranked lists.
+
+    For each list, every two present candidates with different ranks form an ordered pair ``(w, l)``
+    and count as correct when ``log pi(y_w) > log pi(y_l)`` (Chen et al. 2024's ranking accuracy applied
+    to the pair decomposition of a ranking; K = 2 gives :func:`ranking_accuracy`).
+
+    Parameters
+    ----------
+    logps : array-like, shape [N, K]
+        Summed log-probabilities of each candidate.
+    ranks : array-like, shape [N, K]
+        0 best, equal = tie (left out), -1 = padding.
+    ties : {"strict", "half"}
+        How an exact tie in ``logps`` counts.
+    average : {"pairs", "lists"}
+        ``"pairs"``: share over all ordered pairs (lists with more pairs weigh more). ``"lists"``: mean
+        over lists of each list's share (lists without an ordered pair are left out).
+
+    Returns
+    -------
+    float
+        NaN when there is no ordered pair.
+    """
+    logps = _as_float_array(logps, "logps", ndim=2)
+    winner, loser, list_of_pair = _ordered_pair_values(logps, ranks)
+    return _average_pairs(_correct(winner, loser, ties), list_of_pair, logps.shape[0], average)
+
+
+def _idealised_correct(ref_logps_w, ref_logps_l, alpha, beta: float, ties: str) -> np.ndarray:
+    w = _as_float_array(ref_logps_w, "ref_logps_w", ndim=1)
+    l_ = _as_float_array(ref_logps_l, "ref_logps_l", ndim=1)
+    _same_shape(w, l_, "ref_logps_w", "ref_logps_l")
+    alpha = np.broadcast_to(_as_float_array(alpha, "alpha"), w.shape)
+    if np.any(~np.isfinite(alpha)) or np.any((alpha < 0) | (alpha > 1)):
+        raise ValueError("alpha (the true preference rate) must lie in [0, 1]")
+    if not (beta > 0 and math.isfinite(beta)):
+        raise ValueError(f"beta must be a positive finite number, got {beta}")
+    interior = (alpha > 0) & (alpha < 1)
+    safe = np.where(interior, alpha, 0.5)
+    # log(alpha / (1 - alpha)) in a form that stays accurate near 0 and 1
+    log_odds = np.log(safe) - np.log1p(-safe)
+    score = (w - l_) + log_odds / beta
+    correct = _correct(score, np.zeros_like(score), ties)
+    # alpha = 1: the optimum puts all of pi_ref's mass ratio behind y_w (infinite reward gap) -> always right;
+    # alpha = 0: always wrong. Decided here so that an infinite reference log-ratio cannot give inf - inf.
+    correct = np.where(alpha >= 1, 1.0, np.where(alpha <= 0, 0.0, correct))
+    return correct
+
+
+def idealised_ranking_accuracy(ref_logps_w, ref_logps_l, alpha, beta: float, *, ties: str = "strict") -> float:
+    """Ranking accuracy of the exact optimum of the DPO / RLHF objective.
+
+    Chen et al. 2024, "Preference Learning Algorithms Do Not Learn Preference Rankings" (Theorem 3.1):
+    the optimum ``pi*(y|x) ∝ pi_ref(y|x) exp(r*(x, y) / beta)`` with a Bradley--Terry reward whose
+    difference is ``r*(y_w) - r*(y_l) = log(alpha / (1 - alpha))``, ``alpha`` the true rate at which
+    people prefer ``y_w``, ranks the pair correctly iff
+
+        log pi_ref(y_w|x) - log pi_ref(y_l|x) + (1/beta) log(alpha / (1 - alpha)) > 0.
+
+    So pairs whose reference log-ratio is below ``-(1/beta) log(alpha/(1-alpha))`` stay mis-ranked even
+    at the optimum. Edge cases: ``alpha = 1`` always counts correct and ``alpha = 0`` always wrong (the
+    log-odds is +-inf); ``alpha = 0.5`` leaves the reference's own ranking (a zero score is a tie, counted
+    by ``ties``).
+
+    Parameters
+    ----------
+    ref_logps_w, ref_logps_l : array-like, shape [N]
+        Reference-model log-probabilities of the chosen and rejected responses.
+    alpha : float or array-like, shape [N]
+        True preference rate of ``y_w`` over ``y_l`` in [0, 1].
+    beta : float
+        KL coefficient of the objective, > 0.
+    ties : {"strict", "half"}
+
+    Returns
+    -------
+    float
+    """
+    return _share(_idealised_correct(ref_logps_w, ref_logps_l, alpha, beta, ties))
+
+
+def alignment_gap(logps_w, logps_l, ref_logps_w, ref_logps_l, alpha, beta: float, *,
+                  ties: str = "strict") -> dict[str, float]:
+    """Ranking accuracy, idealised ranking accuracy, and the gap between them.
+
+    The *alignment gap* (Chen et al. 2024) is ``idealised - actual``: how far a trained policy is from
+    the ranking accuracy its own objective would reach at the optimum. Returns
+    ``{"ranking_accuracy", "idealised_ranking_accuracy", "alignment_gap", "n"}``.
+    """
+    actual = ranking_accuracy(logps_w, logps_l, ties=ties)
+    ideal = idealised_ranking_accuracy(ref_logps_w, ref_logps_l, alpha, beta, ties=ties)
+    return {"ranking_accuracy": actual, "idealised_ranking_accuracy": ideal,
+            "alignment_gap": ideal - actual, "n": int(np.asarray(logps_w).size)}
+
+
+# ------------------------------------------------------------------------------- likelihood dynamics
+def _displacement_summary(before: np.ndarray, after: np.ndarray) -> dict[str, float]:
+    change = after - before
+    mean, se = mean_with_se(change)
+    return {
+        "mean_change": mean,
+        "se": se,
+        "median_change": float(np.median(change)) if change.size else math.nan,
+        "share_decreased": _share((change < 0).astype(np.float64)),
+        "n": int(change.size),
+    }
+
+
+def likelihood_displacement(logps_before, logps_after, which: str = "chosen") -> dict:
+    """How responses' log-probabilities move during training.
+
+    Razin et al. 2024, "Unintentional Unalignment: Likelihood Displacement in Direct Preference
+    Optimization": preference objectives can *lower* ``log pi(y_w)`` while raising the margin, moving
+    probability mass to responses outside the data. For each response the change is
+    ``Delta = log pi_after(y) - log pi_before(y)``; reported are its mean (with SE), median, and the
+    share of responses whose log-probability decreased (``Delta < 0``).
+
+    Parameters
+    ----------
+    logps_before, logps_after : array-like, shape [N] or [N, 2]
+        Log-probabilities before and after training (e.g. the reference and the trained policy). 1-D
+        arrays are one kind of response, named by ``which``. ``[N, 2]`` holds (chosen, rejected) columns.
+    which : {"chosen", "rejected", "both"}
+        Which column to summarise for 2-D input; ``"both"`` returns ``{"chosen": ..., "rejected": ...,
+        "margin": ...}`` where ``margin`` is the change of ``log pi(y_w) - log pi(y_l)``.
+
+    Returns
+    -------
+    dict
+        ``{"mean_change", "se", "median_change", "share_decreased", "n"}`` (nested per column for
+        ``"both"``).
+    """
+    before = _as_float_array(logps_before, "logps_before", ndim=(1, 2))
+    after = _as_float_array(logps_after, "logps_after", ndim=(1, 2))
+    _same_shape(before, after, "logps_before", "logps_after")
+    if which not in ("chosen", "rejected", "both"):
+        raise ValueError(f"which must be 'chosen', 'rejected' or 'both', got {which!r}")
+    if before.ndim == 1:
+        if which == "both":
+            raise ValueError("which='both' needs [N, 2] arrays of (chosen, rejected) log-probabilities")
+        return _displacement_summary(before, after)
+    if before.shape[1] != 2:
+        raise ValueError(f"2-D log-probabilities must be [N, 2] (chosen, rejected), got shape {before.shape}")
+    if which == "chosen":
+        return _displacement_summary(before[:, 0], after[:, 0])
+    if which == "rejected":
+        return _displacement_summary(before[:, 1], after[:, 1])
+    return {
+        "chosen": _displacement_summary(before[:, 0], after[:, 0]),
+        "rejected": _displacement_summary(before[:, 1], after[:, 1]),
+        "margin": _displacement_summary(before[:, 0] - before[:, 1], after[:, 0] - after[:, 1]),
+    }
+
+
+# -------------------------------------------------------------------------------------- reward models
+def reward_accuracy(rewards_w, rewards_l, *, ties: str = "strict") -> float:
+    """Share of pairs in which a reward model scores the preferred response higher.
+
+    ``(1/N) sum_i 1[r(x_i, y_w,i) > r(x_i, y_l,i)]`` -- the accuracy reported for reward models (e.g.
+    Ouyang et al. 2022, "Training language models to follow instructions with human feedback") and, with
+    the implicit reward ``beta (log pi - log pi_ref)``, DPO's "reward accuracy" (Rafailov et al. 2023).
+    """
+    w = _as_float_array(rewards_w, "rewards_w", ndim=1)
+    l_ = _as_float_array(rewards_l, "rewards_l", ndim=1)
+    _same_shape(w, l_, "rewards_w", "rewards_l")
+    return _share(_correct(w, l_, ties))
+
+
+def listwise_reward_accuracy(rewards, ranks, *, ties: str = "strict", average: str = "pairs") -> float:
+    """:func:`reward_accuracy` over every ordered pair of ranked lists (see
+    :func:`listwise_ranking_accuracy` for ``ranks``, ``ties`` and ``average``)."""
+    rewards = _as_float_array(rewards, "rewards", ndim=2)
+    winner, loser, list_of_pair = _ordered_pair_values(rewards, ranks)
+    return _average_pairs(_correct(winner, loser, ties), list_of_pair, rewards.shape[0], average)
+
+
+def kendall_tau(x, y) -> float:
+    """Kendall's tau-b rank correlation, with ties.
+
+    Kendall 1945, "The treatment of ties in ranking problems":
+
+        tau_b = (n_c - n_d) / sqrt((n_0 - n_x)(n_0 - n_y)),
+
+    ``n_c``/``n_d`` the concordant/discordant pairs, ``n_0 = n(n-1)/2``, ``n_x = sum_t t(t-1)/2`` over
+    groups of ``t`` tied values of ``x`` (``n_y`` likewise). ``n_c - n_d = sum_{i<j} sign(x_i - x_j)
+    sign(y_i - y_j)`` is summed exactly in blocks (O(n^2) time, O(n * block) memory). NaN when fewer than
+    two items or when either variable is constant (the denominator is 0), as in ``scipy.stats.kendalltau``.
+    """
+    x = _as_float_array(x, "x", ndim=1)
+    y = _as_float_array(y, "y", ndim=1)
+    _same_shape(x, y, "x", "y")
+    if np.any(~np.isfinite(x)) or np.any(~np.isfinite(y)):
+        raise ValueError("kendall_tau needs finite values")
+    n = x.size
+    if n < 2:
+        return math.nan
+    block = max(1, 2_000_000 // n)
+    s = 0
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        sign_x = np.sign(x[start:stop, None] - x[None, :])
+        sign_y = np.sign(y[start:stop, None] - y[None, :])
+        s += int((sign_x * sign_y).sum())
+    s //= 2  # every unordered pair was counted twice (i, j) and (j, i); the diagonal adds 0
+    n0 = n * (n - 1) / 2
+
+    def tied_pairs(v):
+        _, counts = np.unique(v, return_counts=True)
+        return float((counts * (counts - 1) / 2).sum())
+
+    denominator = math.sqrt((n0 - tied_pairs(x)) * (n0 - tied_pairs(y)))
+    if denominator == 0:
+        return math.nan
+    return s / denominator
+
+
+def mean_kendall_tau(scores, ranks) -> tuple[float, float]:
+    """Mean over lists of Kendall's tau-b between model scores and human ranks, with its SE.
+
+    Each row of ``scores`` ``[N, K]`` is compared with ``-ranks`` (rank 0 best, so a higher score should
+    go with a lower rank); padding (``rank -1``) is left out. Lists where tau is undefined (fewer than two
+    candidates, or all tied) are left out.
+    """
+    scores = _as_float_array(scores, "scores", ndim=2)
+    ranks = np.asarray(ranks)
+    if ranks.shape != scores.shape:
+        raise ValueError(f"ranks has shape {ranks.shape} but scores have shape {scores.shape}")
+    taus = []
+    for row_scores, row_ranks in zip(scores, ranks):
+        present = row_ranks >= 0
+        tau = kendall_tau(row_scores[present], -row_ranks[present].astype(np.float64)) \
+            if present.sum() >= 2 else math.nan
+        if math.isfinite(tau):
+            taus.append(tau)
+    return mean_with_se(np.asarray(taus, dtype=np.float64))
+
+
+# ---------------------------------------------------------------------------------------- calibration
+def expected_calibration_error(probs, outcomes, n_bins: int = 10) -> tuple[float, list[dict]]:
+    """Expected calibration error with equal-width bins, and the reliability table behind it.
+
+    Naeini et al. 2015, "Obtaining Well Calibrated Probabilities Using Bayesian Binning"; Guo et al. 2017,
+    "On Calibration of Modern Neural Networks":
+
+        ECE = sum_b (n_b / n) | mean_{i in b} y_i - mean_{i in b} p_i |,
+
+    bins ``[b/B, (b+1)/B)`` for ``b < B - 1`` and ``[(B-1)/B, 1]`` for the last.
+
+    Parameters
+    ----------
+    probs : array-like, shape [N]
+        Predicted probabilities of the event, in [0, 1].
+    outcomes : array-like, shape [N]
+        What happened: 0/1 (bool) or a soft frequency in [0, 1] (e.g. the share of annotators who agreed).
+    n_bins : int
+
+    Returns
+    -------
+    (ece, table)
+        ``table`` has one dict per bin: ``lower``, ``upper``, ``count``, ``mean_probability``,
+        ``mean_outcome``, ``gap`` (outcome minus probability; NaN for an empty bin). ECE is NaN for N = 0.
+    """
+    p = _as_float_array(probs, "probs", ndim=1)
+    y = _as_float_array(outcomes, "outcomes", ndim=1)
+    _same_shape(p, y, "probs", "outcomes")
+    if np.any(~np.isfinite(p)) or np.any((p < 0) | (p > 1)):
+        raise ValueError("probs must lie in [0, 1]")
+    if np.any(~np.isfinite(y)) or np.any((y < 0) | (y > 1)):
+        raise ValueError("outcomes must lie in [0, 1]")
+    if int(n_bins) != n_bins or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive integer, got {n_bins}")
+    n_bins = int(n_bins)
+    index = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)
+    counts = np.bincount(index, minlength=n_bins)
+    sum_p = np.bincount(index, weights=p, minlength=n_bins)
+    sum_y = np.bincount(index, weights=y, minlength=n_bins)
+    table = []
+    ece = 0.0
+    for b in range(n_bins):
+        count = int(counts[b])
+        mean_p = sum_p[b] / count if count else math.nan
+        mean_y = sum_y[b] / count if count else math.nan
+        table.append({"lower": b / n_bins, "upper": (b + 1) / n_bins, "count": count,
+                      "mean_probability": float(mean_p), "mean_outcome": float(mean_y),
+                      "gap": float(mean_y - mean_p) if count else math.nan})
+        if count:
+            ece += count * abs(mean_y - mean_p)
+    return (ece / p.size if p.size else math.nan), table
+
+
+def _log_sigmoid(x: np.ndarray) -> np.ndarray:
+    return -np.logaddexp(0.0, -x)
+
+
+def preference_calibration(margins, *, beta: float = 1.0, outcomes=1.0,
+                           n_bins: int = 10) -> tuple[float, list[dict]]:
+    """Calibration of a model's preference probability ``P(y_w > y_l) = sigma(beta * h)``.
+
+    ``h`` is the margin between chosen and rejected: the implicit-reward log-ratio difference
+    ``(log pi - log pi_ref)(y_w) - (log pi - log pi_ref)(y_l)`` for DPO (Rafailov et al. 2023) with
+    ``beta`` the objective's, or a reward-model score difference with ``beta = 1`` (Bradley--Terry).
+    Because every pair is oriented with the chosen response first, the raw outcome is always 1; each
+    pair therefore enters in both orientations, ``(sigma(beta h), y)`` and ``(sigma(-beta h), 1 - y)``,
+    so that over- and under-confidence are both visible (a symmetric reliability diagram). ``outcomes``
+    is the observed preference rate of ``y_w`` (1 for a hard label; ``alpha`` where known).
+
+    Returns :func:`expected_calibration_error` of the 2N oriented pairs.
+    """
+    h = _as_float_array(margins, "margins", ndim=1)
+    y = np.broadcast_to(_as_float_array(outcomes, "outcomes"), h.shape).astype(np.float64)
+    p = np.exp(_log_sigmoid(beta * h))
+    q = np.exp(_log_sigmoid(-beta * h))
+    return expected_calibration_error(np.concatenate([p, q]), np.concatenate([y, 1.0 - y]), n_bins)
+
+
+# -------------------------------------------------------------------------------------------- agreement
+def cohens_kappa(labels_a: Sequence[Hashable], labels_b: Sequence[Hashable]) -> float:
+    """Cohen's kappa, chance-corrected agreement of two annotators on the same items.
+
+    Cohen 1960, "A Coefficient of Agreement for Nominal Scales":
+    ``kappa = (p_o - p_e) / (1 - p_e)`` with ``p_o`` the observed share of items labelled the same and
+    ``p_e = sum_c p_a(c) p_b(c)`` the agreement expected from each annotator's label frequencies.
+    Labels are any hashable values; ``"tie"`` (or any other value) is simply one more category. ``None``
+    marks an item an annotator did not label; such items are left out. NaN when no item is left, or when
+    ``p_e = 1`` (both annotators always use the same single category, so agreement cannot beat chance).
+    """
+    a = list(labels_a)
+    b = list(labels_b)
+    if len(a) != len(b):
+        raise ValueError(f"{len(a)} labels from annotator a but {len(b)} from annotator b")
+    both = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
+    n = len(both)
+    if n == 0:
+        return math.nan
+    categories = {c: i for i, c in enumerate(dict.fromkeys([x for x, _ in both] + [y for _, y in both]))}
+    counts = np.zeros((len(categories), len(categories)), dtype=np.float64)
+    for x, y in both:
+        counts[categories[x], categories[y]] += 1
+    p_observed = np.trace(counts) / n
+    p_expected = float((counts.sum(1) / n) @ (counts.sum(0) / n))
+    if p_expected >= 1.0:
+        return math.nan
+    return float((p_observed - p_expected) / (1.0 - p_expected))
+
+
+# ----------------------------------------------------------------------------------------------- groups
+def group_metrics(values, groups, *, all_groups: Sequence[Hashable] | None = None,
+                  higher_is_better: bool = True, min_count: int = 1) -> dict:
+    """Per-group mean (with SE) of a per-example metric, and the worst group.
+
+    Worst-group performance (Sagawa et al. 2020, "Distributionally Robust Neural Networks") shows whether
+    an aligned model serves every annotator population or only the majority.
+
+    Parameters
+    ----------
+    values : array-like, shape [N]
+        Per-example values (e.g. 0/1 correctness of a pair, a gold reward). NaN values are ignored.
+    groups : sequence of hashable, length N
+        The group of each example (annotator id, population, topic).
+    all_groups : sequence, optional
+        Groups to report even when they have no example (reported with ``n = 0`` and NaN mean).
+    higher_is_better : bool
+        The worst group is the one with the lowest mean (True) or the highest (False).
+    min_count : int
+        Groups with fewer examples are reported but cannot be the worst group.
+
+    Returns
+    -------
+    dict
+        ``{"groups": {group: {"mean", "se", "n"}}, "worst_group", "worst_value", "best_group",
+        "best_value", "gap"}`` with ``gap = |best - worst|``; the worst/best entries are None/NaN when no
+        group is eligible.
+    """
+    values = _as_float_array(values, "values", ndim=1)
+    groups = list(groups)
+    if len(groups) != values.size:
+        raise ValueError(f"{values.size} values but {len(groups)} group labels")
+    members: dict = {g: [] for g in (all_groups or [])}
+    for value, group in zip(values, groups):
+        members.setdefault(group, []).append(value)
+    per_group = {}
+    for group, vals in members.items():
+        array = np.asarray(vals, dtype=np.float64)
+        array = array[np.isfinite(array)]
+        mean, se = mean_with_se(array)
+        per_group[group] = {"mean": mean, "se": se, "n": int(array.size)}
+    eligible = [(g, r["mean"]) for g, r in per_group.items() if r["n"] >= max(1, min_count)]
+    out = {"groups": per_group, "worst_group": None, "worst_value": math.nan,
+           "best_group": None, "best_value": math.nan, "gap": math.nan}
+    if eligible:
+        pick_worst = min if higher_is_better else max
+        pick_best = max if higher_is_better else min
+        worst = pick_worst(eligible, key=lambda item: item[1])
+        best = pick_best(eligible, key=lambda item: item[1])
+        out.update(worst_group=worst[0], worst_value=worst[1], best_group=best[0], best_value=best[1],
+                   gap=abs(best[1] - worst[1]))
+    return out
