@@ -1,0 +1,345 @@
+"""The training configuration: one dataclass, mirrored key for key by the YAML file.
+
+``rankalign train CONFIG.yaml --set lr=1e-4 --set peft.r=8`` reads the YAML into :class:`TrainConfig`,
+applies the ``--set`` overrides (converted to the field's type), validates, and saves the resolved
+configuration beside the checkpoints as ``output_dir/train_config.yaml``.
+
+Unknown keys are errors that name the key, where it was found, and the closest known key (difflib).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tempfile
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+LAYOUTS = ("shared", "duplicated")
+DATA_FORMS = ("lists", "pairs")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the source (file or ``--set``) and the key."""
+
+
+@dataclass
+class PeftConfig:
+    """LoRA options (``peft``). ``enabled: false`` trains all weights.
+
+    With LoRA and no explicit reference model, the reference is the base model with the adapter
+    disabled (its log-probs are computed once, before training, and cached).
+    """
+
+    enabled: bool = False
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs. Every field is a YAML key of the same name.
+
+    Model and data
+        ``model``: a local directory with a saved causal LM (loaded with ``trust_remote_code=False``)
+        or ``tiny:<arch>`` (``tiny:llama``, ``tiny:gpt2``), a small model built from a config by
+        :func:`rankalign.engine.tiny_causal_lm` with ``tiny_model`` keyword overrides.
+        ``tokenizer``: a local tokenizer directory; ``"train"`` builds a BPE tokenizer on the data's
+        text with :func:`rankalign.engine.build_tokenizer` (``tokenizer_vocab_size``). Default: the
+        model directory's tokenizer.
+        ``data``: a data file read by :func:`rankalign.data.read` with ``data_options`` (e.g.
+        ``layout``, ``map``); ``data_form``: ``lists`` (keep ranked lists whole) or ``pairs`` (decompose
+        with ``pair_strategy``). ``max_records`` keeps the first N records (0 = all).
+
+    Objective
+        ``objective``: a name in :func:`rankalign.losses.names`; ``loss_params``: its keyword parameters
+        (``beta`` ...). ``beta`` is also the scale of the logged implicit rewards.
+
+    Optimisation
+        ``batch_size``: lists per device per micro-step; ``gradient_accumulation``: micro-steps per
+        optimiser step (the global batch is ``batch_size * gradient_accumulation * processes`` lists);
+        ``lr``, ``weight_decay``, ``warmup_steps``, ``lr_scheduler``, ``max_grad_norm``;
+        ``epochs`` or ``max_steps`` (> 0 wins); ``seed`` fixes initialisation and the data order.
+    """
+
+    # model and tokenizer
+    model: str = "tiny:llama"
+    tiny_model: dict[str, Any] = field(default_factory=dict)
+    tokenizer: str | None = None
+    tokenizer_vocab_size: int = 512
+    # data
+    data: str | None = None
+    data_options: dict[str, Any] = field(default_factory=dict)
+    data_form: str = "lists"
+    pair_strategy: str = "best_vs_rest"
+    max_records: int = 0
+    max_prompt_tokens: int | None = 256
+    max_response_tokens: int | None = 64
+    on_empty: str = "drop"
+    # objective
+    objective: str = "dpo"
+    loss_params: dict[str, Any] = field(default_factory=dict)
+    # optimisation
+    batch_size: int = 4
+    gradient_accumulation: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    lr_scheduler: str = "constant"
+    max_grad_norm: float = 1.0
+    epochs: float = 1.0
+    max_steps: int = -1
+    seed: int = 0
+    # engine
+    layout: str = "shared"
+    max_tokens_per_row: int | None = None
+    reference_cache_dir: str | None = None
+    precompute_reference: bool = True
+    reference_model: str | None = None
+    # output
+    output_dir: str = "runs/train"
+    save_steps: int = 0
+    save_total_limit: int | None = 2
+    logging_steps: int = 1
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    resume: bool = True
+    progress: bool = True
+    # hardware
+    bf16: str | bool = "auto"
+    peft: PeftConfig = field(default_factory=PeftConfig)
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for values that cannot work together."""
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.data_form not in DATA_FORMS:
+            raise ConfigError(f"data_form must be one of {DATA_FORMS}, got {self.data_form!r}")
+        if self.on_empty not in ("error", "drop"):
+            raise ConfigError(f"on_empty must be 'error' or 'drop', got {self.on_empty!r}")
+        if self.batch_size < 1 or self.gradient_accumulation < 1:
+            raise ConfigError("batch_size and gradient_accumulation must be >= 1")
+        if self.max_steps <= 0 and self.epochs <= 0:
+            raise ConfigError("set epochs > 0 or max_steps > 0")
+        if self.bf16 not in ("auto", True, False):
+            raise ConfigError(f"bf16 must be auto, true or false, got {self.bf16!r}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+
+
+# ------------------------------------------------------------------------------------------ conversion
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+# names other tools use for our keys (TrainingArguments, TRL), suggested before difflib's guess
+SYNONYMS = {
+    "learning_rate": "lr",
+    "num_train_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "gradient_accumulation",
+    "loss": "objective",
+    "loss_type": "objective",
+    "beta": "loss_params.beta",
+    "lora": "peft",
+    "model_name_or_path": "model",
+    "dataset": "data",
+}
+
+
+def _unknown_key_error(key: str, known, where: str) -> ConfigError:
+    close = [SYNONYMS[key]] if key in SYNONYMS and SYNONYMS[key].split(".")[0] in known else \
+        difflib.get_close_matches(key, list(known), n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(sorted(known))}"
+    return ConfigError(f"{where}: unknown key {key!r}{hint}")
+
+
+def _convert(value, annotation, where: str):
+    """Convert ``value`` (from YAML or a ``--set`` string) to ``annotation``; raise ConfigError if it does not fit."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        if isinstance(value, str) and value.strip().lower() in ("null", "none", "~") and type(None) in options:
+            return None
+        errors = []
+        # try the non-str options first so "3" becomes 3 for int | None, but a str option keeps text
+        for option in sorted((o for o in options if o is not type(None)), key=lambda o: o is str):
+            try:
+                return _convert(value, option, where)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if errors else f"{where}: cannot be null")
+    if annotation is Any:
+        return value
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return build_dataclass(annotation, value, where)
+    if origin is list:
+        (item_type,) = typing.get_args(annotation) or (Any,)
+        if isinstance(value, str):
+            text = value.strip()
+            parsed = yaml.safe_load(text) if text.startswith("[") else [p.strip() for p in text.split(",") if p.strip()]
+            value = parsed
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        return [_convert(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "1"):
+            return True
+        if isinstance(value, str) and value.strip().lower() in ("false", "no", "off", "0"):
+            return False
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                try:
+                    number = float(value)
+                except ValueError:
+                    number = None
+                if number is not None and number.is_integer():
+                    return int(number)
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, bool) or isinstance(value, (dict, list)) or value is None:
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{where}: unsupported type {annotation!r}")
+
+
+def build_dataclass(cls, mapping: dict, where: str = "config"):
+    """``cls(**mapping)`` with every value converted and every unknown key reported with a suggestion."""
+    types_by_name = _field_types(cls)
+    values = {}
+    for key, value in mapping.items():
+        if key not in types_by_name:
+            raise _unknown_key_error(str(key), types_by_name, where)
+        values[key] = _convert(value, types_by_name[key], f"{where}: {key}")
+    return cls(**values)
+
+
+def apply_override(config: TrainConfig, assignment: str) -> TrainConfig:
+    """Apply one ``key=value`` (dotted keys reach nested sections, e.g. ``peft.r=16``), converting the type.
+
+    A value is converted to the field's declared type: ``lr=3e-4`` gives a float, ``max_steps=10`` an int,
+    ``bf16=false`` a bool, ``report_to=tensorboard,jsonl`` a list, ``loss_params={beta: 0.2}`` or
+    ``loss_params.beta=0.2`` a mapping entry (parsed as YAML).
+    """
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected key=value")
+    key, raw = assignment.split("=", 1)
+    key = key.strip()
+    parts = key.split(".")
+    target = config
+    where = "--set"
+    for depth, part in enumerate(parts):
+        types_by_name = _field_types(type(target))
+        if part not in types_by_name:
+            raise _unknown_key_error(part, types_by_name, f"--set {key}")
+        annotation = types_by_name[part]
+        last = depth == len(parts) - 1
+        if last:
+            setattr(target, part, _convert(raw, annotation, f"{where} {key}"))
+            return config
+        current = getattr(target, part)
+        if dataclasses.is_dataclass(current):
+            target = current
+            continue
+        if isinstance(current, dict):
+            # a free-form mapping such as loss_params: the rest of the key is one entry, value parsed as YAML
+            entry = ".".join(parts[depth + 1:])
+            current[entry] = yaml.safe_load(raw)
+            return config
+        raise ConfigError(f"--set {key}: {part!r} is not a section")
+    return config
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> TrainConfig:
+    """Read a YAML config (or start from the defaults when ``path`` is None), apply overrides, validate."""
+    if path is None:
+        config = TrainConfig()
+    else:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+        config = build_dataclass(TrainConfig, data, where=str(path))
+        base = path.parent
+        # relative data/model/tokenizer paths are read relative to the config file when they exist there
+        for name in ("data", "model", "tokenizer", "reference_model"):
+            value = getattr(config, name)
+            if value and not value.startswith("tiny:") and value != "train" and not os.path.isabs(value):
+                candidate = base / value
+                if candidate.exists() and not Path(value).exists():
+                    setattr(config, name, str(candidate))
+    for assignment in overrides:
+        apply_override(config, assignment)
+    try:
+        config.validate()
+    except ConfigError as error:
+        raise ConfigError(f"{path or 'config'}: {error}") from None
+    return config
+
+
+def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def save_config(config: TrainConfig, directory: str | os.PathLike, name: str = "train_config.yaml") -> Path:
+    """Write the resolved config as YAML into ``directory`` atomically (temp file + os.replace)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / name
+    text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
+    handle, temp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp, target)
+    except BaseException:
+        if os.path.exists(temp):
+            os.unlink(temp)
+        raise
+    return target

@@ -1,0 +1,598 @@
+"""`PreferenceTrainer`: any registered objective on ranked lists, on top of ``transformers.Trainer``.
+
+The Trainer supplies the optimiser, schedulers, checkpoints (safetensors weights plus optimiser,
+scheduler and RNG state), accelerate/DeepSpeed/FSDP and the logging integrations. This module adds
+what is specific to preference learning:
+
+* a batch is B *lists* (a pair is a list of two), packed by :func:`rankalign.engine.pack_lists`
+  (prompt once, responses after it in the ``shared`` layout) and scored by
+  :func:`rankalign.engine.sequence_logps`;
+* reference log-probs are computed once before training (:func:`rankalign.engine.compute_reference_logps`,
+  cached on disk), or, with a LoRA adapter and no reference model, from the base model with the adapter
+  disabled;
+* the loss of an optimiser step is the weighted mean of the per-list losses over *all* lists of the
+  step -- every micro-batch of the gradient accumulation and every process -- so accumulating 4 x 2
+  lists gives the gradient of one batch of 8, and 2 processes give the same step as one;
+* the data order is a fixed function of (seed, epoch), so a run resumed from a checkpoint sees the same
+  batches as an uninterrupted one;
+* metrics beside the loss: implicit rewards, margins, reward and ranking accuracy
+  (:func:`rankalign.losses._common.preference_metrics`), a per-token log-ratio "KL" estimate and
+  tokens/s, to the console, TensorBoard and ``output_dir/metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from torch.utils.data import Dataset, Sampler
+
+from rankalign import losses
+from rankalign.losses._common import preference_metrics
+
+METRICS_FILE = "metrics.jsonl"
+_EXTRA_KEYS = ("ref_logps", "num_tokens")
+
+
+# ------------------------------------------------------------------------------------------------ data
+class ListDataset(Dataset):
+    """Tokenized lists with their cached reference log-probs (``[K]`` each, or None)."""
+
+    def __init__(self, lists: Sequence, ref_logps: Sequence[torch.Tensor] | None = None):
+        if ref_logps is not None and len(ref_logps) != len(lists):
+            raise ValueError(f"{len(ref_logps)} reference log-prob rows for {len(lists)} lists")
+        self.lists = list(lists)
+        self.ref_logps = None if ref_logps is None else [torch.as_tensor(r, dtype=torch.float32) for r in ref_logps]
+
+    def __len__(self) -> int:
+        return len(self.lists)
+
+    def __getitem__(self, index: int):
+        return self.lists[index], (None if self.ref_logps is None else self.ref_logps[index])
+
+
+class EpochShuffleSampler(Sampler):
+    """A permutation of the dataset that depends only on ``(seed, epoch)``.
+
+    The Trainer calls :meth:`set_epoch` at the start of every epoch (also when it resumes in the middle
+    of one, then skips the batches already seen), so an interrupted and resumed run sees exactly the
+    batches an uninterrupted run sees.
+    """
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True):
+        self.size = size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.size))
+        generator = torch.Generator()
+        generator.manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+
+def count_tokens(tokenized_list, layout: str) -> int:
+    """Tokens the model runs for one list: prompt once plus responses (shared), or prompt per response."""
+    prompt = len(tokenized_list.prompt_ids)
+    responses = [len(r) for r in tokenized_list.response_ids]
+    if layout == "shared":
+        return prompt + sum(responses)
+    return sum(prompt + r for r in responses)
+
+
+class PreferenceCollator:
+    """Pack B lists with :func:`rankalign.engine.pack_lists`; return a dict the Trainer moves to the device.
+
+    The dict holds the :class:`~rankalign.engine.PackedBatch` fields plus ``ref_logps`` (``[B, K]``,
+    aligned with the batch's response columns, 0 at padding) when references were precomputed, and
+    ``num_tokens`` (for tokens/s).
+    """
+
+    def __init__(self, *, layout: str = "shared", pad_token_id: int = 0, max_tokens_per_row: int | None = None):
+        self.layout = layout
+        self.pad_token_id = pad_token_id
+        self.max_tokens_per_row = max_tokens_per_row
+
+    def __call__(self, items) -> dict[str, Any]:
+        from rankalign.engine import pack_lists
+
+        lists = [item[0] for item in items]
+        packed = pack_lists(lists, layout=self.layout, max_tokens_per_row=self.max_tokens_per_row,
+                            pad_token_id=self.pad_token_id)
+        out = {f.name: getattr(packed, f.name) for f in dataclasses.fields(packed)}
+        width = packed.ranks.shape[1]
+        if items[0][1] is not None:
+            ref = torch.zeros(len(items), width, dtype=torch.float32)
+            for row, (_, values) in enumerate(items):
+                ref[row, : values.shape[0]] = values
+            out["ref_logps"] = ref
+        out["num_tokens"] = torch.tensor(sum(count_tokens(t, self.layout) for t in lists), dtype=torch.long)
+        return out
+
+
+# -------------------------------------------------------------------------------------- model helpers
+def _engine_model(model):
+    """The causal LM the engine runs: the PEFT base model (adapters active) or the model itself."""
+    if hasattr(model, "get_base_model"):
+        return model.get_base_model()
+    return model
+
+
+def _forward_through_wrapper(wrapped, inner, compute):
+    """Run ``compute()`` as ``wrapped``'s forward (DDP needs its forward called to synchronise gradients).
+
+    ``inner.forward`` is replaced by a one-shot function for a single call: DistributedDataParallel's
+    forward calls ``inner(...)`` which runs ``compute`` with the original forward restored.
+    """
+    def forward_once(*args, **kwargs):
+        inner.__dict__.pop("forward", None)
+        return compute()
+
+    inner.forward = forward_once
+    try:
+        return wrapped()
+    finally:
+        inner.__dict__.pop("forward", None)
+
+
+def bf16_available() -> bool:
+    """True where the hardware computes in bfloat16 natively (a CUDA device that supports it)."""
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+# ------------------------------------------------------------------------------------------- callbacks
+def _append_line(path: Path, line: str) -> None:
+    """Append one line with a single O_APPEND write, then fsync: a reader never sees half a line."""
+    data = (line.rstrip("\n") + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class MetricsFileCallback(transformers.TrainerCallback):
+    """Write every training log to ``output_dir/metrics.jsonl``, one JSON object per line.
+
+    At the start of training the file is cut back to the lines with ``step <= global_step`` (atomically),
+    so after a resume the steps that were lost with the killed process are not listed twice.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a torn last line from a killed writer
+                if row.get("step", 0) <= state.global_step:
+                    kept.append(line)
+        handle, temp = tempfile.mkstemp(dir=self.path.parent, prefix=".metrics.", suffix=".tmp")
+        with os.fdopen(handle, "w") as stream:
+            stream.write("".join(line + "\n" for line in kept))
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp, self.path)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        row = {"step": state.global_step, "epoch": state.epoch, **logs}
+        _append_line(self.path, json.dumps(row, default=float))
+
+
+# ------------------------------------------------------------------------------------------- trainer
+class PreferenceTrainer(transformers.Trainer):
+    """``transformers.Trainer`` whose loss is a registered preference objective on packed ranked lists.
+
+    Parameters
+    ----------
+    model : PreTrainedModel or PeftModel
+        The policy.
+    args : transformers.TrainingArguments
+        ``per_device_train_batch_size`` counts lists; ``gradient_accumulation_steps`` micro-batches of lists.
+        ``remove_unused_columns`` is forced to False (batches are packed lists, not dataset columns).
+    train_lists : sequence of rankalign.engine.TokenizedList
+        Pairwise, listwise (K > 2, ties, padding) or unpaired lists (K = 1 with ``label``).
+    objective : str
+        A name from :func:`rankalign.losses.names`.
+    loss_params : dict
+        Keyword parameters of the objective (``beta`` also scales the logged implicit rewards).
+    ref_model : PreTrainedModel, optional
+        Reference policy. By default its log-probs are computed once before training and cached
+        (``precompute_reference=True``); otherwise it runs under ``no_grad`` at every step.
+    ref_logps : sequence of Tensor, optional
+        Precomputed reference log-probs, one ``[K]`` tensor per list (skips the reference pass).
+    layout : {"shared", "duplicated"}
+        Packing layout; "shared" falls back to "duplicated" with a warning when the model cannot take a
+        4D attention mask (:func:`rankalign.engine.supports_shared_layout`).
+    reference_cache_dir : path, optional
+        On-disk cache for the reference log-probs.
+    """
+
+    def __init__(self, model, args: transformers.TrainingArguments, train_lists, *, objective: str = "dpo",
+                 loss_params: dict | None = None, ref_model=None, ref_logps=None, layout: str = "shared",
+                 reference_cache_dir: str | os.PathLike | None = None, precompute_reference: bool = True,
+                 max_tokens_per_row: int | None = None, pad_token_id: int | None = None,
+                 processing_class=None, callbacks=None, reference_batch_size: int = 8):
+        from rankalign import engine
+
+        args.remove_unused_columns = False
+        self.objective = losses.get(objective)
+        self.loss_params = {**self.objective.params, **(loss_params or {})}
+        unknown = set(loss_params or {}) - set(self.objective.params)
+        if unknown:
+            raise ValueError(f"objective {objective!r} has no parameter(s) {sorted(unknown)}; "
+                             f"it takes {sorted(self.objective.params)}")
+        self.beta = float(self.loss_params.get("beta", 1.0))
+        self.unpaired = self.objective.family == "unpaired"
+
+        if layout == "shared" and not engine.supports_shared_layout(_engine_model(model)):
+            import warnings
+
+            warnings.warn(f"{type(_engine_model(model)).__name__} does not accept a 4D attention mask; "
+                          "using the duplicated layout (prompt repeated per response)", stacklevel=2)
+            layout = "duplicated"
+        self.layout = layout
+
+        self.ref_model = None
+        if not self.objective.reference_free and ref_logps is None:
+            if ref_model is not None and not precompute_reference:
+                self.ref_model = ref_model.eval()
+                for parameter in self.ref_model.parameters():
+                    parameter.requires_grad_(False)
+            else:
+                ref_logps = compute_reference(model, train_lists, ref_model=ref_model,
+                                              cache_dir=reference_cache_dir, batch_size=reference_batch_size,
+                                              layout=layout)
+        if self.objective.reference_free:
+            ref_logps = None
+
+        if pad_token_id is None:
+            tokenizer = processing_class
+            pad_token_id = getattr(tokenizer, "pad_token_id", None)
+            if pad_token_id is None:
+                pad_token_id = getattr(getattr(_engine_model(model), "config", None), "pad_token_id", None) or 0
+        collator = PreferenceCollator(layout=layout, pad_token_id=pad_token_id, max_tokens_per_row=max_tokens_per_row)
+        dataset = ListDataset(train_lists, ref_logps)
+        callbacks = list(callbacks or [])
+        callbacks.append(MetricsFileCallback(Path(args.output_dir) / METRICS_FILE))
+        super().__init__(model=model, args=args, train_dataset=dataset, data_collator=collator,
+                         processing_class=processing_class, callbacks=callbacks)
+        self.loss_is_scaled_for_ga = True
+        self._step_weight: torch.Tensor | None = None
+        self._metric_sums: dict[str, torch.Tensor] = {}
+        self._last_log_time: float | None = None
+
+    # ---------------------------------------------------------------------------- data order
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        return EpochShuffleSampler(len(dataset), seed=self.args.data_seed if self.args.data_seed is not None
+                                   else self.args.seed)
+
+    # ----------------------------------------------------------------------- loss normalising
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """Fetch the step's micro-batches and the total list weight over them and over all processes."""
+        batch_samples = []
+        for _ in range(num_batches):
+            try:
+                batch_samples.append(next(epoch_iterator))
+            except StopIteration:
+                break
+        total = sum((b["weights"].sum() for b in batch_samples), torch.tensor(0.0)).to(device).float()
+        if self.accelerator.num_processes > 1:
+            total = self.accelerator.reduce(total, reduction="sum")
+        self._step_weight = total
+        return batch_samples, None
+
+    # --------------------------------------------------------------------------------- loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Weighted per-list objective: sum_i w_i loss_i / (sum of w over the whole optimiser step).
+
+        Multiplied by the number of processes because DistributedDataParallel averages gradients.
+        """
+        from rankalign.engine import PackedBatch, sequence_logps
+
+        inputs = dict(inputs)
+        ref_logps = inputs.pop("ref_logps", None)
+        num_tokens = inputs.pop("num_tokens", None)
+        batch = PackedBatch(**inputs)
+
+        inner = self.accelerator.unwrap_model(model)
+        if inner is model:
+            policy_logps = sequence_logps(_engine_model(model), batch)
+        else:
+            policy_logps = _forward_through_wrapper(model, inner, lambda: sequence_logps(_engine_model(inner), batch))
+
+        if ref_logps is None and self.ref_model is not None:
+            with torch.no_grad():
+                ref_logps = sequence_logps(_engine_model(self.ref_model), batch)
+        if ref_logps is not None:
+            ref_logps = ref_logps.to(policy_logps.dtype)
+
+        per_list = self._objective_loss(policy_logps, ref_logps, batch)
+        weights = batch.weights.to(per_list.dtype)
+        if model.training and self._step_weight is not None:
+            norm = self._step_weight.to(per_list.dtype).clamp_min(torch.finfo(per_list.dtype).tiny)
+            loss = (per_list * weights).sum() / norm * self.accelerator.num_processes
+        else:
+            loss = (per_list * weights).sum() / weights.sum().clamp_min(torch.finfo(per_list.dtype).tiny)
+        if model.training:
+            self._accumulate_metrics(policy_logps.detach(), ref_logps, batch, per_list.detach(), num_tokens)
+        return (loss, {"policy_logps": policy_logps.detach()}) if return_outputs else loss
+
+    def _objective_loss(self, policy_logps, ref_logps, batch):
+        if self.unpaired:
+            labels = batch.labels
+            if labels is None:
+                raise ValueError(f"objective {self.objective.name!r} needs unpaired data (Judgments with labels)")
+            ref = None if ref_logps is None else ref_logps[:, 0]
+            return self.objective(policy_logps[:, 0], ref, labels=labels, **self.loss_params)
+        return self.objective(policy_logps, ref_logps, ranks=batch.ranks, lengths=batch.lengths,
+                              grades=batch.grades, **self.loss_params)
+
+    @torch.no_grad()
+    def _accumulate_metrics(self, policy_logps, ref_logps, batch, per_list, num_tokens):
+        sums = self._metric_sums
+        valid = batch.ranks >= 0
+
+        def add(name, value):
+            value = torch.as_tensor(value, dtype=torch.float64, device=policy_logps.device).detach()
+            sums[name] = sums.get(name, torch.zeros((), dtype=torch.float64, device=value.device)) + value
+
+        add("lists", per_list.numel())
+        add("objective", per_list.double().sum())
+        if not self.unpaired:
+            metrics = preference_metrics(policy_logps, ref_logps, ranks=batch.ranks, beta=self.beta)
+            has_pairs = (metrics["pairs"] > 0).double()
+            add("pair_lists", has_pairs.sum())
+            for name in ("margin", "reward_accuracy", "ranking_accuracy"):
+                add(name, (metrics[name].double() * has_pairs).sum())
+            for name in ("reward_best", "reward_worst"):
+                add(name, metrics[name].double().sum())
+        else:
+            rewards = self.beta * (policy_logps[:, 0] - (0 if ref_logps is None else ref_logps[:, 0]))
+            desirable = batch.labels.to(policy_logps.device).double() >= 0.5
+            add("desirable", desirable.sum())
+            add("reward_desirable", (rewards.double() * desirable).sum())
+            add("reward_undesirable", (rewards.double() * ~desirable).sum())
+        if ref_logps is not None:
+            ratio = torch.where(valid, policy_logps - ref_logps, torch.zeros_like(policy_logps))
+            add("log_ratio_sum", ratio.double().sum())
+            add("response_tokens", torch.where(valid, batch.lengths, torch.zeros_like(batch.lengths)).double().sum())
+        if num_tokens is not None:
+            add("tokens", num_tokens.double().sum())
+
+    def _reduce_metrics(self) -> dict[str, float]:
+        """Sum the accumulated metrics over processes and turn them into means for the log."""
+        if not self._metric_sums:
+            return {}
+        names = sorted(self._metric_sums)
+        stacked = torch.stack([self._metric_sums[n] for n in names]).to(self.args.device)
+        if self.accelerator.num_processes > 1:
+            stacked = self.accelerator.reduce(stacked, reduction="sum")
+        sums = dict(zip(names, stacked.tolist()))
+        self._metric_sums = {}
+        out: dict[str, float] = {}
+        lists = max(sums.get("lists", 0.0), 1.0)
+        out["objective"] = sums.get("objective", 0.0) / lists
+        if "pair_lists" in sums:
+            pair_lists = max(sums["pair_lists"], 1.0)
+            out["rewards/margin"] = sums["margin"] / pair_lists
+            out["rewards/accuracy"] = sums["reward_accuracy"] / pair_lists
+            out["ranking_accuracy"] = sums["ranking_accuracy"] / pair_lists
+            out["rewards/best"] = sums["reward_best"] / lists
+            out["rewards/worst"] = sums["reward_worst"] / lists
+        if "desirable" in sums:
+            desirable = sums["desirable"]
+            out["rewards/desirable"] = sums["reward_desirable"] / max(desirable, 1.0)
+            out["rewards/undesirable"] = sums["reward_undesirable"] / max(lists - desirable, 1.0)
+        if sums.get("response_tokens", 0.0) > 0:
+            out["kl_per_token"] = sums["log_ratio_sum"] / sums["response_tokens"]
+        if "tokens" in sums:
+            now = time.perf_counter()
+            if self._last_log_time is not None and now > self._last_log_time:
+                out["tokens_per_second"] = sums["tokens"] / (now - self._last_log_time)
+            out["tokens"] = sums["tokens"]
+            self._last_log_time = now
+        return out
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            logs = {**logs, **self._reduce_metrics()}
+        super().log(logs, start_time)
+
+    def train(self, *args, **kwargs):
+        self._last_log_time = time.perf_counter()
+        return super().train(*args, **kwargs)
+
+
+# --------------------------------------------------------------------------------------- references
+def compute_reference(model, lists, *, ref_model=None, cache_dir=None, batch_size: int = 8,
+                      layout: str = "shared", progress: bool = True) -> list[torch.Tensor]:
+    """Reference log-probs, one ``[K]`` tensor per list, computed once (cached when ``cache_dir`` is set).
+
+    The reference is ``ref_model`` when given; else, for a PEFT model, the base model with the adapter
+    disabled; else a frozen copy of the policy as it is now (before training), which is DPO's
+    π_ref = π_SFT when the policy starts from the SFT model.
+    """
+    from rankalign.engine import compute_reference_logps
+
+    settings = {"layout": layout}
+    if ref_model is not None:
+        was_training = ref_model.training
+        ref_model.eval()
+        try:
+            return compute_reference_logps(_engine_model(ref_model), lists, batch_size=batch_size,
+                                           cache_dir=cache_dir, settings=settings, progress=progress)
+        finally:
+            ref_model.train(was_training)
+    was_training = model.training
+    model.eval()
+    try:
+        if hasattr(model, "disable_adapter"):
+            with model.disable_adapter():
+                return compute_reference_logps(_engine_model(model), lists, batch_size=batch_size,
+                                               cache_dir=cache_dir, settings={**settings, "adapter": "disabled"},
+                                               progress=progress)
+        return compute_reference_logps(model, lists, batch_size=batch_size, cache_dir=cache_dir,
+                                       settings=settings, progress=progress)
+    finally:
+        model.train(was_training)
+
+
+# ------------------------------------------------------------------------------------ one-call API
+@dataclass
+class TrainResult:
+    """What :func:`train_preference` returns."""
+
+    history: list[dict[str, Any]]
+    model: Any
+    wall_time: float
+    tokens_per_second: float
+    output_dir: str
+    global_step: int
+    truncation: Any = None
+    final_metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def make_training_arguments(config, *, world_size: int = 1) -> transformers.TrainingArguments:
+    """``TrainingArguments`` for a :class:`~rankalign.train.config.TrainConfig`."""
+    bf16 = bf16_available() if config.bf16 == "auto" else bool(config.bf16)
+    tensorboard_dir = str(Path(config.output_dir) / "tensorboard")
+    if "tensorboard" in config.report_to:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = tensorboard_dir
+    return transformers.TrainingArguments(
+        output_dir=config.output_dir,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation,
+        learning_rate=config.lr,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_steps,
+        lr_scheduler_type=config.lr_scheduler,
+        max_grad_norm=config.max_grad_norm,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        seed=config.seed,
+        data_seed=config.seed,
+        save_strategy="steps" if config.save_steps > 0 else "no",
+        save_steps=max(config.save_steps, 1),
+        save_total_limit=config.save_total_limit,
+        logging_steps=config.logging_steps,
+        report_to=list(config.report_to) or "none",
+        remove_unused_columns=False,
+        bf16=bf16,
+        disable_tqdm=not config.progress,
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def _to_tokenized(tokenizer, records_or_lists, config):
+    """Records (RankedList / Judgment) are tokenized; TokenizedLists pass through."""
+    from rankalign.data.records import Judgment, RankedList
+    from rankalign.engine import TokenizedList, tokenize_records
+
+    items = list(records_or_lists)
+    if not items:
+        raise ValueError("no training data")
+    if all(isinstance(i, TokenizedList) for i in items):
+        return items, None
+    if config.data_form == "pairs":
+        expanded = []
+        for record in items:
+            if isinstance(record, RankedList) and record.k > 2:
+                expanded.extend(record.to_pairs(config.pair_strategy, ties=False))
+            else:
+                expanded.append(record)
+        items = expanded
+    if not all(isinstance(i, (RankedList, Judgment)) for i in items):
+        raise TypeError("train_preference takes RankedList/Judgment records or engine TokenizedLists")
+    return tokenize_records(tokenizer, items, max_prompt_tokens=config.max_prompt_tokens,
+                            max_response_tokens=config.max_response_tokens, on_empty=config.on_empty)
+
+
+def maybe_apply_peft(model, config):
+    """Wrap ``model`` in a LoRA adapter when ``config.peft.enabled``."""
+    if not config.peft.enabled:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=config.peft.r, lora_alpha=config.peft.alpha, lora_dropout=config.peft.dropout,
+                      target_modules=list(config.peft.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def train_preference(model, tokenizer, records_or_lists, config, *, ref_model=None,
+                     resume_from_checkpoint: str | bool | None = None, callbacks=None) -> TrainResult:
+    """Train ``model`` on preference data with the objective and settings of ``config``; one call.
+
+    Parameters
+    ----------
+    model : PreTrainedModel
+        The policy (wrapped in LoRA here when ``config.peft.enabled``).
+    tokenizer : PreTrainedTokenizerBase
+        Used to tokenize records (not needed when ``records_or_lists`` are TokenizedLists).
+    records_or_lists : sequence of RankedList, Judgment or rankalign.engine.TokenizedList
+    config : rankalign.train.TrainConfig
+    ref_model : PreTrainedModel, optional
+        Reference policy; default: a snapshot of ``model`` before training (or the adapter-disabled base).
+    resume_from_checkpoint : path or bool, optional
+        ``True`` resumes from the last checkpoint in ``output_dir`` when there is one.
+
+    Returns
+    -------
+    TrainResult
+        The logged history (one dict per logging step), the trained model, wall time and tokens/s.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    config.validate()
+    transformers.set_seed(config.seed)
+    lists, report = _to_tokenized(tokenizer, records_or_lists, config)
+    model = maybe_apply_peft(model, config)
+    args = make_training_arguments(config)
+    started = time.perf_counter()
+    trainer = PreferenceTrainer(
+        model, args, lists, objective=config.objective, loss_params=config.loss_params, ref_model=ref_model,
+        layout=config.layout, reference_cache_dir=config.reference_cache_dir,
+        precompute_reference=config.precompute_reference, max_tokens_per_row=config.max_tokens_per_row,
+        pad_token_id=getattr(tokenizer, "pad_token_id", None), processing_class=tokenizer, callbacks=callbacks)
+    if resume_from_checkpoint is True:
+        last = get_last_checkpoint(config.output_dir) if os.path.isdir(config.output_dir) else None
+        resume_from_checkpoint = last
+    output = trainer.train(resume_from_checkpoint=resume_from_checkpoint or None)
+    wall = time.perf_counter() - started
+    history = [dict(row) for row in trainer.state.log_history]
+    tokens = sum(row.get("tokens", 0.0) for row in history)
+    train_runtime = output.metrics.get("train_runtime", wall) or wall
+    return TrainResult(history=history, model=trainer.model, wall_time=wall,
+                       tokens_per_second=tokens / train_runtime if train_runtime > 0 else math.nan,
+                       output_dir=config.output_dir, global_step=trainer.state.global_step, truncation=report,
+                       final_metrics=dict(output.metrics))

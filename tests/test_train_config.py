@@ -1,0 +1,95 @@
+"""TrainConfig: YAML loading, unknown-key suggestions, --set type conversion, resolved config saved."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from rankalign.train.config import ConfigError, TrainConfig, apply_override, load_config, save_config
+
+
+def write(tmp_path, text):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_yaml_values_reach_the_dataclass(tmp_path):
+    path = write(tmp_path, "objective: pl_dpo\nlr: 3.0e-4\nbatch_size: 2\nloss_params: {beta: 0.5}\n"
+                           "peft: {enabled: true, r: 4}\nmax_prompt_tokens: null\n")
+    config = load_config(path)
+    assert config.objective == "pl_dpo"
+    assert config.lr == 0.0003
+    assert config.batch_size == 2
+    assert config.loss_params == {"beta": 0.5}
+    assert config.peft.enabled is True and config.peft.r == 4
+    assert config.peft.alpha == 16.0  # untouched default
+    assert config.max_prompt_tokens is None
+
+
+def test_unknown_key_names_the_file_and_suggests(tmp_path):
+    path = write(tmp_path, "objetive: dpo\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert str(path) in message and "'objetive'" in message and "did you mean 'objective'" in message
+
+
+def test_unknown_nested_key_and_synonym(tmp_path):
+    with pytest.raises(ConfigError, match=r"peft: unknown key 'rank'"):
+        load_config(write(tmp_path, "peft: {rank: 4}\n"))
+    with pytest.raises(ConfigError, match=r"did you mean 'lr'"):
+        load_config(write(tmp_path, "learning_rate: 0.1\n"))
+
+
+def test_wrong_type_in_yaml_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="batch_size: expected an integer"):
+        load_config(write(tmp_path, "batch_size: two\n"))
+    with pytest.raises(ConfigError, match="batch_size: expected an integer"):
+        load_config(write(tmp_path, "batch_size: 2.5\n"))
+
+
+def test_set_overrides_convert_to_the_field_type():
+    config = TrainConfig()
+    for assignment in ["lr=2e-5", "max_steps=7", "epochs=2", "bf16=false", "progress=no", "peft.r=16",
+                       "peft.target_modules=q_proj,k_proj", "loss_params.beta=0.25", "max_tokens_per_row=null",
+                       "tokenizer=train", "report_to=[]"]:
+        apply_override(config, assignment)
+    assert config.lr == 2e-5 and isinstance(config.lr, float)
+    assert config.max_steps == 7 and isinstance(config.max_steps, int)
+    assert config.epochs == 2.0 and isinstance(config.epochs, float)
+    assert config.bf16 is False
+    assert config.progress is False
+    assert config.peft.r == 16
+    assert config.peft.target_modules == ["q_proj", "k_proj"]
+    assert config.loss_params == {"beta": 0.25}
+    assert config.max_tokens_per_row is None
+    assert config.tokenizer == "train"
+    assert config.report_to == []
+
+
+def test_set_errors():
+    config = TrainConfig()
+    with pytest.raises(ConfigError, match="did you mean 'batch_size'"):
+        apply_override(config, "batchsize=3")
+    with pytest.raises(ConfigError, match="expected key=value"):
+        apply_override(config, "lr")
+    with pytest.raises(ConfigError, match="expected true or false"):
+        apply_override(config, "resume=maybe")
+    with pytest.raises(ConfigError, match="expected a number"):
+        apply_override(config, "lr=fast")
+
+
+def test_validation_after_overrides(tmp_path):
+    path = write(tmp_path, "layout: shared\n")
+    with pytest.raises(ConfigError, match="layout must be one of"):
+        load_config(path, ["layout=padded"])
+
+
+def test_resolved_config_round_trips(tmp_path):
+    config = load_config(write(tmp_path, "objective: lipo_lambda\nseed: 3\n"), ["loss_params.beta=0.3"])
+    saved = save_config(config, tmp_path / "out")
+    data = yaml.safe_load(saved.read_text())
+    assert data["objective"] == "lipo_lambda" and data["seed"] == 3 and data["loss_params"] == {"beta": 0.3}
+    assert load_config(saved) == config
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
