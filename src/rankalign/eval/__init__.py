@@ -23,8 +23,24 @@ from .metrics import (
     ranking_accuracy,
     reward_accuracy,
 )
+from .report import (
+    EvalReport,
+    format_value,
+    plot_accuracy_curves,
+    plot_gold_reward_vs_kl,
+    plot_reliability_diagram,
+    to_jsonable,
+    write_json_atomic,
+)
 
 __all__ = [
+    "EvalReport",
+    "format_value",
+    "plot_accuracy_curves",
+    "plot_gold_reward_vs_kl",
+    "plot_reliability_diagram",
+    "to_jsonable",
+    "write_json_atomic",
     "alignment_gap",
     "cohens_kappa",
     "expected_calibration_error",

@@ -1,0 +1,102 @@
+"""Reports: table text, JSON (atomic, NaN-safe), and PNG plots that open and have the expected size."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from rankalign.eval import (
+    EvalReport,
+    expected_calibration_error,
+    format_value,
+    plot_accuracy_curves,
+    plot_gold_reward_vs_kl,
+    plot_reliability_diagram,
+    to_jsonable,
+    write_json_atomic,
+)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def test_format_value():
+    assert format_value((0.625, 0.0312)) == "0.625 ± 0.031"
+    assert format_value({"value": 0.5, "se": math.nan}) == "0.500"
+    assert format_value(math.nan) == "—"
+    assert format_value(None) == "—"
+    assert format_value(200) == "200"
+    assert format_value(np.int64(7)) == "7"
+    assert format_value(1.5e-6) == "1.50e-06"
+    assert format_value("dpo") == "dpo"
+
+
+def test_to_jsonable_estimates_numpy_and_nan():
+    obj = {"rate": (0.5, 0.1), "kl": np.float64(math.inf), "n": np.int64(3), "array": np.array([1.0, np.nan]),
+           "nested": [{"value": 1.0, "se": math.nan}]}
+    assert to_jsonable(obj) == {"rate": {"value": 0.5, "se": 0.1}, "kl": None, "n": 3, "array": [1.0, None],
+                                "nested": [{"value": 1.0, "se": None}]}
+    with pytest.raises(TypeError):
+        to_jsonable(object())
+
+
+def test_report_table_and_json(tmp_path):
+    report = EvalReport("Methods", notes=["win rate against the reference policy"], meta={"seed": 0})
+    report.add_row(method="dpo", win_rate=(0.625, 0.031), kl=1.23, n=200)
+    report.add_row(method="pl_dpo", win_rate=(0.7, 0.03), kl=math.nan, n=200)
+    text = report.to_text()
+    assert "Methods" in text and "0.625 ± 0.031" in text and "pl_dpo" in text and "—" in text
+    assert "win rate against the reference policy" in text
+    path = report.write_json(tmp_path / "out" / "report.json")
+    data = json.loads(path.read_text())
+    assert data["columns"] == ["method", "win_rate", "kl", "n"]
+    assert data["rows"][0]["win_rate"] == {"value": 0.625, "se": 0.031}
+    assert data["rows"][1]["kl"] is None
+    assert data["meta"] == {"seed": 0}
+    # atomic write leaves no temporary file behind and gives ordinary permissions
+    assert sorted(p.name for p in path.parent.iterdir()) == ["report.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_write_json_atomic_keeps_old_file_on_failure(tmp_path):
+    path = tmp_path / "x.json"
+    write_json_atomic(path, {"a": 1})
+    with pytest.raises(TypeError):
+        write_json_atomic(path, {"a": object()})
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
+
+
+def _png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    width = int.from_bytes(data[16:20], "big")
+    height = int.from_bytes(data[20:24], "big")
+    return width, height
+
+
+def test_plots_write_pngs(tmp_path):
+    points = [{"method": m, "kl": kl, "gold_reward": g, "kl_se": 0.1, "gold_reward_se": 0.05, "label": f"β={b}"}
+              for m in ("dpo", "pl_dpo") for b, kl, g in ((0.5, 0.4, 0.2), (0.1, 2.0, 0.7))]
+    points.append({"method": "reference", "kl": 0.0, "gold_reward": 0.0})
+    width, height = _png_size(plot_gold_reward_vs_kl(points, tmp_path / "kl.png"))
+    assert width > 500 and height > 400
+
+    steps = list(range(0, 50, 10))
+    curves = {"dpo": {"steps": steps, "values": [0.5, 0.55, 0.6, 0.62, 0.63], "se": [0.02] * 5},
+              "lipo": {"steps": steps, "values": [0.5, 0.52, 0.58, 0.65, 0.7]}}
+    _png_size(plot_accuracy_curves(curves, tmp_path / "acc.png", reference_lines={"chance": 0.5}))
+    with pytest.raises(ValueError, match="steps"):
+        plot_accuracy_curves({"bad": {"steps": [0, 1], "values": [0.5]}}, tmp_path / "bad.png")
+
+    rng = np.random.default_rng(0)
+    p = rng.uniform(size=500)
+    ece, table = expected_calibration_error(p, rng.uniform(size=500) < p)
+    _png_size(plot_reliability_diagram(table, tmp_path / "rel.png", ece=ece))
+    _png_size(plot_reliability_diagram({"a": table, "b": table}, tmp_path / "rel2.png", ece={"a": ece}))
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["acc.png", "kl.png", "rel.png", "rel2.png"]
