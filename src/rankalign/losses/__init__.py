@@ -4,6 +4,8 @@
 ``pairwise``, ``listwise``, ``unpaired``, ``reward``.
 """
 
+from . import listwise, pairwise, reward, unpaired  # noqa: F401  (importing registers every objective)
 from ._registry import FAMILIES, Objective, get, names, register
+from .unpaired import BCORunningMean, kto_reference_point
 
-__all__ = ["get", "names", "register", "Objective", "FAMILIES"]
+__all__ = ["get", "names", "register", "Objective", "FAMILIES", "BCORunningMean", "kto_reference_point"]

@@ -1,0 +1,382 @@
+"""Listwise preference objectives: one loss per ranked list of K candidates (variable K, ties, padding).
+
+Notation (DESIGN.md): ``rho_i = log pi_theta(y_i|x) - log pi_ref(y_i|x)`` (the policy log-prob itself
+when ``ref_logps`` is None), ``ranks`` ``[B, K]`` with 0 best, equal values tied and ``-1`` padding.
+
+**Ties.** A tie group (candidates sharing a rank) contributes no ordering between its members. For the
+Plackett–Luce family (``pl_dpo``, ``pro`` and the reward model's ``pl_reward``) each member of a group
+is "chosen" against itself and the candidates of *strictly lower* groups only (the Davidson–Luce /
+"each member over the lower groups" convention); tied companions are not in its denominator, so the
+loss does not depend on their order, and the last group contributes nothing. Without ties this is the
+ordinary Plackett–Luce likelihood. Pair-based objectives (``lipo_lambda``, ``all_pairs_dpo``,
+``best_vs_rest``) skip tied pairs. ``listnet`` gives tied candidates equal target probability.
+
+**Padding.** Padded entries (rank -1) are replaced by zeros before any arithmetic, so whatever values they
+hold (even NaN or 1e30) can change neither a row's loss nor its gradient, and receive zero gradient.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._common import Pairs, better_mask, log_ratios, ordered_pairs, resolve_ranks, valid_mask
+from ._registry import register
+
+__all__ = ["pl_dpo", "pro", "lipo_lambda", "all_pairs_dpo", "listnet", "best_vs_rest"]
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _zero_padding(values: Tensor, valid: Tensor, fill: float = 0.0) -> Tensor:
+    """``values`` with padded entries replaced by ``fill`` (replaced, not multiplied: NaN cannot leak)."""
+    return torch.where(valid, values, torch.full_like(values, fill))
+
+
+def ranks_from_grades(grades: Tensor) -> Tensor:
+    """Competition ranks from grades (higher grade = better): ``rank_i = #{j : g_j > g_i}``; NaN pads.
+
+    Equal grades give equal ranks (ties); a NaN grade marks padding (rank -1).
+    """
+    present = ~torch.isnan(grades)
+    filled = torch.where(present, grades, torch.full_like(grades, -math.inf))
+    above = (filled.unsqueeze(1) > filled.unsqueeze(2)) & present.unsqueeze(1)  # [b, i, j]: g_j > g_i
+    ranks = above.sum(2)
+    return torch.where(present, ranks, torch.full_like(ranks, -1)).long()
+
+
+def grades_from_ranks(ranks: Tensor, dtype: torch.dtype) -> Tensor:
+    """Default grades when none are given: ``g = max_rank - rank`` per list (best gets the largest).
+
+    For a strict ranking of K this is K-1, ..., 1, 0; tied candidates get equal grades; padding gets 0.
+    """
+    valid = valid_mask(ranks)
+    worst = torch.where(valid, ranks, torch.full_like(ranks, -1)).max(1, keepdim=True).values
+    return torch.where(valid, worst - ranks, torch.zeros_like(ranks)).to(dtype)
+
+
+def _resolve_list_ranks(policy_logps: Tensor, ranks: Tensor | None, grades: Tensor | None) -> Tensor:
+    """``ranks`` if given; else ranks derived from ``grades`` if given; else column order."""
+    if ranks is None and grades is not None:
+        grades = torch.as_tensor(grades, device=policy_logps.device)
+        if grades.shape != policy_logps.shape[:2]:
+            raise ValueError(f"grades has shape {tuple(grades.shape)}, expected {tuple(policy_logps.shape[:2])}")
+        return ranks_from_grades(grades.to(policy_logps.dtype))
+    return resolve_ranks(policy_logps, ranks)
+
+
+def _list_tensor(values, policy_logps: Tensor, valid: Tensor, name: str, fill: float = 0.0) -> Tensor:
+    """A ``[B, K]`` side tensor (lengths, grades) in ``policy_logps``' dtype with padding filled."""
+    values = torch.as_tensor(values, device=policy_logps.device).to(policy_logps.dtype)
+    if values.shape != policy_logps.shape[:2]:
+        raise ValueError(f"{name} has shape {tuple(values.shape)}, expected {tuple(policy_logps.shape[:2])}")
+    return _zero_padding(values, valid, fill)
+
+
+def _scaled_log_ratios(policy_logps: Tensor, ref_logps: Tensor | None, valid: Tensor, beta: float) -> Tensor:
+    """``beta * rho`` with padding zeroed (zeroed on each input first, so NaN padding cannot reach rho)."""
+    policy = _zero_padding(policy_logps, valid)
+    ref = None if ref_logps is None else _zero_padding(ref_logps, valid)
+    return beta * log_ratios(policy, ref)
+
+
+def _competitor_mask(ranks: Tensor) -> Tensor:
+    """``[B, K, K]``: ``[b, i, j]`` True when j is i itself or strictly below i (the tie convention above)."""
+    k = ranks.shape[1]
+    eye = torch.eye(k, dtype=torch.bool, device=ranks.device)
+    return better_mask(ranks) | (eye & valid_mask(ranks).unsqueeze(2))
+
+
+def plackett_luce_nll(scores: Tensor, ranks: Tensor, scale: Tensor | None = None) -> Tensor:
+    """Plackett–Luce negative log-likelihood of each list, ``[B]``, with ties and padding.
+
+    ``-sum_i [c_ii s_i - log(exp(c_ii s_i) + sum_{j below i} exp(c_ij s_j))]`` over present candidates i,
+    where "below" means strictly lower rank and ``c`` (``[B, K, K]``, default all ones) scales the
+    logits of step i (PRO's reward-gap temperatures). Without ties and with c = 1 this is
+    ``-sum_k log[exp(s_tau(k)) / sum_{m >= k} exp(s_tau(m))]``; a candidate with nothing below it (the
+    last group, K = 1, all-tie lists) contributes exactly 0. ``scores`` must already be padding-free.
+    """
+    valid = valid_mask(ranks)
+    competitors = _competitor_mask(ranks)
+    logits = scores.unsqueeze(1).expand(-1, scores.shape[1], -1)
+    if scale is not None:
+        logits = logits * scale
+    logits = logits.masked_fill(~competitors, -math.inf)
+    # Row i of a padded candidate is all -inf; give it a harmless finite row (masked out below).
+    logits = torch.where(valid.unsqueeze(2), logits, torch.zeros_like(logits))
+    own = torch.diagonal(logits, dim1=1, dim2=2)
+    per_step = torch.logsumexp(logits, dim=2) - own
+    return _zero_padding(per_step, valid).sum(1)
+
+
+def _dpo_per_pair(reward_chosen: Tensor, reward_rejected: Tensor) -> Tensor:
+    """-log sigmoid(beta rho_w - beta rho_l) on already-scaled rewards (the DPO pair term)."""
+    return -F.logsigmoid(reward_chosen - reward_rejected)
+
+
+# --------------------------------------------------------------------------------------------- objectives
+@register("pl_dpo", family="listwise",
+          paper="Rafailov et al., Direct Preference Optimization: Your Language Model is Secretly a "
+                "Reward Model, NeurIPS 2023 (arXiv:2305.18290), Appendix A.3 (Plackett-Luce)")
+def pl_dpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor | None = None,
+           lengths: Tensor | None = None, grades: Tensor | None = None, beta: float = 0.1) -> Tensor:
+    r"""Plackett–Luce DPO: the ranking likelihood of the implicit rewards ``beta * rho``.
+
+    Model: the ranking tau is drawn from a Plackett–Luce model on ``r_i = beta rho_i``, and the loss is its
+    negative log-likelihood (DPO paper, Appendix A.3, eq. 20)::
+
+        L = -sum_{k=1}^{K-1} log [ exp(beta rho_tau(k)) / sum_{m >= k} exp(beta rho_tau(m)) ]
+
+    Intuition: repeatedly pick the best remaining candidate with a softmax over implicit rewards, so every
+    candidate is pushed above all candidates ranked below it, in proportion to how likely the policy
+    currently is to get that choice wrong. At K = 2 it is DPO: ``-log sigma(beta (rho_w - rho_l))``.
+
+    Parameters
+    ----------
+    policy_logps, ref_logps : ``[B, K]`` summed response log-probs; ``ref_logps=None`` is reference-free.
+    ranks : ``[B, K]`` long, 0 best, ties equal, -1 padding. None: column order; if None and ``grades``
+        are given, ranks are derived from the grades (higher is better, equal grades tie).
+    lengths, grades : accepted for the common signature; ``lengths`` is unused.
+    beta : float, the KL-strength of DPO (TRL's ``beta``), default 0.1.
+
+    Ties: each member of a tie group is chosen against itself and the strictly lower groups only (module
+    docstring), so tied members are never ordered and the last group (or an all-tie list, or K = 1)
+    contributes 0. Padding (-1) is excluded. Returns the per-list loss ``[B]``.
+    """
+    ranks = _resolve_list_ranks(policy_logps, ranks, grades)
+    rewards = _scaled_log_ratios(policy_logps, ref_logps, valid_mask(ranks), beta)
+    return plackett_luce_nll(rewards, ranks)
+
+
+@register("pro", family="listwise", reference_free=True,
+          paper="Song et al., Preference Ranking Optimization for Human Alignment, AAAI 2024 (arXiv:2306.17492)")
+def pro(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor | None = None,
+        lengths: Tensor | None = None, grades: Tensor | None = None, sft_weight: float = 0.05) -> Tensor:
+    r"""Preference Ranking Optimization (PRO): peel-off softmax on length-averaged scores plus SFT.
+
+    Scores: ``s_i = log pi_theta(y_i|x) / |y_i|`` (the mean token log-prob; PRO is reference-free, and
+    this is the default ``ref_logps=None``; if ``ref_logps`` is given, ``s_i = rho_i / |y_i|``).
+    With candidates in ranking order y^1 > ... > y^n (paper, eqs. 4-6)::
+
+        L_PRO = -sum_{k=1}^{n-1} log [ exp(s_k / T_k^k) / sum_{i=k}^{n} exp(s_i / T_k^i) ]
+        T_k^i = 1 / (r_k - r_i)   for i > k,        T_k^k = min_{i > k} T_k^i
+        L     = L_PRO + sft_weight * L_SFT,         L_SFT = -s_best (policy log-prob / |y|, no reference)
+
+    where r are the ``grades`` (the paper's reward-model scores). Without grades every T = 1 and each
+    step is a plain softmax over the remaining candidates. Intuition: the best response must beat all
+    others, the second all but the best, and so on; with rewards, a step contrasts candidates more
+    sharply the larger their reward gap, and the best candidate's own logit is scaled by its largest gap.
+    At K = 2, T = 1 and ``sft_weight = 0`` this is Bradley–Terry on length-averaged scores,
+    ``-log sigma(s_1 - s_2)``.
+
+    Parameters
+    ----------
+    policy_logps : ``[B, K]`` summed policy log-probs.
+    ref_logps : optional ``[B, K]``; None (default) is the paper's reference-free PRO.
+    ranks : ``[B, K]`` ranks (0 best, ties equal, -1 padding). None: derived from ``grades`` when given,
+        else column order.
+    lengths : ``[B, K]`` response token counts, required (PRO is defined on length-averaged scores).
+    grades : optional ``[B, K]`` rewards r for the temperatures. The ordering comes from ``ranks``; gaps
+        ``r_k - r_i`` that are negative (grades disagreeing with ranks) are clamped to 0.
+    sft_weight : float, the weight (the paper's beta) of the SFT term; default 0.05, the value in the
+        paper's experiments as we read them. 0 gives the ranking term alone.
+
+    Conventions: the SFT term is the negative *length-averaged* log-prob of the best candidate (averaged
+    over the members of the best group when it is tied). Ties: step k's softmax contains candidate k and
+    the strictly lower groups only, as for ``pl_dpo``; padding is excluded. Returns ``[B]``.
+    """
+    if lengths is None:
+        raise ValueError("pro needs lengths ([B, K] response token counts): PRO scores are length-averaged")
+    ranks = _resolve_list_ranks(policy_logps, ranks, grades)
+    valid = valid_mask(ranks)
+    lengths = _list_tensor(lengths, policy_logps, valid, "lengths", fill=1.0)
+    policy = _zero_padding(policy_logps, valid)
+    scores = log_ratios(policy, None if ref_logps is None else _zero_padding(ref_logps, valid)) / lengths
+    scale = None
+    if grades is not None:
+        rewards = _list_tensor(grades, policy_logps, valid, "grades")
+        below = better_mask(ranks)  # [b, k, i]: k strictly above i
+        gap = (rewards.unsqueeze(2) - rewards.unsqueeze(1)).clamp_min(0.0)  # r_k - r_i = 1 / T_k^i
+        gap = torch.where(below, gap, torch.zeros_like(gap))
+        own = gap.max(2).values  # 1 / T_k^k = max_{i > k} (r_k - r_i)
+        eye = torch.eye(policy_logps.shape[1], dtype=torch.bool, device=policy_logps.device)
+        scale = torch.where(eye, own.unsqueeze(2), gap)
+    ranking = plackett_luce_nll(scores, ranks, scale)
+    if sft_weight == 0:
+        return ranking
+    best_rank = torch.where(valid, ranks, torch.full_like(ranks, torch.iinfo(torch.long).max)).min(1, keepdim=True)
+    best = valid & (ranks == best_rank.values)
+    mean_logp = policy / lengths
+    sft = -(_zero_padding(mean_logp, best)).sum(1) / best.sum(1).clamp_min(1)
+    return ranking + sft_weight * sft
+
+
+@register("lipo_lambda", family="listwise",
+          paper="Liu et al., LiPO: Listwise Preference Optimization through Learning-to-Rank, NAACL 2025 "
+                "(arXiv:2402.01878)")
+def lipo_lambda(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor | None = None,
+                lengths: Tensor | None = None, grades: Tensor | None = None, beta: float = 0.1) -> Tensor:
+    r"""LiPO-λ: pairwise logistic losses weighted by the LambdaLoss / NDCG swap weight.
+
+    With ``s_i = beta rho_i`` (paper, section 4)::
+
+        L = -sum_{g_i > g_j} Delta_ij log sigma(s_i - s_j)
+        Delta_ij = |G_i - G_j| * |1/D(tau_i) - 1/D(tau_j)|,   G = 2^g - 1,   D(tau) = log2(1 + tau)
+
+    where tau_i is the 1-based position of candidate i when the list is sorted by the *current* model
+    scores s (descending). Delta is computed from detached scores: the weights are not differentiated.
+    Intuition: a pair matters more when the grades differ more and when swapping the two would move
+    them across important (top) positions, as in LambdaRank's NDCG weights.
+
+    Parameters
+    ----------
+    policy_logps, ref_logps : ``[B, K]``; ``ref_logps=None`` is reference-free.
+    ranks : ``[B, K]`` ranks; the summed pairs are the strictly ordered pairs of ``ranks`` (ties and
+        padding skipped). None: derived from ``grades`` when given (so pairs are exactly ``g_i > g_j``),
+        else column order.
+    grades : optional ``[B, K]`` label values g (the paper uses values in [0, 1]). Default: derived from
+        the ranks as ``g = max_rank - rank`` (K-1, ..., 1, 0 for a strict list of K).
+    lengths : unused (common signature).
+    beta : float, default 0.1.
+
+    Conventions: the loss is the paper's *sum* over pairs, not normalised by the number of pairs (divide
+    yourself if lists of different K should count equally). Candidates with equal current scores get
+    positions in column order (a stable sort). At K = 2 with default grades, G = (1, 0) and the positions
+    are {1, 2} whichever way the scores lie, so ``Delta = 1 * (1/log2(2) - 1/log2(3)) = 1 - ln 2 / ln 3``
+    and LiPO-λ is that constant (about 0.3691) times DPO. Returns ``[B]``.
+    """
+    ranks = _resolve_list_ranks(policy_logps, ranks, grades)
+    valid = valid_mask(ranks)
+    scores = _scaled_log_ratios(policy_logps, ref_logps, valid, beta)
+    if grades is None:
+        grades = grades_from_ranks(ranks, scores.dtype)
+    else:
+        grades = _list_tensor(grades, policy_logps, valid, "grades")
+    pairs = ordered_pairs(ranks)
+    with torch.no_grad():
+        gains = torch.exp2(grades) - 1.0
+        position = _positions_by_score(scores.detach(), valid)
+        inverse_discount = 1.0 / torch.log2(1.0 + position)
+        gain_w, gain_l = pairs.take(gains)
+        disc_w, disc_l = pairs.take(inverse_discount)
+        weights = (gain_w - gain_l).abs() * (disc_w - disc_l).abs()
+    chosen, rejected = pairs.take(scores)
+    per_pair = _dpo_per_pair(chosen, rejected)
+    return torch.where(pairs.valid, per_pair * weights, torch.zeros_like(per_pair)).sum(1)
+
+
+def _positions_by_score(scores: Tensor, valid: Tensor) -> Tensor:
+    """1-based position of each present candidate when sorted by ``scores`` descending (stable: column
+    order breaks exact ties); padding gets position 1 (never used)."""
+    k = scores.shape[1]
+    column = torch.arange(k, device=scores.device)
+    higher = scores.unsqueeze(1) > scores.unsqueeze(2)  # [b, i, j]: s_j > s_i
+    equal_before = (scores.unsqueeze(1) == scores.unsqueeze(2)) & (column.view(1, 1, k) < column.view(1, k, 1))
+    ahead = (higher | equal_before) & valid.unsqueeze(1)
+    position = ahead.sum(2).to(scores.dtype) + 1.0
+    return torch.where(valid, position, torch.ones_like(position))
+
+
+@register("all_pairs_dpo", family="listwise",
+          paper="Rafailov et al., Direct Preference Optimization, NeurIPS 2023 (arXiv:2305.18290), applied to "
+                "every ordered pair of a ranking (as in Ouyang et al., InstructGPT, arXiv:2203.02155)")
+def all_pairs_dpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor | None = None,
+                  lengths: Tensor | None = None, grades: Tensor | None = None, beta: float = 0.1,
+                  pair_weights: Tensor | None = None) -> Tensor:
+    r"""All-pairs DPO: the (weighted) mean DPO loss over every strictly ordered pair of the list.
+
+    ``L = sum_{i > j} w_ij * -log sigma(beta (rho_i - rho_j)) / sum_{i > j} w_ij`` over pairs with i
+    ranked strictly above j. Intuition: a ranking of K is the K(K-1)/2 pairwise preferences it implies,
+    each a DPO term; averaging keeps the scale of one pair whatever K is (InstructGPT treats the pairs of
+    one ranking as one batch element for the same reason). At K = 2 it is DPO.
+
+    Parameters
+    ----------
+    policy_logps, ref_logps : ``[B, K]``; ``ref_logps=None`` is reference-free.
+    ranks : ``[B, K]``; None: from ``grades`` if given, else column order. Tied pairs and pairs with
+        padding are skipped; a list without an ordered pair (K = 1, all tied) has loss 0.
+    pair_weights : optional ``[B, K, K]``; ``[b, i, j]`` weights the pair where i beats j (entries of
+        other pairs are ignored). The loss is the weighted *mean* (weights are relative within a list).
+    lengths, grades : unused beyond deriving ranks (common signature).
+    beta : float, default 0.1.
+    """
+    ranks = _resolve_list_ranks(policy_logps, ranks, grades)
+    rewards = _scaled_log_ratios(policy_logps, ref_logps, valid_mask(ranks), beta)
+    pairs = ordered_pairs(ranks)
+    chosen, rejected = pairs.take(rewards)
+    weights = None
+    if pair_weights is not None:
+        batch, k = ranks.shape
+        pair_weights = torch.as_tensor(pair_weights, device=rewards.device).to(rewards.dtype)
+        if pair_weights.shape != (batch, k, k):
+            raise ValueError(f"pair_weights has shape {tuple(pair_weights.shape)}, expected {(batch, k, k)}")
+        weights = pair_weights.reshape(batch, k * k).gather(1, pairs.winner * k + pairs.loser)
+        weights = torch.where(pairs.valid, weights, torch.zeros_like(weights))
+    return pairs.mean(_dpo_per_pair(chosen, rejected), weights)
+
+
+@register("listnet", family="listwise",
+          paper="Cao et al., Learning to Rank: From Pairwise Approach to Listwise Approach (ListNet), ICML 2007")
+def listnet(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor | None = None,
+            lengths: Tensor | None = None, grades: Tensor | None = None, beta: float = 0.1,
+            temperature: float = 1.0) -> Tensor:
+    r"""ListNet (top-one): cross-entropy between the grade distribution and the implicit-reward softmax.
+
+    ``L = -sum_i p_i log q_i``, ``p = softmax(g / temperature)``, ``q = softmax(beta rho)`` over the
+    present candidates of a list. Intuition: the probability that each candidate is ranked first should
+    match between the labels and the model (ListNet's top-one probability). As in the paper this is the
+    cross-entropy, so its minimum is the entropy of p, not 0.
+
+    Parameters
+    ----------
+    policy_logps, ref_logps : ``[B, K]``; ``ref_logps=None`` is reference-free.
+    ranks : ``[B, K]`` (only -1 padding matters when grades are given). None: derived from ``grades``
+        when given (a NaN grade pads), else column order.
+    grades : optional ``[B, K]`` label scores; default ``g = max_rank - rank`` from the ranks.
+    lengths : unused.
+    beta : float, default 0.1; temperature : float, the target softmax temperature, default 1.
+
+    Ties get equal target probability; padding is left out of both softmaxes; K = 1 gives 0.
+    """
+    ranks = _resolve_list_ranks(policy_logps, ranks, grades)
+    valid = valid_mask(ranks)
+    rewards = _scaled_log_ratios(policy_logps, ref_logps, valid, beta)
+    if grades is None:
+        grades = grades_from_ranks(ranks, rewards.dtype)
+    else:
+        grades = _list_tensor(grades, policy_logps, valid, "grades")
+    any_valid = valid.any(1, keepdim=True)
+    masked = ~valid & any_valid  # an entirely padded row keeps finite zeros (its loss is 0 anyway)
+    log_q = torch.log_softmax(rewards.masked_fill(masked, -math.inf), dim=1)
+    target = torch.softmax((grades / temperature).masked_fill(masked, -math.inf), dim=1)
+    cross = target * _zero_padding(log_q, valid)
+    return -_zero_padding(cross, valid).sum(1)
+
+
+@register("best_vs_rest", family="listwise",
+          paper="Rafailov et al., Direct Preference Optimization, NeurIPS 2023 (arXiv:2305.18290), best "
+                "candidate against each of the others")
+def best_vs_rest(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor | None = None,
+                 lengths: Tensor | None = None, grades: Tensor | None = None, beta: float = 0.1) -> Tensor:
+    r"""Best-vs-rest DPO: mean DPO loss of every best-group candidate against every lower candidate.
+
+    ``L = mean_{i in best group, j below} -log sigma(beta (rho_i - rho_j))``. Intuition: only the top
+    choice is trusted (a best-of-K pick, or a noisy tail of the ranking); the order among the rest is
+    ignored. These are exactly the pairs of ``RankedList.to_pairs("best_vs_rest", ties=False)``: every
+    member of the best rank group with every member of a lower group. At K = 2 it is DPO.
+
+    Parameters: as :func:`all_pairs_dpo` without weights. Ties inside the best group are never ordered
+    (each member is paired with the lower groups); ties below it are irrelevant; padding is skipped; a
+    list with one group (K = 1, all tied) has loss 0.
+    """
+    ranks = _resolve_list_ranks(policy_logps, ranks, grades)
+    valid = valid_mask(ranks)
+    rewards = _scaled_log_ratios(policy_logps, ref_logps, valid, beta)
+    pairs = ordered_pairs(ranks)
+    best = torch.where(valid, ranks, torch.full_like(ranks, torch.iinfo(torch.long).max)).min(1, keepdim=True).values
+    winner_rank = ranks.gather(1, pairs.winner)
+    best_pairs = Pairs(winner=pairs.winner, loser=pairs.loser, valid=pairs.valid & (winner_rank == best))
+    chosen, rejected = best_pairs.take(rewards)
+    return best_pairs.mean(_dpo_per_pair(chosen, rejected))
