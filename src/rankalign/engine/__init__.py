@@ -1,1 +1,22 @@
-"""rankalign.engine (see DESIGN.md)."""
+"""rankalign.engine: text -> token lists -> log-probs, with prefix-shared batching and a reference cache.
+
+See DESIGN.md ("Engine principles"). The pieces, in the order data flows through them:
+
+* :func:`tokenize_records` -> :class:`TokenizedList` (+ :class:`TruncationReport`)
+* :func:`pack_lists` / :class:`ListCollator` -> :class:`PackedBatch` (shared or duplicated layout)
+* :func:`sequence_logps` -> ``[B, K]`` summed response log-probs (head applied only at response positions)
+* :func:`compute_reference_logps` / :class:`ReferenceCache` -> cached reference log-probs
+* :func:`build_tokenizer`, :func:`tiny_causal_lm`: local tiny tokenizers and models
+"""
+
+from .logps import decoder_and_head, gather_token_logps, sequence_logps, supports_shared_layout, unwrap_model
+from .packing import LAYOUTS, ListCollator, PackedBatch, block_attention_mask, pack_lists
+from .tiny import CHAT_TEMPLATE, build_tokenizer, tiny_causal_lm
+from .tokenize import TokenizedList, TruncationReport, tokenize_records
+
+__all__ = [
+    "TokenizedList", "TruncationReport", "tokenize_records",
+    "PackedBatch", "pack_lists", "ListCollator", "block_attention_mask", "LAYOUTS",
+    "sequence_logps", "supports_shared_layout", "gather_token_logps", "decoder_and_head", "unwrap_model",
+    "build_tokenizer", "tiny_causal_lm", "CHAT_TEMPLATE",
+]

@@ -1,0 +1,269 @@
+"""Summed response log-probs from a causal LM, with the output head applied only where it is needed.
+
+``sequence_logps`` runs the model's base transformer once over a :class:`PackedBatch`, selects the hidden
+states that predict response tokens (prompt positions need hidden states for attention, not logits),
+and applies the output projection to those positions only, ``chunk_size`` rows at a time. Each chunk's
+log-probability of the target token is ``logit[target] - logsumexp(logits)``, so a ``[tokens, vocab]``
+float32 log-softmax is never built. With ``recompute_head`` the chunks are recomputed in the backward
+pass instead of being kept (as in "Cut Your Losses in Large-Vocabulary Language Models", Wijmans et al.
+2024, without the fused kernel): peak memory is one chunk of logits, at the price of one more head
+matmul.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .packing import PackedBatch, pack_lists
+from .tokenize import TokenizedList
+
+# recompute_head=None switches to recomputation above this many logits (256 MiB in float32)
+RECOMPUTE_ABOVE_LOGITS = 1 << 26
+
+
+# ---------------------------------------------------------------------------------------- model parts
+def unwrap_model(model):
+    """The ``PreTrainedModel`` under PEFT/DDP wrappers (LoRA layers stay in place, so they still apply)."""
+    while True:
+        if hasattr(model, "get_base_model") and callable(model.get_base_model) and model.get_base_model() is not model:
+            model = model.get_base_model()
+        elif hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+            model = model.module  # DistributedDataParallel and friends
+        else:
+            return model
+
+
+def decoder_and_head(model):
+    """``(base transformer, output projection)`` of a causal LM (``model.model``/``model.transformer``)."""
+    model = unwrap_model(model)
+    head = model.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no output embeddings (lm_head); is it a causal LM?")
+    base = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    if base is None or base is model:
+        base = model.get_decoder()
+    return base, head
+
+
+def _logit_transform(model):
+    """Scaling/capping some architectures apply to logits after the head (None when there is none)."""
+    config = unwrap_model(model).config
+    scale = getattr(config, "logit_scale", None)          # Cohere multiplies
+    divide = getattr(config, "logits_scaling", None)      # Granite divides
+    cap = getattr(config, "final_logit_softcapping", None)  # Gemma 2 caps with tanh
+    if not scale and not divide and not cap:
+        return None
+
+    def transform(logits: Tensor) -> Tensor:
+        if scale:
+            logits = logits * scale
+        if divide:
+            logits = logits / divide
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    return transform
+
+
+# ---------------------------------------------------------------------------------------- chunked gather
+def _chunk_logps(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, transform=None) -> Tensor:
+    logits = F.linear(hidden, weight, bias).float()
+    if transform is not None:
+        logits = transform(logits)
+    return logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
+
+
+class _RecomputedTokenLogps(torch.autograd.Function):
+    """``log softmax(h W^T + b)[target]`` per row, chunked, logits recomputed in backward.
+
+    d logp_n / d logits_n = onehot(target_n) - softmax(logits_n), so with upstream gradient g_n the
+    gradient of the logits is ``G = g * (onehot - softmax)`` chunk by chunk; then ``dh = G W`` and
+    ``dW = G^T h``, ``db = sum_n G_n``.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk_size):
+        out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk_size):
+            stop = start + chunk_size
+            out[start:stop] = _chunk_logps(hidden[start:stop], weight, bias, targets[start:stop])
+        ctx.save_for_backward(hidden, weight, bias, targets)
+        ctx.chunk_size = chunk_size
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, bias, targets = ctx.saved_tensors
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
+        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if (need_bias and bias is not None) else None
+        for start in range(0, hidden.shape[0], ctx.chunk_size):
+            stop = start + ctx.chunk_size
+            h = hidden[start:stop]
+            probs = torch.softmax(F.linear(h, weight, bias).float(), dim=-1)
+            g = grad_out[start:stop].float()
+            grad_logits = probs.mul_(-g[:, None])
+            grad_logits.scatter_add_(1, targets[start:stop, None], g[:, None])
+            if need_hidden:
+                grad_hidden[start:stop] = (grad_logits.to(weight.dtype) @ weight).to(hidden.dtype)
+            if need_weight:
+                grad_weight.addmm_(grad_logits.t(), h.float())
+            if grad_bias is not None:
+                grad_bias += grad_logits.sum(0)
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(weight.dtype)
+        if grad_bias is not None:
+            grad_bias = grad_bias.to(bias.dtype)
+        return grad_hidden, grad_weight, grad_bias, None, None
+
+
+def gather_token_logps(hidden: Tensor, head: torch.nn.Module, targets: Tensor, *, chunk_size: int = 1024,
+                       recompute_head: bool | None = None, transform=None) -> Tensor:
+    """``log p(target_n | hidden_n)`` for each row n, with the head applied ``chunk_size`` rows at a time.
+
+    Parameters
+    ----------
+    hidden : Tensor [N, H]
+        Final hidden states at the positions that predict the targets.
+    head : torch.nn.Linear
+        The output projection (``model.get_output_embeddings()``).
+    targets : Tensor [N] long
+    chunk_size : int
+        Rows per head application: at most ``chunk_size x vocab`` float32 logits exist at once (in the
+        forward pass; in the backward pass too with ``recompute_head``).
+    recompute_head : bool, optional
+        Recompute each chunk's logits in the backward pass instead of saving them for autograd. None:
+        only when gradients are needed and ``N x vocab`` exceeds :data:`RECOMPUTE_ABOVE_LOGITS`.
+    transform : callable, optional
+        Applied to float32 logits before the softmax (logit scaling or soft-capping).
+
+    Returns
+    -------
+    Tensor [N] float32
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    is_linear = type(head) is torch.nn.Linear
+    weight, bias = head.weight, head.bias if is_linear else None
+    if recompute_head is None:
+        recompute_head = torch.is_grad_enabled() and hidden.shape[0] * weight.shape[0] > RECOMPUTE_ABOVE_LOGITS
+    if recompute_head and is_linear and transform is None:
+        return _RecomputedTokenLogps.apply(hidden, weight, bias, targets, chunk_size)
+    pieces = []
+    for start in range(0, hidden.shape[0], chunk_size):
+        h, t = hidden[start:start + chunk_size], targets[start:start + chunk_size]
+        if is_linear:
+            pieces.append(_chunk_logps(h, weight, bias, t, transform))
+        else:  # any other module (e.g. a LoRA-wrapped lm_head): call it rather than reading its weight
+            logits = head(h).float()
+            if transform is not None:
+                logits = transform(logits)
+            pieces.append(logits.gather(1, t[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1))
+    return torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+
+
+# ---------------------------------------------------------------------------------------- layout support
+_FLASH_IMPLEMENTATIONS = ("flash_attention_2", "flash_attention_3", "paged_attention")
+
+
+def _probe_shared_layout(model) -> bool:
+    """Run a 2-response list both ways and compare: does the model honour a custom 4D mask?"""
+    vocab = unwrap_model(model).get_output_embeddings().weight.shape[0]
+    ids = [i % vocab for i in (1, 3, 4, 5, 6, 7, 8, 9)]
+    probe = TokenizedList(prompt_ids=ids[:3], response_ids=[ids[3:5], ids[5:]], ranks=[0, 1])
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            shared = _forward_logps(model, pack_lists([probe], layout="shared").to(_device(model)), 1024, False)
+            duplicated = _forward_logps(model, pack_lists([probe], layout="duplicated").to(_device(model)),
+                                        1024, False)
+        return bool(torch.allclose(shared, duplicated, atol=1e-3, rtol=1e-3))
+    except Exception:  # a model that rejects 4D masks outright
+        return False
+    finally:
+        model.train(was_training)
+
+
+def _device(model) -> torch.device:
+    return next(unwrap_model(model).parameters()).device
+
+
+def supports_shared_layout(model) -> bool:
+    """Whether ``model`` computes the shared layout correctly (accepts a custom 4D additive mask).
+
+    Flash-attention implementations take no custom masks (False). Otherwise a tiny list is run in both
+    layouts once and the results compared; the answer is cached on the model object. A model can also
+    declare it by setting ``model.rankalign_shared_layout = True/False``.
+    """
+    inner = unwrap_model(model)
+    declared = getattr(inner, "rankalign_shared_layout", None)
+    if declared is not None:
+        return bool(declared)
+    implementation = getattr(inner.config, "_attn_implementation", None)
+    if implementation in _FLASH_IMPLEMENTATIONS:
+        return False
+    cached = getattr(inner, "_rankalign_shared_layout_probe", None)
+    if cached is None:
+        cached = _probe_shared_layout(model)
+        try:
+            inner._rankalign_shared_layout_probe = cached
+        except AttributeError:
+            pass
+    return cached
+
+
+# ---------------------------------------------------------------------------------------- public
+def _forward_logps(model, batch: PackedBatch, chunk_size: int, recompute_head: bool | None) -> Tensor:
+    base, head = decoder_and_head(model)
+    mask = batch.attention_mask
+    dtype = head.weight.dtype if hasattr(head, "weight") else torch.float32
+    if batch.layout == "shared" and mask.dtype != dtype and dtype.is_floating_point:
+        mask = torch.zeros_like(mask, dtype=dtype).masked_fill_(mask < 0, torch.finfo(dtype).min)
+    outputs = base(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids,
+                   use_cache=False)
+    hidden = outputs[0] if not hasattr(outputs, "last_hidden_state") else outputs.last_hidden_state
+    hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.target_index)
+    token_logps = gather_token_logps(hidden, head, batch.target_ids, chunk_size=chunk_size,
+                                     recompute_head=recompute_head, transform=_logit_transform(model))
+    sums = token_logps.new_zeros(batch.num_lists * batch.max_k)
+    sums = sums.index_add(0, batch.target_segment, token_logps)
+    return sums.view(batch.num_lists, batch.max_k)
+
+
+def sequence_logps(model, batch: PackedBatch, *, chunk_size: int = 1024,
+                   recompute_head: bool | None = None) -> Tensor:
+    """Summed log-probability of each response, ``log pi(y_k | x) = sum_t log pi(y_k,t | x, y_k,<t)``.
+
+    Parameters
+    ----------
+    model : transformers causal LM (PEFT-wrapped is fine)
+    batch : PackedBatch
+        From :func:`pack_lists`, on the model's device. A ``"shared"`` batch for a model that does not
+        support custom 4D masks (:func:`supports_shared_layout`) is repacked as ``"duplicated"`` with a
+        warning (the batch must carry its ``source`` lists).
+    chunk_size : int
+        Positions per output-head application (see :func:`gather_token_logps`).
+    recompute_head : bool, optional
+        See :func:`gather_token_logps`.
+
+    Returns
+    -------
+    Tensor [B, K] float32
+        Differentiable; 0 at padding (``ranks == -1``).
+    """
+    if batch.layout == "shared" and not supports_shared_layout(model):
+        if batch.source is None:
+            raise ValueError(f"{type(unwrap_model(model)).__name__} does not support the shared layout and this "
+                             "batch has no source lists to repack; pack it with layout='duplicated'")
+        warnings.warn(f"{type(unwrap_model(model)).__name__} does not honour custom 4D attention masks; "
+                      "falling back to the duplicated layout (the prompt is computed once per response)",
+                      stacklevel=2)
+        batch = pack_lists(batch.source, layout="duplicated").to(batch.input_ids.device)
+    return _forward_logps(model, batch, chunk_size, recompute_head)

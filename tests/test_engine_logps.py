@@ -1,0 +1,213 @@
+"""Exactness of the prefix-shared layout and of the chunked head gather (DESIGN.md, "Engine principles").
+
+The reference everywhere is brute force: the model called like any user would, ``model(prompt +
+response).logits``, a full float32 log-softmax over the vocabulary, and the response tokens' entries
+summed by hand.
+"""
+
+import warnings
+
+import pytest
+import torch
+
+from rankalign.engine import (
+    TokenizedList,
+    gather_token_logps,
+    pack_lists,
+    sequence_logps,
+    supports_shared_layout,
+    tiny_causal_lm,
+)
+
+VOCAB = 97
+
+
+def _random_list(generator, prompt_len, response_lens, index=-1):
+    prompt = [1] + torch.randint(4, VOCAB, (prompt_len - 1,), generator=generator).tolist()
+    responses = [torch.randint(4, VOCAB, (n,), generator=generator).tolist() for n in response_lens]
+    return TokenizedList(prompt_ids=prompt, response_ids=responses, ranks=list(range(len(responses))),
+                         index=index)
+
+
+def _lists():
+    g = torch.Generator().manual_seed(1)
+    # K = 1..4, different prompt and response lengths (a 1-token prompt, 1-token responses)
+    return [
+        _random_list(g, 6, [3]),
+        _random_list(g, 1, [2, 5]),
+        _random_list(g, 9, [4, 1, 7]),
+        _random_list(g, 3, [2, 6, 3, 5]),
+        _random_list(g, 12, [1, 1]),
+    ]
+
+
+def _brute_force_logps(model, lists):
+    """Each (prompt, response) alone through model(...).logits; full log-softmax; sum of target entries."""
+    k_max = max(item.k for item in lists)
+    out = torch.zeros(len(lists), k_max)
+    for b, item in enumerate(lists):
+        for k, response in enumerate(item.response_ids):
+            ids = torch.tensor([item.prompt_ids + response])
+            logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+            p = len(item.prompt_ids)
+            # token at position p + j is predicted by position p + j - 1
+            out[b, k] = sum(logp[p + j - 1, tok] for j, tok in enumerate(response))
+    return out
+
+
+def _grads(model, logps):
+    model.zero_grad()
+    # a weighted sum so that every response's gradient counts differently
+    weights = torch.arange(1, logps.numel() + 1, dtype=torch.float32).view_as(logps)
+    (logps * weights).sum().backward()
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_shared_layout_equals_duplicated_and_brute_force(arch, attn):
+    model = tiny_causal_lm(VOCAB, arch=arch, attn_implementation=attn)
+    lists = _lists()
+    with torch.no_grad():
+        expected = _brute_force_logps(model, lists)
+    shared = sequence_logps(model, pack_lists(lists, layout="shared"))
+    duplicated = sequence_logps(model, pack_lists(lists, layout="duplicated"))
+    several = sequence_logps(model, pack_lists(lists, layout="shared", max_tokens_per_row=40))
+    padded = sequence_logps(model, pack_lists(lists, layout="shared", pad_to_multiple_of=16, pad_token_id=5))
+    for got in (shared, duplicated, several, padded):
+        torch.testing.assert_close(got.detach(), expected, atol=1e-5, rtol=1e-5)
+    # padding cells are exactly 0
+    pad = torch.tensor([[item.k <= k for k in range(4)] for item in lists])
+    assert (shared.detach()[pad] == 0).all()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_shared_layout_gradients_equal_duplicated(arch):
+    model = tiny_causal_lm(VOCAB, arch=arch)
+    lists = _lists()
+    grads_dup = _grads(model, sequence_logps(model, pack_lists(lists, layout="duplicated")))
+    grads_shared = _grads(model, sequence_logps(model, pack_lists(lists, layout="shared")))
+    grads_rows = _grads(model, sequence_logps(model, pack_lists(lists, layout="shared", max_tokens_per_row=64)))
+    assert grads_dup.keys() == grads_shared.keys() == grads_rows.keys()
+    assert len(grads_dup) == len(list(model.parameters()))
+    for name in grads_dup:
+        scale = grads_dup[name].abs().max().clamp_min(1.0)
+        torch.testing.assert_close(grads_shared[name] / scale, grads_dup[name] / scale, atol=1e-5, rtol=0,
+                                   msg=name)
+        torch.testing.assert_close(grads_rows[name] / scale, grads_dup[name] / scale, atol=1e-5, rtol=0,
+                                   msg=name)
+
+
+def test_several_lists_share_a_row_within_the_budget():
+    lists = _lists()
+    sizes = [item.shared_length for item in lists]   # 9, 8, 21, 19, 14 tokens
+    assert sizes == [6 + 3, 1 + 7, 9 + 12, 3 + 16, 12 + 2]
+    batch = pack_lists(lists, layout="shared", max_tokens_per_row=24)
+    # first fit: [9, 8] = 17 -> row 0 (room 7); 21 -> row 1; 19 -> row 2; 14 -> row 3 (no room left anywhere)
+    assert batch.input_ids.shape == (4, 21)
+    assert batch.num_tokens == sum(sizes)
+    # the second list in row 0 starts at 9: prompt of 1 token (position 0), responses of 2 and 5 tokens
+    # each restarting at position 1
+    assert batch.position_ids[0, 9:17].tolist() == [0, 1, 2, 1, 2, 3, 4, 5]
+    # one list per row without a budget; duplicated rows: one per response
+    assert pack_lists(lists).input_ids.shape[0] == 5
+    assert pack_lists(lists, layout="duplicated").input_ids.shape[0] == 1 + 2 + 3 + 4 + 2
+
+
+def test_shared_mask_and_positions_by_hand():
+    item = TokenizedList(prompt_ids=[1, 10, 11], response_ids=[[20, 21], [30]], ranks=[0, 1])
+    batch = pack_lists([item])
+    assert batch.input_ids.tolist() == [[1, 10, 11, 20, 21, 30]]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 4, 3]]
+    allowed = (batch.attention_mask[0, 0] == 0).int().tolist()
+    assert allowed == [
+        [1, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0],   # response 0, token 0: prompt + itself
+        [1, 1, 1, 1, 1, 0],
+        [1, 1, 1, 0, 0, 1],   # response 1 does not see response 0
+    ]
+    # token 20 predicted by position 2 (last prompt token), 21 by 3, 30 also by 2
+    assert batch.target_index.tolist() == [2, 3, 2]
+    assert batch.target_ids.tolist() == [20, 21, 30]
+    assert batch.target_segment.tolist() == [0, 0, 1]
+    assert batch.lengths.tolist() == [[2, 1]]
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_chunked_gather_equals_full_log_softmax(recompute):
+    g = torch.Generator().manual_seed(0)
+    head = torch.nn.Linear(8, 50, bias=True)
+    hidden = torch.randn(23, 8, generator=g, requires_grad=True)
+    targets = torch.randint(0, 50, (23,), generator=g)
+    upstream = torch.randn(23, generator=g)
+
+    full = torch.log_softmax(head(hidden), dim=-1)[torch.arange(23), targets]
+    expected_grads = torch.autograd.grad((full * upstream).sum(), [hidden, head.weight, head.bias])
+
+    got = gather_token_logps(hidden, head, targets, chunk_size=5, recompute_head=recompute)
+    torch.testing.assert_close(got, full.detach(), atol=1e-6, rtol=1e-6)
+    grads = torch.autograd.grad((got * upstream).sum(), [hidden, head.weight, head.bias])
+    for a, b in zip(grads, expected_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_recomputed_head_in_sequence_logps_matches_autograd():
+    model = tiny_causal_lm(VOCAB, arch="llama")
+    batch = pack_lists(_lists())
+    plain = _grads(model, sequence_logps(model, batch, chunk_size=4, recompute_head=False))
+    recomputed = _grads(model, sequence_logps(model, batch, chunk_size=4, recompute_head=True))
+    for name in plain:
+        torch.testing.assert_close(recomputed[name], plain[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+class _IgnoresCustomMasks(torch.nn.Module):
+    """A causal LM wrapper whose forward drops any 4D mask (as models without custom-mask support do)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.config = inner.config
+        self.base_model_prefix = "decoder"
+        self.decoder = _DropMask(inner.model)
+
+    def get_output_embeddings(self):
+        return self.inner.get_output_embeddings()
+
+    def get_decoder(self):
+        return self.decoder
+
+
+class _DropMask(torch.nn.Module):
+    def __init__(self, base):
+        super().__init__()
+        self.base = base
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, **kwargs):
+        if attention_mask is not None and attention_mask.dim() == 4:
+            attention_mask = None  # silently ignored: plain causal attention over the packed row
+        return self.base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
+
+
+def test_model_without_4d_mask_support_falls_back_with_a_warning():
+    inner = tiny_causal_lm(VOCAB, arch="llama")
+    model = _IgnoresCustomMasks(inner)
+    lists = _lists()
+    assert supports_shared_layout(inner)
+    assert not supports_shared_layout(model)
+    with pytest.warns(UserWarning, match="falling back to the duplicated layout"):
+        got = sequence_logps(model, pack_lists(lists, layout="shared"))
+    with torch.no_grad():
+        expected = _brute_force_logps(inner, lists)
+    torch.testing.assert_close(got.detach(), expected, atol=1e-5, rtol=1e-5)
+
+    declared = tiny_causal_lm(VOCAB, arch="gpt2")
+    declared.rankalign_shared_layout = False
+    assert not supports_shared_layout(declared)
+    flash = tiny_causal_lm(VOCAB, arch="llama")
+    flash.config._attn_implementation = "flash_attention_2"
+    assert not supports_shared_layout(flash)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sequence_logps(inner, pack_lists(lists[:1]))  # supported: no warning
