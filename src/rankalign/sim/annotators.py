@@ -1,0 +1,268 @@
+"""Simulated annotators: choice models with temperature, flip noise, ties, ratings, picks and thumbs.
+
+An annotator scores a candidate by a utility ``u = w^T c`` of the candidate's *utility components* ``c``
+(the features of the tabular world, or the text world's reward components) with its own weights ``w``
+(default: the world's gold weights), then answers through a noisy choice model. Every function takes a
+seeded ``numpy.random.Generator`` and is deterministic for it. Annotations come back as the same
+records the readers return: :class:`~rankalign.data.RankedList` (pairs, rankings, ratings, best-of-K
+picks) and :class:`~rankalign.data.Judgment` (thumbs up/down), each carrying the annotator id.
+
+Choice models (``Annotator.choice``), with ``T`` the temperature:
+
+* ``"bradley_terry"`` / ``"plackett_luce"``: a ranking is a Plackett-Luce draw with strengths
+  ``exp(u / T)`` (Luce 1959; Plackett 1975), sampled exactly by sorting ``u / T + Gumbel noise``; for a
+  pair, ``P(a > b) = sigmoid((u_a - u_b) / T)`` (Bradley & Terry 1952).
+* ``"thurstone"``: sort ``u + T * z`` with ``z ~ N(0, 1)`` per candidate (Thurstone 1927, case V); for a
+  pair, ``P(a > b) = Phi((u_a - u_b) / (T sqrt 2))``.
+* ``"deterministic"``: sort by ``u`` (exact ties share a rank).
+
+Noise on top: ``flip_rate`` eps reverses the whole ranking with probability eps (for a pair, the
+preference is flipped); ``tie_strength`` nu > 0 gives Davidson (1970) ties on pairs,
+``P(tie) = nu sqrt(pi_a pi_b) / (pi_a + pi_b + nu sqrt(pi_a pi_b))`` with ``pi = exp(u / T)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..data.records import Judgment, RankedList
+
+CHOICE_MODELS = ("bradley_terry", "plackett_luce", "thurstone", "deterministic")
+
+
+@dataclass(frozen=True)
+class Annotator:
+    """One simulated annotator.
+
+    Parameters
+    ----------
+    id : str
+        Written to every record's ``annotator``.
+    weights : tuple of float, optional
+        Own utility weights over the world's utility components; None uses the world's gold weights.
+    choice : str
+        One of :data:`CHOICE_MODELS`.
+    temperature : float
+        T > 0 of the choice model (higher = noisier); ignored by ``"deterministic"``.
+    flip_rate : float
+        eps in [0, 1/2]: probability of reversing the ranking (flipping a pair).
+    tie_strength : float
+        Davidson's nu >= 0 for pairs (0 = never tie).
+    rating_center, rating_slope, rating_noise : float
+        1-5 ratings: ``clip(round(center + slope * u + rating_noise * z), 1, 5)``, z ~ N(0, 1).
+    thumbs_threshold : float
+        Thumbs up with probability ``sigmoid((u - threshold) / T)`` (then flipped with ``flip_rate``).
+    group : str, optional
+        The annotator's group in a population (recorded in ``meta``).
+    """
+
+    id: str
+    weights: tuple[float, ...] | None = None
+    choice: str = "bradley_terry"
+    temperature: float = 1.0
+    flip_rate: float = 0.0
+    tie_strength: float = 0.0
+    rating_center: float = 3.0
+    rating_slope: float = 1.0
+    rating_noise: float = 0.5
+    thumbs_threshold: float = 0.0
+    group: str | None = None
+
+    def __post_init__(self):
+        if self.choice not in CHOICE_MODELS:
+            raise ValueError(f"unknown choice model {self.choice!r}; choose one of {', '.join(CHOICE_MODELS)}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.flip_rate <= 0.5:
+            raise ValueError(f"flip_rate must be in [0, 0.5], got {self.flip_rate}")
+        if self.tie_strength < 0:
+            raise ValueError(f"tie_strength must be >= 0, got {self.tie_strength}")
+        if self.weights is not None:
+            object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
+
+    def utilities(self, components: np.ndarray, gold_weights: np.ndarray | None = None) -> np.ndarray:
+        """``u = components @ w`` for components of shape (..., C); ``w`` is own weights or ``gold_weights``."""
+        weights = self.weights if self.weights is not None else gold_weights
+        if weights is None:
+            raise ValueError(f"annotator {self.id!r} has no weights and no gold weights were given")
+        return np.asarray(components, dtype=np.float64) @ np.asarray(weights, dtype=np.float64)
+
+
+# ------------------------------------------------------------------------------------------ probabilities
+def _log_sigmoid(x):
+    return -np.logaddexp(0.0, -x)
+
+
+def pair_probabilities(annotator: Annotator, u_a, u_b) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(P(a > b), P(tie), P(b > a))`` for utilities ``u_a``, ``u_b`` (arrays broadcast), noise included.
+
+    These are the true preference rates alpha that the idealised ranking accuracy needs.
+    """
+    u_a, u_b = np.asarray(u_a, dtype=np.float64), np.asarray(u_b, dtype=np.float64)
+    t = annotator.temperature
+    diff = u_a - u_b
+    if annotator.choice == "deterministic":
+        win = np.where(diff > 0, 1.0, np.where(diff == 0, 0.5, 0.0))
+        tie = np.zeros_like(win)
+    elif annotator.choice == "thurstone":
+        win = 0.5 * (1.0 + np.vectorize(math.erf)(diff / (t * 2.0)))  # Phi(d / (T sqrt 2))
+        tie = np.zeros_like(win)
+    elif annotator.tie_strength > 0:
+        # Davidson: pi_a : pi_b : nu sqrt(pi_a pi_b), in log space with pi = exp(u / T)
+        log_terms = np.stack([u_a / t, u_b / t, math.log(annotator.tie_strength) + (u_a + u_b) / (2 * t)])
+        probs = np.exp(log_terms - np.logaddexp.reduce(log_terms, axis=0))
+        win, loss_, tie = probs[0], probs[1], probs[2]
+        eps = annotator.flip_rate
+        return (1 - eps) * win + eps * loss_, tie, (1 - eps) * loss_ + eps * win
+    else:
+        win = np.exp(_log_sigmoid(diff / t))
+        tie = np.zeros_like(win)
+    loss_ = 1.0 - win - tie
+    eps = annotator.flip_rate
+    return (1 - eps) * win + eps * loss_, tie, (1 - eps) * loss_ + eps * win
+
+
+# ---------------------------------------------------------------------------------------------- choices
+def _ranks_from_scores(scores: np.ndarray) -> list[int]:
+    """Dense ranks, 0 for the highest score, equal scores tied."""
+    order = -np.asarray(scores, dtype=np.float64)
+    levels = {v: r for r, v in enumerate(sorted(set(order.tolist())))}
+    return [levels[v] for v in order.tolist()]
+
+
+def sample_ranks(annotator: Annotator, utilities: np.ndarray, rng: np.random.Generator) -> list[int]:
+    """One ranking (ranks, 0 best) of K candidates with the given utilities, noise included.
+
+    For K = 2 with ``tie_strength > 0`` the Davidson model decides (win / tie / loss); otherwise the
+    choice model ranks all K and ``flip_rate`` reverses the ranking with that probability.
+    """
+    u = np.asarray(utilities, dtype=np.float64)
+    k = len(u)
+    if k == 2 and annotator.tie_strength > 0 and annotator.choice != "deterministic":
+        win, tie, _ = pair_probabilities(annotator, u[0], u[1])
+        draw = rng.random()
+        if draw < win:
+            return [0, 1]
+        if draw < win + tie:
+            return [0, 0]
+        return [1, 0]
+    if annotator.choice in ("bradley_terry", "plackett_luce"):
+        noisy = u / annotator.temperature + rng.gumbel(size=k)
+    elif annotator.choice == "thurstone":
+        noisy = u + annotator.temperature * rng.standard_normal(k)
+    else:
+        noisy = u
+    ranks = _ranks_from_scores(noisy)
+    if annotator.flip_rate > 0 and rng.random() < annotator.flip_rate:
+        top = max(ranks)
+        ranks = [top - r for r in ranks]
+    return ranks
+
+
+def sample_best(annotator: Annotator, utilities: np.ndarray, rng: np.random.Generator) -> int:
+    """Index of the candidate picked as best of K (the first choice of the choice model).
+
+    With probability ``flip_rate`` the pick is replaced by a uniformly random *other* candidate.
+    """
+    u = np.asarray(utilities, dtype=np.float64)
+    if annotator.choice in ("bradley_terry", "plackett_luce"):
+        best = int(np.argmax(u / annotator.temperature + rng.gumbel(size=len(u))))
+    elif annotator.choice == "thurstone":
+        best = int(np.argmax(u + annotator.temperature * rng.standard_normal(len(u))))
+    else:
+        best = int(np.argmax(u))
+    if len(u) > 1 and annotator.flip_rate > 0 and rng.random() < annotator.flip_rate:
+        others = [i for i in range(len(u)) if i != best]
+        best = int(others[rng.integers(len(others))])
+    return best
+
+
+def sample_ratings(annotator: Annotator, utilities: np.ndarray, rng: np.random.Generator) -> list[float]:
+    """1-5 ratings: ``clip(round(center + slope * u + noise * z), 1, 5)``."""
+    u = np.asarray(utilities, dtype=np.float64)
+    raw = annotator.rating_center + annotator.rating_slope * u + annotator.rating_noise * rng.standard_normal(len(u))
+    return [float(v) for v in np.clip(np.rint(raw), 1, 5)]
+
+
+def sample_thumbs(annotator: Annotator, utilities: np.ndarray, rng: np.random.Generator) -> list[bool]:
+    """Thumbs up with probability ``sigmoid((u - threshold) / T)``, each flipped with ``flip_rate``."""
+    u = np.asarray(utilities, dtype=np.float64)
+    p_up = np.exp(_log_sigmoid((u - annotator.thumbs_threshold) / annotator.temperature))
+    up = rng.random(len(u)) < p_up
+    flip = rng.random(len(u)) < annotator.flip_rate
+    return [bool(v) for v in up ^ flip]
+
+
+# ----------------------------------------------------------------------------------------- annotations
+ANNOTATION_KINDS = ("ranking", "ratings", "best_of", "thumbs")
+
+
+def annotate(annotator: Annotator, prompt, candidates: Sequence, components: np.ndarray,
+             rng: np.random.Generator, *, kind: str = "ranking", gold_weights: np.ndarray | None = None,
+             meta: dict | None = None) -> RankedList | list[Judgment]:
+    """One annotation of ``candidates`` (one prompt) as records the readers return.
+
+    ``components`` is (K, C): each candidate's utility components. ``kind``:
+
+    * ``"ranking"``: a full ranking (a pair when K = 2), ``RankedList`` with ranks from the choice model;
+    * ``"ratings"``: 1-5 ratings, ``RankedList.from_scores`` (equal ratings tie), ratings kept in ``scores``;
+    * ``"best_of"``: a best-of-K pick, ranks ``[1, .., 0, .., 1]``;
+    * ``"thumbs"``: one ``Judgment`` (thumbs up = True) per candidate.
+    """
+    utilities = annotator.utilities(components, gold_weights)
+    meta = {**(meta or {}), **({"group": annotator.group} if annotator.group else {})}
+    if kind == "ranking":
+        return RankedList(prompt=prompt, candidates=list(candidates), ranks=sample_ranks(annotator, utilities, rng),
+                          annotator=annotator.id, meta=meta)
+    if kind == "ratings":
+        return RankedList.from_scores(sample_ratings(annotator, utilities, rng), candidates=list(candidates),
+                                      prompt=prompt, annotator=annotator.id, meta=meta)
+    if kind == "best_of":
+        best = sample_best(annotator, utilities, rng)
+        ranks = [0 if i == best else 1 for i in range(len(candidates))]
+        return RankedList(prompt=prompt, candidates=list(candidates), ranks=ranks, annotator=annotator.id, meta=meta)
+    if kind == "thumbs":
+        return [Judgment(prompt=prompt, response=c, label=up, annotator=annotator.id, meta=meta)
+                for c, up in zip(candidates, sample_thumbs(annotator, utilities, rng))]
+    raise ValueError(f"unknown annotation kind {kind!r}; choose one of {', '.join(ANNOTATION_KINDS)}")
+
+
+def make_population(groups: Sequence[tuple[str, int, Sequence[float] | None]], **annotator_settings) -> list[Annotator]:
+    """Annotators in groups that may disagree: ``groups`` is ``[(name, size, weights), ...]``.
+
+    Each member gets id ``"{name}-{i}"``, the group's utility ``weights`` (None = gold) and the shared
+    ``annotator_settings`` (choice, temperature, flip_rate, ...).
+    """
+    population = []
+    for name, size, weights in groups:
+        for i in range(size):
+            population.append(Annotator(id=f"{name}-{i}", weights=weights, group=name, **annotator_settings))
+    if not population:
+        raise ValueError("empty population")
+    return population
+
+
+def annotate_items(population: Sequence[Annotator], items: Sequence[tuple], rng: np.random.Generator, *,
+                   kind: str = "ranking", gold_weights: np.ndarray | None = None,
+                   annotations_per_item: int = 1) -> list:
+    """Annotate ``items = [(prompt, candidates, components), ...]``, each by annotators drawn at random.
+
+    Returns a flat list of records (thumbs contribute one ``Judgment`` per candidate).
+    """
+    records: list = []
+    for prompt, candidates, components in items:
+        for _ in range(annotations_per_item):
+            annotator = population[int(rng.integers(len(population)))]
+            out = annotate(annotator, prompt, candidates, components, rng, kind=kind, gold_weights=gold_weights)
+            records.extend(out if isinstance(out, list) else [out])
+    return records
+
+
+__all__ = [
+    "CHOICE_MODELS", "ANNOTATION_KINDS", "Annotator", "pair_probabilities", "sample_ranks", "sample_best",
+    "sample_ratings", "sample_thumbs", "annotate", "make_population", "annotate_items",
+]
