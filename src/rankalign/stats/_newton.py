@@ -1,0 +1,151 @@
+"""Damped Newton maximisation and gauge-aware covariance, shared by every rating model.
+
+The objectives here are concave (or nearly so) log-likelihoods with an analytic gradient and Hessian.
+The Hessian is a dense array while it is small and a ``scipy.sparse`` matrix otherwise; sparse systems
+are solved by preconditioned conjugate gradients, so no dense n x n matrix is ever built for many items.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+from scipy import sparse
+from scipy.sparse import linalg as sparse_linalg
+
+# items up to this count get a dense Hessian (and exact standard errors); above it, sparse + CG
+DENSE_LIMIT = 2500
+
+
+def _solve(neg_hessian, gradient):
+    """Solve ``(-H) step = g`` for the Newton step; damped when -H is not positive definite."""
+    if sparse.issparse(neg_hessian):
+        diagonal = neg_hessian.diagonal()
+        diagonal = np.where(diagonal > 0, diagonal, 1.0)
+        preconditioner = sparse_linalg.LinearOperator(neg_hessian.shape, matvec=lambda v: v / diagonal)
+        step, info = sparse_linalg.cg(neg_hessian, gradient, rtol=1e-12, atol=0.0, M=preconditioner,
+                                      maxiter=2000)
+        return step
+    try:
+        factor = scipy.linalg.cho_factor(neg_hessian, check_finite=False)
+        return scipy.linalg.cho_solve(factor, gradient, check_finite=False)
+    except np.linalg.LinAlgError:
+        scale = max(float(np.abs(np.diag(neg_hessian)).max()), 1.0)
+        damping = 1e-8 * scale
+        eye = np.eye(len(gradient))
+        while True:
+            try:
+                factor = scipy.linalg.cho_factor(neg_hessian + damping * eye, check_finite=False)
+                return scipy.linalg.cho_solve(factor, gradient, check_finite=False)
+            except np.linalg.LinAlgError:
+                damping *= 10.0
+
+
+def _restrict(hessian, free):
+    if free is None:
+        return hessian
+    if sparse.issparse(hessian):
+        return hessian.tocsr()[free][:, free]
+    return hessian[np.ix_(free, free)]
+
+
+def maximise(objective, x0, free=None, *, tol=1e-10, max_iter=200):
+    """Maximise ``objective`` by Newton's method with a backtracking line search.
+
+    Parameters
+    ----------
+    objective : callable ``(x, order) -> (value, gradient, hessian)``
+        ``order`` 0 needs the value only, 2 all three. The Hessian may be dense or sparse.
+    x0 : array
+        Start (a warm start makes bootstrap refits take two or three steps).
+    free : int array, optional
+        Coordinates that move; the others stay at their ``x0`` value (the reference-item gauge).
+    tol : float
+        Stop when the Newton decrement ``g^T (-H)^-1 g / 2`` falls below ``tol`` (an upper bound on the
+        remaining gain in log-likelihood near the optimum).
+
+    Returns
+    -------
+    x, value, gradient, hessian, iterations
+    """
+    x = np.array(x0, dtype=np.float64)
+    value, gradient, hessian = objective(x, 2)
+    iterations = 0
+    for iterations in range(1, max_iter + 1):
+        g = gradient if free is None else gradient[free]
+        neg_h = -_restrict(hessian, free)
+        step = _solve(neg_h, g)
+        decrement = float(g @ step) / 2.0
+        if not np.isfinite(decrement):
+            raise FloatingPointError("non-finite Newton step (the data may not identify the model)")
+        if decrement < tol:
+            break
+        t = 1.0
+        while True:
+            candidate = x.copy()
+            if free is None:
+                candidate += t * step
+            else:
+                candidate[free] += t * step
+            new_value = objective(candidate, 0)[0]
+            if np.isfinite(new_value) and new_value >= value - 1e-12 * abs(value):
+                break
+            t *= 0.5
+            if t < 1e-12:
+                return x, value, gradient, hessian, iterations
+        x = candidate
+        value, gradient, hessian = objective(x, 2)
+    return x, value, gradient, hessian, iterations
+
+
+def covariance(hessian, free, n_params):
+    """Inverse observed information ``(-H)^-1`` on the ``free`` coordinates, zero elsewhere (dense)."""
+    free = np.arange(n_params) if free is None else np.asarray(free)
+    neg_h = -_restrict(hessian, free)
+    if sparse.issparse(neg_h):
+        neg_h = neg_h.toarray()
+    try:
+        factor = scipy.linalg.cho_factor(neg_h, check_finite=False)
+        cov_free = scipy.linalg.cho_solve(factor, np.eye(len(free)), check_finite=False)
+    except np.linalg.LinAlgError:
+        cov_free = scipy.linalg.pinvh(neg_h)
+    full = np.zeros((n_params, n_params))
+    full[np.ix_(free, free)] = cov_free
+    return full
+
+
+def gauge_matrix(n_items, n_params, reference=None):
+    """Linear map from fitted parameters to reported ones under a gauge.
+
+    ``reference`` None: mean-zero ratings, ``theta - mean(theta)``; an index r: ``theta - theta_r``.
+    Parameters after the first ``n_items`` (order effect, covariate weights, tie parameter) are
+    unchanged. Covariances transform as ``A C A^T``: for the mean-zero gauge this is the projection of
+    the covariance onto the sum-zero subspace.
+    """
+    a = np.eye(n_params)
+    if reference is None:
+        a[:n_items, :n_items] -= 1.0 / n_items
+    else:
+        a[:n_items, reference] -= 1.0
+    return a
+
+
+def apply_gauge(theta, n_items, reference=None):
+    """Shift the first ``n_items`` entries of ``theta`` (any leading batch axes) into the gauge."""
+    theta = np.array(theta, dtype=np.float64)
+    items = theta[..., :n_items]
+    shift = items.mean(axis=-1, keepdims=True) if reference is None else items[..., reference:reference + 1]
+    theta[..., :n_items] = items - shift
+    return theta
+
+
+def gauge_variances(cov, n_items, reference=None):
+    """Diagonal of ``A C A^T`` for the gauge (without forming A for many items)."""
+    item_cov = cov[:n_items, :n_items]
+    if reference is None:
+        row_mean = item_cov.mean(axis=1)
+        total_mean = row_mean.mean()
+        item_var = np.diag(item_cov) - 2.0 * row_mean + total_mean
+    else:
+        item_var = np.diag(item_cov) - 2.0 * item_cov[:, reference] + item_cov[reference, reference]
+    rest = np.diag(cov)[n_items:]
+    return np.maximum(np.concatenate([item_var, rest]), 0.0)

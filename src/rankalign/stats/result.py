@@ -1,0 +1,180 @@
+"""The result of a rating fit: ratings, uncertainty, model parameters, predictions, JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from scipy.special import expit, log_ndtr
+
+ELO_SCALE = 400.0 / math.log(10.0)
+ELO_OFFSET = 1000.0
+
+
+def davidson_probabilities(d, nu):
+    """Davidson (1970): P(win), P(tie), P(loss) for log-strength difference ``d`` and tie parameter nu.
+
+    With pi = exp(theta): P(i > j) = pi_i / (pi_i + pi_j + nu sqrt(pi_i pi_j)), P(tie) = nu sqrt(pi_i pi_j) / (...).
+    Dividing by sqrt(pi_i pi_j) gives the softmax of (d/2, -d/2, log nu) used here.
+    """
+    z = np.stack(np.broadcast_arrays(np.asarray(d, float) / 2, -np.asarray(d, float) / 2,
+                                     np.full(np.shape(d), math.log(nu))))
+    z = z - z.max(axis=0)
+    e = np.exp(z)
+    p = e / e.sum(axis=0)
+    return p[0], p[2], p[1]
+
+
+def rao_kupper_probabilities(d, theta):
+    """Rao & Kupper (1967): P(i > j) = pi_i / (pi_i + theta pi_j), P(tie) = 1 - P(i > j) - P(j > i), theta >= 1."""
+    t = math.log(theta)
+    win = expit(np.asarray(d, float) - t)
+    loss = expit(-np.asarray(d, float) - t)
+    return win, 1.0 - win - loss, loss
+
+
+def pair_probabilities(model, d, params):
+    """(P(first wins), P(tie), P(second wins)) for strength difference ``d`` under ``model``."""
+    d = np.asarray(d, dtype=np.float64)
+    if model == "davidson":
+        return davidson_probabilities(d, params["nu"])
+    if model == "rao-kupper":
+        return rao_kupper_probabilities(d, params["theta"])
+    if model == "thurstone":
+        win = np.exp(log_ndtr(d))
+        return win, np.zeros_like(d), 1.0 - win
+    win = expit(d)  # Bradley-Terry, Plackett-Luce (pairwise marginal), Elo
+    return win, np.zeros_like(d), 1.0 - win
+
+
+@dataclass
+class RatingResult:
+    """Ratings of items with their uncertainty, from any of the models in :mod:`rankalign.stats`.
+
+    Attributes
+    ----------
+    items : list of str
+        Item names, in index order.
+    ratings : float array [n]
+        Log-strengths theta (logit scale for BT/Davidson/Rao-Kupper/PL, probit scale for Thurstone),
+        in the gauge named by ``reference`` (None: mean zero; an item name: that item at 0).
+    se : float array [n]
+        Standard errors in that gauge (NaN when not computed). The reference item has se 0.
+    ci_low, ci_high : float arrays [n]
+        Confidence interval (``ci_method`` "wald": rating -/+ z se; "bootstrap": percentile interval).
+    n : int array [n]
+        Number of comparisons each item took part in (for rankings: rankings it appears in).
+    log_likelihood : float
+        Data log-likelihood at the estimate (prior or pseudo-data terms not included).
+    model : str
+    scale : str
+        "logit" (or "probit" for Thurstone); :meth:`to_scale` ("elo") rescales.
+    params : dict
+        Other estimates: ``home`` (order effect h), ``weights`` (covariate weights w), ``nu`` (Davidson),
+        ``theta`` (Rao-Kupper), with their standard errors as ``<name>_se``.
+    covariance : float array [n, n], optional
+        Covariance of ``ratings`` in the same gauge.
+    """
+
+    items: list
+    ratings: np.ndarray
+    se: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    n: np.ndarray
+    log_likelihood: float
+    model: str
+    scale: str = "logit"
+    reference: str | None = None
+    prior: float = 0.0
+    ci_level: float = 0.95
+    ci_method: str = "wald"
+    params: dict = field(default_factory=dict)
+    covariance: np.ndarray | None = None
+    iterations: int = 0
+
+    def index(self, item) -> int:
+        try:
+            return self.items.index(item)
+        except ValueError:
+            raise KeyError(f"unknown item {item!r}") from None
+
+    def _logit(self, values):
+        values = np.asarray(values, dtype=np.float64)
+        return (values - ELO_OFFSET) / ELO_SCALE if self.scale == "elo" else values
+
+    def predict_proba(self, a, b, *, home: bool = False) -> dict[str, float]:
+        """Predicted probabilities that ``a`` beats, ties with, or loses to ``b``.
+
+        ``home=True`` adds the order (home) effect for ``a``. Under BT/Thurstone/PL the tie probability
+        is 0 (a tie there was scored as half a win for each side).
+        """
+        theta = self._logit(self.ratings)
+        d = theta[self.index(a)] - theta[self.index(b)]
+        if home:
+            d += self.params.get("home", 0.0)
+        win, tie, loss = pair_probabilities(self.model, d, self.params)
+        return {"win": float(win), "tie": float(tie), "loss": float(loss)}
+
+    def win_matrix(self) -> np.ndarray:
+        """Predicted P(row item beats column item) on neutral ground; the diagonal is NaN."""
+        theta = self._logit(self.ratings)
+        win, _, _ = pair_probabilities(self.model, theta[:, None] - theta[None, :], self.params)
+        win = np.array(win, dtype=np.float64)
+        np.fill_diagonal(win, np.nan)
+        return win
+
+    def to_scale(self, scale: str) -> RatingResult:
+        """The same result on the "logit" scale or the "elo" scale (400/ln 10 · theta + 1000)."""
+        if scale == self.scale:
+            return self
+        if {scale, self.scale} - {"logit", "elo", "probit"}:
+            raise ValueError(f"unknown scale {scale!r}; expected 'logit' or 'elo'")
+        if scale == "elo":
+            factor, offset = ELO_SCALE, ELO_OFFSET
+        else:
+            factor, offset = 1.0 / ELO_SCALE, -ELO_OFFSET / ELO_SCALE
+        cov = None if self.covariance is None else self.covariance * factor ** 2
+        return replace(self, ratings=self.ratings * factor + offset, se=self.se * factor,
+                       ci_low=self.ci_low * factor + offset, ci_high=self.ci_high * factor + offset,
+                       scale=scale if scale == "elo" else ("probit" if self.model == "thurstone" else "logit"),
+                       covariance=cov)
+
+    def order(self) -> np.ndarray:
+        """Item indices from best to worst rating."""
+        return np.argsort(-self.ratings, kind="stable")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``--json`` object of DESIGN.md: model, scale, log_likelihood, items (sorted best first)."""
+
+        def number(x):
+            x = float(x)
+            return x if math.isfinite(x) else None
+
+        out: dict[str, Any] = {
+            "model": self.model,
+            "scale": self.scale,
+            "log_likelihood": float(self.log_likelihood),
+            "items": [{"item": str(self.items[i]), "rating": number(self.ratings[i]), "ci_low": number(self.ci_low[i]),
+                       "ci_high": number(self.ci_high[i]), "n": int(self.n[i]), "se": number(self.se[i])}
+                      for i in self.order()],
+            "reference": self.reference,
+            "prior": self.prior,
+            "ci_level": self.ci_level,
+            "ci_method": self.ci_method,
+        }
+        for key, value in self.params.items():
+            if isinstance(value, np.ndarray):
+                out[key] = [number(v) for v in value]
+            elif isinstance(value, (list, tuple)):
+                out[key] = list(value)
+            else:
+                out[key] = number(value) if isinstance(value, (float, int, np.floating)) else value
+        return out
+
+    def to_json(self, **kwargs) -> str:
+        """:meth:`to_dict` as one JSON object."""
+        return json.dumps(self.to_dict(), **kwargs)
