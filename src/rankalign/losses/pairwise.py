@@ -357,9 +357,10 @@ def soft_dpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Te
     * ``grades``: ``[B, K]`` scores; each ordered pair gets the Bradley-Terry probability
       p = sigma(g_w - g_l) (grades are labels: not differentiated).
 
-    Pairs come from ``ranks`` (default: column order) through the module's pair decomposition, so tied
-    or padded pairs are skipped even though a soft label could express a tie (use p = 0.5 with distinct
-    ranks to train on a tie). ``ref_logps=None``: reference-free.
+    K > 2, ties, padding: pairs come from ``ranks`` (default: column order) through the module's pair
+    decomposition, so tied or padded pairs are skipped even though a soft label could express a tie
+    (to train on a tie, give the two candidates distinct ranks and p = 0.5). ``ref_logps=None``:
+    reference-free.
     """
     if preference_prob is not None and grades is not None:
         raise ValueError("soft_dpo: pass either preference_prob or grades, not both")
