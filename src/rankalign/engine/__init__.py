@@ -11,6 +11,13 @@ See DESIGN.md ("Engine principles"). The pieces, in the order data flows through
 
 from .logps import decoder_and_head, gather_token_logps, sequence_logps, supports_shared_layout, unwrap_model
 from .packing import LAYOUTS, ListCollator, PackedBatch, block_attention_mask, pack_lists
+from .reference import (
+    ReferenceCache,
+    adapter_disabled,
+    compute_reference_logps,
+    peft_reference_logps,
+    reference_cache_key,
+)
 from .tiny import CHAT_TEMPLATE, build_tokenizer, tiny_causal_lm
 from .tokenize import TokenizedList, TruncationReport, tokenize_records
 
@@ -18,5 +25,7 @@ __all__ = [
     "TokenizedList", "TruncationReport", "tokenize_records",
     "PackedBatch", "pack_lists", "ListCollator", "block_attention_mask", "LAYOUTS",
     "sequence_logps", "supports_shared_layout", "gather_token_logps", "decoder_and_head", "unwrap_model",
+    "ReferenceCache", "compute_reference_logps", "reference_cache_key", "adapter_disabled",
+    "peft_reference_logps",
     "build_tokenizer", "tiny_causal_lm", "CHAT_TEMPLATE",
 ]

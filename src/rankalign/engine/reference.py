@@ -1,0 +1,291 @@
+"""Reference log-probs: computed once, cached on disk, validated; or the PEFT base with the adapter off.
+
+The cache key is a sha256 over everything the numbers depend on: the reference model's weights (every
+state-dict tensor's name, dtype, shape and bytes), the tokenizer (its serialised JSON, chat template and
+special tokens), the tokenized data (every list's prompt and response ids) and the settings (a JSON
+object). A cache directory holds ``<name>.safetensors`` (all lists' log-probs flattened, with offsets)
+and ``<name>.json`` (a manifest with the key, the number of lists, each list's K and the sha256 of the
+safetensors file). Loading checks all of them; a cache that does not match (other weights, data or
+settings; a corrupt or truncated file; another number of lists) is reported and recomputed, never used.
+Files are written to a temporary name in the same directory and moved into place (``os.replace``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .logps import sequence_logps, supports_shared_layout, unwrap_model
+from .packing import pack_lists
+from .tokenize import TokenizedList
+
+CACHE_FORMAT = 1
+
+
+# ------------------------------------------------------------------------------------------------ hashing
+def _hash_model(digest, model) -> None:
+    state = unwrap_model(model).state_dict()
+    for name in sorted(state):
+        tensor = state[name].detach()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16: hash the raw 16-bit words
+            tensor = tensor.view(torch.int16)
+        digest.update(tensor.cpu().contiguous().numpy().tobytes())
+
+
+def _hash_tokenizer(digest, tokenizer) -> None:
+    if tokenizer is None:
+        digest.update(b"tokenizer:none\n")
+        return
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        digest.update(backend.to_str().encode())
+    else:
+        digest.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
+    digest.update(str(getattr(tokenizer, "chat_template", None)).encode())
+    digest.update(json.dumps({k: str(v) for k, v in tokenizer.special_tokens_map.items()}, sort_keys=True).encode())
+
+
+def _hash_lists(digest, lists: Sequence[TokenizedList]) -> None:
+    import numpy as np
+
+    for item in lists:
+        digest.update(b"L")
+        digest.update(np.asarray(item.prompt_ids, dtype=np.int64).tobytes())
+        for response in item.response_ids:
+            digest.update(b"R")
+            digest.update(np.asarray(response, dtype=np.int64).tobytes())
+
+
+def reference_cache_key(model, lists: Sequence[TokenizedList], *, tokenizer=None,
+                        settings: Mapping | None = None) -> str:
+    """sha256 (hex) of (model weights, tokenizer, token data, settings, cache format)."""
+    digest = hashlib.sha256()
+    digest.update(f"rankalign-reference-cache-v{CACHE_FORMAT}\n".encode())
+    _hash_model(digest, model)
+    _hash_tokenizer(digest, tokenizer)
+    _hash_lists(digest, lists)
+    digest.update(json.dumps(dict(settings or {}), sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+# ------------------------------------------------------------------------------------------------ cache
+class ReferenceCache:
+    """Reference log-probs of a data set on disk, one entry per directory and name.
+
+    Parameters
+    ----------
+    directory : str or Path
+        Where ``<name>.safetensors`` and ``<name>.json`` live.
+    name : str
+        File stem (default ``"reference_logps"``).
+
+    ``load(key, ks)`` returns the per-list log-prob tensors only when the manifest's key, list count,
+    per-list K and file hash all match; otherwise it returns None and records why in
+    :attr:`last_miss_reason` (``"missing"``, ``"stale key"``, ``"corrupt"``, ``"list count"``, ...).
+    """
+
+    def __init__(self, directory, name: str = "reference_logps"):
+        self.directory = Path(directory)
+        self.name = name
+        self.last_miss_reason: str | None = None
+
+    @property
+    def tensor_path(self) -> Path:
+        return self.directory / f"{self.name}.safetensors"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.directory / f"{self.name}.json"
+
+    def _miss(self, reason: str):
+        self.last_miss_reason = reason
+        return None
+
+    def load(self, key: str, ks: Sequence[int]) -> list[Tensor] | None:
+        """The cached per-list log-probs ``[K_b]`` for ``key``, or None (see :attr:`last_miss_reason`)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load as load_safetensors
+
+        self.last_miss_reason = None
+        if not self.manifest_path.exists() and not self.tensor_path.exists():
+            return self._miss("missing")
+        try:
+            manifest = json.loads(self.manifest_path.read_text())
+        except (OSError, ValueError) as error:
+            return self._miss(f"corrupt manifest ({error})")
+        if not isinstance(manifest, dict) or manifest.get("format") != CACHE_FORMAT:
+            return self._miss("corrupt manifest (unknown format)")
+        if manifest.get("key") != key:
+            return self._miss("stale key (reference weights, tokenizer, data or settings changed)")
+        if manifest.get("num_lists") != len(ks):
+            return self._miss(f"list count ({manifest.get('num_lists')} cached, {len(ks)} now)")
+        if manifest.get("ks") != [int(k) for k in ks]:
+            return self._miss("responses per list differ")
+        try:
+            raw = self.tensor_path.read_bytes()
+        except OSError as error:
+            return self._miss(f"missing tensor file ({error})")
+        if hashlib.sha256(raw).hexdigest() != manifest.get("sha256"):
+            return self._miss("corrupt tensor file (sha256 mismatch)")
+        try:
+            tensors = load_safetensors(raw)
+        except (SafetensorError, ValueError, RuntimeError) as error:
+            return self._miss(f"corrupt tensor file ({error})")
+        values, offsets = tensors.get("logps"), tensors.get("offsets")
+        if values is None or offsets is None or offsets.numel() != len(ks) + 1 \
+                or int(offsets[-1]) != values.numel() or offsets.diff().tolist() != [int(k) for k in ks]:
+            return self._miss("corrupt tensor file (offsets do not match)")
+        return [values[int(offsets[i]):int(offsets[i + 1])].clone() for i in range(len(ks))]
+
+    def save(self, key: str, logps: Sequence[Tensor], *, settings: Mapping | None = None) -> None:
+        """Write the per-list log-probs atomically: tensors first, then the manifest that vouches for them."""
+        from safetensors.torch import save as save_safetensors
+
+        ks = [int(t.numel()) for t in logps]
+        values = torch.cat([t.detach().float().cpu().reshape(-1) for t in logps]) if logps else torch.zeros(0)
+        offsets = torch.zeros(len(ks) + 1, dtype=torch.long)
+        offsets[1:] = torch.tensor(ks, dtype=torch.long).cumsum(0) if ks else offsets[1:]
+        raw = save_safetensors({"logps": values.contiguous(), "offsets": offsets}, metadata={"key": key})
+        _atomic_write_bytes(self.tensor_path, raw)
+        manifest = {"format": CACHE_FORMAT, "key": key, "num_lists": len(ks), "ks": ks,
+                    "sha256": hashlib.sha256(raw).hexdigest(), "settings": dict(settings or {})}
+        _atomic_write_bytes(self.manifest_path, (json.dumps(manifest, indent=1, default=str) + "\n").encode())
+
+
+# ------------------------------------------------------------------------------------------------ compute
+def _batches_by_length(lists: Sequence[TokenizedList], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (less padding); order restored by the caller."""
+    order = sorted(range(len(lists)), key=lambda i: lists[i].shared_length)
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def compute_reference_logps(model, lists: Sequence[TokenizedList], *, batch_size: int = 8, cache_dir=None,
+                            settings: Mapping | None = None, progress: bool = True, tokenizer=None,
+                            layout: str | None = None, max_tokens_per_row: int | None = None,
+                            chunk_size: int = 1024) -> list[Tensor]:
+    """Summed log-probs of every response under the reference model, ``[K_b]`` per list, cached.
+
+    Parameters
+    ----------
+    model : causal LM
+        The reference (run in eval mode without gradients; its training flag is restored).
+    lists : sequence of TokenizedList
+    batch_size : int
+        Lists per forward pass (sorted by length to limit padding).
+    cache_dir : str or Path, optional
+        Use a :class:`ReferenceCache` there: load when valid, else compute and save.
+    settings : mapping, optional
+        Anything else the numbers depend on (a precision flag, a data-set name); part of the key.
+    progress : bool
+        Show a progress bar (rich) while computing.
+    tokenizer : optional
+        Part of the cache key when given.
+    layout : {"shared", "duplicated"}, optional
+        Default: shared when the model supports it.
+    max_tokens_per_row, chunk_size
+        As in :func:`pack_lists` and :func:`sequence_logps`.
+
+    Returns
+    -------
+    list of Tensor
+        One float32 CPU tensor ``[K_b]`` per list, in the input order.
+    """
+    lists = list(lists)
+    cache = key = None
+    if cache_dir is not None:
+        cache = ReferenceCache(cache_dir)
+        key = reference_cache_key(model, lists, tokenizer=tokenizer, settings=settings)
+        cached = cache.load(key, [item.k for item in lists])
+        if cached is not None:
+            return cached
+        if cache.last_miss_reason != "missing":
+            warnings.warn(f"reference cache {cache.manifest_path} not used: {cache.last_miss_reason}; recomputing",
+                          stacklevel=2)
+    if layout is None:
+        layout = "shared" if supports_shared_layout(model) else "duplicated"
+    device = next(unwrap_model(model).parameters()).device
+    results: list[Tensor | None] = [None] * len(lists)
+    batches = _batches_by_length(lists, batch_size)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), _progress(progress, len(batches)) as advance:
+            for indices in batches:
+                batch = pack_lists([lists[i] for i in indices], layout=layout,
+                                   max_tokens_per_row=max_tokens_per_row).to(device)
+                logps = sequence_logps(model, batch, chunk_size=chunk_size).float().cpu()
+                for row, i in enumerate(indices):
+                    results[i] = logps[row, :lists[i].k].clone()
+                advance()
+    finally:
+        model.train(was_training)
+    if cache is not None:
+        cache.save(key, results, settings=settings)
+    return results
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, total: int):
+    if not enabled or total == 0:
+        yield lambda: None
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task("reference log-probs", total=total)
+        yield lambda: bar.advance(task)
+
+
+# ------------------------------------------------------------------------------------------------ PEFT
+@contextlib.contextmanager
+def adapter_disabled(model):
+    """Context in which a PEFT model computes as its base model (adapters off); a no-op for other models."""
+    if hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            yield model
+    else:
+        yield model
+
+
+def peft_reference_logps(model, batch, *, chunk_size: int = 1024) -> Tensor:
+    """Reference log-probs ``[B, K]`` of a PEFT model's frozen base: the same model, adapters disabled.
+
+    Saves holding a second copy of the weights; computed without gradients.
+    """
+    if not hasattr(model, "disable_adapter"):
+        raise TypeError(f"{type(model).__name__} is not a PEFT model (no disable_adapter); pass a reference model")
+    with torch.no_grad(), adapter_disabled(model):
+        return sequence_logps(model, batch, chunk_size=chunk_size)
