@@ -306,6 +306,17 @@ def test_gradcheck_extreme_margins(name):
     assert torch.isfinite(loss).all()
 
 
+@pytest.mark.parametrize("name", PAIRWISE)
+def test_float32_extreme_margins_give_finite_loss_and_gradients(name):
+    # training runs in float32: h = +-1e4 (rows 0, 1), a probability-1 response (row 2), all finite
+    policy = torch.tensor([[-1.0, -10001.0], [-10001.0, -1.0], [0.0, -30.0]], requires_grad=True)
+    ref = torch.tensor([[-5001.0, -5001.0], [-5001.0, -5001.0], [-30.0, 0.0]])
+    kwargs = dict(_kwargs(name, 2), lengths=torch.ones(3, 2))
+    loss = get(name)(policy, ref, **kwargs)
+    grad, = torch.autograd.grad(loss.sum(), policy)
+    assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
+
+
 @pytest.mark.parametrize("divergence", ["forward_kl", "js", "alpha"])
 def test_f_dpo_float32_extremes_stay_finite(divergence):
     policy = torch.tensor([[-1.0, -10001.0], [-10001.0, -1.0], [0.0, -20000.0]], requires_grad=True)
