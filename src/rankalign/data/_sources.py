@@ -1,0 +1,343 @@
+"""File formats: turn a path (or a ``datasets.Dataset``) into a stream of ``(line, row)`` pairs.
+
+A *row* is a plain dict of column -> value as found in the file; no layout is applied here. Each
+source yields rows lazily so that a 1 GB JSONL file is validated line by line, never loaded whole.
+
+Problems are raised as :class:`DataError` with the file and line. Under ``skip_invalid`` the caller
+catches them row by row; a source that cannot go on after a problem (broken JSON document, broken
+Parquet file) raises regardless.
+
+Line numbers: JSONL and PrefLib count physical lines from 1. CSV counts physical lines from 1 with the
+header on line 1, so the first data row is line 2 (a quoted field spanning lines moves later rows
+down). JSON documents, Parquet files and ``datasets.Dataset`` objects have no meaningful lines; there
+the ``line`` is the 1-based row number.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import DataError
+
+FORMATS = ("jsonl", "json", "csv", "parquet", "preflib", "dataset")
+
+_EXTENSIONS = {
+    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet",
+    ".pq": "parquet", ".soc": "preflib", ".soi": "preflib", ".toc": "preflib", ".toi": "preflib",
+}
+
+# A row that could not be read at all (bad JSON, bad UTF-8); sources yield it so the caller can count it
+# under skip_invalid without the source having to know about skipping.
+class BadRow:
+    __slots__ = ("error",)
+
+    def __init__(self, error: DataError):
+        self.error = error
+
+
+def is_dataset(source) -> bool:
+    """True for a Hugging Face ``datasets.Dataset`` (checked by duck typing: no import needed)."""
+    return hasattr(source, "column_names") and hasattr(source, "features") and not isinstance(source, (str, Path))
+
+
+def detect_format(source, format: str | None = None) -> str:
+    """The file format of ``source``: ``format`` if given, else from the extension (``.gz`` not supported)."""
+    if format is not None:
+        if format not in FORMATS:
+            raise ValueError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+        return format
+    if is_dataset(source):
+        return "dataset"
+    suffix = Path(source).suffix.lower()
+    if suffix not in _EXTENSIONS:
+        raise DataError(f"cannot tell the format from the extension {suffix!r}; pass format= one of "
+                        f"{', '.join(f for f in FORMATS if f != 'dataset')} (known extensions: "
+                        f"{', '.join(sorted(_EXTENSIONS))})", path=str(source), reason="unknown_format")
+    return _EXTENSIONS[suffix]
+
+
+def need_pyarrow():
+    try:
+        import pyarrow  # noqa: F401
+        import pyarrow.parquet as pq
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(
+            "reading or writing Parquet needs pyarrow, which is not installed: "
+            "pip install 'rankalign[parquet]'") from None
+    return pq
+
+
+# -------------------------------------------------------------------------------------------- readers
+def _decode_line(raw: bytes, path: str, line: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"invalid UTF-8 at byte {error.start} of the line ({raw[error.start:error.start + 4]!r})",
+                        path=path, line=line, reason="bad_encoding") from None
+
+
+def iter_jsonl(path: str) -> Iterator[tuple[int, dict | BadRow]]:
+    """JSON Lines: one object per line; blank lines are ignored."""
+    with open(path, "rb") as handle:
+        for line, raw in enumerate(handle, 1):
+            if not raw.strip():
+                continue
+            try:
+                text = _decode_line(raw, path, line)
+                try:
+                    row = json.loads(text)
+                except json.JSONDecodeError as error:
+                    raise DataError(f"malformed JSON: {error.msg} (column {error.colno})", path=path, line=line,
+                                    reason="malformed_json") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"expected a JSON object per line, got {type(row).__name__}", path=path,
+                                    line=line, reason="bad_type")
+            except DataError as error:
+                yield line, BadRow(error)
+                continue
+            yield line, row
+
+
+def _read_text(path: str) -> str:
+    """The whole file as text; a UTF-8 error names the line it is on."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise DataError(f"invalid UTF-8 ({data[error.start:error.start + 4]!r})", path=path, line=line,
+                        reason="bad_encoding") from None
+
+
+def iter_json(path: str) -> Iterator[tuple[int, dict | BadRow]]:
+    """A JSON document: a list of objects, or an object holding one under ``"data"`` or ``"records"``."""
+    text = _read_text(path)
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataError(f"malformed JSON: {error.msg} (column {error.colno})", path=path, line=error.lineno,
+                        reason="malformed_json") from None
+    if isinstance(document, dict):
+        for key in ("data", "records", "rows"):
+            if isinstance(document.get(key), list):
+                document = document[key]
+                break
+        else:
+            raise DataError("expected a list of objects (or an object with a 'data' or 'records' list), "
+                            f"got an object with keys {sorted(document)[:10]}", path=path, reason="bad_type")
+    if not isinstance(document, list):
+        raise DataError(f"expected a list of objects, got {type(document).__name__}", path=path, reason="bad_type")
+    for row_number, row in enumerate(document, 1):
+        if not isinstance(row, dict):
+            yield row_number, BadRow(DataError(f"expected an object, got {type(row).__name__}", path=path,
+                                               line=row_number, reason="bad_type"))
+        else:
+            yield row_number, row
+
+
+def _decoded_lines(path: str, handle) -> Iterator[str]:
+    for line, raw in enumerate(handle, 1):
+        yield _decode_line(raw, path, line)
+
+
+def iter_csv(path: str, *, skip_invalid: bool = False) -> Iterator[tuple[int, dict | BadRow]]:
+    """CSV with a header row. Values stay strings; an empty cell is ``""``.
+
+    A line with invalid UTF-8 is reported with its line number (and skipped under ``skip_invalid``).
+    """
+    with open(path, "rb") as handle:
+        counter = _LineCounter(path, handle, skip_invalid)
+        reader = csv.reader(counter)
+        try:
+            header = next(reader)
+        except StopIteration:
+            return
+        header = [h.lstrip("\ufeff").strip() for h in header]
+        _check_header(header, path)
+        width = len(header)
+        start = counter.line + 1
+        for cells in reader:
+            for error in counter.take_errors():
+                yield error.line, BadRow(error)
+            line = start
+            start = counter.line + 1
+            if not cells or (len(cells) == 1 and not cells[0].strip()):
+                continue
+            if len(cells) != width:
+                what = "missing" if len(cells) < width else "extra"
+                field = header[len(cells)] if len(cells) < width else None
+                yield line, BadRow(DataError(f"{len(cells)} cells for {width} columns ({what} values)",
+                                             path=path, line=line, field=field, reason="missing_field"
+                                             if len(cells) < width else "extra_field"))
+                continue
+            yield line, dict(zip(header, cells))
+        for error in counter.take_errors():
+            yield error.line, BadRow(error)
+
+
+def _check_header(header: list[str], path: str):
+    seen = set()
+    for name in header:
+        if name in seen:
+            raise DataError(f"column {name!r} appears twice in the header", path=path, line=1, field=name,
+                            reason="duplicate_column")
+        seen.add(name)
+
+
+class _LineCounter:
+    """Feeds csv.reader decoded lines while counting them; bad UTF-8 lines are held back as errors."""
+
+    def __init__(self, path, handle, skip_invalid):
+        self.path, self.handle, self.skip_invalid = path, handle, skip_invalid
+        self.line = 0
+        self.errors: list[DataError] = []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        while True:
+            raw = next(self.handle)
+            self.line += 1
+            try:
+                return _decode_line(raw, self.path, self.line)
+            except DataError as error:
+                if not self.skip_invalid:
+                    raise
+                self.errors.append(error)
+
+    def take_errors(self) -> list[DataError]:
+        errors, self.errors = self.errors, []
+        return errors
+
+
+def iter_parquet(path: str) -> Iterator[tuple[int, dict]]:
+    """Parquet, read in record batches (needs ``pyarrow``: ``pip install 'rankalign[parquet]'``)."""
+    pq = need_pyarrow()
+    row_number = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=16384):
+        for row in batch.to_pylist():
+            row_number += 1
+            yield row_number, row
+
+
+def iter_dataset(dataset) -> Iterator[tuple[int, dict]]:
+    """Rows of a ``datasets.Dataset`` (1-based row numbers)."""
+    for row_number, row in enumerate(dataset, 1):
+        yield row_number, dict(row)
+
+
+def iter_rows(source, format: str, *, skip_invalid: bool = False) -> Iterator[tuple[int, dict | BadRow]]:
+    """Rows of ``source`` in the given format (not PrefLib, which has its own reader)."""
+    if format == "jsonl":
+        return iter_jsonl(str(source))
+    if format == "json":
+        return iter_json(str(source))
+    if format == "csv":
+        return iter_csv(str(source), skip_invalid=skip_invalid)
+    if format == "parquet":
+        return iter_parquet(str(source))
+    if format == "dataset":
+        return iter_dataset(source)
+    raise ValueError(f"no row reader for format {format!r}")
+
+
+# --------------------------------------------------------------------------------------------- PrefLib
+def read_preflib(path: str, *, skip_invalid: bool = False):
+    """Parse a PrefLib ``.soc``/``.soi``/``.toc``/``.toi`` file.
+
+    Format (PrefLib 2022): ``# KEY: value`` header lines, among them ``# ALTERNATIVE NAME i: name``; then
+    one line per unique order, ``count: a,b,{c,d},e`` -- alternatives best first, braces for a tie.
+
+    Returns ``(names, orders, header, bad)``: ``names`` maps alternative id -> name, ``orders`` is a list of
+    ``(line, count, [[ids of one rank group], ...])``, ``header`` the other header fields, and ``bad`` the
+    line errors skipped under ``skip_invalid``.
+    """
+    names: dict[str, str] = {}
+    header: dict[str, str] = {}
+    orders = []
+    bad: list[DataError] = []
+    text = _read_text(path)
+    for line, raw in enumerate(text.splitlines(), 1):
+        stripped = raw.strip()
+        if not stripped:
+            continue
+        if stripped.startswith("#"):
+            key, _, value = stripped[1:].partition(":")
+            key, value = key.strip(), value.strip()
+            if key.upper().startswith("ALTERNATIVE NAME"):
+                names[key.split()[-1]] = value
+            else:
+                header[key.upper()] = value
+            continue
+        try:
+            orders.append((line,) + _parse_preflib_order(stripped, path, line))
+        except DataError as error:
+            if not skip_invalid:
+                raise
+            bad.append(error)
+    return names, orders, header, bad
+
+
+def _parse_preflib_order(text: str, path: str, line: int):
+    count_text, colon, order_text = text.partition(":")
+    if not colon:
+        raise DataError("expected 'count: a,b,c'", path=path, line=line, field="count", reason="malformed_line")
+    try:
+        count = float(count_text.strip())
+    except ValueError:
+        raise DataError(f"count {count_text.strip()!r} is not a number", path=path, line=line, field="count",
+                        reason="bad_count") from None
+    if count < 0:
+        raise DataError(f"count must be >= 0, got {count:g}", path=path, line=line, field="count",
+                        reason="negative_count")
+    groups: list[list[str]] = []
+    current: list[str] | None = None
+    for token in order_text.replace("{", ",{,").replace("}", ",},").split(","):
+        token = token.strip()
+        if not token:
+            continue
+        if token == "{":
+            if current is not None:
+                raise DataError("nested '{'", path=path, line=line, field="order", reason="malformed_line")
+            current = []
+        elif token == "}":
+            if current is None:
+                raise DataError("'}' without '{'", path=path, line=line, field="order", reason="malformed_line")
+            if current:
+                groups.append(current)
+            current = None
+        elif current is not None:
+            current.append(token)
+        else:
+            groups.append([token])
+    if current is not None:
+        raise DataError("unclosed '{'", path=path, line=line, field="order", reason="malformed_line")
+    if not groups:
+        raise DataError("empty order", path=path, line=line, field="order", reason="empty_list")
+    return count, groups
+
+
+# ---------------------------------------------------------------------------------------------- writing
+def atomic_write(path, write_fn, *, binary: bool = False):
+    """Call ``write_fn(handle)`` on a temp file next to ``path``, then ``os.replace`` it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        mode = "wb" if binary else "w"
+        kwargs = {} if binary else {"encoding": "utf-8", "newline": ""}
+        with os.fdopen(fd, mode, **kwargs) as handle:
+            write_fn(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

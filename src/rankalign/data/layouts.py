@@ -1,0 +1,597 @@
+"""Layouts: which columns a row of preference data has, and how each row becomes a record.
+
+A *layout* names a way of writing preference feedback down (see :data:`LAYOUTS`). :func:`detect_layout`
+recognises it from the column names; :func:`row_to_record` turns one row into a :class:`RankedList` or
+:class:`Judgment`. Real files name their columns their own way: ``mapping`` renames them
+(``{"item_a": "home", "item_b": "away", "outcome": "result"}``: our name -> the file's column) and
+``outcomes`` relabels outcome values (``{"1": "a", "0": "tie", "-1": "b"}``).
+
+Item comparisons (arena, winner/loser, item/outcome) become ``RankedList(prompt=None,
+candidates=[item_a, item_b], ranks=[0, 1] | [1, 0] | [0, 0])`` with the order of the file kept
+(``candidates[0]`` is item_a / home / model_a / winner, which matters for an order effect such as home
+advantage) and the row count in ``weight``. Columns a layout does not use are kept in ``meta``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Mapping
+
+from .errors import DataError
+from .records import Judgment, RankedList
+
+LAYOUTS = (
+    "pairs", "arena", "winner_loser", "item_outcome", "ranked_responses", "item_ranking", "ratings",
+    "unpaired", "preflib", "rankedlist", "judgment",
+)
+
+#: Columns each layout needs (optional ones in brackets), for detection and error messages.
+LAYOUT_COLUMNS = {
+    "pairs": "[prompt], chosen, rejected (text or chat messages; without prompt, the shared transcript "
+             "prefix is the prompt)",
+    "arena": "model_a, model_b, winner (model_a | model_b | tie | tie (bothbad)) [, judge]",
+    "winner_loser": "winner, loser [, count]",
+    "item_outcome": "item_a, item_b, outcome (1 / 0 / 0.5 or a / b / tie) [, count]",
+    "ranked_responses": "prompt, responses, ranking (indices best first, nested lists for ties)",
+    "item_ranking": "ranking (items best first, nested lists for ties)",
+    "ratings": "[prompt | instruction], completions (each with a response and ratings/scores)",
+    "unpaired": "[prompt], completion, label",
+    "preflib": "a PrefLib .soc / .soi / .toc / .toi file",
+    "rankedlist": "candidates, ranks [, prompt, scores, annotator, weight, meta] (RankedList.to_dict)",
+    "judgment": "response, label [, prompt, annotator, weight, meta] (Judgment.to_dict)",
+}
+
+# Detection order: the first layout whose required columns are all present wins.
+_REQUIRED = (
+    ("judgment", {"response", "label"}),
+    ("rankedlist", {"candidates", "ranks"}),
+    ("unpaired", {"completion", "label"}),
+    ("ratings", {"completions"}),
+    ("ranked_responses", {"responses", "ranking"}),
+    ("item_ranking", {"ranking"}),
+    ("arena", {"model_a", "model_b", "winner"}),
+    ("winner_loser", {"winner", "loser"}),
+    ("item_outcome", {"item_a", "item_b", "outcome"}),
+    ("pairs", {"chosen", "rejected"}),
+)
+
+#: The layouts :func:`rankalign.data.read_comparisons` accepts (two items, an outcome, a count).
+COMPARISON_LAYOUTS = ("winner_loser", "item_outcome", "arena", "rankedlist")
+
+# Outcome labels understood without an ``outcomes`` argument (keys as :func:`label_key` writes them).
+DEFAULT_OUTCOMES = {
+    "item_outcome": {"1": "a", "a": "a", "0": "b", "b": "b", "0.5": "tie", "tie": "tie", "draw": "tie"},
+    "arena": {"model_a": "a", "model_b": "b", "tie": "tie", "tie (bothbad)": "tie"},
+}
+OUTCOME_VALUE = {"a": 1.0, "b": 0.0, "tie": 0.5}
+_OUTCOME_ALIASES = {"a": "a", "b": "b", "tie": "tie", "draw": "tie", "1": "a", "0": "b", "0.5": "tie",
+                    "model_a": "a", "model_b": "b", "first": "a", "second": "b"}
+_TRUE = {"true", "1", "yes", "y", "good", "desirable", "up"}
+_FALSE = {"false", "0", "no", "n", "bad", "undesirable", "down"}
+
+TRANSCRIPT_TURN = "\n\nAssistant:"
+
+
+# ------------------------------------------------------------------------------------- small helpers
+def parse_pairs_option(spec, what: str) -> dict[str, str]:
+    """``"a=b,c=d"`` (the CLI's ``--map``/``--outcomes`` form) or a mapping -> ``{"a": "b", "c": "d"}``."""
+    if spec is None:
+        return {}
+    if isinstance(spec, Mapping):
+        return {str(k): str(v) for k, v in spec.items()}
+    out = {}
+    for part in str(spec).split(","):
+        if not part.strip():
+            continue
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"{what}: expected key=value pairs separated by commas, got {part!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def parse_outcomes(spec) -> dict[str, str]:
+    """Outcome relabelling, e.g. ``"1=a,0=tie,-1=b"``: file value -> ``a`` | ``b`` | ``tie`` (keys normalised
+    with :func:`label_key`, values checked). For the ``unpaired`` layout the values may be ``true``/``false``
+    or a probability."""
+    out = {}
+    for raw, target in parse_pairs_option(spec, "outcomes").items():
+        out[label_key(raw)] = target.strip().lower()
+    return out
+
+
+def label_key(value) -> str:
+    """Normalise an outcome label so that ``1``, ``1.0``, ``"1"`` and ``" 1.0 "`` are one key; text is lower-cased."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)) or type(value).__module__ == "numpy":
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return str(value).strip().lower()
+        return _number_key(number)
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text.lower()
+    return _number_key(number) if math.isfinite(number) else text.lower()
+
+
+def _number_key(number: float) -> str:
+    if math.isfinite(number) and number.is_integer():
+        return str(int(number))
+    return repr(number)
+
+
+def outcome_table(layout: str, outcomes: Mapping[str, str] | None) -> dict[str, str]:
+    """Default labels of ``layout`` overlaid with the user's ``outcomes`` (user labels win)."""
+    table = dict(DEFAULT_OUTCOMES.get(layout, {}))
+    for raw, target in (outcomes or {}).items():
+        canonical = _OUTCOME_ALIASES.get(target)
+        if canonical is None:
+            raise ValueError(f"outcomes: {raw}={target}: the target must be a, b or tie")
+        table[label_key(raw)] = canonical
+    return table
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip()) or (
+        isinstance(value, float) and math.isnan(value))
+
+
+# ------------------------------------------------------------------------------------------- detection
+def detect_layout(columns, *, path=None) -> str:
+    """The layout whose required columns are all in ``columns`` (names after any mapping).
+
+    Raises :class:`DataError` (reason ``unknown_layout``) listing the columns found and the layouts accepted.
+    """
+    found = set(columns)
+    for name, required in _REQUIRED:
+        if required <= found:
+            return name
+    accepted = "; ".join(f"{name}: {LAYOUT_COLUMNS[name]}" for name in LAYOUTS)
+    raise DataError(f"unknown layout: found columns {sorted(found)}; accepted layouts are {accepted}. "
+                    "Name your columns with mapping= / --map (e.g. item_a=home,item_b=away,outcome=result) "
+                    "or pass layout= / --layout", path=path, reason="unknown_layout")
+
+
+def check_layout(layout: str):
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+
+
+def apply_mapping(row: dict, mapping: Mapping[str, str]) -> dict:
+    """Rename the file's columns to ours: ``mapping`` is our name -> the file's column."""
+    if not mapping:
+        return row
+    row = dict(row)
+    for ours, theirs in mapping.items():
+        if theirs in row:
+            row[ours] = row.pop(theirs)
+    return row
+
+
+# ---------------------------------------------------------------------------------------- conversion
+class RowContext:
+    """What a row converter needs besides the row: names for messages, the outcome table, counters."""
+
+    def __init__(self, layout: str, mapping=None, outcomes=None):
+        self.layout = layout
+        self.mapping = dict(mapping or {})
+        self.outcomes = parse_outcomes(outcomes)
+        self.table = outcome_table(layout, self.outcomes) if layout in DEFAULT_OUTCOMES else {}
+        self.notes: Counter = Counter()
+
+    def name(self, column: str) -> str:
+        """The file's name for one of our columns (for error messages)."""
+        return self.mapping.get(column, column)
+
+
+def row_to_record(row: dict, ctx: RowContext):
+    """Convert one row (columns already renamed) to a record; raises :class:`DataError` naming the field."""
+    return _CONVERTERS[ctx.layout](row, ctx)
+
+
+def _require(row, column, ctx):
+    value = row.get(column)
+    if _missing(value):
+        raise DataError("missing" if value is None or column not in row else "empty", field=ctx.name(column),
+                        reason="missing_field")
+    return value
+
+
+def _optional(row, column):
+    value = row.get(column)
+    return None if _missing(value) else value
+
+
+def _weight(row, ctx) -> float:
+    for column in ("count", "weight"):
+        value = row.get(column)
+        if _missing(value):
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise DataError(f"{column} {value!r} is not a number", field=ctx.name(column),
+                            reason="bad_count") from None
+        if not math.isfinite(number):
+            raise DataError(f"{column} must be finite, got {value!r}", field=ctx.name(column), reason="non_finite")
+        if number < 0:
+            raise DataError(f"{column} must be >= 0, got {value!r}", field=ctx.name(column),
+                            reason="negative_count")
+        return number
+    return 1.0
+
+
+def _item(row, column, ctx) -> str:
+    value = _require(row, column, ctx)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, (dict, list)):
+        raise DataError(f"an item id must be a string or an integer, got {type(value).__name__}",
+                        field=ctx.name(column), reason="bad_type")
+    return str(value)
+
+
+def _annotator(row, *columns):
+    for column in columns:
+        value = _optional(row, column)
+        if value is not None:
+            return str(value)
+    return None
+
+
+def _meta(row, used) -> dict:
+    return {k: v for k, v in row.items() if k not in used}
+
+
+def _decode_json_field(value, field: str):
+    """Nested values arrive as JSON text from CSV (and from our own Parquet files)."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as error:
+            raise DataError(f"expected JSON here: {error.msg}", field=field, reason="malformed_json") from None
+    return value
+
+
+def _maybe_messages(value):
+    """A CSV cell holding a JSON chat-message list becomes that list; other text stays text."""
+    if isinstance(value, str) and value.lstrip().startswith("[{"):
+        try:
+            decoded = json.loads(value)
+        except json.JSONDecodeError:
+            return value
+        if isinstance(decoded, list) and all(isinstance(m, dict) and "role" in m for m in decoded):
+            return decoded
+    return value
+
+
+def _rename_candidate_fields(error: DataError, names: list[str]) -> DataError:
+    field = error.field or ""
+    for i, name in enumerate(names):
+        prefix = f"candidates[{i}]"
+        if field == prefix or field.startswith(prefix + "[") or field.startswith(prefix + "."):
+            return DataError(error.message, field=name + field[len(prefix):], reason=error.reason)
+    return error
+
+
+def _item_comparison(a: str, b: str, code: str, weight: float, ctx, fields, **kwargs) -> RankedList:
+    if a == b:
+        raise DataError(f"an item compared with itself ({a!r} against {b!r})", field=ctx.name(fields[1]),
+                        reason="self_comparison")
+    ranks = {"a": (0, 1), "b": (1, 0), "tie": (0, 0)}[code]
+    return RankedList(prompt=None, candidates=(a, b), ranks=ranks, weight=weight, **kwargs)
+
+
+def _outcome_code(value, column, ctx) -> str:
+    code = ctx.table.get(label_key(value))
+    if code is None:
+        raise DataError(f"unknown outcome label {value!r}; known: {', '.join(sorted(ctx.table))} "
+                        "(relabel with outcomes= / --outcomes, e.g. 1=a,0=tie,-1=b)", field=ctx.name(column),
+                        reason="unknown_outcome")
+    return code
+
+
+# ---------------------------------------------------------------------------------------- converters
+def _arena(row, ctx):
+    a, b = _item(row, "model_a", ctx), _item(row, "model_b", ctx)
+    raw = _require(row, "winner", ctx)
+    code = _outcome_code(raw, "winner", ctx)
+    meta = _meta(row, {"model_a", "model_b", "winner", "judge", "annotator", "count", "weight"})
+    if label_key(raw) == "tie (bothbad)":
+        meta["winner"] = "tie (bothbad)"  # both bad is still a tie; keep which kind
+        ctx.notes["tie_bothbad"] += 1
+    return _item_comparison(a, b, code, _weight(row, ctx), ctx, ("model_a", "model_b"),
+                            annotator=_annotator(row, "annotator", "judge"), meta=meta)
+
+
+def _winner_loser(row, ctx):
+    winner, loser = _item(row, "winner", ctx), _item(row, "loser", ctx)
+    return _item_comparison(winner, loser, "a", _weight(row, ctx), ctx, ("winner", "loser"),
+                            annotator=_annotator(row, "annotator"),
+                            meta=_meta(row, {"winner", "loser", "count", "weight", "annotator"}))
+
+
+def _item_outcome(row, ctx):
+    a, b = _item(row, "item_a", ctx), _item(row, "item_b", ctx)
+    code = _outcome_code(_require(row, "outcome", ctx), "outcome", ctx)
+    return _item_comparison(a, b, code, _weight(row, ctx), ctx, ("item_a", "item_b"),
+                            annotator=_annotator(row, "annotator"),
+                            meta=_meta(row, {"item_a", "item_b", "outcome", "count", "weight", "annotator"}))
+
+
+def split_transcripts(chosen: str, rejected: str) -> tuple[str, str, str, bool]:
+    """Split two HH-RLHF style transcripts into (prompt, chosen response, rejected response, early).
+
+    The split is at the last turn boundary both share: the start of the last ``"\\n\\nAssistant:"`` turn
+    that lies wholly inside their common prefix. The prompt keeps that marker, so the responses are what
+    the assistant said (``" Sure, ..."``). ``early`` is True when the two differ before their final
+    Assistant turn (one has extra turns, or an earlier turn differs): the responses then span several
+    turns, starting at the last shared Assistant turn.
+    """
+    common = 0
+    limit = min(len(chosen), len(rejected))
+    while common < limit and chosen[common] == rejected[common]:
+        common += 1
+    boundary = chosen.rfind(TRANSCRIPT_TURN, 0, common)
+    if boundary < 0:
+        raise DataError("chosen and rejected share no '\\n\\nAssistant:' turn, so there is no implicit prompt; "
+                        "give an explicit prompt column", field="chosen", reason="no_shared_prompt")
+    cut = boundary + len(TRANSCRIPT_TURN)
+    early = chosen.rfind(TRANSCRIPT_TURN) != boundary or rejected.rfind(TRANSCRIPT_TURN) != boundary
+    return chosen[:cut], chosen[cut:], rejected[cut:], early
+
+
+def split_messages(chosen: list, rejected: list) -> tuple[list, list, list, bool]:
+    """Message-list version of :func:`split_transcripts`: the prompt is the messages before the last
+    assistant turn both share; ``early`` when that is not the final message of both."""
+    def key(m):
+        return (m.get("role"), m.get("content")) if isinstance(m, Mapping) else (None, repr(m))
+
+    common = 0
+    while common < min(len(chosen), len(rejected)) and key(chosen[common]) == key(rejected[common]):
+        common += 1
+    split = -1
+    for s in range(min(common, len(chosen) - 1, len(rejected) - 1), 0, -1):
+        if key(chosen[s])[0] == "assistant" and key(rejected[s])[0] == "assistant":
+            split = s
+            break
+    if split < 1:
+        raise DataError("chosen and rejected share no prompt before an assistant turn; give an explicit "
+                        "prompt column", field="chosen", reason="no_shared_prompt")
+    early = split != len(chosen) - 1 or split != len(rejected) - 1
+    return chosen[:split], chosen[split:], rejected[split:], early
+
+
+def _pairs(row, ctx):
+    chosen = _maybe_messages(_require(row, "chosen", ctx))
+    rejected = _maybe_messages(_require(row, "rejected", ctx))
+    prompt = _maybe_messages(_optional(row, "prompt"))
+    if prompt is None:
+        if isinstance(chosen, str) and isinstance(rejected, str):
+            prompt, chosen, rejected, early = split_transcripts(chosen, rejected)
+        elif isinstance(chosen, list) and isinstance(rejected, list):
+            prompt, chosen, rejected, early = split_messages(chosen, rejected)
+        else:
+            raise DataError("chosen and rejected must both be text or both chat messages", field=ctx.name("rejected"),
+                            reason="bad_type")
+        ctx.notes["implicit_prompt"] += 1
+        if early:
+            ctx.notes["implicit_prompt_early_divergence"] += 1
+    names = [ctx.name("chosen"), ctx.name("rejected")]
+    try:
+        record = RankedList(prompt=prompt, candidates=(chosen, rejected), ranks=(0, 1), weight=_weight(row, ctx),
+                            annotator=_annotator(row, "annotator"),
+                            meta=_meta(row, {"prompt", "chosen", "rejected", "annotator", "count", "weight"}))
+    except DataError as error:
+        if error.reason == "duplicate_candidate":
+            raise DataError("chosen and rejected are identical", field=names[1],
+                            reason="identical_chosen_rejected") from None
+        raise _rename_candidate_fields(error, names) from None
+    return record
+
+
+def _ranking_levels(ranking, field: str) -> list[list]:
+    if not isinstance(ranking, list) or not ranking:
+        raise DataError("expected a non-empty list, best first (nested lists for ties)", field=field,
+                        reason="bad_type" if not isinstance(ranking, list) else "empty_list")
+    return [entry if isinstance(entry, list) else [entry] for entry in ranking]
+
+
+def _ranked_responses(row, ctx):
+    prompt = _maybe_messages(_require(row, "prompt", ctx))
+    responses = _decode_json_field(_require(row, "responses", ctx), ctx.name("responses"))
+    if not isinstance(responses, list):
+        raise DataError("expected a list of responses", field=ctx.name("responses"), reason="bad_type")
+    k = len(responses)
+    ranking_field = ctx.name("ranking")
+    levels = _ranking_levels(_decode_json_field(_require(row, "ranking", ctx), ranking_field), ranking_field)
+    ranks: list[int | None] = [None] * k
+    for level, group in enumerate(levels):
+        for index in group:
+            if isinstance(index, bool) or not isinstance(index, int):
+                if isinstance(index, float) and index.is_integer():
+                    index = int(index)
+                else:
+                    raise DataError(f"a ranking entry must be a response index, got {index!r}", field=ranking_field,
+                                    reason="bad_type")
+            if not 0 <= index < k:
+                raise DataError(f"names candidate {index} of {k} (indices 0..{k - 1})", field=ranking_field,
+                                reason="rank_out_of_range")
+            if ranks[index] is not None:
+                raise DataError(f"names candidate {index} twice", field=ranking_field, reason="duplicate_rank")
+            ranks[index] = level
+    scores = _optional(row, "scores")
+    if scores is not None:
+        scores = _decode_json_field(scores, ctx.name("scores"))
+    names = [f"{ctx.name('responses')}[{i}]" for i in range(k)]
+    try:
+        return RankedList(prompt=prompt, candidates=responses, ranks=ranks, scores=scores,
+                          annotator=_annotator(row, "annotator"), weight=_weight(row, ctx),
+                          meta=_meta(row, {"prompt", "responses", "ranking", "scores", "annotator", "count", "weight"}))
+    except DataError as error:
+        raise _rename_candidate_fields(error, names) from None
+
+
+def _item_ranking(row, ctx):
+    field = ctx.name("ranking")
+    levels = _ranking_levels(_decode_json_field(_require(row, "ranking", ctx), field), field)
+    candidates, ranks = [], []
+    for level, group in enumerate(levels):
+        for item in group:
+            if isinstance(item, float) and item.is_integer():
+                item = int(item)
+            candidates.append(item)
+            ranks.append(level)
+    try:
+        return RankedList(prompt=None, candidates=candidates, ranks=ranks, annotator=_annotator(row, "annotator"),
+                          weight=_weight(row, ctx), meta=_meta(row, {"ranking", "annotator", "count", "weight"}))
+    except DataError as error:
+        if error.field and error.field.startswith("candidates"):
+            raise DataError(f"{error.message} ({error.field} of the flattened ranking)", field=field,
+                            reason=error.reason) from None
+        raise
+
+
+_RESPONSE_KEYS = ("response", "text", "completion", "content")
+_SCORE_KEYS = ("overall_score", "score", "rating")
+
+
+def _completion_scores(completion: dict, field: str):
+    """Per-attribute ratings of one UltraFeedback-style completion (``ratings`` or ``annotations``), else
+    a single ``score``/``overall_score``/``rating``. Ratings of "N/A" are left out."""
+    for key in ("ratings", "annotations"):
+        ratings = completion.get(key)
+        if isinstance(ratings, Mapping):
+            out = {}
+            for attribute, value in ratings.items():
+                if isinstance(value, Mapping):
+                    value = value.get("Rating", value.get("rating"))
+                if value is None or (isinstance(value, str) and value.strip().upper() in ("", "N/A", "NA")):
+                    continue
+                try:
+                    out[str(attribute)] = float(value)
+                except (TypeError, ValueError):
+                    raise DataError(f"rating {value!r} is not a number", field=f"{field}.{key}.{attribute}",
+                                    reason="bad_type") from None
+            return out, key
+    for key in _SCORE_KEYS:
+        if key in completion and completion[key] is not None:
+            try:
+                return float(completion[key]), key
+            except (TypeError, ValueError):
+                raise DataError(f"score {completion[key]!r} is not a number", field=f"{field}.{key}",
+                                reason="bad_type") from None
+    return None, None
+
+
+def _ratings(row, ctx):
+    prompt = _maybe_messages(_optional(row, "prompt") or _optional(row, "instruction"))
+    completions = _decode_json_field(_require(row, "completions", ctx), ctx.name("completions"))
+    if not isinstance(completions, list) or not completions:
+        raise DataError("expected a non-empty list of completions", field=ctx.name("completions"), reason="bad_type")
+    texts, scores, extras = [], [], []
+    for i, completion in enumerate(completions):
+        field = f"{ctx.name('completions')}[{i}]"
+        if isinstance(completion, str):
+            raise DataError("a completion must be an object with a response and ratings", field=field,
+                            reason="bad_type")
+        text_key = next((k for k in _RESPONSE_KEYS if k in completion), None)
+        if text_key is None:
+            raise DataError(f"no response text (one of {', '.join(_RESPONSE_KEYS)})", field=field,
+                            reason="missing_field")
+        texts.append(completion[text_key])
+        score, score_key = _completion_scores(completion, field)
+        scores.append(score)
+        extras.append({k: v for k, v in completion.items() if k not in (text_key, score_key)})
+    meta = _meta(row, {"prompt", "instruction", "completions", "annotator", "count", "weight"})
+    if any(extras):
+        meta["completions"] = extras
+    names = [f"{ctx.name('completions')}[{i}]" for i in range(len(texts))]
+    try:
+        return RankedList.from_scores(scores, candidates=texts, prompt=prompt, annotator=_annotator(row, "annotator"),
+                                      weight=_weight(row, ctx), meta=meta)
+    except DataError as error:
+        raise _rename_candidate_fields(error, names) from None
+
+
+def parse_label(value, ctx, column="label"):
+    """A Judgment label: bool from true/false-like values (and 1/0), else a probability in [0, 1]."""
+    key = label_key(value)
+    key = ctx.outcomes.get(key, key)
+    if key in _TRUE:
+        return True
+    if key in _FALSE:
+        return False
+    try:
+        number = float(key)
+    except ValueError:
+        raise DataError(f"label {value!r} is neither true/false nor a probability", field=ctx.name(column),
+                        reason="bad_label") from None
+    if not math.isfinite(number):
+        raise DataError(f"label must be finite, got {value!r}", field=ctx.name(column), reason="non_finite")
+    return number
+
+
+def _unpaired(row, ctx):
+    label = parse_label(_require(row, "label", ctx), ctx)
+    try:
+        return Judgment(prompt=_maybe_messages(_optional(row, "prompt")),
+                        response=_maybe_messages(_require(row, "completion", ctx)), label=label,
+                        annotator=_annotator(row, "annotator"), weight=_weight(row, ctx),
+                        meta=_meta(row, {"prompt", "completion", "label", "annotator", "count", "weight"}))
+    except DataError as error:
+        if error.field and error.field.startswith("response"):
+            raise DataError(error.message, field=ctx.name("completion") + error.field[len("response"):],
+                            reason=error.reason) from None
+        raise
+
+
+def _native_fields(row, allowed_json):
+    data = {}
+    for key, value in row.items():
+        if value is None or (isinstance(value, str) and value == "" and key != "meta"):
+            continue
+        if key in allowed_json:
+            value = _decode_json_field(value, key)
+        elif key in ("prompt", "response"):
+            value = _maybe_messages(value)
+        elif key == "weight" and isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise DataError(f"weight {value!r} is not a number", field="weight", reason="bad_type") from None
+        data[key] = value
+    if data.get("meta") == "":
+        data.pop("meta")
+    return data
+
+
+def _rankedlist(row, ctx):
+    if "candidates" not in row and "response" in row:  # a JSONL file may mix the two native forms
+        return _judgment(row, ctx)
+    return RankedList.from_dict(_native_fields(row, ("candidates", "ranks", "scores", "meta")))
+
+
+def _judgment(row, ctx):
+    if "response" not in row and "candidates" in row:
+        return _rankedlist(row, ctx)
+    data = _native_fields(row, ("meta",))
+    if "label" in data:
+        data["label"] = parse_label(data["label"], ctx)
+    return Judgment.from_dict(data)
+
+
+_CONVERTERS = {
+    "pairs": _pairs, "arena": _arena, "winner_loser": _winner_loser, "item_outcome": _item_outcome,
+    "ranked_responses": _ranked_responses, "item_ranking": _item_ranking, "ratings": _ratings,
+    "unpaired": _unpaired, "rankedlist": _rankedlist, "judgment": _judgment,
+}
+
+__all__ = ["LAYOUTS", "LAYOUT_COLUMNS", "COMPARISON_LAYOUTS", "detect_layout", "parse_outcomes",
+           "split_transcripts", "split_messages", "label_key"]

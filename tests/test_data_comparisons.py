@@ -1,0 +1,140 @@
+"""The columnar comparison reader: values, file order, and the same errors as the record reader."""
+
+import json
+
+import numpy as np
+import pytest
+
+from rankalign.data import DataError, read, read_comparisons
+
+FOOTBALL = "/work/shared/data/football-epl/matches.csv"
+FOOTBALL_MAP = {"item_a": "home", "item_b": "away", "outcome": "result"}
+FOOTBALL_OUTCOMES = {"1": "a", "0": "tie", "-1": "b"}
+
+
+def write_text(path, text):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_football_through_mapping_counts_home_wins_draws_away_wins():
+    comparisons = read_comparisons(FOOTBALL, mapping=FOOTBALL_MAP, outcomes=FOOTBALL_OUTCOMES)
+    assert comparisons.layout == "item_outcome"
+    assert len(comparisons) == 1900
+    # the data README: 882 home wins, 505 draws, 513 away wins
+    assert int((comparisons.outcome == 1.0).sum()) == 882
+    assert int((comparisons.outcome == 0.5).sum()) == 505
+    assert int((comparisons.outcome == 0.0).sum()) == 513
+    assert comparisons.items == sorted(set(comparisons.items))
+    # first row of the file: "2008-9","Hul","Sto",-1 -> Hull at home lost to Stoke
+    first_row = next(comparisons.rows())
+    assert first_row == ("Hul", "Sto", 0.0, 1.0)
+    assert comparisons.count.sum() == 1900.0
+
+
+def test_football_string_options_equal_dict_options_and_record_reader_agrees():
+    a = read_comparisons(FOOTBALL, mapping="item_a=home,item_b=away,outcome=result", outcomes="1=a,0=tie,-1=b",
+                         keep=["season"])
+    records = read(FOOTBALL, mapping=FOOTBALL_MAP, outcomes=FOOTBALL_OUTCOMES).records
+    assert a.to_records() == [r.__class__(candidates=r.candidates, ranks=r.ranks, weight=r.weight) for r in records]
+    assert set(a.extra["season"].tolist()) == {r.meta["season"] for r in records}
+    assert len(set(a.extra["season"].tolist())) == 5  # five seasons
+
+
+def test_winner_loser_with_counts_and_order_kept(tmp_path):
+    path = write_text(tmp_path / "wl.csv", "winner,loser,count\nb,a,2\na,c,1\nc,b,0.5\n")
+    c = read_comparisons(path)
+    assert c.layout == "winner_loser"
+    assert c.items == ["a", "b", "c"]
+    # winner is first: (b, a), (a, c), (c, b) -> indices (1, 0), (0, 2), (2, 1)
+    assert c.first.tolist() == [1, 0, 2]
+    assert c.second.tolist() == [0, 2, 1]
+    assert c.outcome.tolist() == [1.0, 1.0, 1.0]
+    assert c.count.tolist() == [2.0, 1.0, 0.5]
+    assert c.first.dtype == np.int64 and c.outcome.dtype == np.float64
+
+
+def test_arena_ties_and_bothbad(tmp_path):
+    rows = [
+        {"model_a": "x", "model_b": "y", "winner": "model_a"},
+        {"model_a": "y", "model_b": "z", "winner": "tie (bothbad)"},
+        {"model_a": "z", "model_b": "x", "winner": "model_b"},
+        {"model_a": "x", "model_b": "z", "winner": "tie"},
+    ]
+    path = write_text(tmp_path / "arena.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    c = read_comparisons(path)
+    assert c.layout == "arena"
+    assert c.outcome.tolist() == [1.0, 0.5, 0.0, 0.5]
+    assert [c.items[i] for i in c.first] == ["x", "y", "z", "x"]
+    assert c.report.notes["tie_bothbad"] == 1
+
+
+def test_native_item_pairs(tmp_path):
+    rows = [{"prompt": None, "candidates": ["p", "q"], "ranks": [1, 0], "weight": 3.0},
+            {"prompt": None, "candidates": ["q", "r"], "ranks": [0, 0]}]
+    path = write_text(tmp_path / "native.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    c = read_comparisons(path)
+    assert c.layout == "rankedlist"
+    assert list(c.rows()) == [("p", "q", 0.0, 3.0), ("q", "r", 0.5, 1.0)]
+
+
+def test_quoted_and_multiline_csv_falls_back_to_the_csv_module(tmp_path):
+    text = 'item_a,item_b,outcome\n"New York, NY",Boston,a\n"multi\nline",Boston,tie\nBoston,"New York, NY",b\n'
+    c = read_comparisons(write_text(tmp_path / "q.csv", text))
+    assert c.items == ["Boston", "New York, NY", "multi\nline"]
+    assert c.outcome.tolist() == [1.0, 0.5, 0.0]
+
+
+@pytest.mark.parametrize("body, line, field, reason", [
+    ("a,b,a\nc,c,a\n", 3, "item_b", "self_comparison"),           # line 3: c against c
+    ("a,b,a\nc,d,maybe\n", 3, "outcome", "unknown_outcome"),
+    ("a,b,a\nc,,a\n", 3, "item_b", "missing_field"),
+])
+def test_errors_name_file_line_field(tmp_path, body, line, field, reason):
+    path = write_text(tmp_path / "bad.csv", "item_a,item_b,outcome\n" + body)
+    with pytest.raises(DataError) as caught:
+        read_comparisons(path)
+    error = caught.value
+    assert (error.path, error.line, error.field, error.reason) == (str(path), line, field, reason)
+    # the record reader says exactly the same
+    with pytest.raises(DataError) as caught_records:
+        read(path)
+    assert str(caught_records.value) == str(error)
+
+
+def test_negative_count_and_empty_file(tmp_path):
+    path = write_text(tmp_path / "neg.csv", "winner,loser,count\na,b,1\nb,c,-1\n")
+    with pytest.raises(DataError) as caught:
+        read_comparisons(path)
+    assert (caught.value.line, caught.value.field, caught.value.reason) == (3, "count", "negative_count")
+    empty = write_text(tmp_path / "empty.csv", "")
+    with pytest.raises(DataError) as caught:
+        read_comparisons(empty)
+    assert caught.value.reason == "empty_file" and caught.value.path == str(empty)
+    header_only = write_text(tmp_path / "header.csv", "winner,loser\n")
+    with pytest.raises(DataError, match="no records"):
+        read_comparisons(header_only)
+
+
+def test_skip_invalid_counts_by_reason(tmp_path):
+    body = ("item_a,item_b,outcome\n"
+            "a,b,a\n"      # ok
+            "c,c,a\n"      # self comparison
+            "a,c,what\n"   # unknown outcome
+            "a,,b\n"       # missing item_b
+            "b,c,tie\n"    # ok
+            "x,y\n")       # too few cells -> missing outcome
+    c = read_comparisons(write_text(tmp_path / "mixed.csv", body), skip_invalid=True)
+    assert len(c) == 2
+    assert c.items == ["a", "b", "c"]
+    assert dict(c.report.skipped) == {"self_comparison": 1, "unknown_outcome": 1, "missing_field": 2}
+    assert c.report.records == 2
+    assert any(":7:" in p for p in c.report.problems)  # the short row is on line 7
+    # and the record reader skips the same rows for the same reasons
+    r = read(tmp_path / "mixed.csv", skip_invalid=True)
+    assert dict(r.report.skipped) == dict(c.report.skipped)
+
+
+def test_rankings_are_not_comparisons():
+    with pytest.raises(DataError, match="read it with"):
+        read_comparisons("/work/shared/data/preflib-netflix/netflix.soc")
