@@ -7,6 +7,7 @@ plots, ``matplotlib``. Neither imports torch or transformers: the model path liv
 
 from .metrics import (
     alignment_gap,
+    clustered_mean_with_se,
     cohens_kappa,
     expected_calibration_error,
     gold_win_rate,
@@ -19,10 +20,12 @@ from .metrics import (
     listwise_reward_accuracy,
     mean_kendall_tau,
     mean_with_se,
+    ordered_pair_indices,
     preference_calibration,
     ranking_accuracy,
     reward_accuracy,
 )
+from .policy import evaluate_logps, pair_rates_from_shares
 from .report import (
     EvalReport,
     format_value,
@@ -42,7 +45,11 @@ __all__ = [
     "to_jsonable",
     "write_json_atomic",
     "alignment_gap",
+    "clustered_mean_with_se",
     "cohens_kappa",
+    "evaluate_logps",
+    "ordered_pair_indices",
+    "pair_rates_from_shares",
     "expected_calibration_error",
     "gold_win_rate",
     "group_metrics",

@@ -22,6 +22,8 @@ import numpy as np
 
 __all__ = [
     "mean_with_se",
+    "clustered_mean_with_se",
+    "ordered_pair_indices",
     "gold_win_rate",
     "kl_estimate",
     "ranking_accuracy",
@@ -70,26 +72,37 @@ def _share(outcomes: np.ndarray) -> float:
     return float(outcomes.mean()) if outcomes.size else math.nan
 
 
-def _ordered_pair_values(values: np.ndarray, ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Values at winners and losers of every ordered pair, and the list each pair comes from (1-D each)."""
-    values = _as_float_array(values, "values", ndim=2)
+def ordered_pair_indices(ranks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(list, winner, loser)`` indices of every ordered pair of ``[N, K]`` ranks (1-D arrays each).
+
+    Every two present candidates (rank >= 0) with different ranks form one pair, the lower rank winning;
+    ties and padding are left out. Pairs come list by list, in the order of ``numpy.triu_indices(K, 1)``.
+    """
     ranks = np.asarray(ranks)
-    if ranks.shape != values.shape:
-        raise ValueError(f"ranks has shape {ranks.shape} but the values have shape {values.shape}")
+    if ranks.ndim != 2:
+        raise ValueError(f"ranks must be [N, K], got shape {ranks.shape}")
     if not np.issubdtype(ranks.dtype, np.integer):
-        if not np.all(np.isfinite(ranks)) or not np.all(np.asarray(ranks) == np.round(ranks)):
+        if not np.all(np.isfinite(ranks)) or not np.all(ranks == np.round(ranks)):
             raise ValueError("ranks must be integers (-1 for padding)")
         ranks = ranks.astype(np.int64)
-    k = values.shape[1]
+    k = ranks.shape[1]
     first, second = np.triu_indices(k, 1)
     rank_a, rank_b = ranks[:, first], ranks[:, second]
     valid = (rank_a >= 0) & (rank_b >= 0) & (rank_a != rank_b)
     a_wins = rank_a < rank_b
-    value_a, value_b = values[:, first], values[:, second]
-    winner = np.where(a_wins, value_a, value_b)[valid]
-    loser = np.where(a_wins, value_b, value_a)[valid]
-    list_of_pair = np.broadcast_to(np.arange(values.shape[0])[:, None], valid.shape)[valid]
-    return winner, loser, list_of_pair
+    winner = np.where(a_wins, first, second)[valid]
+    loser = np.where(a_wins, second, first)[valid]
+    list_of_pair = np.broadcast_to(np.arange(ranks.shape[0])[:, None], valid.shape)[valid]
+    return list_of_pair, winner, loser
+
+
+def _ordered_pair_values(values: np.ndarray, ranks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Values at winners and losers of every ordered pair, and the list each pair comes from (1-D each)."""
+    values = _as_float_array(values, "values", ndim=2)
+    if np.shape(ranks) != values.shape:
+        raise ValueError(f"ranks has shape {np.shape(ranks)} but the values have shape {values.shape}")
+    list_of_pair, winner, loser = ordered_pair_indices(ranks)
+    return values[list_of_pair, winner], values[list_of_pair, loser], list_of_pair
 
 
 def _average_pairs(correct: np.ndarray, list_of_pair: np.ndarray, n_lists: int, average: str) -> float:
@@ -142,6 +155,37 @@ def mean_with_se(values, *, axis_is_prompt: bool = True) -> tuple[float, float]:
     with np.errstate(invalid="ignore"):  # an infinite value gives an undefined spread: NaN, not a warning
         spread = array.std(ddof=1)
     return mean, float(spread / math.sqrt(n))
+
+
+def clustered_mean_with_se(values, clusters) -> tuple[float, float]:
+    """Mean of observations that come in clusters (e.g. the pairs of one ranked list), with a
+    cluster-robust standard error.
+
+    Liang & Zeger 1986, "Longitudinal data analysis using generalized linear models" (the sandwich
+    estimator for a mean): with ``G`` clusters, cluster sums ``S_g``, sizes ``n_g`` and the pooled mean
+    ``m = sum_g S_g / sum_g n_g``,
+
+        se = sqrt( G / (G - 1) * sum_g (S_g - m n_g)^2 ) / sum_g n_g.
+
+    With one observation per cluster this is exactly :func:`mean_with_se`'s ``s / sqrt(n)``. NaN ``se``
+    for fewer than two clusters.
+    """
+    values = _as_float_array(values, "values", ndim=1)
+    clusters = np.asarray(clusters)
+    if clusters.shape != values.shape:
+        raise ValueError(f"{values.size} values but {clusters.size} cluster labels")
+    if values.size == 0:
+        return math.nan, math.nan
+    _, cluster_id = np.unique(clusters, return_inverse=True)
+    sums = np.bincount(cluster_id, weights=values)
+    sizes = np.bincount(cluster_id).astype(np.float64)
+    total = sizes.sum()
+    mean = float(sums.sum() / total)
+    groups = sums.size
+    if groups < 2:
+        return mean, math.nan
+    spread = groups / (groups - 1) * float(((sums - mean * sizes) ** 2).sum())
+    return mean, math.sqrt(spread) / total
 
 
 def gold_win_rate(policy_rewards, reference_rewards, ties: str = "half") -> tuple[float, float]:
