@@ -66,7 +66,7 @@ class TrainConfig:
     Optimisation
         ``batch_size``: lists per device per micro-step; ``gradient_accumulation``: micro-steps per
         optimiser step (the global batch is ``batch_size * gradient_accumulation * processes`` lists);
-        ``lr``, ``weight_decay``, ``warmup_steps``, ``lr_scheduler``, ``max_grad_norm``;
+        ``lr``, ``optimizer`` (a TrainingArguments ``optim`` name), ``weight_decay``, ``warmup_steps``, ``lr_scheduler``, ``max_grad_norm``;
         ``epochs`` or ``max_steps`` (> 0 wins); ``seed`` fixes initialisation and the data order.
     """
 
@@ -91,6 +91,7 @@ class TrainConfig:
     batch_size: int = 4
     gradient_accumulation: int = 1
     lr: float = 1e-4
+    optimizer: str = "adamw_torch"
     weight_decay: float = 0.0
     warmup_steps: int = 0
     lr_scheduler: str = "constant"

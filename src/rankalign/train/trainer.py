@@ -41,7 +41,8 @@ from rankalign import losses
 from rankalign.losses._common import preference_metrics
 
 METRICS_FILE = "metrics.jsonl"
-_EXTRA_KEYS = ("ref_logps", "num_tokens")
+# objective arguments that come from the batch, never from the config's loss_params
+_BATCH_ARGUMENTS = {"ranks", "lengths", "grades", "labels"}
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -89,21 +90,11 @@ class EpochShuffleSampler(Sampler):
         return iter(torch.randperm(self.size, generator=generator).tolist())
 
 
-def count_tokens(tokenized_list, layout: str) -> int:
-    """Tokens the model runs for one list: prompt once plus responses (shared), or prompt per response."""
-    prompt = len(tokenized_list.prompt_ids)
-    responses = [len(r) for r in tokenized_list.response_ids]
-    if layout == "shared":
-        return prompt + sum(responses)
-    return sum(prompt + r for r in responses)
-
-
 class PreferenceCollator:
     """Pack B lists with :func:`rankalign.engine.pack_lists`; return a dict the Trainer moves to the device.
 
     The dict holds the :class:`~rankalign.engine.PackedBatch` fields plus ``ref_logps`` (``[B, K]``,
-    aligned with the batch's response columns, 0 at padding) when references were precomputed, and
-    ``num_tokens`` (for tokens/s).
+    aligned with the batch's response columns, 0 at padding) when references were precomputed.
     """
 
     def __init__(self, *, layout: str = "shared", pad_token_id: int = 0, max_tokens_per_row: int | None = None):
@@ -124,7 +115,6 @@ class PreferenceCollator:
             for row, (_, values) in enumerate(items):
                 ref[row, : values.shape[0]] = values
             out["ref_logps"] = ref
-        out["num_tokens"] = torch.tensor(sum(count_tokens(t, self.layout) for t in lists), dtype=torch.long)
         return out
 
 
@@ -207,6 +197,44 @@ class MetricsFileCallback(transformers.TrainerCallback):
         _append_line(self.path, json.dumps(row, default=float))
 
 
+CHECKPOINT_MARKER = "rankalign_checkpoint_complete"
+
+
+class CheckpointMarkerCallback(transformers.TrainerCallback):
+    """Mark a checkpoint complete once the Trainer has written all of it (weights, optimiser, RNG, state).
+
+    The Trainer writes ``checkpoint-N`` in place, so a process killed while saving leaves a partial
+    directory; :func:`last_complete_checkpoint` only trusts directories that carry this marker.
+    """
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        directory = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if directory.is_dir():
+            handle, temp = tempfile.mkstemp(dir=directory, prefix=".marker.", suffix=".tmp")
+            with os.fdopen(handle, "w") as stream:
+                stream.write(json.dumps({"global_step": state.global_step}))
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(temp, directory / CHECKPOINT_MARKER)
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The checkpoint directory with the highest step that was written completely (None if there is none)."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return None
+    steps = []
+    for path in output_dir.iterdir():
+        if path.is_dir() and path.name.startswith("checkpoint-") and (path / CHECKPOINT_MARKER).exists():
+            try:
+                steps.append((int(path.name.split("-", 1)[1]), path))
+            except ValueError:
+                continue
+    return str(max(steps)[1]) if steps else None
+
+
 # ------------------------------------------------------------------------------------------- trainer
 class PreferenceTrainer(transformers.Trainer):
     """``transformers.Trainer`` whose loss is a registered preference objective on packed ranked lists.
@@ -245,12 +273,13 @@ class PreferenceTrainer(transformers.Trainer):
 
         args.remove_unused_columns = False
         self.objective = losses.get(objective)
-        self.loss_params = {**self.objective.params, **(loss_params or {})}
-        unknown = set(loss_params or {}) - set(self.objective.params)
+        self.loss_params = dict(loss_params or {})
+        tunable = set(self.objective.params) - _BATCH_ARGUMENTS
+        unknown = set(self.loss_params) - tunable
         if unknown:
             raise ValueError(f"objective {objective!r} has no parameter(s) {sorted(unknown)}; "
-                             f"it takes {sorted(self.objective.params)}")
-        self.beta = float(self.loss_params.get("beta", 1.0))
+                             f"it takes {sorted(tunable)}")
+        self.beta = float(self.loss_params.get("beta", self.objective.params.get("beta", 1.0)))
         self.unpaired = self.objective.family == "unpaired"
 
         if layout == "shared" and not engine.supports_shared_layout(_engine_model(model)):
@@ -283,6 +312,7 @@ class PreferenceTrainer(transformers.Trainer):
         dataset = ListDataset(train_lists, ref_logps)
         callbacks = list(callbacks or [])
         callbacks.append(MetricsFileCallback(Path(args.output_dir) / METRICS_FILE))
+        callbacks.append(CheckpointMarkerCallback())
         super().__init__(model=model, args=args, train_dataset=dataset, data_collator=collator,
                          processing_class=processing_class, callbacks=callbacks)
         self.loss_is_scaled_for_ga = True
@@ -321,8 +351,8 @@ class PreferenceTrainer(transformers.Trainer):
 
         inputs = dict(inputs)
         ref_logps = inputs.pop("ref_logps", None)
-        num_tokens = inputs.pop("num_tokens", None)
         batch = PackedBatch(**inputs)
+        num_tokens = batch.num_tokens
 
         inner = self.accelerator.unwrap_model(model)
         if inner is model:
@@ -386,8 +416,8 @@ class PreferenceTrainer(transformers.Trainer):
             ratio = torch.where(valid, policy_logps - ref_logps, torch.zeros_like(policy_logps))
             add("log_ratio_sum", ratio.double().sum())
             add("response_tokens", torch.where(valid, batch.lengths, torch.zeros_like(batch.lengths)).double().sum())
-        if num_tokens is not None:
-            add("tokens", num_tokens.double().sum())
+        if num_tokens:
+            add("tokens", float(num_tokens))
 
     def _reduce_metrics(self) -> dict[str, float]:
         """Sum the accumulated metrics over processes and turn them into means for the log."""
@@ -442,29 +472,18 @@ def compute_reference(model, lists, *, ref_model=None, cache_dir=None, batch_siz
     disabled; else a frozen copy of the policy as it is now (before training), which is DPO's
     π_ref = π_SFT when the policy starts from the SFT model.
     """
-    from rankalign.engine import compute_reference_logps
+    from rankalign.engine import adapter_disabled, compute_reference_logps
 
-    settings = {"layout": layout}
+    def run(reference, settings):
+        return compute_reference_logps(reference, lists, batch_size=batch_size, cache_dir=cache_dir,
+                                       settings=settings, progress=progress, layout=layout)
+
     if ref_model is not None:
-        was_training = ref_model.training
-        ref_model.eval()
-        try:
-            return compute_reference_logps(_engine_model(ref_model), lists, batch_size=batch_size,
-                                           cache_dir=cache_dir, settings=settings, progress=progress)
-        finally:
-            ref_model.train(was_training)
-    was_training = model.training
-    model.eval()
-    try:
-        if hasattr(model, "disable_adapter"):
-            with model.disable_adapter():
-                return compute_reference_logps(_engine_model(model), lists, batch_size=batch_size,
-                                               cache_dir=cache_dir, settings={**settings, "adapter": "disabled"},
-                                               progress=progress)
-        return compute_reference_logps(model, lists, batch_size=batch_size, cache_dir=cache_dir,
-                                       settings=settings, progress=progress)
-    finally:
-        model.train(was_training)
+        return run(ref_model, {"layout": layout, "reference": "ref_model"})
+    if hasattr(model, "disable_adapter"):
+        with adapter_disabled(model):
+            return run(model, {"layout": layout, "reference": "base model, adapter disabled"})
+    return run(model, {"layout": layout, "reference": "policy before training"})
 
 
 # ------------------------------------------------------------------------------------ one-call API
@@ -493,6 +512,7 @@ def make_training_arguments(config, *, world_size: int = 1) -> transformers.Trai
         per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation,
         learning_rate=config.lr,
+        optim=config.optimizer,
         weight_decay=config.weight_decay,
         warmup_steps=config.warmup_steps,
         lr_scheduler_type=config.lr_scheduler,
@@ -564,15 +584,13 @@ def train_preference(model, tokenizer, records_or_lists, config, *, ref_model=No
     ref_model : PreTrainedModel, optional
         Reference policy; default: a snapshot of ``model`` before training (or the adapter-disabled base).
     resume_from_checkpoint : path or bool, optional
-        ``True`` resumes from the last checkpoint in ``output_dir`` when there is one.
+        ``True`` resumes from the last complete checkpoint in ``output_dir`` when there is one.
 
     Returns
     -------
     TrainResult
         The logged history (one dict per logging step), the trained model, wall time and tokens/s.
     """
-    from transformers.trainer_utils import get_last_checkpoint
-
     config.validate()
     transformers.set_seed(config.seed)
     lists, report = _to_tokenized(tokenizer, records_or_lists, config)
@@ -585,8 +603,7 @@ def train_preference(model, tokenizer, records_or_lists, config, *, ref_model=No
         precompute_reference=config.precompute_reference, max_tokens_per_row=config.max_tokens_per_row,
         pad_token_id=getattr(tokenizer, "pad_token_id", None), processing_class=tokenizer, callbacks=callbacks)
     if resume_from_checkpoint is True:
-        last = get_last_checkpoint(config.output_dir) if os.path.isdir(config.output_dir) else None
-        resume_from_checkpoint = last
+        resume_from_checkpoint = last_complete_checkpoint(config.output_dir)
     output = trainer.train(resume_from_checkpoint=resume_from_checkpoint or None)
     wall = time.perf_counter() - started
     history = [dict(row) for row in trainer.state.log_history]

@@ -1,0 +1,322 @@
+"""rankalign's PreferenceTrainer against TRL's DPOTrainer, side by side (issue 5, "Performance").
+
+Cases (same tiny Llama-style model built from a config, same data, float32 on the CPU, prompt P = 256
+tokens, responses R = 64 tokens, a word-level tokenizer so that every word is exactly one token):
+
+* ``pairs``: DPO on pairs. TRL runs 2(P+R) tokens per pair; rankalign's shared layout P+2R.
+  Figure: pairs/s. Target: rankalign >= 1.5x TRL, peak RSS <= TRL's.
+* ``lists_k4``: lists of K = 4 responses. rankalign trains Plackett-Luce DPO on the whole list (P+4R
+  tokens); TRL trains DPO on the same lists expanded to best-vs-rest pairs (3 pairs, 6(P+R) tokens).
+  Figure: lists/s. Target: rankalign >= 3x TRL.
+
+Both sides get the same batch in pairs (``pairs``: 4 pairs; ``lists_k4``: 2 lists = 6 best-vs-rest
+pairs for TRL), the same optimiser settings, no bf16, no gradient checkpointing, and a reference that is
+computed once before training (TRL ``precompute_ref_log_probs=True``; rankalign's reference cache,
+empty at the start so its cost is in the end-to-end time). Each side runs in its own subprocess so that
+its peak RSS (``ru_maxrss``) is its own.
+
+Reported per side: steady-state samples/s (the steps after ``--warmup``), end-to-end time (trainer
+construction, reference pass and training), tokens/s (tokens the model actually runs, steady state),
+peak RSS, and the compute efficiency: achieved FLOP/s = 6 * params * tokens / step time, as a share of
+this machine's float32 matmul FLOP/s (measured with torch.matmul). ``params`` is the full parameter
+count (embedding included, the issue's definition); rankalign applies the output head only at response
+positions, so its *useful* FLOP count per token is lower than 6 * params and this figure is
+conservative for it.
+
+Run: ``.venv/bin/python benchmarks/bench_train_vs_trl.py`` (default: 1 warm-up + 4 timed steps per side
+and case). Ends with one ``RESULT {...}`` line per case (ratio > 1: rankalign is better).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+PROMPT_TOKENS = 256
+RESPONSE_TOKENS = 64  # 63 words + EOS
+VOCAB_WORDS = 8000
+MODEL = dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=6,
+             num_key_value_heads=6)
+CASES = ("pairs", "lists_k4")
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+def build_word_tokenizer():
+    """One token per whitespace-separated word ``w0 .. w{VOCAB_WORDS-1}`` plus <pad>, <bos>, <eos>, <unk>."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<bos>", "<eos>", "<unk>"]
+    vocab = {token: i for i, token in enumerate(specials)}
+    for i in range(VOCAB_WORDS):
+        vocab[f"w{i}"] = len(vocab)
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<bos>",
+                                   eos_token="<eos>", unk_token="<unk>")
+
+
+def build_model(vocab_size: int, seed: int = 0):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=vocab_size, max_position_embeddings=1024, tie_word_embeddings=False,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0, attention_dropout=0.0, **MODEL)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).float()
+
+
+def make_lists(n_lists: int, k: int, seed: int = 0):
+    """``n_lists`` prompts of PROMPT_TOKENS words with ``k`` responses of RESPONSE_TOKENS - 1 words each."""
+    import random
+
+    rng = random.Random(seed)
+
+    def words(n):
+        return " ".join(f"w{rng.randrange(VOCAB_WORDS)}" for _ in range(n))
+
+    return [(words(PROMPT_TOKENS), [" " + words(RESPONSE_TOKENS - 1) for _ in range(k)]) for _ in range(n_lists)]
+
+
+def case_shape(case: str, args) -> dict:
+    """Lists, responses per list, rankalign batch (lists), TRL batch (pairs), pairs per list for TRL."""
+    steps = args.warmup + args.steps
+    if case == "pairs":
+        return dict(k=2, ours_batch=args.pairs_batch, trl_batch=args.pairs_batch, trl_pairs_per_list=1,
+                    n_lists=steps * args.pairs_batch)
+    lists_per_step = args.lists_batch
+    return dict(k=4, ours_batch=lists_per_step, trl_batch=3 * lists_per_step, trl_pairs_per_list=3,
+                n_lists=steps * lists_per_step)
+
+
+class StepTimer:
+    """A TrainerCallback recording the wall time at the end of every optimiser step."""
+
+    def __init__(self):
+        import transformers
+
+        outer = self
+
+        class _Callback(transformers.TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                outer.begin = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                outer.ends.append(time.perf_counter())
+
+        self.callback = _Callback()
+        self.ends: list[float] = []
+        self.begin = None
+
+    def steady_seconds_per_step(self, warmup: int) -> float:
+        ends = self.ends
+        if len(ends) <= warmup:
+            raise RuntimeError(f"only {len(ends)} steps ran, need more than warmup={warmup}")
+        start = ends[warmup - 1] if warmup else self.begin
+        return (ends[-1] - start) / (len(ends) - warmup)
+
+
+def common_training_arguments(output_dir: str, args, batch: int) -> dict:
+    return dict(output_dir=output_dir, per_device_train_batch_size=batch, gradient_accumulation_steps=1,
+                learning_rate=1e-5, max_steps=args.warmup + args.steps, lr_scheduler_type="constant",
+                warmup_steps=0, logging_steps=1000, save_strategy="no", report_to="none", bf16=False,
+                fp16=False, gradient_checkpointing=False, disable_tqdm=True, dataloader_num_workers=0,
+                seed=0, use_cpu=True, remove_unused_columns=False)
+
+
+# --------------------------------------------------------------------------------------------- workers
+def run_trl(case: str, args, model_dir: str, workdir: str) -> dict:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    shape = case_shape(case, args)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows = []
+    for prompt, responses in make_lists(shape["n_lists"], shape["k"]):
+        for loser in responses[1:]:  # best (column 0) vs each of the rest
+            rows.append({"prompt": prompt, "chosen": responses[0], "rejected": loser})
+    dataset = Dataset.from_list(rows)
+    started = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32")
+    config = DPOConfig(**common_training_arguments(workdir, args, shape["trl_batch"]), beta=0.1,
+                       loss_type=["sigmoid"], precompute_ref_log_probs=True, max_length=None,
+                       precompute_ref_batch_size=shape["trl_batch"])
+    timer = StepTimer()
+    trainer = DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+                         callbacks=[timer.callback])
+    first = trainer.train_dataset[0]
+    tokens_per_pair = 2 * len(first["prompt_ids"]) + len(first["chosen_ids"]) + len(first["rejected_ids"])
+    trainer.train()
+    end_to_end = time.perf_counter() - started
+    step = timer.steady_seconds_per_step(args.warmup)
+    lists_per_step = shape["trl_batch"] / shape["trl_pairs_per_list"]
+    return dict(side="trl", case=case, seconds_per_step=step, samples_per_s=lists_per_step / step,
+                tokens_per_step=tokens_per_pair * shape["trl_batch"],
+                tokens_per_s=tokens_per_pair * shape["trl_batch"] / step, end_to_end_s=end_to_end,
+                params=sum(p.numel() for p in model.parameters()), steps=len(timer.ends),
+                batch=f"{shape['trl_batch']} pairs", tokens_per_pair=tokens_per_pair,
+                gradient_checkpointing=bool(getattr(trainer.model, "is_gradient_checkpointing", False)))
+
+
+def run_ours(case: str, args, model_dir: str, workdir: str) -> dict:
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rankalign.engine import TokenizedList
+    from rankalign.train.trainer import PreferenceTrainer
+
+    shape = case_shape(case, args)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    lists = []
+    for index, (prompt, responses) in enumerate(make_lists(shape["n_lists"], shape["k"])):
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        response_ids = [tokenizer(r)["input_ids"] + [tokenizer.eos_token_id] for r in responses]
+        lists.append(TokenizedList(prompt_ids=prompt_ids, response_ids=response_ids,
+                                   ranks=list(range(shape["k"])), index=index))
+    tokens_per_list = len(lists[0].prompt_ids) + sum(len(r) for r in lists[0].response_ids)
+    started = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32")
+    training_args = transformers.TrainingArguments(**common_training_arguments(workdir, args, shape["ours_batch"]))
+    timer = StepTimer()
+    objective = "dpo" if case == "pairs" else "pl_dpo"
+    trainer = PreferenceTrainer(model, training_args, lists, objective=objective, loss_params={"beta": 0.1},
+                                layout="shared", reference_cache_dir=str(Path(workdir) / "ref_cache"),
+                                reference_batch_size=shape["ours_batch"], pad_token_id=tokenizer.pad_token_id,
+                                callbacks=[timer.callback])
+    trainer.train()
+    end_to_end = time.perf_counter() - started
+    step = timer.steady_seconds_per_step(args.warmup)
+    return dict(side="rankalign", case=case, seconds_per_step=step, samples_per_s=shape["ours_batch"] / step,
+                tokens_per_step=tokens_per_list * shape["ours_batch"],
+                tokens_per_s=tokens_per_list * shape["ours_batch"] / step, end_to_end_s=end_to_end,
+                params=sum(p.numel() for p in model.parameters()), steps=len(timer.ends),
+                batch=f"{shape['ours_batch']} lists", tokens_per_list=tokens_per_list)
+
+
+def worker_main(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix=f"bench_{args.worker}_") as workdir:
+        run = run_trl if args.worker == "trl" else run_ours
+        result = run(args.case, args, args.model_dir, workdir)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    Path(args.result_file).write_text(json.dumps(result))
+
+
+# ------------------------------------------------------------------------------------------- driver
+def matmul_flops(threads: int, n: int = 1024, repeats: int = 20) -> float:
+    """Float32 matmul throughput of this machine (FLOP/s), best of three timed blocks."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a = torch.randn(n, n)
+    b = torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            torch.matmul(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 * repeats / best
+
+
+def spawn(side: str, case: str, args, model_dir: str) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
+        result_file = handle.name
+    command = [sys.executable, __file__, "--worker", side, "--case", case, "--model-dir", model_dir,
+               "--result-file", result_file, "--steps", str(args.steps), "--warmup", str(args.warmup),
+               "--pairs-batch", str(args.pairs_batch), "--lists-batch", str(args.lists_batch),
+               "--threads", str(args.threads)]
+    completed = subprocess.run(command, capture_output=True, text=True)
+    if completed.returncode != 0:
+        sys.stderr.write(completed.stdout[-4000:] + completed.stderr[-8000:])
+        raise RuntimeError(f"{side} worker for case {case} failed (exit {completed.returncode})")
+    result = json.loads(Path(result_file).read_text())
+    os.unlink(result_file)
+    return result
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--steps", type=int, default=4, help="timed optimiser steps per side and case")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps before the timed ones")
+    parser.add_argument("--pairs-batch", type=int, default=4, help="pairs per step in the pairs case")
+    parser.add_argument("--lists-batch", type=int, default=2, help="lists of 4 per step in lists_k4 (TRL: x3 pairs)")
+    parser.add_argument("--threads", type=int, default=max(1, min(os.cpu_count() or 1, 16)))
+    parser.add_argument("--worker", choices=("trl", "ours"), help=argparse.SUPPRESS)
+    parser.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--result-file", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker_main(args)
+        return
+
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    for case in cases:
+        if case not in CASES:
+            parser.error(f"unknown case {case!r}; choose from {', '.join(CASES)}")
+    peak_flops = matmul_flops(args.threads)
+    print(f"machine: {os.cpu_count()} CPUs, {args.threads} torch threads; float32 matmul "
+          f"{peak_flops / 1e9:.1f} GFLOP/s (1024x1024 torch.matmul)")
+    print(f"steps per side and case: {args.warmup} warm-up + {args.steps} timed; prompt {PROMPT_TOKENS} tokens, "
+          f"responses {RESPONSE_TOKENS} tokens")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench_model_") as model_dir:
+        tokenizer = build_word_tokenizer()
+        model = build_model(len(tokenizer))
+        params = sum(p.numel() for p in model.parameters())
+        model.save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+        del model
+        print(f"model: Llama-style {MODEL}, vocab {len(tokenizer)}, {params / 1e6:.1f} M parameters, float32")
+        for case in cases:
+            peer = spawn("trl", case, args, model_dir)
+            ours = spawn("ours", case, args, model_dir)
+            results.append((case, peer, ours))
+
+    unit = {"pairs": "pairs/s", "lists_k4": "lists/s"}
+    header = (f"{'case':<9} {'side':<10} {'batch':<9} {'samples/s':>10} {'s/step':>8} {'end-to-end s':>13} "
+              f"{'tokens/s':>9} {'peak RSS MB':>12} {'FLOP/s share':>13}")
+    print()
+    print(header)
+    print("-" * len(header))
+    for case, peer, ours in results:
+        for row in (peer, ours):
+            achieved = 6 * row["params"] * row["tokens_per_step"] / row["seconds_per_step"]
+            row["compute_efficiency"] = achieved / peak_flops
+            print(f"{case:<9} {row['side']:<10} {row['batch']:<9} {row['samples_per_s']:>10.3f} "
+                  f"{row['seconds_per_step']:>8.2f} {row['end_to_end_s']:>13.1f} {row['tokens_per_s']:>9.0f} "
+                  f"{row['peak_rss_mb']:>12.0f} {row['compute_efficiency']:>12.1%}")
+    print()
+    for case, peer, ours in results:
+        ratio = ours["samples_per_s"] / peer["samples_per_s"]
+        memory = peer["peak_rss_mb"] / ours["peak_rss_mb"]
+        print(f"{case}: rankalign/TRL samples/s = {ratio:.2f}x; TRL/rankalign peak RSS = {memory:.2f}x; "
+              f"end-to-end TRL {peer['end_to_end_s']:.1f}s vs rankalign {ours['end_to_end_s']:.1f}s")
+    for case, peer, ours in results:
+        print("RESULT " + json.dumps({"case": case, "peer": round(peer["samples_per_s"], 4),
+                                      "ours": round(ours["samples_per_s"], 4), "unit": unit[case],
+                                      "ratio": round(ours["samples_per_s"] / peer["samples_per_s"], 3)}))
+
+
+if __name__ == "__main__":
+    main()
