@@ -380,9 +380,8 @@ def _pairs(row, ctx):
         else:
             raise DataError("chosen and rejected must both be text or both chat messages", field=ctx.name("rejected"),
                             reason="bad_type")
-        ctx.notes["implicit_prompt"] += 1
-        if early:
-            ctx.notes["implicit_prompt_early_divergence"] += 1
+    else:
+        early = None
     names = [ctx.name("chosen"), ctx.name("rejected")]
     try:
         record = RankedList(prompt=prompt, candidates=(chosen, rejected), ranks=(0, 1), weight=_weight(row, ctx),
@@ -393,6 +392,9 @@ def _pairs(row, ctx):
             raise DataError("chosen and rejected are identical", field=names[1],
                             reason="identical_chosen_rejected") from None
         raise _rename_candidate_fields(error, names) from None
+    if early is not None:  # counted for records actually read
+        ctx.notes["implicit_prompt"] += 1
+        ctx.notes["implicit_prompt_early_divergence"] += early
     return record
 
 
