@@ -251,6 +251,31 @@ def test_padding_never_changes_a_row(name):
 
 
 @pytest.mark.parametrize("name", PAIRWISE)
+def test_permuting_candidates_with_their_ranks_leaves_the_loss_unchanged(name):
+    # the pair decomposition depends on ranks only, so any column order gives the same per-list loss;
+    # each row's loss is also independent of the other rows in the batch
+    torch.manual_seed(5)
+    policy = -torch.rand(2, 5, dtype=torch.float64) * 10
+    ref = -torch.rand(2, 5, dtype=torch.float64) * 10
+    lengths = torch.randint(1, 9, (2, 5)).to(torch.float64)
+    grades = torch.rand(2, 5, dtype=torch.float64) * 3
+    ranks = torch.tensor([[2, 0, 1, 1, -1], [0, 3, 2, 1, 4]])
+    kwargs = dict(_kwargs(name, 5), lengths=lengths)
+    if name == "soft_dpo":
+        kwargs["grades"] = grades
+    base = get(name)(policy, ref, ranks=ranks, **kwargs)
+    perm = torch.tensor([3, 0, 4, 2, 1])
+    permuted_kwargs = dict(kwargs, lengths=lengths[:, perm])
+    if name == "soft_dpo":
+        permuted_kwargs["grades"] = grades[:, perm]
+    permuted = get(name)(policy[:, perm], ref[:, perm], ranks=ranks[:, perm], **permuted_kwargs)
+    torch.testing.assert_close(permuted, base, rtol=1e-12, atol=1e-12)
+    row_kwargs = {key: (value[1:] if torch.is_tensor(value) else value) for key, value in kwargs.items()}
+    alone = get(name)(policy[1:], ref[1:], ranks=ranks[1:], **row_kwargs)
+    torch.testing.assert_close(alone, base[1:], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", PAIRWISE)
 def test_k1_and_all_tie_lists_give_zero_loss_and_finite_gradients(name):
     kwargs = _kwargs(name, 1)
     single = torch.tensor([[-2.0], [-5.0]], dtype=torch.float64, requires_grad=True)

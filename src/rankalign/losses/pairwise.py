@@ -414,7 +414,9 @@ def exo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor 
     labels, which is mode-seeking like the RLHF objective it exactly optimises, unlike DPO's forward
     KL. Its minimum, 0, is at beta h = log((1 - eps) / eps). ``beta`` is the paper's beta_pi (with fixed
     pair labels the paper's beta_r plays no role); eps must lie in (0, 1) (eps = 0 makes the loss
-    infinite for any finite h); the default 1e-3 is TRL's recommended value for ``loss_type="exo_pair"``.
+    infinite for any finite h); the default 1e-3 is TRL's recommended value for ``loss_type="exo_pair"``
+    (the authors' code writes the loser's label as log-weight -10 next to 0 for the winner, i.e.
+    eps = e^-10 / (1 + e^-10) ~ 4.5e-5 up to a constant offset of log(1 + e^-10)).
     ``ref_logps=None``: reference-free. K > 2, ties, padding: the module's pair decomposition (EXO's
     K-response form over a list is a different objective and is not what this computes).
     """
