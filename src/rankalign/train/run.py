@@ -25,7 +25,8 @@ def read_records(config: TrainConfig) -> list:
     except ImportError:
         read = None
     if read is not None:
-        records = list(read(config.data, **config.data_options))
+        result = read(config.data, **config.data_options)
+        records = list(result.records if hasattr(result, "records") else result)
     else:
         records = _read_record_jsonl(config.data)
     if config.max_records > 0:
