@@ -111,3 +111,21 @@ def test_alpha_from_records_meta_and_scores():
     bad = [RankedList(prompt="p", candidates=["a", "b"], ranks=[0, 1], meta={"rate": 1.5})]
     with pytest.raises(ValueError, match="record 0"):
         alpha_from_records(bad, [SimpleNamespace(index=0, ranks=[0, 1])], "rate")
+
+
+def test_clustered_se_matches_simulation_with_correlated_pairs():
+    # every list has its own difficulty, so the pairs of one list are correlated: the cluster-robust SE
+    # must match the spread of the estimate across repeated data sets, while the naive per-pair SE is too small
+    rng = np.random.default_rng(13)
+    estimates, clustered, naive = [], [], []
+    for _ in range(600):
+        difficulty = rng.uniform(0.1, 0.9, size=60)
+        pairs_per_list = rng.integers(1, 7, size=60)
+        cluster = np.repeat(np.arange(60), pairs_per_list)
+        correct = (rng.random(cluster.size) < difficulty[cluster]).astype(float)
+        mean, se = clustered_mean_with_se(correct, cluster)
+        estimates.append(mean)
+        clustered.append(se)
+        naive.append(mean_with_se(correct)[1])
+    assert np.std(estimates) == pytest.approx(np.mean(clustered), rel=0.1)
+    assert np.mean(naive) < 0.85 * np.std(estimates)
