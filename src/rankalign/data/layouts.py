@@ -195,8 +195,11 @@ def row_to_record(row: dict, ctx: RowContext):
     return _CONVERTERS[ctx.layout](row, ctx)
 
 
-def _require(row, column, ctx):
+def _require(row, column, ctx, *, text=False):
     value = row.get(column)
+    if text and isinstance(value, str) and not value.strip():
+        raise DataError("empty response" if value == "" else "response is only whitespace", field=ctx.name(column),
+                        reason="empty_response")
     if _missing(value):
         raise DataError("missing" if value is None or column not in row else "empty", field=ctx.name(column),
                         reason="missing_field")
@@ -369,8 +372,8 @@ def split_messages(chosen: list, rejected: list) -> tuple[list, list, list, bool
 
 
 def _pairs(row, ctx):
-    chosen = _maybe_messages(_require(row, "chosen", ctx))
-    rejected = _maybe_messages(_require(row, "rejected", ctx))
+    chosen = _maybe_messages(_require(row, "chosen", ctx, text=True))
+    rejected = _maybe_messages(_require(row, "rejected", ctx, text=True))
     prompt = _maybe_messages(_optional(row, "prompt"))
     if prompt is None:
         if isinstance(chosen, str) and isinstance(rejected, str):
@@ -544,7 +547,7 @@ def _unpaired(row, ctx):
     label = parse_label(_require(row, "label", ctx), ctx)
     try:
         return Judgment(prompt=_maybe_messages(_optional(row, "prompt")),
-                        response=_maybe_messages(_require(row, "completion", ctx)), label=label,
+                        response=_maybe_messages(_require(row, "completion", ctx, text=True)), label=label,
                         annotator=_annotator(row, "annotator"), weight=_weight(row, ctx),
                         meta=_meta(row, {"prompt", "completion", "label", "annotator", "count", "weight"}))
     except DataError as error:
@@ -557,7 +560,7 @@ def _unpaired(row, ctx):
 def _native_fields(row, allowed_json):
     data = {}
     for key, value in row.items():
-        if value is None or (isinstance(value, str) and value == "" and key != "meta"):
+        if value is None or (isinstance(value, str) and value == ""):
             continue
         if key in allowed_json:
             value = _decode_json_field(value, key)
@@ -569,8 +572,6 @@ def _native_fields(row, allowed_json):
             except ValueError:
                 raise DataError(f"weight {value!r} is not a number", field="weight", reason="bad_type") from None
         data[key] = value
-    if data.get("meta") == "":
-        data.pop("meta")
     return data
 
 
