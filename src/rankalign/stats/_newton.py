@@ -48,7 +48,7 @@ def _restrict(hessian, free):
     return hessian[np.ix_(free, free)]
 
 
-def maximise(objective, x0, free=None, *, tol=1e-10, max_iter=200):
+def maximise(objective, x0, free=None, *, tol=1e-20, max_iter=200):
     """Maximise ``objective`` by Newton's method with a backtracking line search.
 
     Parameters
@@ -60,8 +60,8 @@ def maximise(objective, x0, free=None, *, tol=1e-10, max_iter=200):
     free : int array, optional
         Coordinates that move; the others stay at their ``x0`` value (the reference-item gauge).
     tol : float
-        Stop when the Newton decrement ``g^T (-H)^-1 g / 2`` falls below ``tol`` (an upper bound on the
-        remaining gain in log-likelihood near the optimum).
+        Stop when the Newton decrement ``g^T (-H)^-1 g / 2`` (the remaining gain in log-likelihood near
+        the optimum) falls below ``tol * max(1, |value|)``, or when it stops shrinking at rounding level.
 
     Returns
     -------
@@ -70,6 +70,7 @@ def maximise(objective, x0, free=None, *, tol=1e-10, max_iter=200):
     x = np.array(x0, dtype=np.float64)
     value, gradient, hessian = objective(x, 2)
     iterations = 0
+    previous = np.inf
     for iterations in range(1, max_iter + 1):
         g = gradient if free is None else gradient[free]
         neg_h = -_restrict(hessian, free)
@@ -77,8 +78,25 @@ def maximise(objective, x0, free=None, *, tol=1e-10, max_iter=200):
         decrement = float(g @ step) / 2.0
         if not np.isfinite(decrement):
             raise FloatingPointError("non-finite Newton step (the data may not identify the model)")
-        if decrement < tol:
+        scale = max(1.0, abs(value))
+        if decrement < tol * scale:
             break
+        if decrement < 1e-12 * scale and decrement > previous / 4.0:
+            break  # no longer converging quadratically: the step is at rounding level
+        previous = decrement
+        if decrement < 0.5:
+            # inside the region of quadratic convergence of a concave objective the full step is safe;
+            # evaluating everything at once saves the separate line-search evaluation
+            candidate = x.copy()
+            if free is None:
+                candidate += step
+            else:
+                candidate[free] += step
+            new = objective(candidate, 2)
+            if np.isfinite(new[0]) and new[0] >= value - 1e-12 * abs(value):
+                x = candidate
+                value, gradient, hessian = new
+                continue
         t = 1.0
         while True:
             candidate = x.copy()

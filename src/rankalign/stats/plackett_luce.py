@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy import sparse
+from scipy.special import expit
 
 from rankalign.data.errors import DataError
 
@@ -142,12 +143,12 @@ def _complete_rankings_array(orders, weights, n_items):
 
 def _suffix_logsumexp(t):
     """``out[:, s] = log sum_{j >= s} exp(t[:, j])`` (max-shifted cumulative sums; exact fallback)."""
-    top = t.max(axis=1, keepdims=True)
+    top = float(t.max()) if t.size else 0.0  # one shift for all rows; rows that underflow are redone
     suffix = np.cumsum(np.exp(t - top)[:, ::-1], axis=1)[:, ::-1]
     with np.errstate(divide="ignore"):
         out = top + np.log(suffix)
-    # a suffix far below the row maximum underflows; recompute those rows exactly
-    bad = np.flatnonzero(suffix.min(axis=1) < 1e-250)
+    # a suffix far below the shift underflows (the last column is the smallest); redo those rows exactly
+    bad = np.flatnonzero(suffix[:, -1] < 1e-250)
     if bad.size:
         out[bad] = np.logaddexp.accumulate(t[bad, ::-1], axis=1)[:, ::-1]
     return out
@@ -155,18 +156,32 @@ def _suffix_logsumexp(t):
 
 def _pl_objective(n, groups, prior, npseudo):
     dense = n <= _newton.DENSE_LIMIT
+    # index arrays do not depend on theta: build them once
+    win_counts = np.zeros(n)
+    member_index, pair_keys, pair_slices = [], [], []
+    for orders, stages, weights in groups:
+        win_counts += np.bincount(orders[:, :stages].ravel(), np.repeat(weights, stages), n)
+        for s in range(stages):
+            idx = orders[:, s:]
+            member_index.append(idx.ravel())
+            upper_a, upper_b = np.triu_indices(idx.shape[1], 1)
+            pair_slices.append((upper_a, upper_b))
+            pair_keys.append((idx[:, upper_a] * n + idx[:, upper_b]).ravel())
+    member_index = np.concatenate(member_index)
+    pair_keys = np.concatenate(pair_keys)
 
     def objective(x, order):
         theta = x
         value = -prior * float(theta @ theta)
-        gradient = -2.0 * prior * theta
-        keys, vals = [], []
+        gradient = win_counts - 2.0 * prior * theta
         diag = np.full(n, -2.0 * prior)
         if npseudo > 0:  # npseudo wins and npseudo losses against a hypothetical item at log-worth 0
             value += npseudo * float(np.sum(theta - 2.0 * np.logaddexp(0.0, theta)))
-            p = 1.0 / (1.0 + np.exp(-theta))
+            p = expit(theta)
             gradient = gradient + npseudo * (1.0 - 2.0 * p)
             diag = diag - 2.0 * npseudo * p * (1.0 - p)
+        member_wp, member_wpq, pair_vals = [], [], []
+        stage = 0
         for orders, stages, weights in groups:
             t = theta[orders]
             # suffix log-sum-exp: log_norm[:, s] = log sum_{j >= s} exp(t_j)
@@ -174,30 +189,27 @@ def _pl_objective(n, groups, prior, npseudo):
             value += float(weights @ (t[:, :stages].sum(axis=1) - log_norm.sum(axis=1)))
             if order == 0:
                 continue
-            gradient = gradient + np.bincount(orders[:, :stages].ravel(),
-                                              np.repeat(weights, stages), n)
             for s in range(stages):
                 p = np.exp(t[:, s:] - log_norm[:, s:s + 1])  # [R, L - s] choice probabilities
                 wp = weights[:, None] * p
-                idx = orders[:, s:]
-                flat_idx = idx.ravel()
-                gradient -= np.bincount(flat_idx, wp.ravel(), n)
-                # the stage's Hessian is -(diag(p) - p p^T), weighted: diagonal part here, and
+                # the stage's Hessian is -(diag(p) - p p^T), weighted: diagonal part, and
                 # + w p_a p_b for each unordered pair a < b of the choice set (mirrored below)
-                diag -= np.bincount(flat_idx, (wp * (1.0 - p)).ravel(), n)
-                upper_a, upper_b = np.triu_indices(idx.shape[1], 1)
-                keys.append((idx[:, upper_a] * n + idx[:, upper_b]).ravel())
-                vals.append((wp[:, upper_a] * p[:, upper_b]).ravel())
+                member_wp.append(wp.ravel())
+                member_wpq.append((wp * (1.0 - p)).ravel())
+                upper_a, upper_b = pair_slices[stage]
+                pair_vals.append((wp[:, upper_a] * p[:, upper_b]).ravel())
+                stage += 1
         if order == 0:
             return value, None, None
-        keys = np.concatenate(keys) if keys else np.zeros(0, np.int64)
-        vals = np.concatenate(vals) if vals else np.zeros(0)
+        gradient -= np.bincount(member_index, np.concatenate(member_wp), n)
+        diag -= np.bincount(member_index, np.concatenate(member_wpq), n)
+        vals = np.concatenate(pair_vals)
         if dense:
-            upper = np.bincount(keys, vals, n * n).reshape(n, n)
+            upper = np.bincount(pair_keys, vals, n * n).reshape(n, n)
             hessian = upper + upper.T
             hessian[np.diag_indices(n)] += diag
         else:
-            rows, cols = keys // n, keys % n
+            rows, cols = pair_keys // n, pair_keys % n
             hessian = sparse.csr_matrix((np.concatenate([vals, vals, diag]),
                                          (np.concatenate([rows, cols, np.arange(n)]),
                                           np.concatenate([cols, rows, np.arange(n)]))), shape=(n, n))
@@ -250,7 +262,8 @@ def fit_plackett_luce(rankings, weights=None, *, n_items=None, items=None, prior
     -------
     RatingResult
         ``n`` counts the (weighted) rankings each item appears in; ``log_likelihood`` excludes prior and
-        pseudo-data terms.
+        pseudo-data terms. With ``npseudo > 0`` the standard errors come from the observed information
+        of the data alone (pseudo-rankings excluded), as PlackettLuce's ``vcov`` reports them.
     """
     if prior < 0 or npseudo < 0:
         raise ValueError("prior and npseudo must be >= 0")
@@ -283,6 +296,11 @@ def fit_plackett_luce(rankings, weights=None, *, n_items=None, items=None, prior
     from scipy.stats import norm
 
     estimate = _newton.apply_gauge(x, n, ref_index)
+    if npseudo > 0 and prior == 0:
+        # PlackettLuce's vcov: observed information of the data alone (pseudo-rankings left out) at the
+        # estimate, with one item fixed (the data alone identify only differences)
+        hessian = _pl_objective(n, groups, 0.0, 0.0)(x, 2)[2]
+        free = np.delete(np.arange(n), 0 if ref_index is None else ref_index)
     if n <= _newton.DENSE_LIMIT:
         cov = _newton.covariance(hessian, free, n)
         a = _newton.gauge_matrix(n, n, ref_index)

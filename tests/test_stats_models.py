@@ -1,0 +1,313 @@
+"""Rating models of rankalign.stats against closed forms, choix, a published analysis, and finite differences."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.special import expit, logit
+from scipy.stats import norm
+
+from rankalign.data.errors import DataError
+from rankalign.stats import _newton
+from rankalign.stats._sufficient import pair_counts
+from rankalign.stats.pairwise import (
+    _extra_columns,
+    _pairwise_objective,
+    fit_bradley_terry,
+    fit_davidson,
+    fit_rao_kupper,
+    fit_thurstone,
+)
+from rankalign.stats.plackett_luce import (
+    _pl_objective,
+    fit_luce_choice,
+    fit_plackett_luce,
+    rankings_to_arrays,
+)
+
+NETFLIX = Path("/work/shared/data/preflib-netflix/netflix.soc")
+
+
+def two_items(wins, ties, losses):
+    first = [0] * (wins + ties + losses)
+    second = [1] * len(first)
+    outcome = [1.0] * wins + [0.5] * ties + [0.0] * losses
+    return first, second, outcome
+
+
+# ------------------------------------------------------------------------------------ closed forms
+def test_bradley_terry_two_items_closed_form():
+    # theta_0 - theta_1 = log(w / l); var of the difference = 1/w + 1/l (binomial logit)
+    result = fit_bradley_terry(*two_items(7, 0, 3))
+    assert result.ratings[0] - result.ratings[1] == pytest.approx(math.log(7 / 3), abs=1e-9)
+    assert result.ratings.sum() == pytest.approx(0.0, abs=1e-12)  # mean-zero gauge
+    assert result.se[0] == pytest.approx(math.sqrt(1 / 7 + 1 / 3) / 2, rel=1e-7)
+    # log-likelihood: 7 log(0.7) + 3 log(0.3)
+    assert result.log_likelihood == pytest.approx(7 * math.log(0.7) + 3 * math.log(0.3), rel=1e-10)
+
+
+def test_bradley_terry_reference_gauge_and_ties_as_half_wins():
+    # 5 wins, 2 ties, 3 losses: effective 6 vs 4 under the arena convention
+    result = fit_bradley_terry(*two_items(5, 2, 3), items=["a", "b"], reference="b")
+    assert result.ratings[1] == 0.0 and result.se[1] == 0.0
+    assert result.ratings[0] == pytest.approx(math.log(6 / 4), abs=1e-9)
+    assert result.se[0] == pytest.approx(math.sqrt(10 / (6 * 4)), rel=1e-7)  # 1/(n p q)
+    proba = result.predict_proba("a", "b")
+    assert proba["win"] == pytest.approx(0.6, abs=1e-9) and proba["tie"] == 0.0
+
+
+def test_thurstone_two_items_closed_form():
+    result = fit_thurstone(*two_items(6, 2, 2))
+    assert result.ratings[0] - result.ratings[1] == pytest.approx(norm.ppf(7 / 10), abs=1e-8)
+
+
+def test_davidson_two_items_saturated():
+    # two items: the model is saturated, so fitted probabilities equal the observed shares:
+    # d = log(w / l), nu = t / sqrt(w l)
+    w, t, lost = 9, 4, 3
+    result = fit_davidson(*two_items(w, t, lost))
+    assert result.ratings[0] - result.ratings[1] == pytest.approx(math.log(w / lost), abs=1e-8)
+    assert result.params["nu"] == pytest.approx(t / math.sqrt(w * lost), rel=1e-7)
+    proba = result.predict_proba("0", "1")
+    assert proba["win"] == pytest.approx(w / 16, abs=1e-8)
+    assert proba["tie"] == pytest.approx(t / 16, abs=1e-8)
+
+
+def test_rao_kupper_two_items_saturated():
+    # P(a) = 1/(1 + theta e^-d) = w/N and P(b) = 1/(1 + theta e^d) = l/N give
+    # theta^2 = (N-w)(N-l)/(w l) and e^{2d} = w (N-l) / (l (N-w))
+    w, t, lost = 9, 4, 3
+    n = w + t + lost
+    result = fit_rao_kupper(*two_items(w, t, lost))
+    assert result.params["theta"] == pytest.approx(math.sqrt((n - w) * (n - lost) / (w * lost)), rel=1e-7)
+    d = 0.5 * math.log(w * (n - lost) / (lost * (n - w)))
+    assert result.ratings[0] - result.ratings[1] == pytest.approx(d, abs=1e-8)
+    assert result.predict_proba("0", "1")["tie"] == pytest.approx(t / n, abs=1e-8)
+
+
+def test_home_advantage_two_teams_closed_form():
+    # A at home beats B in 8 of 10; B at home beats A in 6 of 10. logit p1 = d + h, logit p2 = -d + h.
+    first = [0] * 10 + [1] * 10
+    second = [1] * 10 + [0] * 10
+    outcome = [1.0] * 8 + [0.0] * 2 + [1.0] * 6 + [0.0] * 4
+    result = fit_bradley_terry(first, second, outcome, home=np.ones(20), reference=1)
+    h = (logit(0.8) + logit(0.6)) / 2
+    d = (logit(0.8) - logit(0.6)) / 2
+    assert result.params["home"] == pytest.approx(h, abs=1e-8)
+    assert result.ratings[0] == pytest.approx(d, abs=1e-8)
+    assert result.predict_proba("0", "1", home=True)["win"] == pytest.approx(0.8, abs=1e-8)
+
+
+def test_covariate_weight_recovered():
+    # contextual BT: the logit is theta_a - theta_b + w x; simulate with a known w
+    rng = np.random.default_rng(3)
+    n, m = 6, 40_000
+    theta = np.linspace(-1, 1, n)
+    a = rng.integers(0, n, m)
+    b = (a + rng.integers(1, n, m)) % n
+    x = rng.normal(size=m)
+    y = (rng.random(m) < expit(theta[a] - theta[b] + 0.7 * x)).astype(float)
+    result = fit_bradley_terry(a, b, y, features=x[:, None])
+    weight, se = result.params["weights"][0], result.params["weights_se"][0]
+    assert abs(weight - 0.7) < 4 * se and se < 0.03
+    assert np.abs(result.ratings - (theta - theta.mean())).max() < 0.1
+
+
+# ------------------------------------------------------------------------------------ choix
+def _simulated_pairs(seed, n=12, m=3000):
+    rng = np.random.default_rng(seed)
+    theta = rng.normal(size=n)
+    a = rng.integers(0, n, m)
+    b = (a + rng.integers(1, n, m)) % n
+    y = rng.random(m) < expit(theta[a] - theta[b])
+    return a, b, y.astype(float)
+
+
+def test_bradley_terry_matches_choix_mle_and_map():
+    choix = pytest.importorskip("choix")
+    a, b, y = _simulated_pairs(0)
+    data = [(int(i), int(j)) if win else (int(j), int(i)) for i, j, win in zip(a, b, y)]
+    ours = fit_bradley_terry(a, b, y, n_items=12)
+    theirs = choix.ilsr_pairwise(12, data, alpha=0.0, tol=1e-12, max_iter=10_000)
+    np.testing.assert_allclose(ours.ratings, theirs - theirs.mean(), atol=1e-6)
+    # choix.opt_pairwise's penalty is alpha * sum(theta^2), the same as our `prior`
+    ours_map = fit_bradley_terry(a, b, y, n_items=12, prior=0.3)
+    theirs_map = choix.opt_pairwise(12, data, alpha=0.3, method="Newton-CG", tol=1e-12)
+    np.testing.assert_allclose(ours_map.ratings, theirs_map - theirs_map.mean(), atol=1e-6)
+
+
+def test_plackett_luce_matches_choix():
+    choix = pytest.importorskip("choix")
+    rng = np.random.default_rng(1)
+    n, r = 10, 2000
+    theta = rng.normal(size=n)
+    rankings = []
+    for _ in range(r):
+        subset = rng.choice(n, 4, replace=False)
+        rankings.append([int(i) for i in subset[np.argsort(-(theta[subset] + rng.gumbel(size=4)))]])
+    ours = fit_plackett_luce(rankings, n_items=n)
+    theirs = choix.ilsr_rankings(n, rankings, alpha=0.0, tol=1e-12, max_iter=10_000)
+    np.testing.assert_allclose(ours.ratings, theirs - theirs.mean(), atol=1e-6)
+
+
+def test_luce_choice_matches_choix_top1():
+    choix = pytest.importorskip("choix")
+    rng = np.random.default_rng(2)
+    n = 8
+    theta = rng.normal(size=n)
+    winners, sets = [], []
+    for _ in range(3000):
+        subset = rng.choice(n, 3, replace=False)
+        probabilities = np.exp(theta[subset]) / np.exp(theta[subset]).sum()
+        winners.append(int(rng.choice(subset, p=probabilities)))
+        sets.append([int(i) for i in subset])
+    ours = fit_luce_choice(winners, sets, n_items=n)
+    theirs = choix.ilsr_top1(n, [(w, [j for j in s if j != w]) for w, s in zip(winners, sets)],
+                             alpha=0.0, tol=1e-12, max_iter=10_000)
+    np.testing.assert_allclose(ours.ratings, theirs - theirs.mean(), atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------ published analysis
+def _read_soc(path):
+    names, weights, orders = {}, [], []
+    for line in path.read_text().splitlines():
+        if line.startswith("# ALTERNATIVE NAME"):
+            key, name = line[len("# ALTERNATIVE NAME "):].split(":", 1)
+            names[int(key)] = name.strip()
+        elif line and not line.startswith("#"):
+            count, order = line.split(":")
+            weights.append(float(count))
+            orders.append([int(x) - 1 for x in order.split(",")])
+    return [names[i + 1] for i in range(len(names))], orders, weights
+
+
+@pytest.mark.skipif(not NETFLIX.exists(), reason="shared data not available")
+def test_netflix_reproduces_plackettluce_readme():
+    # PlackettLuce README (github.com/hturner/PlackettLuce, "Usage"): PlackettLuce(R, weights = Freq)
+    # with its default npseudo = 0.5 gives log-worths (Mean Girls reference) 0, 0.67080, -0.31404,
+    # -0.43128, std. errors 0.07472, 0.07593, 0.07489, worths 0.2306285 0.4510655 0.1684719
+    # 0.1498342, and residual deviance 3493.5.
+    names, orders, weights = _read_soc(NETFLIX)
+    result = fit_plackett_luce(orders, weights, items=names, npseudo=0.5, reference="Mean Girls")
+    np.testing.assert_allclose(result.ratings, [0.0, 0.67080, -0.31404, -0.43128], atol=5e-6)
+    np.testing.assert_allclose(result.se[1:], [0.07472, 0.07593, 0.07489], atol=5e-6)
+    worth = np.exp(result.ratings) / np.exp(result.ratings).sum()
+    np.testing.assert_allclose(worth, [0.2306285, 0.4510655, 0.1684719, 0.1498342], atol=5e-7)
+    assert -2 * result.log_likelihood == pytest.approx(3493.5, abs=0.05)
+
+
+# ------------------------------------------------------------------------------------ gradients
+def _check_derivatives(objective, x, free=None):
+    value, gradient, hessian = objective(x, 2)
+    hessian = hessian.toarray() if hasattr(hessian, "toarray") else hessian
+    eps = 1e-6
+    for k in range(len(x)):
+        step = np.zeros_like(x)
+        step[k] = eps
+        numeric = (objective(x + step, 0)[0] - objective(x - step, 0)[0]) / (2 * eps)
+        assert numeric == pytest.approx(gradient[k], rel=1e-5, abs=1e-5)
+        numeric_row = (objective(x + step, 2)[1] - objective(x - step, 2)[1]) / (2 * eps)
+        np.testing.assert_allclose(numeric_row, hessian[k], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("model", ["bradley-terry", "thurstone", "davidson", "rao-kupper"])
+def test_pairwise_gradient_and_hessian_match_finite_differences(model):
+    rng = np.random.default_rng(4)
+    m, n = 60, 5
+    a = rng.integers(0, n, m)
+    b = (a + rng.integers(1, n, m)) % n
+    y = rng.choice([0.0, 0.5, 1.0], size=m)
+    counts = pair_counts(a, b, y, rng.integers(1, 4, m), n_items=n, home=rng.integers(0, 2, m),
+                         features=rng.normal(size=(m, 2)))
+    extras = _extra_columns(counts, True)
+    has_tau = model in ("davidson", "rao-kupper")
+    objective = _pairwise_objective(model, counts, extras, has_tau, prior=0.2)
+    x = rng.normal(size=n + 3 + int(has_tau))
+    _check_derivatives(objective, x)
+    # extreme strengths keep the derivatives finite
+    value, gradient, hessian = objective(x * 60, 2)
+    assert np.isfinite(value) and np.all(np.isfinite(gradient)) and np.all(np.isfinite(hessian))
+
+
+def test_plackett_luce_gradient_and_hessian_match_finite_differences():
+    rankings = [[0, 1, 2, 3], [2, 0, 1], [3, 1, [0, 2]], [1, [0, 2, 3]], [4, 0]]
+    n, groups = rankings_to_arrays(rankings, [1.0, 2.0, 0.5, 1.5, 1.0])
+    objective = _pl_objective(n, groups, prior=0.1, npseudo=0.5)
+    x = np.random.default_rng(5).normal(size=n)
+    _check_derivatives(objective, x)
+    value, gradient, _ = objective(np.array([800.0, -800, 0, 5, 1]), 2)
+    assert np.isfinite(value) and np.all(np.isfinite(gradient))
+
+
+def test_top_k_likelihood_by_hand():
+    # [2, [0, 1]]: item 2 chosen from {0, 1, 2}; nothing else. P = e^t2 / (e^t0 + e^t1 + e^t2)
+    theta = np.array([0.3, -0.2, 0.5])
+    n, groups = rankings_to_arrays([[2, [0, 1]]], n_items=3)
+    value = _pl_objective(n, groups, 0.0, 0.0)(theta, 0)[0]
+    assert value == pytest.approx(0.5 - math.log(math.exp(0.3) + math.exp(-0.2) + math.exp(0.5)), abs=1e-12)
+
+
+def test_gauge_projection_of_covariance():
+    # mean-zero gauge: the covariance of centred ratings is A C A^T with rows summing to zero
+    a, b, y = _simulated_pairs(7, n=5, m=500)
+    result = fit_bradley_terry(a, b, y, n_items=5)
+    np.testing.assert_allclose(result.covariance.sum(axis=1), 0.0, atol=1e-10)
+    ref = fit_bradley_terry(a, b, y, n_items=5, reference=2)
+    # var(theta_i - theta_2) is gauge-free: compare it computed from both fits
+    cov = result.covariance
+    np.testing.assert_allclose(ref.se ** 2, np.diag(cov) - 2 * cov[:, 2] + cov[2, 2], rtol=1e-8, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------ identifiability and bad input
+def test_disconnected_graph_names_components():
+    with pytest.raises(ValueError, match="disconnected.*2 components.*--prior"):
+        fit_bradley_terry([0, 1, 2, 3], [1, 0, 3, 2], [1, 1, 1, 1], items=["a", "b", "c", "d"])
+
+
+def test_item_that_never_loses_is_named():
+    with pytest.raises(ValueError, match="never lose: a"):
+        fit_bradley_terry([0, 0, 1, 2], [1, 2, 2, 1], [1, 1, 1, 1], items=["a", "b", "c"])
+    # the prior makes it estimable
+    result = fit_bradley_terry([0, 0, 1, 2], [1, 2, 2, 1], [1, 1, 1, 1], items=["a", "b", "c"], prior=0.5)
+    assert result.ratings[0] == result.ratings.max()
+
+
+def test_plackett_luce_never_wins_is_named():
+    with pytest.raises(ValueError, match="never win: 2"):
+        fit_plackett_luce([[0, 1, 2], [1, 0, 2]])
+
+
+@pytest.mark.parametrize("first, second, outcome, count, field, reason", [
+    ([0, 1], [1, 1], [1, 1], None, "second", "self_comparison"),
+    ([0, 1], [1, 0], [1, 2], None, "outcome", "unknown_outcome"),
+    ([0, 1], [1, 0], [1, 0], [1, -1], "count", "negative_count"),
+])
+def test_bad_comparisons_name_row_and_field(first, second, outcome, count, field, reason):
+    with pytest.raises(DataError) as error:
+        fit_bradley_terry(first, second, outcome, count)
+    assert error.value.line == 2 and error.value.field == field and error.value.reason == reason
+
+
+def test_bad_rankings_name_row_and_field():
+    with pytest.raises(DataError) as error:
+        fit_plackett_luce([[0, 1, 2], [1, 2, 1]])
+    assert error.value.line == 2 and error.value.field == "ranking[2]"
+    with pytest.raises(DataError, match="tied inside the ranking"):
+        fit_plackett_luce([[0, [1, 2], 3]])
+    with pytest.raises(DataError, match="no comparisons"):
+        fit_bradley_terry([], [], [])
+    with pytest.raises(DataError, match="two or more items"):
+        fit_plackett_luce([[0]], n_items=1)
+
+
+def test_newton_uses_sparse_path_for_many_items(monkeypatch):
+    # the sparse (CG) path gives the same estimate as the dense one
+    a, b, y = _simulated_pairs(8, n=30, m=4000)
+    dense = fit_bradley_terry(a, b, y, n_items=30)
+    monkeypatch.setattr(_newton, "DENSE_LIMIT", 10)
+    sparse_fit = fit_bradley_terry(a, b, y, n_items=30)
+    np.testing.assert_allclose(sparse_fit.ratings, dense.ratings, atol=1e-7)
+    assert np.all(np.isnan(sparse_fit.se))
