@@ -69,6 +69,10 @@ HAND = [
     ("cpo", {"beta": 0.1, "alpha": 1.0}, nls(0.2) + 1.0),
     # CPO with per-token NLL: nls(0.2) + 0.5 * (1 / 4)
     ("cpo", {"beta": 0.1, "alpha": 0.5, "nll_length_normalize": True}, nls(0.2) + 0.125),
+    # SimPO smoothed, eps = 0.1: 0.9 * -log sigma(2.0) + 0.1 * -log sigma(-2.0)
+    ("simpo", {"beta": 2.0, "gamma": 0.5, "label_smoothing": 0.1}, 0.9 * nls(2.0) + 0.1 * nls(-2.0)),
+    # CPO smoothed, eps = 0.2: 0.8 * nls(0.2) + 0.2 * nls(-0.2) + 1
+    ("cpo", {"beta": 0.1, "label_smoothing": 0.2}, 0.8 * nls(0.2) + 0.2 * nls(-0.2) + 1.0),
     # LN-DPO beta = 5: 5 * (1/4 - (-0.5)/2) = 5 * 0.5 = 2.5
     ("ln_dpo", {"beta": 5.0}, nls(2.5)),
     # NCA beta = 0.1: r_w = 0.1, r_l = -0.05

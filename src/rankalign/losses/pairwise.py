@@ -209,7 +209,7 @@ def hinge(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tenso
                 "NeurIPS 2024 (arXiv:2405.14734)")
 def simpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor | None = None,
           lengths: Tensor | None = None, grades: Tensor | None = None, beta: float = 2.0,
-          gamma: float = 0.5) -> Tensor:
+          gamma: float = 0.5, label_smoothing: float = 0.0) -> Tensor:
     """SimPO (Meng, Xia and Chen, NeurIPS 2024, Eq. 6): reference-free, length-normalised, with a margin.
 
     Per pair::
@@ -222,14 +222,17 @@ def simpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tenso
     ``gamma`` is the paper's gamma, an absolute margin on the scale of the logit beta * (difference of
     average log-probs); it equals TRL's ``simpo_gamma`` (TRL subtracts simpo_gamma / beta inside
     beta * (...)). The SimPO reference code parametrises the same margin as ``gamma_beta_ratio`` =
-    gamma / beta. Defaults beta = 2, gamma = 0.5 are within the paper's recommended ranges. Needs
-    ``lengths``; ``ref_logps`` is ignored. K > 2, ties, padding: the module's pair decomposition.
+    gamma / beta. Defaults beta = 2, gamma = 0.5 are within the paper's recommended ranges.
+    ``label_smoothing`` eps > 0 applies the cDPO smoothing -(1 - eps) log sigma(m) - eps log sigma(-m)
+    to the margin m, as the SimPO code and TRL allow (not in the paper; default 0). Needs ``lengths``;
+    ``ref_logps`` is ignored. K > 2, ties, padding: the module's pair decomposition.
     """
     lengths = _require_lengths(lengths, "simpo")
+    _check_smoothing(label_smoothing, 0.0, 1.0, "simpo")
 
     def per_pair(chosen, rejected, ref_chosen, ref_rejected, len_chosen, len_rejected):
         margin = beta * (chosen / _safe_length(len_chosen) - rejected / _safe_length(len_rejected)) - gamma
-        return -F.logsigmoid(margin)
+        return _logistic_pair(margin, label_smoothing)
 
     return pairwise_loss(per_pair, policy_logps, None, ranks, lengths)
 
@@ -239,7 +242,7 @@ def simpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tenso
                 "Pushing the Boundaries of LLM Performance in Machine Translation, ICML 2024 (arXiv:2401.08417)")
 def cpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor | None = None,
         lengths: Tensor | None = None, grades: Tensor | None = None, beta: float = 0.1, alpha: float = 1.0,
-        nll_length_normalize: bool = False) -> Tensor:
+        nll_length_normalize: bool = False, label_smoothing: float = 0.0) -> Tensor:
     """Contrastive Preference Optimisation (CPO; Xu et al., ICML 2024, Eq. 3 plus the NLL term).
 
     Per pair::
@@ -253,19 +256,22 @@ def cpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor 
     its weight is 1; ``alpha`` (TRL: ``cpo_alpha``, default 1.0) scales it. TRL (and the authors'
     ALMA-R code) compute the NLL as the token-mean cross-entropy over the chosen responses;
     ``nll_length_normalize=True`` gives the per-response version of that (-ell_w / |y_w|, needs
-    ``lengths``). ``ref_logps`` is ignored. K > 2, ties, padding: the module's pair decomposition, so a
-    candidate's NLL enters once per pair it wins (at K = 2 exactly the paper's loss).
+    ``lengths``). ``label_smoothing`` eps > 0 smooths the preference term as in cDPO (TRL's CPO option;
+    not in the paper; default 0). ``ref_logps`` is ignored. K > 2, ties, padding: the module's pair
+    decomposition, so a candidate's NLL enters once per pair it wins (at K = 2 exactly the paper's loss).
     """
+    _check_smoothing(label_smoothing, 0.0, 1.0, "cpo")
     if nll_length_normalize:
         lengths = _require_lengths(lengths, "cpo(nll_length_normalize=True)")
 
         def per_pair(chosen, rejected, ref_chosen, ref_rejected, len_chosen, len_rejected):
-            return -F.logsigmoid(beta * (chosen - rejected)) - alpha * chosen / _safe_length(len_chosen)
+            preference = _logistic_pair(beta * (chosen - rejected), label_smoothing)
+            return preference - alpha * chosen / _safe_length(len_chosen)
 
         return pairwise_loss(per_pair, policy_logps, None, ranks, lengths)
 
     def per_pair_summed(chosen, rejected, ref_chosen, ref_rejected):
-        return -F.logsigmoid(beta * (chosen - rejected)) - alpha * chosen
+        return _logistic_pair(beta * (chosen - rejected), label_smoothing) - alpha * chosen
 
     return pairwise_loss(per_pair_summed, policy_logps, None, ranks)
 
