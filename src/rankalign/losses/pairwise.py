@@ -52,8 +52,9 @@ def _require_lengths(lengths: Tensor | None, name: str) -> Tensor:
 
 
 def _safe_length(length: Tensor) -> Tensor:
-    # Padded candidates may carry a length of 0; the pair decomposition discards them, but the division
-    # must not produce inf/NaN there (a NaN would poison the gradient through torch.where).
+    # Lengths are token counts (>= 1 for a real response). Padded candidates may carry 0; the pair
+    # decomposition discards them, but the division must not produce inf/NaN there (a NaN would poison
+    # the gradient through torch.where), so counts below 1 are read as 1.
     return length.clamp_min(1.0)
 
 
