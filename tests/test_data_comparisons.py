@@ -138,3 +138,29 @@ def test_skip_invalid_counts_by_reason(tmp_path):
 def test_rankings_are_not_comparisons():
     with pytest.raises(DataError, match="read it with"):
         read_comparisons("/work/shared/data/preflib-netflix/netflix.soc")
+
+
+def test_parquet_and_dataset_sources_give_the_same_arrays(tmp_path):
+    pytest.importorskip("pyarrow")
+    datasets = pytest.importorskip("datasets")
+    from rankalign.data import write
+
+    csv_path = write_text(tmp_path / "g.csv", "item_a,item_b,outcome\nx,y,1\ny,z,0\nz,x,0.5\n")
+    expected = read_comparisons(csv_path)
+    parquet = tmp_path / "g.parquet"
+    write(read(csv_path).records, parquet)  # native RankedList pairs in Parquet
+    from_parquet = read_comparisons(parquet)
+    assert from_parquet.layout == "rankedlist"
+    ds = datasets.Dataset.from_dict({"item_a": ["x", "y", "z"], "item_b": ["y", "z", "x"], "outcome": [1, 0, 0.5]})
+    from_dataset = read_comparisons(ds)
+    for got in (from_parquet, from_dataset):
+        assert got.items == expected.items == ["x", "y", "z"]
+        assert got.first.tolist() == expected.first.tolist() == [0, 1, 2]
+        assert got.outcome.tolist() == expected.outcome.tolist() == [1.0, 0.0, 0.5]
+
+
+def test_integer_item_ids_from_json_are_text(tmp_path):
+    path = write_text(tmp_path / "ids.jsonl", '{"winner": 17, "loser": 3}\n{"winner": "3", "loser": 17.0}\n')
+    c = read_comparisons(path)
+    assert c.items == ["17", "3"]  # 17, "17" and 17.0 are one item
+    assert list(c.rows()) == [("17", "3", 1.0, 1.0), ("3", "17", 1.0, 1.0)]
