@@ -36,7 +36,8 @@ def world(tmp_path_factory):
         chosen, rejected = (" ".join(rng.choice(WORDS, int(n))) for n in rng.integers(2, 5, size=2))
         if chosen != rejected:
             pairs.append({"prompt": prompt, "chosen": chosen, "rejected": rejected,
-                          "rate": float(np.round(rng.uniform(0.55, 0.95), 2))})
+                          "rate": float(np.round(rng.uniform(0.55, 0.95), 2)),
+                          "annotator": "ann_a" if len(pairs) % 3 else "ann_b"})
     pairs_path = root / "pairs.jsonl"
     pairs_path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
     lists = [{"prompt": "the cat", "candidates": ["sat on a mat", "ran", "big red dog"], "ranks": [0, 1, 1]},
@@ -83,7 +84,7 @@ def test_eval_json_matches_independent_computation(world):
     beta = 0.5
 
     result = _run(["--model", root / "policy", "--reference", root / "reference", "--data", world["pairs_path"],
-                   "--beta", beta, "--alpha-field", "rate", "--json", "--batch-size", 3])
+                   "--beta", beta, "--alpha-field", "rate", "--json", "--batch-size", 3, "--group-by", "annotator"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     n = len(pairs)
@@ -107,6 +108,14 @@ def test_eval_json_matches_independent_computation(world):
     ideal = (rw - rl) + np.log(alpha / (1 - alpha)) / beta > 0
     assert out["idealised_ranking_accuracy"]["value"] == pytest.approx(ideal.mean())
     assert out["alignment_gap"]["value"] == pytest.approx(ideal.mean() - ra)
+    # per-annotator ranking accuracy and the worst group
+    annotators = np.array([p["annotator"] for p in pairs])
+    grouped = out["groups"]["ranking_accuracy"]
+    by_group = {g: np.mean((pw > pl)[annotators == g]) for g in ("ann_a", "ann_b")}
+    for g, value in by_group.items():
+        assert grouped["groups"][g]["mean"] == pytest.approx(value)
+        assert grouped["groups"][g]["n"] == int((annotators == g).sum())
+    assert grouped["worst_value"] == pytest.approx(min(by_group.values()))
     # likelihood displacement of the chosen responses, reference -> policy
     chosen = out["likelihood_displacement"]["chosen"]
     assert chosen["mean_change"] == pytest.approx((pw - rw).mean(), abs=1e-4)
@@ -129,6 +138,11 @@ def test_eval_ranked_lists_table_and_plot(world):
     assert "ranking accuracy" in result.stdout and "idealised ranking accuracy" in result.stdout
     # 2 ordered pairs in list 1 (the tie is left out), 1 in list 2
     assert "3 ordered pairs from 2 lists" in " ".join(result.stdout.split())
+    result = _run(["--model", root / "policy", "--reference", root / "reference", "--data", world["pairs_path"],
+                   "--group-by", "annotator"])
+    assert result.exit_code == 0, result.output
+    assert "annotator=ann_b" in result.stdout and "worst group" in result.stdout
+    assert "alignment gap" not in result.stdout and "needs true preference rates" in result.stdout
     assert plot.read_bytes()[:4] == b"\x89PNG"
 
     result = _run(["--model", root / "policy", "--data", world["lists_path"], "--json", "--max-records", "1"])

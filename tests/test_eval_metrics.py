@@ -429,3 +429,12 @@ def test_metrics_do_not_import_torch():
 
     code = "import sys, rankalign.eval; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_metrics_accept_torch_tensors_with_grad():
+    torch = pytest.importorskip("torch")
+    w = torch.tensor([-1.0, -2.0, -3.0], requires_grad=True)
+    l_ = torch.tensor([-2.0, -2.0, -1.0])
+    assert ranking_accuracy(w, l_) == pytest.approx(1 / 3)
+    logps = torch.tensor([[-1.0, -2.0], [-3.0, -1.0]], requires_grad=True)
+    assert listwise_ranking_accuracy(logps, torch.tensor([[0, 1], [0, 1]])) == pytest.approx(0.5)

@@ -129,3 +129,17 @@ def test_clustered_se_matches_simulation_with_correlated_pairs():
         naive.append(mean_with_se(correct)[1])
     assert np.std(estimates) == pytest.approx(np.mean(clustered), rel=0.1)
     assert np.mean(naive) < 0.85 * np.std(estimates)
+
+
+def test_evaluate_logps_groups_by_hand():
+    # list 0 (group "x"): 3 pairs, all right; list 1 (group "y"): 1 pair, wrong; group "z" has no list
+    out = evaluate_logps(POLICY, RANKS, groups=["x", "y"])
+    grouped = out["groups"]["ranking_accuracy"]
+    assert grouped["groups"]["x"]["mean"] == 1.0 and grouped["groups"]["x"]["n"] == 3
+    assert grouped["groups"]["y"]["mean"] == 0.0 and grouped["groups"]["y"]["n"] == 1
+    assert grouped["worst_group"] == "y" and grouped["gap"] == 1.0
+    with_ref = evaluate_logps(POLICY, RANKS, ref_logps=np.full((2, 3), -1.0), groups=["x", "x"])
+    # one group: reward accuracy equals the overall one (rho = log pi + 1 keeps the order)
+    assert with_ref["groups"]["reward_accuracy"]["groups"]["x"]["mean"] == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="group labels"):
+        evaluate_logps(POLICY, RANKS, groups=["x"])

@@ -68,6 +68,12 @@ def alpha_from_records(records: Sequence, lists: Sequence, field: str) -> np.nda
     return rates
 
 
+def group_of(record, group_by: str) -> str:
+    """The group of a record for ``--group-by``: its annotator, or ``meta[group_by]`` ("(none)" if absent)."""
+    value = record.annotator if group_by == "annotator" else (record.meta or {}).get(group_by)
+    return "(none)" if value is None else str(value)
+
+
 # -------------------------------------------------------------------------------------------- models
 def load_causal_lm(path: str, device: str):
     """A local causal LM directory (safetensors only, no remote code), float32 unless saved otherwise,
@@ -132,11 +138,28 @@ def _report(result: dict) -> EvalReport:
             d = displacement[side]
             rows.append((f"Δ log π({side}) vs π_ref", (d["mean_change"], d["se"]),
                          f"{d['share_decreased']:.0%} of pairs decreased"))
+    if not result.get("pairs_with_alpha"):
+        rows = [row for row in rows if row[0] not in ("idealised ranking accuracy", "ranking accuracy, same pairs",
+                                                      "alignment gap")]
     for name, value, note in rows:
         if value is not None:
             report.add_row(metric=name, value=value, note=note)
+    grouped = (result.get("groups") or {}).get("ranking_accuracy")
+    if grouped:
+        for group, summary in grouped["groups"].items():
+            report.add_row(metric=f"ranking accuracy, {result['group_by']}={group}",
+                           value=(summary["mean"], summary["se"]), note=f"{summary['n']} pairs")
+        if grouped["worst_group"] is not None:
+            report.add_row(metric="worst group", value=str(grouped["worst_group"]),
+                           note=f"ranking accuracy {grouped['worst_value']:.3f}")
     report.notes.append(f"{result['pairs']} ordered pairs from {result['lists_with_pairs']} lists "
                         f"({result['records_read']} records read); ± is one standard error (lists as units)")
+    if result.get("reference") is not None and not result.get("pairs_with_alpha"):
+        report.notes.append("idealised ranking accuracy needs true preference rates: --alpha-field FIELD or --alpha")
+    truncation = result.get("truncation") or {}
+    if truncation.get("prompts_truncated") or truncation.get("responses_truncated"):
+        report.notes.append(f"truncated: {truncation['prompts_truncated']} prompts (left), "
+                            f"{truncation['responses_truncated']} responses (right)")
     if result.get("skipped"):
         report.notes.append("skipped: " + ", ".join(f"{k} {v}" for k, v in result["skipped"].items()))
     return report
@@ -163,11 +186,12 @@ def _report(result: dict) -> EvalReport:
 @click.option("--skip-invalid", is_flag=True, help="Skip (and count) invalid rows instead of stopping.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, ... or auto.")
 @click.option("--n-bins", default=10, show_default=True, type=click.IntRange(min=1), help="Calibration bins.")
+@click.option("--group-by", help="Per-group ranking accuracy and the worst group: 'annotator' or a record meta field.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a reliability diagram PNG here.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object to stdout instead of a table.")
 def eval_command(model_path, reference_path, tokenizer_path, data_path, beta, alpha_field, alpha_constant,
                  max_records, batch_size, max_prompt_tokens, max_response_tokens, skip_invalid, device, n_bins,
-                 plot_path, as_json):
+                 group_by, plot_path, as_json):
     """Evaluate a trained policy on a preference file: ranking accuracy, idealised ranking accuracy where
     preference rates are known, implicit-reward margins and calibration (with --reference)."""
     import os
@@ -242,10 +266,13 @@ def eval_command(model_path, reference_path, tokenizer_path, data_path, beta, al
             alpha = alpha_from_records(ranked, lists, alpha_field)
         except ValueError as error:
             raise click.ClickException(f"{data_path}: {error}") from None
+    groups = None
+    if group_by:
+        groups = [group_of(ranked[item.index], group_by) for item in lists]
     result = {"model": model_path, "reference": reference_path, "data": data_path,
-              "records_read": len(records), "layout": read_result.layout}
+              "records_read": len(records), "layout": read_result.layout, "group_by": group_by}
     result.update(evaluate_logps(policy_logps, _ranks_matrix(lists), ref_logps=ref_logps, alpha=alpha, beta=beta,
-                                 n_bins=n_bins))
+                                 n_bins=n_bins, groups=groups))
     result["alpha_source"] = (f"field {alpha_field}" if alpha_field else
                               f"constant {alpha_constant}" if alpha_constant is not None else None)
     result["skipped"] = dict(sorted(skipped.items()))

@@ -6,6 +6,8 @@ Every function takes array-likes and works in float64. Conventions:
 * A *list* is a row of ``[N, K]`` values with ``ranks`` ``[N, K]``: 0 best, equal ranks tie, ``-1`` pads a
   list shorter than K (DESIGN.md, "Tensor conventions"). Its ordered pairs are every two present
   candidates with different ranks; tied pairs are left out.
+* Inputs may be lists, NumPy arrays or torch tensors (detached and copied to the host); torch is never
+  imported here.
 * Standard errors are those of a mean of independent per-unit outcomes: ``s / sqrt(n)`` with the sample
   standard deviation ``s`` (``ddof=1``). The unit is the prompt wherever several values share a prompt,
   so correlated samples of one prompt never shrink the SE.
@@ -45,8 +47,15 @@ TIE_MODES = ("strict", "half")
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+def _host(values):
+    """A torch tensor (possibly on a GPU, with grad) as a NumPy array; anything else unchanged."""
+    if hasattr(values, "detach") and hasattr(values, "cpu"):
+        return values.detach().cpu().numpy()
+    return values
+
+
 def _as_float_array(values, name: str, *, ndim: int | tuple[int, ...] | None = None) -> np.ndarray:
-    array = np.asarray(values, dtype=np.float64)
+    array = np.asarray(_host(values), dtype=np.float64)
     allowed = (ndim,) if isinstance(ndim, int) else ndim
     if allowed is not None and array.ndim not in allowed:
         raise ValueError(f"{name} must have {' or '.join(map(str, allowed))} dimension(s), got shape {array.shape}")
@@ -78,7 +87,7 @@ def ordered_pair_indices(ranks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     Every two present candidates (rank >= 0) with different ranks form one pair, the lower rank winning;
     ties and padding are left out. Pairs come list by list, in the order of ``numpy.triu_indices(K, 1)``.
     """
-    ranks = np.asarray(ranks)
+    ranks = np.asarray(_host(ranks))
     if ranks.ndim != 2:
         raise ValueError(f"ranks must be [N, K], got shape {ranks.shape}")
     if not np.issubdtype(ranks.dtype, np.integer):
@@ -527,7 +536,7 @@ def mean_kendall_tau(scores, ranks) -> tuple[float, float]:
     candidates, or all tied) are left out.
     """
     scores = _as_float_array(scores, "scores", ndim=2)
-    ranks = np.asarray(ranks)
+    ranks = np.asarray(_host(ranks))
     if ranks.shape != scores.shape:
         raise ValueError(f"ranks has shape {ranks.shape} but scores have shape {scores.shape}")
     taus = []

@@ -17,9 +17,12 @@ import math
 import numpy as np
 
 from .metrics import (
+    _as_float_array,
     _correct,
+    _host,
     _idealised_correct,
     clustered_mean_with_se,
+    group_metrics,
     likelihood_displacement,
     ordered_pair_indices,
     preference_calibration,
@@ -51,7 +54,7 @@ def pair_rates_from_shares(shares) -> np.ndarray:
 def _alpha_per_pair(alpha, n_lists: int, k: int, list_of_pair, winner, loser) -> np.ndarray | None:
     if alpha is None:
         return None
-    alpha = np.asarray(alpha, dtype=np.float64)
+    alpha = _as_float_array(alpha, "alpha")
     if alpha.ndim == 0:
         return np.full(list_of_pair.shape, float(alpha))
     if alpha.shape != (n_lists, k, k):
@@ -61,7 +64,7 @@ def _alpha_per_pair(alpha, n_lists: int, k: int, list_of_pair, winner, loser) ->
 
 
 def evaluate_logps(policy_logps, ranks, *, ref_logps=None, alpha=None, beta: float = 0.1,
-                   n_bins: int = 10) -> dict:
+                   n_bins: int = 10, groups=None) -> dict:
     """Ranking accuracy, idealised ranking accuracy, implicit-reward margins and calibration of a policy.
 
     Pairs: every ordered pair of each list (ties and padding left out; see
@@ -98,25 +101,38 @@ def evaluate_logps(policy_logps, ranks, *, ref_logps=None, alpha=None, beta: flo
         The objective's KL coefficient (scales implicit rewards).
     n_bins : int
         Bins of the reliability table.
+    groups : sequence of hashable, length N, optional
+        A group per list (annotator, population, topic): adds ``groups``, the per-group ranking accuracy
+        (and implicit-reward accuracy with a reference) over each group's pairs, with the worst group
+        (:func:`~rankalign.eval.metrics.group_metrics`; SEs there treat pairs as independent).
 
     Returns
     -------
     dict
         Estimates as ``(value, se)`` tuples; counts as ints; NaN where a metric cannot be computed.
     """
-    policy = np.asarray(policy_logps, dtype=np.float64)
-    ranks = np.asarray(ranks)
+    policy = _as_float_array(policy_logps, "policy_logps")
+    ranks = np.asarray(_host(ranks))
     if policy.ndim != 2 or ranks.shape != policy.shape:
         raise ValueError(f"policy_logps and ranks must both be [N, K]; got {policy.shape} and {ranks.shape}")
     list_of_pair, winner, loser = ordered_pair_indices(ranks)
     out: dict = {"lists": int(policy.shape[0]), "lists_with_pairs": int(np.unique(list_of_pair).size),
                  "pairs": int(list_of_pair.size), "beta": float(beta)}
     policy_w, policy_l = policy[list_of_pair, winner], policy[list_of_pair, loser]
-    out["ranking_accuracy"] = clustered_mean_with_se(_correct(policy_w, policy_l, "strict"), list_of_pair)
+    ranking_correct = _correct(policy_w, policy_l, "strict")
+    out["ranking_accuracy"] = clustered_mean_with_se(ranking_correct, list_of_pair)
+    group_of_pair = None
+    if groups is not None:
+        groups = list(groups)
+        if len(groups) != policy.shape[0]:
+            raise ValueError(f"{len(groups)} group labels for {policy.shape[0]} lists")
+        group_of_pair = [groups[i] for i in list_of_pair]
+        out["groups"] = {"ranking_accuracy": group_metrics(ranking_correct, group_of_pair,
+                                                           all_groups=list(dict.fromkeys(groups)))}
     if ref_logps is None:
         return out
 
-    reference = np.asarray(ref_logps, dtype=np.float64)
+    reference = _as_float_array(ref_logps, "ref_logps")
     if reference.shape != policy.shape:
         raise ValueError(f"ref_logps has shape {reference.shape}, expected {policy.shape}")
     ref_w, ref_l = reference[list_of_pair, winner], reference[list_of_pair, loser]
@@ -125,6 +141,10 @@ def evaluate_logps(policy_logps, ranks, *, ref_logps=None, alpha=None, beta: flo
     out["reward_accuracy"] = clustered_mean_with_se(_correct(log_ratio_gap, np.zeros_like(log_ratio_gap),
                                                              "strict"), list_of_pair)
     out["margin"] = clustered_mean_with_se(beta * log_ratio_gap, list_of_pair)
+    if group_of_pair is not None:
+        out["groups"]["reward_accuracy"] = group_metrics(
+            _correct(log_ratio_gap, np.zeros_like(log_ratio_gap), "strict"), group_of_pair,
+            all_groups=list(dict.fromkeys(groups)))
 
     rates = _alpha_per_pair(alpha, policy.shape[0], policy.shape[1], list_of_pair, winner, loser)
     known = np.zeros(list_of_pair.shape, dtype=bool) if rates is None else np.isfinite(rates)

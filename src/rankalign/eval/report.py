@@ -317,7 +317,7 @@ def plot_reliability_diagram(tables: Mapping[str, Sequence[Mapping[str, Any]]] |
         tables = {"model": tables}
         if ece is not None and not isinstance(ece, Mapping):
             ece = {"model": ece}
-    figure, axes = _new_figure(5.2, 5.0)
+    figure, axes = _new_figure(5.6, 5.2)
     axes.plot([0, 1], [0, 1], linestyle="--", color="gray", linewidth=1, label="perfect calibration")
     for name, table in tables.items():
         rows = [row for row in table if row["count"]]
@@ -335,7 +335,7 @@ def plot_reliability_diagram(tables: Mapping[str, Sequence[Mapping[str, Any]]] |
     axes.set_aspect("equal")
     axes.set_xlabel(x_label)
     axes.set_ylabel(y_label)
-    axes.set_title(title)
+    axes.set_title(title, fontsize="medium")
     axes.grid(True, alpha=0.3)
     axes.legend(loc="upper left")
     return _save_png(figure, path)
