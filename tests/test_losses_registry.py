@@ -42,9 +42,13 @@ def test_entry_carries_paper_params_and_formula(name):
         assert objective.family == FAMILY_OF[name]
     assert len(objective.paper) > 20 and any(ch.isdigit() for ch in objective.paper)  # authors, title, year
     signature = inspect.signature(objective.fn)
-    expected = {p.name: p.default for p in signature.parameters.values()
-                if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty}
+    keyword_only = [p for p in signature.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    # hyper-parameters: keyword-only with a real default; data inputs: keyword-only defaulting to None
+    expected = {p.name: p.default for p in keyword_only
+                if p.default is not inspect.Parameter.empty and p.default is not None}
     assert objective.params == expected
+    assert set(objective.inputs) == {p.name for p in keyword_only if p.default is None}
+    assert not {"ranks", "lengths", "grades", "labels"} & set(objective.params)
     for param in TRL_PARAMS.get(name, ()):
         assert param in signature.parameters, (name, param)
     doc = objective.doc

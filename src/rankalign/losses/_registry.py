@@ -27,6 +27,7 @@ class Objective:
     paper: str
     reference_free: bool = False
     params: dict[str, Any] = field(default_factory=dict)
+    inputs: tuple[str, ...] = ()
 
     def __call__(self, *args, **kwargs):
         return self.fn(*args, **kwargs)
@@ -37,7 +38,12 @@ class Objective:
 
 
 def register(name: str, *, family: str, paper: str, reference_free: bool = False):
-    """Decorator: register ``fn`` under ``name``. Parameters with defaults after ``*`` become ``params``."""
+    """Decorator: register ``fn`` under ``name``.
+
+    Keyword-only arguments (after ``*``) with a non-None default are hyper-parameters and become
+    ``params`` (name -> default); those defaulting to None are optional data inputs (``ranks``,
+    ``lengths``, ``grades``, ``labels``, a precomputed ``z0``, ...) and are listed in ``inputs``.
+    """
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
 
@@ -45,10 +51,12 @@ def register(name: str, *, family: str, paper: str, reference_free: bool = False
         if name in _REGISTRY:
             raise ValueError(f"objective {name!r} is already registered")
         signature = inspect.signature(fn)
-        params = {p.name: p.default for p in signature.parameters.values()
-                  if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty}
+        keyword_only = [p for p in signature.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        params = {p.name: p.default for p in keyword_only
+                  if p.default is not inspect.Parameter.empty and p.default is not None}
+        inputs = tuple(p.name for p in keyword_only if p.default is None)
         _REGISTRY[name] = Objective(name=name, fn=fn, family=family, paper=paper,
-                                    reference_free=reference_free, params=params)
+                                    reference_free=reference_free, params=params, inputs=inputs)
         return fn
 
     return decorate
