@@ -164,3 +164,11 @@ def test_integer_item_ids_from_json_are_text(tmp_path):
     c = read_comparisons(path)
     assert c.items == ["17", "3"]  # 17, "17" and 17.0 are one item
     assert list(c.rows()) == [("17", "3", 1.0, 1.0), ("3", "17", 1.0, 1.0)]
+
+
+def test_crlf_lines_and_unicode_line_separator_inside_a_cell(tmp_path):
+    path = tmp_path / "crlf.csv"
+    path.write_bytes("winner,loser\r\na,b\r\nb\u2028x,c\r\n".encode())
+    c = read_comparisons(path)
+    assert c.items == ["a", "b", "b\u2028x", "c"]  # U+2028 is not a CSV line break
+    assert [r.candidates for r in read(path)] == [("a", "b"), ("b\u2028x", "c")]

@@ -295,9 +295,10 @@ def read_comparisons(source, *, layout: str | None = None, mapping=None, outcome
         how_many = int(bothbad[codes[valid]].sum()) if len(uniques) else 0
         if how_many:
             report.notes["tie_bothbad"] = how_many
-    return Comparisons(items=items, first=compact[first_valid].astype(np.int64),
-                       second=compact[second_valid].astype(np.int64), outcome=outcome[valid].astype(np.float64),
-                       count=count[valid].astype(np.float64), layout=layout, report=report, extra=extra)
+    return Comparisons(items=items, first=np.asarray(compact[first_valid], dtype=np.int64),
+                       second=np.asarray(compact[second_valid], dtype=np.int64),
+                       outcome=np.asarray(outcome[valid], dtype=np.float64),
+                       count=np.asarray(count[valid], dtype=np.float64), layout=layout, report=report, extra=extra)
 
 
 _REASONS = ["missing_field", "bad_type", "unknown_outcome", "bad_count", "non_finite", "negative_count",
@@ -417,7 +418,13 @@ def _csv_table_split(text: str, path: str) -> _Table | None:
     """Fast path for the common CSV: one row per line, no commas, quotes or newlines inside a cell (a cell
     may be wholly quoted). The whole body is split on commas at once and each column is a slice of that.
     Returns None if the file is not of that kind (then the ``csv`` module reads it)."""
-    lines = text.splitlines()
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+        if "\r" in text:
+            return None  # a lone carriage return: leave it to the csv module
+    lines = text.split("\n")  # not splitlines(): that also splits on characters csv keeps inside a cell
+    if lines[-1] == "":
+        lines.pop()
     if not lines:
         raise DataError("no records: the file is empty", path=path, reason="empty_file")
     header = [h.strip() for h in next(csv.reader(lines[:1]))]
