@@ -211,3 +211,17 @@ def test_model_without_4d_mask_support_falls_back_with_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         sequence_logps(inner, pack_lists(lists[:1]))  # supported: no warning
+
+
+def test_logit_soft_capping_path_equals_full_log_softmax():
+    # Gemma-2-style cap: logits -> cap * tanh(logits / cap), then the softmax; via the autograd path
+    g = torch.Generator().manual_seed(2)
+    head = torch.nn.Linear(6, 40, bias=False)
+    hidden = torch.randn(11, 6, generator=g) * 4
+    targets = torch.randint(0, 40, (11,), generator=g)
+    cap = 3.0
+    capped = cap * torch.tanh(head(hidden) / cap)
+    full = torch.log_softmax(capped, dim=-1)[torch.arange(11), targets]
+    got = gather_token_logps(hidden, head, targets, chunk_size=4,
+                             transform=lambda z: torch.tanh(z / cap) * cap)
+    torch.testing.assert_close(got, full, atol=1e-6, rtol=1e-6)

@@ -4,8 +4,9 @@
 states that predict response tokens (prompt positions need hidden states for attention, not logits),
 and applies the output projection to those positions only, ``chunk_size`` rows at a time. Each chunk's
 log-probability of the target token is ``logit[target] - logsumexp(logits)``, so a ``[tokens, vocab]``
-float32 log-softmax is never built. With ``recompute_head`` the chunks are recomputed in the backward
-pass instead of being kept (as in "Cut Your Losses in Large-Vocabulary Language Models", Wijmans et al.
+float32 log-softmax is never built, and the backward pass is written by hand (one softmax per chunk,
+no autograd temporaries). With ``recompute_head`` the chunks' logits are recomputed in the backward pass
+instead of being kept (as in "Cut Your Losses in Large-Vocabulary Language Models", Wijmans et al.
 2024, without the fused kernel): peak memory is one chunk of logits, at the price of one more head
 matmul.
 """
@@ -78,22 +79,30 @@ def _chunk_logps(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: T
     return logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
 
 
-class _RecomputedTokenLogps(torch.autograd.Function):
-    """``log softmax(h W^T + b)[target]`` per row, chunked, logits recomputed in backward.
+class _ChunkedTokenLogps(torch.autograd.Function):
+    """``log softmax(h W^T + b)[target]`` per row, a chunk of rows at a time, with a hand-written backward.
 
     d logp_n / d logits_n = onehot(target_n) - softmax(logits_n), so with upstream gradient g_n the
-    gradient of the logits is ``G = g * (onehot - softmax)`` chunk by chunk; then ``dh = G W`` and
-    ``dW = G^T h``, ``db = sum_n G_n``.
+    gradient of the logits is ``G = g * (onehot - softmax)`` chunk by chunk; then ``dh = G W``,
+    ``dW = G^T h`` and ``db = sum_n G_n``. The softmax of each chunk is either kept from the forward pass
+    (``recompute=False``: fewest passes over the logits, memory N x vocab) or recomputed in the backward
+    pass (``recompute=True``: one chunk of logits in memory, one more matmul). Both are cheaper than
+    autograd through ``gather`` and ``logsumexp``, which materialises several ``[N, vocab]`` temporaries.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk_size):
+    def forward(ctx, hidden, weight, bias, targets, chunk_size, recompute):
         out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        kept = []
         for start in range(0, hidden.shape[0], chunk_size):
             stop = start + chunk_size
-            out[start:stop] = _chunk_logps(hidden[start:stop], weight, bias, targets[start:stop])
+            logits = F.linear(hidden[start:stop], weight, bias).float()
+            log_norm = torch.logsumexp(logits, dim=-1)
+            out[start:stop] = logits.gather(1, targets[start:stop, None]).squeeze(1) - log_norm
+            if not recompute:
+                kept.append(logits.sub_(log_norm[:, None]).exp_())  # softmax, in place
         ctx.save_for_backward(hidden, weight, bias, targets)
-        ctx.chunk_size = chunk_size
+        ctx.chunk_size, ctx.kept = chunk_size, kept
         return out
 
     @staticmethod
@@ -103,12 +112,14 @@ class _RecomputedTokenLogps(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if (need_bias and bias is not None) else None
-        for start in range(0, hidden.shape[0], ctx.chunk_size):
+        for number, start in enumerate(range(0, hidden.shape[0], ctx.chunk_size)):
             stop = start + ctx.chunk_size
             h = hidden[start:stop]
-            probs = torch.softmax(F.linear(h, weight, bias).float(), dim=-1)
             g = grad_out[start:stop].float()
-            grad_logits = probs.mul_(-g[:, None])
+            if ctx.kept:
+                grad_logits = ctx.kept[number] * (-g[:, None])
+            else:
+                grad_logits = torch.softmax(F.linear(h, weight, bias).float(), dim=-1).mul_(-g[:, None])
             grad_logits.scatter_add_(1, targets[start:stop, None], g[:, None])
             if need_hidden:
                 grad_hidden[start:stop] = (grad_logits.to(weight.dtype) @ weight).to(hidden.dtype)
@@ -116,11 +127,12 @@ class _RecomputedTokenLogps(torch.autograd.Function):
                 grad_weight.addmm_(grad_logits.t(), h.float())
             if grad_bias is not None:
                 grad_bias += grad_logits.sum(0)
+        ctx.kept = None
         if grad_weight is not None:
             grad_weight = grad_weight.to(weight.dtype)
         if grad_bias is not None:
             grad_bias = grad_bias.to(bias.dtype)
-        return grad_hidden, grad_weight, grad_bias, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None
 
 
 def gather_token_logps(hidden: Tensor, head: torch.nn.Module, targets: Tensor, *, chunk_size: int = 1024,
@@ -138,8 +150,8 @@ def gather_token_logps(hidden: Tensor, head: torch.nn.Module, targets: Tensor, *
         Rows per head application: at most ``chunk_size x vocab`` float32 logits exist at once (in the
         forward pass; in the backward pass too with ``recompute_head``).
     recompute_head : bool, optional
-        Recompute each chunk's logits in the backward pass instead of saving them for autograd. None:
-        only when gradients are needed and ``N x vocab`` exceeds :data:`RECOMPUTE_ABOVE_LOGITS`.
+        Recompute each chunk's softmax in the backward pass instead of keeping it. None: recompute only
+        when ``N x vocab`` exceeds :data:`RECOMPUTE_ABOVE_LOGITS` (kept softmaxes cost ``4 N vocab`` bytes).
     transform : callable, optional
         Applied to float32 logits before the softmax (logit scaling or soft-capping).
 
@@ -153,8 +165,10 @@ def gather_token_logps(hidden: Tensor, head: torch.nn.Module, targets: Tensor, *
     weight, bias = head.weight, head.bias if is_linear else None
     if recompute_head is None:
         recompute_head = torch.is_grad_enabled() and hidden.shape[0] * weight.shape[0] > RECOMPUTE_ABOVE_LOGITS
-    if recompute_head and is_linear and transform is None:
-        return _RecomputedTokenLogps.apply(hidden, weight, bias, targets, chunk_size)
+    if is_linear and transform is None:
+        if not torch.is_grad_enabled() or not (hidden.requires_grad or weight.requires_grad):
+            recompute_head = True  # nothing will be saved anyway
+        return _ChunkedTokenLogps.apply(hidden, weight, bias, targets, chunk_size, bool(recompute_head))
     pieces = []
     for start in range(0, hidden.shape[0], chunk_size):
         h, t = hidden[start:start + chunk_size], targets[start:start + chunk_size]

@@ -86,12 +86,12 @@ class PackedBatch:
     def max_k(self) -> int:
         return int(self.ranks.shape[1])
 
-    def to(self, device) -> PackedBatch:
-        """A copy with every tensor on ``device`` (``source`` stays on the host)."""
+    def to(self, device, **kwargs) -> PackedBatch:
+        """A copy with every tensor on ``device`` (``source`` stays on the host); kwargs go to ``Tensor.to``."""
         moved = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            moved[f.name] = value.to(device) if isinstance(value, Tensor) else value
+            moved[f.name] = value.to(device, **kwargs) if isinstance(value, Tensor) else value
         return PackedBatch(**moved)
 
     def to_dict(self) -> dict:
