@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._common import Pairs, better_mask, log_ratios, ordered_pairs, resolve_ranks, valid_mask
+from ._common import Pairs, log_ratios, ordered_pairs, resolve_ranks, valid_mask
 from ._registry import register
 
 __all__ = ["pl_dpo", "pro", "lipo_lambda", "all_pairs_dpo", "listnet", "best_vs_rest"]
@@ -82,33 +82,62 @@ def _scaled_log_ratios(policy_logps: Tensor, ref_logps: Tensor | None, valid: Te
     return beta * log_ratios(policy, ref)
 
 
-def _competitor_mask(ranks: Tensor) -> Tensor:
-    """``[B, K, K]``: ``[b, i, j]`` True when j is i itself or strictly below i (the tie convention above)."""
-    k = ranks.shape[1]
-    eye = torch.eye(k, dtype=torch.bool, device=ranks.device)
-    return better_mask(ranks) | (eye & valid_mask(ranks).unsqueeze(2))
-
-
-def plackett_luce_nll(scores: Tensor, ranks: Tensor, scale: Tensor | None = None) -> Tensor:
+def plackett_luce_nll(scores: Tensor, ranks: Tensor) -> Tensor:
     """Plackett–Luce negative log-likelihood of each list, ``[B]``, with ties and padding.
 
-    ``-sum_i [c_ii s_i - log(exp(c_ii s_i) + sum_{j below i} exp(c_ij s_j))]`` over present candidates i,
-    where "below" means strictly lower rank and ``c`` (``[B, K, K]``, default all ones) scales the
-    logits of step i (PRO's reward-gap temperatures). Without ties and with c = 1 this is
-    ``-sum_k log[exp(s_tau(k)) / sum_{m >= k} exp(s_tau(m))]``; a candidate with nothing below it (the
-    last group, K = 1, all-tie lists) contributes exactly 0. ``scores`` must already be padding-free.
+    ``-sum_i [s_i - log(exp(s_i) + sum_{j below i} exp(s_j))]`` over present candidates i, where "below"
+    means strictly lower rank. Without ties this is ``-sum_k log[exp(s_tau(k)) / sum_{m >= k}
+    exp(s_tau(m))]``; a candidate with nothing below it (the last group, K = 1, all-tie lists)
+    contributes exactly 0. ``scores`` must already be padding-free. The list is sorted once and the
+    denominators are suffix log-sum-exps, ``O(K log K)`` per list.
     """
+    return _plackett_luce_sorted(scores, ranks)
+
+
+def _plackett_luce_sorted(scores: Tensor, ranks: Tensor) -> Tensor:
+    """:func:`plackett_luce_nll` with c = 1: sort by rank, then suffix log-sum-exp per tie group."""
+    batch = scores.shape[0]
+    last = torch.iinfo(torch.long).max
+    key = torch.where(ranks >= 0, ranks, torch.full_like(ranks, last))  # padding sorts to the end
+    key_sorted, order = torch.sort(key, dim=1, stable=True)
+    present = key_sorted != last
+    # A very negative finite score for padding: exp() of it is 0, and no -inf reaches logcumsumexp's backward.
+    floor = torch.finfo(scores.dtype).min / 4
+    sorted_scores = torch.where(present, scores.gather(1, order), torch.full_like(scores, floor))
+    suffix = torch.cat([_suffix_logsumexp(sorted_scores), sorted_scores.new_full((batch, 1), floor)], dim=1)
+    # First position strictly below each candidate's tie group (K when nothing is below).
+    below_start = torch.searchsorted(key_sorted.contiguous(), key_sorted.contiguous(), right=True)
+    lower = suffix.gather(1, below_start)
+    # log(exp(s) + exp(lower)) - s = softplus(lower - s), written as -logsigmoid(s - lower): exact, stable
+    per_step = -F.logsigmoid(sorted_scores - lower)
+    return _zero_padding(per_step, present).sum(1)
+
+
+def _pro_ranking_with_temperatures(scores: Tensor, ranks: Tensor, rewards: Tensor) -> Tensor:
+    """PRO's L_PRO with reward-gap temperatures, ``[B]``: step k's logits are ``(r_k - r_i) s_i`` for the
+    candidates i strictly below k and ``max_i (r_k - r_i) s_k`` for k itself (gaps clamped at 0)."""
     valid = valid_mask(ranks)
-    competitors = _competitor_mask(ranks)
-    logits = scores.unsqueeze(1).expand(-1, scores.shape[1], -1)
-    if scale is not None:
-        logits = logits * scale
-    logits = logits.masked_fill(~competitors, -math.inf)
-    # Row i of a padded candidate is all -inf; give it a harmless finite row (masked out below).
-    logits = torch.where(valid.unsqueeze(2), logits, torch.zeros_like(logits))
-    own = torch.diagonal(logits, dim1=1, dim2=2)
-    per_step = torch.logsumexp(logits, dim=2) - own
+    below = (ranks.unsqueeze(1) > ranks.unsqueeze(2)) & valid.unsqueeze(1)  # [b, k, i]: i strictly below k
+    not_below = ~below
+    gap = (rewards.unsqueeze(2) - rewards.unsqueeze(1)).clamp_min(0.0).masked_fill(not_below, 0.0)
+    own = gap.amax(2) * scores  # 1/T_k^k = max_{i below k} (r_k - r_i); 0 when nothing is below
+    # Finite floor instead of -inf: a step with nothing below gets lse = floor + log K and contributes 0.
+    floor = torch.finfo(scores.dtype).min / 4
+    others = torch.logsumexp((gap * scores.unsqueeze(1)).masked_fill(not_below, floor), dim=2)
+    per_step = -F.logsigmoid(own - others)  # log(exp(own) + exp(others)) - own
     return _zero_padding(per_step, valid).sum(1)
+
+
+def _suffix_logsumexp(values: Tensor) -> Tensor:
+    """``out[:, p] = logsumexp(values[:, p:])``. For the small K of preference lists a loop of
+    ``logaddexp`` over columns is several times faster (forward + backward) than ``torch.logcumsumexp``."""
+    k = values.shape[1]
+    if k > 32:
+        return torch.logcumsumexp(values.flip(1), dim=1).flip(1)
+    columns = [values[:, k - 1]]
+    for p in range(k - 2, -1, -1):
+        columns.append(torch.logaddexp(columns[-1], values[:, p]))
+    return torch.stack(columns[::-1], dim=1)
 
 
 def _dpo_per_pair(reward_chosen: Tensor, reward_rejected: Tensor) -> Tensor:
@@ -194,16 +223,10 @@ def pro(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor 
     lengths = _list_tensor(lengths, policy_logps, valid, "lengths", fill=1.0)
     policy = _zero_padding(policy_logps, valid)
     scores = log_ratios(policy, None if ref_logps is None else _zero_padding(ref_logps, valid)) / lengths
-    scale = None
-    if grades is not None:
-        rewards = _list_tensor(grades, policy_logps, valid, "grades")
-        below = better_mask(ranks)  # [b, k, i]: k strictly above i
-        gap = (rewards.unsqueeze(2) - rewards.unsqueeze(1)).clamp_min(0.0)  # r_k - r_i = 1 / T_k^i
-        gap = torch.where(below, gap, torch.zeros_like(gap))
-        own = gap.max(2).values  # 1 / T_k^k = max_{i > k} (r_k - r_i)
-        eye = torch.eye(policy_logps.shape[1], dtype=torch.bool, device=policy_logps.device)
-        scale = torch.where(eye, own.unsqueeze(2), gap)
-    ranking = plackett_luce_nll(scores, ranks, scale)
+    if grades is None:
+        ranking = plackett_luce_nll(scores, ranks)
+    else:
+        ranking = _pro_ranking_with_temperatures(scores, ranks, _list_tensor(grades, policy_logps, valid, "grades"))
     if sft_weight == 0:
         return ranking
     best_rank = torch.where(valid, ranks, torch.full_like(ranks, torch.iinfo(torch.long).max)).min(1, keepdim=True)
@@ -269,14 +292,11 @@ def lipo_lambda(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks:
 
 def _positions_by_score(scores: Tensor, valid: Tensor) -> Tensor:
     """1-based position of each present candidate when sorted by ``scores`` descending (stable: column
-    order breaks exact ties); padding gets position 1 (never used)."""
-    k = scores.shape[1]
-    column = torch.arange(k, device=scores.device)
-    higher = scores.unsqueeze(1) > scores.unsqueeze(2)  # [b, i, j]: s_j > s_i
-    equal_before = (scores.unsqueeze(1) == scores.unsqueeze(2)) & (column.view(1, 1, k) < column.view(1, k, 1))
-    ahead = (higher | equal_before) & valid.unsqueeze(1)
-    position = ahead.sum(2).to(scores.dtype) + 1.0
-    return torch.where(valid, position, torch.ones_like(position))
+    order breaks exact ties); padding sorts after every present candidate (its position is never used)."""
+    key = torch.where(valid, scores, torch.full_like(scores, -math.inf))
+    order = torch.argsort(key, dim=1, descending=True, stable=True)
+    ranks_1based = torch.arange(1, scores.shape[1] + 1, device=scores.device, dtype=scores.dtype)
+    return torch.empty_like(scores).scatter_(1, order, ranks_1based.expand_as(scores))
 
 
 @register("all_pairs_dpo", family="listwise",
