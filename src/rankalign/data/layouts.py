@@ -383,6 +383,10 @@ def _pairs(row, ctx):
         else:
             raise DataError("chosen and rejected must both be text or both chat messages", field=ctx.name("rejected"),
                             reason="bad_type")
+        for column, response in (("chosen", chosen), ("rejected", rejected)):
+            if isinstance(response, str) and not response.strip():
+                raise DataError("empty response: nothing after the shared prompt's last '\\n\\nAssistant:'",
+                                field=ctx.name(column), reason="empty_response")
     else:
         early = None
     names = [ctx.name("chosen"), ctx.name("rejected")]
