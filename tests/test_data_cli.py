@@ -28,6 +28,8 @@ def test_inspect_json_on_item_outcomes_with_a_mapping(tmp_path):
     assert (summary["records"], summary["skipped"], summary["items"]) == (4, {}, 3)
     assert summary["tie_rate"] == 2 / 4  # two draws in four games
     assert summary["list_sizes"] == {"2": 4}
+    # A-B home win, B-C draw, C-A away win, A-C draw
+    assert summary["pair_outcomes"] == {"first_wins": 1, "second_wins": 1, "ties": 2}
 
 
 def test_inspect_table_and_lengths_on_pairs():

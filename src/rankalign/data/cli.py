@@ -80,6 +80,9 @@ def inspect(file, as_json, layout, mapping, outcomes, skip_invalid, file_format)
     table.add_row("list sizes", ", ".join(f"K={k}: {v:,}" for k, v in summary["list_sizes"].items()) or "-")
     tie_rate = summary["tie_rate"]
     table.add_row("tie rate", "-" if tie_rate is None else f"{tie_rate:.3f} ({summary['lists_with_ties']:,} lists)")
+    if summary["pair_outcomes"]:
+        table.add_row("pair outcomes", ", ".join(f"{k.replace('_', ' ')} {v:,}"
+                                                 for k, v in summary["pair_outcomes"].items()))
     if summary["items"] is not None:
         table.add_row("items", f"{summary['items']:,}")
     table.add_row("prompts", f"{summary['prompts']:,}")

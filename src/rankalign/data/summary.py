@@ -49,13 +49,16 @@ def _record_key(record) -> int:
 def summarize(records: Iterable, report=None) -> dict:
     """Statistics of a stream of records (consumed once); ``report`` is the reader's :class:`ReadReport`.
 
-    Tie rate is the share of ranked lists with at least one tie. Duplicates are records identical to an
-    earlier one in every field (weight and meta included).
+    Tie rate is the share of ranked lists with at least one tie. ``pair_outcomes`` counts, over fully
+    ranked pairs, how often the first candidate won, the second won, or they tied (for item comparisons
+    the first is item_a / home / model_a, so this shows an order effect). Duplicates are records
+    identical to an earlier one in every field (weight and meta included).
     """
     kinds: Counter = Counter()
     sizes: Counter = Counter()
     annotators: Counter = Counter()
     labels: Counter = Counter()
+    pair_outcomes: Counter = Counter()  # order matters for item pairs: first = item_a / home / model_a
     without_annotator = with_ties = with_unranked = with_scores = 0
     prompt_lengths: list[int] = []
     response_lengths: list[int] = []
@@ -88,6 +91,9 @@ def summarize(records: Iterable, report=None) -> dict:
         with_ties += record.has_ties
         with_unranked += None in record.ranks
         with_scores += record.scores is not None
+        if record.k == 2 and None not in record.ranks:
+            a, b = record.ranks
+            pair_outcomes["first_wins" if a < b else "second_wins" if a > b else "ties"] += 1
         if record.prompt is None:
             items.update(record.candidates)
         else:
@@ -103,6 +109,8 @@ def summarize(records: Iterable, report=None) -> dict:
         "list_sizes": {str(k): v for k, v in sorted(sizes.items())},
         "tie_rate": (with_ties / lists) if lists else None,
         "lists_with_ties": with_ties,
+        "pair_outcomes": {k: pair_outcomes[k] for k in ("first_wins", "second_wins", "ties")} if pair_outcomes
+        else None,
         "lists_with_unranked": with_unranked,
         "lists_with_scores": with_scores,
         "items": len(items) if items else None,
