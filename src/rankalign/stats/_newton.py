@@ -7,6 +7,8 @@ are solved by preconditioned conjugate gradients, so no dense n x n matrix is ev
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import scipy.linalg
 from scipy import sparse
@@ -14,6 +16,28 @@ from scipy.sparse import linalg as sparse_linalg
 
 # items up to this count get a dense Hessian (and exact standard errors); above it, sparse + CG
 DENSE_LIMIT = 2500
+
+
+def single_thread_blas():
+    """Context manager limiting BLAS to one thread (threadpoolctl, when installed).
+
+    The linear systems here are small (hundreds of unknowns) and solved many times; multithreaded
+    BLAS makes each solve slower, and much slower on a busy machine.
+    """
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # optional: scikit-learn and most scientific stacks bring it
+            _CONTROLLER = False
+        else:
+            _CONTROLLER = ThreadpoolController()  # scanning the loaded libraries is slow: once only
+    if _CONTROLLER is False:
+        return contextlib.nullcontext()
+    return _CONTROLLER.limit(limits=1, user_api="blas")
+
+
+_CONTROLLER = None
 
 
 def _solve(neg_hessian, gradient):
@@ -67,6 +91,11 @@ def maximise(objective, x0, free=None, *, tol=1e-20, max_iter=200):
     -------
     x, value, gradient, hessian, iterations
     """
+    with single_thread_blas():
+        return _maximise(objective, x0, free, tol, max_iter)
+
+
+def _maximise(objective, x0, free, tol, max_iter):
     x = np.array(x0, dtype=np.float64)
     value, gradient, hessian = objective(x, 2)
     iterations = 0

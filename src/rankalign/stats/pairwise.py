@@ -271,7 +271,8 @@ def _package(model, x, hessian, free, counts, items, ref_index, ll, prior, ci_le
         n=np.rint(counts.comparisons_per_item()).astype(np.int64), log_likelihood=float(ll), model=model,
         scale="probit" if model == "thurstone" else "logit",
         reference=None if ref_index is None else items[ref_index], prior=float(prior), ci_level=ci_level,
-        ci_method="wald", params=params, covariance=cov_items, iterations=iterations)
+        ci_method="wald", params=params, covariance=cov_items, iterations=iterations,
+        state={"x": x, "free": free, "counts": counts, "home": home, "ref_index": ref_index})
 
 
 def _fit(model, first, second, outcome, count, n_items, items, home, features, prior, reference, ci_level):

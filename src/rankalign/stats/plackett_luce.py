@@ -157,10 +157,8 @@ def _suffix_logsumexp(t):
 def _pl_objective(n, groups, prior, npseudo):
     dense = n <= _newton.DENSE_LIMIT
     # index arrays do not depend on theta: build them once
-    win_counts = np.zeros(n)
     member_index, pair_keys, pair_slices = [], [], []
-    for orders, stages, weights in groups:
-        win_counts += np.bincount(orders[:, :stages].ravel(), np.repeat(weights, stages), n)
+    for orders, stages, _ in groups:
         for s in range(stages):
             idx = orders[:, s:]
             member_index.append(idx.ravel())
@@ -173,7 +171,11 @@ def _pl_objective(n, groups, prior, npseudo):
     def objective(x, order):
         theta = x
         value = -prior * float(theta @ theta)
-        gradient = win_counts - 2.0 * prior * theta
+        # group weights are read at every call, so a bootstrap can overwrite them in place
+        gradient = -2.0 * prior * theta
+        if order:
+            for orders, stages, weights in groups:
+                gradient += np.bincount(orders[:, :stages].ravel(), np.repeat(weights, stages), n)
         diag = np.full(n, -2.0 * prior)
         if npseudo > 0:  # npseudo wins and npseudo losses against a hypothetical item at log-worth 0
             value += npseudo * float(np.sum(theta - 2.0 * np.logaddexp(0.0, theta)))
@@ -300,9 +302,11 @@ def fit_plackett_luce(rankings, weights=None, *, n_items=None, items=None, prior
         # PlackettLuce's vcov: observed information of the data alone (pseudo-rankings left out) at the
         # estimate, with one item fixed (the data alone identify only differences)
         hessian = _pl_objective(n, groups, 0.0, 0.0)(x, 2)[2]
-        free = np.delete(np.arange(n), 0 if ref_index is None else ref_index)
+        se_free = np.delete(np.arange(n), 0 if ref_index is None else ref_index)
+    else:
+        se_free = free
     if n <= _newton.DENSE_LIMIT:
-        cov = _newton.covariance(hessian, free, n)
+        cov = _newton.covariance(hessian, se_free, n)
         a = _newton.gauge_matrix(n, n, ref_index)
         cov = a @ cov @ a.T
         se = np.sqrt(np.maximum(np.diag(cov), 0.0))
@@ -315,7 +319,9 @@ def fit_plackett_luce(rankings, weights=None, *, n_items=None, items=None, prior
                         reference=None if ref_index is None else items[ref_index], prior=float(prior),
                         ci_level=ci_level, ci_method="wald",
                         params={"npseudo": float(npseudo)} if npseudo else {}, covariance=cov,
-                        iterations=iterations)
+                        iterations=iterations,
+                        state={"x": x, "free": free, "groups": groups, "ref_index": ref_index,
+                               "npseudo": npseudo})
 
 
 def fit_luce_choice(winners, choice_sets, weights=None, **kwargs) -> RatingResult:

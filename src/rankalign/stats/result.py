@@ -95,6 +95,8 @@ class RatingResult:
     params: dict = field(default_factory=dict)
     covariance: np.ndarray | None = None
     iterations: int = 0
+    # what a refit needs (raw parameter vector, free coordinates, the data): used by the bootstrap
+    state: dict = field(default_factory=dict, repr=False, compare=False)
 
     def index(self, item) -> int:
         try:

@@ -1,0 +1,293 @@
+"""`rankalign rate FILE`: a leaderboard with confidence intervals from comparisons or rankings.
+
+Reads every comparison layout of :mod:`rankalign.data` (winner/loser[/count], item_a/item_b/outcome,
+arena battles) with the columnar :func:`rankalign.data.read_comparisons`, and rankings (ranked lists,
+PrefLib .soc/.soi/.toc/.toi) with :func:`rankalign.data.read`. Pairwise models applied to rankings use
+every pair a ranking implies (a ranking of K gives K(K-1)/2 pairs, each with the ranking's weight);
+Plackett-Luce applied to pairs reads each pair as a ranking of two.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+import numpy as np
+
+from rankalign.data.errors import DataError
+
+MODEL_NAMES = {"bt": "bradley-terry", "thurstone": "thurstone", "davidson": "davidson",
+               "rao-kupper": "rao-kupper", "pl": "plackett-luce"}
+
+
+# ------------------------------------------------------------------------------------------- reading
+def _load(path, layout, mapping, outcomes, skip_invalid):
+    """Return ("pairs", Comparisons) or ("rankings", (items, rankings, weights, report))."""
+    from rankalign.data import _sources, read, read_comparisons
+
+    fmt = _sources.detect_format(path)
+    if fmt != "preflib" and layout not in ("rankedlist_lists", "lists"):
+        try:
+            return "pairs", read_comparisons(path, layout=layout, mapping=mapping, outcomes=outcomes,
+                                             skip_invalid=skip_invalid)
+        except DataError as error:
+            if error.reason != "unknown_layout":
+                raise
+    result = read(path, layout=layout, mapping=mapping, outcomes=outcomes, skip_invalid=skip_invalid)
+    return "rankings", _records_to_rankings(result, path)
+
+
+def _records_to_rankings(result, path):
+    from rankalign.data import RankedList
+
+    names = set()
+    lists = []
+    for number, record in enumerate(result.records, start=1):
+        if not isinstance(record, RankedList):
+            raise DataError("rating needs comparisons or rankings, not unpaired judgments", path=path,
+                            line=number, reason="bad_layout")
+        ranked = [(rank, str(c)) for rank, c in zip(record.ranks, record.candidates)
+                  if rank is not None and isinstance(c, str)]
+        if len(ranked) != sum(r is not None for r in record.ranks):
+            raise DataError("candidates must be item ids (strings) to be rated", path=path, line=number,
+                            field="candidates", reason="bad_type")
+        lists.append((ranked, record.weight, number))
+        names.update(name for _, name in ranked)
+    items = sorted(names)
+    index = {name: i for i, name in enumerate(items)}
+    rankings, weights, lines = [], [], []
+    for ranked, weight, number in lists:
+        levels: dict[int, list[int]] = {}
+        for rank, name in ranked:
+            levels.setdefault(rank, []).append(index[name])
+        ordered = [levels[r] if len(levels[r]) > 1 else levels[r][0] for r in sorted(levels)]
+        rankings.append(ordered)
+        weights.append(weight)
+        lines.append(number)
+    return items, rankings, np.asarray(weights, dtype=np.float64), lines, result.report
+
+
+def _rankings_to_pairs(rankings, weights):
+    first, second, outcome, count = [], [], [], []
+    for ranking, weight in zip(rankings, weights):
+        levels = [level if isinstance(level, list) else [level] for level in ranking]
+        for a in range(len(levels)):
+            for x in range(len(levels[a])):  # ties within a level
+                for y in range(x + 1, len(levels[a])):
+                    first.append(levels[a][x])
+                    second.append(levels[a][y])
+                    outcome.append(0.5)
+                    count.append(weight)
+            for b in range(a + 1, len(levels)):
+                for i in levels[a]:
+                    for j in levels[b]:
+                        first.append(i)
+                        second.append(j)
+                        outcome.append(1.0)
+                        count.append(weight)
+    return (np.asarray(first, np.int64), np.asarray(second, np.int64), np.asarray(outcome),
+            np.asarray(count))
+
+
+# ------------------------------------------------------------------------------------------- fitting
+def _fit(kind, data, model, reference, prior, npseudo, home_advantage, path):
+    from ._sufficient import pair_counts
+    from .pairwise import fit_pairwise
+    from .plackett_luce import fit_plackett_luce
+
+    if kind == "pairs":
+        items = data.items
+        if len(items) < 2:
+            raise DataError(f"need at least two items to rate, found {len(items)} ({', '.join(items)})",
+                            path=path, reason="single_item")
+        if model == "plackett-luce":
+            if home_advantage:
+                raise click.UsageError("--home-advantage applies to the pairwise models, not pl")
+            ties = np.flatnonzero(data.outcome == 0.5)
+            if ties.size:
+                raise DataError("a tie cannot be read as a ranking of two under Plackett-Luce (ties inside "
+                                "rankings are not supported); use --model davidson or bt",
+                                path=path, line=int(ties[0]) + 2, field="outcome", reason="tie_in_ranking")
+            win = data.outcome == 1.0
+            rankings = np.stack([np.where(win, data.first, data.second), np.where(win, data.second, data.first)],
+                                axis=1)
+            return fit_plackett_luce(rankings, data.count, items=items, reference=reference, prior=prior,
+                                     npseudo=npseudo)
+        counts = pair_counts(data.first, data.second, data.outcome, data.count, n_items=len(items),
+                             home=np.ones(len(data.first)) if home_advantage else None)
+        return fit_pairwise(model, counts, items=items, home=home_advantage, prior=prior, reference=reference)
+    items, rankings, weights, lines, _ = data
+    if len(items) < 2:
+        raise DataError(f"need at least two items to rate, found {len(items)}", path=path, reason="single_item")
+    if model == "plackett-luce":
+        try:
+            return fit_plackett_luce(rankings, weights, items=items, reference=reference, prior=prior,
+                                     npseudo=npseudo)
+        except DataError as error:  # point at the file's line, not the ranking's position
+            line = lines[error.line - 1] if error.line is not None and error.line <= len(lines) else error.line
+            raise error.at(path, line) from None
+    if home_advantage:
+        raise click.UsageError("--home-advantage needs two-item comparisons (the first item is at home)")
+    first, second, outcome, count = _rankings_to_pairs(rankings, weights)
+    counts = pair_counts(first, second, outcome, count, n_items=len(items))
+    return fit_pairwise(model, counts, items=items, prior=prior, reference=reference)
+
+
+# ------------------------------------------------------------------------------------------- output
+def _atomic_write_bytes(path, write):
+    """Call ``write(file_object)`` on a temporary file next to ``path``, then rename it into place."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    directory.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def write_csv(result, path):
+    """Write the leaderboard as CSV (best first), atomically."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["rank", "item", "rating", "se", "ci_low", "ci_high", "n"])
+    for rank, i in enumerate(result.order(), start=1):
+        writer.writerow([rank, result.items[i], repr(float(result.ratings[i])), repr(float(result.se[i])),
+                         repr(float(result.ci_low[i])), repr(float(result.ci_high[i])), int(result.n[i])])
+    _atomic_write_bytes(path, lambda stream: stream.write(buffer.getvalue().encode("utf-8")))
+
+
+def write_plot(result, path, title=None):
+    """Ratings with their confidence intervals as horizontal bars, best at the top (PNG, Agg, atomic)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = result.order()[::-1]
+    n = len(order)
+    figure, axes = plt.subplots(figsize=(7.0, max(2.5, 0.28 * n + 1.2)))
+    y = np.arange(n)
+    ratings = result.ratings[order]
+    low = np.where(np.isfinite(result.ci_low[order]), result.ci_low[order], ratings)
+    high = np.where(np.isfinite(result.ci_high[order]), result.ci_high[order], ratings)
+    axes.errorbar(ratings, y, xerr=[ratings - low, high - ratings], fmt="o", color="tab:blue", ecolor="0.4",
+                  capsize=3, markersize=4)
+    axes.set_yticks(y)
+    axes.set_yticklabels([result.items[i] for i in order], fontsize=8)
+    axes.set_xlabel(f"rating ({result.scale} scale; {int(round(result.ci_level * 100))}% {result.ci_method} CI)")
+    axes.set_title(title or f"{result.model} ratings")
+    axes.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    _atomic_write_bytes(path, lambda stream: figure.savefig(stream, format="png", dpi=120))
+    plt.close(figure)
+
+
+def _params_line(result):
+    parts = [f"model {result.model}", f"log-likelihood {result.log_likelihood:.4f}"]
+    p = result.params
+    if "home" in p:
+        parts.append(f"home effect {p['home']:.4f} (se {p['home_se']:.4f})")
+    if "nu" in p:
+        parts.append(f"nu {p['nu']:.4f} (log nu {p['log_nu']:.4f}, se {p['log_nu_se']:.4f})")
+    if "theta" in p:
+        parts.append(f"theta {p['theta']:.4f} (se {p['theta_se']:.4f})")
+    if result.prior:
+        parts.append(f"prior alpha {result.prior:g}")
+    if p.get("npseudo"):
+        parts.append(f"npseudo {p['npseudo']:g}")
+    return ", ".join(parts)
+
+
+def _print_table(result, report_notes):
+    from rich.console import Console
+    from rich.table import Table
+
+    gauge = "mean 0" if result.reference is None else f"{result.reference} = 0"
+    title = f"{result.model} ratings ({result.scale} scale, {gauge})"
+    table = Table(title=title, caption=_params_line(result))
+    for column in ("rank", "item", "rating", "se", f"{int(round(result.ci_level * 100))}% CI", "n"):
+        table.add_column(column, justify="left" if column == "item" else "right")
+    digits = 1 if result.scale == "elo" else 3
+    for rank, i in enumerate(result.order(), start=1):
+        se = result.se[i]
+        table.add_row(str(rank), str(result.items[i]), f"{result.ratings[i]:.{digits}f}",
+                      "-" if not math.isfinite(se) else f"{se:.{digits}f}",
+                      f"[{result.ci_low[i]:.{digits}f}, {result.ci_high[i]:.{digits}f}]", str(int(result.n[i])))
+    Console().print(table)
+    for note in report_notes:
+        click.echo(note, err=True)
+
+
+# ------------------------------------------------------------------------------------------- command
+@click.command("rate")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--model", type=click.Choice(sorted(MODEL_NAMES)), default="bt", show_default=True,
+              help="bt: Bradley-Terry (ties = half a win each); thurstone: probit (ties = half); davidson and "
+                   "rao-kupper: ties modelled; pl: Plackett-Luce for rankings.")
+@click.option("--reference", default=None, metavar="ITEM", help="Fix ITEM at 0 (default: mean rating 0).")
+@click.option("--bootstrap", "n_boot", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Bootstrap replicates for percentile CIs (0: Wald CIs from the observed information).")
+@click.option("--scale", type=click.Choice(["logit", "elo"]), default="logit", show_default=True,
+              help="elo = 400/ln(10) * rating + 1000.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object to stdout instead of a table.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Also write the table as CSV.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write a PNG of the ratings with CI bars.")
+@click.option("--home-advantage", is_flag=True,
+              help="Fit an order effect h for the first item (home team, position A): logit = theta_a - theta_b + h.")
+@click.option("--prior", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
+              help="MAP with penalty ALPHA * sum(theta^2) (Gaussian prior with variance 1/(2 ALPHA)).")
+@click.option("--npseudo", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
+              help="pl only: pseudo wins and losses against a hypothetical item at 0 (R PlackettLuce's default is 0.5).")
+@click.option("--level", type=click.FloatRange(0.5, 0.999), default=0.95, show_default=True,
+              help="Confidence level of the intervals.")
+@click.option("--layout", default=None, help="Layout of the file (detected from the columns when omitted).")
+@click.option("--map", "mapping", default=None, metavar="OURS=THEIRS,...",
+              help="Rename the file's columns, e.g. item_a=home,item_b=away,outcome=result.")
+@click.option("--outcomes", default=None, metavar="LABEL=a|b|tie,...", help="Relabel outcomes, e.g. 1=a,0=tie,-1=b.")
+@click.option("--skip-invalid", is_flag=True, help="Skip bad rows (counted) instead of stopping at the first.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
+@click.option("--jobs", type=int, default=1, show_default=True, help="Processes for the bootstrap (-1: all cores).")
+def rate(file, model, reference, n_boot, scale, as_json, csv_path, plot_path, home_advantage, prior, npseudo,
+         level, layout, mapping, outcomes, skip_invalid, seed, jobs):
+    """Fit ratings to the comparisons or rankings in FILE and print a leaderboard with confidence intervals."""
+    from .uncertainty import bootstrap
+
+    model_name = MODEL_NAMES[model]
+    if npseudo and model_name != "plackett-luce":
+        raise click.UsageError("--npseudo applies to --model pl only (use --prior for the pairwise models)")
+    try:
+        kind, data = _load(file, layout, mapping, outcomes, skip_invalid)
+        result = _fit(kind, data, model_name, reference, prior, npseudo, home_advantage, file)
+    except (DataError, ValueError) as error:
+        raise click.ClickException(str(error)) from None
+    if level != result.ci_level:
+        from scipy.stats import norm
+
+        z = norm.ppf(0.5 + level / 2.0)
+        result.ci_low, result.ci_high = result.ratings - z * result.se, result.ratings + z * result.se
+        result.ci_level = level
+    if n_boot:
+        result = bootstrap(result, n_boot, seed=seed, n_jobs=jobs)
+    result = result.to_scale(scale)
+    report = data.report if kind == "pairs" else data[4]
+    notes = [f"skipped {report.n_skipped} invalid rows: {dict(report.skipped)}"] if report.n_skipped else []
+    if csv_path:
+        write_csv(result, csv_path)
+    if plot_path:
+        write_plot(result, plot_path, title=f"{Path(file).name}: {result.model}")
+    if as_json:
+        sys.stdout.write(result.to_json() + "\n")
+    else:
+        _print_table(result, notes)

@@ -1,0 +1,171 @@
+"""Bootstrap confidence intervals, empirical win rates, and online Elo.
+
+The bootstrap resamples the *unique rows* of the data: the deduplicated (pair, outcome) cells for
+paired comparisons, the distinct rankings for Plackett-Luce. A replicate draws the whole data set at
+once as multinomial counts over those rows (with probabilities proportional to their observed counts),
+which is the same distribution as resampling the individual comparisons with replacement but costs
+O(unique rows) instead of O(comparisons). Each replicate is refitted by Newton's method warm-started
+at the full-data estimate (two or three steps).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+
+import numpy as np
+
+from . import _newton
+from ._sufficient import PairCounts, validate_comparisons
+from .pairwise import _extra_columns, _pairwise_objective
+from .plackett_luce import _pl_objective
+from .result import ELO_OFFSET, ELO_SCALE, RatingResult
+
+
+def _pairwise_cells(counts: PairCounts):
+    """Unique (row, outcome) cells with positive counts: row index, outcome (0, 1, 2), count."""
+    table = np.stack([counts.wins_first, counts.ties, counts.wins_second], axis=1)
+    rows, outcomes = np.nonzero(table > 0)
+    return rows, outcomes, table[rows, outcomes]
+
+
+def _bootstrap_pairwise_chunk(model, counts, has_tau, prior, home, x, free, ref_index, n_boot, seed):
+    rng = np.random.default_rng(seed)
+    rows, outcomes, cell_counts = _pairwise_cells(counts)
+    total = int(round(cell_counts.sum()))
+    probabilities = cell_counts / cell_counts.sum()
+    n_rows = len(counts.first)
+    work = PairCounts(counts.n_items, counts.first, counts.second, np.zeros(n_rows), np.zeros(n_rows),
+                      np.zeros(n_rows), counts.home, counts.features)
+    objective = _pairwise_objective(model, work, _extra_columns(work, home), has_tau, prior)
+    targets = (work.wins_first, work.ties, work.wins_second)
+    cells = [(rows[outcomes == k], np.flatnonzero(outcomes == k)) for k in range(3)]
+    out = np.empty((n_boot, len(x)))
+    chunk = 16
+    with _newton.single_thread_blas():
+        for start in range(0, n_boot, chunk):
+            draws = rng.multinomial(total, probabilities, size=min(chunk, n_boot - start)).astype(np.float64)
+            for offset, draw in enumerate(draws):
+                for target, (cell_rows, cell_index) in zip(targets, cells):
+                    target[:] = 0.0
+                    target[cell_rows] = draw[cell_index]  # each (row, outcome) cell is unique
+                estimate = _newton.maximise(objective, x, free, tol=1e-13, max_iter=50)[0]
+                out[start + offset] = _newton.apply_gauge(estimate, counts.n_items, ref_index)
+    return out
+
+
+def _bootstrap_pl_chunk(groups, prior, npseudo, x, free, ref_index, n_boot, seed):
+    rng = np.random.default_rng(seed)
+    n = len(x)
+    sizes = [len(w) for _, _, w in groups]
+    observed = np.concatenate([w for _, _, w in groups])
+    total = int(round(observed.sum()))
+    probabilities = observed / observed.sum()
+    work = [(orders, stages, np.zeros(len(w))) for orders, stages, w in groups]
+    objective = _pl_objective(n, work, prior, npseudo)
+    bounds = np.cumsum([0] + sizes)
+    out = np.empty((n_boot, n))
+    for b in range(n_boot):
+        draw = rng.multinomial(total, probabilities).astype(np.float64)
+        for g, (_, _, weights) in enumerate(work):
+            weights[:] = draw[bounds[g]:bounds[g + 1]]
+        estimate = _newton.maximise(objective, x, free, tol=1e-13, max_iter=50)[0]
+        out[b] = _newton.apply_gauge(estimate, n, ref_index)
+    return out
+
+
+def bootstrap(result: RatingResult, n_boot: int = 1000, *, seed: int = 0, n_jobs: int = 1,
+              ci_level: float | None = None) -> RatingResult:
+    """Percentile bootstrap intervals for a fitted :class:`RatingResult` (any model of this package).
+
+    Parameters
+    ----------
+    result : RatingResult
+        A fit from :mod:`rankalign.stats.pairwise` or :func:`fit_plackett_luce` (it carries its data).
+    n_boot : int
+        Number of replicates.
+    seed : int
+        Seed of the multinomial draws (replicates are reproducible for a given ``seed`` and ``n_jobs``).
+    n_jobs : int
+        Worker processes (``-1``: all cores). Replicates are split into ``n_jobs`` chunks with
+        independent seeds spawned from ``seed``.
+    ci_level : float, optional
+        Interval level (default: the result's).
+
+    Returns
+    -------
+    RatingResult
+        A copy with ``ci_low``/``ci_high`` the percentile interval, ``se`` the bootstrap standard
+        deviation and ``ci_method="bootstrap"``; the replicate parameter vectors (gauge applied) are
+        kept in ``state["bootstrap_samples"]`` ([n_boot, parameters]).
+    """
+    if n_boot < 2:
+        raise ValueError("n_boot must be at least 2")
+    state = result.state
+    if "x" not in state:
+        raise ValueError("this result does not carry its data; refit with a fit_* function first")
+    level = result.ci_level if ci_level is None else ci_level
+    n_jobs = (os.cpu_count() or 1) if n_jobs == -1 else max(1, int(n_jobs))
+    n_jobs = min(n_jobs, n_boot)
+    seeds = np.random.SeedSequence(seed).spawn(n_jobs)
+    sizes = [n_boot // n_jobs + (1 if j < n_boot % n_jobs else 0) for j in range(n_jobs)]
+    if "counts" in state:
+        has_tau = result.model in ("davidson", "rao-kupper")
+        jobs = [(_bootstrap_pairwise_chunk, (result.model, state["counts"], has_tau, result.prior,
+                                             state["home"], state["x"], state["free"], state["ref_index"],
+                                             size, seeds[j])) for j, size in enumerate(sizes)]
+    else:
+        jobs = [(_bootstrap_pl_chunk, (state["groups"], result.prior, state["npseudo"], state["x"],
+                                       state["free"], state["ref_index"], size, seeds[j]))
+                for j, size in enumerate(sizes)]
+    if n_jobs == 1:
+        samples = jobs[0][0](*jobs[0][1])
+    else:
+        with ProcessPoolExecutor(max_workers=n_jobs) as pool:
+            futures = [pool.submit(function, *arguments) for function, arguments in jobs]
+            samples = np.concatenate([future.result() for future in futures])
+    n = len(result.items)
+    ratings = samples[:, :n]
+    if result.scale == "elo":
+        ratings = ratings * ELO_SCALE + ELO_OFFSET
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(ratings, [tail, 1.0 - tail], axis=0)
+    new_state = dict(state, bootstrap_samples=samples)
+    return replace(result, se=ratings.std(axis=0, ddof=1), ci_low=low, ci_high=high, ci_method="bootstrap",
+                   ci_level=level, state=new_state)
+
+
+def win_rate_matrix(first, second, outcome, count=None, *, n_items=None) -> np.ndarray:
+    """Empirical share of games row item won against column item (a tie counts 1/2); NaN if never met."""
+    first, second, outcome, count, n_items = validate_comparisons(first, second, outcome, count, n_items=n_items)
+    games = np.zeros((n_items, n_items))
+    wins = np.zeros((n_items, n_items))
+    np.add.at(games, (first, second), count)
+    np.add.at(games, (second, first), count)
+    np.add.at(wins, (first, second), count * outcome)
+    np.add.at(wins, (second, first), count * (1.0 - outcome))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(games > 0, wins / games, np.nan)
+
+
+def online_elo(first, second, outcome, *, n_items=None, k: float = 4.0, initial: float = ELO_OFFSET,
+               scale: float = 400.0, base: float = 10.0) -> np.ndarray:
+    """Online Elo ratings: one pass over the comparisons *in the given order* (order dependent).
+
+    For each comparison, E = 1 / (1 + base^((R_second - R_first) / scale)) and both ratings move by
+    ``k * (S - E)`` (S = 1, 0.5, 0 for a win, tie, loss of ``first``). ``k = 4`` is Chatbot Arena's
+    choice for its online Elo; chess federations use 10-40. Unlike the maximum-likelihood fits, the
+    result depends on the order of the rows and does not converge to the Bradley-Terry estimate; it is
+    provided as a baseline. Rows with a ``count`` should be expanded before calling this.
+    """
+    first, second, outcome, _, n_items = validate_comparisons(first, second, outcome, None, n_items=n_items)
+    ratings = np.full(n_items, float(initial))
+    log_base = math.log(base)
+    for a, b, s in zip(first.tolist(), second.tolist(), outcome.tolist()):
+        expected = 1.0 / (1.0 + math.exp(log_base * (ratings[b] - ratings[a]) / scale))
+        delta = k * (s - expected)
+        ratings[a] += delta
+        ratings[b] -= delta
+    return ratings
