@@ -116,3 +116,30 @@ def test_skip_invalid_counts_by_reason_and_never_hides_it(tmp_path):
     assert (summary["records"], summary["skipped_total"]) == (2, 4)
     failed = CliRunner().invoke(data, ["inspect", str(path)])
     assert failed.exit_code != 0 and f"{path}:2: malformed JSON" in failed.output
+
+
+def test_streaming_reads_lazily(tmp_path):
+    # a bad last line is not reached when the consumer stops early: nothing reads the file ahead
+    rows = [good_pair(i) for i in range(300)] + ["{not json\n"]
+    stream = iter_records(jsonl(tmp_path / "big.jsonl", rows))
+    first = [record for _, record in zip(range(3), stream)]
+    assert [r.prompt for r in first] == ["question 0", "question 1", "question 2"]
+    with pytest.raises(DataError, match=":301: malformed JSON"):
+        list(iter_records(tmp_path / "big.jsonl"))
+
+
+def test_parquet_without_pyarrow_names_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(ModuleNotFoundError, match=r"rankalign\[parquet\]"):
+        read(tmp_path / "x.parquet")
+
+
+def test_unknown_extension_asks_for_a_format(tmp_path):
+    path = tmp_path / "data.txt"
+    path.write_text("winner,loser\na,b\n", encoding="utf-8")
+    with pytest.raises(DataError, match="format="):
+        read(path)
+    assert read(path, format="csv").records[0].candidates == ("a", "b")
