@@ -149,6 +149,18 @@ def test_eval_ranked_lists_table_and_plot(world):
     out = json.loads(result.stdout)
     assert out["pairs"] == 2 and out["records_read"] == 1 and "reward_accuracy" not in out
 
+    # the reference log-probs through the engine's cache give the same numbers, and a second run reuses it
+    args = ["--model", root / "policy", "--reference", root / "reference", "--data", world["lists_path"], "--json"]
+    plain = json.loads(_run(args).stdout)
+    cache = root / "cache"
+    first = json.loads(_run(args + ["--cache-dir", cache, "--output", root / "out.json"]).stdout)
+    assert any(cache.iterdir())
+    second = json.loads(_run(args + ["--cache-dir", cache]).stdout)
+    for name in ("reference_ranking_accuracy", "reward_accuracy", "margin"):
+        assert first[name]["value"] == pytest.approx(plain[name]["value"], abs=1e-5)
+        assert second[name] == first[name]
+    assert json.loads((root / "out.json").read_text())["margin"] == first["margin"]
+
 
 def test_eval_errors_name_the_problem(world, tmp_path):
     root = world["root"]

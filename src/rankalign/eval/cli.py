@@ -20,7 +20,7 @@ import click
 import numpy as np
 
 from .policy import evaluate_logps, pair_rates_from_shares
-from .report import EvalReport, to_jsonable
+from .report import EvalReport, to_jsonable, write_json_atomic
 
 
 # ------------------------------------------------------------------------------------ preference rates
@@ -188,10 +188,14 @@ def _report(result: dict) -> EvalReport:
 @click.option("--n-bins", default=10, show_default=True, type=click.IntRange(min=1), help="Calibration bins.")
 @click.option("--group-by", help="Per-group ranking accuracy and the worst group: 'annotator' or a record meta field.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a reliability diagram PNG here.")
+@click.option("--cache-dir", type=click.Path(file_okay=False),
+              help="Cache the reference log-probs here (rankalign.engine.ReferenceCache) and reuse them.")
+@click.option("--output", "output_path", type=click.Path(dir_okay=False),
+              help="Also write the JSON object to this file (atomically).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object to stdout instead of a table.")
 def eval_command(model_path, reference_path, tokenizer_path, data_path, beta, alpha_field, alpha_constant,
                  max_records, batch_size, max_prompt_tokens, max_response_tokens, skip_invalid, device, n_bins,
-                 group_by, plot_path, as_json):
+                 group_by, plot_path, cache_dir, output_path, as_json):
     """Evaluate a trained policy on a preference file: ranking accuracy, idealised ranking accuracy where
     preference rates are known, implicit-reward margins and calibration (with --reference)."""
     import os
@@ -254,8 +258,18 @@ def eval_command(model_path, reference_path, tokenizer_path, data_path, beta, al
         ref_logps = None
         if reference_path is not None:
             reference = load_causal_lm(reference_path, device)
-            ref_logps = score_lists(reference, lists, batch_size=batch_size, pad_token_id=pad_token_id,
-                                    progress_label="reference", quiet=quiet)
+            if cache_dir:
+                from ..engine import compute_reference_logps
+
+                settings = {"max_prompt_tokens": max_prompt_tokens, "max_response_tokens": max_response_tokens}
+                cached = compute_reference_logps(reference, lists, batch_size=batch_size, cache_dir=cache_dir,
+                                                 settings=settings, progress=False, tokenizer=tokenizer)
+                ref_logps = np.zeros_like(policy_logps)
+                for row, values in enumerate(cached):
+                    ref_logps[row, :len(values)] = values.double().numpy()
+            else:
+                ref_logps = score_lists(reference, lists, batch_size=batch_size, pad_token_id=pad_token_id,
+                                        progress_label="reference", quiet=quiet)
             del reference
     except OSError as error:
         raise click.ClickException(str(error)) from None
@@ -289,6 +303,8 @@ def eval_command(model_path, reference_path, tokenizer_path, data_path, beta, al
                                  title=f"Calibration of the implicit preference probability (β={beta})")
         result["plot"] = plot_path
 
+    if output_path:
+        write_json_atomic(output_path, result)
     if as_json:
         click.echo(json.dumps(to_jsonable(result), allow_nan=False))
     else:
