@@ -225,3 +225,49 @@ def test_logit_soft_capping_path_equals_full_log_softmax():
     got = gather_token_logps(hidden, head, targets, chunk_size=4,
                              transform=lambda z: torch.tanh(z / cap) * cap)
     torch.testing.assert_close(got, full, atol=1e-6, rtol=1e-6)
+
+
+def test_head_is_applied_only_to_response_positions_in_chunks():
+    # record every matmul whose output has the vocabulary as its last dimension
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class RecordVocabMatmuls(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.rows = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm) and out.shape[-1] == VOCAB:
+                self.rows.append(out.shape[0])
+            return out
+
+    model = tiny_causal_lm(VOCAB, arch="llama")
+    lists = _lists()
+    batch = pack_lists(lists)
+    response_tokens = sum(len(r) for item in lists for r in item.response_ids)   # 3+7+12+16+2 = 40
+    assert response_tokens == 40 and batch.input_ids.numel() > 40
+    assert supports_shared_layout(model)  # the one-off layout probe runs here, outside the recording
+    with torch.no_grad(), RecordVocabMatmuls() as recorder:
+        sequence_logps(model, batch, chunk_size=16)
+    assert recorder.rows == [16, 16, 8]   # 40 response positions, in chunks of 16; no prompt or padding rows
+
+
+def test_ddp_wrapped_model_runs_through_the_wrapper(tmp_path):
+    import torch.distributed as dist
+
+    model = tiny_causal_lm(VOCAB, arch="gpt2")
+    batch = pack_lists(_lists())
+    expected = _grads(model, sequence_logps(model, batch))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
+    try:
+        wrapped = torch.nn.parallel.DistributedDataParallel(model)
+        calls = []
+        wrapped.register_forward_pre_hook(lambda *args: calls.append(1))
+        got = _grads(model, sequence_logps(wrapped, batch))
+        assert calls == [1]                        # DDP saw the forward call
+        assert "forward" not in model.__dict__      # and the inner forward was restored
+    finally:
+        dist.destroy_process_group()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], atol=1e-6, rtol=1e-6)

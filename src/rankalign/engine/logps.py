@@ -234,14 +234,34 @@ def supports_shared_layout(model) -> bool:
 
 
 # ---------------------------------------------------------------------------------------- public
+def _run_base(model, base, **inputs):
+    """Run the base transformer; through a DistributedDataParallel wrapper when there is one.
+
+    DDP must see the forward call (it prepares its gradient reducer there), so its inner module's
+    ``forward`` is pointed at the base transformer for the duration of the call.
+    """
+    if not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return base(**inputs)
+    inner = model.module
+    saved = inner.__dict__.get("forward")
+    inner.forward = lambda **kwargs: base(**kwargs)
+    try:
+        return model(**inputs)
+    finally:
+        if saved is None:
+            del inner.forward
+        else:
+            inner.forward = saved
+
+
 def _forward_logps(model, batch: PackedBatch, chunk_size: int, recompute_head: bool | None) -> Tensor:
     base, head = decoder_and_head(model)
     mask = batch.attention_mask
     dtype = head.weight.dtype if hasattr(head, "weight") else torch.float32
     if batch.layout == "shared" and mask.dtype != dtype and dtype.is_floating_point:
         mask = torch.zeros_like(mask, dtype=dtype).masked_fill_(mask < 0, torch.finfo(dtype).min)
-    outputs = base(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids,
-                   use_cache=False)
+    outputs = _run_base(model, base, input_ids=batch.input_ids, attention_mask=mask,
+                        position_ids=batch.position_ids, use_cache=False)
     hidden = outputs[0] if not hasattr(outputs, "last_hidden_state") else outputs.last_hidden_state
     hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.target_index)
     token_logps = gather_token_logps(hidden, head, batch.target_ids, chunk_size=chunk_size,
