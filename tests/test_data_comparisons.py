@@ -130,9 +130,11 @@ def test_skip_invalid_counts_by_reason(tmp_path):
     assert dict(c.report.skipped) == {"self_comparison": 1, "unknown_outcome": 1, "missing_field": 2}
     assert c.report.records == 2
     assert any(":7:" in p for p in c.report.problems)  # the short row is on line 7
+    assert c.report.skipped_lines == [3, 4, 5, 7]
     # and the record reader skips the same rows for the same reasons
     r = read(tmp_path / "mixed.csv", skip_invalid=True)
     assert dict(r.report.skipped) == dict(c.report.skipped)
+    assert r.report.skipped_lines == c.report.skipped_lines
 
 
 def test_rankings_are_not_comparisons():

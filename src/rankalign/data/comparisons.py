@@ -33,7 +33,7 @@ from .layouts import (
     parse_pairs_option,
     row_to_record,
 )
-from .readers import _MAX_PROBLEMS, ReadReport
+from .readers import _MAX_LINES, _MAX_PROBLEMS, ReadReport
 from .records import RankedList
 
 # our column names per layout: (first, second, outcome or None)
@@ -272,6 +272,9 @@ def read_comparisons(source, *, layout: str | None = None, mapping=None, outcome
             report.skipped[_REASONS[code]] += how_many
         for index in bad_indices[:max(0, _MAX_PROBLEMS - len(report.problems))].tolist():
             report.problems.append(str(error_for(index)))
+        room = max(0, _MAX_LINES - len(report.skipped_lines))
+        report.skipped_lines.extend(table.line_of(index) for index in bad_indices[:room].tolist())
+        report.skipped_lines.sort()
 
     valid = ~invalid
     first_valid, second_valid = first_all[valid], second_all[valid]

@@ -31,12 +31,16 @@ from .layouts import (
 from .records import Judgment, RankedList
 
 _DETECT_ROWS = 100  # rows whose columns (together) decide the layout
-_MAX_PROBLEMS = 20
+_MAX_PROBLEMS = 20  # messages kept in a report
+_MAX_LINES = 10_000  # line numbers of skipped rows kept in a report
 
 
 @dataclass
 class ReadReport:
     """What a reader did: records read, rows skipped by reason, the first problems, layout notes.
+
+    ``problems`` keeps the first 20 messages in full; ``skipped_lines`` the line (or row) numbers of the
+    first 10,000 skipped rows.
 
     ``notes`` counts things that are not errors but that the user should know, e.g.
     ``implicit_prompt`` (pairs whose prompt was split off the transcripts) and
@@ -49,6 +53,7 @@ class ReadReport:
     skipped: Counter = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
     notes: Counter = field(default_factory=Counter)
+    skipped_lines: list[int] = field(default_factory=list)
 
     @property
     def n_skipped(self) -> int:
@@ -58,11 +63,14 @@ class ReadReport:
         self.skipped[error.reason] += 1
         if len(self.problems) < _MAX_PROBLEMS:
             self.problems.append(str(error))
+        if error.line is not None and len(self.skipped_lines) < _MAX_LINES:
+            self.skipped_lines.append(error.line)
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "layout": self.layout, "records": self.records,
                 "skipped": dict(sorted(self.skipped.items())), "skipped_total": self.n_skipped,
-                "problems": list(self.problems), "notes": dict(sorted(self.notes.items()))}
+                "problems": list(self.problems), "skipped_lines": list(self.skipped_lines),
+                "notes": dict(sorted(self.notes.items()))}
 
 
 @dataclass
