@@ -310,11 +310,23 @@ def test_kendall_tau_matches_scipy_with_ties():
     assert math.isnan(kendall_tau([1.0], [2.0]))
 
 
-def test_kendall_tau_block_boundaries():
-    # n large enough that the sum runs over several blocks
+def test_kendall_tau_matches_brute_force_sign_sum():
+    # tau-b written out: sum_{i<j} sign(dx) sign(dy) / sqrt((n0 - n_x)(n0 - n_y)), with every count by loops
     rng = np.random.default_rng(9)
-    x = rng.integers(0, 30, size=2100).astype(float)
-    y = x + rng.normal(0, 10, size=2100).round()
+    for n in (3, 17, 64, 129):
+        x = rng.integers(0, 5, size=n).astype(float)
+        y = rng.integers(0, 4, size=n).astype(float)
+        s = sum(np.sign(x[i] - x[j]) * np.sign(y[i] - y[j]) for i in range(n) for j in range(i + 1, n))
+        n0 = n * (n - 1) / 2
+        tx = sum(1 for i in range(n) for j in range(i + 1, n) if x[i] == x[j])
+        ty = sum(1 for i in range(n) for j in range(i + 1, n) if y[i] == y[j])
+        assert kendall_tau(x, y) == pytest.approx(s / math.sqrt((n0 - tx) * (n0 - ty)), abs=1e-12)
+
+
+def test_kendall_tau_large_n_against_scipy():
+    rng = np.random.default_rng(10)
+    x = rng.integers(0, 300, size=50_000).astype(float)
+    y = x + rng.normal(0, 100, size=50_000).round()
     assert kendall_tau(x, y) == pytest.approx(scipy.stats.kendalltau(x, y).statistic, abs=1e-12)
 
 
