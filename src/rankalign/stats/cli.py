@@ -37,7 +37,7 @@ def _load(path, layout, mapping, outcomes, skip_invalid):
             return "pairs", read_comparisons(path, layout=layout, mapping=mapping, outcomes=outcomes,
                                              skip_invalid=skip_invalid)
         except DataError as error:
-            if error.reason != "unknown_layout":
+            if error.reason not in ("unknown_layout", "not_a_pair"):  # rankings: read them as records
                 raise
     result = read(path, layout=layout, mapping=mapping, outcomes=outcomes, skip_invalid=skip_invalid)
     return "rankings", _records_to_rankings(result, path)
@@ -96,6 +96,11 @@ def _rankings_to_pairs(rankings, weights):
 
 
 # ------------------------------------------------------------------------------------------- fitting
+def _line_of_row(path, index):
+    """File line of data row ``index`` (CSV: the header is line 1; JSONL: one record per line)."""
+    return index + 2 if str(path).lower().endswith(".csv") else index + 1
+
+
 def _fit(kind, data, model, reference, prior, npseudo, home_advantage, path):
     from ._sufficient import pair_counts
     from .pairwise import fit_pairwise
@@ -113,7 +118,8 @@ def _fit(kind, data, model, reference, prior, npseudo, home_advantage, path):
             if ties.size:
                 raise DataError("a tie cannot be read as a ranking of two under Plackett-Luce (ties inside "
                                 "rankings are not supported); use --model davidson or bt",
-                                path=path, line=int(ties[0]) + 2, field="outcome", reason="tie_in_ranking")
+                                path=path, line=_line_of_row(path, int(ties[0])), field="outcome",
+                                reason="tie_in_ranking")
             win = data.outcome == 1.0
             rankings = np.stack([np.where(win, data.first, data.second), np.where(win, data.second, data.first)],
                                 axis=1)

@@ -1,0 +1,115 @@
+"""`rankalign rate`: JSON/CSV/PNG outputs on small files and the shared real data, and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from rankalign.stats.cli import rate
+
+FOOTBALL = Path("/work/shared/data/football-epl/matches.csv")
+NETFLIX = Path("/work/shared/data/preflib-netflix/netflix.soc")
+
+
+def run(*args):
+    result = CliRunner().invoke(rate, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_winner_loser_json_closed_form(tmp_path):
+    # a beats b 3 times, b beats a once: theta_a - theta_b = log 3; mean-zero gauge
+    data = write(tmp_path / "pairs.csv", "winner,loser\na,b\na,b\na,b\nb,a\n")
+    result = run(data, "--json")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    assert payload["model"] == "bradley-terry" and payload["scale"] == "logit"
+    ratings = {entry["item"]: entry["rating"] for entry in payload["items"]}
+    assert ratings["a"] == pytest.approx(math.log(3) / 2, abs=1e-8)
+    assert ratings["b"] == pytest.approx(-math.log(3) / 2, abs=1e-8)
+    assert payload["log_likelihood"] == pytest.approx(3 * math.log(0.75) + math.log(0.25), rel=1e-9)
+    assert [entry["n"] for entry in payload["items"]] == [4, 4]
+
+
+def test_reference_elo_scale_csv_and_plot(tmp_path):
+    data = write(tmp_path / "pairs.csv", "winner,loser\na,b\na,b\na,b\nb,a\nb,c\nc,b\na,c\n")
+    out_csv, out_png = tmp_path / "board.csv", tmp_path / "board.png"
+    result = run(data, "--reference", "b", "--scale", "elo", "--csv", out_csv, "--plot", out_png, "--json")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    ratings = {entry["item"]: entry["rating"] for entry in payload["items"]}
+    assert ratings["b"] == pytest.approx(1000.0)
+    rows = list(csv.DictReader(out_csv.open()))
+    assert [row["item"] for row in rows] == [entry["item"] for entry in payload["items"]]
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_table_output_and_bootstrap(tmp_path):
+    data = write(tmp_path / "pairs.csv", "winner,loser\na,b\na,b\nb,a\nb,c\nc,b\na,c\nc,a\n")
+    result = run(data, "--bootstrap", "30", "--seed", "1")
+    assert result.exit_code == 0, result.output
+    assert "bradley-terry ratings" in result.output and "95% CI" in result.output
+
+
+@pytest.mark.skipif(not FOOTBALL.exists(), reason="shared data not available")
+def test_football_davidson_home_advantage(tmp_path):
+    result = run(FOOTBALL, "--model", "davidson", "--home-advantage", "--map",
+                 "item_a=home,item_b=away,outcome=result", "--outcomes", "1=a,0=tie,-1=b", "--json")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    # 882 home wins vs 513 away wins: a clear home advantage; 505 draws of 1900 need nu near 0.9
+    assert 0.4 < payload["home"] < 0.9 and 0.7 < payload["nu"] < 1.1
+    assert len(payload["items"]) == 29
+    assert sum(entry["rating"] for entry in payload["items"]) == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.skipif(not NETFLIX.exists(), reason="shared data not available")
+def test_netflix_pl_cli_matches_plackettluce(tmp_path):
+    # PlackettLuce README: coef 0.67080 (Beverly Hills Cop) with Mean Girls at 0, npseudo = 0.5
+    result = run(NETFLIX, "--model", "pl", "--npseudo", "0.5", "--reference", "Mean Girls", "--json")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    ratings = {entry["item"]: entry["rating"] for entry in payload["items"]}
+    assert ratings["Beverly Hills Cop"] == pytest.approx(0.67080, abs=5e-6)
+    assert ratings["Mission: Impossible II"] == pytest.approx(-0.43128, abs=5e-6)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("winner,loser\n", "no data rows"),
+    ("winner,loser\na,b\nc,c\n", ":3:"),
+    ("winner,loser\na,b\na,b\n", "never"),
+])
+def test_bad_input_is_a_clear_error(tmp_path, text, expected):
+    data = write(tmp_path / "bad.csv", text)
+    result = CliRunner().invoke(rate, [str(data)])
+    assert result.exit_code != 0
+    assert expected in result.output
+
+
+def test_single_item_and_unknown_outcome(tmp_path):
+    data = write(tmp_path / "outcome.csv", "item_a,item_b,outcome\na,b,a\na,b,maybe\n")
+    result = CliRunner().invoke(rate, [str(data)])
+    assert result.exit_code != 0 and ":3:" in result.output and "outcome" in result.output
+    tie = write(tmp_path / "tie.jsonl", '{"candidates": ["a", "b"], "ranks": [0, 0]}\n')
+    result = CliRunner().invoke(rate, [str(tie), "--model", "pl"])
+    assert result.exit_code != 0 and "tie.jsonl:1:" in result.output and "davidson" in result.output
+    single = write(tmp_path / "single.jsonl", '{"candidates": ["a"], "ranks": [0]}\n')
+    result = CliRunner().invoke(rate, [str(single), "--model", "pl"])
+    assert result.exit_code != 0 and "at least two items" in result.output
+
+
+def test_rankings_with_repeated_item_name_the_line(tmp_path):
+    data = write(tmp_path / "lists.jsonl", '{"candidates": ["a", "b", "c"], "ranks": [0, 1, 2]}\n'
+                                           '{"candidates": ["a", "b", "a"], "ranks": [0, 1, 2]}\n')
+    result = CliRunner().invoke(rate, [str(data), "--model", "pl"])
+    assert result.exit_code != 0 and ":2:" in result.output
