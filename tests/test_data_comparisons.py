@@ -174,3 +174,12 @@ def test_crlf_lines_and_unicode_line_separator_inside_a_cell(tmp_path):
     c = read_comparisons(path)
     assert c.items == ["a", "b", "b\u2028x", "c"]  # U+2028 is not a CSV line break
     assert [r.candidates for r in read(path)] == [("a", "b"), ("b\u2028x", "c")]
+
+
+def test_lists_of_three_are_not_comparisons(tmp_path):
+    path = write_text(tmp_path / "lists.jsonl", '{"candidates": ["a", "b"], "ranks": [0, 1]}\n'
+                                               '{"candidates": ["a", "b", "c"], "ranks": [0, 1, 2]}\n')
+    with pytest.raises(DataError) as caught:
+        read_comparisons(path)
+    assert (caught.value.line, caught.value.field, caught.value.reason) == (2, "candidates", "not_a_pair")
+    assert "a list of 3 candidates" in str(caught.value)

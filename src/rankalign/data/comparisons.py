@@ -251,10 +251,12 @@ def read_comparisons(source, *, layout: str | None = None, mapping=None, outcome
 
     def error_for(index: int) -> DataError:
         try:
-            row_to_record(table.row(index), context)
+            record = row_to_record(table.row(index), context)
         except DataError as error:
             return error.at(path, table.line_of(index))
-        return DataError("invalid comparison", path=path, line=table.line_of(index), reason=_REASONS[reasons[index]])
+        return DataError(f"not a two-item comparison ({_describe(record)}); read rankings and lists with "
+                         "rankalign.data.read()", path=path, line=table.line_of(index), field="candidates",
+                         reason=_REASONS[reasons[index]])
 
     invalid = reasons >= 0
     bad_indices = np.flatnonzero(invalid)
@@ -391,6 +393,16 @@ def _native_columns(table: _Table, context):
     first = np.array([index_of.get(name, 0) for name in first_names], dtype=np.int64)
     second = np.array([index_of.get(name, 0) for name in second_names], dtype=np.int64)
     return names, first, second, outcome, count, reasons
+
+
+def _describe(record) -> str:
+    if not isinstance(record, RankedList):
+        return "an unpaired judgment"
+    if record.k != 2:
+        return f"a list of {record.k} candidates"
+    if record.prompt is not None:
+        return "a pair of responses to a prompt, not of items"
+    return "a pair with an unranked candidate"
 
 
 def _extra_array(uniques, codes, valid) -> np.ndarray:
