@@ -366,10 +366,16 @@ def brute_force_plackett_luce(scores, ranks):
     return total
 
 
-def test_sorted_plackett_luce_matches_brute_force():
+@pytest.mark.parametrize("layout", ["ties_and_padding", "strict_shuffled", "strict_in_order"])
+def test_sorted_plackett_luce_matches_brute_force(layout):
+    # the three code paths: ties (group ends by search), strict rankings (shifted suffix), no sort needed
     from rankalign.losses.listwise import plackett_luce_nll
 
     scores, _, ranks, _, _ = random_lists(7, batch=8, k=6)
+    if layout != "ties_and_padding":
+        ranks = torch.stack([torch.randperm(6, generator=torch.Generator().manual_seed(i)) for i in range(8)])
+    if layout == "strict_in_order":
+        ranks = torch.arange(6).expand(8, 6)
     expected = [brute_force_plackett_luce(s, r) for s, r in zip(scores.tolist(), ranks.tolist())]
     fast = plackett_luce_nll(torch.where(ranks >= 0, scores, 0.0), ranks)
     assert fast.tolist() == pytest.approx(expected, rel=1e-12)
@@ -409,3 +415,18 @@ def test_float32_extreme_inputs_stay_finite(name):
     loss = call(name, policy, None, ranks, torch.ones(2, 4))
     loss.sum().backward()
     assert torch.isfinite(loss).all() and torch.isfinite(policy.grad).all()
+
+
+def test_best_vs_rest_single_best_shortcut_agrees_with_pair_enumeration():
+    # rho = (0.5, 0, -0.5), beta = 1, ranks (0, 2, 1): pairs (0 > 1), (0 > 2) -> mean of -log sigma(0.5), -log sigma(1)
+    rho = t([[0.5, 0.0, -0.5]])
+    single = best_vs_rest(rho, ranks=torch.tensor([[0, 2, 1]]), beta=1.0)
+    assert single.item() == pytest.approx((nll_sigmoid(0.5) + nll_sigmoid(1.0)) / 2, rel=1e-12)
+    # a batch with a tied best row takes the general path; the single-best rows must not change
+    policy, ref, _, _, _ = random_lists(11, batch=4, k=5)
+    ranks = torch.stack([torch.randperm(5, generator=torch.Generator().manual_seed(i)) for i in range(4)])
+    ranks[3, -1] = -1
+    shortcut = best_vs_rest(policy, ref, ranks=ranks)
+    with_tied_row = best_vs_rest(torch.cat([policy, policy[:1]]), torch.cat([ref, ref[:1]]),
+                                 ranks=torch.cat([ranks, torch.tensor([[0, 0, 1, 2, 3]])]))
+    torch.testing.assert_close(with_tied_row[:4], shortcut, rtol=1e-12, atol=1e-12)

@@ -99,15 +99,21 @@ def _plackett_luce_sorted(scores: Tensor, ranks: Tensor) -> Tensor:
     batch = scores.shape[0]
     last = torch.iinfo(torch.long).max
     key = torch.where(ranks >= 0, ranks, torch.full_like(ranks, last))  # padding sorts to the end
-    key_sorted, order = torch.sort(key, dim=1, stable=True)
+    if bool((key[:, 1:] >= key[:, :-1]).all()):  # already in ranking order (e.g. ranks=None): no sort
+        key_sorted, sorted_scores = key, scores
+    else:
+        key_sorted, order = torch.sort(key, dim=1, stable=True)
+        sorted_scores = scores.gather(1, order)
     present = key_sorted != last
-    # A very negative finite score for padding: exp() of it is 0, and no -inf reaches logcumsumexp's backward.
+    # A very negative finite score for padding: exp() of it is 0, and no -inf reaches a backward pass.
     floor = torch.finfo(scores.dtype).min / 4
-    sorted_scores = torch.where(present, scores.gather(1, order), torch.full_like(scores, floor))
+    sorted_scores = torch.where(present, sorted_scores, torch.full_like(scores, floor))
     suffix = torch.cat([_suffix_logsumexp(sorted_scores), sorted_scores.new_full((batch, 1), floor)], dim=1)
-    # First position strictly below each candidate's tie group (K when nothing is below).
-    below_start = torch.searchsorted(key_sorted.contiguous(), key_sorted.contiguous(), right=True)
-    lower = suffix.gather(1, below_start)
+    if bool((key_sorted[:, 1:] != key_sorted[:, :-1]).all()):  # no ties: below starts at the next position
+        lower = suffix[:, 1:]
+    else:  # first position strictly below each candidate's tie group (K when nothing is below)
+        below_start = torch.searchsorted(key_sorted.contiguous(), key_sorted.contiguous(), right=True)
+        lower = suffix.gather(1, below_start)
     # log(exp(s) + exp(lower)) - s = softplus(lower - s), written as -logsigmoid(s - lower): exact, stable
     per_step = -F.logsigmoid(sorted_scores - lower)
     return _zero_padding(per_step, present).sum(1)
@@ -394,9 +400,15 @@ def best_vs_rest(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks
     ranks = _resolve_list_ranks(policy_logps, ranks, grades)
     valid = valid_mask(ranks)
     rewards = _scaled_log_ratios(policy_logps, ref_logps, valid, beta)
+    best_rank = torch.where(valid, ranks, torch.full_like(ranks, torch.iinfo(torch.long).max)).min(1, keepdim=True)
+    best = valid & (ranks == best_rank.values)
+    if bool((best.sum(1) == 1).all()):  # one best candidate per list: K - 1 pairs, no pair enumeration
+        best_reward = rewards.gather(1, best.long().argmax(1, keepdim=True))
+        rest = valid & ~best
+        per_candidate = _zero_padding(_dpo_per_pair(best_reward, rewards), rest)
+        return per_candidate.sum(1) / rest.sum(1).clamp_min(1).to(rewards.dtype)
     pairs = ordered_pairs(ranks)
-    best = torch.where(valid, ranks, torch.full_like(ranks, torch.iinfo(torch.long).max)).min(1, keepdim=True).values
-    winner_rank = ranks.gather(1, pairs.winner)
-    best_pairs = Pairs(winner=pairs.winner, loser=pairs.loser, valid=pairs.valid & (winner_rank == best))
+    winner_is_best = best.gather(1, pairs.winner)
+    best_pairs = Pairs(winner=pairs.winner, loser=pairs.loser, valid=pairs.valid & winner_is_best)
     chosen, rejected = best_pairs.take(rewards)
     return best_pairs.mean(_dpo_per_pair(chosen, rejected))
