@@ -135,3 +135,23 @@ def test_datasets_dataset_source():
     result = read(ds)
     assert result.layout == "pairs"
     assert [r.candidates for r in result] == [("good", "bad"), ("fine", "meh")]
+
+
+def test_saved_dataset_folder(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_dict({"winner": ["a", "b"], "loser": ["b", "c"]})
+    ds.save_to_disk(str(tmp_path / "saved"))
+    assert [r.candidates for r in read(tmp_path / "saved")] == [("a", "b"), ("b", "c")]
+    datasets.DatasetDict({"train": ds, "test": ds}).save_to_disk(str(tmp_path / "dict"))
+    with pytest.raises(Exception, match=r"splits \['test', 'train'\]"):
+        read(tmp_path / "dict")
+    assert len(read(tmp_path / "dict" / "test")) == 2
+
+
+def test_saved_dataset_folder_without_datasets_names_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    (tmp_path / "saved").mkdir()
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(ModuleNotFoundError, match=r"rankalign\[train\]"):
+        read(tmp_path / "saved")

@@ -1,5 +1,6 @@
 """Records, readers, writers and converters for every shape of preference feedback (no torch)."""
 
+from ._sources import FORMATS, detect_format
 from .comparisons import Comparisons, read_comparisons
 from .errors import DataError
 from .layouts import LAYOUT_COLUMNS, LAYOUTS, split_messages, split_transcripts
@@ -9,6 +10,6 @@ from .summary import summarize, to_lists, to_pairs
 
 __all__ = [
     "DataError", "RankedList", "Judgment", "Record", "iter_pairs", "PAIR_STRATEGIES",
-    "LAYOUTS", "LAYOUT_COLUMNS", "read", "iter_records", "write", "ReadResult", "ReadReport", "RecordStream",
+    "LAYOUTS", "LAYOUT_COLUMNS", "FORMATS", "detect_format", "read", "iter_records", "write", "ReadResult", "ReadReport", "RecordStream",
     "Comparisons", "read_comparisons", "split_transcripts", "split_messages", "summarize", "to_pairs", "to_lists",
 ]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .errors import DataError
 
-FORMATS = ("jsonl", "json", "csv", "parquet", "preflib", "dataset")
+FORMATS = ("jsonl", "json", "csv", "parquet", "preflib", "dataset", "dataset_dir")
 
 _EXTENSIONS = {
     ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet",
@@ -53,6 +53,8 @@ def detect_format(source, format: str | None = None) -> str:
         return format
     if is_dataset(source):
         return "dataset"
+    if Path(source).is_dir():
+        return "dataset_dir"  # a folder written by datasets.Dataset.save_to_disk
     suffix = Path(source).suffix.lower()
     if suffix not in _EXTENSIONS:
         raise DataError(f"cannot tell the format from the extension {suffix!r}; pass format= one of "
@@ -226,6 +228,30 @@ def iter_parquet(path: str) -> Iterator[tuple[int, dict]]:
             yield row_number, row
 
 
+def load_dataset_dir(path: str):
+    """A ``datasets.Dataset`` saved with ``save_to_disk`` (needs ``datasets``: ``rankalign[train]``).
+
+    A saved ``DatasetDict`` with one split is read as that split; with several, name one in the path
+    (``folder/train``).
+    """
+    try:
+        import datasets
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(
+            f"{path} is a folder; reading a saved datasets.Dataset needs the datasets library, which is not "
+            "installed: pip install 'rankalign[train]'") from None
+    try:
+        loaded = datasets.load_from_disk(path)
+    except FileNotFoundError as error:
+        raise DataError(f"not a saved datasets.Dataset folder ({error})", path=path, reason="unknown_format") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if len(loaded) != 1:
+            raise DataError(f"a DatasetDict with splits {sorted(loaded)}; read one split's folder, e.g. "
+                            f"{Path(path) / sorted(loaded)[0]}", path=path, reason="unknown_format")
+        loaded = next(iter(loaded.values()))
+    return loaded
+
+
 def iter_dataset(dataset) -> Iterator[tuple[int, dict]]:
     """Rows of a ``datasets.Dataset`` (1-based row numbers)."""
     for row_number, row in enumerate(dataset, 1):
@@ -244,6 +270,8 @@ def iter_rows(source, format: str, *, skip_invalid: bool = False) -> Iterator[tu
         return iter_parquet(str(source))
     if format == "dataset":
         return iter_dataset(source)
+    if format == "dataset_dir":
+        return iter_dataset(load_dataset_dir(str(source)))
     raise ValueError(f"no row reader for format {format!r}")
 
 

@@ -22,8 +22,9 @@ _outcomes_option = click.option("--outcomes", default=None, metavar="LABEL=a|b|t
 _skip_option = click.option("--skip-invalid", is_flag=True,
                             help="Skip bad rows and count them by reason instead of stopping at the first.")
 _format_option = click.option("--format", "file_format", default=None,
-                              type=click.Choice(["jsonl", "json", "csv", "parquet", "preflib"]),
-                              help="File format (from the extension when omitted).")
+                              type=click.Choice(["jsonl", "json", "csv", "parquet", "preflib", "dataset_dir"]),
+                              help="File format (from the extension when omitted; a folder is a saved "
+                                   "datasets.Dataset).")
 
 
 @click.group()
@@ -46,7 +47,7 @@ def _fmt_percentiles(stats):
 
 
 @data.command()
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("file", type=click.Path(exists=True))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @_layout_option
 @_map_option
@@ -103,7 +104,7 @@ def inspect(file, as_json, layout, mapping, outcomes, skip_invalid, file_format)
 
 
 @data.command()
-@click.argument("in_file", metavar="IN", type=click.Path(exists=True, dir_okay=False))
+@click.argument("in_file", metavar="IN", type=click.Path(exists=True))
 @click.argument("out_file", metavar="OUT", type=click.Path(dir_okay=False))
 @click.option("--to", "target", type=click.Choice(["pairs", "lists"]), required=True,
               help="pairs: decompose every list; lists: merge the pairs of a prompt where lossless.")

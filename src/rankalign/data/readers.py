@@ -227,7 +227,8 @@ def read(source, *, layout: str | None = None, mapping=None, outcomes=None, skip
     Parameters
     ----------
     source : path or datasets.Dataset
-        JSONL, JSON, CSV, Parquet (needs ``rankalign[parquet]``) or PrefLib ``.soc/.soi/.toc/.toi``.
+        JSONL, JSON, CSV, Parquet (needs ``rankalign[parquet]``), PrefLib ``.soc/.soi/.toc/.toi``, or a
+        folder written by ``datasets.Dataset.save_to_disk`` (needs ``rankalign[train]``).
     layout : str, optional
         One of :data:`LAYOUTS`; detected from the column names when omitted.
     mapping : dict or "ours=theirs,..." str, optional
