@@ -144,6 +144,22 @@ def test_kl_estimators_match_gaussian_closed_form_and_se():
     assert np.mean(ses["k3"]) < np.mean(ses["k1"])
 
 
+@pytest.mark.parametrize("n", [2, 4, 16])
+def test_kl_estimate_of_best_of_n_matches_log_n_minus_n_minus_1_over_n(n):
+    # best-of-n from a continuous base has density n F(x)^(n-1) f(x), so log pi - log pi_base =
+    # log n + (n - 1) log F(x), and KL = log n - (n - 1)/n (Beirami et al. 2024, "Theoretical guarantees on
+    # the best-of-n alignment policy"); samples are maxima of n standard normals
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((20000, n)).max(axis=1)
+    log_base = scipy.stats.norm.logpdf(x)
+    log_best = np.log(n) + (n - 1) * scipy.stats.norm.logcdf(x) + log_base
+    exact = math.log(n) - (n - 1) / n
+    kl, se = kl_estimate(log_best, log_base)
+    assert abs(kl - exact) < 4 * se
+    # far from the base, r = pi_base / pi_best is unbounded on the samples and k3 is the noisier estimator
+    assert kl_estimate(log_best, log_base, estimator="k3")[1] > se
+
+
 def test_kl_k3_terms_are_never_negative():
     rng = np.random.default_rng(3)
     a, b = rng.normal(size=50), rng.normal(size=50)

@@ -257,7 +257,9 @@ def kl_estimate(policy_logps, ref_logps, *, estimator: str = "k1") -> tuple[floa
       but single samples can be negative and its variance is high when pi is far from pi_ref.
     * ``"k3"`` (J. Schulman 2020, "Approximating KL Divergence"): ``E_pi[(r - 1) - log r]``. Also unbiased,
       because ``E_pi[r] = 1``, and every term is >= 0 (``x - 1 >= log x``), so its variance is lower when
-      the two policies are close. ``r - 1`` is computed as ``expm1(log r)``.
+      the two policies are close. ``r - 1`` is computed as ``expm1(log r)``. When they are far apart
+      (e.g. best-of-16 against its base), ``r`` is unbounded on the samples, the terms are heavy-tailed
+      and k3's spread (and the reliability of its SE) is worse than k1's: prefer k1 there.
 
     Parameters
     ----------
