@@ -121,3 +121,13 @@ def test_from_scores_tolerance_does_not_chain(scores):
         best = max(scores[i] for i in group)
         assert all(best - scores[i] <= 1.0 for i in group)
     assert not any(math.isnan(s) for s in record.scores)
+
+
+@given(st.text(alphabet="ab\n", max_size=30), st.text(alphabet="ab\n", max_size=30))
+def test_common_prefix_length_against_a_character_loop(a, b):
+    from rankalign.data.layouts import _common_prefix_length
+
+    expected = 0
+    while expected < min(len(a), len(b)) and a[expected] == b[expected]:
+        expected += 1
+    assert _common_prefix_length(a, b) == expected

@@ -328,6 +328,18 @@ def _item_outcome(row, ctx):
                             meta=_meta(row, {"item_a", "item_b", "outcome", "count", "weight", "annotator"}))
 
 
+def _common_prefix_length(a: str, b: str) -> int:
+    """Length of the longest common prefix, by bisection on slice equality (C-speed comparisons)."""
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        middle = (low + high + 1) // 2
+        if a[:middle] == b[:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
 def split_transcripts(chosen: str, rejected: str) -> tuple[str, str, str, bool]:
     """Split two HH-RLHF style transcripts into (prompt, chosen response, rejected response, early).
 
@@ -337,10 +349,7 @@ def split_transcripts(chosen: str, rejected: str) -> tuple[str, str, str, bool]:
     Assistant turn (one has extra turns, or an earlier turn differs): the responses then span several
     turns, starting at the last shared Assistant turn.
     """
-    common = 0
-    limit = min(len(chosen), len(rejected))
-    while common < limit and chosen[common] == rejected[common]:
-        common += 1
+    common = _common_prefix_length(chosen, rejected)
     boundary = chosen.rfind(TRANSCRIPT_TURN, 0, common)
     if boundary < 0:
         raise DataError("chosen and rejected share no '\\n\\nAssistant:' turn, so there is no implicit prompt; "
