@@ -1,4 +1,15 @@
-"""Records, readers, writers and converters for every shape of preference feedback (no torch)."""
+"""Records, readers, writers and converters for every shape of preference feedback (no torch).
+
+>>> from rankalign.data import read, read_comparisons, write
+>>> result = read("pairs.jsonl")                     # layout detected from the columns   # doctest: +SKIP
+>>> result.layout, len(result), result.report.skipped                                    # doctest: +SKIP
+>>> games = read_comparisons("matches.csv", mapping="item_a=home,item_b=away,outcome=result",
+...                          outcomes="1=a,0=tie,-1=b")                                   # doctest: +SKIP
+>>> write(result.records, "pairs.parquet")          # atomic; read() gives the records back  # doctest: +SKIP
+
+Layouts: :data:`LAYOUTS` (columns in :data:`LAYOUT_COLUMNS`). Bad rows raise :class:`DataError` naming file,
+line and field, or are skipped and counted with ``skip_invalid=True``.
+"""
 
 from ._sources import FORMATS, detect_format
 from .comparisons import Comparisons, read_comparisons
