@@ -77,6 +77,8 @@ def test_evaluate_logps_partial_alpha():
     assert none_known["pairs_with_alpha"] == 0 and math.isnan(none_known["idealised_ranking_accuracy"][0])
     with pytest.raises(ValueError, match="alpha"):
         evaluate_logps(POLICY, RANKS, ref_logps=np.zeros((2, 3)), alpha=np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="ref_logps"):
+        evaluate_logps(POLICY, RANKS, alpha=0.7)
 
 
 def test_pair_rates_from_shares_by_hand():

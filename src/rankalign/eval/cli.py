@@ -241,7 +241,7 @@ def eval_command(model_path, reference_path, tokenizer_path, data_path, beta, al
     try:
         lists, truncation = tokenize_records(tokenizer, ranked, max_prompt_tokens=max_prompt_tokens,
                                              max_response_tokens=max_response_tokens, on_empty="drop")
-    except DataError as error:
+    except (DataError, ValueError) as error:
         raise click.ClickException(f"{data_path}: {error}") from None
     for reason, n in truncation.rows_dropped.items():
         skipped[f"tokenize_{reason}"] += n
@@ -271,8 +271,9 @@ def eval_command(model_path, reference_path, tokenizer_path, data_path, beta, al
                 ref_logps = score_lists(reference, lists, batch_size=batch_size, pad_token_id=pad_token_id,
                                         progress_label="reference", quiet=quiet)
             del reference
-    except OSError as error:
-        raise click.ClickException(str(error)) from None
+    except (OSError, ValueError) as error:
+        raise click.ClickException(f"cannot evaluate with the model at {model_path}"
+                                   f"{'' if reference_path is None else ' / ' + reference_path}: {error}") from None
 
     alpha = alpha_constant
     if alpha_field:

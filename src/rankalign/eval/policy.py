@@ -130,6 +130,9 @@ def evaluate_logps(policy_logps, ranks, *, ref_logps=None, alpha=None, beta: flo
         out["groups"] = {"ranking_accuracy": group_metrics(ranking_correct, group_of_pair,
                                                            all_groups=list(dict.fromkeys(groups)))}
     if ref_logps is None:
+        if alpha is not None:
+            raise ValueError("alpha (true preference rates) needs ref_logps: the idealised ranking accuracy is "
+                             "defined by the reference model")
         return out
 
     reference = _as_float_array(ref_logps, "ref_logps")
