@@ -175,39 +175,80 @@ def _as_record(record, index: int):
     raise TypeError(f"record {index}: expected a RankedList, a Judgment or a mapping, got {type(record).__name__}")
 
 
-def _encode_text(tokenizer, text: str) -> list[int]:
-    return _ids(tokenizer(text, add_special_tokens=False))
+def _render_chat(tokenizer, messages, *, generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
 
-def _encode_pair(tokenizer, prompt, response, report: TruncationReport, index: int, field_name: str):
-    """(prompt_ids, response_ids) for one prompt/response, boundary checked on tokens."""
-    if _is_messages(prompt) or _is_messages(response):
+class _Encoder:
+    """Collects strings, then encodes them all in one batched tokenizer call (fast tokenizers run it in
+    parallel), without the tokenizer's own special tokens; identical strings are encoded once."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.slot: dict[str, int] = {}
+        self.ids: list[list[int]] = []
+
+    def add(self, text: str) -> int:
+        if text not in self.slot:
+            self.slot[text] = len(self.slot)
+        return self.slot[text]
+
+    def run(self) -> None:
+        texts = list(self.slot)
+        self.ids = [list(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+
+    def __getitem__(self, slot: int) -> list[int]:
+        return self.ids[slot]
+
+
+def _plan_record(tokenizer, record, index: int, candidates, names, encoder: _Encoder, check_boundary: bool):
+    """Render a record's strings and queue them for encoding; returns how to assemble the ids."""
+    conversational = _is_messages(record.prompt) or any(_is_messages(c) for c in candidates)
+    if conversational:
         if getattr(tokenizer, "chat_template", None) is None:
-            raise DataError("chat messages need a tokenizer with a chat template", line=index, field=field_name,
+            raise DataError("chat messages need a tokenizer with a chat template", line=index, field=names[0],
                             reason="no_chat_template")
-        prompt_messages = _as_messages(prompt, "user")
-        full_messages = prompt_messages + _as_messages(response, "assistant")
-        prompt_ids = _ids(tokenizer.apply_chat_template(prompt_messages, tokenize=True,
-                                                        add_generation_prompt=True))
-        full_ids = _ids(tokenizer.apply_chat_template(full_messages, tokenize=True))
-        if full_ids[:len(prompt_ids)] != prompt_ids:
-            where = next((i for i, (a, b) in enumerate(zip(prompt_ids, full_ids)) if a != b),
-                         min(len(prompt_ids), len(full_ids)))
-            raise DataError(f"the chat template renders the prompt differently inside the full conversation "
-                            f"(tokens differ from position {where}); cannot split prompt and response on tokens",
-                            line=index, field=field_name, reason="template_boundary")
-        return prompt_ids, full_ids[len(prompt_ids):]
-    prompt_ids = [] if prompt is None else _encode_text(tokenizer, prompt)
-    response_ids = _encode_text(tokenizer, response)
-    if prompt is not None and prompt_ids and response_ids:
-        joint = _encode_text(tokenizer, prompt + response)
-        if joint != prompt_ids + response_ids:
-            report.boundary_merges += 1
+        prompt_messages = _as_messages(record.prompt, "user")
+        prompt_slot = encoder.add(_render_chat(tokenizer, prompt_messages, generation_prompt=True))
+        fulls = [encoder.add(_render_chat(tokenizer, prompt_messages + _as_messages(c, "assistant"),
+                                          generation_prompt=False)) for c in candidates]
+        return ("chat", prompt_slot, fulls)
+    prompt_slot = None if record.prompt is None else encoder.add(record.prompt)
+    responses = [encoder.add(c) for c in candidates]
+    joints = None
+    if check_boundary and record.prompt is not None:
+        joints = [encoder.add(record.prompt + c) for c in candidates]
+    return ("text", prompt_slot, responses, joints)
+
+
+def _assemble(tokenizer, plan, encoder: _Encoder, index: int, names, report: TruncationReport):
+    """(prompt_ids, [response_ids]) from a plan, the prompt/response boundary checked on tokens."""
+    if plan[0] == "chat":
+        _, prompt_slot, fulls = plan
+        prompt_ids = encoder[prompt_slot]
+        responses = []
+        for slot, name in zip(fulls, names):
+            full_ids = encoder[slot]
+            if full_ids[:len(prompt_ids)] != prompt_ids:
+                where = next((i for i, (a, b) in enumerate(zip(prompt_ids, full_ids)) if a != b),
+                             min(len(prompt_ids), len(full_ids)))
+                raise DataError("the chat template renders the prompt differently inside the full conversation "
+                                f"(tokens differ from position {where}); cannot split prompt and response on "
+                                "tokens", line=index, field=name, reason="template_boundary")
+            responses.append(full_ids[len(prompt_ids):])
+        return list(prompt_ids), responses
+    _, prompt_slot, response_slots, joint_slots = plan
+    prompt_ids = [] if prompt_slot is None else list(encoder[prompt_slot])
+    responses = [list(encoder[slot]) for slot in response_slots]
+    if joint_slots is not None:
+        for joint, response in zip(joint_slots, responses):
+            if encoder[joint] != prompt_ids + response:
+                report.boundary_merges += 1
     if tokenizer.bos_token_id is not None:
         prompt_ids = [tokenizer.bos_token_id] + prompt_ids
     if tokenizer.eos_token_id is not None:
-        response_ids = response_ids + [tokenizer.eos_token_id]
-    return prompt_ids, response_ids
+        responses = [r + [tokenizer.eos_token_id] for r in responses]
+    return prompt_ids, responses
 
 
 def _truncate_prompt(prompt_ids: list[int], limit: int | None, bos_id) -> list[int]:
@@ -223,7 +264,8 @@ def _truncate_prompt(prompt_ids: list[int], limit: int | None, bos_id) -> list[i
 # ---------------------------------------------------------------------------------------------- public
 def tokenize_records(tokenizer, records: Iterable, *, max_prompt_tokens: int | None = None,
                      max_response_tokens: int | None = None, max_length: int | None = None,
-                     on_empty: str = "error") -> tuple[list[TokenizedList], TruncationReport]:
+                     on_empty: str = "error", check_boundary: bool = True,
+                     ) -> tuple[list[TokenizedList], TruncationReport]:
     """Tokenize ranked lists (and judgments) for the engine; truncation is explicit and reported.
 
     Parameters
@@ -241,6 +283,11 @@ def tokenize_records(tokenizer, records: Iterable, *, max_prompt_tokens: int | N
     on_empty : {"error", "drop"}
         A response left with no tokens raises a DataError (naming the record and candidate) or drops the
         record, counted under ``rows_dropped["empty_response"]``.
+    check_boundary : bool
+        Plain text: also encode prompt + response together to count boundary merges (about doubles
+        the tokenizer's work). Chat boundaries are always checked.
+
+    All strings are encoded in one batched tokenizer call.
 
     Returns
     -------
@@ -256,6 +303,8 @@ def tokenize_records(tokenizer, records: Iterable, *, max_prompt_tokens: int | N
     report = TruncationReport()
     out: list[TokenizedList] = []
     bos_id = tokenizer.bos_token_id
+    encoder = _Encoder(tokenizer)
+    pending = []   # (index, record, names, ranks, scores, label, plan), encoded in one batch below
     for index, raw in enumerate(records):
         report.rows_seen += 1
         record = _as_record(raw, index)
@@ -277,17 +326,12 @@ def tokenize_records(tokenizer, records: Iterable, *, max_prompt_tokens: int | N
             scores = None if record.scores is None else [_grade(record.scores[i]) for i in keep]
             label = None
             names = [f"candidates[{i}]" for i in keep]
+        plan = _plan_record(tokenizer, record, index, candidates, names, encoder, check_boundary)
+        pending.append((index, record, names, ranks, scores, label, plan))
+    encoder.run()
 
-        prompt_ids = None
-        responses = []
-        for candidate, name in zip(candidates, names):
-            p_ids, r_ids = _encode_pair(tokenizer, record.prompt, candidate, report, index, name)
-            if prompt_ids is None:
-                prompt_ids = p_ids
-            elif p_ids != prompt_ids:
-                raise DataError("the prompt tokenizes differently for this candidate", line=index, field=name,
-                                reason="template_boundary")
-            responses.append(r_ids)
+    for index, record, names, ranks, scores, label, plan in pending:
+        prompt_ids, responses = _assemble(tokenizer, plan, encoder, index, names, report)
         if not prompt_ids:
             raise DataError("the prompt has no tokens and the tokenizer has no BOS token to start it",
                             line=index, field="prompt", reason="empty_prompt")
