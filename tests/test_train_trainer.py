@@ -162,3 +162,38 @@ def test_listwise_objectives_train(tmp_path, objective):
 def test_unknown_loss_parameter_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="has no parameter"):
         train_preference(tiny_model(), None, toy_lists(n=2), config(tmp_path, loss_params={"betta": 0.1}))
+
+
+def test_lora_trains_only_the_adapter_against_the_adapter_free_base(tmp_path):
+    from rankalign.train.config import PeftConfig
+
+    model = tiny_model()
+    base_before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = config(tmp_path, max_steps=3, lr=5e-2,
+                 peft=PeftConfig(enabled=True, r=4, alpha=8.0, target_modules=["q_proj", "v_proj"]))
+    result = train_preference(model, None, toy_lists(n=4), cfg)
+    losses = losses_of(result)
+    # lora_B starts at 0, so the policy equals the adapter-free base (the reference): DPO = log 2
+    assert losses[0] == pytest.approx(math.log(2.0), abs=1e-6)
+    assert losses[-1] < losses[0]
+    trained = dict(result.model.named_parameters())
+    lora = [n for n, p in trained.items() if "lora_" in n]
+    assert lora and all(trained[n].requires_grad for n in lora)
+    for name, before in base_before.items():
+        # base weights live under base_model.model.<name> (LoRA-wrapped ones under .base_layer)
+        matches = [p for n, p in trained.items() if "lora_" not in n and
+                   n.replace(".base_layer", "").endswith(name)]
+        assert matches, name
+        torch.testing.assert_close(matches[0].detach(), before, rtol=0, atol=0)
+
+
+def test_unpaired_kto_on_judgments(tmp_path):
+    lists = [TokenizedList(prompt_ids=t.prompt_ids, response_ids=[t.response_ids[0]], ranks=[0],
+                           label=bool(i % 2), index=i) for i, t in enumerate(toy_lists(n=8))]
+    result = train_preference(tiny_model(), None, lists,
+                              config(tmp_path, objective="kto", max_steps=4, loss_params={"beta": 0.5, "z0": 0.0}))
+    losses = losses_of(result)
+    # rho = 0 at the start and z0 = 0: each judgment's loss is 1 - sigmoid(0) = 0.5 (KTO with unit weights)
+    assert losses[0] == pytest.approx(0.5, abs=1e-6)
+    assert losses[-1] < losses[0]
+    assert "rewards/desirable" in result.history[0]

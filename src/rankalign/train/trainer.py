@@ -274,7 +274,10 @@ class PreferenceTrainer(transformers.Trainer):
         args.remove_unused_columns = False
         self.objective = losses.get(objective)
         self.loss_params = dict(loss_params or {})
-        tunable = set(self.objective.params) - _BATCH_ARGUMENTS
+        import inspect
+
+        tunable = {p.name for p in inspect.signature(self.objective.fn).parameters.values()
+                   if p.kind is inspect.Parameter.KEYWORD_ONLY} - _BATCH_ARGUMENTS
         unknown = set(self.loss_params) - tunable
         if unknown:
             raise ValueError(f"objective {objective!r} has no parameter(s) {sorted(unknown)}; "
