@@ -255,7 +255,7 @@ def lipo_lambda(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks:
         Delta_ij = |G_i - G_j| * |1/D(tau_i) - 1/D(tau_j)|,   G = 2^g - 1,   D(tau) = log2(1 + tau)
 
     where tau_i is the 1-based position of candidate i when the list is sorted by the *current* model
-    scores s (descending). Delta is computed from detached scores: the weights are not differentiated.
+    scores s (descending); G and D are the gain and the (base-2, DCG) discount of LambdaLoss. Delta is computed from detached scores: the weights are not differentiated.
     Intuition: a pair matters more when the grades differ more and when swapping the two would move
     them across important (top) positions, as in LambdaRank's NDCG weights.
 

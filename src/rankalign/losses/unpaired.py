@@ -108,10 +108,11 @@ def kto(policy_logps: Tensor, ref_logps: Tensor | None = None, *, labels, z0: fl
 class BCORunningMean:
     """The reward shift delta of BCO, kept by the caller across steps.
 
-    Call :meth:`update` once per step with that step's rewards ``beta * rho`` (detached; every desirable
-    and undesirable example of the batch, or chosen and rejected for ``bco_pair``), *before* computing
-    the loss, then pass ``delta=running.mean`` — the order TRL's BCO trainer uses. With ``momentum=None``
-    (default) ``mean`` is the plain average of the per-step batch means over all steps so far (TRL's
+    The paper sets delta to a moving average of the implicit rewards. Call :meth:`update` once per step
+    with that step's rewards ``beta * rho`` (detached; every desirable and undesirable example of the
+    batch, or chosen and rejected for ``bco_pair``), *before* computing the loss, then pass
+    ``delta=running.mean`` — the order of TRL's former ``BCOTrainer``. With ``momentum=None`` (default)
+    ``mean`` is the plain average of the per-step batch means over all steps so far (that trainer's
     ``RunningMoments`` fed one batch mean per step); with ``momentum=m`` it is an exponential moving
     average ``delta <- m delta + (1 - m) batch_mean`` (first step: the batch mean).
     ``state_dict``/``load_state_dict`` let a trainer checkpoint and resume it.
@@ -160,8 +161,10 @@ def bco(policy_logps: Tensor, ref_logps: Tensor | None = None, *, labels, beta: 
     ----------
     policy_logps, ref_logps : ``[B]``; labels : ``[B]`` bool or float in [0, 1].
     beta : float, default 0.1.
-    delta : the reward shift, a float or 0-dim tensor kept by the caller (detached here); default 0.
-        TRL's underlying-distribution-matching density-ratio weights are not part of this function.
+    delta : the reward shift, a float or 0-dim tensor kept by the caller (detached here); default 0
+        (no shift). The paper's underlying-distribution-matching density-ratio weights (for prompts
+        that differ between the desirable and undesirable sets) are not part of this function; multiply
+        the returned per-example loss by them if you use them.
 
     Returns the per-example loss ``[B]``.
     """
@@ -180,8 +183,9 @@ def bco_pair(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Te
     r"""BCO on preference pairs: the chosen response is desirable, the rejected one undesirable.
 
     Per pair: ``-log sigma(beta rho_w - delta) - log sigma(-(beta rho_l - delta))`` (the sum of the two
-    BCO terms, as TRL's DPO ``loss_type="bco_pair"``). ``delta`` is the running mean of the rewards of
-    both chosen and rejected responses (:class:`BCORunningMean`, kept by the caller).
+    BCO terms). Following the paper, ``delta`` is the running mean of the rewards of both chosen and
+    rejected responses (:class:`BCORunningMean`, kept by the caller). TRL 1.16's DPO
+    ``loss_type="bco_pair"`` applies no shift: that is ``delta=0``, our default.
 
     Takes ``[B, K]`` log-probs and ``ranks`` like every pairwise objective; K > 2, ties and padding go
     through the shared pair decomposition (mean over strictly ordered pairs; tied pairs and padding
