@@ -14,6 +14,7 @@ from rankalign.eval import (
     alignment_gap,
     cohens_kappa,
     expected_calibration_error,
+    gold_summary,
     gold_win_rate,
     group_metrics,
     idealised_ranking_accuracy,
@@ -111,6 +112,22 @@ def test_gold_win_rate_rejects_mismatch():
         gold_win_rate([1.0, 2.0], [1.0])
     with pytest.raises(ValueError, match="ties"):
         gold_win_rate([1.0], [1.0], ties="draw")
+
+
+def test_gold_summary_by_hand():
+    policy = [[3.0, 1.0], [2.0, 2.0], [5.0, np.nan]]
+    reference = [1.0, 2.0, 4.0]
+    out = gold_summary(policy, reference, policy_logps=[0.0, 0.0], ref_logps=[math.log(0.5), math.log(2.0)])
+    # per-prompt means 2, 2, 5 -> 3, se = sqrt(var(2, 2, 5) / 3) = sqrt(3 / 3) = 1
+    assert out["gold_reward"] == pytest.approx((3.0, 1.0))
+    # gains 2 - 1, 2 - 2, 5 - 4 = 1, 0, 1 -> 2/3, se = sqrt((1/3) / 3) = 1/3
+    assert out["gold_reward_gain"] == pytest.approx((2 / 3, 1 / 3))
+    # win outcomes against the reference sample: prompt 1, 3 > 1 wins and 1 = 1 ties -> .75; prompt 2,
+    # two ties -> .5; prompt 3, 5 > 4 (the NaN sample is missing) -> 1; mean (.75 + .5 + 1) / 3 = .75
+    assert out["gold_win_rate"][0] == pytest.approx(0.75)
+    assert out["kl"][0] == pytest.approx(0.0)  # the k1 hand example of test_kl_estimators_by_hand
+    with pytest.raises(ValueError, match="both"):
+        gold_summary(policy, reference, policy_logps=[0.0])
 
 
 # --------------------------------------------------------------------------------------- kl_estimate

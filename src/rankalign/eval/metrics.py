@@ -27,6 +27,7 @@ __all__ = [
     "clustered_mean_with_se",
     "ordered_pair_indices",
     "gold_win_rate",
+    "gold_summary",
     "kl_estimate",
     "ranking_accuracy",
     "listwise_ranking_accuracy",
@@ -285,6 +286,40 @@ def kl_estimate(policy_logps, ref_logps, *, estimator: str = "k1") -> tuple[floa
     else:
         raise ValueError(f"estimator must be 'k1' or 'k3', got {estimator!r}")
     return mean_with_se(terms)
+
+
+def gold_summary(policy_rewards, reference_rewards, policy_logps=None, ref_logps=None, *,
+                 ties: str = "half", kl_estimator: str = "k1") -> dict[str, tuple[float, float]]:
+    """The simulated-world scorecard of one policy: gold reward, win rate and KL, each with its SE.
+
+    Returns ``{"gold_reward", "reference_gold_reward", "gold_reward_gain", "gold_win_rate"}`` and, when
+    log-probabilities of the policy's samples are given, ``"kl"`` -- each a ``(value, se)`` tuple ready
+    for an :class:`~rankalign.eval.report.EvalReport` row or a point of
+    :func:`~rankalign.eval.report.plot_gold_reward_vs_kl`.
+
+    ``gold_reward_gain`` is the paired per-prompt difference of mean gold rewards (policy minus
+    reference), whose SE is smaller than that of the two means when prompts differ in difficulty.
+    Arrays are ``[N]`` or ``[N, S]`` per prompt, as in :func:`gold_win_rate` and :func:`kl_estimate`.
+    """
+    policy = _as_float_array(policy_rewards, "policy_rewards", ndim=(1, 2))
+    reference = _as_float_array(reference_rewards, "reference_rewards", ndim=(1, 2))
+    if policy.shape[0] != reference.shape[0]:
+        raise ValueError(f"{policy.shape[0]} prompts in policy_rewards but {reference.shape[0]} in reference_rewards")
+    policy_2d = policy[:, None] if policy.ndim == 1 else policy
+    reference_2d = reference[:, None] if reference.ndim == 1 else reference
+    with np.errstate(invalid="ignore"):
+        gain = np.nanmean(policy_2d, axis=1) - np.nanmean(reference_2d, axis=1)
+    out = {
+        "gold_reward": mean_with_se(policy_2d),
+        "reference_gold_reward": mean_with_se(reference_2d),
+        "gold_reward_gain": mean_with_se(gain),
+        "gold_win_rate": gold_win_rate(policy, reference, ties=ties),
+    }
+    if (policy_logps is None) != (ref_logps is None):
+        raise ValueError("give both policy_logps and ref_logps (log-probs of the policy's samples), or neither")
+    if policy_logps is not None:
+        out["kl"] = kl_estimate(policy_logps, ref_logps, estimator=kl_estimator)
+    return out
 
 
 # ------------------------------------------------------------------------------------ ranking accuracy
