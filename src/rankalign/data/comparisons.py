@@ -447,8 +447,12 @@ def _csv_table_split(text: str, path: str) -> _Table | None:
     width = len(header)
     if "" in body:
         return None  # blank lines: let the csv module sort out the line numbers
-    cells = ",".join(body).split(",") if body else []
-    if len(cells) != width * len(body):
+    n = len(body)
+    joined = ",".join(body)
+    del lines, body  # memory: only the cells are needed from here on
+    cells = joined.split(",") if n else []
+    del joined
+    if len(cells) != width * n:
         return None
     quoted = '"' in text
     factorized = {}
@@ -462,7 +466,7 @@ def _csv_table_split(text: str, path: str) -> _Table | None:
             codes = remap[codes] if len(unquoted) else codes
         factorized[name] = (uniques, codes)
     _sources._check_header(header, path)
-    return _Table(header, len(body), factorized, lambda index: index + 2, [])
+    return _Table(header, n, factorized, lambda index: index + 2, [])
 
 
 def _csv_table_module(text: str, path: str) -> _Table:
