@@ -67,8 +67,14 @@ def _solve(neg_hessian, gradient):
 def _restrict(hessian, free):
     if free is None:
         return hessian
+    contiguous = len(free) and free[-1] - free[0] + 1 == len(free) and np.all(np.diff(free) == 1)
     if sparse.issparse(hessian):
-        return hessian.tocsr()[free][:, free]
+        hessian = hessian.tocsr()
+        if contiguous:  # slicing a CSR matrix is linear; fancy column indexing sorts
+            return hessian[free[0]:free[-1] + 1, free[0]:free[-1] + 1]
+        return hessian[free][:, free]
+    if contiguous:
+        return hessian[free[0]:free[-1] + 1, free[0]:free[-1] + 1]
     return hessian[np.ix_(free, free)]
 
 

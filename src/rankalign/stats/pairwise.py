@@ -50,9 +50,14 @@ def _bt_terms(d, c: PairCounts, tau):
     """Bradley-Terry: P(first) = sigma(d). Returns ll, l_d, l_dd, l_dtau, l_tau, l_tautau."""
     y1 = c.wins_first + 0.5 * c.ties
     y2 = c.wins_second + 0.5 * c.ties
-    p = expit(d)
-    ll = float(np.sum(y1 * _log_sigmoid(d) + y2 * _log_sigmoid(-d)))
-    return ll, y1 * (1.0 - p) - y2 * p, -(y1 + y2) * p * (1.0 - p), None, 0.0, 0.0
+    # one exp and one log1p serve both log-probabilities and sigma(d):
+    # log sigma(d) = min(d, 0) - log1p(exp(-|d|)), log sigma(-d) = min(-d, 0) - log1p(exp(-|d|))
+    e = np.exp(-np.abs(d))
+    log1p_e = np.log1p(e)
+    ll = float(y1 @ (np.minimum(d, 0.0) - log1p_e) + y2 @ (np.minimum(-d, 0.0) - log1p_e))
+    p = np.where(d >= 0, 1.0, e) / (1.0 + e)
+    q = 1.0 - p
+    return ll, y1 * q - y2 * p, -(y1 + y2) * p * q, None, 0.0, 0.0
 
 
 def _inverse_mills(x):
@@ -141,6 +146,16 @@ def _pairwise_objective(model, c: PairCounts, extras, has_tau, prior):
     terms = _TERMS[model]
     first, second = c.first, c.second
     dense = n <= _newton.DENSE_LIMIT
+    if not dense:
+        # the sparsity pattern of the Laplacian never changes: build the CSR structure once, then each
+        # Hessian is one bincount into its data array
+        diagonal = np.arange(n)
+        keys = np.concatenate([diagonal * (n + 1), first * n + second, second * n + first])
+        pattern, slot = np.unique(keys, return_inverse=True)
+        slot_diag, slot_fs, slot_sf = slot[:n], slot[n:n + len(first)], slot[n + len(first):]
+        indptr = np.searchsorted(pattern // n, np.arange(n + 1)).astype(np.int64)
+        indices = (pattern % n).astype(np.int64)
+        del keys, slot
 
     def objective(x, order):
         theta = x[:n]
@@ -163,10 +178,10 @@ def _pairwise_objective(model, c: PairCounts, extras, has_tau, prior):
             h_tt = h_tt.reshape(n, n)
             h_tt[np.diag_indices(n)] -= 2.0 * prior
         else:
-            rows = np.concatenate([first, second, first, second, np.arange(n)])
-            cols = np.concatenate([first, second, second, first, np.arange(n)])
-            vals = np.concatenate([l_dd, l_dd, -l_dd, -l_dd, np.full(n, -2.0 * prior)])
-            h_tt = sparse.csr_matrix((vals, (rows, cols)), shape=(n, n))
+            diag = np.bincount(first, l_dd, n) + np.bincount(second, l_dd, n) - 2.0 * prior
+            data = (np.bincount(slot_diag, diag, len(indices)) - np.bincount(slot_fs, l_dd, len(indices))
+                    - np.bincount(slot_sf, l_dd, len(indices)))
+            h_tt = sparse.csr_matrix((data, indices, indptr), shape=(n, n))
         side_cols = [np.bincount(first, l_dd * extras[:, j], n) - np.bincount(second, l_dd * extras[:, j], n)
                      for j in range(k)]
         block = extras.T @ (l_dd[:, None] * extras)
@@ -261,7 +276,10 @@ def _package(model, x, hessian, free, counts, items, ref_index, ll, prior, ci_le
         params["weights"], params["weights_se"] = estimate[n + k:n + k + q], se[n + k:n + k + q]
     if model == "davidson":
         log_nu, log_nu_se = float(estimate[-1]), float(se[-1])
-        params.update(nu=math.exp(log_nu), log_nu=log_nu, log_nu_se=log_nu_se)
+        # BradleyTerry2's GenDavidson parameterises the same model by tie.max = log(nu / 2): the tie
+        # probability of two equal items is plogis(tie.max) = nu / (2 + nu)
+        params.update(nu=math.exp(log_nu), log_nu=log_nu, log_nu_se=log_nu_se,
+                      tie_max=log_nu - math.log(2.0), tie_max_se=log_nu_se)
     elif model == "rao-kupper":
         tau, tau_se = float(estimate[-1]), float(se[-1])
         params.update(theta=1.0 + math.exp(tau), theta_se=math.exp(tau) * tau_se)
@@ -343,8 +361,9 @@ def fit_davidson(first, second, outcome, count=None, *, n_items=None, items=None
     P(tie) = nu sqrt(pi_f pi_s) / (pi_f + pi_s + nu sqrt(pi_f pi_s)).
     nu > 0 is estimated on the log scale (``params["log_nu"]`` with its standard error); nu is the
     tie-to-win ratio between equal items (P(tie)/P(win) = nu when d = 0). This is BradleyTerry2's
-    ``GenDavidson`` with ``tie.mode``/``tie.scale`` left out and ``home.adv`` = h. Other arguments as in
-    :func:`fit_bradley_terry`.
+    ``GenDavidson`` with ``tie.mode``/``tie.scale`` left out, ``home.adv`` = h, and its ``tie.max``
+    = log(nu / 2) (reported as ``params["tie_max"]``: plogis(tie.max) is the tie probability of two
+    equal items). Other arguments as in :func:`fit_bradley_terry`.
     """
     return _fit("davidson", first, second, outcome, count, n_items, items, home, features, prior,
                 reference, ci_level)
