@@ -134,3 +134,22 @@ def test_reward_gradcheck_ordinary_and_extreme(name, scale):
     ranks[3, 1:] = -1  # a K = 1 row
     assert torch.isfinite(get(name)(scores, ranks=ranks, grades=grades)).all()
     assert torch.autograd.gradcheck(lambda s: get(name)(s, ranks=ranks, grades=grades), (scores,))
+
+
+def test_tabular_maximum_likelihood_of_bradley_terry_and_davidson():
+    # Two items, counts: w = 6 wins of item 0, l = 2 wins of item 1, t = 3 ties. Total NLL = sum of counts x per-pair NLL.
+    # BT (ties dropped): optimum s_0 - s_1 = log(w / l).
+    # Davidson: d/dx and d/dnu of the log-likelihood vanish at e^x = w / l and nu = t / sqrt(w l)
+    # (with x = s_0 - s_1: e^{x/2} = nu w / t and e^{-x/2} = nu l / t solve both score equations).
+    wins, losses, ties = 6.0, 2.0, 3.0
+    ranks = torch.tensor([[0, 1], [1, 0], [0, 0]])
+    counts = t([wins, losses, ties])
+    x = math.log(wins / losses)
+    theta = t([x / 2, -x / 2]).requires_grad_(True)  # one parameter per item, shared by every comparison
+    (counts[:2] * bt_reward(theta.expand(2, 2), ranks=ranks[:2])).sum().backward()
+    assert theta.grad.abs().max().item() == pytest.approx(0.0, abs=1e-14)
+    theta.grad = None
+    log_nu = torch.tensor(math.log(ties / math.sqrt(wins * losses)), dtype=torch.float64, requires_grad=True)
+    (counts * davidson_reward(theta.expand(3, 2), ranks=ranks, nu=log_nu.exp())).sum().backward()
+    assert theta.grad.abs().max().item() == pytest.approx(0.0, abs=1e-14)
+    assert log_nu.grad.item() == pytest.approx(0.0, abs=1e-14)
