@@ -21,13 +21,13 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Union
+from typing import Any
 
 from .errors import DataError
 
 Message = Mapping[str, Any]
-Text = Union[str, tuple[Message, ...]]
-Score = Union[float, Mapping[str, float]]
+Text = str | tuple[Message, ...]
+Score = float | Mapping[str, float]
 
 PAIR_STRATEGIES = ("all", "adjacent", "best_vs_rest")
 
@@ -459,7 +459,7 @@ class Judgment:
         return cls(**dict(data))
 
 
-Record = Union[RankedList, Judgment]
+Record = RankedList | Judgment
 
 
 def iter_pairs(records, strategy: str = "all", *, ties: bool = True) -> Iterator[RankedList]:
