@@ -96,6 +96,9 @@ def test_eval_json_matches_independent_computation(world):
 
     # float32 model vs float64 recomputation: compare values, and pick strict inequalities far from ties
     ra, ra_se = share_and_se(pw > pl)
+    length_w = np.array([len(t.response_ids[0]) for t in lists])
+    length_l = np.array([len(t.response_ids[1]) for t in lists])
+    assert out["length_normalised_ranking_accuracy"]["value"] == pytest.approx(np.mean(pw / length_w > pl / length_l))
     assert out["ranking_accuracy"]["value"] == pytest.approx(ra)
     if ra_se > 0:
         assert out["ranking_accuracy"]["se"] == pytest.approx(ra_se)

@@ -34,6 +34,12 @@ def test_evaluate_logps_policy_only_by_hand():
     assert out["pairs"] == 4 and out["lists_with_pairs"] == 2
     assert out["ranking_accuracy"] == pytest.approx((0.75, 0.375))
     assert "reward_accuracy" not in out
+    # per token with lengths [1, 4, 1] and [2, 1, -]: list 0 scores -1, -.5, -3 -> (0,1) wrong, (0,2) right,
+    # (1,2) right; list 1 scores -1, -1 -> a tie, wrong -> 2 of 4
+    lengths = [[1, 4, 1], [2, 1, 0]]
+    assert evaluate_logps(POLICY, RANKS, lengths=lengths)["length_normalised_ranking_accuracy"][0] == 0.5
+    with pytest.raises(ValueError, match="positive"):
+        evaluate_logps(POLICY, RANKS, lengths=[[1, 0, 1], [1, 1, 0]])
 
 
 def test_evaluate_logps_with_reference_and_alpha_by_hand():

@@ -110,12 +110,15 @@ def score_lists(model, lists, *, batch_size: int, pad_token_id: int, progress_la
     return out
 
 
-def _ranks_matrix(lists) -> np.ndarray:
+def _ranks_and_lengths(lists) -> tuple[np.ndarray, np.ndarray]:
+    """``[N, K]`` ranks (-1 padding) and response token counts (0 padding) of the tokenized lists."""
     k = max(item.k for item in lists)
     ranks = np.full((len(lists), k), -1, dtype=np.int64)
+    lengths = np.zeros((len(lists), k))
     for row, item in enumerate(lists):
         ranks[row, :item.k] = item.ranks
-    return ranks
+        lengths[row, :item.k] = [len(response) for response in item.response_ids]
+    return ranks, lengths
 
 
 # ----------------------------------------------------------------------------------------------- report
@@ -123,6 +126,8 @@ def _report(result: dict) -> EvalReport:
     report = EvalReport(title=f"rankalign eval: {result['model']} on {result['data']}")
     rows = [
         ("ranking accuracy", result.get("ranking_accuracy"), "π(y_w) > π(y_l)"),
+        ("ranking accuracy, per token", result.get("length_normalised_ranking_accuracy"),
+         "log π(y_w)/|y_w| > log π(y_l)/|y_l|"),
         ("ranking accuracy, reference", result.get("reference_ranking_accuracy"), "π_ref(y_w) > π_ref(y_l)"),
         ("idealised ranking accuracy", result.get("idealised_ranking_accuracy"),
          f"DPO optimum, β={result['beta']:g}, pairs with known α"),
@@ -286,8 +291,9 @@ def eval_command(model_path, reference_path, tokenizer_path, data_path, beta, al
         groups = [group_of(ranked[item.index], group_by) for item in lists]
     result = {"model": model_path, "reference": reference_path, "data": data_path,
               "records_read": len(records), "layout": read_result.layout, "group_by": group_by}
-    result.update(evaluate_logps(policy_logps, _ranks_matrix(lists), ref_logps=ref_logps, alpha=alpha, beta=beta,
-                                 n_bins=n_bins, groups=groups))
+    ranks, lengths = _ranks_and_lengths(lists)
+    result.update(evaluate_logps(policy_logps, ranks, ref_logps=ref_logps, alpha=alpha, beta=beta,
+                                 n_bins=n_bins, groups=groups, lengths=lengths))
     result["alpha_source"] = (f"field {alpha_field}" if alpha_field else
                               f"constant {alpha_constant}" if alpha_constant is not None else None)
     result["skipped"] = dict(sorted(skipped.items()))

@@ -64,14 +64,16 @@ def _alpha_per_pair(alpha, n_lists: int, k: int, list_of_pair, winner, loser) ->
 
 
 def evaluate_logps(policy_logps, ranks, *, ref_logps=None, alpha=None, beta: float = 0.1,
-                   n_bins: int = 10, groups=None) -> dict:
+                   n_bins: int = 10, groups=None, lengths=None) -> dict:
     """Ranking accuracy, idealised ranking accuracy, implicit-reward margins and calibration of a policy.
 
     Pairs: every ordered pair of each list (ties and padding left out; see
     :func:`~rankalign.eval.metrics.ordered_pair_indices`). Accuracies are shares over pairs, with
     cluster-robust SEs that treat the list as the unit (:func:`~rankalign.eval.metrics.clustered_mean_with_se`).
 
-    * ``ranking_accuracy``: share of pairs with ``log pi(y_w) > log pi(y_l)`` (Chen et al. 2024).
+    * ``ranking_accuracy``: share of pairs with ``log pi(y_w) > log pi(y_l)`` (Chen et al. 2024);
+    * with ``lengths``, ``length_normalised_ranking_accuracy``: the same with per-token log-probabilities
+      ``log pi(y) / |y|`` (the score SimPO optimises; a gap between the two shows a length effect).
     With ``ref_logps``:
 
     * ``reference_ranking_accuracy``: the same for the reference model;
@@ -101,6 +103,8 @@ def evaluate_logps(policy_logps, ranks, *, ref_logps=None, alpha=None, beta: flo
         The objective's KL coefficient (scales implicit rewards).
     n_bins : int
         Bins of the reliability table.
+    lengths : array-like [N, K], optional
+        Response lengths in tokens (> 0 for present candidates).
     groups : sequence of hashable, length N, optional
         A group per list (annotator, population, topic): adds ``groups``, the per-group ranking accuracy
         (and implicit-reward accuracy with a reference) over each group's pairs, with the worst group
@@ -121,6 +125,15 @@ def evaluate_logps(policy_logps, ranks, *, ref_logps=None, alpha=None, beta: flo
     policy_w, policy_l = policy[list_of_pair, winner], policy[list_of_pair, loser]
     ranking_correct = _correct(policy_w, policy_l, "strict")
     out["ranking_accuracy"] = clustered_mean_with_se(ranking_correct, list_of_pair)
+    if lengths is not None:
+        lengths = _as_float_array(lengths, "lengths")
+        if lengths.shape != policy.shape:
+            raise ValueError(f"lengths has shape {lengths.shape}, expected {policy.shape}")
+        length_w, length_l = lengths[list_of_pair, winner], lengths[list_of_pair, loser]
+        if np.any(length_w <= 0) or np.any(length_l <= 0):
+            raise ValueError("lengths must be positive for every ranked candidate")
+        out["length_normalised_ranking_accuracy"] = clustered_mean_with_se(
+            _correct(policy_w / length_w, policy_l / length_l, "strict"), list_of_pair)
     group_of_pair = None
     if groups is not None:
         groups = list(groups)
