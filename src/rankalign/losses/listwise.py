@@ -95,7 +95,7 @@ def plackett_luce_nll(scores: Tensor, ranks: Tensor) -> Tensor:
 
 
 def _plackett_luce_sorted(scores: Tensor, ranks: Tensor) -> Tensor:
-    """:func:`plackett_luce_nll` with c = 1: sort by rank, then suffix log-sum-exp per tie group."""
+    """:func:`plackett_luce_nll`: sort by rank, then a suffix log-sum-exp below each tie group."""
     batch = scores.shape[0]
     last = torch.iinfo(torch.long).max
     key = torch.where(ranks >= 0, ranks, torch.full_like(ranks, last))  # padding sorts to the end
@@ -243,7 +243,7 @@ def pro(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor 
 
 
 @register("lipo_lambda", family="listwise",
-          paper="Liu et al., LiPO: Listwise Preference Optimization through Learning-to-Rank, NAACL 2025 "
+          paper="Liu et al., LiPO: Listwise Preference Optimization through Learning-to-Rank, arXiv 2024 "
                 "(arXiv:2402.01878)")
 def lipo_lambda(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor | None = None,
                 lengths: Tensor | None = None, grades: Tensor | None = None, beta: float = 0.1) -> Tensor:
@@ -255,7 +255,8 @@ def lipo_lambda(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks:
         Delta_ij = |G_i - G_j| * |1/D(tau_i) - 1/D(tau_j)|,   G = 2^g - 1,   D(tau) = log2(1 + tau)
 
     where tau_i is the 1-based position of candidate i when the list is sorted by the *current* model
-    scores s (descending); G and D are the gain and the (base-2, DCG) discount of LambdaLoss. Delta is computed from detached scores: the weights are not differentiated.
+    scores s (descending); G and D are the gain and the (base-2, DCG) discount of LambdaLoss. Delta is
+    computed from detached scores: the weights are not differentiated.
     Intuition: a pair matters more when the grades differ more and when swapping the two would move
     them across important (top) positions, as in LambdaRank's NDCG weights.
 
