@@ -41,7 +41,7 @@ def world(tmp_path_factory):
     pairs_path = root / "pairs.jsonl"
     pairs_path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
     lists = [{"prompt": "the cat", "candidates": ["sat on a mat", "ran", "big red dog"], "ranks": [0, 1, 1]},
-             {"prompt": "a dog", "candidates": ["ran on a log", "sat"], "ranks": [1, 0]}]
+             {"prompt": "a dog", "candidates": ["ran on a log", "sat"], "ranks": [1, 0], "weight": 3.0}]
     lists_path = root / "lists.jsonl"
     lists_path.write_text("".join(json.dumps(x) + "\n" for x in lists))
 
@@ -141,6 +141,7 @@ def test_eval_ranked_lists_table_and_plot(world):
     assert "ranking accuracy" in result.stdout and "idealised ranking accuracy" in result.stdout
     # 2 ordered pairs in list 1 (the tie is left out), 1 in list 2
     assert "3 ordered pairs from 2 lists" in " ".join(result.stdout.split())
+    assert "1 records carry a weight other than 1" in " ".join(result.stdout.split())
     result = _run(["--model", root / "policy", "--reference", root / "reference", "--data", world["pairs_path"],
                    "--group-by", "annotator"])
     assert result.exit_code == 0, result.output

@@ -165,6 +165,9 @@ def _report(result: dict) -> EvalReport:
     if truncation.get("prompts_truncated") or truncation.get("responses_truncated"):
         report.notes.append(f"truncated: {truncation['prompts_truncated']} prompts (left), "
                             f"{truncation['responses_truncated']} responses (right)")
+    if result.get("records_with_weight"):
+        report.notes.append(f"{result['records_with_weight']} records carry a weight other than 1 (e.g. a count); "
+                            "weights are not applied: every record counts once")
     if result.get("skipped"):
         report.notes.append("skipped: " + ", ".join(f"{k} {v}" for k, v in result["skipped"].items()))
     return report
@@ -296,6 +299,7 @@ def eval_command(model_path, reference_path, tokenizer_path, data_path, beta, al
                                  n_bins=n_bins, groups=groups, lengths=lengths))
     result["alpha_source"] = (f"field {alpha_field}" if alpha_field else
                               f"constant {alpha_constant}" if alpha_constant is not None else None)
+    result["records_with_weight"] = sum(1 for item in lists if item.weight != 1.0)
     result["skipped"] = dict(sorted(skipped.items()))
     result["truncation"] = truncation.to_dict()
     result["device"] = device
