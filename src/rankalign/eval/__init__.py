@@ -1,8 +1,17 @@
 """rankalign.eval: metrics and reports for preference learning (see DESIGN.md).
 
-The metrics (:mod:`rankalign.eval.metrics`) need only NumPy; the reports need ``rich`` and, for PNG
-plots, ``matplotlib``. Neither imports torch or transformers: the model path lives in
-:mod:`rankalign.eval.cli` (``rankalign eval``) and is imported only by that command.
+* :mod:`~rankalign.eval.metrics` (NumPy only): ``mean_with_se``, ``clustered_mean_with_se``,
+  ``gold_win_rate``, ``gold_summary``, ``kl_estimate`` (k1 / k3), ``ranking_accuracy`` and
+  ``listwise_ranking_accuracy``, ``idealised_ranking_accuracy`` and ``alignment_gap`` (Chen et al. 2024),
+  ``likelihood_displacement`` (Razin et al. 2024), ``reward_accuracy`` / ``listwise_reward_accuracy``,
+  ``kendall_tau`` (tau-b) / ``mean_kendall_tau``, ``expected_calibration_error`` /
+  ``preference_calibration``, ``cohens_kappa``, ``group_metrics``.
+* :mod:`~rankalign.eval.policy` (NumPy only): ``evaluate_logps``, every metric of a policy from its
+  ``[N, K]`` log-probabilities; ``pair_rates_from_shares``.
+* :mod:`~rankalign.eval.report`: ``EvalReport`` (rich table, JSON), ``write_json_atomic``, PNG plots
+  (``plot_gold_reward_vs_kl``, ``plot_accuracy_curves``, ``plot_reliability_diagram``; matplotlib Agg).
+* :mod:`~rankalign.eval.cli`: ``rankalign eval``; the only module that imports torch/transformers, and
+  only when the command runs.
 """
 
 from .metrics import (
