@@ -103,12 +103,14 @@ def test_several_lists_share_a_row_within_the_budget():
     sizes = [item.shared_length for item in lists]   # 9, 8, 21, 19, 14 tokens
     assert sizes == [6 + 3, 1 + 7, 9 + 12, 3 + 16, 12 + 2]
     batch = pack_lists(lists, layout="shared", max_tokens_per_row=24)
-    # first fit: [9, 8] = 17 -> row 0 (room 7); 21 -> row 1; 19 -> row 2; 14 -> row 3 (no room left anywhere)
-    assert batch.input_ids.shape == (4, 21)
+    # first fit decreasing: 21 -> row 0 (room 3); 19 -> row 1 (room 5); 14 -> row 2 (room 10);
+    # 9 -> row 2 (room 1); 8 -> row 3. Longest row: 14 + 9 = 23 tokens.
+    assert batch.input_ids.shape == (4, 23)
     assert batch.num_tokens == sum(sizes)
-    # the second list in row 0 starts at 9: prompt of 1 token (position 0), responses of 2 and 5 tokens
-    # each restarting at position 1
-    assert batch.position_ids[0, 9:17].tolist() == [0, 1, 2, 1, 2, 3, 4, 5]
+    # row 2 holds list 4 (prompt 12, responses 1 and 1) then list 0 (prompt 6, response 3) from index 14,
+    # each list's positions restarting at 0 and each response's at its prompt's length
+    assert batch.position_ids[2].tolist() == list(range(12)) + [12, 12] + list(range(6)) + [6, 7, 8]
+    assert batch.input_ids[2, 14:23].tolist() == lists[0].prompt_ids + lists[0].response_ids[0]
     # one list per row without a budget; duplicated rows: one per response
     assert pack_lists(lists).input_ids.shape[0] == 5
     assert pack_lists(lists, layout="duplicated").input_ids.shape[0] == 1 + 2 + 3 + 4 + 2
@@ -271,3 +273,14 @@ def test_ddp_wrapped_model_runs_through_the_wrapper(tmp_path):
         dist.destroy_process_group()
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], atol=1e-6, rtol=1e-6)
+
+
+def test_sequence_longer_than_the_position_range_is_an_error():
+    model = tiny_causal_lm(VOCAB, arch="gpt2", n_positions=16)
+    # prompt 9 + longest response 7 = 16 fits; 17 does not (the shared row itself may be longer)
+    fits = TokenizedList(prompt_ids=[1] * 9, response_ids=[[5] * 7, [6] * 7], ranks=[0, 1], index=0)
+    assert fits.shared_length == 23
+    sequence_logps(model, pack_lists([fits]))
+    too_long = TokenizedList(prompt_ids=[1] * 10, response_ids=[[5] * 7], ranks=[0], index=3)
+    with pytest.raises(ValueError, match="list 3: prompt \\+ response is 17 tokens"):
+        sequence_logps(model, pack_lists([fits, too_long]))

@@ -271,6 +271,20 @@ def _forward_logps(model, batch: PackedBatch, chunk_size: int, recompute_head: b
     return sums.view(batch.num_lists, batch.max_k)
 
 
+def _check_positions(model, batch: PackedBatch) -> None:
+    """A sequence longer than the model's position range is an error (use tokenize_records' limits)."""
+    config = unwrap_model(model).config
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if not limit or batch.source is None:
+        return
+    longest = max(len(item.prompt_ids) + max(len(r) for r in item.response_ids) for item in batch.source)
+    if longest > limit:
+        worst = max(batch.source, key=lambda item: len(item.prompt_ids) + max(len(r) for r in item.response_ids))
+        raise ValueError(f"list {worst.index}: prompt + response is {longest} tokens, more than the model's "
+                         f"{limit} positions; truncate with tokenize_records(max_prompt_tokens=..., "
+                         "max_response_tokens=... or max_length=...)")
+
+
 def sequence_logps(model, batch: PackedBatch, *, chunk_size: int = 1024,
                    recompute_head: bool | None = None) -> Tensor:
     """Summed log-probability of each response, ``log pi(y_k | x) = sum_t log pi(y_k,t | x, y_k,<t)``.
@@ -292,6 +306,7 @@ def sequence_logps(model, batch: PackedBatch, *, chunk_size: int = 1024,
     Tensor [B, K] float32
         Differentiable; 0 at padding (``ranks == -1``).
     """
+    _check_positions(model, batch)
     if batch.layout == "shared" and not supports_shared_layout(model):
         if batch.source is None:
             raise ValueError(f"{type(unwrap_model(model)).__name__} does not support the shared layout and this "

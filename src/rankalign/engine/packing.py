@@ -105,16 +105,17 @@ class PackedBatch:
 
 # ---------------------------------------------------------------------------------------------- helpers
 def _assign_rows(lists: Sequence[TokenizedList], budget: int | None) -> list[list[int]]:
-    """First-fit: each list goes into the first row with room for it within ``budget`` tokens.
+    """First-fit decreasing: longest lists first, each into the first row with room within ``budget``.
 
-    A list longer than the budget gets a row of its own (rows are never split mid-list).
+    A list longer than the budget gets a row of its own (a list is never split across rows). The order
+    of lists inside the batch does not matter: every output is indexed by the list's batch position.
     """
     if budget is None:
         return [[b] for b in range(len(lists))]
     rows: list[list[int]] = []
     room: list[int] = []
-    for b, item in enumerate(lists):
-        size = item.shared_length
+    for b in sorted(range(len(lists)), key=lambda i: -lists[i].shared_length):
+        size = lists[b].shared_length
         for r in range(len(rows)):
             if room[r] >= size:
                 rows[r].append(b)
@@ -256,7 +257,7 @@ def pack_lists(lists: Sequence[TokenizedList], *, layout: str = "shared", max_to
         Prefix-shared rows (one or more lists per row) or one row per (list, response).
     max_tokens_per_row : int, optional
         Shared layout only: pack several lists into one row while they fit in this many tokens (first
-        fit, in the given order). None: one list per row.
+        fit decreasing). None: one list per row.
     pad_token_id : int
         Token id for padding (never attended to, never a target).
     pad_to_multiple_of : int, optional
