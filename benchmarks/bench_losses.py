@@ -8,6 +8,11 @@ lists expand to, already materialised as ``[P, 2]`` tensors:
 * ``all_pairs``: P = B K (K - 1) / 2 = 114,688 pairs (every ordered pair of each list);
 * ``best_vs_rest``: P = B (K - 1) = 28,672 pairs (the best candidate against each of the others).
 
+Two peers per expansion: ``dpo_*`` is the registered ``dpo`` (through the shared pair decomposition, as
+every pairwise objective runs in rankalign), ``bare_dpo_*`` is the bare formula
+``-logsigmoid(beta * h)`` on the two columns (what TRL's sigmoid loss computes), the lower bound for any
+pairwise implementation.
+
 The peer's time does not include expanding the lists into pairs; the listwise side's time includes all of
 its own index work (rank masks, pair gathers, LiPO's positions). Figure: median milliseconds per
 forward + backward over ``--repeats`` runs after ``--warmup`` runs, measured on the CPU as this
@@ -60,6 +65,13 @@ def time_interleaved(cases: list[tuple], device: torch.device, warmup: int, repe
     return [statistics.median(t) for t in times]
 
 
+def bare_dpo(pair_policy: torch.Tensor, pair_ref: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
+    """DPO on ``[P, 2]`` (chosen, rejected) columns written inline, as TRL's ``loss_type="sigmoid"`` does:
+    no rank handling at all, the cheapest possible pairwise peer."""
+    h = (pair_policy[:, 0] - pair_ref[:, 0]) - (pair_policy[:, 1] - pair_ref[:, 1])
+    return -torch.nn.functional.logsigmoid(beta * h)
+
+
 def make_lists(batch: int, k: int, device: torch.device, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     policy = (torch.randn(batch, k, generator=generator) * 5 - 50).to(device).requires_grad_(True)
@@ -110,11 +122,12 @@ def main() -> None:
     peers = {}
     for expansion in ("all_pairs", "best_vs_rest"):
         pair_policy, pair_ref = make_pairs(policy, ref, ranks, expansion)
-        peers[expansion] = (lambda p, r: dpo(p, r, beta=0.1), [pair_policy, pair_ref])
+        peers[f"dpo_{expansion}"] = (lambda p, r: dpo(p, r, beta=0.1), [pair_policy, pair_ref])
+        peers[f"bare_dpo_{expansion}"] = (bare_dpo, [pair_policy, pair_ref])
 
     print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} "
           f"clock={clock_name} B={batch} K={k}")
-    print(f"{'case':<34} {'pairs':>8} {'DPO ms':>9} {'ours ms':>9} {'ratio':>7}")
+    print(f"{'case':<40} {'pairs':>8} {'DPO ms':>9} {'ours ms':>9} {'ratio':>7}")
     results = []
     for name in args.objectives:
         objective = get(name)
@@ -123,9 +136,9 @@ def main() -> None:
         ours, *peer_times = time_interleaved([ours_case, *peers.values()], device, args.warmup, args.repeats,
                                                 clock)
         for (expansion, (_, inputs)), peer in zip(peers.items(), peer_times):
-            case = f"{name}_vs_dpo_{expansion}"
+            case = f"{name}_vs_{expansion}"
             ratio = peer / ours
-            print(f"{case:<34} {inputs[0].shape[0]:>8} {peer:>9.2f} {ours:>9.2f} {ratio:>7.2f}")
+            print(f"{case:<40} {inputs[0].shape[0]:>8} {peer:>9.2f} {ours:>9.2f} {ratio:>7.2f}")
             results.append({"case": case, "peer": round(peer, 3), "ours": round(ours, 3), "unit": "ms",
                             "ratio": round(ratio, 3)})
     for result in results:
