@@ -108,6 +108,11 @@ def test_pro_two_items_is_bradley_terry_on_length_averaged_scores():
     assert got.item() == pytest.approx(nll_sigmoid(-1.5), rel=1e-12)
 
 
+def test_pro_single_candidate_keeps_only_its_sft_term():
+    # K = 1: no ranking step; SFT = -(-3 / 2) * 0.1 = 0.15
+    assert pro(t([[-3.0]]), lengths=t([[2.0]]), sft_weight=0.1).item() == pytest.approx(0.15, rel=1e-12)
+
+
 def test_pro_needs_lengths():
     with pytest.raises(ValueError, match="lengths"):
         pro(t([[-1.0, -2.0]]))

@@ -219,8 +219,9 @@ def pro(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor 
         paper's experiments as we read them. 0 gives the ranking term alone.
 
     Conventions: the SFT term is the negative *length-averaged* log-prob of the best candidate (averaged
-    over the members of the best group when it is tied). Ties: step k's softmax contains candidate k and
-    the strictly lower groups only, as for ``pl_dpo``; padding is excluded. Returns ``[B]``.
+    over the members of the best group when it is tied); a list with one group (K = 1, all tied) has no
+    ranking term but keeps its SFT term. Ties: step k's softmax contains candidate k and the strictly
+    lower groups only, as for ``pl_dpo``; padding is excluded. Returns ``[B]``.
     """
     if lengths is None:
         raise ValueError("pro needs lengths ([B, K] response token counts): PRO scores are length-averaged")
