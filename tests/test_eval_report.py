@@ -26,6 +26,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def test_format_value():
     assert format_value((0.625, 0.0312)) == "0.625 ± 0.031"
     assert format_value({"value": 0.5, "se": math.nan}) == "0.500"
+    assert format_value((0.5, None)) == "0.500"
+    assert to_jsonable((0.5, None)) == {"value": 0.5, "se": None}
     assert format_value(math.nan) == "—"
     assert format_value(None) == "—"
     assert format_value(200) == "200"

@@ -36,7 +36,8 @@ def _estimate(value) -> tuple[float, float] | None:
     """``(value, se)`` when ``value`` is an estimate with an SE, else None."""
     if isinstance(value, Mapping) and set(value) == {"value", "se"}:
         return value["value"], value["se"]
-    if isinstance(value, tuple) and len(value) == 2 and all(_is_number(v) for v in value):
+    if isinstance(value, tuple) and len(value) == 2 and _is_number(value[0]) and (
+            value[1] is None or _is_number(value[1])):
         return value
     return None
 
