@@ -138,7 +138,8 @@ def _extra_columns(c: PairCounts, use_home: bool):
 
 
 def _pairwise_objective(model, c: PairCounts, extras, has_tau, prior):
-    """Build ``objective(x, order)`` for :func:`rankalign.stats._newton.maximise`.
+    """Build ``objective(x, order)`` for :func:`rankalign.stats._newton.maximise` (order 0: value,
+    1: value and gradient, 2: value, gradient and Hessian).
 
     x = [theta (n items), extra coefficients (home, covariate weights), tau (tie parameter, if any)].
     """
@@ -171,6 +172,8 @@ def _pairwise_objective(model, c: PairCounts, extras, has_tau, prior):
         if has_tau:
             gradient.append([l_tau])
         gradient = np.concatenate(gradient)
+        if order == 1:
+            return value, gradient, None
         # Hessian blocks: theta-theta (graph Laplacian weighted by l_dd), then the few "side" columns
         if dense:
             h_tt = (np.bincount(first * n + first, l_dd, n * n) + np.bincount(second * n + second, l_dd, n * n)

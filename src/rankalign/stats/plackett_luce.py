@@ -197,13 +197,16 @@ def _pl_objective(n, groups, prior, npseudo):
                 # the stage's Hessian is -(diag(p) - p p^T), weighted: diagonal part, and
                 # + w p_a p_b for each unordered pair a < b of the choice set (mirrored below)
                 member_wp.append(wp.ravel())
-                member_wpq.append((wp * (1.0 - p)).ravel())
-                upper_a, upper_b = pair_slices[stage]
-                pair_vals.append((wp[:, upper_a] * p[:, upper_b]).ravel())
+                if order == 2:
+                    member_wpq.append((wp * (1.0 - p)).ravel())
+                    upper_a, upper_b = pair_slices[stage]
+                    pair_vals.append((wp[:, upper_a] * p[:, upper_b]).ravel())
                 stage += 1
         if order == 0:
             return value, None, None
         gradient -= np.bincount(member_index, np.concatenate(member_wp), n)
+        if order == 1:
+            return value, gradient, None
         diag -= np.bincount(member_index, np.concatenate(member_wpq), n)
         vals = np.concatenate(pair_vals)
         if dense:
