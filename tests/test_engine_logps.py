@@ -284,3 +284,19 @@ def test_sequence_longer_than_the_position_range_is_an_error():
     too_long = TokenizedList(prompt_ids=[1] * 10, response_ids=[[5] * 7], ranks=[0], index=3)
     with pytest.raises(ValueError, match="list 3: prompt \\+ response is 17 tokens"):
         sequence_logps(model, pack_lists([fits, too_long]))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_batches_shared_equals_duplicated(seed):
+    # random K, prompt and response lengths and row budgets; the duplicated layout is the reference
+    g = torch.Generator().manual_seed(100 + seed)
+    model = tiny_causal_lm(VOCAB, arch="llama" if seed % 2 else "gpt2", hidden_size=32, seed=seed)
+    lists = [_random_list(g, int(torch.randint(1, 10, (1,), generator=g)),
+                          torch.randint(1, 8, (int(torch.randint(1, 5, (1,), generator=g)),), generator=g).tolist(),
+                          index=i)
+             for i in range(int(torch.randint(1, 7, (1,), generator=g)))]
+    budget = int(torch.randint(10, 60, (1,), generator=g))
+    with torch.no_grad():
+        expected = sequence_logps(model, pack_lists(lists, layout="duplicated"))
+        got = sequence_logps(model, pack_lists(lists, layout="shared", max_tokens_per_row=budget))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)

@@ -7,6 +7,21 @@ See DESIGN.md ("Engine principles"). The pieces, in the order data flows through
 * :func:`sequence_logps` -> ``[B, K]`` summed response log-probs (head applied only at response positions)
 * :func:`compute_reference_logps` / :class:`ReferenceCache` -> cached reference log-probs
 * :func:`build_tokenizer`, :func:`tiny_causal_lm`: local tiny tokenizers and models
+
+Example::
+
+    from rankalign.data import RankedList
+    from rankalign.engine import (build_tokenizer, compute_reference_logps, pack_lists, sequence_logps,
+                                  tiny_causal_lm, tokenize_records)
+
+    records = [RankedList(prompt="2 + 2 =", candidates=[" 4", " 5", " 22"], ranks=[0, 1, 1])]
+    tokenizer = build_tokenizer(["2 + 2 = 4 5 22"], vocab_size=300)
+    lists, report = tokenize_records(tokenizer, records, max_prompt_tokens=256, max_response_tokens=64)
+    print(report)                                   # what was truncated or dropped
+    model = tiny_causal_lm(len(tokenizer))
+    batch = pack_lists(lists, layout="shared", pad_token_id=tokenizer.pad_token_id)
+    policy_logps = sequence_logps(model, batch)     # [B, K], differentiable
+    ref_logps = compute_reference_logps(model, lists, cache_dir="ref-cache", tokenizer=tokenizer)
 """
 
 from .logps import decoder_and_head, gather_token_logps, sequence_logps, supports_shared_layout, unwrap_model

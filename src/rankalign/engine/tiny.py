@@ -50,6 +50,9 @@ def build_tokenizer(texts: Iterable[str], *, vocab_size: int = 512, kind: str = 
     from transformers import PreTrainedTokenizerFast
 
     texts = list(texts)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] is a {type(text).__name__}, not a str (render chat messages to text first)")
     if kind == "bpe":
         tok = Tokenizer(models.BPE(unk_token=None))
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
