@@ -160,7 +160,7 @@ def pl_dpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tens
     r"""Plackett–Luce DPO: the ranking likelihood of the implicit rewards ``beta * rho``.
 
     Model: the ranking tau is drawn from a Plackett–Luce model on ``r_i = beta rho_i``, and the loss is its
-    negative log-likelihood (DPO paper, Appendix A.3, eq. 20)::
+    negative log-likelihood (DPO paper, Appendix A.3)::
 
         L = -sum_{k=1}^{K-1} log [ exp(beta rho_tau(k)) / sum_{m >= k} exp(beta rho_tau(m)) ]
 
@@ -193,7 +193,7 @@ def pro(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor 
 
     Scores: ``s_i = log pi_theta(y_i|x) / |y_i|`` (the mean token log-prob; PRO is reference-free, and
     this is the default ``ref_logps=None``; if ``ref_logps`` is given, ``s_i = rho_i / |y_i|``).
-    With candidates in ranking order y^1 > ... > y^n (paper, eqs. 4-6)::
+    With candidates in ranking order y^1 > ... > y^n (notation of the paper)::
 
         L_PRO = -sum_{k=1}^{n-1} log [ exp(s_k / T_k^k) / sum_{i=k}^{n} exp(s_i / T_k^i) ]
         T_k^i = 1 / (r_k - r_i)   for i > k,        T_k^k = min_{i > k} T_k^i
@@ -250,7 +250,7 @@ def lipo_lambda(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks:
                 lengths: Tensor | None = None, grades: Tensor | None = None, beta: float = 0.1) -> Tensor:
     r"""LiPO-λ: pairwise logistic losses weighted by the LambdaLoss / NDCG swap weight.
 
-    With ``s_i = beta rho_i`` (paper, section 4)::
+    With ``s_i = beta rho_i`` (the paper's LiPO-λ objective)::
 
         L = -sum_{g_i > g_j} Delta_ij log sigma(s_i - s_j)
         Delta_ij = |G_i - G_j| * |1/D(tau_i) - 1/D(tau_j)|,   G = 2^g - 1,   D(tau) = log2(1 + tau)

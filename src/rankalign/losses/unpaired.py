@@ -51,7 +51,7 @@ def kto_reference_point(kl_policy_logps: Tensor, kl_ref_logps: Tensor | None = N
     """KTO's reference point z0: ``max(0, mean(log pi_theta(y'|x) - log pi_ref(y'|x)))``, detached.
 
     ``kl_*_logps`` are ``[B]`` log-probs of *mismatched* pairs (each prompt with another example's
-    response), an estimate of KL(pi_theta || pi_ref) (KTO paper, section 4.1). Returns a 0-dim tensor.
+    response), the KTO paper's batch estimate of KL(pi_theta || pi_ref). Returns a 0-dim tensor.
     """
     with torch.no_grad():
         return log_ratios(kl_policy_logps, kl_ref_logps).mean().clamp_min(0.0)
@@ -65,7 +65,7 @@ def kto(policy_logps: Tensor, ref_logps: Tensor | None = None, *, labels, z0: fl
         desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> Tensor:
     r"""Kahneman–Tversky Optimization: a prospect-theory value of the implicit reward against z0.
 
-    Paper (eq. 8), loss = lambda_y - v(x, y)::
+    Paper: loss = lambda_y - v(x, y), i.e.::
 
         desirable:    lambda_D * (1 - sigma(beta (rho - z0)))
         undesirable:  lambda_U * (1 - sigma(beta (z0 - rho)))
