@@ -128,3 +128,18 @@ def test_json_elo_scale_and_predictions():
     assert payload["items"][0]["n"] == 10
     matrix = result.win_matrix()
     assert matrix[0, 1] == pytest.approx(0.7) and np.isnan(matrix[0, 0])
+
+
+def test_multinomial_draw_has_multinomial_moments():
+    # E[X] = N p, Var[X_i] = N p_i (1 - p_i), Cov[X_i, X_j] = -N p_i p_j, and every draw sums to N
+    from rankalign.stats.uncertainty import multinomial
+
+    rng = np.random.default_rng(0)
+    p = np.array([0.5, 0.3, 0.15, 0.05])
+    total = 400
+    draws = np.array([multinomial(rng, total, p) for _ in range(3000)])
+    assert np.all(draws.sum(axis=1) == total) and draws.min() >= 0
+    np.testing.assert_allclose(draws.mean(axis=0), total * p, rtol=0.02)
+    cov = np.cov(draws.T)
+    expected = total * (np.diag(p) - np.outer(p, p))
+    np.testing.assert_allclose(cov, expected, rtol=0.12, atol=1.5)

@@ -279,9 +279,9 @@ def rate(file, model, reference, n_boot, scale, as_json, csv_path, plot_path, ho
     except (DataError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     if level != result.ci_level:
-        from scipy.stats import norm
+        from scipy.special import ndtri
 
-        z = norm.ppf(0.5 + level / 2.0)
+        z = ndtri(0.5 + level / 2.0)
         result.ci_low, result.ci_high = result.ratings - z * result.se, result.ratings + z * result.se
         result.ci_level = level
     if n_boot:

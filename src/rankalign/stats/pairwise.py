@@ -31,8 +31,7 @@ import math
 
 import numpy as np
 from scipy import sparse
-from scipy.special import expit, log_ndtr
-from scipy.stats import norm
+from scipy.special import expit, log_ndtr, ndtri
 
 from . import _newton
 from ._sufficient import PairCounts, check_pair_counts_identifiable, pair_counts
@@ -62,7 +61,7 @@ def _bt_terms(d, c: PairCounts, tau):
 
 def _inverse_mills(x):
     """phi(x) / Phi(x), computed in log space (finite for very negative x)."""
-    return np.exp(norm.logpdf(x) - log_ndtr(x))
+    return np.exp(-0.5 * x * x - 0.5 * math.log(2.0 * math.pi) - log_ndtr(x))
 
 
 def _thurstone_terms(d, c: PairCounts, tau):
@@ -258,7 +257,7 @@ def _package(model, x, hessian, free, counts, items, ref_index, ll, prior, ci_le
     n = counts.n_items
     n_params = len(x)
     estimate = _newton.apply_gauge(x, n, ref_index)
-    z = norm.ppf(0.5 + ci_level / 2.0)
+    z = ndtri(0.5 + ci_level / 2.0)
     cov_items = None
     if compute_se and n <= _newton.DENSE_LIMIT:
         cov = _newton.covariance(hessian, free, n_params)

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy import sparse
-from scipy.special import expit
+from scipy.special import expit, ndtri
 
 from rankalign.data.errors import DataError
 
@@ -298,8 +298,6 @@ def fit_plackett_luce(rankings, weights=None, *, n_items=None, items=None, prior
     appearances = np.zeros(n)
     for orders, _, w in groups:
         appearances += np.bincount(orders.ravel(), np.repeat(w, orders.shape[1]), n)
-    from scipy.stats import norm
-
     estimate = _newton.apply_gauge(x, n, ref_index)
     if npseudo > 0 and prior == 0:
         # PlackettLuce's vcov: observed information of the data alone (pseudo-rankings left out) at the
@@ -315,7 +313,7 @@ def fit_plackett_luce(rankings, weights=None, *, n_items=None, items=None, prior
         se = np.sqrt(np.maximum(np.diag(cov), 0.0))
     else:
         cov, se = None, np.full(n, np.nan)
-    z = norm.ppf(0.5 + ci_level / 2.0)
+    z = ndtri(0.5 + ci_level / 2.0)
     return RatingResult(items=items, ratings=estimate, se=se, ci_low=estimate - z * se,
                         ci_high=estimate + z * se, n=np.rint(appearances).astype(np.int64),
                         log_likelihood=float(log_likelihood), model="plackett-luce", scale="logit",
