@@ -124,12 +124,15 @@ def _pro_ranking_with_temperatures(scores: Tensor, ranks: Tensor, rewards: Tenso
     candidates i strictly below k and ``max_i (r_k - r_i) s_k`` for k itself (gaps clamped at 0)."""
     valid = valid_mask(ranks)
     below = (ranks.unsqueeze(1) > ranks.unsqueeze(2)) & valid.unsqueeze(1)  # [b, k, i]: i strictly below k
-    not_below = ~below
-    gap = (rewards.unsqueeze(2) - rewards.unsqueeze(1)).clamp_min(0.0).masked_fill(not_below, 0.0)
-    own = gap.amax(2) * scores  # 1/T_k^k = max_{i below k} (r_k - r_i); 0 when nothing is below
     # Finite floor instead of -inf: a step with nothing below gets lse = floor + log K and contributes 0.
     floor = torch.finfo(scores.dtype).min / 4
-    others = torch.logsumexp((gap * scores.unsqueeze(1)).masked_fill(not_below, floor), dim=2)
+    gap = torch.where(below, (rewards.unsqueeze(2) - rewards.unsqueeze(1)).clamp_min(0.0), 0.0)
+    own = gap.amax(2) * scores  # 1/T_k^k = max_{i below k} (r_k - r_i); 0 when nothing is below
+    logits = torch.where(below, gap * scores.unsqueeze(1), floor)
+    # log-sum-exp with a detached shift (the shift cancels in value and gradient): fewer kernels than
+    # torch.logsumexp on this short last dimension
+    shift = logits.detach().amax(2, keepdim=True)
+    others = (logits - shift).exp().sum(2).log() + shift.squeeze(2)
     per_step = -F.logsigmoid(own - others)  # log(exp(own) + exp(others)) - own
     return _zero_padding(per_step, valid).sum(1)
 
