@@ -1,0 +1,124 @@
+"""General preference heads: preferences that need not be transitive (cycles included).
+
+A scalar reward orders every set of responses, so it cannot represent a cycle A > B > C > A: at most two
+of the three pairs can be right. The general preference model of Zhang et al. 2024 ("General Preference
+Modeling with Preference Representations for Aligning Language Models", arXiv:2410.02197) embeds each
+response into ``2k`` dimensions, ``v = head(h)``, and scores a pair with a skew-symmetric operator::
+
+    P(y_1 > y_2 | x) = sigma(v_1^T R v_2),   R = diag(lambda_1 J, ..., lambda_k J),   J = [[0, -1], [1, 0]]
+
+``R^T = -R`` makes the model antisymmetric (``P(y_1 > y_2) = 1 - P(y_2 > y_1)``, ``P(y > y) = 1/2``), and
+with ``k >= 1`` blocks a 3-cycle is representable (three vectors at 120 degrees in one 2-D block). The
+paper optionally L2-normalises the embeddings and makes the block scales ``lambda`` prompt-dependent;
+here the scales are a fixed or learned vector (``lambda = 1`` by default) and normalisation is optional.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..losses._common import ordered_pairs
+
+__all__ = ["skew_symmetric_operator", "general_preference_logits", "general_preference_loss",
+           "GeneralPreferenceHead"]
+
+
+def skew_symmetric_operator(dim: int, eigenvalues: Tensor | None = None, *, dtype=torch.float32) -> Tensor:
+    """The ``[2k, 2k]`` block-diagonal operator ``R = diag(lambda_i [[0, -1], [1, 0]])`` (``dim = 2k``)."""
+    if dim < 2 or dim % 2:
+        raise ValueError(f"the preference dimension must be even and >= 2, got {dim}")
+    blocks = dim // 2
+    scales = torch.ones(blocks, dtype=dtype) if eigenvalues is None else torch.as_tensor(eigenvalues, dtype=dtype)
+    operator = torch.zeros(dim, dim, dtype=dtype)
+    index = torch.arange(blocks) * 2
+    operator[index, index + 1] = -scales
+    operator[index + 1, index] = scales
+    return operator
+
+
+def general_preference_logits(first: Tensor, second: Tensor, eigenvalues: Tensor | None = None) -> Tensor:
+    """``v_1^T R v_2`` for embeddings ``[..., 2k]`` (the logit of ``P(first > second)``), without forming R.
+
+    Block i contributes ``lambda_i (v_1[2i+1] v_2[2i] - v_1[2i] v_2[2i+1])``.
+    """
+    if first.shape[-1] % 2:
+        raise ValueError(f"preference embeddings need an even last dimension, got {first.shape[-1]}")
+    a = first.unflatten(-1, (-1, 2))
+    b = second.unflatten(-1, (-1, 2))
+    per_block = a[..., 1] * b[..., 0] - a[..., 0] * b[..., 1]
+    if eigenvalues is not None:
+        per_block = per_block * eigenvalues.to(per_block.dtype)
+    return per_block.sum(-1)
+
+
+def general_preference_loss(embeddings: Tensor, *, ranks: Tensor | None = None,
+                            eigenvalues: Tensor | None = None) -> Tensor:
+    """Negative log-likelihood of the observed preferences under the general preference model.
+
+    Per ordered pair (winner w, loser l) of a list: ``-log sigma(v_w^T R v_l)``, averaged over the list's
+    strictly ordered pairs (the same pair decomposition as ``bt_reward``; ties and padding skipped, a
+    list without an ordered pair gives 0).
+
+    Parameters
+    ----------
+    embeddings : Tensor [B, K, 2k]
+    ranks : Tensor [B, K] long, optional
+        0 best, equal = tie, -1 padding; None: column order (column 0 best).
+    eigenvalues : Tensor [k], optional
+        Block scales lambda (default 1).
+
+    Returns
+    -------
+    Tensor [B]
+    """
+    batch, k, _ = embeddings.shape
+    if ranks is None:
+        ranks = torch.arange(k, device=embeddings.device).expand(batch, k)
+    pairs = ordered_pairs(ranks)
+    index = lambda which: which.unsqueeze(-1).expand(-1, -1, embeddings.shape[-1])  # noqa: E731
+    winners = embeddings.gather(1, index(pairs.winner))
+    losers = embeddings.gather(1, index(pairs.loser))
+    logits = general_preference_logits(winners, losers, eigenvalues)
+    return pairs.mean(-F.logsigmoid(logits))
+
+
+class GeneralPreferenceHead(nn.Module):
+    """Linear map from hidden states ``[..., H]`` to preference embeddings ``[..., 2k]``.
+
+    Parameters
+    ----------
+    hidden_size : int
+    preference_dim : int
+        ``2k``, even.
+    normalize : bool
+        L2-normalise the embeddings (as in Zhang et al. 2024), which bounds every logit by ``max lambda``.
+    learn_eigenvalues : bool
+        Learn the block scales lambda (initialised at 1; with ``normalize`` they set the sharpness).
+    """
+
+    def __init__(self, hidden_size: int, preference_dim: int = 2, *, normalize: bool = False,
+                 learn_eigenvalues: bool = False, bias: bool = True):
+        super().__init__()
+        if preference_dim < 2 or preference_dim % 2:
+            raise ValueError(f"preference_dim must be even and >= 2, got {preference_dim}")
+        self.projection = nn.Linear(hidden_size, preference_dim, bias=bias)
+        self.normalize = normalize
+        scales = torch.ones(preference_dim // 2)
+        if learn_eigenvalues:
+            self.eigenvalues = nn.Parameter(scales)
+        else:
+            self.register_buffer("eigenvalues", scales)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        embeddings = self.projection(hidden)
+        return F.normalize(embeddings, dim=-1) if self.normalize else embeddings
+
+    def preference_logits(self, first: Tensor, second: Tensor) -> Tensor:
+        """Logit of ``P(first > second)`` for two embeddings from :meth:`forward`."""
+        return general_preference_logits(first, second, self.eigenvalues)
+
+    def loss(self, hidden: Tensor, *, ranks: Tensor | None = None) -> Tensor:
+        """:func:`general_preference_loss` of hidden states ``[B, K, H]``."""
+        return general_preference_loss(self(hidden), ranks=ranks, eigenvalues=self.eigenvalues)

@@ -1,0 +1,190 @@
+"""RewardModel: shared-layout exactness, training to a known gold rule, save/load, encoder path."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from rankalign.data.records import Judgment, RankedList  # noqa: E402
+from rankalign.engine import build_tokenizer, tiny_causal_lm  # noqa: E402
+from rankalign.reward import (  # noqa: E402
+    RewardModel,
+    pairwise_accuracy,
+    score_lists,
+    train_reward_model,
+)
+
+WORDS = ["good", "bad", "cat", "dog", "sun", "tree", "blue", "red"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer(WORDS, vocab_size=64, kind="word")
+
+
+def gold_lists(n: int, k: int, seed: int) -> list[RankedList]:
+    """Prompts of 3 random words; K responses of 5 words whose gold reward is the count of "good".
+
+    The K responses of a list get distinct counts (0..3), so the gold ranking is strict.
+    """
+    rng = random.Random(seed)
+    out = []
+    while len(out) < n:
+        prompt = " ".join(rng.choice(WORDS[2:]) for _ in range(3))
+        counts = rng.sample(range(4), k)
+        candidates = []
+        for count in counts:
+            words = ["good"] * count + [rng.choice(WORDS[1:]) for _ in range(5 - count)]
+            rng.shuffle(words)
+            candidates.append(" ".join(words))
+        order = sorted(range(k), key=lambda i: -counts[i])
+        ranks = [0] * k
+        for rank, i in enumerate(order):
+            ranks[i] = rank
+        out.append(RankedList(prompt=prompt, candidates=candidates, ranks=ranks))
+    return out
+
+
+def tiny_reward_model(tokenizer, **kwargs) -> RewardModel:
+    lm = tiny_causal_lm(len(tokenizer), hidden_size=32, layers=1, heads=2, seed=0)
+    return RewardModel(lm, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------ exactness
+def test_shared_layout_equals_duplicated_and_single_sequences(tokenizer):
+    lm = tiny_causal_lm(len(tokenizer), hidden_size=32, layers=2, heads=4, seed=3)
+    model = RewardModel(lm, seed=1)
+    records = [
+        RankedList(prompt="cat dog sun", candidates=["good tree", "bad", "red blue good sun"], ranks=[0, 2, 1]),
+        RankedList(prompt="tree", candidates=["blue", "good good"], ranks=[1, 0]),
+        Judgment(prompt="sun sun", response="red", label=True),
+    ]
+    shared = score_lists(model, tokenizer, records, layout="shared")
+    duplicated = score_lists(model, tokenizer, records, layout="duplicated")
+    assert [s.shape[0] for s in shared] == [3, 2, 1]
+    for a, b in zip(shared, duplicated):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    # independent brute force: each prompt + response alone, no padding, head on the last hidden state
+    with torch.no_grad():
+        for record, scores in zip(records[:2], shared):
+            for k, candidate in enumerate(record.candidates):
+                ids = ([tokenizer.bos_token_id] + tokenizer(record.prompt, add_special_tokens=False)["input_ids"]
+                       + tokenizer(candidate, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
+                hidden = lm.model(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
+                expected = hidden @ model.head.weight[0] + model.head.bias[0]
+                torch.testing.assert_close(scores[k], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_multi_attribute_weighting(tokenizer):
+    model = tiny_reward_model(tokenizer, num_attributes=3, attribute_names=["help", "safe", "short"],
+                              attribute_weights=[0.5, 0.25, 0.25])
+    records = [RankedList(prompt="cat", candidates=["good", "bad sun"], ranks=[0, 1])]
+    attributes = score_lists(model, tokenizer, records, return_attributes=True)[0]
+    rewards = score_lists(model, tokenizer, records)[0]
+    assert attributes.shape == (2, 3)
+    torch.testing.assert_close(rewards, 0.5 * attributes[:, 0] + 0.25 * attributes[:, 1] + 0.25 * attributes[:, 2])
+    learned = tiny_reward_model(tokenizer, num_attributes=2, attribute_weights="learned")
+    assert isinstance(learned.attribute_weights, torch.nn.Parameter)
+    torch.testing.assert_close(learned.attribute_weights.detach(), torch.tensor([0.5, 0.5]))
+    with pytest.raises(ValueError):
+        tiny_reward_model(tokenizer, num_attributes=2, attribute_weights=[1.0])
+
+
+# ------------------------------------------------------------------------------------------ training
+@pytest.mark.parametrize("objective,k,n", [("bt_reward", 2, 200), ("pl_reward", 4, 100)])
+def test_training_learns_the_gold_rule(tokenizer, objective, k, n):
+    torch.set_num_threads(1)
+    test = gold_lists(100, 2, seed=99)
+    model = tiny_reward_model(tokenizer)
+    before = pairwise_accuracy(score_lists(model, tokenizer, test), test)
+    history = train_reward_model(model, tokenizer, gold_lists(n, k, seed=1), objective=objective, epochs=3,
+                                 lr=3e-3, batch_size=16, seed=0)
+    after = pairwise_accuracy(score_lists(model, tokenizer, test), test)
+    assert len(history) == 3 * -(-n // 16)
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert 0.3 < before < 0.7  # an untrained head is at chance
+    assert after >= 0.9  # observed 1.0 (seed 0); chance is 0.5
+
+
+def test_training_is_deterministic_per_seed(tokenizer):
+    data = gold_lists(24, 2, seed=5)
+    runs = []
+    for _ in range(2):
+        model = tiny_reward_model(tokenizer)
+        history = train_reward_model(model, tokenizer, data, epochs=1, lr=1e-3, batch_size=8, seed=7)
+        runs.append(([h["loss"] for h in history], model.head.weight.detach().clone()))
+    assert runs[0][0] == runs[1][0]
+    assert torch.equal(runs[0][1], runs[1][1])
+
+
+def test_davidson_and_regression_objectives(tokenizer):
+    tied = [RankedList(prompt="cat", candidates=["good", "bad", "sun"], ranks=[0, 1, 1])]
+    model = tiny_reward_model(tokenizer)
+    history = train_reward_model(model, tokenizer, tied, objective="davidson_reward", epochs=2,
+                                 objective_params={"nu": 0.5})
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
+    rated = [RankedList(prompt="cat", candidates=["good good", "bad"], ranks=[0, 1],
+                        scores=[{"help": 4.0, "safe": 1.0}, {"help": 1.0, "safe": 3.0}])]
+    multi = tiny_reward_model(tokenizer, num_attributes=2, attribute_names=["help", "safe"])
+    history = train_reward_model(multi, tokenizer, rated, objective="rating_regression", epochs=60, lr=1e-2)
+    attributes = score_lists(multi, tokenizer, rated, return_attributes=True)[0]
+    # the two attribute columns regress on their own targets, not on the mean
+    torch.testing.assert_close(attributes, torch.tensor([[4.0, 1.0], [1.0, 3.0]]), atol=0.3, rtol=0)
+    with pytest.raises(ValueError, match="policy|reward"):
+        train_reward_model(model, tokenizer, tied, objective="dpo")
+
+
+# ------------------------------------------------------------------------------------------ persistence
+def test_save_and_load_round_trip(tokenizer, tmp_path):
+    from transformers import AutoModel
+
+    model = tiny_reward_model(tokenizer, num_attributes=2, attribute_weights="learned")
+    with torch.no_grad():
+        model.attribute_weights.copy_(torch.tensor([0.9, 0.1]))
+    records = gold_lists(3, 3, seed=2)
+    model.save_pretrained(tmp_path / "rm", tokenizer=tokenizer)
+    files = sorted(os.listdir(tmp_path / "rm"))
+    assert {"config.json", "model.safetensors", "reward_head.safetensors", "reward_config.json"} <= set(files)
+    assert not [f for f in files if f.endswith(".tmp") or f.startswith(".")]
+    assert not [f for f in files if f.endswith((".bin", ".pt", ".pkl"))]
+    settings = json.loads((tmp_path / "rm" / "reward_config.json").read_text())
+    assert settings["num_attributes"] == 2 and settings["attribute_weights"] == "learned"
+    loaded = RewardModel.from_pretrained(tmp_path / "rm")
+    torch.testing.assert_close(loaded.attribute_weights.detach(), torch.tensor([0.9, 0.1]))
+    for a, b in zip(score_lists(model, tokenizer, records), score_lists(loaded, tokenizer, records)):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    backbone = AutoModel.from_pretrained(tmp_path / "rm")  # transformers' convention: the backbone alone
+    assert type(backbone).__name__ == "LlamaModel"
+    with pytest.raises(FileNotFoundError, match="reward config"):
+        RewardModel.from_pretrained(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ encoder
+def test_encoder_backbone_mean_pools_prompt_response_pairs(tokenizer):
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0, pad_token_id=0)
+    torch.manual_seed(0)
+    encoder = BertModel(config).eval()
+    model = RewardModel(encoder)
+    assert model.kind == "encoder"
+    record = RankedList(prompt="cat dog", candidates=["good", "bad sun"], ranks=[0, 1])
+    scores = score_lists(model, tokenizer, [record])[0]
+    with torch.no_grad():
+        for k, candidate in enumerate(record.candidates):
+            ids = (tokenizer("cat dog", add_special_tokens=False)["input_ids"]
+                   + tokenizer(candidate, add_special_tokens=False)["input_ids"])
+            hidden = encoder(input_ids=torch.tensor([ids])).last_hidden_state[0]
+            expected = hidden.mean(0) @ model.head.weight[0] + model.head.bias[0]
+            torch.testing.assert_close(scores[k], expected, atol=1e-5, rtol=1e-5)
+    data = gold_lists(60, 2, seed=3)
+    history = train_reward_model(model, tokenizer, data, epochs=2, lr=3e-3, batch_size=16, seed=0)
+    assert history[-1]["loss"] < history[0]["loss"]
