@@ -314,3 +314,22 @@ def test_newton_uses_sparse_path_for_many_items(monkeypatch):
     sparse_fit = fit_bradley_terry(a, b, y, n_items=30)
     np.testing.assert_allclose(sparse_fit.ratings, dense.ratings, atol=1e-7)
     assert np.all(np.isnan(sparse_fit.se))
+
+
+def test_citations_reproduces_bradleyterry2_vignette():
+    # Stigler (1994) journal citations as in Agresti (2002, p. 448) and BradleyTerry2's `citations`
+    # (rows: cited journal = winner, columns: citing journal = loser). Turner & Firth (2012), "Bradley-Terry
+    # models in R: the BradleyTerry2 package", JSS 48(9), section 2.1: BTm(cbind(win1, win2), journal1,
+    # journal2) gives, with Biometrika (the first level) at 0: Comm Statist -2.9491, JASA -0.4796,
+    # JRSS-B 0.2690.
+    names = ["Biometrika", "Comm Statist", "JASA", "JRSS-B"]
+    cited_by = np.array([[714, 730, 498, 221], [33, 425, 68, 17], [320, 813, 1072, 142], [284, 276, 325, 188]])
+    first, second, count = [], [], []
+    for i in range(4):
+        for j in range(4):
+            if i != j:
+                first.append(i)
+                second.append(j)
+                count.append(cited_by[i, j])
+    result = fit_bradley_terry(first, second, np.ones(len(first)), count, items=names, reference="Biometrika")
+    np.testing.assert_allclose(result.ratings, [0.0, -2.9491, -0.4796, 0.2690], atol=5e-5)
