@@ -1,0 +1,420 @@
+"""Annotator-aware reward models on fixed response features: whose preference is it?
+
+A single Bradley–Terry reward averages annotators who disagree; where two groups want opposite things it
+learns neither. The models here give each annotator ``u`` their own reward ``r_u(x)`` of a response's
+feature vector ``x`` (``[D]``), sharing structure across annotators so each needs few labels:
+
+* ``"shared"`` -- one linear reward ``r(x) = w^T x`` for everyone (the baseline).
+* ``"mixture"`` -- M prototype linear rewards and per-annotator mixture weights,
+  ``r_u(x) = sum_m softmax(a_u)_m w_m^T x``: annotators are soft members of a few preference types. This is
+  the mixture model of PAL (Chen et al. 2024, "PAL: Pluralistic Alignment Framework for Learning from
+  Heterogeneous Preferences", model A's mixture of prototypes), with linear prototypes on fixed features.
+* ``"ideal_point"`` -- an ideal point per annotator in a learned embedding, ``r_u(x) = -||A x - p_u||^2``:
+  a response is better the closer it lies to what the annotator wants (the classical ideal-point model of
+  spatial voting, Coombs 1950; PAL's model B places users and items in one such space).
+* ``"user_latent"`` -- a latent vector per annotator that conditions a small reward network,
+  ``r_u(x) = MLP([x, z_u])`` with a standard normal prior on ``z_u`` (MAP: an L2 penalty). VPL (Poddar et
+  al. 2024, "Personalizing Reinforcement Learning from Human Feedback with Variational Preference
+  Learning") infers ``z_u`` with an amortised variational encoder over the user's labelled pairs; here the
+  latent is a free per-user parameter fitted with the network (the same model, MAP instead of variational
+  inference), and :func:`adapt_annotator` fits a new user's latent from their few labels with the network
+  fixed, which is what VPL's encoder amortises.
+
+Every model's per-annotator parameters form one table (a row per annotator). An annotator not seen in
+training (or None) gets the *population mean*: the mean row of that table (mean mixture weights, mean
+ideal point, mean latent). The loss is a registered reward objective (``bt_reward`` by default, or
+``pl_reward`` for lists) on the rewards ``[B, K]``, weighted by the records' weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .. import losses
+from ..data.errors import DataError
+from ..data.records import RankedList
+
+__all__ = ["PERSONAL_MODELS", "PersonalRewardModel", "fit_personal_reward", "adapt_annotator", "pair_outcomes",
+           "SharedLinearReward", "MixtureReward", "IdealPointReward", "UserLatentReward"]
+
+PERSONAL_MODELS = ("shared", "mixture", "ideal_point", "user_latent")
+
+
+# ---------------------------------------------------------------------------------------------- modules
+class SharedLinearReward(nn.Module):
+    """``r(x) = w^T x`` for every annotator (no per-annotator table)."""
+
+    def __init__(self, feature_dim: int, num_annotators: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(feature_dim, dtype=torch.float64) * 0.01)
+        self.user_table = nn.Parameter(torch.zeros(max(num_annotators, 1), 0, dtype=torch.float64),
+                                       requires_grad=False)
+
+    def forward(self, features: Tensor, users: Tensor, user_table: Tensor | None = None) -> Tensor:
+        return features @ self.weight
+
+    def penalty(self) -> Tensor:
+        return self.weight.new_zeros(())
+
+
+def _user_rows(table: Tensor, users: Tensor) -> Tensor:
+    """Row ``users[i]`` of the per-annotator table; the mean row where ``users[i] == -1`` (unseen)."""
+    mean = table.mean(0, keepdim=True)
+    rows = table.index_select(0, users.clamp_min(0))
+    return torch.where((users < 0).unsqueeze(-1), mean.expand_as(rows), rows)
+
+
+class MixtureReward(nn.Module):
+    """PAL-style mixture: ``r_u(x) = sum_m softmax(a_u)_m w_m^T x`` (M linear prototypes).
+
+    The per-annotator table holds the logits ``a_u``; an unseen annotator gets the mean *weights*
+    ``mean_u softmax(a_u)`` (the population's mixture), not the softmax of the mean logits.
+    """
+
+    def __init__(self, feature_dim: int, num_annotators: int, num_prototypes: int = 2):
+        super().__init__()
+        self.prototypes = nn.Parameter(torch.randn(num_prototypes, feature_dim, dtype=torch.float64))
+        self.user_table = nn.Parameter(torch.randn(num_annotators, num_prototypes, dtype=torch.float64) * 0.1)
+
+    def mixture_weights(self, users: Tensor, user_table: Tensor | None = None) -> Tensor:
+        table = self.user_table if user_table is None else user_table
+        return _user_rows(torch.softmax(table, dim=-1), users)
+
+    def forward(self, features: Tensor, users: Tensor, user_table: Tensor | None = None) -> Tensor:
+        per_prototype = features @ self.prototypes.T                    # [..., M]
+        weights = self.mixture_weights(users.reshape(-1), user_table).reshape(*users.shape, -1)
+        return (per_prototype * weights).sum(-1)
+
+    def penalty(self) -> Tensor:
+        return self.prototypes.new_zeros(())
+
+
+class IdealPointReward(nn.Module):
+    """``r_u(x) = -||A x - p_u||^2``: distance to the annotator's ideal point in a learned embedding."""
+
+    def __init__(self, feature_dim: int, num_annotators: int, embedding_dim: int = 2):
+        super().__init__()
+        self.projection = nn.Parameter(torch.randn(embedding_dim, feature_dim, dtype=torch.float64)
+                                       / math.sqrt(feature_dim))
+        self.user_table = nn.Parameter(torch.randn(num_annotators, embedding_dim, dtype=torch.float64) * 0.1)
+
+    def forward(self, features: Tensor, users: Tensor, user_table: Tensor | None = None) -> Tensor:
+        table = self.user_table if user_table is None else user_table
+        embedded = features @ self.projection.T                         # [..., d]
+        ideal = _user_rows(table, users.reshape(-1)).reshape(*users.shape, -1)
+        return -((embedded - ideal) ** 2).sum(-1)
+
+    def penalty(self) -> Tensor:
+        return self.projection.new_zeros(())
+
+
+class UserLatentReward(nn.Module):
+    """VPL-style: ``r_u(x) = MLP([x, z_u])`` with a per-annotator latent ``z_u`` (prior N(0, I))."""
+
+    def __init__(self, feature_dim: int, num_annotators: int, latent_dim: int = 2, hidden_size: int = 16):
+        super().__init__()
+        self.user_table = nn.Parameter(torch.randn(num_annotators, latent_dim, dtype=torch.float64) * 0.1)
+        self.network = nn.Sequential(nn.Linear(feature_dim + latent_dim, hidden_size), nn.Tanh(),
+                                     nn.Linear(hidden_size, 1)).to(torch.float64)
+
+    def forward(self, features: Tensor, users: Tensor, user_table: Tensor | None = None) -> Tensor:
+        table = self.user_table if user_table is None else user_table
+        latent = _user_rows(table, users.reshape(-1)).reshape(*users.shape, -1)
+        return self.network(torch.cat([features, latent], dim=-1)).squeeze(-1)
+
+    def penalty(self) -> Tensor:
+        # negative log of the standard normal prior, summed over annotators (up to a constant)
+        return 0.5 * (self.user_table ** 2).sum()
+
+
+def _build_module(kind: str, feature_dim: int, num_annotators: int, settings: Mapping) -> nn.Module:
+    if kind == "shared":
+        return SharedLinearReward(feature_dim, num_annotators)
+    if kind == "mixture":
+        return MixtureReward(feature_dim, num_annotators, int(settings.get("num_prototypes", 2)))
+    if kind == "ideal_point":
+        return IdealPointReward(feature_dim, num_annotators, int(settings.get("embedding_dim", 2)))
+    if kind == "user_latent":
+        return UserLatentReward(feature_dim, num_annotators, int(settings.get("latent_dim", 2)),
+                                int(settings.get("hidden_size", 16)))
+    raise ValueError(f"unknown personal model {kind!r}; choose one of {', '.join(PERSONAL_MODELS)}")
+
+
+# ---------------------------------------------------------------------------------------------- data
+FeatureSource = Mapping[str, Sequence[float]] | Callable
+
+
+def _feature(features: FeatureSource, prompt, candidate, index: int, i: int) -> np.ndarray:
+    if callable(features) and not isinstance(features, Mapping):
+        value = features(prompt, candidate)
+    else:
+        key = candidate if isinstance(candidate, str) else tuple((m["role"], m["content"]) for m in candidate)
+        if key not in features:
+            raise DataError(f"no feature vector for candidate {str(key)[:60]!r}", line=index,
+                            field=f"candidates[{i}]", reason="missing_feature")
+        value = features[key]
+    array = np.asarray(value, dtype=np.float64)
+    if array.ndim != 1 or not np.all(np.isfinite(array)):
+        raise DataError(f"a feature vector must be a finite 1-D array, got shape {array.shape}", line=index,
+                        field=f"candidates[{i}]", reason="bad_feature")
+    return array
+
+
+@dataclass
+class _Tensors:
+    features: Tensor   # [B, K, D] float64 (0 at padding)
+    ranks: Tensor      # [B, K] long (-1 padding)
+    users: Tensor      # [B] long (-1 unseen / None)
+    weights: Tensor    # [B] float64
+
+
+def _as_records(records: Iterable) -> list[RankedList]:
+    out = []
+    for index, record in enumerate(records):
+        if isinstance(record, Mapping):
+            try:
+                record = RankedList.from_dict(record)
+            except DataError as error:
+                raise error.at(line=index) from None
+        if not isinstance(record, RankedList):
+            raise TypeError(f"record {index}: expected a RankedList, got {type(record).__name__}")
+        out.append(record)
+    return out
+
+
+def _tensors(records: Sequence[RankedList], features: FeatureSource, annotator_index: Mapping[str, int]) -> _Tensors:
+    rows, dim = [], None
+    for index, record in enumerate(records):
+        keep = [i for i, r in enumerate(record.ranks) if r is not None]
+        dense = record.dense_ranks()
+        vectors = [_feature(features, record.prompt, record.candidates[i], index, i) for i in keep]
+        for i, vector in zip(keep, vectors):
+            if dim is None:
+                dim = vector.shape[0]
+            elif vector.shape[0] != dim:
+                raise DataError(f"feature vector of length {vector.shape[0]}, expected {dim}", line=index,
+                                field=f"candidates[{i}]", reason="bad_feature")
+        rows.append((vectors, [dense[i] for i in keep]))
+    if dim is None:
+        raise ValueError("no ranked candidate to build features from")
+    max_k = max(len(r) for r, _ in rows)
+    x = torch.zeros(len(rows), max_k, dim, dtype=torch.float64)
+    ranks = torch.full((len(rows), max_k), -1, dtype=torch.long)
+    for b, (vectors, dense) in enumerate(rows):
+        if vectors:
+            x[b, :len(vectors)] = torch.from_numpy(np.stack(vectors))
+            ranks[b, :len(dense)] = torch.tensor(dense)
+    users = torch.tensor([annotator_index.get(r.annotator, -1) if r.annotator is not None else -1
+                          for r in records], dtype=torch.long)
+    weights = torch.tensor([r.weight for r in records], dtype=torch.float64)
+    return _Tensors(x, ranks, users, weights)
+
+
+# ---------------------------------------------------------------------------------------------- model
+@dataclass
+class PersonalRewardModel:
+    """A fitted annotator-aware reward model.
+
+    Attributes
+    ----------
+    kind : str
+        One of :data:`PERSONAL_MODELS`.
+    module : torch.nn.Module
+        ``module(features [..., D], users [...]) -> rewards [...]`` (float64).
+    annotators : list of str
+        Annotator ids seen in training; row i of the per-annotator table belongs to ``annotators[i]``.
+    settings : dict
+        The fitting settings (model sizes, objective, seed, ...).
+    history : list of float
+        Training loss per epoch.
+    """
+
+    kind: str
+    module: nn.Module
+    annotators: list[str]
+    settings: dict = field(default_factory=dict)
+    history: list[float] = field(default_factory=list)
+
+    def annotator_index(self, annotator: str | None) -> int:
+        """Row of ``annotator`` in the per-annotator table; -1 (population mean) if unseen or None."""
+        if annotator is None:
+            return -1
+        try:
+            return self.annotators.index(str(annotator))
+        except ValueError:
+            return -1
+
+    @torch.no_grad()
+    def rewards(self, features, annotator: str | None = None) -> np.ndarray:
+        """Rewards ``[N]`` of feature vectors ``[N, D]`` for one annotator (None/unseen: population mean)."""
+        x = torch.as_tensor(np.asarray(features, dtype=np.float64))
+        users = torch.full(x.shape[:-1], self.annotator_index(annotator), dtype=torch.long)
+        return self.module(x, users).numpy()
+
+    @torch.no_grad()
+    def score_records(self, records: Iterable, features: FeatureSource) -> list[np.ndarray]:
+        """Rewards of each record's ranked candidates for the record's annotator: one ``[K]`` array each."""
+        records = _as_records(records)
+        data = _tensors(records, features, {a: i for i, a in enumerate(self.annotators)})
+        rewards = self.module(data.features, data.users.unsqueeze(1).expand_as(data.ranks))
+        return [rewards[b, data.ranks[b] >= 0].numpy() for b in range(len(records))]
+
+
+def _fit(module: nn.Module, data: _Tensors, parameters, *, objective, params, epochs, lr, batch_size, seed,
+         penalty_weight) -> list[float]:
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(parameters, lr=lr)
+    count = data.ranks.shape[0]
+    size = count if batch_size is None else batch_size
+    total_weight = data.weights.sum().clamp_min(1e-12)
+    history = []
+    for _ in range(epochs):
+        order = torch.randperm(count, generator=generator)
+        epoch_loss = 0.0
+        for start in range(0, count, size):
+            rows = order[start:start + size]
+            users = data.users[rows].unsqueeze(1).expand(-1, data.ranks.shape[1])
+            rewards = module(data.features[rows], users)
+            per_list = objective(rewards, ranks=data.ranks[rows], **params)
+            weights = data.weights[rows]
+            # the prior is spread over the batches so that one epoch adds it once
+            loss = (per_list * weights).sum() / total_weight + penalty_weight * module.penalty() * (
+                weights.sum() / total_weight) / count
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            epoch_loss += float(loss.detach())
+        history.append(epoch_loss)
+    return history
+
+
+def fit_personal_reward(records: Iterable, features: FeatureSource, *, model: str = "mixture",
+                        objective: str = "bt_reward", epochs: int = 300, lr: float = 0.05,
+                        batch_size: int | None = None, seed: int = 0, prior_weight: float = 1.0,
+                        objective_params: Mapping | None = None, **sizes) -> PersonalRewardModel:
+    """Fit an annotator-aware reward model on ranked lists with ``annotator`` ids.
+
+    Parameters
+    ----------
+    records : iterable of RankedList (or mappings)
+        Pairs or lists; ``annotator`` None counts as the population (it uses the mean row).
+    features : mapping candidate -> vector, or callable ``(prompt, candidate) -> vector``
+        Fixed response features ``[D]`` (embeddings, attribute scores, ...). Chat-message candidates are
+        looked up by ``tuple((role, content), ...)``. A missing one raises a DataError naming the record
+        (line) and field.
+    model : {"shared", "mixture", "ideal_point", "user_latent"}
+        See the module docstring.
+    objective : str
+        A registered reward objective on ``[B, K]`` rewards (``"bt_reward"``, ``"pl_reward"``, ...).
+    epochs, lr, batch_size : Adam over shuffled mini-batches (None: full batch).
+    seed : int
+        Seeds the initial parameters and the shuffling: the same seed gives the same model.
+    prior_weight : float
+        Weight of the user-latent model's N(0, I) prior (the MAP penalty), added once per epoch.
+    **sizes
+        ``num_prototypes`` (mixture, default 2), ``embedding_dim`` (ideal point, 2), ``latent_dim`` and
+        ``hidden_size`` (user latent, 2 and 16).
+
+    Returns
+    -------
+    PersonalRewardModel
+    """
+    fn = losses.get(objective)
+    if fn.family != "reward":
+        raise ValueError(f"{objective!r} is a {fn.family} objective, not a reward objective")
+    records = _as_records(records)
+    if not records:
+        raise ValueError("no records to fit")
+    annotators = sorted({r.annotator for r in records if r.annotator is not None})
+    data = _tensors(records, features, {a: i for i, a in enumerate(annotators)})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module = _build_module(model, data.features.shape[-1], len(annotators), sizes)
+        history = _fit(module, data, [p for p in module.parameters() if p.requires_grad], objective=fn,
+                       params=dict(objective_params or {}), epochs=epochs, lr=lr, batch_size=batch_size,
+                       seed=seed, penalty_weight=prior_weight)
+    settings = dict(sizes, model=model, objective=objective, epochs=epochs, lr=lr, batch_size=batch_size,
+                    seed=seed, prior_weight=prior_weight)
+    return PersonalRewardModel(kind=model, module=module.eval(), annotators=list(annotators), settings=settings,
+                               history=history)
+
+
+def adapt_annotator(model: PersonalRewardModel, annotator: str, records: Iterable, features: FeatureSource, *,
+                    epochs: int = 200, lr: float = 0.05, seed: int = 0) -> PersonalRewardModel:
+    """Add (or refit) one annotator's row from their own records, everything else fixed.
+
+    The new row starts at the population mean (the mean row) and is fitted by maximum a posteriori with
+    the model's prior (user latent) or by maximum likelihood (mixture logits, ideal point). This is the
+    few-shot step that VPL's encoder amortises. Returns a new model; ``model`` is not changed.
+    """
+    import copy
+
+    if model.kind == "shared":
+        raise ValueError("the shared model has no per-annotator parameters to adapt")
+    records = [RankedList(prompt=r.prompt, candidates=r.candidates, ranks=r.ranks, scores=r.scores,
+                          annotator=str(annotator), weight=r.weight, meta=r.meta) for r in _as_records(records)]
+    module = copy.deepcopy(model.module)
+    annotators = list(model.annotators)
+    table = module.user_table.detach().clone()
+    if str(annotator) in annotators:
+        row = annotators.index(str(annotator))
+    else:
+        annotators.append(str(annotator))
+        row = len(annotators) - 1
+        table = torch.cat([table, table.mean(0, keepdim=True)])
+    new_row = nn.Parameter(table[row].clone())
+    prior = model.kind == "user_latent"
+
+    class OneRow(nn.Module):
+        """The fitted module with every row fixed but the adapted one."""
+
+        def forward(self, features, users):
+            full = torch.cat([table[:row], new_row.unsqueeze(0), table[row + 1:]])
+            return module(features, users, full)
+
+        def penalty(self):
+            return 0.5 * (new_row ** 2).sum() if prior else new_row.new_zeros(())
+
+    data = _tensors(records, features, {a: i for i, a in enumerate(annotators)})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        history = _fit(OneRow(), data, [new_row], objective=losses.get(model.settings.get("objective", "bt_reward")),
+                       params={}, epochs=epochs, lr=lr, batch_size=None, seed=seed,
+                       penalty_weight=float(model.settings.get("prior_weight", 1.0)))
+    table[row] = new_row.detach()
+    module.user_table = nn.Parameter(table)
+    return PersonalRewardModel(kind=model.kind, module=module.eval(), annotators=annotators,
+                               settings=dict(model.settings), history=history)
+
+
+def pair_outcomes(model: PersonalRewardModel, records: Iterable, features: FeatureSource, *,
+                  ties: str = "strict") -> tuple[np.ndarray, list]:
+    """Per ordered pair: 1.0 if the annotator's better-ranked candidate has the higher reward, else 0.0.
+
+    Returns ``(correct [P], annotators [P])`` -- ready for ``rankalign.eval.group_metrics(correct, groups)``.
+    ``ties="strict"`` counts equal rewards as wrong, ``"half"`` as 0.5. Tied and unranked pairs are skipped.
+    """
+    if ties not in ("strict", "half"):
+        raise ValueError(f"ties must be 'strict' or 'half', got {ties!r}")
+    records = _as_records(records)
+    scores = model.score_records(records, features)
+    correct, groups = [], []
+    for record, values in zip(records, scores):
+        dense = [r for r in record.dense_ranks() if r is not None]
+        for i in range(len(dense)):
+            for j in range(len(dense)):
+                if dense[i] < dense[j]:
+                    if values[i] > values[j]:
+                        correct.append(1.0)
+                    elif values[i] == values[j] and ties == "half":
+                        correct.append(0.5)
+                    else:
+                        correct.append(0.0)
+                    groups.append(record.annotator)
+    return np.asarray(correct, dtype=np.float64), groups
