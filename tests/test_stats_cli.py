@@ -113,3 +113,16 @@ def test_rankings_with_repeated_item_name_the_line(tmp_path):
                                            '{"candidates": ["a", "b", "a"], "ranks": [0, 1, 2]}\n')
     result = CliRunner().invoke(rate, [str(data), "--model", "pl"])
     assert result.exit_code != 0 and ":2:" in result.output
+
+
+def test_pl_ties_davidson_luce_option(tmp_path):
+    data = write(tmp_path / "lists.jsonl", '{"candidates": ["a", "b", "c"], "ranks": [0, 0, 1]}\n'
+                                           '{"candidates": ["a", "b", "c"], "ranks": [1, 0, 2]}\n'
+                                           '{"candidates": ["c", "a", "b"], "ranks": [0, 1, 2]}\n'
+                                           '{"candidates": ["b", "c", "a"], "ranks": [0, 1, 1]}\n')
+    refused = CliRunner().invoke(rate, [str(data), "--model", "pl"])
+    assert refused.exit_code != 0 and "lists.jsonl:1:" in refused.output and "davidson-luce" in refused.output
+    result = run(data, "--model", "pl", "--ties", "davidson-luce", "--json")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    assert payload["model"] == "davidson-luce" and payload["max_tie"] == 2 and "tie2" in payload

@@ -333,3 +333,41 @@ def test_citations_reproduces_bradleyterry2_vignette():
                 count.append(cited_by[i, j])
     result = fit_bradley_terry(first, second, np.ones(len(first)), count, items=names, reference="Biometrika")
     np.testing.assert_allclose(result.ratings, [0.0, -2.9491, -0.4796, 0.2690], atol=5e-5)
+
+
+def test_davidson_luce_on_pairs_is_davidson_and_without_ties_is_plackett_luce():
+    from rankalign.stats import fit_davidson_luce
+
+    rng = np.random.default_rng(9)
+    n, m = 5, 400
+    a = rng.integers(0, n, m)
+    b = (a + rng.integers(1, n, m)) % n
+    y = rng.choice([0.0, 0.5, 1.0], size=m)
+    davidson = fit_davidson(a, b, y, n_items=n)
+    rankings = [[int(i), int(j)] if o == 1 else ([int(j), int(i)] if o == 0 else [[int(i), int(j)]])
+                for i, j, o in zip(a, b, y)]
+    tied = fit_davidson_luce(rankings, n_items=n)
+    # a pair with a possible tie of order 2: P(tie) = delta_2 sqrt(a_i a_j) / (a_i + a_j + delta_2 sqrt(a_i a_j))
+    np.testing.assert_allclose(tied.ratings, davidson.ratings, atol=1e-8)
+    np.testing.assert_allclose(tied.se, davidson.se, rtol=1e-6)
+    assert math.exp(tied.params["tie2"]) == pytest.approx(davidson.params["nu"], rel=1e-7)
+    assert tied.log_likelihood == pytest.approx(davidson.log_likelihood, rel=1e-10)
+    plain = [list(map(int, rng.permutation(n)[:3])) for _ in range(200)]
+    np.testing.assert_allclose(fit_davidson_luce(plain, n_items=n).ratings,
+                               fit_plackett_luce(plain, n_items=n).ratings, atol=1e-8)
+
+
+def test_davidson_luce_derivatives_and_likelihood_by_hand():
+    from rankalign.stats.davidson_luce import _design, _objective
+
+    rankings = [[0, [1, 2], 3], [[0, 3], 1], [2, [0, 1, 3]], [1, 0]]
+    design, starts, chosen, weights, max_tie, _ = _design(rankings, np.array([1.0, 2.0, 1.0, 0.5]), 4)
+    objective = _objective(4, design, starts, chosen, weights, 0.1, 0.3)
+    x = np.random.default_rng(6).normal(size=4 + max_tie - 1)
+    _check_derivatives(objective, x)
+    # one ranking [{0, 1}] of two items: P = d2 sqrt(a0 a1) / (a0 + a1 + d2 sqrt(a0 a1))
+    design, starts, chosen, weights, _, _ = _design([[[0, 1]]], np.ones(1), 2)
+    theta0, theta1, log_delta = 0.4, -0.3, 0.2
+    value = _objective(2, design, starts, chosen, weights, 0.0, 0.0)(np.array([theta0, theta1, log_delta]), 0)[0]
+    tie = math.exp(log_delta + (theta0 + theta1) / 2)
+    assert value == pytest.approx(math.log(tie / (math.exp(theta0) + math.exp(theta1) + tie)), abs=1e-12)

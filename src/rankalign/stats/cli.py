@@ -101,8 +101,9 @@ def _line_of_row(path, index):
     return index + 2 if str(path).lower().endswith(".csv") else index + 1
 
 
-def _fit(kind, data, model, reference, prior, npseudo, home_advantage, path):
+def _fit(kind, data, model, reference, prior, npseudo, home_advantage, path, ties="top-k"):
     from ._sufficient import pair_counts
+    from .davidson_luce import fit_davidson_luce
     from .pairwise import fit_pairwise
     from .plackett_luce import fit_plackett_luce
 
@@ -114,11 +115,16 @@ def _fit(kind, data, model, reference, prior, npseudo, home_advantage, path):
         if model == "plackett-luce":
             if home_advantage:
                 raise click.UsageError("--home-advantage applies to the pairwise models, not pl")
-            ties = np.flatnonzero(data.outcome == 0.5)
-            if ties.size:
-                raise DataError("a tie cannot be read as a ranking of two under Plackett-Luce (ties inside "
-                                "rankings are not supported); use --model davidson or bt",
-                                path=path, line=_line_of_row(path, int(ties[0])), field="outcome",
+            tied = np.flatnonzero(data.outcome == 0.5)
+            if ties == "davidson-luce":
+                rankings = [[a, b] if o == 1.0 else ([b, a] if o == 0.0 else [[a, b]])
+                            for a, b, o in zip(data.first.tolist(), data.second.tolist(), data.outcome.tolist())]
+                return fit_davidson_luce(rankings, data.count, items=items, reference=reference, prior=prior,
+                                         npseudo=npseudo)
+            if tied.size:
+                raise DataError("a tie cannot be read as a ranking of two under Plackett-Luce without "
+                                "--ties davidson-luce; or use --model davidson or bt",
+                                path=path, line=_line_of_row(path, int(tied[0])), field="outcome",
                                 reason="tie_in_ranking")
             win = data.outcome == 1.0
             rankings = np.stack([np.where(win, data.first, data.second), np.where(win, data.second, data.first)],
@@ -132,9 +138,9 @@ def _fit(kind, data, model, reference, prior, npseudo, home_advantage, path):
     if len(items) < 2:
         raise DataError(f"need at least two items to rate, found {len(items)}", path=path, reason="single_item")
     if model == "plackett-luce":
+        fit = fit_davidson_luce if ties == "davidson-luce" else fit_plackett_luce
         try:
-            return fit_plackett_luce(rankings, weights, items=items, reference=reference, prior=prior,
-                                     npseudo=npseudo)
+            return fit(rankings, weights, items=items, reference=reference, prior=prior, npseudo=npseudo)
         except DataError as error:  # point at the file's line, not the ranking's position
             line = lines[error.line - 1] if error.line is not None and error.line <= len(lines) else error.line
             raise error.at(path, line) from None
@@ -206,6 +212,8 @@ def _params_line(result):
         parts.append(f"home effect {p['home']:.4f} (se {p['home_se']:.4f})")
     if "nu" in p:
         parts.append(f"nu {p['nu']:.4f} (log nu {p['log_nu']:.4f}, se {p['log_nu_se']:.4f})")
+    for k in range(2, int(p.get("max_tie", 1)) + 1):
+        parts.append(f"log delta{k} {p[f'tie{k}']:.4f} (se {p[f'tie{k}_se']:.4f})")
     if "theta" in p:
         parts.append(f"theta {p['theta']:.4f} (se {p['theta_se']:.4f})")
     if result.prior:
@@ -256,6 +264,9 @@ def _print_table(result, report_notes):
               help="MAP with penalty ALPHA * sum(theta^2) (Gaussian prior with variance 1/(2 ALPHA)).")
 @click.option("--npseudo", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
               help="pl only: pseudo wins and losses against a hypothetical item at 0 (R PlackettLuce's default is 0.5).")
+@click.option("--ties", type=click.Choice(["top-k", "davidson-luce"]), default="top-k", show_default=True,
+              help="pl only: top-k reads a bottom group of several items as unordered (a best-of-K choice) and "
+                   "rejects other ties; davidson-luce reads every group as a tie (R PlackettLuce's model).")
 @click.option("--level", type=click.FloatRange(0.5, 0.999), default=0.95, show_default=True,
               help="Confidence level of the intervals.")
 @click.option("--layout", default=None, help="Layout of the file (detected from the columns when omitted).")
@@ -266,7 +277,7 @@ def _print_table(result, report_notes):
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
 @click.option("--jobs", type=int, default=1, show_default=True, help="Processes for the bootstrap (-1: all cores).")
 def rate(file, model, reference, n_boot, scale, as_json, csv_path, plot_path, home_advantage, prior, npseudo,
-         level, layout, mapping, outcomes, skip_invalid, seed, jobs):
+         ties, level, layout, mapping, outcomes, skip_invalid, seed, jobs):
     """Fit ratings to the comparisons or rankings in FILE and print a leaderboard with confidence intervals."""
     from .uncertainty import bootstrap
 
@@ -275,7 +286,7 @@ def rate(file, model, reference, n_boot, scale, as_json, csv_path, plot_path, ho
         raise click.UsageError("--npseudo applies to --model pl only (use --prior for the pairwise models)")
     try:
         kind, data = _load(file, layout, mapping, outcomes, skip_invalid)
-        result = _fit(kind, data, model_name, reference, prior, npseudo, home_advantage, file)
+        result = _fit(kind, data, model_name, reference, prior, npseudo, home_advantage, file, ties)
     except (DataError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     if level != result.ci_level:
@@ -285,6 +296,9 @@ def rate(file, model, reference, n_boot, scale, as_json, csv_path, plot_path, ho
         result.ci_low, result.ci_high = result.ratings - z * result.se, result.ratings + z * result.se
         result.ci_level = level
     if n_boot:
+        if "x" not in result.state:
+            raise click.UsageError(f"--bootstrap is not available for the {result.model} model; use the Wald "
+                                   "intervals (default)")
         result = bootstrap(result, n_boot, seed=seed, n_jobs=jobs)
     result = result.to_scale(scale)
     report = data.report if kind == "pairs" else data[4]

@@ -9,8 +9,8 @@ with ``k = L - 1`` stages for a complete ranking of the L items. A *top-k* ranki
 the rest of the set left unordered below them) keeps only the first ``k`` stages, each still choosing
 from everything not yet chosen; a best-of-K *choice* is the case ``k = 1`` (Luce's choice axiom: the
 winner over the whole set). Ties inside a ranking (two items sharing a level above the bottom) are
-rejected with a clear error: the Davidson-Luce generalisation used by the R package PlackettLuce is
-not implemented here. Note that PlackettLuce reads a bottom group of several items as a *tie*, while
+rejected with a clear error here; :func:`rankalign.stats.fit_davidson_luce` fits the Davidson-Luce
+generalisation used by the R package PlackettLuce (``rankalign rate --model pl --ties davidson-luce``). Note that PlackettLuce reads a bottom group of several items as a *tie*, while
 we read it as "not ordered among themselves" (top-k), as :class:`rankalign.data.RankedList` documents.
 
 Fitting is Newton's method with the exact Hessian of the log-likelihood, vectorised over rankings of
@@ -56,9 +56,9 @@ def _normalise_ranking(ranking, row, n_items):
     for position, level in enumerate(levels[:-1]):
         if len(level) > 1:
             raise DataError(
-                f"items {level} are tied inside the ranking (level {position}); ties other than an "
-                "unordered bottom group are not supported (the Davidson-Luce extension is not "
-                "implemented): break the tie or split the ranking", line=row + 1, field="ranking",
+                f"items {level} are tied inside the ranking (level {position}); plain Plackett-Luce allows "
+                "only an unordered bottom group: fit ties with fit_davidson_luce (rankalign rate --ties "
+                "davidson-luce)", line=row + 1, field="ranking",
                 reason="tie_in_ranking")
     # every level but the last is a choice stage; the last is either a forced single item or the
     # unordered bottom group, which is only ever chosen from

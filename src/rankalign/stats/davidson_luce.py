@@ -1,0 +1,225 @@
+"""Plackett-Luce with ties: the Davidson-Luce model (Firth, Kosmidis & Turner 2019; R PlackettLuce).
+
+A ranking is a sequence of levels C_1 > C_2 > ... > C_J; items in one level are tied. Each level is
+chosen from the items not yet placed, A_j = C_j + C_{j+1} + ..., with probability
+
+    f(C_j) / sum_{k=1}^{min(D, |A_j|)} sum_{S in A_j, |S| = k} f(S),
+    f(S) = delta_{|S|} (prod_{i in S} alpha_i)^(1/|S|),   delta_1 = 1,
+
+where D is the largest tie size in the data and alpha_i = exp(theta_i). For paired comparisons with
+ties this is Davidson's (1970) model with nu = delta_2. Here *every* level is a choice, including a
+bottom level of several items (a tie for last place, as PlackettLuce reads it) -- unlike
+:func:`rankalign.stats.fit_plackett_luce` without ties, which reads a bottom group as unordered.
+
+Each stage is a multinomial-logit choice among subsets S with linear predictor
+eta_S = log delta_|S| + mean_{i in S} theta_i, so the log-likelihood, gradient and Hessian come from
+one sparse design matrix J (subsets x parameters): gradient J^T w (y - p), Hessian
+-(J^T diag(w p) J - G^T diag(w) G) with G the per-stage expectation of J's rows. The number of subsets
+grows as |A|^D, so this is meant for short rankings or low tie orders (as in PlackettLuce itself).
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+
+import numpy as np
+from scipy import sparse
+from scipy.special import expit, ndtri
+
+from rankalign.data.errors import DataError
+
+from . import _newton
+from ._sufficient import check_identifiable
+from .result import RatingResult
+
+
+def _levels(ranking, row, n_items):
+    levels = []
+    seen = set()
+    for position, level in enumerate(ranking):
+        members = list(level) if isinstance(level, (list, tuple, set, frozenset, np.ndarray)) else [level]
+        members = [int(m) for m in members]
+        for item in members:
+            if item in seen:
+                raise DataError(f"item {item} appears twice in the ranking", line=row + 1,
+                                field=f"ranking[{position}]", reason="duplicate_candidate")
+            if not 0 <= item < n_items:
+                raise DataError(f"item index {item} outside 0..{n_items - 1}", line=row + 1,
+                                field=f"ranking[{position}]", reason="unknown_item")
+            seen.add(item)
+        if members:
+            levels.append(members)
+    return levels
+
+
+def _design(rankings, weights, n_items):
+    """Enumerate every stage's alternatives; return the design and the largest tie order D."""
+    all_levels = [_levels(r, row, n_items) for row, r in enumerate(rankings)]
+    max_tie = max((len(level) for levels in all_levels for level in levels), default=1)
+    n_params = n_items + max_tie - 1
+    rows, cols, vals = [], [], []
+    stage_start, chosen, stage_weight = [], [], []
+    alternative = 0
+    for levels, weight in zip(all_levels, weights):
+        if weight <= 0:
+            continue
+        for j, level in enumerate(levels):
+            remaining = [item for later in levels[j:] for item in later]
+            if len(remaining) == 1:
+                continue  # a last single item is placed with probability 1
+            stage_start.append(alternative)
+            stage_weight.append(weight)
+            target = frozenset(level)
+            for k in range(1, min(max_tie, len(remaining)) + 1):
+                for subset in combinations(remaining, k):
+                    rows.extend([alternative] * k)
+                    cols.extend(subset)
+                    vals.extend([1.0 / k] * k)
+                    if k > 1:
+                        rows.append(alternative)
+                        cols.append(n_items + k - 2)
+                        vals.append(1.0)
+                    if k == len(target) and frozenset(subset) == target:
+                        chosen.append(alternative)
+                    alternative += 1
+    if not stage_start:
+        raise DataError("no ranking orders two or more items", reason="empty")
+    design = sparse.csr_matrix((vals, (rows, cols)), shape=(alternative, n_params))
+    return (design, np.asarray(stage_start), np.asarray(chosen), np.asarray(stage_weight, dtype=np.float64),
+            max_tie, all_levels)
+
+
+def _objective(n_items, design, stage_start, chosen, stage_weight, prior, npseudo):
+    n_alternatives, n_params = design.shape
+    stage_of = np.repeat(np.arange(len(stage_start)), np.diff(np.append(stage_start, n_alternatives)))
+    alt_weight = stage_weight[stage_of]
+    indicator = np.zeros(n_alternatives)
+    np.add.at(indicator, chosen, stage_weight)
+    design_t = design.T.tocsr()
+    dense = n_params <= _newton.DENSE_LIMIT
+
+    def objective(x, order):
+        theta = x[:n_items]
+        eta = design @ x
+        top = np.maximum.reduceat(eta, stage_start)
+        shifted = np.exp(eta - top[stage_of])
+        log_norm = top + np.log(np.add.reduceat(shifted, stage_start))
+        value = float(stage_weight @ (eta[chosen] - log_norm)) - prior * float(theta @ theta)
+        pseudo_p = None
+        if npseudo > 0:  # BT pairs with a hypothetical item at log-worth 0 (no tie alternative)
+            value += npseudo * float(np.sum(theta - 2.0 * np.logaddexp(0.0, theta)))
+            pseudo_p = expit(theta)
+        if order == 0:
+            return value, None, None
+        p = shifted / np.exp(log_norm - top)[stage_of]
+        gradient = design_t @ (indicator - alt_weight * p)
+        gradient[:n_items] -= 2.0 * prior * theta
+        if pseudo_p is not None:
+            gradient[:n_items] += npseudo * (1.0 - 2.0 * pseudo_p)
+        if order == 1:
+            return value, gradient, None
+        weighted = design.multiply((alt_weight * p)[:, None]).tocsr()
+        expectation = sparse.csr_matrix((p, (stage_of, np.arange(n_alternatives))),
+                                        shape=(len(stage_start), n_alternatives)) @ design
+        hessian = -(design_t @ weighted) + expectation.T @ expectation.multiply(stage_weight[:, None]).tocsr()
+        diagonal = np.zeros(n_params)
+        diagonal[:n_items] = -2.0 * prior
+        if pseudo_p is not None:
+            diagonal[:n_items] -= 2.0 * npseudo * pseudo_p * (1.0 - pseudo_p)
+        hessian = hessian + sparse.diags(diagonal)
+        return value, gradient, (hessian.toarray() if dense else hessian.tocsr())
+
+    return objective
+
+
+def fit_davidson_luce(rankings, weights=None, *, n_items=None, items=None, prior=0.0, npseudo=0.0,
+                      reference=None, ci_level=0.95, check=True) -> RatingResult:
+    """Plackett-Luce with ties of any order (Davidson-Luce), by maximum likelihood or MAP.
+
+    Parameters
+    ----------
+    rankings : sequence of sequences
+        Levels best first; a level is an item index or a list of tied item indices.
+    weights, n_items, items, prior, npseudo, reference, ci_level
+        As in :func:`rankalign.stats.fit_plackett_luce` (``npseudo`` adds Bradley-Terry wins and losses
+        against a hypothetical item at log-worth 0, without a tie alternative).
+
+    Returns
+    -------
+    RatingResult
+        ``model="davidson-luce"``; ``params["tie2"]``, ``params["tie3"]``, ... are log delta_k with
+        ``tie<k>_se``; ``params["max_tie"]`` is D. With a single tie order this is PlackettLuce's
+        ``coef()`` (log-worths, then log tie parameters).
+    """
+    rankings = list(rankings)
+    if not rankings:
+        raise DataError("no rankings", reason="empty")
+    weights = np.ones(len(rankings)) if weights is None else np.asarray(weights, dtype=np.float64)
+    if items is not None and n_items is None:
+        n_items = len(items)
+    if n_items is None:
+        n_items = 1 + max(int(i) for r in rankings for level in r
+                          for i in (level if isinstance(level, (list, tuple, set, frozenset)) else [level]))
+    items = [str(i) for i in range(n_items)] if items is None else [str(i) for i in items]
+    if n_items < 2:
+        raise ValueError(f"need at least two items to rate, got {n_items}")
+    design, stage_start, chosen, stage_weight, max_tie, all_levels = _design(rankings, weights, n_items)
+    if isinstance(reference, (int, np.integer)) or reference is None:
+        ref_index = None if reference is None else int(reference)
+    elif str(reference) in items:
+        ref_index = items.index(str(reference))
+    else:
+        raise ValueError(f"reference item {reference!r} is not among the items")
+    regularised = prior > 0 or npseudo > 0
+    if check and not regularised:
+        winners, losers = [], []
+        for levels in all_levels:
+            for j, level in enumerate(levels):
+                for a in level:
+                    for b in level:
+                        if a != b:
+                            winners.append(a)
+                            losers.append(b)
+                if j + 1 < len(levels):
+                    for a in level:
+                        for b in levels[j + 1]:
+                            winners.append(a)
+                            losers.append(b)
+        check_identifiable(n_items, winners, losers, items, what="rankings")
+    n_params = n_items + max_tie - 1
+    free = np.arange(n_params) if regularised else np.arange(1, n_params)
+    objective = _objective(n_items, design, stage_start, chosen, stage_weight, prior, npseudo)
+    x0 = np.zeros(n_params)
+    x, _, _, hessian, iterations = _newton.maximise(objective, x0, None if regularised else free)
+    data_objective = _objective(n_items, design, stage_start, chosen, stage_weight, 0.0, 0.0)
+    log_likelihood = data_objective(x, 0)[0]
+    if npseudo > 0 and prior == 0:  # as PlackettLuce's vcov: information of the data alone
+        hessian = data_objective(x, 2)[2]
+        free = np.delete(np.arange(n_params), 0 if ref_index is None else ref_index)
+    estimate = _newton.apply_gauge(x, n_items, ref_index)
+    if n_params <= _newton.DENSE_LIMIT:
+        cov = _newton.covariance(hessian, free, n_params)
+        a = _newton.gauge_matrix(n_items, n_params, ref_index)
+        cov = a @ cov @ a.T
+        se = np.sqrt(np.maximum(np.diag(cov), 0.0))
+        cov_items = cov[:n_items, :n_items]
+    else:
+        se, cov_items = np.full(n_params, np.nan), None
+    z = ndtri(0.5 + ci_level / 2.0)
+    params = {"max_tie": int(max_tie)}
+    for k in range(2, max_tie + 1):
+        params[f"tie{k}"] = float(estimate[n_items + k - 2])
+        params[f"tie{k}_se"] = float(se[n_items + k - 2])
+    if npseudo:
+        params["npseudo"] = float(npseudo)
+    appearances = np.zeros(n_items)
+    for levels, w in zip(all_levels, weights):
+        for level in levels:
+            appearances[level] += w
+    ratings = estimate[:n_items]
+    return RatingResult(items=items, ratings=ratings, se=se[:n_items], ci_low=ratings - z * se[:n_items],
+                        ci_high=ratings + z * se[:n_items], n=np.rint(appearances).astype(np.int64),
+                        log_likelihood=float(log_likelihood), model="davidson-luce", scale="logit",
+                        reference=None if ref_index is None else items[ref_index], prior=float(prior),
+                        ci_level=ci_level, ci_method="wald", params=params, covariance=cov_items,
+                        iterations=iterations)
