@@ -355,6 +355,11 @@ def test_davidson_luce_on_pairs_is_davidson_and_without_ties_is_plackett_luce():
     plain = [list(map(int, rng.permutation(n)[:3])) for _ in range(200)]
     np.testing.assert_allclose(fit_davidson_luce(plain, n_items=n).ratings,
                                fit_plackett_luce(plain, n_items=n).ratings, atol=1e-8)
+    # without ties, the ghost-item pseudo-rankings agree with fit_plackett_luce's npseudo
+    np.testing.assert_allclose(fit_davidson_luce(plain, n_items=n, npseudo=0.5, reference=0).ratings,
+                               fit_plackett_luce(plain, n_items=n, npseudo=0.5, reference=0).ratings, atol=1e-8)
+    np.testing.assert_allclose(fit_davidson_luce(plain, n_items=n, npseudo=0.5, reference=0).se,
+                               fit_plackett_luce(plain, n_items=n, npseudo=0.5, reference=0).se, rtol=1e-6)
 
 
 def test_davidson_luce_derivatives_and_likelihood_by_hand():
@@ -362,12 +367,12 @@ def test_davidson_luce_derivatives_and_likelihood_by_hand():
 
     rankings = [[0, [1, 2], 3], [[0, 3], 1], [2, [0, 1, 3]], [1, 0]]
     design, starts, chosen, weights, max_tie, _ = _design(rankings, np.array([1.0, 2.0, 1.0, 0.5]), 4)
-    objective = _objective(4, design, starts, chosen, weights, 0.1, 0.3)
+    objective = _objective(4, design, starts, chosen, weights, 0.1)
     x = np.random.default_rng(6).normal(size=4 + max_tie - 1)
     _check_derivatives(objective, x)
     # one ranking [{0, 1}] of two items: P = d2 sqrt(a0 a1) / (a0 + a1 + d2 sqrt(a0 a1))
     design, starts, chosen, weights, _, _ = _design([[[0, 1]]], np.ones(1), 2)
     theta0, theta1, log_delta = 0.4, -0.3, 0.2
-    value = _objective(2, design, starts, chosen, weights, 0.0, 0.0)(np.array([theta0, theta1, log_delta]), 0)[0]
+    value = _objective(2, design, starts, chosen, weights, 0.0)(np.array([theta0, theta1, log_delta]), 0)[0]
     tie = math.exp(log_delta + (theta0 + theta1) / 2)
     assert value == pytest.approx(math.log(tie / (math.exp(theta0) + math.exp(theta1) + tie)), abs=1e-12)

@@ -24,7 +24,7 @@ from itertools import combinations
 
 import numpy as np
 from scipy import sparse
-from scipy.special import expit, ndtri
+from scipy.special import ndtri
 
 from rankalign.data.errors import DataError
 
@@ -89,7 +89,7 @@ def _design(rankings, weights, n_items):
             max_tie, all_levels)
 
 
-def _objective(n_items, design, stage_start, chosen, stage_weight, prior, npseudo):
+def _objective(n_items, design, stage_start, chosen, stage_weight, prior):
     n_alternatives, n_params = design.shape
     stage_of = np.repeat(np.arange(len(stage_start)), np.diff(np.append(stage_start, n_alternatives)))
     alt_weight = stage_weight[stage_of]
@@ -105,17 +105,11 @@ def _objective(n_items, design, stage_start, chosen, stage_weight, prior, npseud
         shifted = np.exp(eta - top[stage_of])
         log_norm = top + np.log(np.add.reduceat(shifted, stage_start))
         value = float(stage_weight @ (eta[chosen] - log_norm)) - prior * float(theta @ theta)
-        pseudo_p = None
-        if npseudo > 0:  # BT pairs with a hypothetical item at log-worth 0 (no tie alternative)
-            value += npseudo * float(np.sum(theta - 2.0 * np.logaddexp(0.0, theta)))
-            pseudo_p = expit(theta)
         if order == 0:
             return value, None, None
         p = shifted / np.exp(log_norm - top)[stage_of]
         gradient = design_t @ (indicator - alt_weight * p)
         gradient[:n_items] -= 2.0 * prior * theta
-        if pseudo_p is not None:
-            gradient[:n_items] += npseudo * (1.0 - 2.0 * pseudo_p)
         if order == 1:
             return value, gradient, None
         weighted = design.multiply((alt_weight * p)[:, None]).tocsr()
@@ -124,8 +118,6 @@ def _objective(n_items, design, stage_start, chosen, stage_weight, prior, npseud
         hessian = -(design_t @ weighted) + expectation.T @ expectation.multiply(stage_weight[:, None]).tocsr()
         diagonal = np.zeros(n_params)
         diagonal[:n_items] = -2.0 * prior
-        if pseudo_p is not None:
-            diagonal[:n_items] -= 2.0 * npseudo * pseudo_p * (1.0 - pseudo_p)
         hessian = hessian + sparse.diags(diagonal)
         return value, gradient, (hessian.toarray() if dense else hessian.tocsr())
 
@@ -141,8 +133,8 @@ def fit_davidson_luce(rankings, weights=None, *, n_items=None, items=None, prior
     rankings : sequence of sequences
         Levels best first; a level is an item index or a list of tied item indices.
     weights, n_items, items, prior, npseudo, reference, ci_level
-        As in :func:`rankalign.stats.fit_plackett_luce` (``npseudo`` adds Bradley-Terry wins and losses
-        against a hypothetical item at log-worth 0, without a tie alternative).
+        As in :func:`rankalign.stats.fit_plackett_luce` (``npseudo`` adds pair rankings won and lost
+        against a hypothetical item at log-worth 0; with ties they can also be tied, as in PlackettLuce).
 
     Returns
     -------
@@ -163,14 +155,27 @@ def fit_davidson_luce(rankings, weights=None, *, n_items=None, items=None, prior
     items = [str(i) for i in range(n_items)] if items is None else [str(i) for i in items]
     if n_items < 2:
         raise ValueError(f"need at least two items to rate, got {n_items}")
-    design, stage_start, chosen, stage_weight, max_tie, all_levels = _design(rankings, weights, n_items)
+    # pseudo-rankings (PlackettLuce's npseudo): each item wins and loses npseudo times against a ghost
+    # item at log-worth 0; they are ordinary pair rankings, so with ties (D >= 2) their normaliser has
+    # the tie alternative too, as in PlackettLuce
+    ghost = n_items if npseudo > 0 else None
+    n_fit = n_items + (ghost is not None)
+    fit_rankings, fit_weights = rankings, weights
+    if ghost is not None:
+        fit_rankings = rankings + [[i, ghost] for i in range(n_items)] + [[ghost, i] for i in range(n_items)]
+        fit_weights = np.concatenate([weights, np.full(2 * n_items, float(npseudo))])
+    data_design, data_starts, data_chosen, data_weights, max_tie, all_levels = _design(rankings, weights, n_fit)
+    if ghost is None:
+        design, stage_start, chosen, stage_weight = data_design, data_starts, data_chosen, data_weights
+    else:
+        design, stage_start, chosen, stage_weight, _, _ = _design(fit_rankings, fit_weights, n_fit)
     if isinstance(reference, (int, np.integer)) or reference is None:
         ref_index = None if reference is None else int(reference)
     elif str(reference) in items:
         ref_index = items.index(str(reference))
     else:
         raise ValueError(f"reference item {reference!r} is not among the items")
-    regularised = prior > 0 or npseudo > 0
+    regularised = prior > 0 or ghost is not None
     if check and not regularised:
         winners, losers = [], []
         for levels in all_levels:
@@ -186,25 +191,28 @@ def fit_davidson_luce(rankings, weights=None, *, n_items=None, items=None, prior
                             winners.append(a)
                             losers.append(b)
         check_identifiable(n_items, winners, losers, items, what="rankings")
-    n_params = n_items + max_tie - 1
-    free = np.arange(n_params) if regularised else np.arange(1, n_params)
-    objective = _objective(n_items, design, stage_start, chosen, stage_weight, prior, npseudo)
-    x0 = np.zeros(n_params)
-    x, _, _, hessian, iterations = _newton.maximise(objective, x0, None if regularised else free)
-    data_objective = _objective(n_items, design, stage_start, chosen, stage_weight, 0.0, 0.0)
+    n_params = n_fit + max_tie - 1
+    fixed = ghost if ghost is not None else (None if prior > 0 else 0)
+    free = np.delete(np.arange(n_params), [] if fixed is None else [fixed])
+    objective = _objective(n_fit, design, stage_start, chosen, stage_weight, prior)
+    x, _, _, hessian, iterations = _newton.maximise(objective, np.zeros(n_params), free)
+    data_objective = _objective(n_fit, data_design, data_starts, data_chosen, data_weights, 0.0)
     log_likelihood = data_objective(x, 0)[0]
-    if npseudo > 0 and prior == 0:  # as PlackettLuce's vcov: information of the data alone
+    se_free = free
+    if ghost is not None and prior == 0:  # as PlackettLuce's vcov: information of the data alone
         hessian = data_objective(x, 2)[2]
-        free = np.delete(np.arange(n_params), 0 if ref_index is None else ref_index)
-    estimate = _newton.apply_gauge(x, n_items, ref_index)
+        se_free = np.delete(np.arange(n_params), [0 if ref_index is None else ref_index, ghost])
+    keep = np.delete(np.arange(n_params), [] if ghost is None else [ghost])
+    n_out = len(keep)
+    estimate = _newton.apply_gauge(x[keep], n_items, ref_index)
     if n_params <= _newton.DENSE_LIMIT:
-        cov = _newton.covariance(hessian, free, n_params)
-        a = _newton.gauge_matrix(n_items, n_params, ref_index)
+        cov = _newton.covariance(hessian, se_free, n_params)[np.ix_(keep, keep)]
+        a = _newton.gauge_matrix(n_items, n_out, ref_index)
         cov = a @ cov @ a.T
         se = np.sqrt(np.maximum(np.diag(cov), 0.0))
         cov_items = cov[:n_items, :n_items]
     else:
-        se, cov_items = np.full(n_params, np.nan), None
+        se, cov_items = np.full(n_out, np.nan), None
     z = ndtri(0.5 + ci_level / 2.0)
     params = {"max_tie": int(max_tie)}
     for k in range(2, max_tie + 1):
