@@ -1,0 +1,282 @@
+"""The text world: a tiny synthetic language, a gold reward computed from the text, and a tiny causal LM.
+
+The language
+    Four topics, each with six nouns (``TOPICS``). A prompt names a topic and one of its nouns,
+    ``"about sea fish"``. A response is one to four sentences from a tiny grammar::
+
+        the <noun> is <adjective> .   |   a <adjective> <noun> .   |   <noun> and <noun> .
+
+    The reference distribution (what the reference policy is trained on by plain next-token SFT) draws
+    each noun from the prompt's topic with a per-response probability q ~ U(0.2, 0.9), otherwise from
+    another topic, with replacement, so responses mix on- and off-topic nouns and repeat some.
+
+The gold reward (documented, linear in four *utility components* of the text)
+    ``r*(x, y) = 1.0 * on_topic - 1.0 * off_topic - 0.5 * repeats + 0.05 * words`` where
+
+    * ``on_topic``: the number of *distinct* nouns of the prompt's topic in the response;
+    * ``off_topic``: occurrences of nouns of other topics;
+    * ``repeats``: noun occurrences beyond the first of each noun (repetition);
+    * ``words``: whitespace-separated tokens, punctuation included (the length component: a small
+      per-token bonus, so that a policy can gain gold reward by being longer, and an annotator group
+      that weighs length more can be exploited by growing responses).
+
+    The components are what simulated annotators see (:mod:`rankalign.sim.annotators`): an annotator's
+    utility is its own weights on them, the gold weights by default.
+
+The model
+    A word-level tokenizer (:func:`rankalign.engine.build_tokenizer`, ``kind="word"``) over the whole
+    vocabulary and a Llama-style :func:`rankalign.engine.tiny_causal_lm` trained from scratch with the
+    next-token loss on the response tokens (:func:`train_reference_policy`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+TOPICS: dict[str, tuple[str, ...]] = {
+    "food": ("apple", "bread", "cheese", "soup", "rice", "honey"),
+    "sea": ("boat", "wave", "fish", "shell", "sand", "tide"),
+    "sky": ("star", "moon", "cloud", "rain", "wind", "sun"),
+    "city": ("road", "tower", "train", "bridge", "market", "lamp"),
+}
+ADJECTIVES = ("big", "small", "old", "new", "red", "blue")
+FUNCTION_WORDS = ("about", "the", "is", "a", "and", ".")
+COMPONENTS = ("on_topic", "off_topic", "repeats", "words")
+GOLD_WEIGHTS = np.array([1.0, -1.0, -0.5, 0.05])
+
+_TOPIC_OF_NOUN = {noun: topic for topic, nouns in TOPICS.items() for noun in nouns}
+
+
+@dataclass(frozen=True)
+class TextWorld:
+    """The prompts of the text world and its gold weights (over :data:`COMPONENTS`)."""
+
+    prompts: tuple[str, ...]
+    gold_weights: np.ndarray
+
+    def components(self, prompt: str, responses: Sequence[str]) -> np.ndarray:
+        """Utility components, shape (len(responses), 4)."""
+        return np.stack([reward_components(prompt, r) for r in responses])
+
+    def gold_rewards(self, prompt: str, responses: Sequence[str]) -> np.ndarray:
+        """``r*(x, y)`` for each response, shape (len(responses),)."""
+        return self.components(prompt, responses) @ self.gold_weights
+
+
+def make_text_world() -> TextWorld:
+    """All 24 prompts ``"about <topic> <noun>\n"`` and the gold weights ``(1, -1, -0.5, 0.05)``."""
+    prompts = tuple(f"about {topic} {noun}\n" for topic, nouns in TOPICS.items() for noun in nouns)
+    return TextWorld(prompts=prompts, gold_weights=GOLD_WEIGHTS.copy())
+
+
+def vocabulary() -> list[str]:
+    """Every word of the language (topics, nouns, adjectives, function words)."""
+    words = list(FUNCTION_WORDS) + list(TOPICS) + [n for nouns in TOPICS.values() for n in nouns] + list(ADJECTIVES)
+    return list(dict.fromkeys(words))
+
+
+def prompt_topic(prompt: str) -> str:
+    """The topic a prompt asks about (its second word)."""
+    words = prompt.split()
+    if len(words) < 2 or words[0] != "about" or words[1] not in TOPICS:
+        raise ValueError(f"not a prompt of the text world: {prompt!r} (expected 'about <topic> <noun>')")
+    return words[1]
+
+
+def reward_components(prompt: str, response: str) -> np.ndarray:
+    """``(on_topic, off_topic, repeats, words)`` of a response (module docstring)."""
+    topic = prompt_topic(prompt)
+    words = response.split()
+    nouns = [w for w in words if w in _TOPIC_OF_NOUN]
+    counts = Counter(nouns)
+    on_topic = sum(1 for n in counts if _TOPIC_OF_NOUN[n] == topic)
+    off_topic = sum(c for n, c in counts.items() if _TOPIC_OF_NOUN[n] != topic)
+    repeats = sum(c - 1 for c in counts.values())
+    return np.array([on_topic, off_topic, repeats, len(words)], dtype=np.float64)
+
+
+def gold_reward(prompt: str, response: str, weights: np.ndarray = GOLD_WEIGHTS) -> float:
+    """``r*(x, y)``: the gold weights on :func:`reward_components`."""
+    return float(reward_components(prompt, response) @ weights)
+
+
+def sample_reference_response(prompt: str, rng: np.random.Generator) -> str:
+    """One response from the reference distribution the reference policy imitates (module docstring)."""
+    topic = prompt_topic(prompt)
+    others = [t for t in TOPICS if t != topic]
+    q = rng.uniform(0.2, 0.9)
+
+    def noun() -> str:
+        source = topic if rng.random() < q else others[rng.integers(len(others))]
+        return TOPICS[source][rng.integers(6)]
+
+    sentences = []
+    for _ in range(int(rng.integers(1, 5))):
+        form = rng.integers(3)
+        adjective = ADJECTIVES[rng.integers(len(ADJECTIVES))]
+        if form == 0:
+            sentences.append(f"the {noun()} is {adjective} .")
+        elif form == 1:
+            sentences.append(f"a {adjective} {noun()} .")
+        else:
+            sentences.append(f"{noun()} and {noun()} .")
+    return " ".join(sentences)
+
+
+def build_text_tokenizer():
+    """A word-level tokenizer over the whole vocabulary (every text of the world encodes without <unk>)."""
+    from ..engine import build_tokenizer
+
+    return build_tokenizer([" ".join(vocabulary())], vocab_size=len(vocabulary()) + 16, kind="word")
+
+
+def _encode(tokenizer, prompt: str, response: str | None = None) -> tuple[list[int], list[int]]:
+    prompt_ids = [tokenizer.bos_token_id] + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    response_ids = [] if response is None else tokenizer(response, add_special_tokens=False)["input_ids"] + [
+        tokenizer.eos_token_id]
+    return prompt_ids, response_ids
+
+
+def train_reference_policy(world: TextWorld, tokenizer, *, steps: int = 300, batch_size: int = 32,
+                           learning_rate: float = 3e-3, hidden_size: int = 64, layers: int = 2, seed: int = 0,
+                           progress: Callable[[int, int, float], None] | None = None):
+    """Train a tiny Llama-style LM from scratch by next-token SFT on reference-distribution samples.
+
+    Every step draws ``batch_size`` fresh (prompt, response) pairs (prompt uniform over ``world.prompts``,
+    response from :func:`sample_reference_response`) and minimises the mean next-token cross-entropy on
+    the response tokens (EOS included; the prompt is context only), AdamW with a linear decay.
+    Deterministic for ``seed`` (on one CPU thread count). Returns the model in eval mode.
+    """
+    import torch
+
+    from ..engine import tiny_causal_lm
+
+    rng = np.random.default_rng([seed, 17])
+    model = tiny_causal_lm(len(tokenizer), hidden_size=hidden_size, layers=layers, heads=4, seed=seed,
+                           max_position_embeddings=128)
+    model.train()
+    optimiser = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 1.0 - step / max(steps, 1))
+    pad = tokenizer.pad_token_id
+    for step in range(steps):
+        rows, labels = [], []
+        for _ in range(batch_size):
+            prompt = world.prompts[int(rng.integers(len(world.prompts)))]
+            prompt_ids, response_ids = _encode(tokenizer, prompt, sample_reference_response(prompt, rng))
+            rows.append(prompt_ids + response_ids)
+            labels.append([-100] * len(prompt_ids) + response_ids)
+        width = max(len(r) for r in rows)
+        input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+        target = torch.tensor([lab + [-100] * (width - len(lab)) for lab in labels])
+        attention = (torch.arange(width)[None, :] < torch.tensor([len(r) for r in rows])[:, None]).long()
+        loss = model(input_ids=input_ids, attention_mask=attention, labels=target).loss
+        optimiser.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimiser.step()
+        schedule.step()
+        if progress is not None:
+            progress(step + 1, steps, loss.item())
+    return model.eval()
+
+
+def sample_responses(model, tokenizer, prompts: Sequence[str], k: int, *, seed: int = 0, max_new_tokens: int = 40,
+                     distinct: bool = True, max_tries: int = 4) -> list[list[str]]:
+    """K sampled responses per prompt (temperature 1, no top-k/top-p), seeded.
+
+    With ``distinct`` the K responses of a prompt are distinct and non-empty (as a ranked list needs):
+    extra samples are drawn, up to ``max_tries`` rounds; a prompt that still has fewer gets fewer.
+    Without it the K samples are returned as drawn (an empty response is ``""``, i.e. EOS at once).
+    """
+    import torch
+
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        out: list[list[str]] = [[] for _ in prompts]
+        for _ in range(max_tries):
+            need = [i for i in range(len(prompts)) if len(out[i]) < k]
+            if not need:
+                break
+            batch_prompts = [prompts[i] for i in need for _ in range(k)]
+            texts = _generate(model, tokenizer, batch_prompts, max_new_tokens)
+            for position, i in enumerate(need):
+                for text in texts[position * k:(position + 1) * k]:
+                    if len(out[i]) < k and (not distinct or (text.strip() and text not in out[i])):
+                        out[i].append(text)
+        return out
+    finally:
+        torch.random.set_rng_state(generator_state)
+
+
+def _generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+    import torch
+
+    encoded = [_encode(tokenizer, p)[0] for p in prompts]
+    texts: list[str] = []
+    by_length: dict[int, list[int]] = {}
+    for i, ids in enumerate(encoded):
+        by_length.setdefault(len(ids), []).append(i)
+    result: dict[int, str] = {}
+    for _, members in sorted(by_length.items()):  # equal-length prompts need no padding
+        input_ids = torch.tensor([encoded[i] for i in members])
+        with torch.no_grad():
+            generated = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                       do_sample=True, top_k=0, top_p=1.0, temperature=1.0,
+                                       max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                                       pad_token_id=tokenizer.pad_token_id)
+        for row, i in enumerate(members):
+            new = generated[row, input_ids.shape[1]:].tolist()
+            if tokenizer.eos_token_id in new:
+                new = new[:new.index(tokenizer.eos_token_id)]
+            result[i] = " ".join(tokenizer.convert_ids_to_tokens([t for t in new if t != tokenizer.pad_token_id]))
+    texts = [result[i] for i in range(len(prompts))]
+    return texts
+
+
+def response_logps(model, tokenizer, prompts: Sequence[str], responses: Sequence[Sequence[str]], *,
+                   batch_size: int = 16):
+    """``log pi(y | x)`` of each response (EOS included) through the engine, as a list of (K,) arrays."""
+    import torch
+
+    from ..engine import TokenizedList, pack_lists, sequence_logps
+
+    lists = []
+    for index, (prompt, group) in enumerate(zip(prompts, responses)):
+        prompt_ids, _ = _encode(tokenizer, prompt)
+        lists.append(TokenizedList(prompt_ids=prompt_ids, response_ids=[_encode(tokenizer, prompt, r)[1] for r in group],
+                                   ranks=list(range(len(group))), index=index))
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(lists), batch_size):
+            chunk = lists[start:start + batch_size]
+            batch = pack_lists(chunk, layout="duplicated", pad_token_id=tokenizer.pad_token_id)
+            logps = sequence_logps(model, batch).double().numpy()
+            for row, item in enumerate(chunk):
+                out.append(logps[row, :len(item.response_ids)])
+    return out
+
+
+class Timer:
+    """Wall time of a block (``with Timer() as t: ...; t.seconds``)."""
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start
+        return False
+
+
+__all__ = [
+    "TOPICS", "ADJECTIVES", "COMPONENTS", "GOLD_WEIGHTS", "TextWorld", "make_text_world", "vocabulary",
+    "prompt_topic", "reward_components", "gold_reward", "sample_reference_response", "build_text_tokenizer",
+    "train_reference_policy", "sample_responses", "response_logps", "Timer",
+]

@@ -1,0 +1,130 @@
+"""Text world (rankalign.sim.text_world) and the demo pipeline (rankalign.sim.demo)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from rankalign.sim.text_world import (
+    TOPICS,
+    build_text_tokenizer,
+    gold_reward,
+    make_text_world,
+    prompt_topic,
+    response_logps,
+    reward_components,
+    sample_reference_response,
+    sample_responses,
+    train_reference_policy,
+    vocabulary,
+)
+
+
+def test_reward_components_and_gold_reward_by_hand():
+    prompt = "about sea fish\n"
+    # nouns boat, boat, fish (all sea): 2 distinct on-topic, 0 off-topic, 1 repeat; 9 words
+    # (the boat is big . boat and fish .); gold = 2 - 0 - 0.5 * 1 + 0.05 * 9 = 1.95
+    response = "the boat is big . boat and fish ."
+    np.testing.assert_array_equal(reward_components(prompt, response), [2, 0, 1, 9])
+    assert gold_reward(prompt, response) == pytest.approx(1.95)
+    # moon (sky) and bread (food) are off-topic for sea: 0 on, 2 off, 0 repeats, 4 words: -2 + 0.2
+    assert gold_reward(prompt, "moon and bread .") == pytest.approx(-1.8)
+    assert prompt_topic("about city lamp\n") == "city"
+    with pytest.raises(ValueError, match="not a prompt"):
+        prompt_topic("hello there")
+
+
+def test_world_prompts_and_reference_samples_follow_the_grammar():
+    world = make_text_world()
+    assert len(world.prompts) == 24 and len(set(world.prompts)) == 24
+    rng = np.random.default_rng(0)
+    words = set(vocabulary())
+    for prompt in world.prompts:
+        response = sample_reference_response(prompt, rng)
+        sentences = response.split(" . ")
+        assert 1 <= len(sentences) <= 4 and response.endswith(" .")
+        assert set(response.split()) <= words
+    assert sum(len(n) for n in TOPICS.values()) == 24
+
+
+def test_tokenizer_encodes_every_word_without_unknowns():
+    tokenizer = build_text_tokenizer()
+    ids = tokenizer(" ".join(vocabulary()), add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(vocabulary()) and tokenizer.unk_token_id not in ids
+
+
+def test_sampling_and_response_logps_match_a_direct_forward_pass():
+    import torch
+
+    torch.set_num_threads(1)
+    world = make_text_world()
+    tokenizer = build_text_tokenizer()
+    model = train_reference_policy(world, tokenizer, steps=3, batch_size=4, seed=0)
+    prompts = list(world.prompts[:2])
+    first = sample_responses(model, tokenizer, prompts, 3, seed=7)
+    again = sample_responses(model, tokenizer, prompts, 3, seed=7)
+    assert first == again  # seeded
+    assert all(len(group) == len(set(group)) for group in first)
+    logps = response_logps(model, tokenizer, prompts, first)
+    # brute force: full-vocabulary log-softmax over the concatenated sequence, summed at response tokens
+    for prompt, group, got in zip(prompts, first, logps):
+        for response, value in zip(group, got):
+            prompt_ids = [tokenizer.bos_token_id] + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            ids = torch.tensor([prompt_ids + response_ids])
+            with torch.no_grad():
+                log_probs = torch.log_softmax(model(input_ids=ids).logits.double(), -1)[0]
+            expected = sum(float(log_probs[len(prompt_ids) - 1 + t, token]) for t, token in enumerate(response_ids))
+            assert value == pytest.approx(expected, abs=1e-4)
+
+
+def test_demo_smoke_runs_end_to_end_and_writes_outputs(tmp_path):
+    from rich.console import Console
+
+    from rankalign.sim.demo import DemoSettings, run_demo
+
+    settings = DemoSettings(seed=1, sft_steps=3, rounds=1, eval_samples=2, epochs=1.0, num_prompts=4,
+                            batch_size=4)
+    console = Console(file=open(tmp_path / "console.txt", "w"), width=160)
+    results = run_demo(str(tmp_path / "out"), settings=settings, console=console, progress=False)
+    rows = results["table"]["rows"]
+    assert [r["method"] for r in rows] == ["reference (SFT)", "dpo (best/worst pair)", "pl_dpo (full lists)",
+                                          "lipo_lambda (full lists)"]
+    for row in rows:  # estimates are written as {"value": v, "se": s}
+        win, se = row["gold win rate"]["value"], row["gold win rate"]["se"]
+        assert 0.0 <= win <= 1.0 and math.isfinite(se)
+        assert 0.0 <= row["rank acc"] <= 1.0
+    # the reference policy against itself: KL exactly 0 (same log-probs), BT rating 0 by the gauge
+    assert rows[0]["KL"]["value"] == 0.0 and rows[0]["BT rating"] == 0.0
+    written = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert written["table"]["rows"][1]["method"] == "dpo (best/worst pair)"
+    for name in ("results_table.txt", "gold_reward_vs_kl.png", "accuracy_curves.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp leftovers
+
+
+@pytest.mark.slow
+def test_demo_quick_is_deterministic_for_a_seed(tmp_path):
+    from rich.console import Console
+
+    from rankalign.sim.demo import DemoSettings, run_demo
+
+    tables = []
+    for run in range(2):
+        console = Console(file=open(tmp_path / f"console{run}.txt", "w"), width=160)
+        results = run_demo(str(tmp_path / f"out{run}"), settings=DemoSettings.quick(seed=3), console=console,
+                           progress=False)
+        tables.append([{k: v for k, v in row.items() if k != "train s"} for row in results["table"]["rows"]])
+    assert tables[0] == tables[1]
+
+
+@pytest.mark.slow
+def test_cli_demo_quick(tmp_path):
+    from click.testing import CliRunner
+
+    from rankalign.cli import main
+
+    result = CliRunner().invoke(main, ["demo", "--quick", "--out", str(tmp_path / "demo"), "--seed", "2"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "demo" / "results.json").exists()
