@@ -47,6 +47,10 @@ def test_cli_smoke_run_writes_model_config_and_metrics(tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows if "loss" in row] == [1, 2]
 
+    # the same output_dir with another objective would resume someone else's checkpoint: refused
+    again = CliRunner().invoke(main, ["train", str(config), "--set", "lr=0.01", "--set", "objective=dpo"])
+    assert again.exit_code == 2 and "different config (objective changed)" in again.output
+
 
 def test_cli_reports_unknown_key_with_suggestion(tmp_path):
     config = tmp_path / "train.yaml"

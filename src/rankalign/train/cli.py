@@ -32,7 +32,10 @@ def train(config_path, overrides, no_resume, print_config):
         return
     from .run import run_config
 
-    result = run_config(config, resume=False if no_resume else None)
+    try:
+        result = run_config(config, resume=False if no_resume else None)
+    except ConfigError as error:
+        raise click.UsageError(str(error)) from None
     last = next((row for row in reversed(result.history) if "loss" in row), {})
     summary = {k: round(v, 4) if isinstance(v, float) else v for k, v in last.items()}
     click.echo(f"trained {result.global_step} steps in {result.wall_time:.1f}s "

@@ -20,6 +20,9 @@ def read_records(config: TrainConfig) -> list:
     """
     if not config.data:
         raise ValueError("the config has no `data` file")
+    if config.data.startswith("sim:"):
+        records = simulated_lists(config.data, **config.data_options)
+        return records[: config.max_records] if config.max_records > 0 else records
     try:
         from rankalign.data import read
     except ImportError:
@@ -31,6 +34,37 @@ def read_records(config: TrainConfig) -> list:
         records = _read_record_jsonl(config.data)
     if config.max_records > 0:
         records = records[: config.max_records]
+    return records
+
+
+def simulated_lists(spec: str, *, num_lists: int = 256, k: int = 4, seed: int = 0, tie_tolerance: float = 0.0):
+    """Ranked lists from a simulated source with a known scoring rule (``data: "sim:text_world"``).
+
+    Prompts of :mod:`rankalign.sim.text_world` (``"about sea fish"``); K responses each drawn from its
+    reference distribution; ranked by the documented gold reward
+    ``1.0 on_topic - 1.0 off_topic - 0.5 repeats + 0.05 words`` (stored as scores, so graded objectives
+    such as LiPO-lambda see the reward as the grade).
+    """
+    if spec != "sim:text_world":
+        raise ValueError(f"unknown simulated source {spec!r}; known: sim:text_world")
+    import numpy as np
+
+    from rankalign.data.records import RankedList
+    from rankalign.sim.text_world import make_text_world, sample_reference_response
+
+    world = make_text_world()
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(num_lists):
+        prompt = world.prompts[i % len(world.prompts)]
+        responses: list[str] = []
+        while len(responses) < k:  # distinct candidates (a RankedList has no duplicates)
+            response = sample_reference_response(prompt, rng)
+            if response not in responses:
+                responses.append(response)
+        rewards = world.gold_rewards(prompt, responses)
+        records.append(RankedList.from_scores([float(r) for r in rewards], candidates=responses, prompt=prompt,
+                                              tie_tolerance=tie_tolerance, meta={"source": spec, "index": i}))
     return records
 
 
@@ -99,6 +133,29 @@ def load_model(spec: str, tokenizer, config: TrainConfig):
     return AutoModelForCausalLM.from_pretrained(spec, trust_remote_code=False, local_files_only=True)
 
 
+# keys that may change between a run and its resumption (how long, how often, how it is shown)
+RESUME_MAY_CHANGE = {"progress", "resume", "report_to", "logging_steps", "save_steps", "save_total_limit",
+                     "max_steps", "epochs"}
+
+
+def check_resumable(config: TrainConfig) -> None:
+    """Refuse to resume a checkpoint written under a different config (it would mix two runs silently)."""
+    import yaml
+
+    from .config import ConfigError, config_to_dict
+    from .trainer import last_complete_checkpoint
+
+    saved_path = Path(config.output_dir) / "train_config.yaml"
+    if last_complete_checkpoint(config.output_dir) is None or not saved_path.exists():
+        return
+    saved = yaml.safe_load(saved_path.read_text()) or {}
+    current = config_to_dict(config)
+    changed = sorted(k for k in current if k not in RESUME_MAY_CHANGE and saved.get(k) != current[k])
+    if changed:
+        raise ConfigError(f"{config.output_dir} holds a checkpoint of a run with a different config "
+                          f"({', '.join(changed)} changed); use another output_dir or --no-resume")
+
+
 def run_config(config: TrainConfig, *, resume: bool | None = None):
     """Train as ``config`` says; save the final model, tokenizer and resolved config in ``output_dir``."""
     from .trainer import train_preference
@@ -112,8 +169,10 @@ def run_config(config: TrainConfig, *, resume: bool | None = None):
     model = load_model(config.model, tokenizer, config)
     ref_model = load_model(config.reference_model, tokenizer, config) if config.reference_model else None
     output_dir = Path(config.output_dir)
-    save_config(config, output_dir)
     resume = config.resume if resume is None else resume
+    if resume:
+        check_resumable(config)
+    save_config(config, output_dir)
     result = train_preference(model, tokenizer, records, config, ref_model=ref_model,
                               resume_from_checkpoint=True if resume else None)
     final_dir = output_dir / "final"
