@@ -126,3 +126,31 @@ def test_pl_ties_davidson_luce_option(tmp_path):
     assert result.exit_code == 0, result.output
     payload = json.loads(result.output)
     assert payload["model"] == "davidson-luce" and payload["max_tie"] == 2 and "tie2" in payload
+
+
+def test_covariate_column_contextual_bt(tmp_path):
+    # with a covariate column, the fit equals the API's contextual Bradley-Terry on the same rows
+    import numpy as np
+
+    from rankalign.stats import fit_bradley_terry
+
+    rng = np.random.default_rng(0)
+    rows = ["model_a,model_b,winner,length_diff"]
+    first, second, outcome, x = [], [], [], []
+    for _ in range(300):
+        a, b = rng.choice(3, 2, replace=False)
+        diff = float(np.round(rng.normal(), 3))
+        win = rng.random() < 1 / (1 + np.exp(-(0.5 * (a - b) + 0.8 * diff)))
+        rows.append(f"m{a},m{b},{'model_a' if win else 'model_b'},{diff}")
+        first.append(a)
+        second.append(b)
+        outcome.append(1.0 if win else 0.0)
+        x.append(diff)
+    data = write(tmp_path / "battles.csv", "\n".join(rows) + "\n")
+    result = run(data, "--covariate", "length_diff", "--json")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    expected = fit_bradley_terry(first, second, outcome, features=np.array(x)[:, None], items=["m0", "m1", "m2"])
+    assert payload["weights"][0] == pytest.approx(expected.params["weights"][0], abs=1e-8)
+    ratings = {entry["item"]: entry["rating"] for entry in payload["items"]}
+    assert ratings["m2"] == pytest.approx(expected.ratings[2], abs=1e-8)

@@ -27,7 +27,7 @@ MODEL_NAMES = {"bt": "bradley-terry", "thurstone": "thurstone", "davidson": "dav
 
 
 # ------------------------------------------------------------------------------------------- reading
-def _load(path, layout, mapping, outcomes, skip_invalid):
+def _load(path, layout, mapping, outcomes, skip_invalid, covariates=()):
     """Return ("pairs", Comparisons) or ("rankings", (items, rankings, weights, report))."""
     from rankalign.data import _sources, read, read_comparisons
 
@@ -35,10 +35,12 @@ def _load(path, layout, mapping, outcomes, skip_invalid):
     if fmt != "preflib" and layout not in ("rankedlist_lists", "lists"):
         try:
             return "pairs", read_comparisons(path, layout=layout, mapping=mapping, outcomes=outcomes,
-                                             skip_invalid=skip_invalid)
+                                             skip_invalid=skip_invalid, keep=tuple(covariates))
         except DataError as error:
             if error.reason not in ("unknown_layout", "not_a_pair"):  # rankings: read them as records
                 raise
+    if covariates:
+        raise click.UsageError("--covariate needs two-item comparisons (one row per comparison)")
     result = read(path, layout=layout, mapping=mapping, outcomes=outcomes, skip_invalid=skip_invalid)
     return "rankings", _records_to_rankings(result, path)
 
@@ -101,7 +103,21 @@ def _line_of_row(path, index):
     return index + 2 if str(path).lower().endswith(".csv") else index + 1
 
 
-def _fit(kind, data, model, reference, prior, npseudo, home_advantage, path, ties="top-k"):
+def _covariate_matrix(data, covariates, path):
+    columns = []
+    for name in covariates:
+        column = data.extra[name]
+        if column.dtype.kind not in "fiu":
+            raise DataError(f"covariate column {name!r} must be numeric", path=path, field=name, reason="bad_type")
+        bad = np.flatnonzero(~np.isfinite(column))
+        if bad.size:
+            raise DataError("covariate must be a finite number", path=path, line=_line_of_row(path, int(bad[0])),
+                            field=name, reason="non_finite")
+        columns.append(column.astype(np.float64))
+    return np.stack(columns, axis=1)
+
+
+def _fit(kind, data, model, reference, prior, npseudo, home_advantage, path, ties="top-k", covariates=()):
     from ._sufficient import pair_counts
     from .davidson_luce import fit_davidson_luce
     from .pairwise import fit_pairwise
@@ -131,8 +147,11 @@ def _fit(kind, data, model, reference, prior, npseudo, home_advantage, path, tie
                                 axis=1)
             return fit_plackett_luce(rankings, data.count, items=items, reference=reference, prior=prior,
                                      npseudo=npseudo)
+        if covariates and model == "plackett-luce":
+            raise click.UsageError("--covariate applies to the pairwise models, not pl")
         counts = pair_counts(data.first, data.second, data.outcome, data.count, n_items=len(items),
-                             home=np.ones(len(data.first)) if home_advantage else None)
+                             home=np.ones(len(data.first)) if home_advantage else None,
+                             features=_covariate_matrix(data, covariates, path) if covariates else None)
         return fit_pairwise(model, counts, items=items, home=home_advantage, prior=prior, reference=reference)
     items, rankings, weights, lines, _ = data
     if len(items) < 2:
@@ -214,6 +233,9 @@ def _params_line(result):
         parts.append(f"nu {p['nu']:.4f} (log nu {p['log_nu']:.4f}, se {p['log_nu_se']:.4f})")
     for k in range(2, int(p.get("max_tie", 1)) + 1):
         parts.append(f"log delta{k} {p[f'tie{k}']:.4f} (se {p[f'tie{k}_se']:.4f})")
+    if "weights" in p:
+        weights = ", ".join(f"{w:.4f} (se {e:.4f})" for w, e in zip(p["weights"], p["weights_se"]))
+        parts.append(f"covariate weights {weights}")
     if "theta" in p:
         parts.append(f"theta {p['theta']:.4f} (se {p['theta_se']:.4f})")
     if result.prior:
@@ -260,6 +282,9 @@ def _print_table(result, report_notes):
               help="Also write a PNG of the ratings with CI bars.")
 @click.option("--home-advantage", is_flag=True,
               help="Fit an order effect h for the first item (home team, position A): logit = theta_a - theta_b + h.")
+@click.option("--covariate", "covariates", multiple=True, metavar="COLUMN",
+              help="A numeric column holding x_first - x_second for each comparison (repeatable): contextual "
+                   "Bradley-Terry, logit = theta_a - theta_b + w^T x, as arena style control; w is reported.")
 @click.option("--prior", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
               help="MAP with penalty ALPHA * sum(theta^2) (Gaussian prior with variance 1/(2 ALPHA)).")
 @click.option("--npseudo", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
@@ -276,8 +301,8 @@ def _print_table(result, report_notes):
 @click.option("--skip-invalid", is_flag=True, help="Skip bad rows (counted) instead of stopping at the first.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
 @click.option("--jobs", type=int, default=1, show_default=True, help="Processes for the bootstrap (-1: all cores).")
-def rate(file, model, reference, n_boot, scale, as_json, csv_path, plot_path, home_advantage, prior, npseudo,
-         ties, level, layout, mapping, outcomes, skip_invalid, seed, jobs):
+def rate(file, model, reference, n_boot, scale, as_json, csv_path, plot_path, home_advantage, covariates, prior,
+         npseudo, ties, level, layout, mapping, outcomes, skip_invalid, seed, jobs):
     """Fit ratings to the comparisons or rankings in FILE and print a leaderboard with confidence intervals."""
     from .uncertainty import bootstrap
 
@@ -285,8 +310,8 @@ def rate(file, model, reference, n_boot, scale, as_json, csv_path, plot_path, ho
     if npseudo and model_name != "plackett-luce":
         raise click.UsageError("--npseudo applies to --model pl only (use --prior for the pairwise models)")
     try:
-        kind, data = _load(file, layout, mapping, outcomes, skip_invalid)
-        result = _fit(kind, data, model_name, reference, prior, npseudo, home_advantage, file, ties)
+        kind, data = _load(file, layout, mapping, outcomes, skip_invalid, covariates)
+        result = _fit(kind, data, model_name, reference, prior, npseudo, home_advantage, file, ties, covariates)
     except (DataError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     if level != result.ci_level:
