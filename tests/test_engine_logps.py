@@ -300,3 +300,23 @@ def test_random_batches_shared_equals_duplicated(seed):
         expected = sequence_logps(model, pack_lists(lists, layout="duplicated"))
         got = sequence_logps(model, pack_lists(lists, layout="shared", max_tokens_per_row=budget))
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_block_filled_mask_equals_the_id_comparison_definition():
+    # pack_lists fills the mask block by block; block_attention_mask states the rule on token ids.
+    from rankalign.engine import block_attention_mask
+    from rankalign.engine.packing import _assign_rows
+
+    lists = _lists()
+    batch = pack_lists(lists, max_tokens_per_row=30, pad_to_multiple_of=8)
+    rows, length = _assign_rows(lists, 30), batch.input_ids.shape[1]
+    group = torch.full((len(rows), length), -1)
+    segment = torch.full((len(rows), length), -1)
+    for r, row in enumerate(rows):
+        t = 0
+        for slot, b in enumerate(row):
+            for s, piece in enumerate([lists[b].prompt_ids, *lists[b].response_ids]):
+                group[r, t:t + len(piece)] = slot
+                segment[r, t:t + len(piece)] = s
+                t += len(piece)
+    assert torch.equal(batch.attention_mask, block_attention_mask(group, segment))
