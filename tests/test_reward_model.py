@@ -57,26 +57,32 @@ def tiny_reward_model(tokenizer, **kwargs) -> RewardModel:
 
 
 # ------------------------------------------------------------------------------------------ exactness
-def test_shared_layout_equals_duplicated_and_single_sequences(tokenizer):
-    lm = tiny_causal_lm(len(tokenizer), hidden_size=32, layers=2, heads=4, seed=3)
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_shared_layout_equals_duplicated_and_single_sequences(tokenizer, arch):
+    lm = tiny_causal_lm(len(tokenizer), arch=arch, hidden_size=32, layers=2, heads=4, seed=3)
     model = RewardModel(lm, seed=1)
+    assert model.kind == "causal"
     records = [
         RankedList(prompt="cat dog sun", candidates=["good tree", "bad", "red blue good sun"], ranks=[0, 2, 1]),
         RankedList(prompt="tree", candidates=["blue", "good good"], ranks=[1, 0]),
         Judgment(prompt="sun sun", response="red", label=True),
+        RankedList(prompt="cat", candidates=["dog", "sun"], ranks=[None, None]),
     ]
     shared = score_lists(model, tokenizer, records, layout="shared")
+    packed = score_lists(model, tokenizer, records, layout="shared", max_tokens_per_row=64)  # 3 lists, 1 row
     duplicated = score_lists(model, tokenizer, records, layout="duplicated")
-    assert [s.shape[0] for s in shared] == [3, 2, 1]
-    for a, b in zip(shared, duplicated):
+    assert [s.shape[0] for s in shared] == [3, 2, 1, 0]
+    for a, b, c in zip(shared, duplicated, packed):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(c, b, atol=1e-5, rtol=1e-5)
     # independent brute force: each prompt + response alone, no padding, head on the last hidden state
+    base = lm.model if arch == "llama" else lm.transformer
     with torch.no_grad():
         for record, scores in zip(records[:2], shared):
             for k, candidate in enumerate(record.candidates):
                 ids = ([tokenizer.bos_token_id] + tokenizer(record.prompt, add_special_tokens=False)["input_ids"]
                        + tokenizer(candidate, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
-                hidden = lm.model(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
+                hidden = base(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
                 expected = hidden @ model.head.weight[0] + model.head.bias[0]
                 torch.testing.assert_close(scores[k], expected, atol=1e-5, rtol=1e-5)
 

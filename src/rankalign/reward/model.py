@@ -70,7 +70,10 @@ def write_file_atomic(path: str | os.PathLike, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(temp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         write(temp)
         os.replace(temp, path)
     except BaseException:
@@ -343,7 +346,8 @@ def _last_token_index(batch: PackedBatch) -> Tensor:
     return torch.where(lengths > 0, index, torch.zeros_like(index))
 
 
-def _causal_attributes(model: RewardModel, lists: Sequence[TokenizedList], layout: str) -> Tensor:
+def _causal_attributes(model: RewardModel, lists: Sequence[TokenizedList], layout: str,
+                       max_tokens_per_row: int | None = None) -> Tensor:
     implementation = getattr(model.backbone.config, "_attn_implementation", None)
     if layout == "shared" and implementation in _FLASH_IMPLEMENTATIONS:
         warnings.warn(f"attention implementation {implementation!r} takes no custom 4D masks; scoring in the "
@@ -352,7 +356,8 @@ def _causal_attributes(model: RewardModel, lists: Sequence[TokenizedList], layou
     pad_id = getattr(model.backbone.config, "pad_token_id", None) or 0
     # grades may hold per-attribute mappings here (see prepare_lists); the packer needs none of them
     lists = [replace(item, grades=None) for item in lists]
-    batch = pack_lists(lists, layout=layout, pad_token_id=pad_id).to(model.device)
+    batch = pack_lists(lists, layout=layout, pad_token_id=pad_id,
+                       max_tokens_per_row=max_tokens_per_row if layout == "shared" else None).to(model.device)
     mask = batch.attention_mask
     dtype = model.head.weight.dtype
     if layout == "shared" and mask.dtype != dtype:
@@ -392,7 +397,7 @@ def _encoder_attributes(model: RewardModel, tokenizer, lists: Sequence[EncoderLi
 
 
 def reward_scores(model: RewardModel, tokenizer, lists: Sequence, *, layout: str = "shared",
-                  max_length: int | None = None) -> tuple[Tensor, Tensor]:
+                  max_length: int | None = None, max_tokens_per_row: int | None = None) -> tuple[Tensor, Tensor]:
     """Differentiable scores of prepared lists (from :func:`prepare_lists`).
 
     Returns
@@ -405,7 +410,7 @@ def reward_scores(model: RewardModel, tokenizer, lists: Sequence, *, layout: str
     if model.kind == "encoder":
         attributes = _encoder_attributes(model, tokenizer, lists, max_length)
     else:
-        attributes = _causal_attributes(model, lists, layout)
+        attributes = _causal_attributes(model, lists, layout, max_tokens_per_row)
     k = [item.k for item in lists]
     present = torch.arange(attributes.shape[1], device=attributes.device)[None, :] < torch.tensor(
         k, device=attributes.device)[:, None]
@@ -415,7 +420,7 @@ def reward_scores(model: RewardModel, tokenizer, lists: Sequence, *, layout: str
 
 @torch.no_grad()
 def score_lists(model: RewardModel, tokenizer, records: Iterable, *, batch_size: int = 16,
-                layout: str = "shared", max_length: int | None = None,
+                layout: str = "shared", max_length: int | None = None, max_tokens_per_row: int | None = None,
                 return_attributes: bool = False) -> list[Tensor]:
     """Score every ranked candidate of every record: one ``[K]`` tensor of rewards per scored record.
 
@@ -432,23 +437,30 @@ def score_lists(model: RewardModel, tokenizer, records: Iterable, *, batch_size:
         float rounding. Encoders always use the duplicated form.
     max_length : int, optional
         Prompt + response token cap (reported truncation, as in ``tokenize_records``).
+    max_tokens_per_row : int, optional
+        Shared layout: pack several lists into one row while they fit (see ``pack_lists``).
     return_attributes : bool
         Return ``[K, A]`` per-attribute scores instead of the scalar rewards.
 
     Returns
     -------
     list of Tensor, float32 on the CPU, ``[K]`` (or ``[K, A]``)
+        One per record, in order; a record without any ranked candidate gets an empty tensor.
     """
     was_training = model.training
     model.eval()
     try:
+        records = list(records)
         lists = prepare_lists(model, tokenizer, records, max_length=max_length)
-        out: list[Tensor] = []
+        empty = torch.zeros((0, model.num_attributes) if return_attributes else (0,))
+        out: list[Tensor] = [empty] * len(records)
         for start in range(0, len(lists), batch_size):
             chunk = lists[start:start + batch_size]
-            rewards, attributes = reward_scores(model, tokenizer, chunk, layout=layout, max_length=max_length)
+            rewards, attributes = reward_scores(model, tokenizer, chunk, layout=layout, max_length=max_length,
+                                                max_tokens_per_row=max_tokens_per_row)
             values = attributes if return_attributes else rewards
-            out.extend(values[b, :item.k].float().cpu() for b, item in enumerate(chunk))
+            for b, item in enumerate(chunk):
+                out[item.index] = values[b, :item.k].float().cpu()
         return out
     finally:
         model.train(was_training)
