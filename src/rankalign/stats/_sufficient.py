@@ -84,7 +84,7 @@ def validate_comparisons(first, second, outcome, count=None, *, n_items=None):
     if bad.size:
         raise DataError(f"item {first[bad[0]]} is compared with itself", line=int(bad[0]) + 1,
                         field="second", reason="self_comparison")
-    bad = np.flatnonzero(~np.isin(outcome, (0.0, 0.5, 1.0)))
+    bad = np.flatnonzero((outcome != 1.0) & (outcome != 0.5) & (outcome != 0.0))
     if bad.size:
         raise DataError(f"outcome must be 1 (first wins), 0.5 (tie) or 0 (second wins), got {outcome[bad[0]]}",
                         line=int(bad[0]) + 1, field="outcome", reason="unknown_outcome")
@@ -122,35 +122,36 @@ def pair_counts(first, second, outcome, count=None, *, n_items=None, home=None, 
         raise DataError(f"home has {len(home_arr)} rows for {m} comparisons", field="home",
                         reason="length_mismatch")
     ordered = ordered or home is not None
-    win_a = count * (outcome == 1.0)
-    tie = count * (outcome == 0.5)
-    win_b = count * (outcome == 0.0)
     if features is not None:
         features = np.asarray(features, dtype=np.float64).reshape(m, -1)
         if not np.all(np.isfinite(features)):
             row = int(np.flatnonzero(~np.all(np.isfinite(features), axis=1))[0])
             raise DataError("covariates must be finite", line=row + 1, field="features", reason="non_finite")
         keep = count > 0
+        win_a = count * (outcome == 1.0)
+        tie = count * (outcome == 0.5)
+        win_b = count * (outcome == 0.0)
         return PairCounts(n_items, first[keep], second[keep], win_a[keep], tie[keep], win_b[keep],
                           home_arr[keep], features[keep])
+    # outcome code: 0 first wins, 1 tie, 2 second wins (validated above, so exact)
+    code = ((1.0 - outcome) * 2.0).astype(np.int64)
     if not ordered:
         swap = first > second
-        first, second = np.where(swap, second, first), np.where(swap, first, second)
-        win_a, win_b = np.where(swap, win_b, win_a), np.where(swap, win_a, win_b)
+        first, second = np.minimum(first, second), np.maximum(first, second)
+        code = np.where(swap, 2 - code, code)
     home_bit = (home_arr > 0).astype(np.int64)
     key = (first * n_items + second) * 2 + home_bit
     key_space = n_items * n_items * 2
-    if key_space <= _DENSE_KEY_LIMIT:
-        totals = np.bincount(key, weights=count, minlength=key_space)
-        present = np.flatnonzero(totals > 0)
-        sums = [np.bincount(key, weights=w, minlength=key_space)[present] for w in (win_a, tie, win_b)]
-        unique_key = present
+    if key_space * 3 <= _DENSE_KEY_LIMIT:
+        table = np.bincount(key * 3 + code, weights=count, minlength=key_space * 3).reshape(key_space, 3)
+        unique_key = np.flatnonzero(table.any(axis=1))
+        table = table[unique_key]
     else:
         unique_key, inverse = np.unique(key, return_inverse=True)
-        sums = [np.bincount(inverse, weights=w, minlength=len(unique_key)) for w in (win_a, tie, win_b)]
-        nonzero = (sums[0] + sums[1] + sums[2]) > 0
-        unique_key = unique_key[nonzero]
-        sums = [s[nonzero] for s in sums]
+        table = np.bincount(inverse * 3 + code, weights=count, minlength=len(unique_key) * 3).reshape(-1, 3)
+        nonzero = table.any(axis=1)
+        unique_key, table = unique_key[nonzero], table[nonzero]
+    sums = [np.ascontiguousarray(table[:, k]) for k in range(3)]
     pair = unique_key // 2
     return PairCounts(n_items, pair // n_items, pair % n_items, sums[0], sums[1], sums[2],
                       (unique_key % 2).astype(np.float64), None)
