@@ -324,7 +324,13 @@ def rate(file, model, reference, n_boot, scale, as_json, csv_path, plot_path, ho
         if "x" not in result.state:
             raise click.UsageError(f"--bootstrap is not available for the {result.model} model; use the Wald "
                                    "intervals (default)")
-        result = bootstrap(result, n_boot, seed=seed, n_jobs=jobs)
+        from rich.console import Console
+        from rich.progress import Progress
+
+        with Progress(console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task("bootstrap", total=n_boot)
+            result = bootstrap(result, n_boot, seed=seed, n_jobs=jobs,
+                               progress=lambda done: bar.advance(task, done))
     result = result.to_scale(scale)
     report = data.report if kind == "pairs" else data[4]
     notes = [f"skipped {report.n_skipped} invalid rows: {dict(report.skipped)}"] if report.n_skipped else []

@@ -85,7 +85,8 @@ def _pairwise_cells(counts: PairCounts):
     return rows, outcomes, table[rows, outcomes]
 
 
-def _bootstrap_pairwise_chunk(model, counts, has_tau, prior, home, x, free, ref_index, n_boot, seed):
+def _bootstrap_pairwise_chunk(model, counts, has_tau, prior, home, x, free, ref_index, n_boot, seed,
+                              progress=None):
     rng = np.random.default_rng(seed)
     rows, outcomes, cell_counts = _pairwise_cells(counts)
     total = int(round(cell_counts.sum()))
@@ -110,10 +111,12 @@ def _bootstrap_pairwise_chunk(model, counts, has_tau, prior, home, x, free, ref_
                 target[cell_rows] = draw[cell_index]  # each (row, outcome) cell is unique
             estimate = _refit(objective, x, free_index, factor)
             out[b] = _newton.apply_gauge(estimate, counts.n_items, ref_index)
+            if progress is not None:
+                progress(1)
     return out
 
 
-def _bootstrap_pl_chunk(groups, prior, npseudo, x, free, ref_index, n_boot, seed):
+def _bootstrap_pl_chunk(groups, prior, npseudo, x, free, ref_index, n_boot, seed, progress=None):
     rng = np.random.default_rng(seed)
     n = len(x)
     sizes = [len(w) for _, _, w in groups]
@@ -136,11 +139,13 @@ def _bootstrap_pl_chunk(groups, prior, npseudo, x, free, ref_index, n_boot, seed
                 weights[:] = draw[bounds[g]:bounds[g + 1]]
             estimate = _refit(objective, x, free_index, factor)
             out[b] = _newton.apply_gauge(estimate, n, ref_index)
+            if progress is not None:
+                progress(1)
     return out
 
 
 def bootstrap(result: RatingResult, n_boot: int = 1000, *, seed: int = 0, n_jobs: int = 1,
-              ci_level: float | None = None) -> RatingResult:
+              ci_level: float | None = None, progress=None) -> RatingResult:
     """Percentile bootstrap intervals for a fitted :class:`RatingResult` (any model of this package).
 
     Parameters
@@ -156,6 +161,8 @@ def bootstrap(result: RatingResult, n_boot: int = 1000, *, seed: int = 0, n_jobs
         independent seeds spawned from ``seed``.
     ci_level : float, optional
         Interval level (default: the result's).
+    progress : callable, optional
+        Called with the number of replicates just finished (for a progress bar).
 
     Returns
     -------
@@ -184,11 +191,16 @@ def bootstrap(result: RatingResult, n_boot: int = 1000, *, seed: int = 0, n_jobs
                                        state["free"], state["ref_index"], size, seeds[j]))
                 for j, size in enumerate(sizes)]
     if n_jobs == 1:
-        samples = jobs[0][0](*jobs[0][1])
+        samples = jobs[0][0](*jobs[0][1], progress=progress)
     else:
         with ProcessPoolExecutor(max_workers=n_jobs) as pool:
             futures = [pool.submit(function, *arguments) for function, arguments in jobs]
-            samples = np.concatenate([future.result() for future in futures])
+            parts = []
+            for future, size in zip(futures, sizes):
+                parts.append(future.result())
+                if progress is not None:
+                    progress(size)
+            samples = np.concatenate(parts)
     n = len(result.items)
     ratings = samples[:, :n]
     if result.scale == "elo":
