@@ -18,6 +18,20 @@ what is specific to preference learning:
 * metrics beside the loss: implicit rewards, margins, reward and ranking accuracy
   (:func:`rankalign.losses._common.preference_metrics`), a per-token log-ratio "KL" estimate and
   tokens/s, to the console, TensorBoard and ``output_dir/metrics.jsonl``.
+
+Logged metrics (means over the lists of the logging window, summed over processes first):
+
+``loss`` the weighted objective; ``objective`` its unweighted per-list mean; ``rewards/best`` and
+``rewards/worst`` the mean implicit reward beta * rho of the best / worst rank group; ``rewards/margin``
+the mean over ordered pairs of beta * (rho_winner - rho_loser); ``rewards/accuracy`` the share of ordered
+pairs with rho_winner > rho_loser; ``ranking_accuracy`` the share with log pi(y_w) > log pi(y_l) (the
+policy's own likelihood, no reference); for unpaired data ``rewards/desirable`` / ``rewards/undesirable``.
+``kl_per_token`` = sum(log pi_theta(y|x) - log pi_ref(y|x)) / sum(|y|) over the *training responses*:
+the per-token log-ratio on the data. It is not KL(pi_theta || pi_ref), which is the expectation of that
+log-ratio under the policy's own samples; on off-policy preference data it can be negative. It shows
+how far the policy has moved on the responses it is trained on (0 at the start). ``tokens`` are the
+tokens the model ran over (prompt once per list in the shared layout, padding excluded) and
+``tokens_per_second`` their rate over the window's wall time.
 """
 
 from __future__ import annotations
