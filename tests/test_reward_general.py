@@ -88,3 +88,33 @@ def test_general_head_fits_a_cycle_that_bradley_terry_cannot():
     # brute force: no strict order of three items satisfies more than two of the cycle's pairs
     best = max(sum(order.index(w) < order.index(loser) for w, loser in pairs) for order in itertools.permutations(range(3)))
     assert best == 2
+
+
+def test_general_preference_reward_model_on_a_tiny_llama(tmp_path):
+    pytest.importorskip("transformers")
+    from rankalign.data.records import RankedList
+    from rankalign.engine import build_tokenizer, tiny_causal_lm
+    from rankalign.reward import RewardModel, preference_probabilities, score_lists, train_reward_model
+
+    tokenizer = build_tokenizer(["rock paper scissors which wins"], vocab_size=32, kind="word")
+    # rock > scissors, scissors > paper, paper > rock: a cycle, asked in both column orders
+    cycle = [("rock", "scissors"), ("scissors", "paper"), ("paper", "rock")]
+    records = [RankedList(prompt="which wins", candidates=[w, loser], ranks=[0, 1]) for w, loser in cycle]
+    records += [RankedList(prompt="which wins", candidates=[loser, w], ranks=[1, 0]) for w, loser in cycle]
+    model = RewardModel(tiny_causal_lm(len(tokenizer), hidden_size=32, layers=1, heads=2), preference_dim=4)
+    with pytest.raises(ValueError, match="general_preference"):
+        train_reward_model(model, tokenizer, records)  # the scalar objectives do not apply
+    history = train_reward_model(model, tokenizer, records, objective="general_preference", epochs=60, lr=3e-3,
+                                 batch_size=6, seed=0)
+    assert history[-1]["loss"] < 0.2 < history[0]["loss"]
+    triple = [RankedList(prompt="which wins", candidates=["rock", "paper", "scissors"], ranks=[0, 0, 0])]
+    matrix = preference_probabilities(model, tokenizer, triple)[0]
+    torch.testing.assert_close(matrix + matrix.T, torch.ones(3, 3))
+    rock, paper, scissors = 0, 1, 2
+    assert matrix[rock, scissors] > 0.9 and matrix[scissors, paper] > 0.9 and matrix[paper, rock] > 0.9
+    with pytest.raises(ValueError, match="no scalar reward"):
+        score_lists(model, tokenizer, triple)
+    model.save_pretrained(tmp_path / "gpm")
+    loaded = RewardModel.from_pretrained(tmp_path / "gpm")
+    assert loaded.preference_dim == 4
+    torch.testing.assert_close(preference_probabilities(loaded, tokenizer, triple)[0], matrix)

@@ -13,11 +13,18 @@ from .general import (
     general_preference_loss,
     skew_symmetric_operator,
 )
-from .model import ENCODER_MODEL_TYPES, RewardModel, prepare_lists, reward_scores, score_lists
+from .model import (
+    ENCODER_MODEL_TYPES,
+    RewardModel,
+    preference_probabilities,
+    prepare_lists,
+    reward_scores,
+    score_lists,
+)
 from .train import pairwise_accuracy, train_reward_model
 
 __all__ = [
-    "RewardModel", "score_lists", "reward_scores", "prepare_lists", "ENCODER_MODEL_TYPES",
+    "RewardModel", "score_lists", "reward_scores", "preference_probabilities", "prepare_lists", "ENCODER_MODEL_TYPES",
     "train_reward_model", "pairwise_accuracy",
     "GeneralPreferenceHead", "general_preference_logits", "general_preference_loss", "skew_symmetric_operator",
 ]

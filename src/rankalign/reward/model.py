@@ -46,7 +46,7 @@ from ..data.records import Judgment, RankedList
 from ..engine.packing import PackedBatch, pack_lists
 from ..engine.tokenize import TokenizedList, tokenize_records
 
-__all__ = ["RewardModel", "score_lists", "reward_scores", "ENCODER_MODEL_TYPES", "REWARD_CONFIG_NAME",
+__all__ = ["RewardModel", "score_lists", "reward_scores", "preference_probabilities", "ENCODER_MODEL_TYPES", "REWARD_CONFIG_NAME",
            "REWARD_HEAD_NAME", "write_file_atomic"]
 
 REWARD_CONFIG_NAME = "reward_config.json"
@@ -131,6 +131,12 @@ class RewardModel(nn.Module):
         weights (initialised equal, ``1/A``), or None for equal fixed weights ``1/A``.
     kind : {"causal", "encoder"}, optional
         Default: "encoder" for the bidirectional model types in :data:`ENCODER_MODEL_TYPES`, else "causal".
+    preference_dim : int, optional
+        Make this a *general preference model* (Zhang et al. 2024, see :mod:`rankalign.reward.general`):
+        the head embeds each response into ``preference_dim = 2k`` dimensions and a pair is scored by
+        ``sigma(v_i^T R v_j)`` with the skew-symmetric R (unit block scales, no normalisation). Such a model
+        has no scalar reward: use :func:`preference_probabilities`, and train it with
+        ``objective="general_preference"``. ``num_attributes`` and the weights are then unused.
     seed : int
         Seed for the head's initial weights (the global RNG state is left unchanged).
 
@@ -140,8 +146,15 @@ class RewardModel(nn.Module):
 
     def __init__(self, backbone, *, num_attributes: int = 1, attribute_names: Sequence[str] | None = None,
                  attribute_weights: Sequence[float] | str | None = None, kind: str | None = None,
-                 seed: int = 0):
+                 preference_dim: int | None = None, seed: int = 0):
         super().__init__()
+        self.preference_dim = None if preference_dim is None else int(preference_dim)
+        if self.preference_dim is not None:
+            if self.preference_dim < 2 or self.preference_dim % 2:
+                raise ValueError(f"preference_dim must be even and >= 2, got {preference_dim}")
+            num_attributes = self.preference_dim
+            attribute_names = [f"preference_{a}" for a in range(num_attributes)]
+            attribute_weights = None
         if num_attributes < 1:
             raise ValueError(f"num_attributes must be >= 1, got {num_attributes}")
         self.backbone = _base_of(backbone)
@@ -187,6 +200,8 @@ class RewardModel(nn.Module):
 
     def combine(self, attributes: Tensor) -> Tensor:
         """Scalar reward ``[..., ]`` from attribute scores ``[..., A]`` (``sum_a w_a s_a``)."""
+        if self.preference_dim is not None:
+            raise ValueError("a general preference model has no scalar reward; use preference_probabilities")
         if self.num_attributes == 1:
             return attributes[..., 0]
         return attributes @ self.attribute_weights.to(attributes.dtype)
@@ -201,6 +216,7 @@ class RewardModel(nn.Module):
             "attribute_weights": "learned" if self.learned_weights else
             [float(w) for w in self.attribute_weights.detach().cpu()],
             "backbone_class": type(self.backbone).__name__,
+            "preference_dim": self.preference_dim,
         }
 
     # ------------------------------------------------------------------------------- persistence
@@ -260,7 +276,8 @@ class RewardModel(nn.Module):
         weights = settings["attribute_weights"]
         model = cls(backbone, num_attributes=int(settings["num_attributes"]),
                     attribute_names=settings["attribute_names"],
-                    attribute_weights="learned" if weights == "learned" else weights, kind=settings["kind"])
+                    attribute_weights="learned" if weights == "learned" else weights, kind=settings["kind"],
+                    preference_dim=settings.get("preference_dim"))
         state = load_file(directory / REWARD_HEAD_NAME)
         with torch.no_grad():
             model.head.weight.copy_(state["weight"])
@@ -402,10 +419,10 @@ def reward_scores(model: RewardModel, tokenizer, lists: Sequence, *, layout: str
 
     Returns
     -------
-    rewards : Tensor [B, K]
-        Scalar rewards (attributes combined), 0 at padding.
+    rewards : Tensor [B, K] or None
+        Scalar rewards (attributes combined), 0 at padding; None for a general preference model.
     attributes : Tensor [B, K, A]
-        Per-attribute head outputs.
+        Per-attribute head outputs (the preference embeddings of a general preference model).
     """
     if model.kind == "encoder":
         attributes = _encoder_attributes(model, tokenizer, lists, max_length)
@@ -415,7 +432,8 @@ def reward_scores(model: RewardModel, tokenizer, lists: Sequence, *, layout: str
     present = torch.arange(attributes.shape[1], device=attributes.device)[None, :] < torch.tensor(
         k, device=attributes.device)[:, None]
     attributes = torch.where(present.unsqueeze(-1), attributes, torch.zeros_like(attributes))
-    return model.combine(attributes), attributes
+    rewards = None if model.preference_dim is not None else model.combine(attributes)
+    return rewards, attributes
 
 
 @torch.no_grad()
@@ -447,6 +465,9 @@ def score_lists(model: RewardModel, tokenizer, records: Iterable, *, batch_size:
     list of Tensor, float32 on the CPU, ``[K]`` (or ``[K, A]``)
         One per record, in order; a record without any ranked candidate gets an empty tensor.
     """
+    if model.preference_dim is not None and not return_attributes:
+        raise ValueError("a general preference model has no scalar reward; use preference_probabilities "
+                         "(or return_attributes=True for the embeddings)")
     was_training = model.training
     model.eval()
     try:
@@ -464,3 +485,24 @@ def score_lists(model: RewardModel, tokenizer, records: Iterable, *, batch_size:
         return out
     finally:
         model.train(was_training)
+
+
+@torch.no_grad()
+def preference_probabilities(model: RewardModel, tokenizer, records: Iterable, *, batch_size: int = 16,
+                             layout: str = "shared", max_length: int | None = None) -> list[Tensor]:
+    """``[K, K]`` matrices ``P[i, j] = P(candidate i > candidate j)`` for every record's ranked candidates.
+
+    A general preference model (``preference_dim`` set) gives ``sigma(v_i^T R v_j)`` (Zhang et al. 2024),
+    which need not be transitive; a scalar reward model gives Bradley-Terry ``sigma(r_i - r_j)``. Either
+    way ``P + P^T = 1`` and the diagonal is 1/2.
+    """
+    from .general import general_preference_logits
+
+    records = list(records)
+    if model.preference_dim is None:
+        scores = score_lists(model, tokenizer, records, batch_size=batch_size, layout=layout,
+                             max_length=max_length)
+        return [torch.sigmoid(s[:, None] - s[None, :]) for s in scores]
+    embeddings = score_lists(model, tokenizer, records, batch_size=batch_size, layout=layout,
+                             max_length=max_length, return_attributes=True)
+    return [torch.sigmoid(general_preference_logits(v[:, None, :], v[None, :, :])) for v in embeddings]

@@ -15,11 +15,14 @@ import torch
 from torch import Tensor
 
 from .. import losses
+from .general import general_preference_loss
 from .model import RewardModel, prepare_lists, reward_scores
 
 __all__ = ["train_reward_model", "pairwise_accuracy"]
 
 _GRADE_OBJECTIVES = ("bce_reward", "rating_regression")
+# the general preference model's objective (embeddings [B, K, 2k], not scores [B, K]; see .general)
+GENERAL_PREFERENCE = "general_preference"
 
 
 def _grades(model: RewardModel, chunk, max_k: int, *, per_attribute: bool) -> Tensor | None:
@@ -58,10 +61,12 @@ def _ranks(chunk, max_k: int) -> Tensor:
 
 def _batch_loss(model, tokenizer, chunk, objective, params, layout, max_length) -> Tensor:
     rewards, attributes = reward_scores(model, tokenizer, chunk, layout=layout, max_length=max_length)
-    max_k = rewards.shape[1]
-    ranks = _ranks(chunk, max_k).to(rewards.device)
-    weights = torch.tensor([item.weight for item in chunk], dtype=rewards.dtype, device=rewards.device)
-    if objective.name in _GRADE_OBJECTIVES and model.num_attributes > 1:
+    max_k = attributes.shape[1]
+    ranks = _ranks(chunk, max_k).to(attributes.device)
+    weights = torch.tensor([item.weight for item in chunk], dtype=attributes.dtype, device=attributes.device)
+    if objective == GENERAL_PREFERENCE:
+        per_list = general_preference_loss(attributes, ranks=ranks)
+    elif objective.name in _GRADE_OBJECTIVES and model.num_attributes > 1:
         # one target per attribute (HelpSteer-style ratings): the objective runs on each attribute column
         grades = _grades(model, chunk, max_k, per_attribute=True)
         if grades is None:
@@ -83,7 +88,7 @@ def _batch_loss(model, tokenizer, chunk, objective, params, layout, max_length) 
             grades = torch.nan_to_num(grades)
         per_list = objective(rewards, ranks=ranks, grades=None if grades is None else grades.to(rewards.device),
                              **params)
-    return (per_list * weights).sum() / weights.sum().clamp_min(torch.finfo(rewards.dtype).tiny)
+    return (per_list * weights).sum() / weights.sum().clamp_min(torch.finfo(attributes.dtype).tiny)
 
 
 def pairwise_accuracy(scores: Iterable[Tensor], records: Iterable) -> float:
@@ -123,7 +128,8 @@ def train_reward_model(model: RewardModel, tokenizer, records: Iterable, *, obje
         (pairs, or the mean over a list's ordered pairs), ``"pl_reward"`` (the list's Plackett-Luce
         likelihood), ``"davidson_reward"`` (ties), ``"bce_reward"``/``"rating_regression"`` (on the
         records' scores or Judgment labels; per attribute for a multi-attribute head whose attribute
-        names match the score mappings).
+        names match the score mappings), or ``"general_preference"`` for a general preference model
+        (:func:`~rankalign.reward.general.general_preference_loss` on the embeddings).
     epochs, lr, batch_size, weight_decay : optimiser settings.
     seed : int
         Seeds the shuffling and dropout: the same seed gives the same history and weights.
@@ -143,10 +149,16 @@ def train_reward_model(model: RewardModel, tokenizer, records: Iterable, *, obje
     list of dict
         One entry per optimiser step: ``{"epoch", "step", "loss"}``.
     """
-    fn = losses.get(objective)
-    if fn.family != "reward":
-        raise ValueError(f"{objective!r} is a {fn.family} objective; reward models take one of "
-                         f"{', '.join(n for n in losses.names() if losses.get(n).family == 'reward')}")
+    if (objective == GENERAL_PREFERENCE) != (model.preference_dim is not None):
+        raise ValueError("a general preference model (preference_dim set) trains with "
+                         "objective='general_preference', and only such a model does")
+    if objective == GENERAL_PREFERENCE:
+        fn = GENERAL_PREFERENCE
+    else:
+        fn = losses.get(objective)
+        if fn.family != "reward":
+            raise ValueError(f"{objective!r} is a {fn.family} objective; reward models take one of "
+                             f"{', '.join(n for n in losses.names() if losses.get(n).family == 'reward')}")
     params = dict(objective_params or {})
     if epochs < 1 or batch_size < 1:
         raise ValueError("epochs and batch_size must be >= 1")
