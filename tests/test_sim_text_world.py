@@ -89,8 +89,7 @@ def test_demo_smoke_runs_end_to_end_and_writes_outputs(tmp_path):
     console = Console(file=open(tmp_path / "console.txt", "w"), width=160)
     results = run_demo(str(tmp_path / "out"), settings=settings, console=console, progress=False)
     rows = results["table"]["rows"]
-    assert [r["method"] for r in rows] == ["reference (SFT)", "dpo (best/worst pair)", "pl_dpo (full lists)",
-                                          "lipo_lambda (full lists)"]
+    assert [r["method"] for r in rows] == ["reference", "dpo (pairs)", "pl_dpo (lists)", "lipo_lambda (lists)"]
     for row in rows:  # estimates are written as {"value": v, "se": s}
         win, se = row["gold win rate"]["value"], row["gold win rate"]["se"]
         assert 0.0 <= win <= 1.0 and math.isfinite(se)
@@ -98,7 +97,7 @@ def test_demo_smoke_runs_end_to_end_and_writes_outputs(tmp_path):
     # the reference policy against itself: KL exactly 0 (same log-probs), BT rating 0 by the gauge
     assert rows[0]["KL"]["value"] == 0.0 and rows[0]["BT rating"] == 0.0
     written = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert written["table"]["rows"][1]["method"] == "dpo (best/worst pair)"
+    assert written["table"]["rows"][1]["method"] == "dpo (pairs)"
     for name in ("results_table.txt", "gold_reward_vs_kl.png", "accuracy_curves.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp leftovers

@@ -43,9 +43,9 @@ from .text_world import (
 )
 
 METHODS = (
-    ("dpo (best/worst pair)", "dpo", "pairs"),
-    ("pl_dpo (full lists)", "pl_dpo", "lists"),
-    ("lipo_lambda (full lists)", "lipo_lambda", "lists"),
+    ("dpo (pairs)", "dpo", "pairs"),
+    ("pl_dpo (lists)", "pl_dpo", "lists"),
+    ("lipo_lambda (lists)", "lipo_lambda", "lists"),
 )
 
 
@@ -181,9 +181,20 @@ def run_demo(out_dir: str = "demo_output", *, settings: DemoSettings | None = No
     eval_ref_logps = response_logps(reference, tokenizer, [r.prompt for r in eval_lists],
                                     [r.candidates for r in eval_lists])
     rates = [true_preference_rates(world, population, r) for r in eval_lists]
-    eval_ranks = np.full((len(eval_lists), settings.k), -1)
-    for i, r in enumerate(eval_lists):
-        eval_ranks[i, :r.k] = r.dense_ranks()
+    def ranks_array(records):
+        out = np.full((len(records), settings.k), -1)
+        for i, r in enumerate(records):
+            out[i, :r.k] = r.dense_ranks()
+        return out
+
+    def list_ranking_accuracy(policy, records, ranks):
+        logps = response_logps(policy, tokenizer, [r.prompt for r in records], [r.candidates for r in records])
+        padded = np.zeros((len(records), settings.k))
+        for i, lp in enumerate(logps):
+            padded[i, :len(lp)] = lp
+        return evaluation.listwise_ranking_accuracy(padded, ranks)
+
+    eval_ranks, train_ranks = ranks_array(eval_lists), ranks_array(train_lists)
 
     def pair_arrays(logps):
         w, l_ = [], []
@@ -212,26 +223,24 @@ def run_demo(out_dir: str = "demo_output", *, settings: DemoSettings | None = No
         kl, kl_se = evaluation.kl_estimate(policy_logps, ref_logps)
         reward, reward_se = evaluation.mean_with_se(rewards)
         words = float(np.mean([len(s.split()) for group in samples for s in group]))
-        held = response_logps(policy, tokenizer, [r.prompt for r in eval_lists], [r.candidates for r in eval_lists])
-        padded = np.zeros((len(eval_lists), settings.k))
-        for i, lp in enumerate(held):
-            padded[i, :len(lp)] = lp
-        accuracy = evaluation.listwise_ranking_accuracy(padded, eval_ranks)
+        accuracy = list_ranking_accuracy(policy, eval_lists, eval_ranks)
+        train_accuracy = list_ranking_accuracy(policy, train_lists, train_ranks)
         row = {"method": name, "gold win rate": (win, win_se), "gold reward": (reward, reward_se),
                "KL": (kl, kl_se), "words": words, "rank acc": accuracy, "ideal rank acc": idealised,
-               "train s": wall}
+               "train rank acc": train_accuracy, "train s": wall}
         for key, value in row.items():
             head = value[0] if isinstance(value, tuple) else value
-            if isinstance(head, float) and not math.isfinite(head):
+            if key != "train s" and isinstance(head, float) and not math.isfinite(head):
                 raise RuntimeError(f"{name}: {key} is {head}; refusing to report it")
         return row, rewards
 
     _stage(console, "evaluating the reference policy")
     rows, all_rewards = [], {}
-    row, all_rewards["reference"] = evaluate(reference, "reference (SFT)", sft_timer.seconds)
+    row, all_rewards["reference"] = evaluate(reference, "reference", sft_timer.seconds)
     rows.append(row)
+    trajectories = {}
 
-    # 3. align three ways from the same annotation budget
+    # 3. align three ways from the same annotation budget; evaluate at the end of every epoch
     histories = {}
     with tempfile.TemporaryDirectory(prefix=".runs-", dir=out_dir) as runs:
         for name, objective, form in METHODS:
@@ -242,11 +251,18 @@ def run_demo(out_dir: str = "demo_output", *, settings: DemoSettings | None = No
                                  seed=seed, output_dir=os.path.join(runs, objective), report_to=[], save_steps=0,
                                  progress=progress, logging_steps=1, resume=False, bf16=False)
             policy = copy.deepcopy(reference)
-            result = train_preference(policy, tokenizer, data, config, ref_model=reference)
-            policy = result.model.eval()
+            epochs = _EpochEvaluation(lambda model, name=name: evaluate(model, name, math.nan))
+            result = train_preference(policy, tokenizer, data, config, ref_model=reference, callbacks=[epochs])
             histories[name] = result.history
-            row, all_rewards[name] = evaluate(policy, name, result.wall_time)
+            if not epochs.points:
+                raise RuntimeError(f"{name}: training ended without completing an epoch")
+            row, all_rewards[name] = epochs.points[-1]["row"], epochs.points[-1]["rewards"]
+            row["train s"] = result.wall_time - epochs.seconds
             rows.append(row)
+            trajectories[name] = [{"epoch": 0.0, "row": rows[0]}] + [
+                {"epoch": p["epoch"], "row": p["row"]} for p in epochs.points]
+            if progress:
+                console.print(f"   {name}: gold win rate {row['gold win rate'][0]:.3f}, KL {row['KL'][0]:.2f}")
             del policy
 
     # 4. Bradley-Terry ratings of the policies from gold-judged head-to-head battles
@@ -275,6 +291,8 @@ def run_demo(out_dir: str = "demo_output", *, settings: DemoSettings | None = No
             "gold win rate: vs reference samples on the same prompts (ties 1/2), ± SE over prompts (rankalign.eval).",
             "KL: KL(π‖π_ref) in nats per response, k1 Monte Carlo on the policy's samples. words: mean response length.",
             "rank acc: held-out annotated lists, share of ordered pairs with log π(y_w) > log π(y_l) (Chen et al. 2024);",
+            "train rank acc: the same on the annotated training lists (all pairs of each list).",
+            "dpo (pairs): DPO on each training list binarised to (best, worst); the (lists) methods use whole lists.",
             f"ideal rank acc: the same at the DPO optimum, from π_ref and the true preference rates, β = {settings.beta}.",
             "train s: wall time of SFT (reference) or preference training. BT rating: Bradley-Terry on gold-judged",
             "battles between all policies' samples, reference = 0 (rankalign.stats).",
@@ -286,26 +304,66 @@ def run_demo(out_dir: str = "demo_output", *, settings: DemoSettings | None = No
     ratings_report = EvalReport(title="Bradley-Terry ratings of the policies (gold-judged battles)", rows=rating_rows)
     ratings_report.print(console)
 
-    points = [{"method": row["method"], "kl": row["KL"][0], "kl_se": row["KL"][1],
-               "gold_reward": row["gold reward"][0], "gold_reward_se": row["gold reward"][1]} for row in rows]
-    plot_gold_reward_vs_kl(points, os.path.join(out_dir, "gold_reward_vs_kl.png"))
-    curves = {}
-    for name, history in histories.items():
-        steps = [h["step"] for h in history if "ranking_accuracy" in h and "step" in h]
-        values = [h["ranking_accuracy"] for h in history if "ranking_accuracy" in h and "step" in h]
-        if steps:
-            curves[name] = {"steps": steps, "values": values}
-    if curves:
-        plot_accuracy_curves(curves, os.path.join(out_dir, "accuracy_curves.png"),
-                             title="Ranking accuracy on training batches",
-                             reference_lines={"idealised (held-out)": idealised, "chance": 0.5})
+    points = []
+    for name, trajectory in trajectories.items():
+        for entry in trajectory:
+            r = entry["row"]
+            points.append({"method": name, "kl": r["KL"][0], "kl_se": r["KL"][1], "gold_reward": r["gold reward"][0],
+                           "gold_reward_se": r["gold reward"][1], "label": f"ep {entry['epoch']:g}"})
+    plot_gold_reward_vs_kl(points, os.path.join(out_dir, "gold_reward_vs_kl.png"),
+                           title="Gold reward against KL (one point per epoch)")
+    curves = {f"{name} (held-out)": {"steps": [e["epoch"] for e in trajectory],
+                                     "values": [e["row"]["rank acc"] for e in trajectory]}
+              for name, trajectory in trajectories.items()}
+    for name, trajectory in trajectories.items():
+        curves[f"{name} (training lists)"] = {"steps": [e["epoch"] for e in trajectory],
+                                              "values": [e["row"]["train rank acc"] for e in trajectory]}
+    plot_accuracy_curves(curves, os.path.join(out_dir, "accuracy_curves.png"),
+                         title="Ranking accuracy during training", x_label="epoch",
+                         reference_lines={"idealised (held-out)": idealised, "chance": 0.5})
+    trajectory_table = [{"method": name, "epoch": e["epoch"], **{k: v for k, v in e["row"].items()
+                                                               if k not in ("method", "train s")}}
+                        for name, trajectory in trajectories.items() for e in trajectory]
     results = {"table": report.to_dict(), "ratings": ratings_report.to_dict(),
+               "by_epoch": EvalReport(title="by epoch", rows=trajectory_table).to_dict(),
                "histories": histories, "seconds": time.perf_counter() - started}
     write_json_atomic(os.path.join(out_dir, "results.json"), results)
     _atomic_text(os.path.join(out_dir, "results_table.txt"), report.to_text() + "\n" + ratings_report.to_text())
     _stage(console, f"done in {results['seconds']:.0f} s; wrote results.json, results_table.txt, "
-                    f"gold_reward_vs_kl.png{', accuracy_curves.png' if curves else ''} to {out_dir}")
+                    f"gold_reward_vs_kl.png, accuracy_curves.png to {out_dir}")
     return results
+
+
+def _epoch_callback_class():
+    import transformers
+
+    class EpochEvaluation(transformers.TrainerCallback):
+        """Evaluates the policy at the end of every epoch (eval mode, no gradients); ``seconds`` is the
+        time spent evaluating, subtracted from the reported training time."""
+
+        def __init__(self, evaluate):
+            self.evaluate = evaluate
+            self.points: list[dict] = []
+            self.seconds = 0.0
+
+        def on_epoch_end(self, args, state, control, model=None, **kwargs):
+            import torch
+
+            start = time.perf_counter()
+            was_training = model.training
+            model.eval()
+            with torch.no_grad():
+                row, rewards = self.evaluate(model)
+            if was_training:
+                model.train()
+            self.points.append({"epoch": float(state.epoch), "row": row, "rewards": rewards})
+            self.seconds += time.perf_counter() - start
+
+    return EpochEvaluation
+
+
+def _EpochEvaluation(evaluate):
+    return _epoch_callback_class()(evaluate)
 
 
 def _atomic_text(path: str, text: str) -> None:
