@@ -102,3 +102,20 @@ def test_plots_write_pngs(tmp_path):
     _png_size(plot_reliability_diagram(table, tmp_path / "rel.png", ece=ece))
     _png_size(plot_reliability_diagram({"a": table, "b": table}, tmp_path / "rel2.png", ece={"a": ece}))
     assert sorted(x.name for x in tmp_path.iterdir()) == ["acc.png", "kl.png", "rel.png", "rel2.png"]
+
+
+def test_plot_labels_repeated_at_a_shared_point_are_written_once():
+    from rankalign.eval.report import _annotate_once, _new_figure
+
+    figure, axes = _new_figure()
+    labels = [("ep 0", 0.0, 0.3), ("ep 0", 0.0, 0.3), ("ep 0", 0.0, 0.3), ("ep 1", 1.0, 1.3), ("ep 1", 5.0, 2.0)]
+    _annotate_once(axes, labels)
+    assert sorted(text.get_text() for text in axes.texts) == ["ep 0", "ep 1", "ep 1"]
+
+
+def test_accuracy_curves_take_styles_and_many_curves(tmp_path):
+    curves = {f"m{i} ({part})": {"steps": [0, 1, 2], "values": [0.5, 0.55 + i / 100, 0.6],
+                                 "color": f"C{i}", "linestyle": "--" if part == "train" else "-"}
+              for i in range(3) for part in ("held-out", "train")}
+    width, height = _png_size(plot_accuracy_curves(curves, tmp_path / "many.png"))
+    assert height > 600  # the taller figure that leaves room for the legend below the axes

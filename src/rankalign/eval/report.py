@@ -236,6 +236,7 @@ def plot_gold_reward_vs_kl(points: Sequence[Mapping[str, Any]], path, *,
         Where the PNG goes.
     """
     figure, axes = _new_figure()
+    labels: list[tuple[str, float, float]] = []
     by_method: dict[str, list[Mapping[str, Any]]] = {}
     for point in points:
         by_method.setdefault(str(point["method"]), []).append(point)
@@ -251,7 +252,8 @@ def plot_gold_reward_vs_kl(points: Sequence[Mapping[str, Any]], path, *,
                       label=method)
         for p, xi, yi in zip(members, x, y):
             if p.get("label") is not None:
-                axes.annotate(str(p["label"]), (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
+                labels.append((str(p["label"]), xi, yi))
+    _annotate_once(axes, labels)
     axes.set_xlabel(x_label)
     axes.set_ylabel(y_label)
     axes.set_title(title)
@@ -259,6 +261,24 @@ def plot_gold_reward_vs_kl(points: Sequence[Mapping[str, Any]], path, *,
     if by_method:
         axes.legend(title="method")
     return _save_png(figure, path)
+
+
+def _annotate_once(axes, labels: list[tuple[str, float, float]], *, min_gap: float = 0.03) -> None:
+    """Write point labels, skipping one whose text repeats a label already written within ``min_gap``
+    (a fraction of the axis spans) -- e.g. the shared starting point of several methods."""
+    if not labels:
+        return
+    xs = [x for _, x, _ in labels]
+    ys = [y for _, _, y in labels]
+    span_x = (max(xs) - min(xs)) or 1.0
+    span_y = (max(ys) - min(ys)) or 1.0
+    written: list[tuple[str, float, float]] = []
+    for text, x, y in labels:
+        if any(text == t and abs(x - wx) / span_x < min_gap and abs(y - wy) / span_y < min_gap
+               for t, wx, wy in written):
+            continue
+        axes.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        written.append((text, x, y))
 
 
 def plot_accuracy_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], path, *,
@@ -270,17 +290,20 @@ def plot_accuracy_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], pa
     Parameters
     ----------
     curves : mapping
-        ``name -> {"steps": [...], "values": [...], "se": [...] (optional)}``.
+        ``name -> {"steps": [...], "values": [...], "se": [...] (optional)}``; a curve may also set
+        ``"color"``, ``"linestyle"`` and ``"marker"`` (e.g. one colour per method, dashed for training data).
+        With more than four curves the legend goes below the axes so that it hides no line.
     reference_lines : mapping, optional
         ``label -> y`` horizontal dashed lines (e.g. the idealised ranking accuracy, chance at 0.5).
     """
-    figure, axes = _new_figure()
+    figure, axes = _new_figure(6.4, 5.2 if len(curves) > 4 else 4.4)
     for name, curve in curves.items():
         steps = [float(s) for s in curve["steps"]]
         values = [float(v) for v in curve["values"]]
         if len(steps) != len(values):
             raise ValueError(f"curve {name!r}: {len(steps)} steps but {len(values)} values")
-        line, = axes.plot(steps, values, marker="o", markersize=3, label=name)
+        line, = axes.plot(steps, values, marker=curve.get("marker", "o"), markersize=3, label=name,
+                          color=curve.get("color"), linestyle=curve.get("linestyle", "-"))
         if curve.get("se") is not None:
             se = [float(s) for s in curve["se"]]
             lower = [v - s for v, s in zip(values, se)]
@@ -294,7 +317,9 @@ def plot_accuracy_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], pa
     axes.set_ylabel(y_label)
     axes.set_title(title)
     axes.grid(True, alpha=0.3)
-    if curves:
+    if len(curves) > 4:
+        axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize="small", frameon=False)
+    elif curves:
         axes.legend()
     return _save_png(figure, path)
 
