@@ -57,6 +57,7 @@ def tiny_reward_model(tokenizer, **kwargs) -> RewardModel:
 
 
 # ------------------------------------------------------------------------------------------ exactness
+@pytest.mark.filterwarnings("ignore:reward model inputs")  # the all-unranked record is dropped, by design
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_shared_layout_equals_duplicated_and_single_sequences(tokenizer, arch):
     lm = tiny_causal_lm(len(tokenizer), arch=arch, hidden_size=32, layers=2, heads=4, seed=3)
@@ -194,3 +195,11 @@ def test_encoder_backbone_mean_pools_prompt_response_pairs(tokenizer):
     data = gold_lists(60, 2, seed=3)
     history = train_reward_model(model, tokenizer, data, epochs=2, lr=3e-3, batch_size=16, seed=0)
     assert history[-1]["loss"] < history[0]["loss"]
+
+
+def test_truncation_is_reported(tokenizer):
+    model = tiny_reward_model(tokenizer)
+    record = RankedList(prompt="cat dog sun tree", candidates=["good good good good", "bad"], ranks=[0, 1])
+    with pytest.warns(UserWarning, match="truncated"):
+        scores = score_lists(model, tokenizer, [record], max_length=7)
+    assert scores[0].shape == (2,)

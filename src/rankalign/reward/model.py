@@ -331,7 +331,9 @@ def prepare_lists(model: RewardModel, tokenizer, records: Iterable, *, max_lengt
     records = list(records)
     if model.kind == "encoder":
         return _encoder_lists(records)
-    lists, _report = tokenize_records(tokenizer, records, max_length=max_length)
+    lists, report = tokenize_records(tokenizer, records, max_length=max_length)
+    if report.prompts_truncated or report.responses_truncated or report.dropped:
+        warnings.warn(f"reward model inputs: {report}", stacklevel=3)
     # keep per-attribute scores (tokenize_records averages mappings into one grade per response)
     out = []
     for item in lists:
@@ -392,11 +394,15 @@ def _encoder_attributes(model: RewardModel, tokenizer, lists: Sequence[EncoderLi
     prompts = [item.prompt for item in lists for _ in item.responses]
     responses = [r for item in lists for r in item.responses]
     limit = max_length or getattr(model.backbone.config, "max_position_embeddings", None)
-    common = dict(padding=True, truncation=limit is not None, max_length=limit, return_tensors="pt")
-    if all(p is None for p in prompts):
-        encoded = tokenizer(responses, **common)
-    else:
-        encoded = tokenizer([p or "" for p in prompts], responses, **common)
+    texts = (responses,) if all(p is None for p in prompts) else ([p or "" for p in prompts], responses)
+    if limit is not None:
+        # truncation is explicit: count the pairs that do not fit before cutting them
+        full = tokenizer(*texts, truncation=False)["input_ids"]
+        too_long = sum(len(ids) > limit for ids in full)
+        if too_long:
+            warnings.warn(f"{too_long} of {len(full)} prompt/response pairs exceed {limit} tokens and are "
+                          "truncated (longest part first)", stacklevel=4)
+    encoded = tokenizer(*texts, padding=True, truncation=limit is not None, max_length=limit, return_tensors="pt")
     inputs = {k: v.to(model.device) for k, v in encoded.items()
               if k in ("input_ids", "attention_mask", "token_type_ids")}
     outputs = model.backbone(**inputs)
