@@ -80,6 +80,15 @@ def test_bradley_terry_on_balanced_three_cycle_gives_equal_strengths_and_chance_
     predicted = _sigmoid(fit[0][:, None] - fit[0][None, :])
     np.testing.assert_allclose(predicted[np.triu_indices(3, 1)], 0.5, atol=1e-6)
 
+    # the same annotations through the ratings API: equal Bradley-Terry strengths
+    from rankalign.stats import fit_bradley_terry
+
+    first = [int(r.candidates[0][1:]) for r in records]
+    second = [int(r.candidates[1][1:]) for r in records]
+    outcome = [1.0 if r.ranks[0] < r.ranks[1] else 0.0 for r in records]
+    ratings = fit_bradley_terry(np.array(first), np.array(second), np.array(outcome), n_items=3)
+    np.testing.assert_allclose(ratings.ratings, 0.0, atol=1e-8)
+
 
 # --------------------------------------------------- robust DPO recovers the clean optimum under flips
 def test_robust_dpo_recovers_clean_optimum_under_flips_while_dpo_is_biased_population():
