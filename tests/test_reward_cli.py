@@ -60,3 +60,22 @@ def test_bad_model_path_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(reward, ["train", str(data), "--model", str(tmp_path / "nope"), "-o",
                                          str(tmp_path / "out")])
     assert result.exit_code != 0 and "not a local model directory" in result.output
+
+
+def test_train_from_local_causal_lm_directory_then_continue(tmp_path):
+    from rankalign.engine import build_tokenizer, tiny_causal_lm
+
+    tokenizer = build_tokenizer(WORDS, vocab_size=32, kind="word")
+    lm = tiny_causal_lm(len(tokenizer), arch="gpt2", hidden_size=32, layers=1, heads=2)
+    lm.save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+    data = tmp_path / "d.jsonl"
+    _write_pairs(data, 8, seed=2)
+    runner = CliRunner()
+    result = runner.invoke(reward, ["train", str(data), "--model", str(tmp_path / "lm"), "-o", str(tmp_path / "rm")])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "rm" / "reward_config.json").read_text())
+    assert config["kind"] == "causal" and config["backbone_class"] == "GPT2Model"
+    result = runner.invoke(reward, ["train", str(data), "--model", str(tmp_path / "rm"), "-o", str(tmp_path / "rm2")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "rm2" / "model.safetensors").is_file()
