@@ -320,3 +320,24 @@ def test_block_filled_mask_equals_the_id_comparison_definition():
                 segment[r, t:t + len(piece)] = s
                 t += len(piece)
     assert torch.equal(batch.attention_mask, block_attention_mask(group, segment))
+
+
+def test_accelerate_mixed_precision_autocast_is_honoured(monkeypatch):
+    # accelerate marks a model whose forward it wrapped in autocast with `_original_forward`
+    from rankalign.engine import logps as logps_module
+
+    model = tiny_causal_lm(VOCAB, arch="llama")
+    batch = pack_lists(_lists())
+    with torch.no_grad():
+        full_precision = sequence_logps(model, batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            expected = sequence_logps(model, batch)
+    assert (expected - full_precision).abs().max() > 1e-4   # bf16 visibly changes the numbers
+    model._original_forward = model.forward
+    monkeypatch.setattr(logps_module, "_accelerate_mixed_precision", lambda: "bf16")
+    with torch.no_grad():
+        got = sequence_logps(model, batch)
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+    monkeypatch.setattr(logps_module, "_accelerate_mixed_precision", lambda: "no")
+    with torch.no_grad():
+        torch.testing.assert_close(sequence_logps(model, batch), full_precision, atol=0, rtol=0)

@@ -13,6 +13,7 @@ matmul.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import torch
@@ -276,6 +277,32 @@ def _forward_logps(model, batch: PackedBatch, chunk_size: int, recompute_head: b
     return sums.view(batch.num_lists, batch.max_k)
 
 
+def _accelerate_mixed_precision() -> str | None:
+    """accelerate's configured mixed precision ("bf16", "fp16", ...) when its state exists, else None."""
+    try:
+        from accelerate.state import AcceleratorState
+    except ImportError:
+        return None
+    if not AcceleratorState._shared_state:
+        return None
+    return getattr(AcceleratorState(), "mixed_precision", None)
+
+
+def _mixed_precision_context(model):
+    """The autocast that accelerate put around ``model.forward``, for the engine's direct base-model call.
+
+    ``Accelerator.prepare`` implements mixed precision by wrapping the model's ``forward`` in autocast
+    (and marks the model with ``_original_forward``); the engine calls the base transformer and the
+    head itself, so it re-enters the same autocast here.
+    """
+    if getattr(unwrap_model(model), "_original_forward", None) is None:
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(_accelerate_mixed_precision())
+    if dtype is None or torch.is_autocast_enabled(_device(model).type):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=_device(model).type, dtype=dtype)
+
+
 def _check_positions(model, batch: PackedBatch) -> None:
     """A sequence longer than the model's position range is an error (use tokenize_records' limits)."""
     config = unwrap_model(model).config
@@ -306,6 +333,9 @@ def sequence_logps(model, batch: PackedBatch, *, chunk_size: int = 1024,
     recompute_head : bool, optional
         See :func:`gather_token_logps`.
 
+    Under ``accelerate`` mixed precision (a model prepared by ``Accelerator(mixed_precision="bf16")``,
+    as ``transformers.Trainer`` does) the computation runs in the same autocast as the model's forward.
+
     Returns
     -------
     Tensor [B, K] float32
@@ -320,4 +350,5 @@ def sequence_logps(model, batch: PackedBatch, *, chunk_size: int = 1024,
                       "falling back to the duplicated layout (the prompt is computed once per response)",
                       stacklevel=2)
         batch = pack_lists(batch.source, layout="duplicated").to(batch.input_ids.device)
-    return _forward_logps(model, batch, chunk_size, recompute_head)
+    with _mixed_precision_context(model):
+        return _forward_logps(model, batch, chunk_size, recompute_head)
