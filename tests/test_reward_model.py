@@ -111,9 +111,12 @@ def test_training_learns_the_gold_rule(tokenizer, objective, k, n):
     model = tiny_reward_model(tokenizer)
     before = pairwise_accuracy(score_lists(model, tokenizer, test), test)
     history = train_reward_model(model, tokenizer, gold_lists(n, k, seed=1), objective=objective, epochs=3,
-                                 lr=3e-3, batch_size=16, seed=0)
+                                 lr=3e-3, batch_size=16, seed=0, eval_records=test)
     after = pairwise_accuracy(score_lists(model, tokenizer, test), test)
     assert len(history) == 3 * -(-n // 16)
+    epoch_ends = [h for h in history if "eval_accuracy" in h]
+    assert [h["epoch"] for h in epoch_ends] == [0, 1, 2]
+    assert epoch_ends[-1]["eval_accuracy"] == after
     assert history[-1]["loss"] < history[0]["loss"]
     assert 0.3 < before < 0.7  # an untrained head is at chance
     assert after >= 0.9  # observed 1.0 (seed 0); chance is 0.5

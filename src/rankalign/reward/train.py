@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .. import losses
 from .general import general_preference_loss
-from .model import RewardModel, prepare_lists, reward_scores
+from .model import RewardModel, prepare_lists, reward_scores, score_lists
 
 __all__ = ["train_reward_model", "pairwise_accuracy"]
 
@@ -113,7 +113,7 @@ def train_reward_model(model: RewardModel, tokenizer, records: Iterable, *, obje
                        epochs: int = 1, lr: float = 1e-4, batch_size: int = 8, seed: int = 0,
                        weight_decay: float = 0.0, max_length: int | None = None, layout: str = "shared",
                        objective_params: Mapping | None = None, max_grad_norm: float | None = 1.0,
-                       progress: bool = False) -> list[dict]:
+                       eval_records: Iterable | None = None, progress: bool = False) -> list[dict]:
     """Fit ``model`` on ranked lists with a registered reward objective (AdamW, shuffled mini-batches).
 
     Parameters
@@ -141,13 +141,17 @@ def train_reward_model(model: RewardModel, tokenizer, records: Iterable, *, obje
         Hyper-parameters for the objective (``{"nu": 0.5}`` for Davidson, ...).
     max_grad_norm : float, optional
         Gradient-norm clipping (None: off).
+    eval_records : iterable of RankedList, optional
+        Held-out lists: after each epoch their pairwise accuracy is added to that epoch's last history
+        entry as ``"eval_accuracy"`` (scalar reward models only).
     progress : bool
         Show a progress bar over steps.
 
     Returns
     -------
     list of dict
-        One entry per optimiser step: ``{"epoch", "step", "loss"}``.
+        One entry per optimiser step: ``{"epoch", "step", "loss"}`` (and ``"eval_accuracy"`` at the end of
+        each epoch when ``eval_records`` is given).
     """
     if (objective == GENERAL_PREFERENCE) != (model.preference_dim is not None):
         raise ValueError("a general preference model (preference_dim set) trains with "
@@ -163,6 +167,9 @@ def train_reward_model(model: RewardModel, tokenizer, records: Iterable, *, obje
     if epochs < 1 or batch_size < 1:
         raise ValueError("epochs and batch_size must be >= 1")
     lists = prepare_lists(model, tokenizer, records, max_length=max_length)
+    eval_records = None if eval_records is None else list(eval_records)
+    if eval_records is not None and model.preference_dim is not None:
+        raise ValueError("eval_records needs a scalar reward model (pairwise accuracy of rewards)")
     if not lists:
         raise ValueError("no ranked list to train on")
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -194,6 +201,10 @@ def train_reward_model(model: RewardModel, tokenizer, records: Iterable, *, obje
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
+            if eval_records:
+                scores = score_lists(model, tokenizer, eval_records, max_length=max_length, layout=layout)
+                history[-1]["eval_accuracy"] = pairwise_accuracy(scores, eval_records)
+                model.train()
     if bar is not None:
         bar.close()
     model.eval()
