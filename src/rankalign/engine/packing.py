@@ -276,7 +276,9 @@ def pack_lists(lists: Sequence[TokenizedList], *, layout: str = "shared", max_to
         Prefix-shared rows (one or more lists per row) or one row per (list, response).
     max_tokens_per_row : int, optional
         Shared layout only: pack several lists into one row while they fit in this many tokens (first
-        fit decreasing). None: one list per row.
+        fit decreasing). None: one list per row. Dense attention kernels compute the whole ``T x T``
+        score matrix of a row, masked or not, so this pays off for many short lists of uneven length
+        (less padding), not for long ones.
     pad_token_id : int
         Token id for padding (never attended to, never a target).
     pad_to_multiple_of : int, optional
