@@ -160,3 +160,23 @@ def test_listwise_objective_and_errors():
         fit_personal_reward(lists, features, model="nope")
     with pytest.raises(ValueError, match="reward objective"):
         fit_personal_reward(lists, features, objective="dpo")
+
+
+@pytest.mark.parametrize("kind", PERSONAL_MODELS)
+def test_save_and_load(data, fitted, kind, tmp_path):
+    from rankalign.personal import load_personal_reward, save_personal_reward
+
+    _, features, _, _ = data
+    model = fitted[kind]
+    if kind != "shared":
+        few, few_features = two_group_world(8, per_annotator=5, disputed=False, annotators_per_group=1,
+                                            groups=("A",), prefix="late-")
+        model = adapt_annotator(model, "late-A-0", few, few_features, epochs=10)
+    save_personal_reward(model, tmp_path / kind)
+    assert sorted(p.name for p in (tmp_path / kind).iterdir()) == ["personal_config.json",
+                                                                   "personal_model.safetensors"]
+    loaded = load_personal_reward(tmp_path / kind)
+    assert loaded.kind == kind and loaded.annotators == model.annotators
+    x = np.stack([features[name] for name in list(features)[:10]])
+    for annotator in (model.annotators[0], model.annotators[-1], None):
+        np.testing.assert_array_equal(loaded.rewards(x, annotator), model.rewards(x, annotator))

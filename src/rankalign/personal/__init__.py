@@ -18,10 +18,13 @@ from .models import (
     UserLatentReward,
     adapt_annotator,
     fit_personal_reward,
+    load_personal_reward,
     pair_outcomes,
+    save_personal_reward,
 )
 
 __all__ = [
     "PERSONAL_MODELS", "PersonalRewardModel", "fit_personal_reward", "adapt_annotator", "pair_outcomes",
+    "save_personal_reward", "load_personal_reward",
     "SharedLinearReward", "MixtureReward", "IdealPointReward", "UserLatentReward",
 ]

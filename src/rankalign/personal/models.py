@@ -41,6 +41,7 @@ from ..data.errors import DataError
 from ..data.records import RankedList
 
 __all__ = ["PERSONAL_MODELS", "PersonalRewardModel", "fit_personal_reward", "adapt_annotator", "pair_outcomes",
+           "save_personal_reward", "load_personal_reward",
            "SharedLinearReward", "MixtureReward", "IdealPointReward", "UserLatentReward"]
 
 PERSONAL_MODELS = ("shared", "mixture", "ideal_point", "user_latent")
@@ -418,3 +419,70 @@ def pair_outcomes(model: PersonalRewardModel, records: Iterable, features: Featu
                         correct.append(0.0)
                     groups.append(record.annotator)
     return np.asarray(correct, dtype=np.float64), groups
+
+
+# ---------------------------------------------------------------------------------------------- persistence
+PERSONAL_CONFIG_NAME = "personal_config.json"
+PERSONAL_WEIGHTS_NAME = "personal_model.safetensors"
+
+
+def save_personal_reward(model: PersonalRewardModel, directory) -> None:
+    """Save to ``directory``: ``personal_model.safetensors`` (parameters) and ``personal_config.json``
+    (kind, feature size, annotator ids, settings, history), each written atomically, the config last."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from ..reward.model import write_file_atomic
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.module.state_dict().items()}
+    write_file_atomic(directory / PERSONAL_WEIGHTS_NAME, lambda temp: save_file(state, temp, metadata={"format": "pt"}))
+    feature_dim = _feature_dim(model.module)
+    config = {"format_version": 1, "kind": model.kind, "feature_dim": feature_dim,
+              "annotators": list(model.annotators), "settings": model.settings, "history": model.history}
+
+    def write(temp):
+        with open(temp, "w", encoding="utf-8") as handle:
+            json.dump(config, handle, indent=2, sort_keys=True)
+
+    write_file_atomic(directory / PERSONAL_CONFIG_NAME, write)
+
+
+def load_personal_reward(directory) -> PersonalRewardModel:
+    """Load a model written by :func:`save_personal_reward` (safetensors; nothing is unpickled)."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    path = directory / PERSONAL_CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no personal model config")
+    with open(path, encoding="utf-8") as handle:
+        config = json.load(handle)
+    if config.get("format_version") != 1:
+        raise ValueError(f"{path}: unsupported format_version {config.get('format_version')!r}")
+    annotators = [str(a) for a in config["annotators"]]
+    settings = dict(config.get("settings") or {})
+    module = _build_module(config["kind"], int(config["feature_dim"]), len(annotators), settings)
+    state = load_file(directory / PERSONAL_WEIGHTS_NAME)
+    if "user_table" in state:  # adapt_annotator may have grown the table
+        module.user_table = nn.Parameter(torch.zeros_like(state["user_table"]),
+                                         requires_grad=module.user_table.requires_grad)
+    module.load_state_dict(state)
+    return PersonalRewardModel(kind=config["kind"], module=module.eval(), annotators=annotators,
+                               settings=settings, history=list(config.get("history") or []))
+
+
+def _feature_dim(module: nn.Module) -> int:
+    if isinstance(module, SharedLinearReward):
+        return module.weight.shape[0]
+    if isinstance(module, MixtureReward):
+        return module.prototypes.shape[1]
+    if isinstance(module, IdealPointReward):
+        return module.projection.shape[1]
+    return module.network[0].in_features - module.user_table.shape[1]
