@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..data.errors import DataError
 from ..data.records import Judgment, RankedList
 from ..engine.packing import PackedBatch, pack_lists
 from ..engine.tokenize import TokenizedList, tokenize_records
@@ -303,22 +304,34 @@ class EncoderList:
         return len(self.responses)
 
 
+def _as_record(record, index: int):
+    if isinstance(record, Mapping):
+        try:
+            return Judgment.from_dict(record) if "response" in record else RankedList.from_dict(record)
+        except DataError as error:
+            raise error.at(line=index) from None
+    return record
+
+
 def _encoder_lists(records: Iterable) -> list[EncoderList]:
-    out = []
+    out, unranked = [], 0
     for index, record in enumerate(records):
-        if isinstance(record, Mapping):
-            record = Judgment.from_dict(record) if "response" in record else RankedList.from_dict(record)
+        record = _as_record(record, index)
         if isinstance(record, Judgment):
             label = None if record.label is None else float(record.label)
-            out.append(EncoderList(_text(record.prompt), [_text(record.response)], [0], [label], 1.0, index))
+            out.append(EncoderList(_text(record.prompt), [_text(record.response)], [0], [label],
+                                   float(getattr(record, "weight", 1.0)), index))
             continue
         keep = [i for i, r in enumerate(record.ranks) if r is not None]
         if not keep:
+            unranked += 1
             continue
         dense = record.dense_ranks()
         grades = None if record.scores is None else [record.scores[i] for i in keep]
         out.append(EncoderList(_text(record.prompt), [_text(record.candidates[i]) for i in keep],
                                [dense[i] for i in keep], grades, float(record.weight), index))
+    if unranked:
+        warnings.warn(f"reward model inputs: {unranked} records without a ranked candidate left out", stacklevel=4)
     return out
 
 
@@ -337,9 +350,7 @@ def prepare_lists(model: RewardModel, tokenizer, records: Iterable, *, max_lengt
     # keep per-attribute scores (tokenize_records averages mappings into one grade per response)
     out = []
     for item in lists:
-        record = records[item.index]
-        if isinstance(record, Mapping):
-            record = Judgment.from_dict(record) if "response" in record else RankedList.from_dict(record)
+        record = _as_record(records[item.index], item.index)
         if isinstance(record, RankedList) and record.scores is not None:
             item = replace(item, grades=[record.scores[i] for i, r in enumerate(record.ranks) if r is not None])
         elif isinstance(record, Judgment) and record.label is not None:
