@@ -42,6 +42,9 @@ def write_csv_atomically(path: str, rows: list[dict]) -> None:
     try:
         with os.fdopen(handle, "w", newline="") as out:
             out.write(buffer.getvalue())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
