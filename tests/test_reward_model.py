@@ -206,3 +206,10 @@ def test_truncation_is_reported(tokenizer):
     with pytest.warns(UserWarning, match="truncated"):
         scores = score_lists(model, tokenizer, [record], max_length=7)
     assert scores[0].shape == (2,)
+
+
+def test_pairwise_accuracy_by_hand():
+    records = [RankedList(candidates=["a", "b", "c"], ranks=[0, 1, 2]), RankedList(candidates=["x", "y"], ranks=[1, 0])]
+    # list 1: (a>b) 3>2 right, (a>c) 3>2.5 right, (b>c) 2>2.5 wrong; list 2: (y>x) 1>0 right -> 3 of 4
+    scores = [torch.tensor([3.0, 2.0, 2.5]), torch.tensor([0.0, 1.0])]
+    assert pairwise_accuracy(scores, records) == 0.75

@@ -95,18 +95,25 @@ def pairwise_accuracy(scores: Iterable[Tensor], records: Iterable) -> float:
     """Share of strictly ordered pairs whose better-ranked candidate has the higher score (ties count 0).
 
     ``scores`` are :func:`~rankalign.reward.score_lists` outputs for ``records`` (ranked candidates only).
+    Pooled over all pairs, with the shared pair decomposition of :mod:`rankalign.losses` (``eval`` is a
+    higher layer; ``rankalign.eval.listwise_reward_accuracy`` gives the same number).
     """
-    from ..eval import listwise_reward_accuracy
+    from ..losses._common import preference_metrics
 
     rows, ranks = [], []
     for values, record in zip(scores, records):
-        dense = [r for r in record.dense_ranks() if r is not None]
-        rows.append(values.tolist())
-        ranks.append(dense)
+        rows.append([float(v) for v in values])
+        ranks.append([r for r in record.dense_ranks() if r is not None] if hasattr(record, "dense_ranks") else [0])
+    if not rows:
+        raise ValueError("no scored records")
     width = max(len(r) for r in rows)
-    padded_scores = [r + [0.0] * (width - len(r)) for r in rows]
-    padded_ranks = [r + [-1] * (width - len(r)) for r in ranks]
-    return float(listwise_reward_accuracy(padded_scores, padded_ranks))
+    padded_scores = torch.tensor([r + [0.0] * (width - len(r)) for r in rows], dtype=torch.float64)
+    padded_ranks = torch.tensor([r + [-1] * (width - len(r)) for r in ranks], dtype=torch.long)
+    metrics = preference_metrics(padded_scores, None, ranks=padded_ranks)
+    pairs = metrics["pairs"].sum()
+    if pairs == 0:
+        return math.nan
+    return float((metrics["ranking_accuracy"] * metrics["pairs"]).sum() / pairs)
 
 
 def train_reward_model(model: RewardModel, tokenizer, records: Iterable, *, objective: str = "bt_reward",
