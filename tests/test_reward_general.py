@@ -118,3 +118,14 @@ def test_general_preference_reward_model_on_a_tiny_llama(tmp_path):
     loaded = RewardModel.from_pretrained(tmp_path / "gpm")
     assert loaded.preference_dim == 4
     torch.testing.assert_close(preference_probabilities(loaded, tokenizer, triple)[0], matrix)
+
+
+def test_extreme_embeddings_give_finite_loss_and_gradients():
+    embeddings = torch.tensor([[[1e4, -1e4], [-1e4, 1e4], [3e4, 1e4]]], requires_grad=True)
+    loss = general_preference_loss(embeddings)
+    loss.sum().backward()
+    assert torch.isfinite(loss).all() and torch.isfinite(embeddings.grad).all()
+    # pair (0 > 1): v_0^T R v_1 = a1 b0 - a0 b1 = (-1e4)(-1e4) - (1e4)(1e4) = 0 -> log 2
+    # pair (0 > 2): (-1e4)(3e4) - (1e4)(1e4) = -4e8 -> loss 4e8; pair (1 > 2): (1e4)(3e4) - (-1e4)(1e4) = 4e8 -> 0
+    expected = (torch.log(torch.tensor(2.0)) + 4e8 + 0.0) / 3
+    torch.testing.assert_close(loss, expected.reshape(1))
