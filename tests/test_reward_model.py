@@ -213,3 +213,19 @@ def test_pairwise_accuracy_by_hand():
     # list 1: (a>b) 3>2 right, (a>c) 3>2.5 right, (b>c) 2>2.5 wrong; list 2: (y>x) 1>0 right -> 3 of 4
     scores = [torch.tensor([3.0, 2.0, 2.5]), torch.tensor([0.0, 1.0])]
     assert pairwise_accuracy(scores, records) == 0.75
+
+
+def test_bce_on_judgments(tokenizer):
+    rng = random.Random(4)
+    judgments = []
+    for i in range(40):
+        positive = i % 2 == 0
+        words = (["good"] if positive else []) + [rng.choice(WORDS[1:]) for _ in range(3)]
+        rng.shuffle(words)
+        judgments.append(Judgment(prompt="cat", response=" ".join(words), label=positive))
+    model = tiny_reward_model(tokenizer)
+    train_reward_model(model, tokenizer, judgments, objective="bce_reward", epochs=4, lr=3e-3, batch_size=8)
+    scores = torch.cat(score_lists(model, tokenizer, judgments))
+    labels = torch.tensor([j.label for j in judgments])
+    probabilities = torch.sigmoid(scores)
+    assert probabilities[labels].min() > probabilities[~labels].max()  # separates thumbs up from down
