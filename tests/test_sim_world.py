@@ -136,3 +136,25 @@ def test_records_to_tabular_and_errors_name_the_field():
     np.testing.assert_array_equal(data.weights, [1.0, 2.0])
     with pytest.raises(DataError, match=r"records\[0\].candidates\[1\]"):
         records_to_tabular(world, [RankedList(prompt="x0", candidates=["y0", "y9"], ranks=[0, 1])])
+
+
+def _objective_names():
+    import rankalign.losses as losses
+
+    return [n for family in ("pairwise", "listwise") for n in losses.names(family)]
+
+
+def test_every_pairwise_and_listwise_objective_optimises_in_the_tabular_world():
+    from rankalign.sim import optimise_policy, win_rate
+
+    world = make_tabular_world(4, 5, 3, seed=0)
+    rng = np.random.default_rng(0)
+    population = make_population([("g", 2, None)])
+    items = tabular_items(world, rng.integers(4, size=12), [rng.choice(5, 3, replace=False) for _ in range(12)])
+    records = annotate_items(population, items, rng, kind="ratings", gold_weights=world.gold_weights)
+    names = _objective_names()
+    assert {"dpo", "robust_dpo", "pl_dpo", "lipo_lambda", "pro"} <= set(names)
+    for name in names:
+        fit = optimise_policy(world, records, name, beta=0.5, method="adam", max_iter=8)
+        assert math.isfinite(fit.loss) and np.all(np.isfinite(fit.theta)), name
+        assert 0.0 <= win_rate(world, policy_log_probs(world, fit.theta)) <= 1.0

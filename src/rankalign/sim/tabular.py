@@ -304,13 +304,24 @@ def _resolve_objective(objective) -> Callable:
     return objective
 
 
+def _accepts_keyword(fn, name: str) -> bool:
+    import inspect
+
+    target = getattr(fn, "fn", fn)  # a registry Objective wraps the function
+    try:
+        parameters = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return True
+    return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
 def tabular_loss_function(world: TabularWorld, data: TabularData, objective, *, beta: float = 0.1,
                           params: dict | None = None, reference_theta: np.ndarray | None = None):
     """``theta (torch float64 [d]) -> mean weighted loss``, the objective applied to exact log-probs.
 
     The policy and reference log-probs of each list's candidates are ``[B, K]`` float64 tensors
     (log-softmax over the prompt's whole candidate set), passed to ``objective(policy_logps, ref_logps,
-    ranks=..., lengths=..., grades=..., beta=beta, **params)``.
+    ranks=..., lengths=..., grades=..., beta=beta, **params)`` (``beta`` only when the objective takes one).
     """
     import torch
 
@@ -338,10 +349,12 @@ def tabular_loss_function(world: TabularWorld, data: TabularData, objective, *, 
     extra = {"ranks": ranks, "lengths": lengths}
     if grades is not None:
         extra["grades"] = grades
+    if _accepts_keyword(fn, "beta"):  # PRO, for one, has no beta (its temperatures come from the grades)
+        extra["beta"] = beta
 
     def loss(theta):
         policy_logps = list_log_probs(theta)
-        per_list = fn(policy_logps, ref_logps, beta=beta, **extra, **params)
+        per_list = fn(policy_logps, ref_logps, **extra, **params)
         return (per_list * weights).sum() / total_weight
 
     return loss
