@@ -7,6 +7,8 @@
 * :mod:`rankalign.sim.text_world` -- a tiny synthetic language, its gold reward and a tiny causal LM
   (needs the ``train`` extra; imported lazily).
 * :mod:`rankalign.sim.list_length` -- the list-length study (K = 2, 4, 8 from one annotation budget).
+* :mod:`rankalign.sim.demo` -- ``rankalign demo`` (:func:`rankalign.sim.demo.run_demo`): the whole loop in
+  the text world, from annotation to aligned policies, with metrics and plots.
 
 Only NumPy is needed at import time; torch is imported when an objective is optimised.
 """
