@@ -99,6 +99,8 @@ def test_multi_attribute_weighting(tokenizer):
     learned = tiny_reward_model(tokenizer, num_attributes=2, attribute_weights="learned")
     assert isinstance(learned.attribute_weights, torch.nn.Parameter)
     torch.testing.assert_close(learned.attribute_weights.detach(), torch.tensor([0.5, 0.5]))
+    train_reward_model(learned, tokenizer, gold_lists(16, 2, seed=6), epochs=2, lr=1e-2, batch_size=8)
+    assert not torch.allclose(learned.attribute_weights.detach(), torch.tensor([0.5, 0.5]))  # trained with BT
     with pytest.raises(ValueError):
         tiny_reward_model(tokenizer, num_attributes=2, attribute_weights=[1.0])
 
