@@ -4,7 +4,9 @@
   more attributes; ``save_pretrained``/``from_pretrained`` in transformers' layout (safetensors + JSON).
 * :func:`score_lists` -- rewards of ranked lists, the prompt computed once per list (causal backbones).
 * :func:`train_reward_model` -- a plain, seeded training loop over the registered reward objectives.
-* :mod:`rankalign.reward.general` -- general (intransitive) preference heads (Zhang et al. 2024).
+* :mod:`rankalign.reward.general` -- general (intransitive) preference heads (Zhang et al. 2024);
+  ``RewardModel(..., preference_dim=2k)`` puts one on a backbone, :func:`preference_probabilities` reads it.
+* ``rankalign reward train|score`` (:mod:`rankalign.reward.cli`).
 """
 
 from .general import (
