@@ -15,6 +15,7 @@ COMMANDS: dict[str, str] = {
     "data": "rankalign.data.cli:data",
     "rate": "rankalign.stats.cli:rate",
     "train": "rankalign.train.cli:train",
+    "reward": "rankalign.reward.cli:reward",
     "eval": "rankalign.eval.cli:eval_command",
     "demo": "rankalign.sim.cli:demo",
 }
@@ -23,6 +24,7 @@ HELP = {
     "data": "Inspect, validate and convert preference data files.",
     "rate": "Fit ratings (Bradley-Terry, Thurstone, Davidson, Rao-Kupper, Plackett-Luce) and print a leaderboard.",
     "train": "Train a policy on ranked lists from a YAML config.",
+    "reward": "Train a reward model on a preference file, or score a file with one.",
     "eval": "Evaluate a trained policy on a preference file.",
     "demo": "The whole loop on a simulated world with a known gold reward.",
 }
