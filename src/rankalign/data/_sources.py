@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from .._atomic import atomic_write  # noqa: F401  (the readers write through it)
 from .errors import DataError
 
 FORMATS = ("jsonl", "json", "csv", "parquet", "preflib", "dataset", "dataset_dir")
@@ -352,20 +351,3 @@ def _parse_preflib_order(text: str, path: str, line: int):
 
 
 # ---------------------------------------------------------------------------------------------- writing
-def atomic_write(path, write_fn, *, binary: bool = False):
-    """Call ``write_fn(handle)`` on a temp file next to ``path``, then ``os.replace`` it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        mode = "wb" if binary else "w"
-        kwargs = {} if binary else {"encoding": "utf-8", "newline": ""}
-        with os.fdopen(fd, mode, **kwargs) as handle:
-            write_fn(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

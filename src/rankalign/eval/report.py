@@ -14,11 +14,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .._atomic import atomic_write
 
 __all__ = [
     "EvalReport",
@@ -105,24 +106,8 @@ def to_jsonable(value: Any) -> Any:
 
 
 def _atomic_write(path, write) -> Path:
-    """Call ``write(file_object)`` on a temporary file next to ``path``, then move it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    return path
+    """Call ``write(binary_handle)`` on a temporary file next to ``path``, then move it into place."""
+    return atomic_write(path, write, binary=True)
 
 
 def write_json_atomic(path, obj) -> Path:

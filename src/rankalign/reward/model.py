@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .._atomic import atomic_write_path
 from ..data.errors import DataError
 from ..data.records import Judgment, RankedList
 from ..engine.packing import PackedBatch, pack_lists
@@ -65,22 +66,7 @@ _FLASH_IMPLEMENTATIONS = ("flash_attention_2", "flash_attention_3", "paged_atten
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def write_file_atomic(path: str | os.PathLike, write) -> None:
-    """Call ``write(temp_path)`` on a temporary file next to ``path``, then ``os.replace`` it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(temp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        write(temp)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
+write_file_atomic = atomic_write_path  # ``write(temp_path)``, then moved into place
 
 
 def _write_json_atomic(path, data) -> None:

@@ -12,14 +12,13 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import click
 import numpy as np
 
+from rankalign._atomic import atomic_write
 from rankalign.data.errors import DataError
 
 MODEL_NAMES = {"bt": "bradley-terry", "thurstone": "thurstone", "davidson": "davidson",
@@ -172,19 +171,7 @@ def _fit(kind, data, model, reference, prior, npseudo, home_advantage, path, tie
 
 # ------------------------------------------------------------------------------------------- output
 def _atomic_write_bytes(path, write):
-    """Call ``write(file_object)`` on a temporary file next to ``path``, then rename it into place."""
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    directory.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    return atomic_write(path, write, binary=True)
 
 
 def write_csv(result, path):
