@@ -134,3 +134,38 @@ def test_collator_from_records_end_to_end(words):
     assert batch.list_index.tolist() == [0, 1]
     as_dict = ListCollator(return_dict=True)(lists)
     assert as_dict["layout"] == "shared" and as_dict["input_ids"].equal(pack_lists(lists).input_ids)
+
+
+def test_real_pairs_tokenize_pack_and_score_consistently():
+    # hh-rlhf harmless pairs (implicit prompt: the shared transcript up to the last "Assistant:")
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from rankalign.engine import sequence_logps, tiny_causal_lm
+
+    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless" / "pairs.jsonl"
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    records = []
+    with open(path) as handle:
+        for line in handle:
+            row = json.loads(line)
+            cut = row["chosen"].rfind("\n\nAssistant:") + len("\n\nAssistant:")
+            prompt, chosen, rejected = row["chosen"][:cut], row["chosen"][cut:], row["rejected"][cut:]
+            if row["rejected"][:cut] == prompt and chosen.strip() and rejected.strip() and chosen != rejected:
+                records.append(RankedList(prompt=prompt, candidates=[chosen, rejected], ranks=[0, 1]))
+            if len(records) == 12:
+                break
+    tok = build_tokenizer([r.prompt + c for r in records for c in r.candidates], vocab_size=400)
+    lists, report = tokenize_records(tok, records, max_prompt_tokens=48, max_response_tokens=24)
+    assert report.rows_kept == 12 and all(len(item.prompt_ids) <= 48 for item in lists)
+    assert all(len(r) <= 24 for item in lists for r in item.response_ids)
+    # the kept prompt tail decodes to the end of the original prompt
+    assert tok.decode(lists[0].prompt_ids[1:]) == records[0].prompt[-len(tok.decode(lists[0].prompt_ids[1:])):]
+    model = tiny_causal_lm(len(tok), arch="gpt2", hidden_size=32)
+    with torch.no_grad():
+        shared = sequence_logps(model, pack_lists(lists, pad_token_id=tok.pad_token_id))
+        duplicated = sequence_logps(model, pack_lists(lists, layout="duplicated", pad_token_id=tok.pad_token_id))
+    torch.testing.assert_close(shared, duplicated, atol=1e-4, rtol=1e-5)
