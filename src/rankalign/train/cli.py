@@ -36,6 +36,13 @@ def train(config_path, overrides, no_resume, print_config):
         result = run_config(config, resume=False if no_resume else None)
     except ConfigError as error:
         raise click.UsageError(str(error)) from None
+    report = result.data_report
+    if report is not None:
+        skipped = dict(getattr(report, "skipped", {}) or {})
+        click.echo(f"data: {getattr(report, 'records', '?')} records read from {getattr(report, 'path', '?')} "
+                   f"(layout {getattr(report, 'layout', '?')}); skipped: {skipped or 'none'}")
+    if result.truncation is not None:
+        click.echo(f"tokenization: {result.truncation}")
     last = next((row for row in reversed(result.history) if "loss" in row), {})
     summary = {k: round(v, 4) if isinstance(v, float) else v for k, v in last.items()}
     click.echo(f"trained {result.global_step} steps in {result.wall_time:.1f}s "

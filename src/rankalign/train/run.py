@@ -12,7 +12,7 @@ from pathlib import Path
 from .config import TrainConfig, save_config
 
 
-def read_records(config: TrainConfig) -> list:
+def read_records(config: TrainConfig, *, with_report: bool = False):
     """The training records of ``config.data`` (via :func:`rankalign.data.read`, which knows the layouts).
 
     JSONL files of ``RankedList.to_dict()`` / ``Judgment.to_dict()`` rows are read directly when
@@ -20,9 +20,11 @@ def read_records(config: TrainConfig) -> list:
     """
     if not config.data:
         raise ValueError("the config has no `data` file")
+    report = None
     if config.data.startswith("sim:"):
         records = simulated_lists(config.data, **config.data_options)
-        return records[: config.max_records] if config.max_records > 0 else records
+        records = records[: config.max_records] if config.max_records > 0 else records
+        return (records, report) if with_report else records
     try:
         from rankalign.data import read
     except ImportError:
@@ -30,11 +32,12 @@ def read_records(config: TrainConfig) -> list:
     if read is not None:
         result = read(config.data, **config.data_options)
         records = list(result.records if hasattr(result, "records") else result)
+        report = getattr(result, "report", None)
     else:
         records = _read_record_jsonl(config.data)
     if config.max_records > 0:
         records = records[: config.max_records]
-    return records
+    return (records, report) if with_report else records
 
 
 def simulated_lists(spec: str, *, num_lists: int = 256, k: int = 4, seed: int = 0, tie_tolerance: float = 0.0):
@@ -164,7 +167,7 @@ def run_config(config: TrainConfig, *, resume: bool | None = None):
     import transformers
 
     transformers.set_seed(config.seed)
-    records = read_records(config)
+    records, data_report = read_records(config, with_report=True)
     tokenizer = load_tokenizer(config, records)
     model = load_model(config.model, tokenizer, config)
     ref_model = load_model(config.reference_model, tokenizer, config) if config.reference_model else None
@@ -175,6 +178,7 @@ def run_config(config: TrainConfig, *, resume: bool | None = None):
     save_config(config, output_dir)
     result = train_preference(model, tokenizer, records, config, ref_model=ref_model,
                               resume_from_checkpoint=True if resume else None)
+    result.data_report = data_report
     final_dir = output_dir / "final"
     result.model.save_pretrained(final_dir)  # safetensors
     tokenizer.save_pretrained(final_dir)

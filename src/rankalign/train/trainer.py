@@ -515,6 +515,7 @@ class TrainResult:
     output_dir: str
     global_step: int
     truncation: Any = None
+    data_report: Any = None
     final_metrics: dict[str, Any] = field(default_factory=dict)
 
 
