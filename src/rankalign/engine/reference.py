@@ -15,8 +15,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .._atomic import atomic_write_bytes
 from .logps import sequence_logps, supports_shared_layout, unwrap_model
 from .packing import pack_lists
 from .tokenize import TokenizedList
@@ -76,21 +75,6 @@ def reference_cache_key(model, lists: Sequence[TokenizedList], *, tokenizer=None
     _hash_lists(digest, lists)
     digest.update(json.dumps(dict(settings or {}), sort_keys=True, default=str).encode())
     return digest.hexdigest()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 # ------------------------------------------------------------------------------------------------ cache
@@ -171,10 +155,10 @@ class ReferenceCache:
         offsets = torch.zeros(len(ks) + 1, dtype=torch.long)
         offsets[1:] = torch.tensor(ks, dtype=torch.long).cumsum(0) if ks else offsets[1:]
         raw = save_safetensors({"logps": values.contiguous(), "offsets": offsets}, metadata={"key": key})
-        _atomic_write_bytes(self.tensor_path, raw)
+        atomic_write_bytes(self.tensor_path, raw)
         manifest = {"format": CACHE_FORMAT, "key": key, "num_lists": len(ks), "ks": ks,
                     "sha256": hashlib.sha256(raw).hexdigest(), "settings": dict(settings or {})}
-        _atomic_write_bytes(self.manifest_path, (json.dumps(manifest, indent=1, default=str) + "\n").encode())
+        atomic_write_bytes(self.manifest_path, (json.dumps(manifest, indent=1, default=str) + "\n").encode())
 
 
 # ------------------------------------------------------------------------------------------------ compute
@@ -254,9 +238,11 @@ def _progress(enabled: bool, total: int):
     if not enabled or total == 0:
         yield lambda: None
         return
+    from rich.console import Console
     from rich.progress import Progress
 
-    with Progress(transient=True) as bar:
+    # on stderr, so that a command printing JSON to stdout stays machine-readable
+    with Progress(transient=True, console=Console(stderr=True)) as bar:
         task = bar.add_task("reference log-probs", total=total)
         yield lambda: bar.advance(task)
 
