@@ -43,7 +43,7 @@ def train(config_path, overrides, no_resume, print_config):
                    f"(layout {getattr(report, 'layout', '?')}); skipped: {skipped or 'none'}")
     if result.truncation is not None:
         click.echo(f"tokenization: {result.truncation}")
-    last = next((row for row in reversed(result.history) if "loss" in row), {})
+    last = next((row for row in reversed(result.history) if "loss" in row), result.final_metrics)
     summary = {k: round(v, 4) if isinstance(v, float) else v for k, v in last.items()}
     click.echo(f"trained {result.global_step} steps in {result.wall_time:.1f}s "
                f"({result.tokens_per_second:.0f} tokens/s); last log: {summary}")

@@ -336,6 +336,7 @@ class PreferenceTrainer(transformers.Trainer):
         self._step_weight: torch.Tensor | None = None
         self._metric_sums: dict[str, torch.Tensor] = {}
         self._last_log_time: float | None = None
+        self._tokens_total = 0.0  # this process's tokens over the whole run (for TrainResult.tokens_per_second)
 
     # ---------------------------------------------------------------------------- data order
     def _get_train_sampler(self, train_dataset=None):
@@ -435,6 +436,7 @@ class PreferenceTrainer(transformers.Trainer):
             add("response_tokens", torch.where(valid, batch.lengths, torch.zeros_like(batch.lengths)).double().sum())
         if num_tokens:
             add("tokens", float(num_tokens))
+            self._tokens_total += float(num_tokens)
 
     def _reduce_metrics(self) -> dict[str, float]:
         """Sum the accumulated metrics over processes and turn them into means for the log."""
@@ -625,7 +627,10 @@ def train_preference(model, tokenizer, records_or_lists, config, *, ref_model=No
     output = trainer.train(resume_from_checkpoint=resume_from_checkpoint or None)
     wall = time.perf_counter() - started
     history = [dict(row) for row in trainer.state.log_history]
-    tokens = sum(row.get("tokens", 0.0) for row in history)
+    tokens = torch.tensor(trainer._tokens_total, dtype=torch.float64, device=trainer.args.device)
+    if trainer.accelerator.num_processes > 1:
+        tokens = trainer.accelerator.reduce(tokens, reduction="sum")
+    tokens = float(tokens)
     train_runtime = output.metrics.get("train_runtime", wall) or wall
     return TrainResult(history=history, model=trainer.model, wall_time=wall,
                        tokens_per_second=tokens / train_runtime if train_runtime > 0 else math.nan,
