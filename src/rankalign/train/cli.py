@@ -36,6 +36,10 @@ def train(config_path, overrides, no_resume, print_config):
         result = run_config(config, resume=False if no_resume else None)
     except ConfigError as error:
         raise click.UsageError(str(error)) from None
+    import os
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under accelerate launch / torchrun, rank 0 reports
     report = result.data_report
     if report is not None:
         skipped = dict(getattr(report, "skipped", {}) or {})

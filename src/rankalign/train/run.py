@@ -173,14 +173,17 @@ def run_config(config: TrainConfig, *, resume: bool | None = None):
     ref_model = load_model(config.reference_model, tokenizer, config) if config.reference_model else None
     output_dir = Path(config.output_dir)
     resume = config.resume if resume is None else resume
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under accelerate/torchrun only rank 0 writes files
     if resume:
         check_resumable(config)
-    save_config(config, output_dir)
+    if main_process:
+        save_config(config, output_dir)
     result = train_preference(model, tokenizer, records, config, ref_model=ref_model,
                               resume_from_checkpoint=True if resume else None)
     result.data_report = data_report
-    final_dir = output_dir / "final"
-    result.model.save_pretrained(final_dir)  # safetensors
-    tokenizer.save_pretrained(final_dir)
-    save_config(config, final_dir)
+    if main_process:
+        final_dir = output_dir / "final"
+        result.model.save_pretrained(final_dir)  # safetensors
+        tokenizer.save_pretrained(final_dir)
+        save_config(config, final_dir)
     return result
