@@ -18,13 +18,12 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import sys
-import tempfile
 import time
 
 import torch
 
+from rankalign._atomic import atomic_write_text
 from rankalign.sim.list_length import DEFAULT_OBJECTIVES, run_list_length_study
 
 COLUMNS = ["budget_unit", "budget", "k", "objective", "lists", "seeds", "win_rate", "win_rate_se", "kl", "kl_se",
@@ -36,20 +35,7 @@ def write_csv_atomically(path: str, rows: list[dict]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".study_list_length.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", newline="") as out:
-            out.write(buffer.getvalue())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    atomic_write_text(path, buffer.getvalue())
 
 
 def print_table(rows: list[dict], title: str) -> None:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._atomic import atomic_write_text
 from ..data.records import RankedList
 from .annotators import annotate, make_population, pair_probabilities
 from .text_world import (
@@ -328,7 +329,7 @@ def run_demo(out_dir: str = "demo_output", *, settings: DemoSettings | None = No
                "by_epoch": EvalReport(title="by epoch", rows=trajectory_table).to_dict(),
                "histories": histories, "seconds": time.perf_counter() - started}
     write_json_atomic(os.path.join(out_dir, "results.json"), results)
-    _atomic_text(os.path.join(out_dir, "results_table.txt"), report.to_text() + "\n" + ratings_report.to_text())
+    atomic_write_text(os.path.join(out_dir, "results_table.txt"), report.to_text() + "\n" + ratings_report.to_text())
     _stage(console, f"done in {results['seconds']:.0f} s; wrote results.json, results_table.txt, "
                     f"gold_reward_vs_kl.png, accuracy_curves.png to {out_dir}")
     return results
@@ -364,22 +365,6 @@ def _epoch_callback_class():
 
 def _EpochEvaluation(evaluate):
     return _epoch_callback_class()(evaluate)
-
-
-def _atomic_text(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".txt")
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
 
 
 __all__ = ["METHODS", "DemoSettings", "annotator_population", "annotate_lists", "best_worst_pairs",
