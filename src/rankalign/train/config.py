@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from rankalign._atomic import atomic_write_text
 
 LAYOUTS = ("shared", "duplicated")
 DATA_FORMS = ("lists", "pairs")
@@ -327,20 +328,10 @@ def config_to_dict(config: TrainConfig) -> dict[str, Any]:
 
 
 def save_config(config: TrainConfig, directory: str | os.PathLike, name: str = "train_config.yaml") -> Path:
-    """Write the resolved config as YAML into ``directory`` atomically (temp file + os.replace)."""
+    """Write the resolved config as YAML into ``directory`` atomically (:func:`rankalign._atomic.atomic_write_text`)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / name
     text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
-    handle, temp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
+    atomic_write_text(target, text)
     return target

@@ -29,18 +29,23 @@ policy's own likelihood, no reference); for unpaired data ``rewards/desirable`` 
 ``kl_per_token`` = sum(log pi_theta(y|x) - log pi_ref(y|x)) / sum(|y|) over the *training responses*:
 the per-token log-ratio on the data. It is not KL(pi_theta || pi_ref), which is the expectation of that
 log-ratio under the policy's own samples; on off-policy preference data it can be negative. It shows
-how far the policy has moved on the responses it is trained on (0 at the start). ``tokens`` are the
+how far the policy has moved on the responses it is trained on (0 at the start). For KTO with z0
+estimated (no ``loss_params.z0``): ``kl`` the mean over the window's batches of the mismatched-pair
+estimate mean_i [log pi_theta(y_{i+1}|x_i) - log pi_ref(y_{i+1}|x_i)] and ``z0`` the mean of the
+reference point used, max(0, kl) per batch (:meth:`PreferenceTrainer._kto_kl_estimate`). For BCO and
+``bco_pair`` with delta kept by the trainer (no ``loss_params.delta``): ``bco_delta`` the running reward
+mean after the last step. ``tokens`` are the
 tokens the model ran over (prompt once per list in the shared layout, padding excluded) and
 ``tokens_per_second`` their rate over the window's wall time.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -52,11 +57,15 @@ import transformers
 from torch.utils.data import Dataset, Sampler
 
 from rankalign import losses
+from rankalign._atomic import atomic_write_json, atomic_write_text
 from rankalign.losses._common import preference_metrics
+from rankalign.losses.unpaired import BCORunningMean
 
 METRICS_FILE = "metrics.jsonl"
 # objective arguments that come from the batch, never from the config's loss_params
-_BATCH_ARGUMENTS = {"ranks", "lengths", "grades", "labels"}
+_BATCH_ARGUMENTS = {"ranks", "lengths", "grades", "labels", "kl_policy_logps", "kl_ref_logps"}
+# per-run objective state (BCO's running reward mean) saved in every checkpoint folder
+OBJECTIVE_STATE_FILE = "rankalign_objective_state.json"
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -104,26 +113,60 @@ class EpochShuffleSampler(Sampler):
         return iter(torch.randperm(self.size, generator=generator).tolist())
 
 
+def mismatched_pairs(lists: Sequence) -> list:
+    """KTO's mismatched (prompt, response) pairs of a batch: prompt i with the response of (i + 1) mod B.
+
+    Ethayarajh et al., *KTO: Model Alignment as Prospect Theoretic Optimization* (ICML 2024), estimate
+    the reference point z0 = KL(pi_theta || pi_ref) from responses that do not belong to their prompt;
+    shifting the responses by one inside the batch is how TRL's ``KTOTrainer`` builds them. Each item is
+    an unpaired :class:`~rankalign.engine.TokenizedList` (K = 1); the result keeps the prompt's label,
+    weight and index (they are not used by the estimate). A batch of one pairs a prompt with its own
+    response (there is no other in the batch).
+    """
+    from rankalign.engine import TokenizedList
+
+    size = len(lists)
+    out = []
+    for i, item in enumerate(lists):
+        other = lists[(i + 1) % size]
+        if item.k != 1 or other.k != 1:
+            raise ValueError(f"mismatched pairs are built from unpaired lists (K = 1); list {item.index} has "
+                             f"K = {item.k}, list {other.index} K = {other.k}")
+        out.append(TokenizedList(prompt_ids=list(item.prompt_ids), response_ids=[list(other.response_ids[0])],
+                                 ranks=[0], weight=item.weight, label=item.label, index=item.index))
+    return out
+
+
 class PreferenceCollator:
     """Pack B lists with :func:`rankalign.engine.pack_lists`; return a dict the Trainer moves to the device.
 
     The dict holds the :class:`~rankalign.engine.PackedBatch` fields plus ``ref_logps`` (``[B, K]``,
     aligned with the batch's response columns, 0 at padding) when references were precomputed.
+
+    With ``mismatched_pairs=True`` (KTO's KL estimate) the dict also holds ``kl_batch``: the fields of
+    the packed :func:`mismatched_pairs` of the batch (prompt i with response (i + 1) mod B).
     """
 
-    def __init__(self, *, layout: str = "shared", pad_token_id: int = 0, max_tokens_per_row: int | None = None):
+    def __init__(self, *, layout: str = "shared", pad_token_id: int = 0, max_tokens_per_row: int | None = None,
+                 mismatched_pairs: bool = False):
         self.layout = layout
         self.pad_token_id = pad_token_id
         self.max_tokens_per_row = max_tokens_per_row
+        self.mismatched_pairs = mismatched_pairs
 
-    def __call__(self, items) -> dict[str, Any]:
+    def _pack(self, lists) -> dict[str, Any]:
         from rankalign.engine import pack_lists
 
-        lists = [item[0] for item in items]
         packed = pack_lists(lists, layout=self.layout, max_tokens_per_row=self.max_tokens_per_row,
                             pad_token_id=self.pad_token_id)
-        out = {f.name: getattr(packed, f.name) for f in dataclasses.fields(packed)}
-        width = packed.ranks.shape[1]
+        return {f.name: getattr(packed, f.name) for f in dataclasses.fields(packed)}
+
+    def __call__(self, items) -> dict[str, Any]:
+        lists = [item[0] for item in items]
+        out = self._pack(lists)
+        if self.mismatched_pairs:
+            out["kl_batch"] = self._pack(mismatched_pairs(lists))
+        width = out["ranks"].shape[1]
         if items[0][1] is not None:
             ref = torch.zeros(len(items), width, dtype=torch.float32)
             for row, (_, values) in enumerate(items):
@@ -144,17 +187,27 @@ def _forward_through_wrapper(wrapped, inner, compute):
     """Run ``compute()`` as ``wrapped``'s forward (DDP needs its forward called to synchronise gradients).
 
     ``inner.forward`` is replaced by a one-shot function for a single call: DistributedDataParallel's
-    forward calls ``inner(...)`` which runs ``compute`` with the original forward restored.
+    forward calls ``inner(...)`` which runs ``compute`` with the original forward restored. An instance
+    attribute ``forward`` that was there before (accelerate's mixed-precision wrapper) is put back
+    afterwards, not deleted (as :func:`rankalign.engine.logps._run_base` does).
     """
+    saved = inner.__dict__.get("forward")  # accelerate installs an instance forward for mixed precision
+
+    def restore():
+        if saved is None:
+            inner.__dict__.pop("forward", None)
+        else:
+            inner.forward = saved
+
     def forward_once(*args, **kwargs):
-        inner.__dict__.pop("forward", None)
+        restore()
         return compute()
 
     inner.forward = forward_once
     try:
         return wrapped()
     finally:
-        inner.__dict__.pop("forward", None)
+        restore()
 
 
 def bf16_available() -> bool:
@@ -197,12 +250,7 @@ class MetricsFileCallback(transformers.TrainerCallback):
                     continue  # a torn last line from a killed writer
                 if row.get("step", 0) <= state.global_step:
                     kept.append(line)
-        handle, temp = tempfile.mkstemp(dir=self.path.parent, prefix=".metrics.", suffix=".tmp")
-        with os.fdopen(handle, "w") as stream:
-            stream.write("".join(line + "\n" for line in kept))
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, self.path)
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -226,12 +274,7 @@ class CheckpointMarkerCallback(transformers.TrainerCallback):
             return
         directory = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if directory.is_dir():
-            handle, temp = tempfile.mkstemp(dir=directory, prefix=".marker.", suffix=".tmp")
-            with os.fdopen(handle, "w") as stream:
-                stream.write(json.dumps({"global_step": state.global_step}))
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temp, directory / CHECKPOINT_MARKER)
+            atomic_write_json(directory / CHECKPOINT_MARKER, {"global_step": state.global_step})
 
 
 def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
@@ -290,14 +333,21 @@ class PreferenceTrainer(transformers.Trainer):
         self.loss_params = dict(loss_params or {})
         import inspect
 
-        tunable = {p.name for p in inspect.signature(self.objective.fn).parameters.values()
-                   if p.kind is inspect.Parameter.KEYWORD_ONLY} - _BATCH_ARGUMENTS
+        keyword_params = {p.name for p in inspect.signature(self.objective.fn).parameters.values()
+                          if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        tunable = keyword_params - _BATCH_ARGUMENTS
         unknown = set(self.loss_params) - tunable
         if unknown:
             raise ValueError(f"objective {objective!r} has no parameter(s) {sorted(unknown)}; "
                              f"it takes {sorted(tunable)}")
         self.beta = float(self.loss_params.get("beta", self.objective.params.get("beta", 1.0)))
         self.unpaired = self.objective.family == "unpaired"
+        # KTO: z0 estimated per batch from mismatched pairs, unless loss_params fixes z0
+        self.estimate_z0 = (self.unpaired and {"z0", "kl_policy_logps"} <= keyword_params
+                            and "z0" not in self.loss_params)
+        # BCO: the reward shift delta is the running mean of the rewards, unless loss_params fixes delta
+        self.bco_running = (BCORunningMean() if "delta" in keyword_params and "delta" not in self.loss_params
+                            else None)
 
         if layout == "shared" and not engine.supports_shared_layout(_engine_model(model)):
             import warnings
@@ -319,13 +369,24 @@ class PreferenceTrainer(transformers.Trainer):
                                               layout=layout)
         if self.objective.reference_free:
             ref_logps = None
+        # the reference for the mismatched pairs (not cacheable: they depend on the batch composition)
+        self._kl_reference = None
+        if self.estimate_z0 and not self.objective.reference_free:
+            if ref_model is not None:
+                self._kl_reference = ref_model.eval()
+            elif not hasattr(model, "disable_adapter"):  # a PEFT model uses its adapter-disabled base
+                self._kl_reference = copy.deepcopy(model).eval()  # the policy before training
+            if self._kl_reference is not None:
+                for parameter in self._kl_reference.parameters():
+                    parameter.requires_grad_(False)
 
         if pad_token_id is None:
             tokenizer = processing_class
             pad_token_id = getattr(tokenizer, "pad_token_id", None)
             if pad_token_id is None:
                 pad_token_id = getattr(getattr(_engine_model(model), "config", None), "pad_token_id", None) or 0
-        collator = PreferenceCollator(layout=layout, pad_token_id=pad_token_id, max_tokens_per_row=max_tokens_per_row)
+        collator = PreferenceCollator(layout=layout, pad_token_id=pad_token_id, max_tokens_per_row=max_tokens_per_row,
+                                      mismatched_pairs=self.estimate_z0)
         dataset = ListDataset(train_lists, ref_logps)
         callbacks = list(callbacks or [])
         callbacks.append(MetricsFileCallback(Path(args.output_dir) / METRICS_FILE))
@@ -369,6 +430,7 @@ class PreferenceTrainer(transformers.Trainer):
 
         inputs = dict(inputs)
         ref_logps = inputs.pop("ref_logps", None)
+        kl_inputs = inputs.pop("kl_batch", None)
         batch = PackedBatch(**inputs)
         num_tokens = batch.num_tokens
 
@@ -384,7 +446,16 @@ class PreferenceTrainer(transformers.Trainer):
         if ref_logps is not None:
             ref_logps = ref_logps.to(policy_logps.dtype)
 
-        per_list = self._objective_loss(policy_logps, ref_logps, batch)
+        step_params = {}
+        if self.estimate_z0:
+            if kl_inputs is None:
+                raise ValueError("KTO's z0 estimate needs the collator's mismatched pairs (kl_batch)")
+            step_params["z0"] = self._kto_kl_estimate(model, PackedBatch(**kl_inputs))
+        if self.bco_running is not None:
+            if model.training:
+                self._update_bco_running_mean(policy_logps.detach(), ref_logps, batch)
+            step_params["delta"] = self.bco_running.mean
+        per_list = self._objective_loss(policy_logps, ref_logps, batch, step_params)
         weights = batch.weights.to(per_list.dtype)
         if model.training and self._step_weight is not None:
             norm = self._step_weight.to(per_list.dtype).clamp_min(torch.finfo(per_list.dtype).tiny)
@@ -395,15 +466,74 @@ class PreferenceTrainer(transformers.Trainer):
             self._accumulate_metrics(policy_logps.detach(), ref_logps, batch, per_list.detach(), num_tokens)
         return (loss, {"policy_logps": policy_logps.detach()}) if return_outputs else loss
 
-    def _objective_loss(self, policy_logps, ref_logps, batch):
+    def _objective_loss(self, policy_logps, ref_logps, batch, step_params=None):
+        params = {**self.loss_params, **(step_params or {})}
         if self.unpaired:
             labels = batch.labels
             if labels is None:
                 raise ValueError(f"objective {self.objective.name!r} needs unpaired data (Judgments with labels)")
             ref = None if ref_logps is None else ref_logps[:, 0]
-            return self.objective(policy_logps[:, 0], ref, labels=labels, **self.loss_params)
+            return self.objective(policy_logps[:, 0], ref, labels=labels, **params)
         return self.objective(policy_logps, ref_logps, ranks=batch.ranks, lengths=batch.lengths,
-                              grades=batch.grades, **self.loss_params)
+                              grades=batch.grades, **params)
+
+    def _sum_over_processes(self, values: torch.Tensor) -> torch.Tensor:
+        if self.accelerator.num_processes > 1:
+            values = self.accelerator.reduce(values, reduction="sum")
+        return values
+
+    @torch.no_grad()
+    def _kto_kl_estimate(self, model, kl_batch) -> torch.Tensor:
+        """KTO's KL estimate (Ethayarajh et al. 2024) on the batch's mismatched pairs, over all processes.
+
+        ``mean_i [log pi_theta(y_{i+1} | x_i) - log pi_ref(y_{i+1} | x_i)]`` with both log-probs computed
+        without gradient: the policy as it is at this step, the reference from ``ref_model``, the
+        adapter-disabled base of a PEFT model, or a frozen copy of the policy taken before training.
+        Under several processes the sums and counts are added over processes (TRL gathers the
+        per-process estimates), so every rank uses the same value. Returned unclamped (float64, 0-dim);
+        the objective detaches it and clamps it at 0 (:func:`rankalign.losses.unpaired.kto`).
+        """
+        from rankalign.engine import peft_reference_logps, sequence_logps
+
+        inner = self.accelerator.unwrap_model(model)
+        policy = sequence_logps(_engine_model(inner), kl_batch)[:, 0].double()
+        if self.objective.reference_free:
+            reference = torch.zeros_like(policy)
+        elif self._kl_reference is not None:
+            self._kl_reference.to(policy.device)
+            reference = sequence_logps(_engine_model(self._kl_reference), kl_batch)[:, 0].double()
+        else:
+            reference = peft_reference_logps(inner, kl_batch)[:, 0].double()
+        totals = self._sum_over_processes(torch.stack([(policy - reference).sum(),
+                                                       policy.new_tensor(float(policy.numel()))]))
+        kl = totals[0] / totals[1].clamp_min(1.0)
+        if model.training:
+            self._add_metric("kto_kl", kl)
+            self._add_metric("kto_z0", kl.clamp_min(0.0))
+            self._add_metric("kto_batches", 1.0)
+        return kl
+
+    @torch.no_grad()
+    def _update_bco_running_mean(self, policy_logps, ref_logps, batch) -> None:
+        """Fold this micro-batch's implicit rewards ``beta * rho`` (every process's) into BCO's delta.
+
+        Jung et al. 2024 shift the rewards by their running mean; per
+        :class:`~rankalign.losses.unpaired.BCORunningMean` it is updated *before* the loss with the
+        detached rewards of every response of the batch (desirable and undesirable, or chosen and
+        rejected for ``bco_pair``; padding excluded), summed over processes so that all ranks keep the
+        same delta.
+        """
+        valid = batch.ranks >= 0
+        rho = policy_logps - (0.0 if ref_logps is None else ref_logps)
+        rewards = torch.where(valid, self.beta * rho.double(), torch.zeros_like(rho, dtype=torch.float64))
+        totals = self._sum_over_processes(torch.stack([rewards.sum(), valid.sum().to(rewards)]))
+        if float(totals[1]) > 0:
+            self.bco_running.update((totals[0] / totals[1]).reshape(1))
+
+    def _add_metric(self, name, value) -> None:
+        value = torch.as_tensor(value, dtype=torch.float64).detach().to(self.args.device)
+        previous = self._metric_sums.get(name)
+        self._metric_sums[name] = value if previous is None else previous + value.to(previous.device)
 
     @torch.no_grad()
     def _accumulate_metrics(self, policy_logps, ref_logps, batch, per_list, num_tokens):
@@ -464,6 +594,12 @@ class PreferenceTrainer(transformers.Trainer):
             out["rewards/undesirable"] = sums["reward_undesirable"] / max(lists - desirable, 1.0)
         if sums.get("response_tokens", 0.0) > 0:
             out["kl_per_token"] = sums["log_ratio_sum"] / sums["response_tokens"]
+        if sums.get("kto_batches", 0.0) > 0:
+            # already averaged over processes: divide the per-process sums by the processes' batch count
+            out["kl"] = sums["kto_kl"] / sums["kto_batches"]
+            out["z0"] = sums["kto_z0"] / sums["kto_batches"]
+        if self.bco_running is not None:
+            out["bco_delta"] = self.bco_running.mean
         if "tokens" in sums:
             now = time.perf_counter()
             if self._last_log_time is not None and now > self._last_log_time:
@@ -477,9 +613,45 @@ class PreferenceTrainer(transformers.Trainer):
             logs = {**logs, **self._reduce_metrics()}
         super().log(logs, start_time)
 
-    def train(self, *args, **kwargs):
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """``transformers.Trainer.train``; also restores the objective state saved with the checkpoint."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = transformers.trainer_utils.get_last_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"no checkpoint to resume from in {self.args.output_dir}")
+        if self.bco_running is not None:
+            self.bco_running = BCORunningMean(momentum=self.bco_running.momentum)
+        if resume_from_checkpoint:
+            self._load_objective_state(resume_from_checkpoint)
         self._last_log_time = time.perf_counter()
-        return super().train(*args, **kwargs)
+        return super().train(resume_from_checkpoint or None, *args, **kwargs)
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def _objective_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"objective": self.objective.name, "global_step": self.state.global_step}
+        if self.bco_running is not None:
+            state["bco_running_mean"] = self.bco_running.state_dict()
+        return state
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint, plus ``rankalign_objective_state.json`` (BCO's delta) beside it."""
+        super()._save_checkpoint(model, trial)
+        if self.bco_running is not None and self.args.should_save:
+            directory = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            atomic_write_json(directory / OBJECTIVE_STATE_FILE, self._objective_state())
+
+    def _load_objective_state(self, checkpoint: str | os.PathLike) -> None:
+        if self.bco_running is None:
+            return
+        path = Path(checkpoint) / OBJECTIVE_STATE_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing; objective {self.objective.name!r} keeps a running reward "
+                                    "mean that must be restored for an exact resume")
+        try:
+            state = json.loads(path.read_text())
+            self.bco_running.load_state_dict(state["bco_running_mean"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{path}: field 'bco_running_mean': unreadable ({error})") from None
 
 
 # --------------------------------------------------------------------------------------- references
