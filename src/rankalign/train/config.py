@@ -62,7 +62,10 @@ class TrainConfig:
 
     Objective
         ``objective``: a name in :func:`rankalign.losses.names`; ``loss_params``: its keyword parameters
-        (``beta`` ...). ``beta`` is also the scale of the logged implicit rewards.
+        (``beta`` ...). ``beta`` is also the scale of the logged implicit rewards. ``kto``: without
+        ``z0`` the trainer estimates z0 per micro-batch from mismatched pairs (KTO paper, TRL's
+        KTOTrainer); ``z0: 0.0`` (or any value) fixes it. ``bco``/``bco_pair``: without ``delta`` the
+        trainer keeps the running mean of the rewards (BCO paper) and checkpoints it; ``delta`` fixes it.
 
     Optimisation
         ``batch_size``: lists per device per micro-step; ``gradient_accumulation``: micro-steps per

@@ -15,6 +15,18 @@ what is specific to preference learning:
   lists gives the gradient of one batch of 8, and 2 processes give the same step as one;
 * the data order is a fixed function of (seed, epoch), so a run resumed from a checkpoint sees the same
   batches as an uninterrupted one;
+* KTO's reference point z0 (Ethayarajh et al. 2024) is estimated for every micro-batch, as TRL's
+  ``KTOTrainer`` does: prompt i with the response of example (i + 1) mod B (:func:`mismatched_pairs`,
+  packed by the collator beside the batch), policy and reference log-probs of those pairs without
+  gradient, their mean log-ratio averaged over processes, clamped at 0 by the objective. These
+  reference log-probs are not cached: they depend on which examples share a batch (batch size,
+  process count). The reference for them is ``ref_model``, the adapter-disabled base of a PEFT model,
+  or -- with neither -- a frozen copy of the policy taken when the trainer is built (one extra copy of
+  the weights in memory). ``loss_params["z0"]`` switches the estimate off and uses that fixed value;
+* BCO's reward shift delta (Jung et al. 2024) is the running mean of the implicit rewards kept by the
+  trainer (:class:`~rankalign.losses.unpaired.BCORunningMean`), updated with each training micro-batch's
+  detached rewards over all processes before its loss, saved as ``rankalign_objective_state.json`` in
+  every checkpoint and restored on resume; ``loss_params["delta"]`` fixes it instead;
 * metrics beside the loss: implicit rewards, margins, reward and ranking accuracy
   (:func:`rankalign.losses._common.preference_metrics`), a per-token log-ratio "KL" estimate and
   tokens/s, to the console, TensorBoard and ``output_dir/metrics.jsonl``.
@@ -319,6 +331,13 @@ class PreferenceTrainer(transformers.Trainer):
         4D attention mask (:func:`rankalign.engine.supports_shared_layout`).
     reference_cache_dir : path, optional
         On-disk cache for the reference log-probs.
+
+    Notes
+    -----
+    KTO without ``loss_params["z0"]`` estimates z0 per micro-batch from mismatched pairs and BCO
+    without ``loss_params["delta"]`` keeps a running reward mean (module docstring). With gradient
+    accumulation both work per micro-batch, so a run's z0 values depend on the micro-batch size, and
+    KTO's mismatched pairs are built inside each process's batch.
     """
 
     def __init__(self, model, args: transformers.TrainingArguments, train_lists, *, objective: str = "dpo",
