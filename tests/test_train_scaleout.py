@@ -107,5 +107,7 @@ def test_kto_z0_is_averaged_over_processes(tmp_path):
     other = json.loads((tmp_path / "double" / "metrics-rank1.json").read_text())
     assert double["world"] == 2 and len(double["kl"]) == 3
     assert other["kl"] == pytest.approx(double["kl"], rel=1e-9, abs=1e-12)
+    assert double["kl"][0] == pytest.approx(0.0, abs=1e-6)  # the reference is the policy before training
+    assert any(abs(kl) > 1e-4 for kl in double["kl"][1:])  # then the policy moves and the estimate with it
     assert double["z0"] == pytest.approx([max(0.0, kl) for kl in double["kl"]], abs=1e-9)
     assert all(math.isfinite(loss) for loss in double["losses"])
