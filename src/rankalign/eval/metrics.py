@@ -115,14 +115,27 @@ def _ordered_pair_values(values: np.ndarray, ranks) -> tuple[np.ndarray, np.ndar
     return values[list_of_pair, winner], values[list_of_pair, loser], list_of_pair
 
 
-def _average_pairs(correct: np.ndarray, list_of_pair: np.ndarray, n_lists: int, average: str) -> float:
+def _average_pairs(correct: np.ndarray, list_of_pair: np.ndarray, n_lists: int, average: str,
+                   weights: np.ndarray | None = None) -> float:
+    """Share of correct pairs; ``weights`` (one per list, >= 0) weigh each list's pairs."""
+    if weights is not None:
+        weights = _as_float_array(weights, "weights", ndim=1)
+        if weights.shape[0] != n_lists or np.any(weights < 0):
+            raise ValueError(f"weights must be {n_lists} non-negative numbers, one per list")
     if average == "pairs":
-        return _share(correct)
+        if weights is None:
+            return _share(correct)
+        pair_weights = weights[list_of_pair]
+        total = pair_weights.sum()
+        return float((pair_weights * correct).sum() / total) if total > 0 else float("nan")
     if average == "lists":
         counts = np.bincount(list_of_pair, minlength=n_lists)
         sums = np.bincount(list_of_pair, weights=correct, minlength=n_lists)
         has_pairs = counts > 0
-        return _share(sums[has_pairs] / counts[has_pairs])
+        if weights is None:
+            return _share(sums[has_pairs] / counts[has_pairs])
+        w = weights[has_pairs]
+        return float((w * sums[has_pairs] / counts[has_pairs]).sum() / w.sum()) if w.sum() > 0 else float("nan")
     raise ValueError(f"average must be 'pairs' or 'lists', got {average!r}")
 
 
@@ -348,7 +361,8 @@ def ranking_accuracy(logps_w, logps_l, *, ties: str = "strict") -> float:
     return _share(_correct(w, l_, ties))
 
 
-def listwise_ranking_accuracy(logps, ranks, *, ties: str = "strict", average: str = "pairs") -> float:
+def listwise_ranking_accuracy(logps, ranks, *, ties: str = "strict", average: str = "pairs",
+                              weights=None) -> float:
     """Ranking accuracy over every ordered pair of ranked lists.
 
     For each list, every two present candidates with different ranks form an ordered pair ``(w, l)``
@@ -366,6 +380,8 @@ def listwise_ranking_accuracy(logps, ranks, *, ties: str = "strict", average: st
     average : {"pairs", "lists"}
         ``"pairs"``: share over all ordered pairs (lists with more pairs weigh more). ``"lists"``: mean
         over lists of each list's share (lists without an ordered pair are left out).
+    weights : array-like, shape [N], optional
+        Record weights: each list's pairs (or, with ``"lists"``, its share) count with its weight.
 
     Returns
     -------
@@ -374,7 +390,7 @@ def listwise_ranking_accuracy(logps, ranks, *, ties: str = "strict", average: st
     """
     logps = _as_float_array(logps, "logps", ndim=2)
     winner, loser, list_of_pair = _ordered_pair_values(logps, ranks)
-    return _average_pairs(_correct(winner, loser, ties), list_of_pair, logps.shape[0], average)
+    return _average_pairs(_correct(winner, loser, ties), list_of_pair, logps.shape[0], average, weights)
 
 
 def _idealised_correct(ref_logps_w, ref_logps_l, alpha, beta: float, ties: str) -> np.ndarray:

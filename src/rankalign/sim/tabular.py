@@ -427,19 +427,15 @@ def ranking_accuracy(log_probs: np.ndarray, data: TabularData) -> float:
     """Weighted share of ordered pairs (winner ranked strictly above loser) with log pi(y_w) > log pi(y_l).
 
     The ranking accuracy of Chen et al. 2024 ("Preference Learning Algorithms Do Not Learn Preference
-    Rankings"), computed from a (P, N) log-prob table.
+    Rankings"), computed from a (P, N) log-prob table through :func:`rankalign.eval.listwise_ranking_accuracy`
+    with the lists' weights.
     """
-    hits = total = 0.0
-    for b in range(len(data)):
-        row = log_probs[data.prompts[b]]
-        for a in range(data.candidates.shape[1]):
-            for c in range(data.candidates.shape[1]):
-                ra, rc = data.ranks[b, a], data.ranks[b, c]
-                if data.candidates[b, a] < 0 or data.candidates[b, c] < 0 or ra < 0 or rc < 0 or ra >= rc:
-                    continue
-                total += data.weights[b]
-                hits += data.weights[b] * (row[data.candidates[b, a]] > row[data.candidates[b, c]])
-    return float(hits / total) if total > 0 else float("nan")
+    from ..eval.metrics import listwise_ranking_accuracy
+
+    present = data.candidates >= 0
+    logps = np.where(present, log_probs[data.prompts[:, None], np.where(present, data.candidates, 0)], 0.0)
+    ranks = np.where(present, data.ranks, -1)
+    return listwise_ranking_accuracy(logps, ranks, weights=data.weights)
 
 
 __all__ = [
