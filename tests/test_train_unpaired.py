@@ -264,3 +264,19 @@ def test_instance_forward_survives_a_training_step(tmp_path):
     calls.clear()
     model(input_ids=torch.tensor([[3, 4, 5]]))
     assert calls == [1]
+
+
+def test_bco_pair_delta_is_the_running_mean_of_chosen_and_rejected_rewards(tmp_path):
+    # pairs: delta folds in the rewards of both responses (the paper's chosen and rejected); one batch of
+    # all 4 pairs a step, so the batch mean is (mean reward of the best + mean reward of the worst) / 2
+    generator = torch.Generator().manual_seed(5)
+    items = [TokenizedList(prompt_ids=torch.randint(3, VOCAB, (4,), generator=generator).tolist(),
+                           response_ids=[torch.randint(3, VOCAB, (3,), generator=generator).tolist() + [2]
+                                         for _ in range(2)], ranks=[0, 1], index=i) for i in range(4)]
+    result = train_preference(tiny_model(), None, items,
+                              config(tmp_path, objective="bco_pair", batch_size=4, max_steps=3, lr=5e-2))
+    logs = step_logs(result)
+    batch_means = [(row["rewards/best"] + row["rewards/worst"]) / 2 for row in logs]
+    assert abs(batch_means[-1]) > 1e-3
+    for t, row in enumerate(logs, start=1):
+        assert row["bco_delta"] == pytest.approx(sum(batch_means[:t]) / t, abs=1e-6)
