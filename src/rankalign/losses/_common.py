@@ -112,6 +112,17 @@ def pairwise_loss(per_pair_fn, policy_logps: Tensor, ref_logps: Tensor | None, r
     per-pair loss. ``extra`` tensors (``[B, K]``, e.g. lengths) are gathered the same way and passed as
     ``(chosen, rejected)`` pairs in order.
     """
+    if ranks is None and policy_logps.shape[1] == 2:
+        # Plain pairs (column 0 chosen, no ties, no padding): the decomposition is the identity, so skip
+        # the gathers and masks -- this is the hot path of pairwise training.
+        def columns(values):
+            if values is None:
+                return None, None
+            values = torch.as_tensor(values, device=policy_logps.device).to(policy_logps.dtype)
+            return values[:, :1], values[:, 1:]
+
+        gathered = [part for tensor in (ref_logps, *extra) for part in columns(tensor)]
+        return per_pair_fn(policy_logps[:, :1], policy_logps[:, 1:], *gathered).squeeze(1)
     ranks = resolve_ranks(policy_logps, ranks)
     pairs = ordered_pairs(ranks)
     if pairs.winner.shape[1] == 0:  # K = 1: nothing to compare
