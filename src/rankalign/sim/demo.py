@@ -313,11 +313,14 @@ def run_demo(out_dir: str = "demo_output", *, settings: DemoSettings | None = No
                            "gold_reward_se": r["gold reward"][1], "label": f"ep {entry['epoch']:g}"})
     plot_gold_reward_vs_kl(points, os.path.join(out_dir, "gold_reward_vs_kl.png"),
                            title="Gold reward against KL (one point per epoch)")
-    curves = {f"{name} (held-out)": {"steps": [e["epoch"] for e in trajectory],
+    # one colour per method; solid = held-out lists, dashed = the training lists
+    colours = {name: f"C{i}" for i, name in enumerate(trajectories)}
+    curves = {f"{name} (held-out)": {"steps": [e["epoch"] for e in trajectory], "color": colours[name],
                                      "values": [e["row"]["rank acc"] for e in trajectory]}
               for name, trajectory in trajectories.items()}
     for name, trajectory in trajectories.items():
-        curves[f"{name} (training lists)"] = {"steps": [e["epoch"] for e in trajectory],
+        curves[f"{name} (training lists)"] = {"steps": [e["epoch"] for e in trajectory], "color": colours[name],
+                                              "linestyle": "--",
                                               "values": [e["row"]["train rank acc"] for e in trajectory]}
     plot_accuracy_curves(curves, os.path.join(out_dir, "accuracy_curves.png"),
                          title="Ranking accuracy during training", x_label="epoch",

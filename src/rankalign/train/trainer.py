@@ -239,6 +239,25 @@ def _append_line(path: Path, line: str) -> None:
         os.close(fd)
 
 
+class CompactProgressCallback(transformers.trainer_callback.ProgressCallback):
+    """The Trainer's progress bar, with the latest key metrics as the bar's postfix.
+
+    The stock callback writes every log dict as a line above the bar (one per step at
+    ``logging_steps=1``); the full metrics already go to ``metrics.jsonl`` and TensorBoard, so the
+    console keeps one bar.
+    """
+
+    KEYS = {"loss": "loss", "rewards/accuracy": "reward acc", "rewards/margin": "margin",
+            "tokens_per_second": "tok/s"}
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or self.training_bar is None or not logs:
+            return
+        shown = {label: logs[key] for key, label in self.KEYS.items() if isinstance(logs.get(key), (int, float))}
+        if shown:
+            self.training_bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
+
+
 class MetricsFileCallback(transformers.TrainerCallback):
     """Write every training log to ``output_dir/metrics.jsonl``, one JSON object per line.
 
@@ -412,6 +431,9 @@ class PreferenceTrainer(transformers.Trainer):
         callbacks.append(CheckpointMarkerCallback())
         super().__init__(model=model, args=args, train_dataset=dataset, data_collator=collator,
                          processing_class=processing_class, callbacks=callbacks)
+        if not args.disable_tqdm:
+            self.remove_callback(transformers.trainer_callback.ProgressCallback)
+            self.add_callback(CompactProgressCallback)
         self.loss_is_scaled_for_ga = True
         self._step_weight: torch.Tensor | None = None
         self._metric_sums: dict[str, torch.Tensor] = {}
