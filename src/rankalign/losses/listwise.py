@@ -75,6 +75,43 @@ def _list_tensor(values, policy_logps: Tensor, valid: Tensor, name: str, fill: f
     return _zero_padding(values, valid, fill)
 
 
+def _winner_loser_keys(ranks: Tensor) -> tuple[Tensor, Tensor]:
+    """``ranks`` as ``[K, B]`` comparison keys (candidates first: the batch is the contiguous dimension)
+    with padding ranked last as a winner and first as a loser, so ``win[i] < lose[j]`` holds exactly when
+    i is strictly preferred to j and both are present."""
+    valid = valid_mask(ranks)
+    as_winner = torch.where(valid, ranks, torch.full_like(ranks, torch.iinfo(ranks.dtype).max))
+    as_loser = torch.where(valid, ranks, torch.full_like(ranks, -1))
+    return as_winner.t().contiguous(), as_loser.t().contiguous()
+
+
+def _pair_signs(ranks: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """Every unordered column pair once, ``first < second`` (``[P]`` index vectors, P = K(K-1)/2), and
+    the orientation of each, ``[P, B]`` (pairs first: the batch is the contiguous dimension, so the
+    gathers copy whole rows): +1 when ``first`` is strictly preferred, -1 when ``second`` is, 0 for tied
+    pairs and pairs touching padding (the pairs of :func:`ordered_pairs`, as a sign)."""
+    k = ranks.shape[1]
+    first, second = torch.triu_indices(k, k, offset=1, device=ranks.device)
+    as_winner, as_loser = _winner_loser_keys(ranks)  # a pair touching padding is never ordered
+    first_wins = as_winner.index_select(0, first) < as_loser.index_select(0, second)
+    second_wins = as_winner.index_select(0, second) < as_loser.index_select(0, first)
+    return first, second, first_wins.to(dtype) - second_wins.to(dtype)
+
+
+def _pair_take(values: Tensor, first: Tensor, second: Tensor) -> tuple[Tensor, Tensor]:
+    """``[B, K]`` values at the ``first`` and ``second`` member of each pair of :func:`_pair_signs`,
+    ``[P, B]`` each."""
+    columns = values.t().contiguous()
+    return columns.index_select(0, first), columns.index_select(0, second)
+
+
+def _pair_differences(values: Tensor, first: Tensor, second: Tensor, sign: Tensor) -> Tensor:
+    """``values[winner] - values[loser]`` for each pair of :func:`_pair_signs`, ``[P, B]`` (exactly, up
+    to the sign of a zero), 0 for an unordered pair: finite wherever ``values`` is."""
+    at_first, at_second = _pair_take(values, first, second)
+    return (at_first - at_second) * sign
+
+
 def _scaled_log_ratios(policy_logps: Tensor, ref_logps: Tensor | None, valid: Tensor, beta: float) -> Tensor:
     """``beta * rho`` with padding zeroed (zeroed on each input first, so NaN padding cannot reach rho)."""
     policy = _zero_padding(policy_logps, valid)
@@ -122,19 +159,30 @@ def _plackett_luce_sorted(scores: Tensor, ranks: Tensor) -> Tensor:
 def _pro_ranking_with_temperatures(scores: Tensor, ranks: Tensor, rewards: Tensor) -> Tensor:
     """PRO's L_PRO with reward-gap temperatures, ``[B]``: step k's logits are ``(r_k - r_i) s_i`` for the
     candidates i strictly below k and ``max_i (r_k - r_i) s_k`` for k itself (gaps clamped at 0)."""
-    valid = valid_mask(ranks)
-    below = (ranks.unsqueeze(1) > ranks.unsqueeze(2)) & valid.unsqueeze(1)  # [b, k, i]: i strictly below k
-    # Finite floor instead of -inf: a step with nothing below gets lse = floor + log K and contributes 0.
-    floor = torch.finfo(scores.dtype).min / 4
-    gap = torch.where(below, (rewards.unsqueeze(2) - rewards.unsqueeze(1)).clamp_min(0.0), 0.0)
-    own = gap.amax(2) * scores  # 1/T_k^k = max_{i below k} (r_k - r_i); 0 when nothing is below
-    logits = torch.where(below, gap * scores.unsqueeze(1), floor)
-    # log-sum-exp with a detached shift (the shift cancels in value and gradient): fewer kernels than
-    # torch.logsumexp on this short last dimension
-    shift = logits.detach().amax(2, keepdim=True)
-    others = (logits - shift).exp().sum(2).log() + shift.squeeze(2)
+    # Work on [K, K, B] (step k, candidate i, list b): the batch is the contiguous dimension.
+    as_winner, as_loser = _winner_loser_keys(ranks)
+    below = as_winner.unsqueeze(1) < as_loser.unsqueeze(0)  # [k, i, b]: i strictly below k, both present
+    below_f = below.to(scores.dtype)
+    scores_t = scores.t()  # [K, B]
+    with torch.no_grad():
+        rewards_t = rewards.t().contiguous()
+        # gaps are constants (rewards carry no gradient), 0 off the below-set; multiplying by the mask is
+        # exact when every reward is finite, else where() keeps non-finite gaps of other pairs out
+        gap = (rewards_t.unsqueeze(1) - rewards_t.unsqueeze(0)).clamp_min(0.0)
+        gap = gap * below_f if bool(torch.isfinite(rewards).all()) else torch.where(below, gap, 0.0)
+        # Detached shift = max logit of the step (it cancels in value and gradient). A finite floor stands
+        # in off the below-set (so for a step with nothing below); such a step contributes exactly 0.
+        floor = torch.finfo(scores.dtype).min / 4
+        shift = (gap * scores_t.detach().unsqueeze(0)).add_(1.0 - below_f, alpha=floor).amax(1)
+        # minus the shift on the below-set, 0 off it: exp() sees 0 there (then masked), never overflows
+        neg_shift_below = (-shift).unsqueeze(1) * below_f
+        empty = (below_f.sum(1) == 0).to(scores.dtype)  # log(0 + 1) for a step with nothing below
+    own = gap.amax(1) * scores_t  # 1/T_k^k = max_{i below k} (r_k - r_i); 0 when nothing is below
+    # sum_{i below k} exp((r_k - r_i) s_i - shift_k): the exponent is 0 off the below-set (masked after exp)
+    terms = torch.addcmul(neg_shift_below, gap, scores_t.unsqueeze(0)).exp() * below_f
+    others = (terms.sum(1) + empty).log() + shift
     per_step = -F.logsigmoid(own - others)  # log(exp(own) + exp(others)) - own
-    return _zero_padding(per_step, valid).sum(1)
+    return _zero_padding(per_step, valid_mask(ranks).t()).sum(0)
 
 
 def _suffix_logsumexp(values: Tensor) -> Tensor:
@@ -288,26 +336,36 @@ def lipo_lambda(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks:
         grades = grades_from_ranks(ranks, scores.dtype)
     else:
         grades = _list_tensor(grades, policy_logps, valid, "grades")
-    pairs = ordered_pairs(ranks)
+    first, second, sign = _pair_signs(ranks, scores.dtype)
     with torch.no_grad():
         gains = torch.exp2(grades) - 1.0
         position = _positions_by_score(scores.detach(), valid)
         inverse_discount = 1.0 / torch.log2(1.0 + position)
-        gain_w, gain_l = pairs.take(gains)
-        disc_w, disc_l = pairs.take(inverse_discount)
-        weights = (gain_w - gain_l).abs() * (disc_w - disc_l).abs()
-    chosen, rejected = pairs.take(scores)
-    per_pair = _dpo_per_pair(chosen, rejected)
-    return torch.where(pairs.valid, per_pair * weights, torch.zeros_like(per_pair)).sum(1)
+        gain_first, gain_second = _pair_take(gains, first, second)
+        disc_first, disc_second = _pair_take(inverse_discount, first, second)
+        weights = (gain_first - gain_second).abs() * (disc_first - disc_second).abs()
+        # 0 off the ordered pairs: multiplying by |sign| is exact when every gain is finite
+        if bool(torch.isfinite(gains).all()):
+            weights = weights * sign.abs()
+        else:
+            weights = torch.where(sign != 0, weights, 0.0)
+    # -log sigma(s_w - s_l) per pair; an unordered pair sees 0 (finite) and has weight 0
+    log_sig = F.logsigmoid(_pair_differences(scores, first, second, sign))
+    return -(log_sig * weights).sum(0)
 
 
 def _positions_by_score(scores: Tensor, valid: Tensor) -> Tensor:
     """1-based position of each present candidate when sorted by ``scores`` descending (stable: column
-    order breaks exact ties); padding sorts after every present candidate (its position is never used)."""
-    key = torch.where(valid, scores, torch.full_like(scores, -math.inf))
-    order = torch.argsort(key, dim=1, descending=True, stable=True)
-    ranks_1based = torch.arange(1, scores.shape[1] + 1, device=scores.device, dtype=scores.dtype)
-    return torch.empty_like(scores).scatter_(1, order, ranks_1based.expand_as(scores))
+    order breaks exact ties); padding sorts after every present candidate (its position is never used).
+
+    Counted rather than sorted: ``position_i = 1 + #{j : s_j > s_i} + #{j < i : s_j = s_i}``, the position
+    of a stable descending sort, on ``[K, K, B]`` comparisons (the batch contiguous)."""
+    key = torch.where(valid, scores, torch.full_like(scores, -math.inf)).t().contiguous()  # [K, B]
+    k = scores.shape[1]
+    earlier = torch.ones(k, k, dtype=torch.bool, device=scores.device).triu(1).unsqueeze(2)  # [j, i]: j < i
+    other, this = key.unsqueeze(1), key.unsqueeze(0)  # [j, 1, b], [1, i, b]
+    ahead = torch.where(earlier, other >= this, other > this)  # [j, i, b]: j sorts before i
+    return (ahead.sum(0) + 1).t().to(scores.dtype)
 
 
 @register("all_pairs_dpo", family="listwise",
@@ -335,17 +393,22 @@ def all_pairs_dpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, rank
     """
     ranks = _resolve_list_ranks(policy_logps, ranks, grades)
     rewards = _scaled_log_ratios(policy_logps, ref_logps, valid_mask(ranks), beta)
-    pairs = ordered_pairs(ranks)
-    chosen, rejected = pairs.take(rewards)
-    weights = None
-    if pair_weights is not None:
+    first, second, sign = _pair_signs(ranks, rewards.dtype)
+    if pair_weights is None:
+        weights = sign.abs()
+    else:
         batch, k = ranks.shape
         pair_weights = torch.as_tensor(pair_weights, device=rewards.device).to(rewards.dtype)
         if pair_weights.shape != (batch, k, k):
             raise ValueError(f"pair_weights has shape {tuple(pair_weights.shape)}, expected {(batch, k, k)}")
-        weights = pair_weights.reshape(batch, k * k).gather(1, pairs.winner * k + pairs.loser)
-        weights = torch.where(pairs.valid, weights, torch.zeros_like(weights))
-    return pairs.mean(_dpo_per_pair(chosen, rejected), weights)
+        first_wins, second_wins = _pair_take(pair_weights.reshape(batch, k * k), first * k + second,
+                                             second * k + first)  # [b, first, second], [b, second, first]
+        weights = torch.where(sign > 0, first_wins, torch.where(sign < 0, second_wins, torch.zeros_like(sign)))
+    # -log sigma(beta (rho_w - rho_l)) per pair; an unordered pair sees 0 (finite) and has weight 0. The
+    # weighted mean over pairs, 0 for a list without one.
+    log_sig = F.logsigmoid(_pair_differences(rewards, first, second, sign))
+    total = -(log_sig * weights).sum(0)
+    return total / weights.sum(0).clamp_min(torch.finfo(rewards.dtype).tiny)
 
 
 @register("listnet", family="listwise",
