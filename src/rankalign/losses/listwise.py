@@ -164,18 +164,19 @@ def _pro_ranking_with_temperatures(scores: Tensor, ranks: Tensor, rewards: Tenso
     below = as_winner.unsqueeze(1) < as_loser.unsqueeze(0)  # [k, i, b]: i strictly below k, both present
     below_f = below.to(scores.dtype)
     scores_t = scores.t()  # [K, B]
-    with torch.no_grad():
+    with torch.no_grad():  # constants of the step softmaxes, built in place (few [K, K, B] buffers)
         rewards_t = rewards.t().contiguous()
         # gaps are constants (rewards carry no gradient), 0 off the below-set; multiplying by the mask is
         # exact when every reward is finite, else where() keeps non-finite gaps of other pairs out
-        gap = (rewards_t.unsqueeze(1) - rewards_t.unsqueeze(0)).clamp_min(0.0)
-        gap = gap * below_f if bool(torch.isfinite(rewards).all()) else torch.where(below, gap, 0.0)
+        gap = (rewards_t.unsqueeze(1) - rewards_t.unsqueeze(0)).clamp_min_(0.0)
+        gap = gap.mul_(below_f) if bool(torch.isfinite(rewards).all()) else torch.where(below, gap, 0.0)
         # Detached shift = max logit of the step (it cancels in value and gradient). A finite floor stands
         # in off the below-set (so for a step with nothing below); such a step contributes exactly 0.
         floor = torch.finfo(scores.dtype).min / 4
-        shift = (gap * scores_t.detach().unsqueeze(0)).add_(1.0 - below_f, alpha=floor).amax(1)
+        buffer = (below_f - 1.0).mul_(-floor).addcmul_(gap, scores_t.detach().unsqueeze(0))
+        shift = buffer.amax(1)
         # minus the shift on the below-set, 0 off it: exp() sees 0 there (then masked), never overflows
-        neg_shift_below = (-shift).unsqueeze(1) * below_f
+        neg_shift_below = torch.mul(below_f, (-shift).unsqueeze(1), out=buffer)
         empty = (below_f.sum(1) == 0).to(scores.dtype)  # log(0 + 1) for a step with nothing below
     own = gap.amax(1) * scores_t  # 1/T_k^k = max_{i below k} (r_k - r_i); 0 when nothing is below
     # sum_{i below k} exp((r_k - r_i) s_i - shift_k): the exponent is 0 off the below-set (masked after exp)
