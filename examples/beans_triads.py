@@ -34,7 +34,8 @@ from pathlib import Path
 
 from rankalign.data import RankedList, write
 
-DEFAULT_INPUT = Path("/work/shared/data/beans-triads/beans.csv")
+# shared/data beside the repository (as in CI and a developer checkout)
+DEFAULT_INPUT = Path(__file__).resolve().parents[2] / "shared" / "data" / "beans-triads" / "beans.csv"
 LOCAL = "Local"
 LETTERS = {"A": "variety_a", "B": "variety_b", "C": "variety_c"}
 VERSUS_LOCAL = {"variety_a": "var_a", "variety_b": "var_b", "variety_c": "var_c"}

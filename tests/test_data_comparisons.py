@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from rankalign.data import DataError, read, read_comparisons
+from shared_data import needs_shared_data, shared_path  # noqa: E402
 
-FOOTBALL = "/work/shared/data/football-epl/matches.csv"
+FOOTBALL = shared_path("football-epl/matches.csv")
 FOOTBALL_MAP = {"item_a": "home", "item_b": "away", "outcome": "result"}
 FOOTBALL_OUTCOMES = {"1": "a", "0": "tie", "-1": "b"}
 
@@ -17,6 +18,7 @@ def write_text(path, text):
     return path
 
 
+@needs_shared_data
 def test_football_through_mapping_counts_home_wins_draws_away_wins():
     comparisons = read_comparisons(FOOTBALL, mapping=FOOTBALL_MAP, outcomes=FOOTBALL_OUTCOMES)
     assert comparisons.layout == "item_outcome"
@@ -32,6 +34,7 @@ def test_football_through_mapping_counts_home_wins_draws_away_wins():
     assert comparisons.count.sum() == 1900.0
 
 
+@needs_shared_data
 def test_football_string_options_equal_dict_options_and_record_reader_agrees():
     a = read_comparisons(FOOTBALL, mapping="item_a=home,item_b=away,outcome=result", outcomes="1=a,0=tie,-1=b",
                          keep=["season"])
@@ -137,9 +140,10 @@ def test_skip_invalid_counts_by_reason(tmp_path):
     assert r.report.skipped_lines == c.report.skipped_lines
 
 
+@needs_shared_data
 def test_rankings_are_not_comparisons():
     with pytest.raises(DataError, match="read it with"):
-        read_comparisons("/work/shared/data/preflib-netflix/netflix.soc")
+        read_comparisons(shared_path("preflib-netflix/netflix.soc"))
 
 
 def test_parquet_and_dataset_sources_give_the_same_arrays(tmp_path):

@@ -1,4 +1,4 @@
-"""The readers on the real files in /work/shared/data (skipped where that folder is absent)."""
+"""The readers on the real files in shared/data (skipped where that folder is absent)."""
 
 import csv
 import importlib.util
@@ -10,15 +10,16 @@ from click.testing import CliRunner
 
 from rankalign.data import RankedList, read, split_transcripts, write
 from rankalign.data.cli import data
+from shared_data import needs_shared_data, shared_path  # noqa: E402
 
-SHARED = Path("/work/shared/data")
+SHARED = shared_path("")
 HH = SHARED / "hh-rlhf-harmless" / "pairs.jsonl"
 FOOTBALL = SHARED / "football-epl" / "matches.csv"
 NETFLIX = SHARED / "preflib-netflix" / "netflix.soc"
 BEANS = SHARED / "beans-triads" / "beans.csv"
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "beans_triads.py"
 
-pytestmark = pytest.mark.skipif(not SHARED.exists(), reason="needs /work/shared/data")
+pytestmark = needs_shared_data
 MARK = "\n\nAssistant:"
 
 

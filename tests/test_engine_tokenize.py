@@ -139,13 +139,13 @@ def test_collator_from_records_end_to_end(words):
 def test_real_pairs_tokenize_pack_and_score_consistently():
     # hh-rlhf harmless pairs (implicit prompt: the shared transcript up to the last "Assistant:")
     import json
-    from pathlib import Path
 
     import torch
 
     from rankalign.engine import sequence_logps, tiny_causal_lm
+    from shared_data import shared_path
 
-    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless" / "pairs.jsonl"
+    path = shared_path("hh-rlhf-harmless/pairs.jsonl")
     if not path.exists():
         pytest.skip(f"{path} not present")
     records = []

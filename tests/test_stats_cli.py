@@ -11,9 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 from rankalign.stats.cli import rate
+from shared_data import needs_shared_data, shared_path  # noqa: E402
 
-FOOTBALL = Path("/work/shared/data/football-epl/matches.csv")
-NETFLIX = Path("/work/shared/data/preflib-netflix/netflix.soc")
+FOOTBALL = shared_path("football-epl/matches.csv")
+NETFLIX = shared_path("preflib-netflix/netflix.soc")
 
 
 def run(*args):
@@ -61,7 +62,7 @@ def test_table_output_and_bootstrap(tmp_path):
     assert "bradley-terry ratings" in result.output and "95% CI" in result.output
 
 
-@pytest.mark.skipif(not FOOTBALL.exists(), reason="shared data not available")
+@needs_shared_data
 def test_football_davidson_home_advantage(tmp_path):
     result = run(FOOTBALL, "--model", "davidson", "--home-advantage", "--map",
                  "item_a=home,item_b=away,outcome=result", "--outcomes", "1=a,0=tie,-1=b", "--json")
@@ -73,7 +74,7 @@ def test_football_davidson_home_advantage(tmp_path):
     assert sum(entry["rating"] for entry in payload["items"]) == pytest.approx(0.0, abs=1e-9)
 
 
-@pytest.mark.skipif(not NETFLIX.exists(), reason="shared data not available")
+@needs_shared_data
 def test_netflix_pl_cli_matches_plackettluce(tmp_path):
     # PlackettLuce README: coef 0.67080 (Beverly Hills Cop) with Mean Girls at 0, npseudo = 0.5
     result = run(NETFLIX, "--model", "pl", "--npseudo", "0.5", "--reference", "Mean Girls", "--json")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,8 +26,9 @@ from rankalign.stats.plackett_luce import (
     fit_plackett_luce,
     rankings_to_arrays,
 )
+from shared_data import needs_shared_data, shared_path  # noqa: E402
 
-NETFLIX = Path("/work/shared/data/preflib-netflix/netflix.soc")
+NETFLIX = shared_path("preflib-netflix/netflix.soc")
 
 
 def two_items(wins, ties, losses):
@@ -187,7 +187,7 @@ def _read_soc(path):
     return [names[i + 1] for i in range(len(names))], orders, weights
 
 
-@pytest.mark.skipif(not NETFLIX.exists(), reason="shared data not available")
+@needs_shared_data
 def test_netflix_reproduces_plackettluce_readme():
     # PlackettLuce README (github.com/hturner/PlackettLuce, "Usage"): PlackettLuce(R, weights = Freq)
     # with its default npseudo = 0.5 gives log-worths (Mean Girls reference) 0, 0.67080, -0.31404,
