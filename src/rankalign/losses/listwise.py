@@ -53,7 +53,7 @@ def grades_from_ranks(ranks: Tensor, dtype: torch.dtype) -> Tensor:
     For a strict ranking of K this is K-1, ..., 1, 0; tied candidates get equal grades; padding gets 0.
     """
     valid = valid_mask(ranks)
-    worst = torch.where(valid, ranks, torch.full_like(ranks, -1)).max(1, keepdim=True).values
+    worst = torch.where(valid, ranks, torch.full_like(ranks, -1)).amax(1, keepdim=True)
     return torch.where(valid, worst - ranks, torch.zeros_like(ranks)).to(dtype)
 
 
@@ -338,35 +338,40 @@ def lipo_lambda(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks:
     else:
         grades = _list_tensor(grades, policy_logps, valid, "grades")
     first, second, sign = _pair_signs(ranks, scores.dtype)
+    scores_t = scores.t().contiguous()  # [K, B]: the batch contiguous, each pair side gathered as whole rows
     with torch.no_grad():
-        gains = torch.exp2(grades) - 1.0
-        position = _positions_by_score(scores.detach(), valid)
+        gains = torch.exp2(grades.t().contiguous()) - 1.0
+        position = _positions_by_score_t(scores_t.detach(), valid.t().contiguous())
         inverse_discount = 1.0 / torch.log2(1.0 + position)
-        gain_first, gain_second = _pair_take(gains, first, second)
-        disc_first, disc_second = _pair_take(inverse_discount, first, second)
-        weights = (gain_first - gain_second).abs() * (disc_first - disc_second).abs()
+        weights = ((gains.index_select(0, first) - gains.index_select(0, second)).abs()
+                   * (inverse_discount.index_select(0, first) - inverse_discount.index_select(0, second)).abs())
         # 0 off the ordered pairs: multiplying by |sign| is exact when every gain is finite
         if bool(torch.isfinite(gains).all()):
             weights = weights * sign.abs()
         else:
             weights = torch.where(sign != 0, weights, 0.0)
-    # -log sigma(s_w - s_l) per pair; an unordered pair sees 0 (finite) and has weight 0
-    log_sig = F.logsigmoid(_pair_differences(scores, first, second, sign))
+    # -log sigma(s_w - s_l) per pair, [P, B]; an unordered pair sees 0 (finite) and has weight 0
+    log_sig = F.logsigmoid((scores_t.index_select(0, first) - scores_t.index_select(0, second)) * sign)
     return -(log_sig * weights).sum(0)
 
 
 def _positions_by_score(scores: Tensor, valid: Tensor) -> Tensor:
     """1-based position of each present candidate when sorted by ``scores`` descending (stable: column
-    order breaks exact ties); padding sorts after every present candidate (its position is never used).
+    order breaks exact ties); padding sorts after every present candidate (its position is never used)."""
+    return _positions_by_score_t(scores.t().contiguous(), valid.t().contiguous()).t()
+
+
+def _positions_by_score_t(scores_t: Tensor, valid_t: Tensor) -> Tensor:
+    """:func:`_positions_by_score` on ``[K, B]`` scores and mask (candidates first), ``[K, B]``.
 
     Counted rather than sorted: ``position_i = 1 + #{j : s_j > s_i} + #{j < i : s_j = s_i}``, the position
     of a stable descending sort, on ``[K, K, B]`` comparisons (the batch contiguous)."""
-    key = torch.where(valid, scores, torch.full_like(scores, -math.inf)).t().contiguous()  # [K, B]
-    k = scores.shape[1]
-    earlier = torch.ones(k, k, dtype=torch.bool, device=scores.device).triu(1).unsqueeze(2)  # [j, i]: j < i
+    key = torch.where(valid_t, scores_t, torch.full_like(scores_t, -math.inf))
+    k = scores_t.shape[0]
+    earlier = torch.ones(k, k, dtype=torch.bool, device=scores_t.device).triu(1).unsqueeze(2)  # [j, i]: j < i
     other, this = key.unsqueeze(1), key.unsqueeze(0)  # [j, 1, b], [1, i, b]
     ahead = torch.where(earlier, other >= this, other > this)  # [j, i, b]: j sorts before i
-    return (ahead.sum(0) + 1).t().to(scores.dtype)
+    return (ahead.sum(0) + 1).to(scores_t.dtype)
 
 
 @register("all_pairs_dpo", family="listwise",
