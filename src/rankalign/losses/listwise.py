@@ -139,8 +139,19 @@ def _plackett_luce_sorted(scores: Tensor, ranks: Tensor) -> Tensor:
     if bool((key[:, 1:] >= key[:, :-1]).all()):  # already in ranking order (e.g. ranks=None): no sort
         key_sorted, sorted_scores = key, scores
     else:
-        key_sorted, order = torch.sort(key, dim=1, stable=True)
-        sorted_scores = scores.gather(1, order)
+        k = ranks.shape[1]
+        top = int(ranks.max()) if ranks.numel() else 0
+        if top < (2**62) // (k + 1) - 1:
+            # Sorted position of each column, counted instead of sorted: the column index breaks ties
+            # (a stable sort), padding after every rank; then scatter into place (same permutation).
+            composite = torch.where(ranks >= 0, ranks, torch.full_like(ranks, top + 1)) * k
+            composite = (composite + torch.arange(k, device=ranks.device)).t().contiguous()  # [K, B]
+            position = (composite.unsqueeze(1) < composite.unsqueeze(0)).sum(0).t()  # [B, K]
+            key_sorted = torch.empty_like(key).scatter_(1, position, key)
+            sorted_scores = torch.empty_like(scores).scatter(1, position, scores)
+        else:
+            key_sorted, order = torch.sort(key, dim=1, stable=True)
+            sorted_scores = scores.gather(1, order)
     present = key_sorted != last
     # A very negative finite score for padding: exp() of it is 0, and no -inf reaches a backward pass.
     floor = torch.finfo(scores.dtype).min / 4
@@ -192,9 +203,10 @@ def _suffix_logsumexp(values: Tensor) -> Tensor:
     k = values.shape[1]
     if k > 32:
         return torch.logcumsumexp(values.flip(1), dim=1).flip(1)
-    columns = [values[:, k - 1]]
+    rows = values.t().contiguous()  # [K, B]: each column of ``values`` contiguous (several times faster)
+    columns = [rows[k - 1]]
     for p in range(k - 2, -1, -1):
-        columns.append(torch.logaddexp(columns[-1], values[:, p]))
+        columns.append(torch.logaddexp(columns[-1], rows[p]))
     return torch.stack(columns[::-1], dim=1)
 
 
