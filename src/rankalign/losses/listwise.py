@@ -139,19 +139,8 @@ def _plackett_luce_sorted(scores: Tensor, ranks: Tensor) -> Tensor:
     if bool((key[:, 1:] >= key[:, :-1]).all()):  # already in ranking order (e.g. ranks=None): no sort
         key_sorted, sorted_scores = key, scores
     else:
-        k = ranks.shape[1]
-        top = int(ranks.max()) if ranks.numel() else 0
-        if top < (2**62) // (k + 1) - 1:
-            # Sorted position of each column, counted instead of sorted: the column index breaks ties
-            # (a stable sort), padding after every rank; then scatter into place (same permutation).
-            composite = torch.where(ranks >= 0, ranks, torch.full_like(ranks, top + 1)) * k
-            composite = (composite + torch.arange(k, device=ranks.device)).t().contiguous()  # [K, B]
-            position = (composite.unsqueeze(1) < composite.unsqueeze(0)).sum(0).t()  # [B, K]
-            key_sorted = torch.empty_like(key).scatter_(1, position, key)
-            sorted_scores = torch.empty_like(scores).scatter(1, position, scores)
-        else:
-            key_sorted, order = torch.sort(key, dim=1, stable=True)
-            sorted_scores = scores.gather(1, order)
+        key_sorted, order = torch.sort(key, dim=1, stable=True)
+        sorted_scores = scores.gather(1, order)
     present = key_sorted != last
     # A very negative finite score for padding: exp() of it is 0, and no -inf reaches a backward pass.
     floor = torch.finfo(scores.dtype).min / 4
