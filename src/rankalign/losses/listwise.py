@@ -289,8 +289,8 @@ def pro(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor 
         ranking = _pro_ranking_with_temperatures(scores, ranks, _list_tensor(grades, policy_logps, valid, "grades"))
     if sft_weight == 0:
         return ranking
-    best_rank = torch.where(valid, ranks, torch.full_like(ranks, torch.iinfo(torch.long).max)).min(1, keepdim=True)
-    best = valid & (ranks == best_rank.values)
+    best_rank = torch.where(valid, ranks, torch.full_like(ranks, torch.iinfo(torch.long).max)).amin(1, keepdim=True)
+    best = valid & (ranks == best_rank)
     mean_logp = policy / lengths
     sft = -(_zero_padding(mean_logp, best)).sum(1) / best.sum(1).clamp_min(1)
     return ranking + sft_weight * sft
@@ -475,8 +475,8 @@ def best_vs_rest(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks
     ranks = _resolve_list_ranks(policy_logps, ranks, grades)
     valid = valid_mask(ranks)
     rewards = _scaled_log_ratios(policy_logps, ref_logps, valid, beta)
-    best_rank = torch.where(valid, ranks, torch.full_like(ranks, torch.iinfo(torch.long).max)).min(1, keepdim=True)
-    best = valid & (ranks == best_rank.values)
+    best_rank = torch.where(valid, ranks, torch.full_like(ranks, torch.iinfo(torch.long).max)).amin(1, keepdim=True)
+    best = valid & (ranks == best_rank)
     if bool((best.sum(1) == 1).all()):  # one best candidate per list: K - 1 pairs, no pair enumeration
         best_reward = rewards.gather(1, best.long().argmax(1, keepdim=True))
         rest = valid & ~best
