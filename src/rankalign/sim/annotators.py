@@ -28,8 +28,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import expit
 
 from ..data.records import Judgment, RankedList
+from ..stats import pair_probabilities as rating_model_probabilities
 
 CHOICE_MODELS = ("bradley_terry", "plackett_luce", "thurstone", "deterministic")
 
@@ -93,14 +95,14 @@ class Annotator:
 
 
 # ------------------------------------------------------------------------------------------ probabilities
-def _log_sigmoid(x):
-    return -np.logaddexp(0.0, -x)
-
-
 def pair_probabilities(annotator: Annotator, u_a, u_b) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(P(a > b), P(tie), P(b > a))`` for utilities ``u_a``, ``u_b`` (arrays broadcast), noise included.
 
-    These are the true preference rates alpha that the idealised ranking accuracy needs.
+    These are the true preference rates alpha that the idealised ranking accuracy needs. The choice
+    models are the rating models of :mod:`rankalign.stats` on the utility difference scaled by the
+    temperature T: Bradley-Terry sigma(d / T); Thurstone Phi(d / (T sqrt 2)) (each utility perceived with
+    N(0, T^2) noise); Davidson ties with nu = ``tie_strength`` on d / T. Flip noise then swaps win and loss
+    with probability ``flip_rate``.
     """
     u_a, u_b = np.asarray(u_a, dtype=np.float64), np.asarray(u_b, dtype=np.float64)
     t = annotator.temperature
@@ -108,20 +110,13 @@ def pair_probabilities(annotator: Annotator, u_a, u_b) -> tuple[np.ndarray, np.n
     if annotator.choice == "deterministic":
         win = np.where(diff > 0, 1.0, np.where(diff == 0, 0.5, 0.0))
         tie = np.zeros_like(win)
+        loss_ = 1.0 - win
     elif annotator.choice == "thurstone":
-        win = 0.5 * (1.0 + np.vectorize(math.erf)(diff / (t * 2.0)))  # Phi(d / (T sqrt 2))
-        tie = np.zeros_like(win)
+        win, tie, loss_ = rating_model_probabilities("thurstone", diff / (t * math.sqrt(2.0)), {})
     elif annotator.tie_strength > 0:
-        # Davidson: pi_a : pi_b : nu sqrt(pi_a pi_b), in log space with pi = exp(u / T)
-        log_terms = np.stack([u_a / t, u_b / t, math.log(annotator.tie_strength) + (u_a + u_b) / (2 * t)])
-        probs = np.exp(log_terms - np.logaddexp.reduce(log_terms, axis=0))
-        win, loss_, tie = probs[0], probs[1], probs[2]
-        eps = annotator.flip_rate
-        return (1 - eps) * win + eps * loss_, tie, (1 - eps) * loss_ + eps * win
+        win, tie, loss_ = rating_model_probabilities("davidson", diff / t, {"nu": annotator.tie_strength})
     else:
-        win = np.exp(_log_sigmoid(diff / t))
-        tie = np.zeros_like(win)
-    loss_ = 1.0 - win - tie
+        win, tie, loss_ = rating_model_probabilities("bt", diff / t, {})
     eps = annotator.flip_rate
     return (1 - eps) * win + eps * loss_, tie, (1 - eps) * loss_ + eps * win
 
@@ -191,7 +186,7 @@ def sample_ratings(annotator: Annotator, utilities: np.ndarray, rng: np.random.G
 def sample_thumbs(annotator: Annotator, utilities: np.ndarray, rng: np.random.Generator) -> list[bool]:
     """Thumbs up with probability ``sigmoid((u - threshold) / T)``, each flipped with ``flip_rate``."""
     u = np.asarray(utilities, dtype=np.float64)
-    p_up = np.exp(_log_sigmoid((u - annotator.thumbs_threshold) / annotator.temperature))
+    p_up = expit((u - annotator.thumbs_threshold) / annotator.temperature)
     up = rng.random(len(u)) < p_up
     flip = rng.random(len(u)) < annotator.flip_rate
     return [bool(v) for v in up ^ flip]
