@@ -18,7 +18,8 @@ from ._common import ordered_pairs, valid_mask
 from ._registry import register
 from .listwise import _list_tensor, _resolve_list_ranks, _zero_padding, plackett_luce_nll
 
-__all__ = ["bt_reward", "pl_reward", "davidson_reward", "bce_reward", "rating_regression"]
+__all__ = ["bt_reward", "pl_reward", "davidson_reward", "bce_reward", "rating_regression",
+           "general_preference_logits", "general_preference_loss"]
 
 
 def _scores_and_ranks(scores: Tensor, ranks, grades) -> tuple[Tensor, Tensor]:
@@ -164,3 +165,54 @@ def rating_regression(scores: Tensor, *, ranks: Tensor | None = None, grades: Te
     per_item = (scores - targets) ** 2
     return _zero_padding(per_item, valid).sum(1) / valid.sum(1).clamp_min(1).to(scores.dtype)
 
+
+# ------------------------------------------------------------------------- general preference model
+def general_preference_logits(first: Tensor, second: Tensor, eigenvalues: Tensor | None = None) -> Tensor:
+    """``v_1^T R v_2`` for embeddings ``[..., 2k]`` (the logit of ``P(first > second)``), without forming R.
+
+    The general preference model of Zhang et al. 2024 ("General Preference Modeling with Preference
+    Representations for Aligning Language Models", arXiv:2410.02197): ``P(y_1 > y_2) = sigma(v_1^T R v_2)``
+    with the skew-symmetric ``R = diag(lambda_i [[0, -1], [1, 0]])``, so it can represent cycles.
+    Not in the registry: it scores preference *embeddings* ``[B, K, 2k]``, not scalar scores.
+
+    Block i contributes ``lambda_i (v_1[2i+1] v_2[2i] - v_1[2i] v_2[2i+1])``.
+    """
+    if first.shape[-1] % 2:
+        raise ValueError(f"preference embeddings need an even last dimension, got {first.shape[-1]}")
+    a = first.unflatten(-1, (-1, 2))
+    b = second.unflatten(-1, (-1, 2))
+    per_block = a[..., 1] * b[..., 0] - a[..., 0] * b[..., 1]
+    if eigenvalues is not None:
+        per_block = per_block * eigenvalues.to(per_block.dtype)
+    return per_block.sum(-1)
+
+
+def general_preference_loss(embeddings: Tensor, *, ranks: Tensor | None = None,
+                            eigenvalues: Tensor | None = None) -> Tensor:
+    """Negative log-likelihood of the observed preferences under the general preference model.
+
+    Per ordered pair (winner w, loser l) of a list: ``-log sigma(v_w^T R v_l)``, averaged over the list's
+    strictly ordered pairs (the same pair decomposition as ``bt_reward``; ties and padding skipped, a
+    list without an ordered pair gives 0).
+
+    Parameters
+    ----------
+    embeddings : Tensor [B, K, 2k]
+    ranks : Tensor [B, K] long, optional
+        0 best, equal = tie, -1 padding; None: column order (column 0 best).
+    eigenvalues : Tensor [k], optional
+        Block scales lambda (default 1).
+
+    Returns
+    -------
+    Tensor [B]
+    """
+    batch, k, _ = embeddings.shape
+    if ranks is None:
+        ranks = torch.arange(k, device=embeddings.device).expand(batch, k)
+    pairs = ordered_pairs(ranks)
+    index = lambda which: which.unsqueeze(-1).expand(-1, -1, embeddings.shape[-1])  # noqa: E731
+    winners = embeddings.gather(1, index(pairs.winner))
+    losers = embeddings.gather(1, index(pairs.loser))
+    logits = general_preference_logits(winners, losers, eigenvalues)
+    return pairs.mean(-F.logsigmoid(logits))

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..losses._common import ordered_pairs
+from ..losses.reward import general_preference_logits, general_preference_loss
 
 __all__ = ["skew_symmetric_operator", "general_preference_logits", "general_preference_loss",
            "GeneralPreferenceHead"]
@@ -36,52 +36,6 @@ def skew_symmetric_operator(dim: int, eigenvalues: Tensor | None = None, *, dtyp
     operator[index, index + 1] = -scales
     operator[index + 1, index] = scales
     return operator
-
-
-def general_preference_logits(first: Tensor, second: Tensor, eigenvalues: Tensor | None = None) -> Tensor:
-    """``v_1^T R v_2`` for embeddings ``[..., 2k]`` (the logit of ``P(first > second)``), without forming R.
-
-    Block i contributes ``lambda_i (v_1[2i+1] v_2[2i] - v_1[2i] v_2[2i+1])``.
-    """
-    if first.shape[-1] % 2:
-        raise ValueError(f"preference embeddings need an even last dimension, got {first.shape[-1]}")
-    a = first.unflatten(-1, (-1, 2))
-    b = second.unflatten(-1, (-1, 2))
-    per_block = a[..., 1] * b[..., 0] - a[..., 0] * b[..., 1]
-    if eigenvalues is not None:
-        per_block = per_block * eigenvalues.to(per_block.dtype)
-    return per_block.sum(-1)
-
-
-def general_preference_loss(embeddings: Tensor, *, ranks: Tensor | None = None,
-                            eigenvalues: Tensor | None = None) -> Tensor:
-    """Negative log-likelihood of the observed preferences under the general preference model.
-
-    Per ordered pair (winner w, loser l) of a list: ``-log sigma(v_w^T R v_l)``, averaged over the list's
-    strictly ordered pairs (the same pair decomposition as ``bt_reward``; ties and padding skipped, a
-    list without an ordered pair gives 0).
-
-    Parameters
-    ----------
-    embeddings : Tensor [B, K, 2k]
-    ranks : Tensor [B, K] long, optional
-        0 best, equal = tie, -1 padding; None: column order (column 0 best).
-    eigenvalues : Tensor [k], optional
-        Block scales lambda (default 1).
-
-    Returns
-    -------
-    Tensor [B]
-    """
-    batch, k, _ = embeddings.shape
-    if ranks is None:
-        ranks = torch.arange(k, device=embeddings.device).expand(batch, k)
-    pairs = ordered_pairs(ranks)
-    index = lambda which: which.unsqueeze(-1).expand(-1, -1, embeddings.shape[-1])  # noqa: E731
-    winners = embeddings.gather(1, index(pairs.winner))
-    losers = embeddings.gather(1, index(pairs.loser))
-    logits = general_preference_logits(winners, losers, eigenvalues)
-    return pairs.mean(-F.logsigmoid(logits))
 
 
 class GeneralPreferenceHead(nn.Module):
