@@ -38,6 +38,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..data.records import RankedList
+
 TOPICS: dict[str, tuple[str, ...]] = {
     "food": ("apple", "bread", "cheese", "soup", "rice", "honey"),
     "sea": ("boat", "wave", "fish", "shell", "sand", "tide"),
@@ -126,6 +128,31 @@ def sample_reference_response(prompt: str, rng: np.random.Generator) -> str:
         else:
             sentences.append(f"{noun()} and {noun()} .")
     return " ".join(sentences)
+
+
+def grammar_ranked_lists(num_lists: int = 256, *, k: int = 4, seed: int = 0,
+                         tie_tolerance: float = 0.0) -> list[RankedList]:
+    """Ranked lists of the text world without a model: K distinct responses per prompt drawn from the
+    world's reference grammar (:func:`sample_reference_response`), ranked by :func:`gold_reward`.
+
+    The gold rewards are stored as the candidates' scores, so graded objectives (LiPO-lambda, PRO) see
+    them as grades. Prompts cycle through the world's prompts; deterministic for a seed.
+    """
+    world = make_text_world()
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(num_lists):
+        prompt = world.prompts[i % len(world.prompts)]
+        responses: list[str] = []
+        while len(responses) < k:  # distinct candidates (a RankedList has no duplicates)
+            response = sample_reference_response(prompt, rng)
+            if response not in responses:
+                responses.append(response)
+        rewards = world.gold_rewards(prompt, responses)
+        records.append(RankedList.from_scores([float(r) for r in rewards], candidates=responses, prompt=prompt,
+                                              tie_tolerance=tie_tolerance,
+                                              meta={"source": "rankalign.sim.text_world", "index": i}))
+    return records
 
 
 def build_text_tokenizer():
@@ -277,6 +304,7 @@ class Timer:
 
 __all__ = [
     "TOPICS", "ADJECTIVES", "COMPONENTS", "GOLD_WEIGHTS", "TextWorld", "make_text_world", "vocabulary",
-    "prompt_topic", "reward_components", "gold_reward", "sample_reference_response", "build_text_tokenizer",
+    "prompt_topic", "reward_components", "gold_reward", "sample_reference_response", "grammar_ranked_lists",
+    "build_text_tokenizer",
     "train_reference_policy", "sample_responses", "response_logps", "Timer",
 ]

@@ -5,7 +5,6 @@ Used by ``rankalign train``; scripts can call :func:`run_config` directly.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -13,82 +12,16 @@ from .config import TrainConfig, save_config
 
 
 def read_records(config: TrainConfig, *, with_report: bool = False):
-    """The training records of ``config.data`` (via :func:`rankalign.data.read`, which knows the layouts).
+    """The training records of ``config.data``, read by :func:`rankalign.data.read` (which knows the layouts)."""
+    from rankalign.data import read
 
-    JSONL files of ``RankedList.to_dict()`` / ``Judgment.to_dict()`` rows are read directly when
-    ``rankalign.data.read`` is not available.
-    """
     if not config.data:
         raise ValueError("the config has no `data` file")
-    report = None
-    if config.data.startswith("sim:"):
-        records = simulated_lists(config.data, **config.data_options)
-        records = records[: config.max_records] if config.max_records > 0 else records
-        return (records, report) if with_report else records
-    try:
-        from rankalign.data import read
-    except ImportError:
-        read = None
-    if read is not None:
-        result = read(config.data, **config.data_options)
-        records = list(result.records if hasattr(result, "records") else result)
-        report = getattr(result, "report", None)
-    else:
-        records = _read_record_jsonl(config.data)
+    result = read(config.data, **config.data_options)
+    records = list(result.records)
     if config.max_records > 0:
         records = records[: config.max_records]
-    return (records, report) if with_report else records
-
-
-def simulated_lists(spec: str, *, num_lists: int = 256, k: int = 4, seed: int = 0, tie_tolerance: float = 0.0):
-    """Ranked lists from a simulated source with a known scoring rule (``data: "sim:text_world"``).
-
-    Prompts of :mod:`rankalign.sim.text_world` (``"about sea fish"``); K responses each drawn from its
-    reference distribution; ranked by the documented gold reward
-    ``1.0 on_topic - 1.0 off_topic - 0.5 repeats + 0.05 words`` (stored as scores, so graded objectives
-    such as LiPO-lambda see the reward as the grade).
-    """
-    if spec != "sim:text_world":
-        raise ValueError(f"unknown simulated source {spec!r}; known: sim:text_world")
-    import numpy as np
-
-    from rankalign.data.records import RankedList
-    from rankalign.sim.text_world import make_text_world, sample_reference_response
-
-    world = make_text_world()
-    rng = np.random.default_rng(seed)
-    records = []
-    for i in range(num_lists):
-        prompt = world.prompts[i % len(world.prompts)]
-        responses: list[str] = []
-        while len(responses) < k:  # distinct candidates (a RankedList has no duplicates)
-            response = sample_reference_response(prompt, rng)
-            if response not in responses:
-                responses.append(response)
-        rewards = world.gold_rewards(prompt, responses)
-        records.append(RankedList.from_scores([float(r) for r in rewards], candidates=responses, prompt=prompt,
-                                              tie_tolerance=tie_tolerance, meta={"source": spec, "index": i}))
-    return records
-
-
-def _read_record_jsonl(path: str) -> list:
-    from rankalign.data.errors import DataError
-    from rankalign.data.records import Judgment, RankedList
-
-    records = []
-    with open(path) as stream:
-        for number, line in enumerate(stream, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                records.append(Judgment.from_dict(row) if "response" in row else RankedList.from_dict(row))
-            except json.JSONDecodeError as error:
-                raise DataError(f"not valid JSON: {error.msg}", path=path, line=number,
-                                reason="malformed_json") from None
-            except DataError as error:
-                raise error.at(path, number) from None
-    return records
+    return (records, result.report) if with_report else records
 
 
 def _record_texts(records) -> list[str]:
