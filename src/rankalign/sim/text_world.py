@@ -131,12 +131,14 @@ def sample_reference_response(prompt: str, rng: np.random.Generator) -> str:
 
 
 def grammar_ranked_lists(num_lists: int = 256, *, k: int = 4, seed: int = 0,
-                         tie_tolerance: float = 0.0) -> list[RankedList]:
+                         tie_tolerance: float = 1e-9) -> list[RankedList]:
     """Ranked lists of the text world without a model: K distinct responses per prompt drawn from the
     world's reference grammar (:func:`sample_reference_response`), ranked by :func:`gold_reward`.
 
     The gold rewards are stored as the candidates' scores, so graded objectives (LiPO-lambda, PRO) see
-    them as grades. Prompts cycle through the world's prompts; deterministic for a seed.
+    them as grades. Rewards within ``tie_tolerance`` tie (the default only absorbs float rounding of
+    rewards that are equal in exact arithmetic). Prompts cycle through the world's prompts; deterministic
+    for a seed.
     """
     world = make_text_world()
     rng = np.random.default_rng(seed)
