@@ -84,14 +84,7 @@ def rankings_to_arrays(rankings, weights=None, *, n_items=None):
             array = None
         if array is not None and array.ndim == 2 and np.issubdtype(array.dtype, np.integer):
             return _complete_rankings_array(array, weights, n_items)
-    weights = np.ones(len(rankings)) if weights is None else np.asarray(weights, dtype=np.float64)
-    if len(weights) != len(rankings):
-        raise DataError(f"{len(weights)} weights for {len(rankings)} rankings", field="weights",
-                        reason="length_mismatch")
-    bad = np.flatnonzero(~np.isfinite(weights) | (weights < 0))
-    if bad.size:
-        raise DataError(f"weight must be finite and >= 0, got {weights[bad[0]]}", line=int(bad[0]) + 1,
-                        field="weight", reason="negative_weight")
+    weights = _ranking_weights(weights, len(rankings))
     if n_items is None:
         n_items = 1 + max(int(item) for ranking in rankings for level in ranking
                           for item in (level if isinstance(level, (list, tuple, set, frozenset)) else [level]))
@@ -110,6 +103,19 @@ def rankings_to_arrays(rankings, weights=None, *, n_items=None):
     return int(n_items), groups
 
 
+def _ranking_weights(weights, n_rankings: int) -> np.ndarray:
+    """Per-ranking weights (default 1), checked: one per ranking, finite, >= 0 (the row is named)."""
+    weights = np.ones(n_rankings) if weights is None else np.asarray(weights, dtype=np.float64)
+    if len(weights) != n_rankings:
+        raise DataError(f"{len(weights)} weights for {n_rankings} rankings", field="weights",
+                        reason="length_mismatch")
+    bad = np.flatnonzero(~np.isfinite(weights) | (weights < 0))
+    if bad.size:
+        raise DataError(f"weight must be finite and >= 0, got {weights[bad[0]]}", line=int(bad[0]) + 1,
+                        field="weight", reason="negative_weight")
+    return weights
+
+
 def _complete_rankings_array(orders, weights, n_items):
     """Fast path: an [R, L] integer array of complete rankings (best first), validated vectorised."""
     orders = np.asarray(orders, dtype=np.int64)
@@ -117,14 +123,7 @@ def _complete_rankings_array(orders, weights, n_items):
         raise DataError("no rankings", reason="empty")
     if orders.shape[1] < 2:
         raise DataError("no ranking orders two or more items", reason="empty")
-    weights = np.ones(len(orders)) if weights is None else np.asarray(weights, dtype=np.float64)
-    if len(weights) != len(orders):
-        raise DataError(f"{len(weights)} weights for {len(orders)} rankings", field="weights",
-                        reason="length_mismatch")
-    bad = np.flatnonzero(~np.isfinite(weights) | (weights < 0))
-    if bad.size:
-        raise DataError(f"weight must be finite and >= 0, got {weights[bad[0]]}", line=int(bad[0]) + 1,
-                        field="weight", reason="negative_weight")
+    weights = _ranking_weights(weights, len(orders))
     if n_items is None:
         n_items = int(orders.max()) + 1
     bad = np.argwhere((orders < 0) | (orders >= n_items))
