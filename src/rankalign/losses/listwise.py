@@ -57,6 +57,13 @@ def grades_from_ranks(ranks: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.where(valid, worst - ranks, torch.zeros_like(ranks)).to(dtype)
 
 
+def _grades_or_default(grades, ranks: Tensor, policy_logps: Tensor, valid: Tensor, dtype: torch.dtype) -> Tensor:
+    """The given ``[B, K]`` grades (padding zeroed), or :func:`grades_from_ranks` in ``dtype`` when None."""
+    if grades is None:
+        return grades_from_ranks(ranks, dtype)
+    return _list_tensor(grades, policy_logps, valid, "grades")
+
+
 def _resolve_list_ranks(policy_logps: Tensor, ranks: Tensor | None, grades: Tensor | None) -> Tensor:
     """``ranks`` if given; else ranks derived from ``grades`` if given; else column order."""
     if ranks is None and grades is not None:
@@ -334,10 +341,7 @@ def lipo_lambda(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks:
     ranks = _resolve_list_ranks(policy_logps, ranks, grades)
     valid = valid_mask(ranks)
     scores = _scaled_log_ratios(policy_logps, ref_logps, valid, beta)
-    if grades is None:
-        grades = grades_from_ranks(ranks, scores.dtype)
-    else:
-        grades = _list_tensor(grades, policy_logps, valid, "grades")
+    grades = _grades_or_default(grades, ranks, policy_logps, valid, scores.dtype)
     first, second, sign = _pair_signs(ranks, scores.dtype)
     scores_t = scores.t().contiguous()  # [K, B]: the batch contiguous, each pair side gathered as whole rows
     with torch.no_grad():
@@ -444,10 +448,7 @@ def listnet(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Ten
     ranks = _resolve_list_ranks(policy_logps, ranks, grades)
     valid = valid_mask(ranks)
     rewards = _scaled_log_ratios(policy_logps, ref_logps, valid, beta)
-    if grades is None:
-        grades = grades_from_ranks(ranks, rewards.dtype)
-    else:
-        grades = _list_tensor(grades, policy_logps, valid, "grades")
+    grades = _grades_or_default(grades, ranks, policy_logps, valid, rewards.dtype)
     any_valid = valid.any(1, keepdim=True)
     masked = ~valid & any_valid  # an entirely padded row keeps finite zeros (its loss is 0 anyway)
     log_q = torch.log_softmax(rewards.masked_fill(masked, -math.inf), dim=1)
