@@ -78,8 +78,8 @@ def check_resumable(config: TrainConfig) -> None:
     """Refuse to resume a checkpoint written under a different config (it would mix two runs silently)."""
     import yaml
 
+    from .callbacks import last_complete_checkpoint
     from .config import ConfigError, config_to_dict
-    from .trainer import last_complete_checkpoint
 
     saved_path = Path(config.output_dir) / "train_config.yaml"
     if last_complete_checkpoint(config.output_dir) is None or not saved_path.exists():
