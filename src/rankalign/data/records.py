@@ -75,16 +75,12 @@ def _normalise_text(value, field_name: str, *, allow_none: bool) -> Text | None:
 
 def _finite_float(value, field_name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        try:
-            import numpy as np  # numpy scalars are fine
+        import numpy as np  # numpy scalars are fine (numpy is a base dependency)
 
-            if isinstance(value, np.generic) and np.issubdtype(type(value), np.number):
-                value = float(value)
-            else:
-                raise TypeError
-        except (ImportError, TypeError):
+        if not (isinstance(value, np.generic) and np.issubdtype(type(value), np.number)):
             raise DataError(f"expected a number, got {type(value).__name__}", field=field_name,
-                            reason="bad_type") from None
+                            reason="bad_type")
+        value = float(value)
     value = float(value)
     if not math.isfinite(value):
         raise DataError(f"must be finite, got {value}", field=field_name, reason="non_finite")
@@ -169,16 +165,12 @@ class RankedList:
                 if isinstance(r, float) and r.is_integer():
                     r = int(r)
                 else:
-                    try:
-                        import numpy as np
+                    import numpy as np
 
-                        if isinstance(r, np.integer):
-                            r = int(r)
-                        else:
-                            raise TypeError
-                    except (ImportError, TypeError):
+                    if not isinstance(r, np.integer):
                         raise DataError(f"a rank must be an integer or null, got {r!r}", field=f"ranks[{i}]",
-                                        reason="bad_type") from None
+                                        reason="bad_type")
+                    r = int(r)
             if not 0 <= r < k:
                 raise DataError(f"rank {r} is out of range for {k} candidates (0..{k - 1})",
                                 field=f"ranks[{i}]", reason="rank_out_of_range")
@@ -227,10 +219,6 @@ class RankedList:
     def k(self) -> int:
         """Number of candidates."""
         return len(self.candidates)
-
-    @property
-    def is_pair(self) -> bool:
-        return self.k == 2
 
     @property
     def has_ties(self) -> bool:
