@@ -35,7 +35,7 @@ PAIR_STRATEGIES = ("all", "adjacent", "best_vs_rest")
 # ----------------------------------------------------------------------------------------------- helpers
 def _freeze_messages(value, field_name: str) -> tuple[Message, ...]:
     if len(value) == 0:
-        raise DataError("empty message list", field=field_name, reason="empty_response")
+        raise DataError("empty message list", field=field_name, reason="empty_text")
     frozen = []
     for i, message in enumerate(value):
         where = f"{field_name}[{i}]"
@@ -52,22 +52,26 @@ def _freeze_messages(value, field_name: str) -> tuple[Message, ...]:
     return tuple(frozen)
 
 
-def _normalise_text(value, field_name: str, *, allow_none: bool) -> Text | None:
-    """Return ``value`` as a str or a frozen message tuple; reject empties."""
+def _normalise_text(value, field_name: str, *, allow_none: bool, allow_empty: bool = False) -> Text | None:
+    """Return ``value`` as a str or a frozen message tuple; reject empties unless ``allow_empty``.
+
+    Responses may be empty (real data has them: an assistant turn with nothing in it); prompts and item
+    ids may not.
+    """
     if value is None:
         if allow_none:
             return None
         raise DataError("missing", field=field_name, reason="missing_field")
     if isinstance(value, str):
-        if not value.strip():
-            raise DataError("empty text", field=field_name, reason="empty_response")
+        if not value.strip() and not allow_empty:
+            raise DataError("empty text", field=field_name, reason="empty_text")
         return value
     if isinstance(value, (int,)) and not isinstance(value, bool):
         return str(value)  # item ids such as 17 are stored as "17"
     if isinstance(value, Sequence):
         messages = _freeze_messages(value, field_name)
-        if not any(m["content"].strip() for m in messages):
-            raise DataError("all messages are empty", field=field_name, reason="empty_response")
+        if not allow_empty and not any(m["content"].strip() for m in messages):
+            raise DataError("all messages are empty", field=field_name, reason="empty_text")
         return messages
     raise DataError(f"expected a string or a list of chat messages, got {type(value).__name__}",
                     field=field_name, reason="bad_type")
@@ -140,7 +144,8 @@ class RankedList:
             raise DataError("expected a list of candidates", field="candidates", reason="bad_type")
         if len(candidates) == 0:
             raise DataError("no candidates", field="candidates", reason="empty_list")
-        normalised = tuple(_normalise_text(c, f"candidates[{i}]", allow_none=False)
+        responses = self.prompt is not None  # candidates are responses (may be empty), not item ids
+        normalised = tuple(_normalise_text(c, f"candidates[{i}]", allow_none=False, allow_empty=responses)
                            for i, c in enumerate(candidates))
         seen: dict = {}
         for i, c in enumerate(normalised):
@@ -392,7 +397,7 @@ class Judgment:
     meta: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        response = _normalise_text(self.response, "response", allow_none=False)
+        response = _normalise_text(self.response, "response", allow_none=False, allow_empty=True)
         prompt = _normalise_text(self.prompt, "prompt", allow_none=True)
         label = self.label
         if isinstance(label, bool):
