@@ -5,7 +5,6 @@ import importlib.util
 import json
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from rankalign.data import RankedList, read, split_transcripts, write
