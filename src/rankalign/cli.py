@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "reward": "rankalign.reward.cli:reward",
     "eval": "rankalign.eval.cli:eval_command",
     "demo": "rankalign.sim.cli:demo",
+    "models": "rankalign.engine.models_cli:models",
 }
 
 HELP = {
@@ -27,6 +28,7 @@ HELP = {
     "reward": "Train a reward model on a preference file, or score a file with one.",
     "eval": "Evaluate a trained policy on a preference file.",
     "demo": "The whole loop on a simulated world with a known gold reward.",
+    "models": "Fetch and list pretrained models (smollm2-135m, .gguf files, the local HF cache).",
 }
 
 
