@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "reward": "rankalign.reward.cli:reward",
     "eval": "rankalign.eval.cli:eval_command",
     "demo": "rankalign.sim.cli:demo",
+    "annotators": "rankalign.stats.annotators_cli:annotators",
 }
 
 HELP = {
@@ -27,6 +28,7 @@ HELP = {
     "reward": "Train a reward model on a preference file, or score a file with one.",
     "eval": "Evaluate a trained policy on a preference file.",
     "demo": "The whole loop on a simulated world with a known gold reward.",
+    "annotators": "Annotator quality: flip rates, reliability weights and agreement (kappa, alpha).",
 }
 
 
