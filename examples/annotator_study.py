@@ -162,7 +162,7 @@ def study_timing(args):
                    n_items=n_items)
     records = to_records(raw, lambda u: {"group": int(truth[u])})
     write(records, args.out)
-    command = [sys.executable, "-m", "rankalign", "rate", str(args.out), "--by-annotator", "--groups", "auto",
+    command = [sys.executable, "-c", "from rankalign.cli import main; main()", "rate", str(args.out), "--by-annotator", "--groups", "auto",
                "--json"]
     started = time.perf_counter()
     completed = subprocess.run(command, capture_output=True, text=True, check=True)
@@ -170,7 +170,7 @@ def study_timing(args):
     out = json.loads(completed.stdout)
     true_of = {f"annotator{u:04d}": g for u, g in enumerate(truth)}
     rand = A.rand_index([r["group"] for r in out["annotators"]], [true_of[r["annotator"]] for r in out["annotators"]])
-    print(f"{' '.join(command[1:])}: {seconds:.1f} s wall (read, fit G = 1.. by BIC, print); "
+    print(f"rankalign {' '.join(command[3:])}: {seconds:.1f} s wall (read, fit G = 1.. by BIC, print); "
           f"{out['n_groups']} groups, Rand index {rand:.4f}, BIC {out['selection']['bic']}")
     print("RESULT " + json.dumps({"case": "by_annotator_auto_1000x50", "peer": None, "ours": round(seconds, 2),
                                   "unit": "s", "ratio": None, "groups": out["n_groups"], "rand_index": rand}))
