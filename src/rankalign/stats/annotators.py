@@ -554,6 +554,8 @@ class AnnotatorReliability:
         Weighted share of the annotator's judgments the fitted ratings find more likely as given than reversed.
     log_likelihood : float
     iterations : int
+    converged : bool
+        False when EM stopped at ``max_iter``.
     """
 
     ratings: RatingResult
@@ -565,6 +567,7 @@ class AnnotatorReliability:
     log_likelihood: float
     iterations: int
     model: str
+    converged: bool = True
 
     @property
     def weights(self) -> np.ndarray:
@@ -588,7 +591,8 @@ def reliability_weights(flip_rate) -> np.ndarray:
 
 
 def fit_annotator_reliability(data: AnnotatedRankings, *, model: str = "bradley-terry", prior: float = DEFAULT_PRIOR,
-                              initial_flip_rate: float = 0.1, max_iter: int = 500, tol: float = 1e-10,
+                              flip_prior: tuple[float, float] = (0.0, 0.0), initial_flip_rate: float = 0.1,
+                              max_iter: int = 500, tol: float = 1e-10,
                               reference=None, ci_level: float = 0.95, path=None) -> AnnotatorReliability:
     """Flip rates and item ratings by EM (Dawid & Skene 1979, for pairs and rankings).
 
@@ -604,7 +608,15 @@ def fit_annotator_reliability(data: AnnotatedRankings, *, model: str = "bradley-
     ``theta`` the weighted MAP fit with each judgment counted ``w_r (1 - q_r)`` times as given and
     ``w_r q_r`` times reversed. Tied pairs are the same reversed and inform only the ratings. EM never
     decreases the log-likelihood; it stops when the gain falls below ``tol`` (relative).
+
+    ``flip_prior = (a, b)`` adds ``a`` pseudo-flipped and ``b`` pseudo-kept judgments to every annotator:
+    ``eps_u = (sum w q + a) / (sum w + a + b)``, the MAP estimate under a Beta(a + 1, b + 1) prior. With a
+    handful of judgments per annotator the maximum-likelihood rates sit at 0 or 1/2; a prior shrinks them
+    towards ``a / (a + b)``. Default (0, 0): maximum likelihood.
     """
+    pseudo_flips, pseudo_keeps = (float(v) for v in flip_prior)
+    if pseudo_flips < 0 or pseudo_keeps < 0:
+        raise ValueError(f"flip_prior pseudo-counts must be >= 0, got {flip_prior}")
     backend = _backend(data, model, reversible=True, path=path)
     n_annotators = len(data.annotators)
     owner = data.annotator
@@ -614,6 +626,7 @@ def fit_annotator_reliability(data: AnnotatedRankings, *, model: str = "bradley-
     theta = backend.fit(w, prior=prior)
     previous = -np.inf
     iterations = 0
+    converged = False
     for iterations in range(1, max_iter + 1):
         forward = backend.log_likelihoods(theta[None])[0]
         backward = backend.log_likelihoods(theta[None], reverse=True)[0]
@@ -624,9 +637,11 @@ def fit_annotator_reliability(data: AnnotatedRankings, *, model: str = "bradley-
         ll = float(w @ log_p)
         q = np.exp(log_b - log_p)
         if ll - previous < tol * max(1.0, abs(ll)):
+            converged = True
             break
         previous = ll
-        eps = np.minimum(np.bincount(owner, w * q, n_annotators) / np.maximum(per_annotator, 1e-300), 0.5)
+        eps = np.minimum((np.bincount(owner, w * q, n_annotators) + pseudo_flips)
+                         / np.maximum(per_annotator + pseudo_flips + pseudo_keeps, 1e-300), 0.5)
         theta = backend.fit(w * (1.0 - q), w * q, prior=prior, start=theta)
     ratings = backend.result(w * (1.0 - q), w * q, prior=prior, reference=reference, ci_level=ci_level)
     theta = np.asarray(ratings.state["x"][:backend.n])
@@ -642,7 +657,7 @@ def fit_annotator_reliability(data: AnnotatedRankings, *, model: str = "bradley-
     agree = np.bincount(owner, w * (forward > backward) + 0.5 * w * (forward == backward), n_annotators)
     return AnnotatorReliability(ratings=ratings, annotators=list(data.annotators), flip_rate=eps, flip_rate_se=se,
                                 n=per_annotator, agreement=agree / np.maximum(per_annotator, 1e-300),
-                                log_likelihood=ll, iterations=iterations, model=backend.model)
+                                log_likelihood=ll, iterations=iterations, model=backend.model, converged=converged)
 
 
 def weight_by_reliability(records: Iterable, reliability: AnnotatorReliability | None = None, *,

@@ -122,9 +122,10 @@ def rate_by_annotator(file, *, model, groups, restarts, reference, prior, scale,
 
 
 # ------------------------------------------------------------------------------------ annotators report
-def annotator_report(data, *, model="bradley-terry", prior=A.DEFAULT_PRIOR, min_overlap=5, path=None) -> dict:
+def annotator_report(data, *, model="bradley-terry", prior=A.DEFAULT_PRIOR, flip_prior=(0.0, 0.0), min_overlap=5,
+                     path=None) -> dict:
     """The report of ``rankalign annotators``: flip rates (Dawid-Skene-style), agreement, item ratings."""
-    reliability = A.fit_annotator_reliability(data, model=model, prior=prior, path=path)
+    reliability = A.fit_annotator_reliability(data, model=model, prior=prior, flip_prior=flip_prior, path=path)
     agreement = A.agreement_report(data, min_overlap=min_overlap)
     rows = [{"annotator": a, "n": float(reliability.n[u]), "flip_rate": float(reliability.flip_rate[u]),
              "flip_rate_se": float(reliability.flip_rate_se[u]), "weight": float(reliability.weights[u]),
@@ -133,10 +134,11 @@ def annotator_report(data, *, model="bradley-terry", prior=A.DEFAULT_PRIOR, min_
     flips = reliability.flip_rate
     return {"model": reliability.model, "n_annotators": len(data.annotators), "n_judgments": len(data),
             "n_items": len(data.items), "log_likelihood": reliability.log_likelihood,
-            "iterations": reliability.iterations,
+            "iterations": reliability.iterations, "converged": reliability.converged,
+            "flip_prior": list(flip_prior),
             "flip_rate_quantiles": {q: float(np.quantile(flips, float(q))) for q in ("0.1", "0.5", "0.9")},
             "mean_flip_rate": float(np.average(flips, weights=reliability.n)),
-            "agreement": {k: (None if isinstance(v, float) and not math.isfinite(v) else float(v))
+            "agreement": {k: (v if isinstance(v, int) else None if not math.isfinite(v) else float(v))
                           for k, v in agreement.items()},
             "items": reliability.ratings.to_dict()["items"], "annotators": rows}
 
@@ -172,6 +174,9 @@ def _write_report_plot(report, path, title):
               help="Rating model under the flip noise: bt (every pair a judgment implies) or pl (rankings).")
 @click.option("--prior", type=click.FloatRange(min=0.0), default=A.DEFAULT_PRIOR, show_default=True,
               help="MAP penalty ALPHA * sum(theta^2) of the item ratings.")
+@click.option("--flip-prior", default="0,0", show_default=True, metavar="FLIPS,KEEPS",
+              help="Pseudo-counts added to every annotator's flipped and kept judgments (MAP under a Beta prior); "
+                   "with few judgments per annotator, e.g. 1,4 shrinks the rates towards 0.2.")
 @click.option("--min-overlap", type=click.IntRange(min=1), default=5, show_default=True,
               help="Units two annotators must share for their Cohen's kappa to enter the mean.")
 @click.option("--top", type=click.IntRange(min=0), default=25, show_default=True,
@@ -185,15 +190,22 @@ def _write_report_plot(report, path, title):
 @click.option("--map", "mapping", default=None, metavar="OURS=THEIRS,...", help="Rename the file's columns.")
 @click.option("--outcomes", default=None, metavar="LABEL=a|b|tie,...", help="Relabel outcomes.")
 @click.option("--skip-invalid", is_flag=True, help="Skip bad rows (counted) instead of stopping at the first.")
-def annotators(file, model, prior, min_overlap, top, as_json, csv_path, plot_path, layout, mapping, outcomes,
+def annotators(file, model, prior, flip_prior, min_overlap, top, as_json, csv_path, plot_path, layout, mapping, outcomes,
                skip_invalid):
     """Annotator quality report for FILE: each annotator's flip rate (a Dawid-Skene-style model fitted jointly
     with the item ratings), reliability weight (1 - 2 flip)^2, agreement with the fitted ratings, and the
     agreement statistics (Fleiss' and mean Cohen's kappa on pairs, Krippendorff's ordinal alpha on ranks)."""
     try:
+        pseudo = tuple(float(v) for v in flip_prior.split(","))
+        if len(pseudo) != 2:
+            raise ValueError
+    except ValueError:
+        raise click.BadParameter(f"expected two numbers FLIPS,KEEPS, got {flip_prior!r}",
+                                 param_hint="--flip-prior") from None
+    try:
         data, read_report = _read_annotated(file, layout, mapping, outcomes, skip_invalid)
         report = annotator_report(data, model="bradley-terry" if model == "bt" else "plackett-luce", prior=prior,
-                                  min_overlap=min_overlap, path=file)
+                                  flip_prior=pseudo, min_overlap=min_overlap, path=file)
     except (DataError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     rows = sorted(report["annotators"], key=lambda r: (-r["flip_rate"], r["annotator"]))
@@ -220,7 +232,8 @@ def annotators(file, model, prior, min_overlap, top, as_json, csv_path, plot_pat
 
     click.echo(f"{report['n_annotators']} annotators, {report['n_judgments']} judgments, {report['n_items']} items; "
                f"flip model over {report['model']}, log-likelihood {report['log_likelihood']:.3f} "
-               f"({report['iterations']} EM iterations)")
+               f"({report['iterations']} EM iterations{'' if report['converged'] else ', not converged'})"
+               + (f"; flip prior {pseudo[0]:g} flips, {pseudo[1]:g} keeps per annotator" if any(pseudo) else ""))
     quantiles = report["flip_rate_quantiles"]
     click.echo(f"flip rate: mean {report['mean_flip_rate']:.3f} (weighted by judgments), 10%/50%/90% quantiles "
                f"{quantiles['0.1']:.3f} / {quantiles['0.5']:.3f} / {quantiles['0.9']:.3f}")
