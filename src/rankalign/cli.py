@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "eval": "rankalign.eval.cli:eval_command",
     "demo": "rankalign.sim.cli:demo",
     "models": "rankalign.engine.models_cli:models",
+    "annotators": "rankalign.stats.annotators_cli:annotators",
 }
 
 HELP = {
@@ -29,6 +30,7 @@ HELP = {
     "eval": "Evaluate a trained policy on a preference file.",
     "demo": "The whole loop on a simulated world with a known gold reward.",
     "models": "Fetch and list pretrained models (smollm2-135m, .gguf files, the local HF cache).",
+    "annotators": "Annotator quality: flip rates, reliability weights and agreement (kappa, alpha).",
 }
 
 
