@@ -58,6 +58,7 @@ def plain_forward_logps(model, batch_pairs, pad_token_id: int):
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m", help="a model spec (rankalign.engine.resolve_model)")
+    parser.add_argument("--tag", help="case suffix (default: the spec's first word, smollm2)")
     parser.add_argument("--pairs", type=int, default=32)
     parser.add_argument("--batch", type=int, default=8, help="pairs per forward, both sides")
     parser.add_argument("--repeats", type=int, default=2)
@@ -124,7 +125,7 @@ def main(argv=None) -> None:
     relative = float((difference / np.abs(peer)).max())
     rate = {side: len(pairs) / seconds[side] for side in seconds}
     precision = "bf16 autocast" if args.bf16 else "float32"
-    tag = "".join(ch for ch in args.model.split("-")[0].lower() if ch.isalnum())
+    tag = args.tag or "".join(ch for ch in args.model.split("-")[0].lower() if ch.isalnum())
     print(f"model {args.model} ({source.path}); device {args.device}, {precision}, {args.threads} threads; "
           f"{len(pairs)} pairs, {args.batch} per batch; prompt 256 tokens, responses 64; rankalign layout {layout}")
     print(f"{'side':<28} {'pairs/s':>9} {'seconds':>9}")

@@ -338,6 +338,7 @@ def main(argv=None) -> None:
     parser.add_argument("--lists-batch", type=int, default=2, help="lists of 4 per step in lists_k4 (TRL: x3 pairs)")
     parser.add_argument("--threads", type=int, default=max(1, min(os.cpu_count() or 1, 16)))
     parser.add_argument("--model", help="a real model spec (e.g. smollm2-135m) instead of the built-in tiny Llama")
+    parser.add_argument("--tag", help="case suffix for --model (default: the spec's first word, smollm2)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (GPU)")
     parser.add_argument("--declare-shared", action="store_true",
@@ -371,7 +372,7 @@ def main(argv=None) -> None:
             source = resolve_model(args.model)
             model_dir = source.path
             model = load_causal_lm(source)
-            tag = "_" + "".join(ch for ch in args.model.split("-")[0].lower() if ch.isalnum())
+            tag = "_" + (args.tag or "".join(ch for ch in args.model.split("-")[0].lower() if ch.isalnum()))
             description = f"{args.model} ({model_dir})"
         else:
             model_dir = scratch
