@@ -12,15 +12,16 @@ from pathlib import Path
 from .config import TrainConfig, save_config
 
 
-def read_records(config: TrainConfig, *, with_report: bool = False):
-    """The training records of ``config.data``, read by :func:`rankalign.data.read` (which knows the layouts)."""
+def read_records(config: TrainConfig, *, with_report: bool = False, cap: bool = True):
+    """The training records of ``config.data``, read by :func:`rankalign.data.read` (which knows the layouts),
+    the first ``max_records`` of them when ``cap``."""
     from rankalign.data import read
 
     if not config.data:
         raise ValueError("the config has no `data` file")
     result = read(config.data, **config.data_options)
     records = list(result.records)
-    if config.max_records > 0:
+    if cap and config.max_records > 0:
         records = records[: config.max_records]
     return (records, result.report) if with_report else records
 
@@ -148,7 +149,9 @@ def run_config(config: TrainConfig, *, resume: bool | None = None):
     import transformers
 
     transformers.set_seed(config.seed)
-    records, data_report = read_records(config, with_report=True)
+    # with a held-out split, the split is drawn on the whole file and max_records caps the training side:
+    # the held-out set does not depend on the training budget
+    records, data_report = read_records(config, with_report=True, cap=config.eval_split <= 0)
     output_dir = Path(config.output_dir)
     main_process = int(os.environ.get("RANK", "0")) == 0  # under accelerate/torchrun only rank 0 writes files
     heldout = []
@@ -156,6 +159,8 @@ def run_config(config: TrainConfig, *, resume: bool | None = None):
         from rankalign.data import write
 
         records, heldout = split_by_prompt(records, config.eval_split, config.eval_split_seed)
+        if config.max_records > 0:
+            records = records[: config.max_records]
         if main_process:
             write(records, output_dir / "split" / "train.jsonl")
             write(heldout, output_dir / "split" / "heldout.jsonl")
