@@ -7,7 +7,8 @@ import sys
 
 import click
 
-from .errors import DataError
+from rankalign._escape import for_terminal
+
 from .layouts import LAYOUTS
 from .readers import iter_records, write
 from .records import PAIR_STRATEGIES
@@ -33,11 +34,8 @@ def data():
 
 
 def _stream(path, layout, mapping, outcomes, skip_invalid, file_format):
-    try:
-        return iter_records(path, layout=layout, mapping=mapping, outcomes=outcomes, skip_invalid=skip_invalid,
-                            format=file_format)
-    except (ValueError, DataError) as error:
-        raise click.ClickException(str(error)) from None
+    return iter_records(path, layout=layout, mapping=mapping, outcomes=outcomes, skip_invalid=skip_invalid,
+                        format=file_format)
 
 
 def _fmt_percentiles(stats):
@@ -58,10 +56,7 @@ def inspect(file, as_json, layout, mapping, outcomes, skip_invalid, file_format)
     """Validate FILE and report what is in it: records, layout, list sizes, tie rate, annotators,
     prompt/response lengths (characters), duplicates and problems found."""
     stream = _stream(file, layout, mapping, outcomes, skip_invalid, file_format)
-    try:
-        summary = summarize(stream, stream.report)
-    except (ValueError, DataError) as error:
-        raise click.ClickException(str(error)) from None
+    summary = summarize(stream, stream.report)
     summary["layout"] = stream.layout
     summary["file"] = str(file)
     if as_json:
@@ -70,7 +65,7 @@ def inspect(file, as_json, layout, mapping, outcomes, skip_invalid, file_format)
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{file}", show_header=False)
+    table = Table(title=for_terminal(file), show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
     table.add_row("layout", str(summary["layout"]))
@@ -94,13 +89,13 @@ def inspect(file, as_json, layout, mapping, outcomes, skip_invalid, file_format)
     table.add_row("response chars", _fmt_percentiles(summary["response_chars"]))
     table.add_row("duplicates", f"{summary['duplicates']:,}")
     if summary["labels"]:
-        table.add_row("labels", str(summary["labels"]))
+        table.add_row("labels", for_terminal(summary["labels"]))
     if summary["notes"]:
-        table.add_row("notes", ", ".join(f"{k} {v:,.6g}" for k, v in summary["notes"].items()))
+        table.add_row("notes", for_terminal(", ".join(f"{k} {v:,.6g}" for k, v in summary["notes"].items())))
     console = Console()
     console.print(table)
     for problem in summary["problems"]:
-        console.print(f"[yellow]problem[/yellow] {problem}", markup=True, highlight=False)
+        console.print(f"[yellow]problem[/yellow] {for_terminal(problem)}", markup=True, highlight=False)
 
 
 @data.command()
@@ -121,14 +116,11 @@ def convert(in_file, out_file, target, strategy, layout, mapping, outcomes, skip
     The report (to stderr) counts everything expanded, merged or dropped; conflicting judgments of the same
     pair are kept as separate weighted records, never merged."""
     stream = _stream(in_file, layout, mapping, outcomes, skip_invalid, file_format)
-    try:
-        if target == "pairs":
-            records, report = to_pairs(stream, strategy)
-        else:
-            records, report = to_lists(stream)
-        written = write(records, out_file)
-    except (ValueError, DataError) as error:
-        raise click.ClickException(str(error)) from None
+    if target == "pairs":
+        records, report = to_pairs(stream, strategy)
+    else:
+        records, report = to_lists(stream)
+    written = write(records, out_file)
     report["read"] = stream.report.to_dict()
     report["written"] = written
     report["out"] = str(out_file)

@@ -21,12 +21,13 @@ from typing import Any
 import yaml
 
 from rankalign._atomic import atomic_write_text
+from rankalign.errors import UsageError
 
 LAYOUTS = ("shared", "duplicated")
 DATA_FORMS = ("lists", "pairs")
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A configuration problem; the message names the source (file or ``--set``) and the key."""
 
 

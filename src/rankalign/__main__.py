@@ -1,0 +1,3 @@
+from rankalign.cli import main
+
+main(prog_name="rankalign")
