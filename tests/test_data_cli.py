@@ -6,14 +6,14 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from rankalign.data import RankedList, read, write
-from rankalign.data.cli import data
+from rankalign.cli import main
 from rankalign.data.summary import to_lists
 
 DATA = Path(__file__).parent / "data"
 
 
 def invoke(*args):
-    result = CliRunner().invoke(data, [str(a) for a in args])
+    result = CliRunner().invoke(main, ["data", *(str(a) for a in args)])
     assert result.exit_code == 0, result.output
     return result
 

@@ -56,15 +56,31 @@ def _watch_sigterm() -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
 
 
+# what C++ writers (torch's stream writer, safetensors) say when the disk fills up or a write fails
+_CPP_IO_MESSAGES = ("basic_ios", "PytorchStreamWriter", "failed writing", "No space left", "I/O error")
+
+
+def _disk_full(directory: Path) -> bool:
+    try:
+        return shutil.disk_usage(directory).free < 1 << 20
+    except OSError:
+        return False
+
+
+def _is_io_failure(error: BaseException, directory: Path) -> bool:
+    """An OSError, or a library's RuntimeError that is really a failed write (full disk, C++ stream)."""
+    if isinstance(error, OutputError):
+        return False
+    if isinstance(error, OSError):
+        return True
+    return isinstance(error, RuntimeError) and (any(m in str(error) for m in _CPP_IO_MESSAGES)
+                                                or _disk_full(directory))
+
+
 def _write_failed(error: BaseException, path: Path, directory: Path) -> OutputError:
     """The one-line form of a failed write that names the file (C++ writers only say "basic_ios::clear")."""
     number = getattr(error, "errno", None)
-    try:
-        usage = shutil.disk_usage(directory)
-        full = usage.free < 1 << 20
-    except OSError:
-        full = False
-    if number == errno.ENOSPC or full:
+    if number == errno.ENOSPC or _disk_full(directory):
         return OutputError(f"no space left on device while writing {path}",
                            hint="free space on that disk or write elsewhere")
     if number in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -104,7 +120,7 @@ def atomic_write_path(path: str | os.PathLike, write: Callable[[str], Any]) -> P
     except BaseException as error:
         if os.path.exists(temporary):
             os.unlink(temporary)
-        if isinstance(error, (OSError, RuntimeError)) and not isinstance(error, OutputError):
+        if _is_io_failure(error, directory):
             raise _write_failed(error, path, directory) from error
         raise
     finally:

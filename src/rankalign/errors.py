@@ -31,7 +31,7 @@ class OutputError(RankalignError, OSError):
     """An output file could not be written (full disk, permissions, a folder in the way)."""
 
 
-class MissingExtraError(RankalignError, ImportError):
+class MissingExtraError(RankalignError, ModuleNotFoundError):
     """An optional dependency is not installed; the hint names the extra that installs it."""
 
 
