@@ -99,6 +99,11 @@ def one_line_error(error: BaseException, ctx=None) -> tuple[str, int]:
         message, code = error.format_message(), error.exit_code
     elif isinstance(error, RankalignError):
         message, hint, code = str(error), error.hint, error.exit_code
+    elif isinstance(error, ModuleNotFoundError) and (error.name or "").split(".")[0] in EXTRAS:
+        top = error.name.split(".")[0]
+        command = ctx.invoked_subcommand if ctx is not None and ctx.invoked_subcommand else "this command"
+        message = f"`rankalign {command}` needs {top}, which is not installed"
+        hint = f"pip install 'rankalign[{EXTRAS[top]}]'"
     elif isinstance(error, OSError) and error.errno is not None:
         where = error.filename or "a file"
         if error.errno == errno.ENOSPC:

@@ -16,7 +16,9 @@ def read_records(config: TrainConfig, *, with_report: bool = False):
     from rankalign.data import read
 
     if not config.data:
-        raise ValueError("the config has no `data` file")
+        from .config import ConfigError
+
+        raise ConfigError("the config has no `data` file", hint="set data: PATH in the YAML or --set data=PATH")
     result = read(config.data, **config.data_options)
     records = list(result.records)
     if config.max_records > 0:
@@ -54,6 +56,25 @@ def load_tokenizer(config: TrainConfig, records):
     return AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=True)
 
 
+def check_sources(config: TrainConfig) -> None:
+    """Every file and folder the run reads exists, before anything slow is imported or loaded."""
+    from .config import ConfigError
+
+    if not config.data:
+        raise ConfigError("the config has no `data` file", hint="set data: PATH in the YAML or --set data=PATH")
+    if not os.path.exists(config.data):
+        raise ConfigError(f"data: no such file or folder: {config.data}", hint="check the path (relative paths "
+                          "are read from the working directory or the config file's folder)")
+    for name in ("model", "reference_model", "tokenizer"):
+        spec = getattr(config, name)
+        if not spec or spec.startswith("tiny:") or (name == "tokenizer" and spec == "train"):
+            continue
+        if not os.path.isdir(spec):
+            raise ConfigError(f"{name} {spec!r}: not a local folder" + (" and not a tiny:<arch> spec" if name != "tokenizer" else "")
+                              + " (nothing is downloaded)", hint=f"point `{name}` at a folder holding a saved "
+                              f"{'tokenizer' if name == 'tokenizer' else 'model'}")
+
+
 def load_model(spec: str, tokenizer, config: TrainConfig):
     """``tiny:<arch>`` builds a small model from a config; anything else is a local directory."""
     if spec.startswith("tiny:"):
@@ -64,8 +85,10 @@ def load_model(spec: str, tokenizer, config: TrainConfig):
     from transformers import AutoModelForCausalLM
 
     if not os.path.isdir(spec):
-        raise FileNotFoundError(f"model {spec!r}: not a local directory and not a tiny:<arch> spec "
-                                "(nothing is downloaded)")
+        from .config import ConfigError
+
+        raise ConfigError(f"model {spec!r}: not a local directory and not a tiny:<arch> spec "
+                          "(nothing is downloaded)", hint="point `model` at a folder holding a saved model")
     return AutoModelForCausalLM.from_pretrained(spec, trust_remote_code=False, local_files_only=True)
 
 
@@ -96,11 +119,12 @@ def run_config(config: TrainConfig, *, resume: bool | None = None):
     """Train as ``config`` says; save the final model, tokenizer and resolved config in ``output_dir``."""
     from .trainer import train_preference
 
+    check_sources(config)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    records, data_report = read_records(config, with_report=True)
     import transformers
 
     transformers.set_seed(config.seed)
-    records, data_report = read_records(config, with_report=True)
     tokenizer = load_tokenizer(config, records)
     model = load_model(config.model, tokenizer, config)
     ref_model = load_model(config.reference_model, tokenizer, config) if config.reference_model else None
