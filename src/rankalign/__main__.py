@@ -1,3 +1,6 @@
+"""`python -m rankalign`: the same as the `rankalign` command."""
+
 from rankalign.cli import main
 
-main(prog_name="rankalign")
+if __name__ == "__main__":
+    main(prog_name="rankalign")

@@ -22,6 +22,9 @@ COMMANDS: dict[str, str] = {
     "reward": "rankalign.reward.cli:reward",
     "eval": "rankalign.eval.cli:eval_command",
     "demo": "rankalign.sim.cli:demo",
+    "models": "rankalign.engine.models_cli:models",
+    "annotators": "rankalign.stats.annotators_cli:annotators",
+    "arena": "rankalign.arena.cli:arena",
 }
 
 HELP = {
@@ -31,7 +34,13 @@ HELP = {
     "reward": "Train a reward model on a preference file, or score a file with one.",
     "eval": "Evaluate a trained policy on a preference file.",
     "demo": "The whole loop on a simulated world with a known gold reward.",
+    "models": "Fetch and list pretrained models (smollm2-135m, .gguf files, the local HF cache).",
+    "annotators": "Annotator quality: flip rates, reliability weights and agreement (kappa, alpha).",
+    "arena": "Collect pair and K-wise votes in a web arena (init, add-annotator, serve, export, simulate).",
 }
+
+# commands whose dependencies come from an extra other than `train`
+EXTRA = {"arena": "arena"}
 
 
 class LazyGroup(click.Group):
@@ -48,9 +57,9 @@ class LazyGroup(click.Group):
             missing = error.name or "a dependency"
             if missing.startswith("rankalign"):
                 raise
+            extra = EXTRA.get(name) or EXTRAS.get(missing.split(".")[0], "train")
             raise MissingExtraError(f"`rankalign {name}` needs {missing}, which is not installed",
-                                    hint=f"pip install 'rankalign[{EXTRAS.get(missing.split('.')[0], 'train')}]'"
-                                    ) from None
+                                    hint=f"pip install 'rankalign[{extra}]'") from None
         return getattr(module, attribute)
 
     def invoke(self, ctx):
@@ -104,7 +113,9 @@ def one_line_error(error: BaseException, ctx=None) -> tuple[str, int]:
         command = ctx.invoked_subcommand if ctx is not None and ctx.invoked_subcommand else "this command"
         message = f"`rankalign {command}` needs {top}, which is not installed"
         hint = f"pip install 'rankalign[{EXTRAS[top]}]'"
-    elif isinstance(error, OSError) and error.errno is not None:
+    elif isinstance(error, OSError) and error.errno is None:  # raised with a message of its own
+        message = str(error)
+    elif isinstance(error, OSError):
         where = error.filename or "a file"
         if error.errno == errno.ENOSPC:
             message, hint = f"no space left on device while writing {where}", "free space or write elsewhere"

@@ -24,7 +24,7 @@ from typing import Any
 
 from rankalign.errors import UsageError
 
-FAMILIES = ("pairwise", "listwise", "unpaired", "reward")
+FAMILIES = ("pairwise", "listwise", "unpaired", "reward", "policy_gradient")
 
 _REGISTRY: dict[str, Objective] = {}
 
@@ -102,6 +102,8 @@ PARAM_RANGES: dict[str, Range] = {
     "delta": FINITE,
     "z0": FINITE,
     "discopop_tau": POSITIVE,
+    # PPO/GRPO clip range [1 - eps, 1 + eps] of the importance ratio
+    "clip_epsilon": Range(0.0, 1.0, low_open=True, high_open=True),
     "length_normalize": BOOL,
     "nll_length_normalize": BOOL,
 }
