@@ -145,6 +145,26 @@ def one_line_error(error: BaseException, ctx=None) -> tuple[str, int]:
 @click.option("--debug", is_flag=True, help="Show the full traceback of an error (or set RANKALIGN_DEBUG=1).")
 def main(debug):
     """rankalign: learn from human preference feedback, with the ranking as the native unit."""
+    _one_line_warnings()
+
+
+def _one_line_warnings() -> None:
+    """Print :class:`~rankalign.errors.RankalignWarning` as ``warning: ...`` (no file and line of code)."""
+    import warnings
+
+    from rankalign.errors import RankalignWarning
+
+    original = warnings.formatwarning
+    if getattr(original, "_rankalign", False):
+        return
+
+    def formatwarning(message, category, filename, lineno, line=None):
+        if issubclass(category, RankalignWarning):
+            return f"warning: {_oneline(message)}\n"
+        return original(message, category, filename, lineno, line)
+
+    formatwarning._rankalign = True
+    warnings.formatwarning = formatwarning
 
 
 if __name__ == "__main__":  # pragma: no cover

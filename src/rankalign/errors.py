@@ -35,6 +35,10 @@ class MissingExtraError(RankalignError, ModuleNotFoundError):
     """An optional dependency is not installed; the hint names the extra that installs it."""
 
 
+class RankalignWarning(UserWarning):
+    """A result that is still usable but needs the user's attention; the CLI prints ``warning: ...``."""
+
+
 def require(module: str, extra: str, feature: str):
     """Import ``module`` or raise :class:`MissingExtraError` naming ``pip install 'rankalign[extra]'``.
 
@@ -48,4 +52,4 @@ def require(module: str, extra: str, feature: str):
                                 hint=f"pip install 'rankalign[{extra}]'") from None
 
 
-__all__ = ["RankalignError", "UsageError", "OutputError", "MissingExtraError", "require"]
+__all__ = ["RankalignError", "UsageError", "OutputError", "MissingExtraError", "RankalignWarning", "require"]

@@ -34,6 +34,9 @@ def train(config_path, overrides, no_resume, print_config):
 
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under accelerate launch / torchrun, rank 0 reports
+    if result.note:  # nothing was trained (the run had already finished)
+        click.echo(result.note)
+        return
     report = result.data_report
     if report is not None:
         skipped = dict(getattr(report, "skipped", {}) or {})
