@@ -254,9 +254,10 @@ def precheck(output_dir: str | os.PathLike, fingerprint: dict) -> None:
     saved = checkpoint_fingerprint(checkpoint)
     if saved is None:
         verify_checkpoint(checkpoint, fingerprint)  # raises: no fingerprint
-    partial = {key: saved.get(key) for key in ("config", "data")}
-    if partial != {key: fingerprint.get(key) for key in ("config", "data")}:
-        raise ResumeError(f"{checkpoint} belongs to a different run ({describe_difference(partial, fingerprint)})",
+    then = {key: saved.get(key) for key in ("config", "data")}
+    now = {key: fingerprint.get(key) for key in ("config", "data")}
+    if then != now:
+        raise ResumeError(f"{checkpoint} belongs to a different run ({describe_difference(then, now)})",
                           hint="use another output_dir, or --no-resume to start this one afresh")
 
 

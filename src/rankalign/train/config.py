@@ -140,7 +140,7 @@ class TrainConfig:
         the range the losses registry declares (:data:`rankalign.losses.PARAM_RANGES`, e.g. ``beta > 0``,
         ``label_smoothing`` in [0, 0.5)); ``lr > 0``; ``batch_size``, ``gradient_accumulation``,
         ``logging_steps``, ``tokenizer_vocab_size`` >= 1; ``max_records``, ``warmup_steps``,
-        ``save_steps``, ``weight_decay`` >= 0; ``max_grad_norm`` > 0; ``epochs > 0`` or ``max_steps > 0``;
+        ``save_steps``, ``weight_decay``, ``max_grad_norm`` (0: no clipping) >= 0; ``epochs > 0`` or ``max_steps > 0``;
         token limits >= 1 or null; ``peft.r`` >= 1, ``peft.alpha`` > 0, ``peft.dropout`` in [0, 1);
         paths that must be folders (``output_dir``, ``reference_cache_dir``) are not files.
         """
@@ -164,8 +164,8 @@ class TrainConfig:
         need(math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr}")
         need(0.0 <= self.eval_split < 1.0, f"eval_split must be in [0, 1), got {self.eval_split}")
         need(math.isfinite(self.weight_decay) and self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
-        need(math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0,
-             f"max_grad_norm must be > 0, got {self.max_grad_norm}")
+        need(math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0,
+             f"max_grad_norm must be >= 0 (0 turns clipping off), got {self.max_grad_norm}")
         for name in ("max_records", "warmup_steps", "save_steps"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("logging_steps", "tokenizer_vocab_size"):

@@ -80,10 +80,6 @@ from .callbacks import (
 )
 from .checkpoints import run_fingerprint, select_checkpoint, verify_checkpoint
 from .config import config_to_dict
-
-# the TrainingArguments that change what a run computes (part of PreferenceTrainer's default fingerprint)
-_FINGERPRINT_ARGUMENTS = ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "seed",
-                          "optim", "weight_decay", "lr_scheduler_type", "warmup_steps", "max_grad_norm")
 from .data import (
     EpochShuffleSampler,
     ListDataset,
@@ -92,6 +88,9 @@ from .data import (
     tokenize_training_data,
 )
 
+# the TrainingArguments that change what a run computes (part of PreferenceTrainer's default fingerprint)
+_FINGERPRINT_ARGUMENTS = ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "seed",
+                          "optim", "weight_decay", "lr_scheduler_type", "warmup_steps", "max_grad_norm")
 # per-run objective state (BCO's running reward mean) saved in every checkpoint folder
 OBJECTIVE_STATE_FILE = "rankalign_objective_state.json"
 
