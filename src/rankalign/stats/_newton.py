@@ -196,6 +196,7 @@ def apply_gauge(theta, n_items, reference=None):
 # error above MAX_SE is information near zero in that direction (near-singular information)
 DIVERGED = 35.0
 MAX_SE = 1e3
+RUNAWAY = 5.0
 
 
 def unidentified(x, hessian, free, n_params) -> list[tuple[int, float, float]]:
@@ -213,12 +214,44 @@ def unidentified(x, hessian, free, n_params) -> list[tuple[int, float, float]]:
         with np.errstate(invalid="ignore"):
             se = np.sqrt(np.abs(np.diag(covariance(hessian, free, n_params))))
     indices = free.tolist()
+    if n_params <= DENSE_LIMIT:
+        null = _null_directions(hessian, free)
+        if null:
+            return [(indices[k], float(x[indices[k]]), float("inf")) for k in null]
     # a diverged parameter makes the information singular for the others too: name the cause only
     diverged = [(i, float(x[i]), float(se[i])) for i in indices if not np.isfinite(x[i]) or abs(x[i]) > DIVERGED]
     if diverged:
         return diverged
-    return [(i, float(x[i]), float(se[i])) for i in indices
-            if (np.isfinite(se[i]) and se[i] > MAX_SE) or (n_params <= DENSE_LIMIT and not np.isfinite(se[i]))]
+    flagged = [(i, float(x[i]), float(se[i])) for i in indices
+               if (np.isfinite(se[i]) and se[i] > MAX_SE) or (n_params <= DENSE_LIMIT and not np.isfinite(se[i]))]
+    # a parameter on its way to infinity (Newton stops once the gain is at rounding level, often near 30)
+    # flattens the likelihood for the rest too: name the ones that ran far out, not the collateral
+    farthest = max((abs(value) for _, value, _ in flagged), default=0.0)
+    if farthest >= RUNAWAY:
+        flagged = [entry for entry in flagged if abs(entry[1]) >= farthest / 2]
+    return flagged
+
+
+def _null_directions(hessian, free) -> list[int]:
+    """Positions (within ``free``) of the parameters in the null space of a singular information matrix
+    (Cholesky fails, e.g. two identical covariates): those loading >= 0.3 on an eigenvector whose
+    eigenvalue is below 1e-10 of the largest."""
+    neg_h = -_restrict(hessian, free)
+    if sparse.issparse(neg_h):
+        neg_h = neg_h.toarray()
+    try:
+        scipy.linalg.cho_factor(neg_h, check_finite=False)
+        return []
+    except (np.linalg.LinAlgError, ValueError):
+        pass
+    if not np.all(np.isfinite(neg_h)):
+        return list(range(len(neg_h)))
+    values, vectors = np.linalg.eigh(neg_h)
+    small = values < 1e-10 * max(1.0, float(values.max()))
+    if not small.any():
+        return []
+    loading = np.abs(vectors[:, small]).max(axis=1)
+    return np.flatnonzero(loading >= 0.3).tolist()
 
 
 def require_identified(x, hessian, free, names, hints=None):
