@@ -25,6 +25,8 @@ from rankalign.errors import require
 
 # a prior this strong already pins every rating to 0 (variance 5e-7); larger values overflow the Hessian
 MAX_PRIOR = 1e6
+# layouts whose candidates are responses to a prompt, not item ids (rating them would rate answer texts)
+TEXT_LAYOUTS = ("pairs", "ranked_responses", "ratings", "unpaired")
 MODEL_NAMES = {"bt": "bradley-terry", "thurstone": "thurstone", "davidson": "davidson",
                "rao-kupper": "rao-kupper", "pl": "plackett-luce"}
 
@@ -54,7 +56,7 @@ def _records_to_rankings(result, path):
     names = set()
     lists = []
     for number, record in enumerate(result.records, start=1):
-        if isinstance(record, RankedList) and record.prompt is not None:
+        if result.report.layout in TEXT_LAYOUTS:
             raise DataError(f"this file has no item ids: it holds prompts and responses (layout "
                             f"{result.report.layout}), and rating compares items", path=path, line=number,
                             field="prompt", reason="no_item_ids",
