@@ -238,19 +238,18 @@ def test_probe_reports_a_model_that_raises_on_4d_masks():
 
 
 # ------------------------------------------------------------------------------------------------ masks, autocast
-def test_attention_mask_is_boolean_for_sdpa_and_additive_in_the_compute_dtype_otherwise():
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_attention_mask_is_additive_in_the_compute_dtype(attn):
     batch = pack_lists(_lists()[:3])
-    sdpa = tiny_causal_lm(VOCAB, attn_implementation="sdpa")
-    eager = tiny_causal_lm(VOCAB, attn_implementation="eager")
-    mask = attention_mask_for(sdpa, batch)
-    assert mask.dtype == torch.bool and torch.equal(mask, batch.attention_mask == 0)
-    assert attention_mask_for(eager, batch).dtype == torch.float32
+    model = tiny_causal_lm(VOCAB, attn_implementation=attn)
+    allowed = batch.attention_mask == 0
+    assert attention_mask_for(model, batch) is batch.attention_mask  # float32 already: no copy
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        additive = attention_mask_for(eager, batch)
+        additive = attention_mask_for(model, batch)
     assert additive.dtype == torch.bfloat16
-    assert torch.equal(additive == 0, mask) and (additive[~mask] == torch.finfo(torch.bfloat16).min).all()
+    assert torch.equal(additive == 0, allowed) and (additive[~allowed] == torch.finfo(torch.bfloat16).min).all()
     duplicated = pack_lists(_lists()[:3], layout="duplicated")
-    assert attention_mask_for(sdpa, duplicated) is duplicated.attention_mask
+    assert attention_mask_for(model, duplicated) is duplicated.attention_mask
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])

@@ -213,27 +213,21 @@ def _weight_dtype(model) -> torch.dtype:
 def attention_mask_for(model, batch: PackedBatch) -> Tensor:
     """The attention mask the base transformer gets for ``batch``.
 
-    The duplicated layout's ``[R, T]`` 0/1 mask is passed as is. The shared layout's block mask is
-    passed as a 4D mask in the form the attention implementation consumes directly: boolean (True =
-    attend) for ``sdpa``, which is what transformers itself builds for it (a quarter of the bytes of a
-    float mask, and no dtype to get wrong under autocast); otherwise additive in the dtype the attention
-    scores are computed in (the autocast dtype when autocast is on, else the weights' dtype), since eager
-    attention adds the mask to the scores.
+    The duplicated layout's ``[R, T]`` 0/1 mask is passed as is (transformers builds its own causal
+    mask from it). The shared layout's block mask goes in as a 4D *additive* mask in the dtype the
+    attention scores are computed in: the autocast dtype when autocast is on, else the weights' dtype.
+    Built once per forward, it then reaches every layer unchanged: ``scaled_dot_product_attention``
+    would turn a boolean mask into an additive one at every call (every layer, forward and backward),
+    and autocast would cast a float32 mask to bfloat16 at every call.
     """
     mask = batch.attention_mask
     if batch.layout != "shared":
         return mask
-    implementation = getattr(unwrap_model(model).config, "_attn_implementation", None)
-    if implementation == "sdpa":
-        return mask if mask.dtype == torch.bool else mask == 0
     device_type = mask.device.type
     dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else _weight_dtype(model)
-    if mask.dtype == torch.bool:
-        allowed = mask
-    elif mask.dtype == dtype:
+    if mask.dtype == dtype:
         return mask
-    else:
-        allowed = mask == 0
+    allowed = mask if mask.dtype == torch.bool else mask == 0
     return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
