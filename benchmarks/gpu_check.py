@@ -56,7 +56,7 @@ def load_lists(tokenizer, pairs: int, vocab: int, seed: int = 0):
     if DATA.is_file():
         from rankalign.data.readers import read
 
-        records = list(read(str(DATA)).records)[:pairs]
+        records = list(read(str(DATA), skip_invalid=True).records)[:pairs]
         lists, _ = tokenize_records(tokenizer, records, max_prompt_tokens=256, max_response_tokens=64,
                                     on_empty="drop")
         return lists, f"HH-RLHF harmless ({len(lists)} pairs, prompt <= 256, responses <= 64 tokens)"
