@@ -131,10 +131,13 @@ def export(url, out, form):
 @click.option("--temperature", type=click.FloatRange(min=1e-6), default=1.0, show_default=True)
 @click.option("--targets", default="0.8,0.9", show_default=True, help="Kendall tau levels to report.")
 @click.option("--samplers", default=",".join(SAMPLERS), show_default=True)
+@click.option("--exploration", type=click.FloatRange(min=0.0), default=1.0, show_default=True,
+              help="c of the ucb sampler's bonus c * sigma.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="arena_study", show_default=True,
               help="Folder for study.json, study.csv and study.png.")
-def simulate(n_items, n_annotators, k, budget, repeats, spread, temperature, targets, samplers, seed, out_dir):
+def simulate(n_items, n_annotators, k, budget, repeats, spread, temperature, targets, samplers, exploration, seed,
+             out_dir):
     """Active against uniform sampling with simulated annotators: votes needed to reach a rank accuracy."""
     from .study import print_table, run_study, save_study
 
@@ -144,7 +147,8 @@ def simulate(n_items, n_annotators, k, budget, repeats, spread, temperature, tar
         raise click.UsageError(f"unknown sampler(s) {unknown}; choose from {', '.join(SAMPLERS)}")
     levels = [float(t) for t in targets.split(",")]
     study = run_study(n_items=n_items, n_annotators=n_annotators, k=k, budget=budget, repeats=repeats,
-                      spread=spread, temperature=temperature, samplers=chosen, targets=levels, seed=seed)
+                      spread=spread, temperature=temperature, samplers=chosen, targets=levels, seed=seed,
+                      exploration=exploration)
     paths = save_study(study, out_dir)
     print_table(study)
     click.echo(json.dumps({"written": [str(p) for p in paths]}), err=False)
