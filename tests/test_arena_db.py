@@ -10,9 +10,9 @@ import pytest
 pytest.importorskip("sqlalchemy")
 pytest.importorskip("alembic")
 
-from arena_helpers import ITEMS, make_arena, postgres_server, write_items  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
+from arena_helpers import ITEMS, make_arena, postgres_server, write_items  # noqa: E402
 from rankalign.arena import db  # noqa: E402
 from rankalign.arena.items import read_items  # noqa: E402
 from rankalign.arena.records import agreement  # noqa: E402

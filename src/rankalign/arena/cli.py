@@ -15,6 +15,15 @@ _db_option = click.option("--db", "url", required=True, metavar="URL",
                           help="sqlite:///arena.db (or a plain path) or postgresql://user@host/dbname.")
 
 
+def _migrated(url):
+    """An engine on ``url`` with the schema brought up to date (Alembic upgrade to head)."""
+    from . import db
+
+    engine = db.connect(url)
+    db.migrate(engine)
+    return engine
+
+
 @click.group()
 def arena():
     """Collect pairwise and K-wise votes in a web arena; export them as rankalign records."""
@@ -34,8 +43,7 @@ def init(url, items_path, admin_name):
         records = read_items(items_path)
     except DataError as error:
         raise click.ClickException(str(error)) from None
-    engine = db.connect(url)
-    db.migrate(engine)
+    engine = _migrated(url)
     try:
         counts = db.load_items(engine, records)
         token = db.add_annotator(engine, admin_name, admin=True)
@@ -55,10 +63,8 @@ def add_annotator_command(name, url, admin, quota):
     """Create an annotator NAME and print its token (last line; only its hash is stored)."""
     from . import db
 
-    engine = db.connect(url)
-    db.migrate(engine)
     try:
-        token = db.add_annotator(engine, name, admin=admin, quota=quota)
+        token = db.add_annotator(_migrated(url), name, admin=admin, quota=quota)
     except ValueError as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"annotator {name!r} created{' (admin)' if admin else ''}"
@@ -85,14 +91,11 @@ def serve(url, host, port, sampler, k, prior, per_minute, burst, seed):
     """Run the arena server (uvicorn). Stop it with Ctrl-C; every acknowledged vote is committed."""
     import uvicorn
 
-    from . import db
     from .app import create_app
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: listening on {host}, reachable from other machines; put TLS in front.", err=True)
-    engine = db.connect(url)
-    db.migrate(engine)
-    engine.dispose()
+    _migrated(url).dispose()
     try:
         app = create_app(url, sampler=sampler, k=k, prior=prior, per_minute=per_minute, burst=burst, seed=seed)
     except ValueError as error:
