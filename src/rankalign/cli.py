@@ -18,6 +18,8 @@ COMMANDS: dict[str, str] = {
     "reward": "rankalign.reward.cli:reward",
     "eval": "rankalign.eval.cli:eval_command",
     "demo": "rankalign.sim.cli:demo",
+    "models": "rankalign.engine.models_cli:models",
+    "annotators": "rankalign.stats.annotators_cli:annotators",
     "arena": "rankalign.arena.cli:arena",
 }
 
@@ -28,6 +30,8 @@ HELP = {
     "reward": "Train a reward model on a preference file, or score a file with one.",
     "eval": "Evaluate a trained policy on a preference file.",
     "demo": "The whole loop on a simulated world with a known gold reward.",
+    "models": "Fetch and list pretrained models (smollm2-135m, .gguf files, the local HF cache).",
+    "annotators": "Annotator quality: flip rates, reliability weights and agreement (kappa, alpha).",
     "arena": "Collect pair and K-wise votes in a web arena (init, add-annotator, serve, export, simulate).",
 }
 
