@@ -1,10 +1,12 @@
 """Simulated annotators voting through a running arena's HTTP API, exactly as a person's browser does.
 
-    python examples/arena/annotate_over_http.py --base http://127.0.0.1:8765 --tokens tokens.txt --votes 40
+    python examples/arena/annotate_over_http.py --base http://127.0.0.1:8765 --tokens tokens.txt --votes 40 \
+        --wait 60 --leaderboard leaderboard.json
 
 Each token in the file (one per line) is one annotator. Every round an annotator asks ``GET /api/next``,
 answers with a :mod:`rankalign.sim` annotator (Plackett-Luce choice on a hidden quality per item, given
-below) and posts the ranking with ``POST /api/votes``. Loops are bounded in count and time.
+below) and posts the ranking with ``POST /api/votes``. ``--wait`` waits for a server that is starting;
+``--leaderboard`` saves ``GET /api/leaderboard`` at the end. Loops are bounded in count and time.
 """
 
 from __future__ import annotations
@@ -31,6 +33,20 @@ def call(method, url, token, body=None):
         return response.status, json.loads(response.read())
 
 
+def wait_for(base, seconds):
+    """Poll /api/health until the server answers (at most ``seconds``)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/api/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"no arena server at {base} after {seconds} s") from None
+        time.sleep(0.5)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="http://127.0.0.1:8765")
@@ -39,7 +55,11 @@ def main():
     parser.add_argument("--k", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-seconds", type=float, default=120.0)
+    parser.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the server to start")
+    parser.add_argument("--leaderboard", default=None, help="save the leaderboard JSON here at the end")
     args = parser.parse_args()
+    if args.wait:
+        wait_for(args.base, args.wait)
     tokens = [line.strip() for line in open(args.tokens) if line.strip()]
     rng = np.random.default_rng(args.seed)
     people = [Annotator(id=f"sim-{i}", weights=(1.0,), temperature=0.7) for i in range(len(tokens))]
@@ -59,6 +79,12 @@ def main():
                 "ranks": list(record.ranks), "request_id": uuid.uuid4().hex})
             stored += status == 201
     print(f"{stored} votes stored")
+    if args.leaderboard:
+        with urllib.request.urlopen(f"{args.base}/api/leaderboard", timeout=60) as response:
+            board = json.loads(response.read())
+        with open(args.leaderboard, "w") as handle:
+            json.dump(board, handle, indent=1)
+        print("leaderboard:", ", ".join(f"{row['rank']}. {row['item']} {row['rating']:+.2f}" for row in board["items"]))
 
 
 if __name__ == "__main__":
