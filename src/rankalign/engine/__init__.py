@@ -24,7 +24,14 @@ Example::
     ref_logps = compute_reference_logps(model, lists, cache_dir="ref-cache", tokenizer=tokenizer)
 """
 
-from .logps import decoder_and_head, gather_token_logps, sequence_logps, supports_shared_layout, unwrap_model
+from .logps import (
+    decoder_and_head,
+    gather_token_logps,
+    sequence_logps,
+    supports_shared_layout,
+    token_logps,
+    unwrap_model,
+)
 from .packing import LAYOUTS, ListCollator, PackedBatch, block_attention_mask, pack_lists
 from .reference import (
     ReferenceCache,
@@ -39,7 +46,7 @@ from .tokenize import TokenizedList, TruncationReport, tokenize_records
 __all__ = [
     "TokenizedList", "TruncationReport", "tokenize_records",
     "PackedBatch", "pack_lists", "ListCollator", "block_attention_mask", "LAYOUTS",
-    "sequence_logps", "supports_shared_layout", "gather_token_logps", "decoder_and_head", "unwrap_model",
+    "sequence_logps", "token_logps", "supports_shared_layout", "gather_token_logps", "decoder_and_head", "unwrap_model",
     "ReferenceCache", "compute_reference_logps", "reference_cache_key", "adapter_disabled",
     "peft_reference_logps",
     "build_tokenizer", "tiny_causal_lm", "CHAT_TEMPLATE",

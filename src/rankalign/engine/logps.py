@@ -352,3 +352,35 @@ def sequence_logps(model, batch: PackedBatch, *, chunk_size: int = 1024,
         batch = pack_lists(batch.source, layout="duplicated").to(batch.input_ids.device)
     with _mixed_precision_context(model):
         return _forward_logps(model, batch, chunk_size, recompute_head)
+
+
+def token_logps(model, batch: PackedBatch, *, chunk_size: int = 1024, recompute_head: bool | None = None) -> Tensor:
+    """Per-token response log-probs ``log pi(y_k,t | x, y_k,<t)``, flat ``[N]`` in ``batch.target_*`` order.
+
+    The token-level companion of :func:`sequence_logps` (same forward, same layout fallback, same head
+    chunking), for objectives that weigh tokens one by one (GRPO's clipped ratio and per-token KL).
+    ``batch.target_segment`` says which (list, response) cell each entry belongs to; a response's tokens
+    are contiguous and in order. Summing them per segment gives :func:`sequence_logps`.
+
+    Returns
+    -------
+    Tensor [N] float32, differentiable.
+    """
+    _check_positions(model, batch)
+    if batch.layout == "shared" and not supports_shared_layout(model):
+        if batch.source is None:
+            raise ValueError(f"{type(unwrap_model(model)).__name__} does not support the shared layout and this "
+                             "batch has no source lists to repack; pack it with layout='duplicated'")
+        batch = pack_lists(batch.source, layout="duplicated").to(batch.input_ids.device)
+    with _mixed_precision_context(model):
+        base, head = decoder_and_head(model)
+        mask = batch.attention_mask
+        dtype = head.weight.dtype if hasattr(head, "weight") else torch.float32
+        if batch.layout == "shared" and mask.dtype != dtype and dtype.is_floating_point:
+            mask = torch.zeros_like(mask, dtype=dtype).masked_fill_(mask < 0, torch.finfo(dtype).min)
+        outputs = _run_base(model, base, input_ids=batch.input_ids, attention_mask=mask,
+                            position_ids=batch.position_ids, use_cache=False)
+        hidden = outputs[0] if not hasattr(outputs, "last_hidden_state") else outputs.last_hidden_state
+        hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.target_index)
+        return gather_token_logps(hidden, head, batch.target_ids, chunk_size=chunk_size,
+                                  recompute_head=recompute_head, transform=_logit_transform(model))
