@@ -141,11 +141,6 @@ def iter_json(path: str) -> Iterator[tuple[int, dict | BadRow]]:
             yield row_number, row
 
 
-def _decoded_lines(path: str, handle) -> Iterator[str]:
-    for line, raw in enumerate(handle, 1):
-        yield _decode_line(raw, path, line)
-
-
 def iter_csv(path: str, *, skip_invalid: bool = False) -> Iterator[tuple[int, dict | BadRow]]:
     """CSV with a header row. Values stay strings; an empty cell is ``""``.
 

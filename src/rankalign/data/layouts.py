@@ -197,9 +197,8 @@ def row_to_record(row: dict, ctx: RowContext):
 
 def _require(row, column, ctx, *, text=False):
     value = row.get(column)
-    if text and isinstance(value, str) and not value.strip():
-        raise DataError("empty response" if value == "" else "response is only whitespace", field=ctx.name(column),
-                        reason="empty_response")
+    if text and isinstance(value, str):
+        return value  # an empty response is data (HH-RLHF has two); training gives it an EOS-only response
     if _missing(value):
         raise DataError("missing" if value is None or column not in row else "empty", field=ctx.name(column),
                         reason="missing_field")
@@ -392,10 +391,6 @@ def _pairs(row, ctx):
         else:
             raise DataError("chosen and rejected must both be text or both chat messages", field=ctx.name("rejected"),
                             reason="bad_type")
-        for column, response in (("chosen", chosen), ("rejected", rejected)):
-            if isinstance(response, str) and not response.strip():
-                raise DataError("empty response: nothing after the shared prompt's last '\\n\\nAssistant:'",
-                                field=ctx.name(column), reason="empty_response")
     else:
         early = None
     names = [ctx.name("chosen"), ctx.name("rejected")]

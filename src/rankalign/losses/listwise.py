@@ -360,14 +360,8 @@ def lipo_lambda(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks:
     return -(log_sig * weights).sum(0)
 
 
-def _positions_by_score(scores: Tensor, valid: Tensor) -> Tensor:
-    """1-based position of each present candidate when sorted by ``scores`` descending (stable: column
-    order breaks exact ties); padding sorts after every present candidate (its position is never used)."""
-    return _positions_by_score_t(scores.t().contiguous(), valid.t().contiguous()).t()
-
-
 def _positions_by_score_t(scores_t: Tensor, valid_t: Tensor) -> Tensor:
-    """:func:`_positions_by_score` on ``[K, B]`` scores and mask (candidates first), ``[K, B]``.
+    """1-based position of each present candidate, sorted by score descending, on ``[K, B]`` (candidates first).
 
     Counted rather than sorted: ``position_i = 1 + #{j : s_j > s_i} + #{j < i : s_j = s_i}``, the position
     of a stable descending sort, on ``[K, K, B]`` comparisons (the batch contiguous)."""

@@ -191,14 +191,3 @@ def apply_gauge(theta, n_items, reference=None):
     return theta
 
 
-def gauge_variances(cov, n_items, reference=None):
-    """Diagonal of ``A C A^T`` for the gauge (without forming A for many items)."""
-    item_cov = cov[:n_items, :n_items]
-    if reference is None:
-        row_mean = item_cov.mean(axis=1)
-        total_mean = row_mean.mean()
-        item_var = np.diag(item_cov) - 2.0 * row_mean + total_mean
-    else:
-        item_var = np.diag(item_cov) - 2.0 * item_cov[:, reference] + item_cov[reference, reference]
-    rest = np.diag(cov)[n_items:]
-    return np.maximum(np.concatenate([item_var, rest]), 0.0)
