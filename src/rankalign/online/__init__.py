@@ -9,7 +9,17 @@
 """
 
 from .generate import PREFILLS, SampledGroups, filter_top_p, next_tokens, sample_groups, vllm_available
-from .loop import STATE_FILE, Judge, OnlineResult, curriculum_pairs, judged_lists, run_online, win_probabilities
+from .loop import (
+    STATE_FILE,
+    Judge,
+    OnlineResult,
+    curriculum_pairs,
+    group_rewards,
+    judged_lists,
+    run_online,
+    run_policy_gradient,
+    win_probabilities,
+)
 from .policy_gradient import (
     POLICY_GRADIENT_OBJECTIVES,
     groups_to_lists,
@@ -21,4 +31,4 @@ from .policy_gradient import (
 __all__ = ["PREFILLS", "SampledGroups", "sample_groups", "next_tokens", "filter_top_p", "vllm_available",
            "POLICY_GRADIENT_OBJECTIVES", "groups_to_lists", "token_grid", "policy_gradient_loss",
            "policy_gradient_step", "Judge", "OnlineResult", "run_online", "judged_lists", "win_probabilities",
-           "curriculum_pairs", "STATE_FILE"]
+           "curriculum_pairs", "STATE_FILE", "group_rewards", "run_policy_gradient"]

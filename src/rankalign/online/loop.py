@@ -193,7 +193,9 @@ def _load_weights(model, directory: Path) -> None:
 
 
 def _round_prompts(prompts: Sequence, per_round: int, round_index: int) -> list:
-    if per_round <= 0 or per_round >= len(prompts):
+    """The round's prompts: all of them (``per_round <= 0``), else the next ``per_round`` in a cycle
+    through the prompt set (repeating prompts when ``per_round`` exceeds it)."""
+    if per_round <= 0:
         return list(prompts)
     start = (round_index * per_round) % len(prompts)
     return [prompts[(start + i) % len(prompts)] for i in range(per_round)]
@@ -307,5 +309,75 @@ def run_online(model, tokenizer, prompts: Sequence, judge, train_config, online:
     return OnlineResult(model=model, rounds=summaries, records=all_records, output_dir=str(output_dir))
 
 
-__all__ = ["Judge", "OnlineConfig", "OnlineResult", "run_online", "judged_lists", "win_probabilities",
+# ------------------------------------------------------------------------------ GRPO / RLOO rounds
+def group_rewards(tokenizer, judge, prompt, completions) -> tuple[list[float] | None, list[int]]:
+    """Judge one group of K sampled completions: ``(rewards or None, dense ranks)`` for all K of them.
+
+    The judge sees each distinct non-empty text once; duplicates share its rank and score; an empty
+    completion (EOS at once) ranks below every judged one. Rewards are the judge's numeric scores when
+    it gives them (an empty completion gets the lowest score), else None (rank rewards are used).
+    """
+    texts = [_decode(tokenizer, c) for c in completions]
+    distinct = list(dict.fromkeys(t for t in texts if t))
+    if len(distinct) >= 2:
+        record = judge.rank(prompt, distinct)
+        dense = record.dense_ranks()
+        worst = max(r for r in dense if r is not None) + 1
+        rank_of = {t: (worst if r is None else r) for t, r in zip(distinct, dense)}
+        scores = record.scores
+        numeric = scores is not None and all(isinstance(v, (int, float)) for v in scores)
+        score_of = {t: float(v) for t, v in zip(distinct, scores)} if numeric else None
+    else:  # nothing to compare: every completion ties
+        rank_of, score_of, worst = {t: 0 for t in distinct}, None, 1 if distinct else 0
+    ranks = [rank_of.get(t, worst) for t in texts]
+    if score_of is None:
+        return None, ranks
+    low = min(score_of.values())
+    return [score_of.get(t, low) for t in texts], ranks
+
+
+def run_policy_gradient(model, tokenizer, prompts: Sequence, judge, *, objective: str = "grpo", steps: int = 10,
+                        prompts_per_step: int = 8, k: int = 4, lr: float = 1e-4, beta: float = 0.04,
+                        clip_epsilon: float = 0.2, iterations: int = 1, max_new_tokens: int = 64,
+                        temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, ref_model=None,
+                        max_grad_norm: float = 1.0, callback=None) -> list[dict]:
+    """GRPO or RLOO: ``steps`` rounds of {sample K per prompt -> judge -> ``iterations`` updates}.
+
+    Each step takes the next ``prompts_per_step`` prompts (cycling), samples K completions each
+    (prefilled once), judges them (:func:`group_rewards`: scores, or ranks for a ranking-only judge) and
+    makes ``iterations`` AdamW updates on the group (GRPO's mu; with mu > 1 the later updates use the
+    clipped ratio against the sampling policy's log-probs). The reference for the KL term is
+    ``ref_model`` (default: a frozen copy of ``model`` as given). Returns one metrics dict per step.
+    """
+    from .policy_gradient import policy_gradient_step
+
+    reference = ref_model if ref_model is not None else copy.deepcopy(model).eval()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    generator = torch.Generator(device=next(model.parameters()).device)
+    generator.manual_seed(int(seed))
+    history = []
+    for step in range(steps):
+        step_prompts = _round_prompts(prompts, prompts_per_step, step)
+        prompt_ids = [_encode_prompt(tokenizer, p) for p in step_prompts]
+        groups = sample_groups(model, prompt_ids, k, max_new_tokens=max_new_tokens, temperature=temperature,
+                               top_p=top_p, eos_token_id=tokenizer.eos_token_id,
+                               pad_token_id=tokenizer.pad_token_id or 0, generator=generator)
+        judged = [group_rewards(tokenizer, judge, p, c) for p, c in zip(step_prompts, groups.completion_ids)]
+        if all(r is not None for r, _ in judged):
+            signal = {"rewards": [r for r, _ in judged]}
+        else:
+            signal = {"ranks": [ranks for _, ranks in judged]}
+        metrics = policy_gradient_step(model, optimizer, groups, objective=objective, ref_model=reference, beta=beta,
+                                       clip_epsilon=clip_epsilon, iterations=iterations,
+                                       max_grad_norm=max_grad_norm, pad_token_id=tokenizer.pad_token_id or 0,
+                                       **signal)
+        metrics["step"] = step
+        history.append(metrics)
+        if callback is not None:
+            callback(step, model, metrics)
+    model.eval()
+    return history
+
+
+__all__ = ["Judge", "OnlineConfig", "group_rewards", "run_policy_gradient", "OnlineResult", "run_online", "judged_lists", "win_probabilities",
            "curriculum_pairs", "STATE_FILE"]

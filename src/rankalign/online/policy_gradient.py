@@ -143,20 +143,40 @@ def policy_gradient_loss(model, groups: SampledGroups, *, rewards=None, ranks=No
     return per_list.mean(), metrics
 
 
+def sampling_token_logps(model, groups: SampledGroups, *, layout: str = "shared", pad_token_id: int = 0) -> Tensor:
+    """``[B, K, T]`` per-token log-probs of the sampled completions under ``model`` now (no gradient):
+    GRPO's pi_old for updates after the first on the same groups."""
+    batch = pack_lists(groups_to_lists(groups), layout=layout, pad_token_id=pad_token_id)
+    batch = batch.to(next(model.parameters()).device)
+    with torch.no_grad():
+        return token_grid(token_logps(model, batch), batch)[0]
+
+
 def policy_gradient_step(model, optimizer, groups: SampledGroups, *, max_grad_norm: float | None = 1.0,
-                         **loss_options) -> dict:
-    """One optimiser step on :func:`policy_gradient_loss` (model in train mode); returns its metrics
-    plus ``loss`` and ``grad_norm``."""
+                         iterations: int = 1, **loss_options) -> dict:
+    """``iterations`` optimiser steps on :func:`policy_gradient_loss` for one batch of groups (model in
+    train mode); returns the last step's metrics plus ``loss`` and ``grad_norm``.
+
+    With ``iterations > 1`` (GRPO's mu) the sampling policy's log-probs are taken once, before the first
+    update, and every update uses the clipped ratio against them (the first one at ratio 1).
+    """
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
     model.train()
-    loss, metrics = policy_gradient_loss(model, groups, **loss_options)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if max_grad_norm:
-        metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm))
-    optimizer.step()
-    metrics["loss"] = float(loss.detach())
+    if iterations > 1 and loss_options.get("objective", "grpo") == "grpo" and loss_options.get("old_token_logps") is None:
+        loss_options["old_token_logps"] = sampling_token_logps(
+            model, groups, layout=loss_options.get("layout", "shared"), pad_token_id=loss_options.get("pad_token_id", 0))
+    metrics: dict = {}
+    for _ in range(iterations):
+        loss, metrics = policy_gradient_loss(model, groups, **loss_options)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if max_grad_norm:
+            metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm))
+        optimizer.step()
+        metrics["loss"] = float(loss.detach())
     return metrics
 
 
 __all__ = ["POLICY_GRADIENT_OBJECTIVES", "groups_to_lists", "token_grid", "policy_gradient_loss",
-           "policy_gradient_step"]
+           "policy_gradient_step", "sampling_token_logps"]
