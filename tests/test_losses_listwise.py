@@ -9,6 +9,7 @@ torch = pytest.importorskip("torch")
 
 from rankalign.data.records import RankedList  # noqa: E402
 from rankalign.losses import get  # noqa: E402
+from rankalign.losses._common import ranks_from_grades  # noqa: E402
 from rankalign.losses.listwise import (  # noqa: E402
     all_pairs_dpo,
     best_vs_rest,
@@ -17,7 +18,6 @@ from rankalign.losses.listwise import (  # noqa: E402
     listnet,
     pl_dpo,
     pro,
-    ranks_from_grades,
 )
 
 LISTWISE = ["pl_dpo", "pro", "lipo_lambda", "all_pairs_dpo", "listnet", "best_vs_rest"]

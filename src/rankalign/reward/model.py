@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .._atomic import atomic_write_path
+from .._atomic import atomic_write_json, atomic_write_path
 from ..data.errors import DataError
 from ..data.records import Judgment, RankedList
 from ..engine.packing import PackedBatch, pack_lists
@@ -67,15 +67,6 @@ _FLASH_IMPLEMENTATIONS = ("flash_attention_2", "flash_attention_3", "paged_atten
 
 # ---------------------------------------------------------------------------------------------- helpers
 write_file_atomic = atomic_write_path  # ``write(temp_path)``, then moved into place
-
-
-def _write_json_atomic(path, data) -> None:
-    def write(temp):
-        with open(temp, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-
-    write_file_atomic(path, write)
 
 
 def _base_of(model):
@@ -221,7 +212,7 @@ class RewardModel(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         config = self.backbone.config
         config.architectures = [type(self.backbone).__name__]
-        _write_json_atomic(directory / "config.json", config.to_dict())
+        atomic_write_json(directory / "config.json", config.to_dict(), sort_keys=True)
         backbone_state = {k: v.detach().contiguous().cpu() for k, v in self.backbone.state_dict().items()}
         write_file_atomic(directory / BACKBONE_WEIGHTS_NAME,
                           lambda temp: save_file(backbone_state, temp, metadata={"format": "pt"}))
@@ -236,7 +227,7 @@ class RewardModel(nn.Module):
                     name = Path(name)
                     if name.is_file():
                         os.replace(name, directory / name.name)
-        _write_json_atomic(directory / REWARD_CONFIG_NAME, self.reward_config())
+        atomic_write_json(directory / REWARD_CONFIG_NAME, self.reward_config(), sort_keys=True)
         return directory
 
     @classmethod

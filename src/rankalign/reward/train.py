@@ -98,7 +98,7 @@ def pairwise_accuracy(scores: Iterable[Tensor], records: Iterable) -> float:
     Pooled over all pairs, with the shared pair decomposition of :mod:`rankalign.losses` (``eval`` is a
     higher layer; ``rankalign.eval.listwise_reward_accuracy`` gives the same number).
     """
-    from ..losses._common import preference_metrics
+    from ..losses import preference_metrics
 
     rows, ranks = [], []
     for values, record in zip(scores, records):

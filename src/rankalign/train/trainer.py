@@ -28,7 +28,7 @@ what is specific to preference learning:
   detached rewards over all processes before its loss, saved as ``rankalign_objective_state.json`` in
   every checkpoint and restored on resume; ``loss_params["delta"]`` fixes it instead;
 * metrics beside the loss: implicit rewards, margins, reward and ranking accuracy
-  (:func:`rankalign.losses._common.preference_metrics`), a per-token log-ratio "KL" estimate and
+  (:func:`rankalign.losses.preference_metrics`), a per-token log-ratio "KL" estimate and
   tokens/s, to the console, TensorBoard and ``output_dir/metrics.jsonl``.
 
 Logged metrics (means over the lists of the logging window, summed over processes first):
@@ -67,7 +67,6 @@ import transformers
 
 from rankalign import losses
 from rankalign._atomic import atomic_write_json
-from rankalign.losses._common import preference_metrics
 from rankalign.losses.unpaired import BCORunningMean
 
 from .callbacks import (
@@ -402,7 +401,7 @@ class PreferenceTrainer(transformers.Trainer):
         add("lists", per_list.numel())
         add("objective", per_list.double().sum())
         if not self.unpaired:
-            metrics = preference_metrics(policy_logps, ref_logps, ranks=batch.ranks, beta=self.beta)
+            metrics = losses.preference_metrics(policy_logps, ref_logps, ranks=batch.ranks, beta=self.beta)
             has_pairs = (metrics["pairs"] > 0).double()
             add("pair_lists", has_pairs.sum())
             for name in ("margin", "reward_accuracy", "ranking_accuracy"):
