@@ -1,0 +1,331 @@
+"""Evaluate a trained policy on any preference file: :func:`evaluate_policy`, the API ``rankalign eval`` calls.
+
+The policy (and the optional reference) is a local ``transformers`` causal-LM directory with safetensors
+weights, loaded with ``trust_remote_code=False``; :func:`resolve_run` finds both in a training run folder
+(``final/`` and the reference ``rankalign train`` records). Records are read with
+:func:`rankalign.data.read`, tokenized with :func:`rankalign.engine.tokenize_records`, packed with
+:func:`rankalign.engine.pack_lists` and scored with :func:`rankalign.engine.sequence_logps`; the metrics
+are :func:`rankalign.eval.policy.evaluate_logps`. torch and transformers are imported only when called.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .policy import evaluate_logps, pair_rates_from_shares
+from .report import EvalReport
+
+#: what ``rankalign train`` writes in a run folder to say which reference the policy was trained against
+REFERENCE_RECORD = "reference.json"
+
+
+class EvalError(ValueError):
+    """An evaluation that cannot run as asked (bad data, a model that does not load); one-line message."""
+
+
+# ------------------------------------------------------------------------------------ preference rates
+def _share_of(score, field: str):
+    if score is None:
+        return math.nan
+    if isinstance(score, Mapping):
+        return float(score[field]) if field in score else math.nan
+    return float(score) if field == "scores" else math.nan
+
+
+def alpha_from_records(records: Sequence, lists: Sequence, field: str) -> np.ndarray:
+    """``[N, K, K]`` preference rates for the tokenized ``lists`` from a field of their records.
+
+    Looked up, per record, in this order:
+
+    * ``meta[field]``: one number in [0, 1], the rate at which a better-ranked candidate is preferred to a
+      worse-ranked one (for a pair: the rate of chosen over rejected), applied to every ordered pair;
+    * ``scores``: per-candidate preference shares, ``scores[i][field]`` for attribute mappings, or the
+      plain float scores when ``field == "scores"``; pairs get ``s_i / (s_i + s_j)``
+      (:func:`~rankalign.eval.policy.pair_rates_from_shares`).
+
+    Records with neither get NaN (unknown). A value outside [0, 1] in ``meta`` raises a ValueError naming
+    the record.
+    """
+    k = max((len(item.ranks) for item in lists), default=0)
+    rates = np.full((len(lists), k, k), np.nan)
+    for row, item in enumerate(lists):
+        record = records[item.index]
+        kept = [i for i, r in enumerate(record.ranks) if r is not None]  # tokenize_records keeps this order
+        value = record.meta.get(field) if record.meta else None
+        if value is not None:
+            rate = float(value)
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"record {item.index}: meta field {field!r} = {value!r} is not a preference "
+                                 "rate in [0, 1]")
+            ranks = np.asarray(item.ranks)
+            better = ranks[:, None] < ranks[None, :]
+            block = np.where(better, rate, np.where(better.T, 1.0 - rate, np.nan))
+            rates[row, :len(kept), :len(kept)] = block
+        elif record.scores is not None:
+            shares = np.array([[_share_of(record.scores[i], field) for i in kept]])
+            if np.isfinite(shares).any():
+                rates[row, :len(kept), :len(kept)] = pair_rates_from_shares(shares)[0]
+    return rates
+
+
+def group_of(record, group_by: str) -> str:
+    """The group of a record for ``--group-by``: its annotator, or ``meta[group_by]`` ("(none)" if absent)."""
+    value = record.annotator if group_by == "annotator" else (record.meta or {}).get(group_by)
+    return "(none)" if value is None else str(value)
+
+
+# -------------------------------------------------------------------------------------------- models
+def load_causal_lm(path: str, device: str):
+    """A local causal LM directory (safetensors only, no remote code), float32 unless saved otherwise,
+    in eval mode on ``device``."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, use_safetensors=True,
+                                                 local_files_only=True)
+    return model.to(device).eval()
+
+
+def score_lists(model, lists, *, batch_size: int, pad_token_id: int, progress_label: str, quiet: bool) -> np.ndarray:
+    """``[N, K]`` summed response log-probabilities of every list (0 at padding), in batches."""
+    import torch
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ..engine import pack_lists, sequence_logps, supports_shared_layout
+
+    layout = "shared" if supports_shared_layout(model) else "duplicated"
+    device = next(model.parameters()).device
+    k = max(item.k for item in lists)
+    out = np.zeros((len(lists), k))
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True, disable=quiet) as progress:
+        task = progress.add_task(progress_label, total=len(lists))
+        for start in range(0, len(lists), batch_size):
+            chunk = lists[start:start + batch_size]
+            batch = pack_lists(chunk, layout=layout, pad_token_id=pad_token_id).to(device)
+            with torch.inference_mode():
+                logps = sequence_logps(model, batch).double().cpu().numpy()
+            out[start:start + len(chunk), :logps.shape[1]] = logps
+            progress.advance(task, len(chunk))
+    return out
+
+
+def _ranks_and_lengths(lists) -> tuple[np.ndarray, np.ndarray]:
+    """``[N, K]`` ranks (-1 padding) and response token counts (0 padding) of the tokenized lists."""
+    k = max(item.k for item in lists)
+    ranks = np.full((len(lists), k), -1, dtype=np.int64)
+    lengths = np.zeros((len(lists), k))
+    for row, item in enumerate(lists):
+        ranks[row, :item.k] = item.ranks
+        lengths[row, :item.k] = [len(response) for response in item.response_ids]
+    return ranks, lengths
+
+
+# ----------------------------------------------------------------------------------------------- report
+def report_of(result: dict) -> EvalReport:
+    report = EvalReport(title=f"rankalign eval: {result['model']} on {result['data']}")
+    rows = [
+        ("ranking accuracy", result.get("ranking_accuracy"), "π(y_w) > π(y_l)"),
+        ("ranking accuracy, per token", result.get("length_normalised_ranking_accuracy"),
+         "log π(y_w)/|y_w| > log π(y_l)/|y_l|"),
+        ("ranking accuracy, reference", result.get("reference_ranking_accuracy"), "π_ref(y_w) > π_ref(y_l)"),
+        ("idealised ranking accuracy", result.get("idealised_ranking_accuracy"),
+         f"DPO optimum, β={result['beta']:g}, pairs with known α"),
+        ("ranking accuracy, same pairs", result.get("ranking_accuracy_on_alpha_pairs"), "policy, pairs with known α"),
+        ("alignment gap", result.get("alignment_gap"), "idealised − actual"),
+        ("implicit reward accuracy", result.get("reward_accuracy"), "β·ρ_w > β·ρ_l"),
+        ("implicit reward margin", result.get("margin"), "mean β·(ρ_w − ρ_l)"),
+        ("ECE of σ(β·h)", result.get("ece"), "vs labels (α where known)"),
+    ]
+    displacement = result.get("likelihood_displacement") or {}
+    for side in ("chosen", "rejected"):
+        if side in displacement:
+            d = displacement[side]
+            rows.append((f"Δ log π({side}) vs π_ref", (d["mean_change"], d["se"]),
+                         f"{d['share_decreased']:.0%} of pairs decreased"))
+    if not result.get("pairs_with_alpha"):
+        rows = [row for row in rows if row[0] not in ("idealised ranking accuracy", "ranking accuracy, same pairs",
+                                                      "alignment gap")]
+    for name, value, note in rows:
+        if value is not None:
+            report.add_row(metric=name, value=value, note=note)
+    grouped = (result.get("groups") or {}).get("ranking_accuracy")
+    if grouped:
+        for group, summary in grouped["groups"].items():
+            report.add_row(metric=f"ranking accuracy, {result['group_by']}={group}",
+                           value=(summary["mean"], summary["se"]), note=f"{summary['n']} pairs")
+        if grouped["worst_group"] is not None:
+            report.add_row(metric="worst group", value=str(grouped["worst_group"]),
+                           note=f"ranking accuracy {grouped['worst_value']:.3f}")
+    report.notes.append(f"{result['pairs']} ordered pairs from {result['lists_with_pairs']} lists "
+                        f"({result['records_read']} records read); ± is one standard error (lists as units)")
+    if result.get("reference") is not None and not result.get("pairs_with_alpha"):
+        report.notes.append("idealised ranking accuracy needs true preference rates: --alpha-field FIELD or --alpha")
+    truncation = result.get("truncation") or {}
+    if truncation.get("prompts_truncated") or truncation.get("responses_truncated"):
+        report.notes.append(f"truncated: {truncation['prompts_truncated']} prompts (left), "
+                            f"{truncation['responses_truncated']} responses (right)")
+    if result.get("records_with_weight"):
+        report.notes.append(f"{result['records_with_weight']} records carry a weight other than 1 (e.g. a count); "
+                            "weights are not applied: every record counts once")
+    if result.get("skipped"):
+        report.notes.append("skipped: " + ", ".join(f"{k} {v}" for k, v in result["skipped"].items()))
+    return report
+
+
+
+# --------------------------------------------------------------------------------------------------- api
+def resolve_run(run_dir) -> tuple[str, str | None]:
+    """``(policy_dir, reference_dir)`` of a ``rankalign train`` run folder: the trained model in ``final/``
+    and the reference the run recorded in ``reference.json`` (None when it recorded none)."""
+    run = Path(run_dir)
+    policy = run / "final"
+    if not policy.is_dir():
+        raise EvalError(f"{run}: no final/ folder (is this a finished `rankalign train` output_dir?)")
+    record = run / REFERENCE_RECORD
+    if not record.is_file():
+        return str(policy), None
+    try:
+        reference = json.loads(record.read_text())["path"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise EvalError(f"{record}: field 'path': unreadable ({error})") from None
+    reference_path = Path(reference) if Path(reference).is_absolute() else run / reference
+    if not reference_path.is_dir():
+        raise EvalError(f"{record}: the recorded reference {reference_path} does not exist")
+    return str(policy), str(reference_path)
+
+
+def evaluate_policy(policy: str, data, *, reference: str | None = None, tokenizer: str | None = None,
+                    beta: float = 0.1, alpha_field: str | None = None, alpha: float | None = None,
+                    read_options: Mapping | None = None, max_records: int | None = None, rank_by: str | None = None,
+                    batch_size: int = 8, max_prompt_tokens: int | None = None, max_response_tokens: int | None = None,
+                    device: str = "auto", n_bins: int = 10, group_by: str | None = None,
+                    cache_dir: str | None = None, progress: bool | None = None) -> dict:
+    """Every metric of ``policy`` on the preference file ``data``; returns the result dict ``--json`` prints.
+
+    Parameters
+    ----------
+    policy, reference : str
+        Local transformers model directories (safetensors). The reference enables implicit-reward
+        margins, calibration and the idealised ranking accuracy.
+    data : path
+        Any file :func:`rankalign.data.read` reads; ``read_options`` are its keyword arguments (layout,
+        mapping, outcomes, skip_invalid, format); ``max_records`` keeps the first N records;
+        ``rank_by`` re-ranks rated lists (:func:`rankalign.data.summary.rank_by`).
+    beta : float
+        The KL coefficient the policy was trained with (scales the implicit reward).
+    alpha_field, alpha : optional
+        True preference rates, per record (:func:`alpha_from_records`) or one constant.
+
+    Raises
+    ------
+    EvalError
+        With a one-line message naming the file or model.
+    """
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if not beta > 0:
+        raise EvalError(f"beta must be > 0, got {beta}")
+    if alpha_field and alpha is not None:
+        raise EvalError("give alpha_field or alpha, not both")
+    if alpha is not None and reference is None:
+        raise EvalError("alpha needs a reference (the idealised accuracy is defined by pi_ref)")
+    started = time.perf_counter()
+
+    from ..data.errors import DataError
+    from ..data.readers import read
+    from ..data.records import RankedList
+    from ..data.summary import rank_by as rank_records
+
+    try:
+        read_result = read(data, **dict(read_options or {}))
+        records = list(rank_records(read_result.records, rank_by))
+    except DataError as error:
+        raise EvalError(str(error)) from None
+    skipped = Counter(dict(read_result.report.skipped))
+    if max_records is not None:
+        records = records[:max_records]
+    ranked = [r for r in records if isinstance(r, RankedList)]
+    if len(ranked) < len(records):
+        skipped["judgment_unpaired"] += len(records) - len(ranked)
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from ..engine import tokenize_records
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        tokenizer_object = AutoTokenizer.from_pretrained(tokenizer or policy, trust_remote_code=False,
+                                                         local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise EvalError(f"cannot load a tokenizer from {tokenizer or policy}: {error}") from None
+    try:
+        lists, truncation = tokenize_records(tokenizer_object, ranked, max_prompt_tokens=max_prompt_tokens,
+                                             max_response_tokens=max_response_tokens, on_empty="drop")
+    except (DataError, ValueError) as error:
+        raise EvalError(f"{data}: {error}") from None
+    skipped.update(truncation.rows_dropped)
+    if not lists:
+        raise EvalError(f"{data}: no ranked list left to evaluate")
+
+    pad_token_id = tokenizer_object.pad_token_id if tokenizer_object.pad_token_id is not None else 0
+    quiet = not sys.stderr.isatty() if progress is None else not progress
+    try:
+        model = load_causal_lm(policy, device)
+        policy_logps = score_lists(model, lists, batch_size=batch_size, pad_token_id=pad_token_id,
+                                   progress_label="policy", quiet=quiet)
+        del model
+        ref_logps = None
+        if reference is not None:
+            reference_model = load_causal_lm(reference, device)
+            if cache_dir:
+                from ..engine import compute_reference_logps
+
+                settings = {"max_prompt_tokens": max_prompt_tokens, "max_response_tokens": max_response_tokens}
+                cached = compute_reference_logps(reference_model, lists, batch_size=batch_size, cache_dir=cache_dir,
+                                                 settings=settings, progress=False, tokenizer=tokenizer_object)
+                ref_logps = np.zeros_like(policy_logps)
+                for row, values in enumerate(cached):
+                    ref_logps[row, :len(values)] = values.double().numpy()
+            else:
+                ref_logps = score_lists(reference_model, lists, batch_size=batch_size, pad_token_id=pad_token_id,
+                                        progress_label="reference", quiet=quiet)
+            del reference_model
+    except (OSError, ValueError) as error:
+        raise EvalError(f"cannot evaluate with the model at {policy}"
+                        f"{'' if reference is None else ' / ' + str(reference)}: {error}") from None
+
+    alpha_values = alpha
+    if alpha_field:
+        try:
+            alpha_values = alpha_from_records(ranked, lists, alpha_field)
+        except ValueError as error:
+            raise EvalError(f"{data}: {error}") from None
+    groups = None
+    if group_by:
+        groups = [group_of(ranked[item.index], group_by) for item in lists]
+    result = {"model": str(policy), "reference": None if reference is None else str(reference), "data": str(data),
+              "records_read": len(records), "layout": read_result.layout, "group_by": group_by}
+    ranks, lengths = _ranks_and_lengths(lists)
+    result.update(evaluate_logps(policy_logps, ranks, ref_logps=ref_logps, alpha=alpha_values, beta=beta,
+                                 n_bins=n_bins, groups=groups, lengths=lengths))
+    result["alpha_source"] = (f"field {alpha_field}" if alpha_field else
+                              f"constant {alpha}" if alpha is not None else None)
+    result["records_with_weight"] = sum(1 for item in lists if item.weight != 1.0)
+    result["skipped"] = dict(sorted(skipped.items()))
+    result["truncation"] = truncation.to_dict()
+    result["device"] = device
+    result["seconds"] = time.perf_counter() - started
+    return result
