@@ -57,7 +57,7 @@ def test_train_then_score(tmp_path):
 def test_bad_model_path_is_a_clear_error(tmp_path):
     data = tmp_path / "d.jsonl"
     _write_pairs(data, 3, seed=0)
-    result = CliRunner().invoke(reward, ["train", str(data), "--model", str(tmp_path / "nope"), "-o",
+    result = CliRunner().invoke(reward, ["train", str(data), "--backbone", str(tmp_path / "nope"), "-o",
                                          str(tmp_path / "out")])
     assert result.exit_code != 0 and "not a local model directory" in result.output
 
@@ -72,7 +72,7 @@ def test_train_from_local_causal_lm_directory_then_continue(tmp_path):
     data = tmp_path / "d.jsonl"
     _write_pairs(data, 8, seed=2)
     runner = CliRunner()
-    result = runner.invoke(reward, ["train", str(data), "--model", str(tmp_path / "lm"), "-o", str(tmp_path / "rm")])
+    result = runner.invoke(reward, ["train", str(data), "--backbone", str(tmp_path / "lm"), "-o", str(tmp_path / "rm")])
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "rm" / "reward_config.json").read_text())
     assert config["kind"] == "causal" and config["backbone_class"] == "GPT2Model"

@@ -260,9 +260,12 @@ def evaluate_policy(policy: str, data, *, reference: str | None = None, tokenize
         skipped["judgment_unpaired"] += len(records) - len(ranked)
 
     import torch
+    import transformers
     from transformers import AutoTokenizer
 
     from ..engine import tokenize_records
+
+    transformers.utils.logging.disable_progress_bar()  # one progress style: ours (rich), not "Loading weights"
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

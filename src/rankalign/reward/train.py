@@ -182,11 +182,15 @@ def train_reward_model(model: RewardModel, tokenizer, records: Iterable, *, obje
     trainable = [p for p in model.parameters() if p.requires_grad]
     history: list[dict] = []
     steps_per_epoch = math.ceil(len(lists) / batch_size)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    bar = task = None
+    if progress:  # rich, on stderr: the progress style of every rankalign command
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        bar = tqdm(total=epochs * steps_per_epoch, desc=f"reward {objective}")
+        bar = Progress(TextColumn(f"reward {objective}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                       TextColumn("{task.fields[loss]}"), console=Console(stderr=True))
+        bar.start()
+        task = bar.add_task("reward", total=epochs * steps_per_epoch, loss="")
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -206,13 +210,12 @@ def train_reward_model(model: RewardModel, tokenizer, records: Iterable, *, obje
                 step += 1
                 history.append({"epoch": epoch, "step": step, "loss": float(loss.detach())})
                 if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
+                    bar.update(task, advance=1, loss=f"loss {history[-1]['loss']:.4f}")
             if eval_records:
                 scores = score_lists(model, tokenizer, eval_records, max_length=max_length, layout=layout)
                 history[-1]["eval_accuracy"] = pairwise_accuracy(scores, eval_records)
                 model.train()
     if bar is not None:
-        bar.close()
+        bar.stop()
     model.eval()
     return history

@@ -92,16 +92,64 @@ def check_resumable(config: TrainConfig) -> None:
                           f"({', '.join(changed)} changed); use another output_dir or --no-resume")
 
 
-def run_config(config: TrainConfig, *, resume: bool | None = None):
-    """Train as ``config`` says; save the final model, tokenizer and resolved config in ``output_dir``."""
+REFERENCE_RECORD = "reference.json"  # read by rankalign.eval.run.resolve_run
+
+
+def record_reference(config: TrainConfig, model, tokenizer) -> Path:
+    """Write ``output_dir/reference.json`` naming the reference the policy is trained against, so that
+    ``rankalign eval --run OUTPUT_DIR`` finds it: ``reference_model`` when the config names one, else the
+    starting model (DPO's pi_ref = the policy before training; with LoRA, the base model). A local model
+    folder is recorded by its path; a ``tiny:`` model, built in memory, is saved once to
+    ``output_dir/reference/`` (safetensors) before training changes it."""
+    from rankalign._atomic import atomic_write_json
+
+    output_dir = Path(config.output_dir)
+    source = config.reference_model or config.model
+    kind = "reference_model" if config.reference_model else (
+        "base model (adapter disabled)" if config.peft.enabled else "policy before training")
+    if not source.startswith("tiny:"):
+        path = str(Path(source).resolve())
+    else:
+        path = "reference"
+        folder = output_dir / path
+        if not (folder / "config.json").is_file():
+            import shutil
+            import tempfile
+
+            output_dir.mkdir(parents=True, exist_ok=True)
+            temporary = Path(tempfile.mkdtemp(prefix=".reference.", dir=output_dir))
+            try:
+                model.save_pretrained(temporary)  # safetensors
+                tokenizer.save_pretrained(temporary)
+                if folder.exists():
+                    shutil.rmtree(folder)
+                os.replace(temporary, folder)
+            finally:
+                if temporary.exists():
+                    shutil.rmtree(temporary)
+    return atomic_write_json(output_dir / REFERENCE_RECORD, {"path": path, "kind": kind, "source": source})
+
+
+def run_config(config: TrainConfig, *, resume: bool | None = None, on_start=None):
+    """Train as ``config`` says; save the final model, tokenizer and resolved config in ``output_dir``.
+
+    The data are read and tokenized first; ``on_start(data_report, truncation_report)`` is called with
+    both before the model trains (``rankalign train`` prints them there). The reference is recorded in
+    ``output_dir/reference.json`` (:func:`record_reference`).
+    """
+    from .data import tokenize_training_data
     from .trainer import train_preference
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers
 
+    transformers.utils.logging.disable_progress_bar()  # no "Writing model shards" bars beside the training bar
     transformers.set_seed(config.seed)
     records, data_report = read_records(config, with_report=True)
     tokenizer = load_tokenizer(config, records)
+    lists, truncation = tokenize_training_data(tokenizer, records, config)
+    if on_start is not None:
+        on_start(data_report, truncation)
     model = load_model(config.model, tokenizer, config)
     ref_model = load_model(config.reference_model, tokenizer, config) if config.reference_model else None
     output_dir = Path(config.output_dir)
@@ -111,9 +159,11 @@ def run_config(config: TrainConfig, *, resume: bool | None = None):
         check_resumable(config)
     if main_process:
         save_config(config, output_dir)
-    result = train_preference(model, tokenizer, records, config, ref_model=ref_model,
+        record_reference(config, model, tokenizer)
+    result = train_preference(model, tokenizer, lists, config, ref_model=ref_model,
                               resume_from_checkpoint=True if resume else None)
     result.data_report = data_report
+    result.truncation = truncation
     if main_process:
         final_dir = output_dir / "final"
         result.model.save_pretrained(final_dir)  # safetensors

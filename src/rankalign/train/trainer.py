@@ -73,8 +73,8 @@ from .callbacks import (
     CHECKPOINT_MARKER,
     METRICS_FILE,
     CheckpointMarkerCallback,
-    CompactProgressCallback,
     MetricsFileCallback,
+    RichProgressCallback,
     last_complete_checkpoint,
 )
 from .data import (
@@ -93,7 +93,7 @@ OBJECTIVE_STATE_FILE = "rankalign_objective_state.json"
 # names that lived in this module before the split into data / callbacks / trainer
 __all__ = ["PreferenceTrainer", "TrainResult", "compute_reference", "make_training_arguments", "maybe_apply_peft",
            "train_preference", "bf16_available", "OBJECTIVE_STATE_FILE", "CHECKPOINT_MARKER", "METRICS_FILE",
-           "CheckpointMarkerCallback", "CompactProgressCallback", "MetricsFileCallback", "last_complete_checkpoint",
+           "CheckpointMarkerCallback", "RichProgressCallback", "MetricsFileCallback", "last_complete_checkpoint",
            "EpochShuffleSampler", "ListDataset", "PreferenceCollator", "mismatched_pairs"]
 
 
@@ -246,7 +246,7 @@ class PreferenceTrainer(transformers.Trainer):
                          processing_class=processing_class, callbacks=callbacks)
         if not args.disable_tqdm:
             self.remove_callback(transformers.trainer_callback.ProgressCallback)
-            self.add_callback(CompactProgressCallback)
+            self.add_callback(RichProgressCallback)
         self.loss_is_scaled_for_ga = True
         self._step_weight: torch.Tensor | None = None
         self._metric_sums: dict[str, torch.Tensor] = {}
