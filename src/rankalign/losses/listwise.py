@@ -221,7 +221,8 @@ def pl_dpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tens
 @register("pro", family="listwise", reference_free=True,
           paper="Song et al., Preference Ranking Optimization for Human Alignment, AAAI 2024 (arXiv:2306.17492)")
 def pro(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor | None = None,
-        lengths: Tensor | None = None, grades: Tensor | None = None, sft_weight: float = 0.05) -> Tensor:
+        lengths: Tensor | None = None, grades: Tensor | None = None, sft_weight: float = 0.05,
+        sft_form: str = "authors") -> Tensor:
     r"""Preference Ranking Optimization (PRO): peel-off softmax on length-averaged scores plus SFT.
 
     Scores: ``s_i = log pi_theta(y_i|x) / |y_i|`` (the mean token log-prob; PRO is reference-free, and
@@ -230,7 +231,9 @@ def pro(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor 
 
         L_PRO = -sum_{k=1}^{n-1} log [ exp(s_k / T_k^k) / sum_{i=k}^{n} exp(s_i / T_k^i) ]
         T_k^i = 1 / (r_k - r_i)   for i > k,        T_k^k = min_{i > k} T_k^i
-        L     = L_PRO + sft_weight * L_SFT,         L_SFT = -s_best (policy log-prob / |y|, no reference)
+        L     = L_PRO + sft_weight * L_SFT
+        L_SFT = (n - 1)^2 * (-log pi_theta(y^1|x))      sft_form="authors" (default)
+        L_SFT = -log pi_theta(y^1|x) / |y^1|            sft_form="mean_token"
 
     where r are the ``grades`` (the paper's reward-model scores). Without grades every T = 1 and each
     step is a plain softmax over the remaining candidates. Intuition: the best response must beat all
@@ -250,14 +253,22 @@ def pro(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor 
         ``r_k - r_i`` that are negative (grades disagreeing with ranks) are clamped to 0.
     sft_weight : float, the weight (the paper's beta) of the SFT term; default 0.05, the value in the
         paper's experiments as we read them. 0 gives the ranking term alone.
+    sft_form : {"authors", "mean_token"}
+        "authors" (default): the form in the authors' released training code, the *summed* (not
+        length-averaged) negative log-prob of the best candidate times ``(n - 1)^2``, n the number of
+        candidates in the list (padding excluded), so the SFT term grows with the list as the ranking
+        term does. "mean_token": the negative mean token log-prob of the best candidate, no factor (a
+        reading of the paper's text; rankalign's default before it followed the authors' code).
 
-    Conventions: the SFT term is the negative *length-averaged* log-prob of the best candidate (averaged
-    over the members of the best group when it is tied); a list with one group (K = 1, all tied) has no
-    ranking term but keeps its SFT term. Ties: step k's softmax contains candidate k and the strictly
+    Conventions: when the best group is tied the SFT term averages over its members; a list with one
+    group (K = 1, all tied) has no ranking term but keeps its SFT term (with ``(n - 1)^2 = 0`` for
+    K = 1 under "authors"). Ties: step k's softmax contains candidate k and the strictly
     lower groups only, as for ``pl_dpo``; padding is excluded. Returns ``[B]``.
     """
     if lengths is None:
         raise ValueError("pro needs lengths ([B, K] response token counts): PRO scores are length-averaged")
+    if sft_form not in ("authors", "mean_token"):
+        raise ValueError(f"sft_form must be 'authors' or 'mean_token', got {sft_form!r}")
     ranks = resolve_list_ranks(policy_logps, ranks, grades)
     valid = valid_mask(ranks)
     lengths = list_tensor(lengths, policy_logps, valid, "lengths", fill=1.0)
@@ -271,8 +282,11 @@ def pro(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor 
         return ranking
     best_rank = torch.where(valid, ranks, torch.full_like(ranks, torch.iinfo(torch.long).max)).amin(1, keepdim=True)
     best = valid & (ranks == best_rank)
-    mean_logp = policy / lengths
-    sft = -(zero_padding(mean_logp, best)).sum(1) / best.sum(1).clamp_min(1)
+    if sft_form == "mean_token":
+        sft = -(zero_padding(policy / lengths, best)).sum(1) / best.sum(1).clamp_min(1)
+    else:
+        n = valid.sum(1).to(policy.dtype)
+        sft = (n - 1) ** 2 * (-(zero_padding(policy, best)).sum(1) / best.sum(1).clamp_min(1))
     return ranking + sft_weight * sft
 
 
