@@ -18,6 +18,9 @@ COMMANDS: dict[str, str] = {
     "reward": "rankalign.reward.cli:reward",
     "eval": "rankalign.eval.cli:eval_command",
     "demo": "rankalign.sim.cli:demo",
+    "models": "rankalign.engine.models_cli:models",
+    "annotators": "rankalign.stats.annotators_cli:annotators",
+    "arena": "rankalign.arena.cli:arena",
 }
 
 HELP = {
@@ -27,7 +30,13 @@ HELP = {
     "reward": "Train a reward model on a preference file, or score a file with one.",
     "eval": "Evaluate a trained policy on a preference file.",
     "demo": "The whole loop on a simulated world with a known gold reward.",
+    "models": "Fetch and list pretrained models (smollm2-135m, .gguf files, the local HF cache).",
+    "annotators": "Annotator quality: flip rates, reliability weights and agreement (kappa, alpha).",
+    "arena": "Collect pair and K-wise votes in a web arena (init, add-annotator, serve, export, simulate).",
 }
+
+# commands whose dependencies come from an extra other than `train`
+EXTRA = {"arena": "arena"}
 
 
 class LazyGroup(click.Group):
@@ -44,9 +53,10 @@ class LazyGroup(click.Group):
             missing = error.name or "a dependency"
             if missing.startswith("rankalign"):
                 raise
+            extra = EXTRA.get(name, "train")
             raise click.ClickException(
                 f"`rankalign {name}` needs {missing}, which is not installed. "
-                f"Install the training extra: pip install 'rankalign[train]'") from None
+                f"Install the {extra} extra: pip install 'rankalign[{extra}]'") from None
         return getattr(module, attribute)
 
     def format_commands(self, ctx, formatter):

@@ -7,6 +7,8 @@ See DESIGN.md ("Engine principles"). The pieces, in the order data flows through
 * :func:`sequence_logps` -> ``[B, K]`` summed response log-probs (head applied only at response positions)
 * :func:`compute_reference_logps` / :class:`ReferenceCache` -> cached reference log-probs
 * :func:`build_tokenizer`, :func:`tiny_causal_lm`: local tiny tokenizers and models
+* :func:`resolve_model` / :func:`load_causal_lm`: model sources (folder, .gguf, fetched name such as
+  ``smollm2-135m``, HF-cache id, ``tiny:``), :func:`fetch_model`, :func:`list_models`
 
 Example::
 
@@ -33,6 +35,15 @@ from .reference import (
     peft_reference_logps,
     reference_cache_key,
 )
+from .sources import (
+    ModelNotFound,
+    ModelSource,
+    fetch_model,
+    list_models,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_model,
+)
 from .tiny import CHAT_TEMPLATE, build_tokenizer, tiny_causal_lm
 from .tokenize import TokenizedList, TruncationReport, tokenize_records
 
@@ -43,4 +54,5 @@ __all__ = [
     "ReferenceCache", "compute_reference_logps", "reference_cache_key", "adapter_disabled",
     "peft_reference_logps",
     "build_tokenizer", "tiny_causal_lm", "CHAT_TEMPLATE",
+    "resolve_model", "load_causal_lm", "load_tokenizer", "fetch_model", "list_models", "ModelSource", "ModelNotFound",
 ]

@@ -1,8 +1,8 @@
 """Evaluate a trained policy on any preference file: :func:`evaluate_policy`, the API ``rankalign eval`` calls.
 
-The policy (and the optional reference) is a local ``transformers`` causal-LM directory with safetensors
-weights, loaded with ``trust_remote_code=False``; :func:`resolve_run` finds both in a training run folder
-(``final/`` and the reference ``rankalign train`` records). Records are read with
+The policy (and the optional reference) is any model spec of :func:`rankalign.engine.resolve_model`,
+safetensors only unless allowed, loaded with ``trust_remote_code=False``; :func:`load_run` rebuilds both
+from a training run folder (its ``run_source.json``). Records are read with
 :func:`rankalign.data.read`, tokenized with :func:`rankalign.engine.tokenize_records`, packed with
 :func:`rankalign.engine.pack_lists` and scored with :func:`rankalign.engine.sequence_logps`; the metrics
 are :func:`rankalign.eval.policy.evaluate_logps`. torch and transformers are imported only when called.
@@ -22,9 +22,6 @@ import numpy as np
 
 from .policy import evaluate_logps, pair_rates_from_shares
 from .report import EvalReport
-
-#: what ``rankalign train`` writes in a run folder to say which reference the policy was trained against
-REFERENCE_RECORD = "reference.json"
 
 
 class EvalError(ValueError):
@@ -83,14 +80,87 @@ def group_of(record, group_by: str) -> str:
 
 
 # -------------------------------------------------------------------------------------------- models
-def load_causal_lm(path: str, device: str):
-    """A local causal LM directory (safetensors only, no remote code), float32 unless saved otherwise,
-    in eval mode on ``device``."""
-    from transformers import AutoModelForCausalLM
+def load_causal_lm(spec: str, device: str, *, allow_bin: bool = False):
+    """The causal LM named by ``spec`` (any :func:`rankalign.engine.resolve_model` spec: folder, .gguf,
+    fetched name, HF-cache id), safetensors only unless ``allow_bin``, no remote code, float32, in eval mode
+    on ``device``."""
+    from ..engine.sources import load_causal_lm as load_source
 
-    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, use_safetensors=True,
-                                                 local_files_only=True)
-    return model.to(device).eval()
+    return load_source(spec, allow_bin=allow_bin).to(device).eval()
+
+
+def load_run(run_dir: str, device: str):
+    """(policy, reference context, run record) of a ``rankalign train`` output folder.
+
+    The folder's ``run_source.json`` names the model spec and the reference. Under LoRA the policy is the
+    base model with the saved adapter and the reference is the same model with the adapter disabled, so one
+    copy of the weights serves both; ``reference()`` returns a context manager that yields the reference.
+    """
+    import contextlib
+    from pathlib import Path
+
+    from ..engine import adapter_disabled
+    from ..engine.sources import load_causal_lm as load_source
+    from ..train.run import RUN_SOURCE_FILE
+
+    run = Path(run_dir)
+    record_path = run / RUN_SOURCE_FILE
+    if not record_path.is_file():
+        raise EvalError(f"{run}: no {RUN_SOURCE_FILE}; is it a `rankalign train` output folder "
+                                   "(written by this version)?")
+    record = json.loads(record_path.read_text())
+    final = run / record["policy"]["folder"]
+    if not final.is_dir():
+        raise EvalError(f"{run}: no {final.name}/ folder: the run has not finished")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(run / record["tokenizer"]), trust_remote_code=False,
+                                              local_files_only=True)
+    allow_bin = bool(record.get("allow_bin"))
+
+    def base():
+        return load_source(record["model"], allow_bin=allow_bin, vocab_size=len(tokenizer), seed=record["seed"],
+                           tiny_options=record.get("tiny_model"))
+
+    if record["policy"]["adapter"]:
+        from peft import PeftModel
+
+        policy = PeftModel.from_pretrained(base(), str(final)).to(device).eval()
+    else:
+        policy = load_source(str(final), allow_bin=allow_bin).to(device).eval()
+    kind = record["reference"]["kind"]
+    if kind == "adapter_disabled":
+        def reference():
+            return adapter_disabled(policy)
+    else:
+        spec = record["reference"]["spec"]
+
+        @contextlib.contextmanager
+        def reference():
+            model = (base() if kind == "initial_model" else load_source(spec, allow_bin=allow_bin)).to(device).eval()
+            yield model
+            del model
+    return policy, reference, record, tokenizer
+
+
+def greedy_generations(model, tokenizer, prompts, *, max_new_tokens: int = 48) -> list[str]:
+    """Greedy continuations of ``prompts`` (text, or chat messages through the tokenizer's template)."""
+    import torch
+
+    device = next(model.parameters()).device
+    texts = []
+    for prompt in prompts:
+        if isinstance(prompt, str):
+            ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        else:
+            ids = tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, return_tensors="pt",
+                                                return_dict=True)["input_ids"]
+        ids = ids.to(device)
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+        texts.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+    return texts
 
 
 def score_lists(model, lists, *, batch_size: int, pad_token_id: int, progress_label: str, quiet: bool) -> np.ndarray:
@@ -183,47 +253,34 @@ def report_of(result: dict) -> EvalReport:
 
 
 # --------------------------------------------------------------------------------------------------- api
-def resolve_run(run_dir) -> tuple[str, str | None]:
-    """``(policy_dir, reference_dir)`` of a ``rankalign train`` run folder: the trained model in ``final/``
-    and the reference the run recorded in ``reference.json`` (None when it recorded none)."""
-    run = Path(run_dir)
-    policy = run / "final"
-    if not policy.is_dir():
-        raise EvalError(f"{run}: no final/ folder (is this a finished `rankalign train` output_dir?)")
-    record = run / REFERENCE_RECORD
-    if not record.is_file():
-        return str(policy), None
-    try:
-        reference = json.loads(record.read_text())["path"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise EvalError(f"{record}: field 'path': unreadable ({error})") from None
-    reference_path = Path(reference) if Path(reference).is_absolute() else run / reference
-    if not reference_path.is_dir():
-        raise EvalError(f"{record}: the recorded reference {reference_path} does not exist")
-    return str(policy), str(reference_path)
-
-
-def evaluate_policy(policy: str, data, *, reference: str | None = None, tokenizer: str | None = None,
-                    beta: float = 0.1, alpha_field: str | None = None, alpha: float | None = None,
-                    read_options: Mapping | None = None, max_records: int | None = None, rank_by: str | None = None,
-                    batch_size: int = 8, max_prompt_tokens: int | None = None, max_response_tokens: int | None = None,
+def evaluate_policy(policy: str | None, data, *, reference: str | None = None, run_dir: str | None = None,
+                    tokenizer: str | None = None, allow_bin: bool = False, beta: float | None = None,
+                    alpha_field: str | None = None, alpha: float | None = None, read_options: Mapping | None = None,
+                    max_records: int | None = None, rank_by: str | None = None, batch_size: int = 8,
+                    max_prompt_tokens: int | None = None, max_response_tokens: int | None = None,
                     device: str = "auto", n_bins: int = 10, group_by: str | None = None,
-                    cache_dir: str | None = None, progress: bool | None = None) -> dict:
-    """Every metric of ``policy`` on the preference file ``data``; returns the result dict ``--json`` prints.
+                    cache_dir: str | None = None, generations: int = 0, progress: bool | None = None) -> dict:
+    """Every metric of a policy on the preference file ``data``; returns the result dict ``--json`` prints.
 
     Parameters
     ----------
     policy, reference : str
-        Local transformers model directories (safetensors). The reference enables implicit-reward
-        margins, calibration and the idealised ranking accuracy.
+        Model specs (:func:`rankalign.engine.resolve_model`: a folder, a .gguf file, a fetched name, an
+        HF-cache id). The reference enables implicit-reward margins, calibration and the idealised
+        ranking accuracy.
+    run_dir : str
+        Instead of ``policy``/``reference``/``tokenizer``: a ``rankalign train`` output folder; its
+        ``run_source.json`` names the policy, the reference, beta and the token limits (:func:`load_run`).
     data : path
         Any file :func:`rankalign.data.read` reads; ``read_options`` are its keyword arguments (layout,
         mapping, outcomes, skip_invalid, format); ``max_records`` keeps the first N records;
         ``rank_by`` re-ranks rated lists (:func:`rankalign.data.summary.rank_by`).
     beta : float
-        The KL coefficient the policy was trained with (scales the implicit reward).
+        The KL coefficient the policy was trained with (scales the implicit reward); default 0.1, or the run's.
     alpha_field, alpha : optional
         True preference rates, per record (:func:`alpha_from_records`) or one constant.
+    generations : int
+        Greedy generations of the policy (and reference) for the first N prompts.
 
     Raises
     ------
@@ -234,6 +291,24 @@ def evaluate_policy(policy: str, data, *, reference: str | None = None, tokenize
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if run_dir is not None and (policy or reference or tokenizer):
+        raise EvalError("a run names the policy, reference and tokenizer; drop policy/reference/tokenizer")
+    if run_dir is None and not policy:
+        raise EvalError("give a policy (a model spec) or a run (a training output folder)")
+    run_record = None
+    if run_dir is not None:
+        from ..train.run import RUN_SOURCE_FILE
+
+        try:
+            run_record = json.loads((Path(run_dir) / RUN_SOURCE_FILE).read_text())
+        except FileNotFoundError:
+            raise EvalError(f"{run_dir}: no {RUN_SOURCE_FILE}; is it a `rankalign train` output folder?") from None
+        beta = run_record["beta"] if beta is None else beta
+        max_prompt_tokens = max_prompt_tokens or run_record.get("max_prompt_tokens")
+        max_response_tokens = max_response_tokens or run_record.get("max_response_tokens")
+        policy = f"{run_dir} (policy)"
+        reference = f"{run_dir} ({run_record['reference']['kind']}: {run_record['reference']['spec']})"
+    beta = 0.1 if beta is None else beta
     if not beta > 0:
         raise EvalError(f"beta must be > 0, got {beta}")
     if alpha_field and alpha is not None:
@@ -264,15 +339,23 @@ def evaluate_policy(policy: str, data, *, reference: str | None = None, tokenize
     from transformers import AutoTokenizer
 
     from ..engine import tokenize_records
+    from ..engine.sources import ModelNotFound, resolve_path
 
     transformers.utils.logging.disable_progress_bar()  # one progress style: ours (rich), not "Loading weights"
-
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    policy_model = reference_context = None
     try:
-        tokenizer_object = AutoTokenizer.from_pretrained(tokenizer or policy, trust_remote_code=False,
-                                                         local_files_only=True)
+        if run_record is not None:
+            policy_model, reference_context, _, tokenizer_object = load_run(run_dir, device)
+        else:
+            tokenizer_folder = tokenizer if tokenizer and os.path.isdir(tokenizer) else \
+                resolve_path(tokenizer or policy, allow_bin=True)
+            tokenizer_object = AutoTokenizer.from_pretrained(tokenizer_folder, trust_remote_code=False,
+                                                             local_files_only=True)
     except (OSError, ValueError) as error:
+        if isinstance(error, ModelNotFound | PermissionError):
+            raise EvalError(str(error)) from None
         raise EvalError(f"cannot load a tokenizer from {tokenizer or policy}: {error}") from None
     try:
         lists, truncation = tokenize_records(tokenizer_object, ranked, max_prompt_tokens=max_prompt_tokens,
@@ -285,14 +368,27 @@ def evaluate_policy(policy: str, data, *, reference: str | None = None, tokenize
 
     pad_token_id = tokenizer_object.pad_token_id if tokenizer_object.pad_token_id is not None else 0
     quiet = not sys.stderr.isatty() if progress is None else not progress
+    generated = {}
+    prompts = [ranked[item.index].prompt for item in lists[:generations]]
     try:
-        model = load_causal_lm(policy, device)
+        model = policy_model if policy_model is not None else load_causal_lm(policy, device, allow_bin=allow_bin)
         policy_logps = score_lists(model, lists, batch_size=batch_size, pad_token_id=pad_token_id,
                                    progress_label="policy", quiet=quiet)
-        del model
+        if prompts:
+            generated["policy"] = greedy_generations(model, tokenizer_object, prompts)
+        if reference_context is None:
+            del model
         ref_logps = None
-        if reference is not None:
-            reference_model = load_causal_lm(reference, device)
+        if reference_context is not None:
+            with reference_context() as reference_model:
+                ref_logps = score_lists(reference_model, lists, batch_size=batch_size, pad_token_id=pad_token_id,
+                                        progress_label="reference", quiet=quiet)
+                if prompts:
+                    generated["reference"] = greedy_generations(reference_model, tokenizer_object, prompts)
+        elif reference is not None:
+            reference_model = load_causal_lm(reference, device, allow_bin=allow_bin)
+            if prompts:
+                generated["reference"] = greedy_generations(reference_model, tokenizer_object, prompts)
             if cache_dir:
                 from ..engine import compute_reference_logps
 
@@ -306,6 +402,8 @@ def evaluate_policy(policy: str, data, *, reference: str | None = None, tokenize
                 ref_logps = score_lists(reference_model, lists, batch_size=batch_size, pad_token_id=pad_token_id,
                                         progress_label="reference", quiet=quiet)
             del reference_model
+    except (ModelNotFound, PermissionError) as error:
+        raise EvalError(str(error)) from None
     except (OSError, ValueError) as error:
         raise EvalError(f"cannot evaluate with the model at {policy}"
                         f"{'' if reference is None else ' / ' + str(reference)}: {error}") from None
@@ -330,5 +428,8 @@ def evaluate_policy(policy: str, data, *, reference: str | None = None, tokenize
     result["skipped"] = dict(sorted(skipped.items()))
     result["truncation"] = truncation.to_dict()
     result["device"] = device
+    if generated:
+        result["generations"] = [{"prompt": prompt, **{side: texts[i] for side, texts in generated.items()}}
+                                 for i, prompt in enumerate(prompts)]
     result["seconds"] = time.perf_counter() - started
     return result

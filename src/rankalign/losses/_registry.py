@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-FAMILIES = ("pairwise", "listwise", "unpaired", "reward")
+FAMILIES = ("pairwise", "listwise", "unpaired", "reward", "policy_gradient")
 
 _REGISTRY: dict[str, Objective] = {}
 

@@ -183,6 +183,36 @@ def _fit(kind, data, model, reference, prior, npseudo, home_advantage, path, tie
     return fit_pairwise(model, counts, items=items, prior=prior, reference=reference)
 
 
+def fit_file(file, *, model="bt", reference=None, prior=0.0, npseudo=0.0, home_advantage=False, ties="top-k",
+             level=0.95, layout=None, mapping=None, outcomes=None, skip_invalid=False, covariates=(),
+             weight_by_reliability=False, rank_by=None):
+    """Read FILE and fit the rating model exactly as ``rankalign rate`` does (Wald intervals at ``level``).
+
+    ``model`` is a ``--model`` choice (bt, thurstone, davidson, rao-kupper, pl); ``rank_by`` re-ranks
+    rated lists (:func:`rankalign.data.summary.rank_by`). Returns
+    ``(RatingResult, ReadReport)``; raises :class:`DataError` or ValueError on bad data. The arena's
+    leaderboard calls this on its export so that both print the same numbers.
+    """
+    model_name = MODEL_NAMES[model]
+    if weight_by_reliability:
+        from . import annotators_cli
+
+        kind, data = "rankings", annotators_cli.reliability_weighted_rankings(
+            file, layout, mapping, outcomes, skip_invalid,
+            "plackett-luce" if model_name == "plackett-luce" else "bradley-terry")
+    else:
+        kind, data = _load(file, layout, mapping, outcomes, skip_invalid, covariates, rank_by)
+    result = _fit(kind, data, model_name, reference, prior, npseudo, home_advantage, file, ties,
+                  covariates)
+    if level != result.ci_level:
+        from scipy.special import ndtri
+
+        z = ndtri(0.5 + level / 2.0)
+        result.ci_low, result.ci_high = result.ratings - z * result.se, result.ratings + z * result.se
+        result.ci_level = level
+    return result, (data.report if kind == "pairs" else data[4])
+
+
 # ------------------------------------------------------------------------------------------- output
 def _atomic_write_bytes(path, write):
     return atomic_write(path, write, binary=True)
@@ -355,9 +385,19 @@ def _print_table(result, report_notes):
 @rank_by_option
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
 @click.option("--jobs", type=int, default=1, show_default=True, help="Processes for the bootstrap (-1: all cores).")
+@click.option("--by-annotator", is_flag=True,
+              help="Fit an EM mixture of bt/pl models over annotators: one leaderboard per group and each "
+                   "annotator's group (see rankalign.stats.annotators).")
+@click.option("--groups", default="auto", show_default=True, metavar="auto|N",
+              help="--by-annotator: the number of groups, or auto (1-4 groups, lowest BIC).")
+@click.option("--restarts", type=click.IntRange(min=1), default=4, show_default=True,
+              help="--by-annotator: EM restarts per number of groups.")
+@click.option("--weight-by-reliability", is_flag=True,
+              help="Weight each judgment by its annotator's reliability (1 - 2 flip rate)^2, the flip rates "
+                   "estimated first (rankalign annotators FILE shows them).")
 def rate(file, model, reference_item, legacy_reference, anchor, matrices_path, n_boot, scale, as_json, csv_path,
          plot_path, home_advantage, covariates, prior, npseudo, ties, level, layout, mapping, outcomes, skip_invalid,
-         rank_by, seed, jobs):
+         rank_by, seed, jobs, by_annotator=False, groups="auto", restarts=4, weight_by_reliability=False):
     """Fit ratings to the comparisons or rankings in FILE and print a leaderboard with confidence intervals.
 
     The table and --json list each item's rank and its rank upper bound "rank (UB)": 1 + the number of
@@ -367,19 +407,29 @@ def rate(file, model, reference_item, legacy_reference, anchor, matrices_path, n
     reference = resolve_deprecated(reference_item, legacy_reference, new="--reference-item", old="--reference")
     anchor = _parse_anchor(anchor)
     model_name = MODEL_NAMES[model]
+    if by_annotator or weight_by_reliability:
+        from . import annotators_cli
+
+        if home_advantage or covariates or n_boot or (by_annotator and weight_by_reliability):
+            raise click.UsageError("--by-annotator and --weight-by-reliability do not combine with each other, "
+                                   "--home-advantage, --covariate or --bootstrap")
+        if groups != "auto" and not (groups.isdigit() and int(groups) >= 1):
+            raise click.BadParameter(f"expected auto or a positive integer, got {groups!r}", param_hint="--groups")
+        if by_annotator:
+            return annotators_cli.rate_by_annotator(
+                file, model=model_name, groups=groups, restarts=restarts, reference=reference, prior=prior,
+                scale=scale, as_json=as_json, csv_path=csv_path, plot_path=plot_path, level=level, layout=layout,
+                mapping=mapping, outcomes=outcomes, skip_invalid=skip_invalid, seed=seed)
     if npseudo and model_name != "plackett-luce":
         raise click.UsageError("--npseudo applies to --model pl only (use --prior for the pairwise models)")
     try:
-        kind, data = _load(file, layout, mapping, outcomes, skip_invalid, covariates, rank_by)
-        result = _fit(kind, data, model_name, reference, prior, npseudo, home_advantage, file, ties, covariates)
+        result, report = fit_file(file, model=model, reference=reference, prior=prior, npseudo=npseudo,
+                                  home_advantage=home_advantage, ties=ties, level=level, layout=layout,
+                                  mapping=mapping, outcomes=outcomes, skip_invalid=skip_invalid,
+                                  covariates=covariates, weight_by_reliability=weight_by_reliability,
+                                  rank_by=rank_by)
     except (DataError, ValueError) as error:
         raise click.ClickException(str(error)) from None
-    if level != result.ci_level:
-        from scipy.special import ndtri
-
-        z = ndtri(0.5 + level / 2.0)
-        result.ci_low, result.ci_high = result.ratings - z * result.se, result.ratings + z * result.se
-        result.ci_level = level
     if n_boot:
         if "x" not in result.state:
             raise click.UsageError(f"--bootstrap is not available for the {result.model} model; use the Wald "
@@ -397,7 +447,6 @@ def rate(file, model, reference_item, legacy_reference, anchor, matrices_path, n
             result = result.anchored(*anchor)
         except KeyError:
             raise click.BadParameter(f"{anchor[0]!r} is not an item of {file}", param_hint="--anchor") from None
-    report = data.report if kind == "pairs" else data[4]
     notes = [f"skipped {report.n_skipped} invalid rows: {dict(report.skipped)}"] if report.n_skipped else []
     if csv_path:
         write_csv(result, csv_path)
@@ -406,6 +455,7 @@ def rate(file, model, reference_item, legacy_reference, anchor, matrices_path, n
         write_plot(result, plot_path, title=f"{Path(file).name}: {result.model}")
         wrote(plot_path, "ratings plot")
     if matrices_path:
+        kind, data = _load(file, layout, mapping, outcomes, skip_invalid, covariates, rank_by)
         write_matrices(result, kind, data, matrices_path)
         wrote(matrices_path, "observed/predicted win rates and battle counts")
     if as_json:

@@ -193,7 +193,7 @@ class RatingResult:
                              "ci_low": self.ci_low[order], "ci_high": self.ci_high[order], "n": self.n[order]})
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``--json`` object of DESIGN.md: model, scale, log_likelihood, items (sorted best first)."""
+        """The ``--json`` object of DESIGN.md: model, scale, log_likelihood, items (sorted best first, ``rank`` 1 = best)."""
 
         def number(x):
             x = float(x)

@@ -25,8 +25,8 @@ def train(config_path, overrides, no_resume, print_config, as_json):
     suggestion. The resolved config is saved as OUTPUT_DIR/train_config.yaml; checkpoints (safetensors,
     optimiser, scheduler and RNG state) every save_steps steps; metrics to OUTPUT_DIR/metrics.jsonl and
     TensorBoard. Run again with the same config to resume from the last checkpoint. The data read and
-    the truncation are reported before training starts; the reference the policy is trained against is
-    recorded in OUTPUT_DIR/reference.json (for `rankalign eval --run OUTPUT_DIR`).
+    the truncation are reported before training starts; the policy's source and its reference are recorded
+    in OUTPUT_DIR/run_source.json (for `rankalign eval --run OUTPUT_DIR`).
     """
     import yaml
 
@@ -64,7 +64,7 @@ def train(config_path, overrides, no_resume, print_config, as_json):
     if as_json:
         click.echo(json.dumps({"output_dir": str(output_dir), "final": str(output_dir / "final"),
                                "metrics": str(output_dir / "metrics.jsonl"),
-                               "reference": str(output_dir / "reference.json"), "global_step": result.global_step,
+                               "run_source": str(output_dir / "run_source.json"), "global_step": result.global_step,
                                "wall_time": result.wall_time, "tokens_per_second": result.tokens_per_second,
                                "last_log": last}, default=float))
     else:
@@ -72,4 +72,4 @@ def train(config_path, overrides, no_resume, print_config, as_json):
                    f"({result.tokens_per_second:.0f} tokens/s); last log: {summary}")
     wrote(output_dir / "final", "model, tokenizer and config")
     wrote(output_dir / "metrics.jsonl", "metrics")
-    wrote(output_dir / "reference.json", "the reference for `rankalign eval --run`")
+    wrote(output_dir / "run_source.json", "what `rankalign eval --run` needs (policy, reference, beta)")

@@ -50,15 +50,21 @@ class TrainConfig:
     """Everything one training run needs. Every field is a YAML key of the same name.
 
     Model and data
-        ``model``: a local directory with a saved causal LM (loaded with ``trust_remote_code=False``)
-        or ``tiny:<arch>`` (``tiny:llama``, ``tiny:gpt2``), a small model built from a config by
-        :func:`rankalign.engine.tiny_causal_lm` with ``tiny_model`` keyword overrides.
+        ``model`` (and ``reference_model``): any spec :func:`rankalign.engine.resolve_model` accepts: a
+        local transformers folder, a ``.gguf`` file (converted once to a cached safetensors folder), a
+        fetched name such as ``smollm2-135m`` (``rankalign models fetch smollm2-135m``), an ``owner/name``
+        already in the local Hugging Face cache, or ``tiny:<arch>`` (``tiny:llama``, ``tiny:gpt2``), a small
+        model built from a config by :func:`rankalign.engine.tiny_causal_lm` with ``tiny_model`` keyword
+        overrides. Weights load from safetensors only unless ``allow_bin: true``; remote code runs only
+        with ``trust_remote_code: true``.
         ``tokenizer``: a local tokenizer directory; ``"train"`` builds a BPE tokenizer on the data's
         text with :func:`rankalign.engine.build_tokenizer` (``tokenizer_vocab_size``). Default: the
         model directory's tokenizer.
         ``data``: a data file read by :func:`rankalign.data.read` with ``data_options`` (e.g.
         ``layout``, ``map``); ``data_form``: ``lists`` (keep ranked lists whole) or ``pairs`` (decompose
-        with ``pair_strategy``). ``max_records`` keeps the first N records (0 = all).
+        with ``pair_strategy``). ``max_records`` keeps the first N records (0 = all). ``eval_split``: the
+        share of distinct prompts held out (0 = none); the split is drawn with ``eval_split_seed`` and
+        written to ``output_dir/split/{train,heldout}.jsonl`` (``rankalign eval --run OUTPUT_DIR``).
 
     Objective
         ``objective``: a name in :func:`rankalign.losses.names`; ``loss_params``: its keyword parameters
@@ -77,6 +83,8 @@ class TrainConfig:
     # model and tokenizer
     model: str = "tiny:llama"
     tiny_model: dict[str, Any] = field(default_factory=dict)
+    allow_bin: bool = False
+    trust_remote_code: bool = False
     tokenizer: str | None = None
     tokenizer_vocab_size: int = 512
     # data
@@ -85,6 +93,8 @@ class TrainConfig:
     data_form: str = "lists"
     pair_strategy: str = "best_vs_rest"
     max_records: int = 0
+    eval_split: float = 0.0
+    eval_split_seed: int = 0
     max_prompt_tokens: int | None = 256
     max_response_tokens: int | None = 64
     on_empty: str = "drop"
@@ -135,6 +145,8 @@ class TrainConfig:
             raise ConfigError("set epochs > 0 or max_steps > 0")
         if self.bf16 not in ("auto", True, False):
             raise ConfigError(f"bf16 must be auto, true or false, got {self.bf16!r}")
+        if not 0.0 <= self.eval_split < 1.0:
+            raise ConfigError(f"eval_split must be in [0, 1), got {self.eval_split}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
 

@@ -5,6 +5,7 @@ Used by ``rankalign train``; scripts can call :func:`run_config` directly.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -43,30 +44,77 @@ def _record_texts(records) -> list[str]:
 
 
 def load_tokenizer(config: TrainConfig, records):
-    """The configured tokenizer: a local directory, the model's own, or ``"train"`` (BPE on the data)."""
-    from transformers import AutoTokenizer
-
+    """The configured tokenizer: the model's own, a model spec's or folder's (``tokenizer``), or ``"train"``
+    (BPE on the data). Specs resolve through :func:`rankalign.engine.resolve_model`."""
     if config.tokenizer == "train" or (config.tokenizer is None and config.model.startswith("tiny:")):
         from rankalign.engine import build_tokenizer
 
         return build_tokenizer(_record_texts(records), vocab_size=config.tokenizer_vocab_size)
-    source = config.tokenizer or config.model
-    return AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=True)
+    from rankalign.engine.sources import load_tokenizer as load_model_tokenizer
+
+    return load_model_tokenizer(config.tokenizer or config.model, trust_remote_code=config.trust_remote_code)
 
 
 def load_model(spec: str, tokenizer, config: TrainConfig):
-    """``tiny:<arch>`` builds a small model from a config; anything else is a local directory."""
-    if spec.startswith("tiny:"):
-        from rankalign.engine import tiny_causal_lm
+    """The causal LM named by ``spec`` (any :func:`rankalign.engine.resolve_model` spec; ``tiny:<arch>``
+    is built for ``tokenizer``'s vocabulary with ``config.tiny_model`` and ``config.seed``)."""
+    from rankalign.engine.sources import load_causal_lm
 
-        arch = spec.split(":", 1)[1] or "llama"
-        return tiny_causal_lm(len(tokenizer), arch=arch, seed=config.seed, **config.tiny_model)
-    from transformers import AutoModelForCausalLM
+    return load_causal_lm(spec, allow_bin=config.allow_bin, trust_remote_code=config.trust_remote_code,
+                          vocab_size=len(tokenizer), seed=config.seed, tiny_options=config.tiny_model)
 
-    if not os.path.isdir(spec):
-        raise FileNotFoundError(f"model {spec!r}: not a local directory and not a tiny:<arch> spec "
-                                "(nothing is downloaded)")
-    return AutoModelForCausalLM.from_pretrained(spec, trust_remote_code=False, local_files_only=True)
+
+def _prompt_key(prompt) -> str:
+    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+
+
+def split_by_prompt(records, share: float, seed: int) -> tuple[list, list]:
+    """(train, held-out): the records of a random ``share`` of the distinct prompts are held out.
+
+    Records with the same prompt stay on the same side, so no held-out prompt is seen in training.
+    The draw is a seeded shuffle of the distinct prompts (in order of first appearance); at least one
+    prompt is held out when ``share > 0``.
+    """
+    import random
+
+    order = list(dict.fromkeys(_prompt_key(record.prompt) for record in records))
+    if share <= 0 or not order:
+        return list(records), []
+    n_heldout = min(len(order) - 1, max(1, round(share * len(order))))
+    random.Random(seed).shuffle(order)
+    heldout = set(order[:n_heldout])
+    train = [r for r in records if _prompt_key(r.prompt) not in heldout]
+    test = [r for r in records if _prompt_key(r.prompt) in heldout]
+    return train, test
+
+
+def write_run_source(config: TrainConfig, output_dir: Path, *, heldout: bool) -> Path:
+    """Record in ``output_dir/run_source.json`` what ``rankalign eval --run`` needs to rebuild the policy
+    and its reference without naming models again: the model spec and where it resolved, the reference
+    (the adapter-disabled base under LoRA, the initial model otherwise, or ``reference_model``), the
+    tokenizer, beta and token limits."""
+    from rankalign._atomic import atomic_write_json
+    from rankalign.engine.sources import resolve_model
+
+    def where(spec):
+        return None if spec is None else resolve_model(spec, allow_bin=config.allow_bin).to_dict()
+
+    if config.reference_model:
+        reference = {"kind": "model", "spec": config.reference_model, "source": where(config.reference_model)}
+    elif config.peft.enabled:
+        reference = {"kind": "adapter_disabled", "spec": config.model}
+    else:
+        reference = {"kind": "initial_model", "spec": config.model}
+    record = {"model": config.model, "source": where(config.model), "reference": reference,
+              "policy": {"folder": "final", "adapter": bool(config.peft.enabled)},
+              "tokenizer": "final", "beta": float(config.loss_params.get("beta", 0.1)),
+              "max_prompt_tokens": config.max_prompt_tokens, "max_response_tokens": config.max_response_tokens,
+              "seed": config.seed, "tiny_model": config.tiny_model, "allow_bin": config.allow_bin,
+              "heldout": "split/heldout.jsonl" if heldout else None}
+    return atomic_write_json(output_dir / RUN_SOURCE_FILE, record)
+
+
+RUN_SOURCE_FILE = "run_source.json"
 
 
 # keys that may change between a run and its resumption (how long, how often, how it is shown)
@@ -92,50 +140,12 @@ def check_resumable(config: TrainConfig) -> None:
                           f"({', '.join(changed)} changed); use another output_dir or --no-resume")
 
 
-REFERENCE_RECORD = "reference.json"  # read by rankalign.eval.run.resolve_run
-
-
-def record_reference(config: TrainConfig, model, tokenizer) -> Path:
-    """Write ``output_dir/reference.json`` naming the reference the policy is trained against, so that
-    ``rankalign eval --run OUTPUT_DIR`` finds it: ``reference_model`` when the config names one, else the
-    starting model (DPO's pi_ref = the policy before training; with LoRA, the base model). A local model
-    folder is recorded by its path; a ``tiny:`` model, built in memory, is saved once to
-    ``output_dir/reference/`` (safetensors) before training changes it."""
-    from rankalign._atomic import atomic_write_json
-
-    output_dir = Path(config.output_dir)
-    source = config.reference_model or config.model
-    kind = "reference_model" if config.reference_model else (
-        "base model (adapter disabled)" if config.peft.enabled else "policy before training")
-    if not source.startswith("tiny:"):
-        path = str(Path(source).resolve())
-    else:
-        path = "reference"
-        folder = output_dir / path
-        if not (folder / "config.json").is_file():
-            import shutil
-            import tempfile
-
-            output_dir.mkdir(parents=True, exist_ok=True)
-            temporary = Path(tempfile.mkdtemp(prefix=".reference.", dir=output_dir))
-            try:
-                model.save_pretrained(temporary)  # safetensors
-                tokenizer.save_pretrained(temporary)
-                if folder.exists():
-                    shutil.rmtree(folder)
-                os.replace(temporary, folder)
-            finally:
-                if temporary.exists():
-                    shutil.rmtree(temporary)
-    return atomic_write_json(output_dir / REFERENCE_RECORD, {"path": path, "kind": kind, "source": source})
-
-
 def run_config(config: TrainConfig, *, resume: bool | None = None, on_start=None):
     """Train as ``config`` says; save the final model, tokenizer and resolved config in ``output_dir``.
 
     The data are read and tokenized first; ``on_start(data_report, truncation_report)`` is called with
-    both before the model trains (``rankalign train`` prints them there). The reference is recorded in
-    ``output_dir/reference.json`` (:func:`record_reference`).
+    both before the model trains (``rankalign train`` prints them there). What ``rankalign eval --run`` needs is
+    recorded in ``output_dir/run_source.json`` (:func:`write_run_source`).
     """
     from .data import tokenize_training_data
     from .trainer import train_preference
@@ -146,20 +156,28 @@ def run_config(config: TrainConfig, *, resume: bool | None = None, on_start=None
     transformers.utils.logging.disable_progress_bar()  # no "Writing model shards" bars beside the training bar
     transformers.set_seed(config.seed)
     records, data_report = read_records(config, with_report=True)
+    output_dir = Path(config.output_dir)
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under accelerate/torchrun only rank 0 writes files
+    heldout = []
+    if config.eval_split > 0:
+        from rankalign.data import write
+
+        records, heldout = split_by_prompt(records, config.eval_split, config.eval_split_seed)
+        if main_process:
+            write(records, output_dir / "split" / "train.jsonl")
+            write(heldout, output_dir / "split" / "heldout.jsonl")
     tokenizer = load_tokenizer(config, records)
     lists, truncation = tokenize_training_data(tokenizer, records, config)
     if on_start is not None:
         on_start(data_report, truncation)
     model = load_model(config.model, tokenizer, config)
     ref_model = load_model(config.reference_model, tokenizer, config) if config.reference_model else None
-    output_dir = Path(config.output_dir)
     resume = config.resume if resume is None else resume
-    main_process = int(os.environ.get("RANK", "0")) == 0  # under accelerate/torchrun only rank 0 writes files
     if resume:
         check_resumable(config)
     if main_process:
         save_config(config, output_dir)
-        record_reference(config, model, tokenizer)
+        write_run_source(config, output_dir, heldout=bool(heldout))
     result = train_preference(model, tokenizer, lists, config, ref_model=ref_model,
                               resume_from_checkpoint=True if resume else None)
     result.data_report = data_report
