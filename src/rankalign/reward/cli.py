@@ -35,11 +35,17 @@ from rankalign._cli import (
 
 
 def _read(path: str, read_options: dict, max_records: int | None, rank_by: str | None):
+    """The records of ``path`` (``read_options`` for :func:`rankalign.data.read`), re-ranked by ``rank_by``,
+    the first ``max_records``; a data error becomes a one-line click error."""
     from ..data import read
+    from ..data.errors import DataError
     from ..data.summary import rank_by as rank_records
 
-    result = read(path, **read_options)
-    records = list(rank_records(result.records, rank_by))
+    try:
+        result = read(path, **read_options)
+        records = list(rank_records(result.records, rank_by))
+    except DataError as error:
+        raise click.ClickException(str(error)) from None
     if max_records is not None:
         records = records[:max_records]
     if not records:
@@ -132,12 +138,8 @@ def train_command(data, backbone, legacy_model, objective, output, layout, mappi
     backbone = resolve_deprecated(backbone, legacy_model, new="--backbone", old="--model") or "tiny"
     max_tokens = resolve_deprecated(max_tokens, legacy_max_length, new="--max-tokens", old="--max-length")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    read_options = {"layout": layout, "mapping": mapping, "outcomes": outcomes, "skip_invalid": skip_invalid,
-                    "format": file_format}
-    try:
-        records, report = _read(data, read_options, max_records, rank_by)
-    except DataError as error:
-        raise click.ClickException(str(error)) from None
+    records, report = _read(data, dict(layout=layout, mapping=mapping, outcomes=outcomes, skip_invalid=skip_invalid,
+                                       format=file_format), max_records, rank_by)
     click.echo(f"data: {len(records)} records from {data} (layout {report.layout}); skipped: "
                f"{dict(report.skipped) or 'none'}", err=True)
     model, tokenizer = _load_backbone(backbone, records, num_attributes=num_attributes, seed=seed)
@@ -178,19 +180,14 @@ def score_command(model_dir, data, output, layout, mapping, outcomes, skip_inval
     """Score every ranked candidate of DATA with the reward model in MODEL_DIR (JSONL, one line per record)."""
     from transformers import AutoTokenizer
 
-    from ..data.errors import DataError
     from ..data.records import RankedList
     from .model import RewardModel, score_lists, write_file_atomic
     from .train import pairwise_accuracy
 
     max_tokens = resolve_deprecated(max_tokens, legacy_max_length, new="--max-tokens", old="--max-length")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    read_options = {"layout": layout, "mapping": mapping, "outcomes": outcomes, "skip_invalid": skip_invalid,
-                    "format": file_format}
-    try:
-        records, report = _read(data, read_options, max_records, rank_by)
-    except DataError as error:
-        raise click.ClickException(str(error)) from None
+    records, report = _read(data, dict(layout=layout, mapping=mapping, outcomes=outcomes, skip_invalid=skip_invalid,
+                                       format=file_format), max_records, rank_by)
     model, device = _device(RewardModel.from_pretrained(model_dir), device)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     scores = score_lists(model, tokenizer, records, batch_size=batch_size, max_length=max_tokens)

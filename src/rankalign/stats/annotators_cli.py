@@ -19,7 +19,7 @@ import click
 import numpy as np
 
 from rankalign._atomic import atomic_write
-from rankalign._cli import layout_option, map_option, outcomes_option, skip_invalid_option
+from rankalign._cli import json_option, layout_option, map_option, outcomes_option, skip_invalid_option
 from rankalign.data.errors import DataError
 
 from . import annotators as A
@@ -182,7 +182,7 @@ def _write_report_plot(report, path, title):
               help="Units two annotators must share for their Cohen's kappa to enter the mean.")
 @click.option("--top", type=click.IntRange(min=0), default=25, show_default=True,
               help="Rows of the table: the annotators with the highest flip rates (0: all).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object to stdout instead of the table.")
+@json_option
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None,
               help="Also write every annotator's row as CSV.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
