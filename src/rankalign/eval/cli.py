@@ -49,6 +49,8 @@ from .run import EvalError, evaluate_policy, report_of
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Lists per forward pass.")
 @truncation_options
 @device_option
+@click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16"]),
+              help="auto: bfloat16 autocast on a CUDA device that supports it, float32 on the CPU.")
 @click.option("--n-bins", default=10, show_default=True, type=click.IntRange(min=1), help="Calibration bins.")
 @click.option("--group-by", help="Per-group ranking accuracy and the worst group: 'annotator' or a record meta field.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a reliability diagram PNG here.")
@@ -58,8 +60,8 @@ from .run import EvalError, evaluate_policy, report_of
 @json_option
 def eval_command(policy_path, legacy_model, reference_path, run_dir, tokenizer_path, allow_bin, generations, data_path,
                  layout, mapping, outcomes, skip_invalid, file_format, max_records, rank_by, beta, alpha_field,
-                 alpha_constant, batch_size, max_prompt_tokens, max_response_tokens, device, n_bins, group_by,
-                 plot_path, cache_dir, output, as_json):
+                 alpha_constant, batch_size, max_prompt_tokens, max_response_tokens, device, precision, n_bins,
+                 group_by, plot_path, cache_dir, output, as_json):
     """Evaluate a trained policy on a preference file: ranking accuracy, idealised ranking accuracy where
     preference rates are known, implicit-reward margins and calibration (with --reference or --run)."""
     policy_path = resolve_deprecated(policy_path, legacy_model, new="--policy", old="--model")
@@ -80,7 +82,7 @@ def eval_command(policy_path, legacy_model, reference_path, run_dir, tokenizer_p
                                  tokenizer=tokenizer_path, allow_bin=allow_bin, beta=beta, alpha_field=alpha_field,
                                  alpha=alpha_constant, read_options=read_options, max_records=max_records,
                                  rank_by=rank_by, batch_size=batch_size, max_prompt_tokens=max_prompt_tokens,
-                                 max_response_tokens=max_response_tokens, device=device, n_bins=n_bins,
+                                 max_response_tokens=max_response_tokens, device=device, precision=precision, n_bins=n_bins,
                                  group_by=group_by, cache_dir=cache_dir, generations=generations)
     except EvalError as error:
         raise click.ClickException(str(error)) from None

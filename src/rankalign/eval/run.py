@@ -4,7 +4,7 @@ The policy (and the optional reference) is any model spec of :func:`rankalign.en
 safetensors only unless allowed, loaded with ``trust_remote_code=False``; :func:`load_run` rebuilds both
 from a training run folder (its ``run_source.json``). Records are read with
 :func:`rankalign.data.read`, tokenized with :func:`rankalign.engine.tokenize_records`, packed with
-:func:`rankalign.engine.pack_lists` and scored with :func:`rankalign.engine.sequence_logps`; the metrics
+:func:`rankalign.engine.pack_lists` and scored with :func:`rankalign.engine.score_lists` (the engine's one list-scoring path); the metrics
 are :func:`rankalign.eval.policy.evaluate_logps`. torch and transformers are imported only when called.
 """
 
@@ -163,31 +163,6 @@ def greedy_generations(model, tokenizer, prompts, *, max_new_tokens: int = 48) -
     return texts
 
 
-def score_lists(model, lists, *, batch_size: int, pad_token_id: int, progress_label: str, quiet: bool) -> np.ndarray:
-    """``[N, K]`` summed response log-probabilities of every list (0 at padding), in batches."""
-    import torch
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from ..engine import pack_lists, sequence_logps, supports_shared_layout
-
-    layout = "shared" if supports_shared_layout(model) else "duplicated"
-    device = next(model.parameters()).device
-    k = max(item.k for item in lists)
-    out = np.zeros((len(lists), k))
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True, disable=quiet) as progress:
-        task = progress.add_task(progress_label, total=len(lists))
-        for start in range(0, len(lists), batch_size):
-            chunk = lists[start:start + batch_size]
-            batch = pack_lists(chunk, layout=layout, pad_token_id=pad_token_id).to(device)
-            with torch.inference_mode():
-                logps = sequence_logps(model, batch).double().cpu().numpy()
-            out[start:start + len(chunk), :logps.shape[1]] = logps
-            progress.advance(task, len(chunk))
-    return out
-
-
 def _ranks_and_lengths(lists) -> tuple[np.ndarray, np.ndarray]:
     """``[N, K]`` ranks (-1 padding) and response token counts (0 padding) of the tokenized lists."""
     k = max(item.k for item in lists)
@@ -258,7 +233,7 @@ def evaluate_policy(policy: str | None, data, *, reference: str | None = None, r
                     alpha_field: str | None = None, alpha: float | None = None, read_options: Mapping | None = None,
                     max_records: int | None = None, rank_by: str | None = None, batch_size: int = 8,
                     max_prompt_tokens: int | None = None, max_response_tokens: int | None = None,
-                    device: str = "auto", n_bins: int = 10, group_by: str | None = None,
+                    device: str = "auto", precision: str = "auto", n_bins: int = 10, group_by: str | None = None,
                     cache_dir: str | None = None, generations: int = 0, progress: bool | None = None) -> dict:
     """Every metric of a policy on the preference file ``data``; returns the result dict ``--json`` prints.
 
@@ -281,6 +256,8 @@ def evaluate_policy(policy: str | None, data, *, reference: str | None = None, r
         True preference rates, per record (:func:`alpha_from_records`) or one constant.
     generations : int
         Greedy generations of the policy (and reference) for the first N prompts.
+    precision : {"auto", "fp32", "bf16"}
+        auto: bfloat16 autocast on a CUDA device that supports it, float32 on the CPU.
 
     Raises
     ------
@@ -368,12 +345,19 @@ def evaluate_policy(policy: str | None, data, *, reference: str | None = None, r
 
     pad_token_id = tokenizer_object.pad_token_id if tokenizer_object.pad_token_id is not None else 0
     quiet = not sys.stderr.isatty() if progress is None else not progress
+    from ..engine import score_lists
+
+    def scores(model, label, **cache):
+        """``[N, K]`` summed response log-probs (0 at padding) through the engine's one scoring path."""
+        padded, _ = score_lists(model, lists, batch_size=batch_size, pad_token_id=pad_token_id, precision=precision,
+                                progress=not quiet, description=label, **cache).padded()
+        return padded.numpy()
+
     generated = {}
     prompts = [ranked[item.index].prompt for item in lists[:generations]]
     try:
         model = policy_model if policy_model is not None else load_causal_lm(policy, device, allow_bin=allow_bin)
-        policy_logps = score_lists(model, lists, batch_size=batch_size, pad_token_id=pad_token_id,
-                                   progress_label="policy", quiet=quiet)
+        policy_logps = scores(model, "policy")
         if prompts:
             generated["policy"] = greedy_generations(model, tokenizer_object, prompts)
         if reference_context is None:
@@ -381,26 +365,19 @@ def evaluate_policy(policy: str | None, data, *, reference: str | None = None, r
         ref_logps = None
         if reference_context is not None:
             with reference_context() as reference_model:
-                ref_logps = score_lists(reference_model, lists, batch_size=batch_size, pad_token_id=pad_token_id,
-                                        progress_label="reference", quiet=quiet)
+                ref_logps = scores(reference_model, "reference")
                 if prompts:
                     generated["reference"] = greedy_generations(reference_model, tokenizer_object, prompts)
         elif reference is not None:
             reference_model = load_causal_lm(reference, device, allow_bin=allow_bin)
             if prompts:
                 generated["reference"] = greedy_generations(reference_model, tokenizer_object, prompts)
+            cache = {}
             if cache_dir:
-                from ..engine import compute_reference_logps
-
-                settings = {"max_prompt_tokens": max_prompt_tokens, "max_response_tokens": max_response_tokens}
-                cached = compute_reference_logps(reference_model, lists, batch_size=batch_size, cache_dir=cache_dir,
-                                                 settings=settings, progress=False, tokenizer=tokenizer_object)
-                ref_logps = np.zeros_like(policy_logps)
-                for row, values in enumerate(cached):
-                    ref_logps[row, :len(values)] = values.double().numpy()
-            else:
-                ref_logps = score_lists(reference_model, lists, batch_size=batch_size, pad_token_id=pad_token_id,
-                                        progress_label="reference", quiet=quiet)
+                cache = {"cache_dir": cache_dir, "tokenizer": tokenizer_object,
+                         "settings": {"max_prompt_tokens": max_prompt_tokens,
+                                      "max_response_tokens": max_response_tokens}}
+            ref_logps = scores(reference_model, "reference", **cache)
             del reference_model
     except (ModelNotFound, PermissionError) as error:
         raise EvalError(str(error)) from None

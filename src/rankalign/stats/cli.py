@@ -30,8 +30,14 @@ from rankalign._cli import (
     skip_invalid_option,
     wrote,
 )
+from rankalign._escape import for_csv, for_terminal
 from rankalign.data.errors import DataError
+from rankalign.errors import require
 
+# a prior this strong already pins every rating to 0 (variance 5e-7); larger values overflow the Hessian
+MAX_PRIOR = 1e6
+# layouts whose candidates are responses to a prompt, not item ids (rating them would rate answer texts)
+TEXT_LAYOUTS = ("pairs", "ranked_responses", "ratings", "unpaired")
 MODEL_NAMES = {"bt": "bradley-terry", "thurstone": "thurstone", "davidson": "davidson",
                "rao-kupper": "rao-kupper", "pl": "plackett-luce"}
 
@@ -64,6 +70,12 @@ def _records_to_rankings(result, path):
     names = set()
     lists = []
     for number, record in enumerate(result.records, start=1):
+        if result.report.layout in TEXT_LAYOUTS:
+            raise DataError(f"this file has no item ids: it holds prompts and responses (layout "
+                            f"{result.report.layout}), and rating compares items", path=path, line=number,
+                            field="prompt", reason="no_item_ids",
+                            hint="use --map to name the item columns, e.g. --map item_a=model_a,item_b=model_b,"
+                                 "outcome=winner")
         if not isinstance(record, RankedList):
             raise DataError("rating needs comparisons or rankings, not unpaired judgments", path=path,
                             line=number, reason="bad_layout")
@@ -202,15 +214,23 @@ def fit_file(file, *, model="bt", reference=None, prior=0.0, npseudo=0.0, home_a
             "plackett-luce" if model_name == "plackett-luce" else "bradley-terry")
     else:
         kind, data = _load(file, layout, mapping, outcomes, skip_invalid, covariates, rank_by)
-    result = _fit(kind, data, model_name, reference, prior, npseudo, home_advantage, file, ties,
-                  covariates)
+    report = data.report if kind == "pairs" else data[4]
+    try:
+        result = _fit(kind, data, model_name, reference, prior, npseudo, home_advantage, file, ties, covariates)
+    except DataError as error:
+        located = error if error.path is not None else error.at(file)
+        if report.n_skipped:  # say how much --skip-invalid dropped: it is usually why too little is left
+            located = DataError(f"{located.message} (after skipping {report.n_skipped} invalid rows: "
+                                f"{dict(report.skipped)})", path=located.path, line=located.line,
+                                field=located.field, reason=located.reason, hint=located.hint)
+        raise located from None
     if level != result.ci_level:
         from scipy.special import ndtri
 
         z = ndtri(0.5 + level / 2.0)
         result.ci_low, result.ci_high = result.ratings - z * result.se, result.ratings + z * result.se
         result.ci_level = level
-    return result, (data.report if kind == "pairs" else data[4])
+    return result, report
 
 
 # ------------------------------------------------------------------------------------------- output
@@ -264,14 +284,15 @@ def write_csv(result, path):
     writer.writerow(["rank", "rank_ub", "item", "rating", "se", "ci_low", "ci_high", "n"])
     ranks, upper = result.ranks(), result.rank_upper_bounds()
     for i in result.order():
-        writer.writerow([int(ranks[i]), int(upper[i]), result.items[i], repr(float(result.ratings[i])), repr(float(result.se[i])),
-                         repr(float(result.ci_low[i])), repr(float(result.ci_high[i])), int(result.n[i])])
+        writer.writerow([int(ranks[i]), int(upper[i]), for_csv(str(result.items[i])), repr(float(result.ratings[i])),
+                         repr(float(result.se[i])), repr(float(result.ci_low[i])), repr(float(result.ci_high[i])),
+                         int(result.n[i])])
     _atomic_write_bytes(path, lambda stream: stream.write(buffer.getvalue().encode("utf-8")))
 
 
 def write_plot(result, path, title=None):
     """Ratings with their confidence intervals as horizontal bars, best at the top (PNG, Agg, atomic)."""
-    import matplotlib
+    matplotlib = require("matplotlib", "plot", "--plot")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -326,19 +347,25 @@ def _print_table(result, report_notes):
     from rich.table import Table
 
     title = f"{result.model} ratings ({result.scale} scale, {result.gauge()})"
-    table = Table(title=title, caption=_params_line(result))
+    table = Table(title=for_terminal(title), caption=_params_line(result))
     for column in ("rank", "rank (UB)", "item", "rating", "se", ci_label(result), "n"):
         table.add_column(column, justify="left" if column == "item" else "right")
     digits = 1 if result.scale == "elo" else 3
     ranks, upper = result.ranks(), result.rank_upper_bounds()
     for i in result.order():
         se = result.se[i]
-        table.add_row(str(ranks[i]), str(upper[i]), str(result.items[i]), f"{result.ratings[i]:.{digits}f}",
+        table.add_row(str(ranks[i]), str(upper[i]), for_terminal(result.items[i]), f"{result.ratings[i]:.{digits}f}",
                       "-" if not math.isfinite(se) else f"{se:.{digits}f}",
                       f"[{result.ci_low[i]:.{digits}f}, {result.ci_high[i]:.{digits}f}]", str(int(result.n[i])))
     Console().print(table)
-    for note in report_notes:
-        click.echo(note, err=True)
+    _print_notes(report_notes)
+
+
+def _print_notes(notes):
+    from rich.console import Console
+
+    for note in notes:
+        Console(stderr=True).print(for_terminal(note), highlight=False)
 
 
 # ------------------------------------------------------------------------------------------- command
@@ -369,7 +396,7 @@ def _print_table(result, report_notes):
 @click.option("--covariate", "covariates", multiple=True, metavar="COLUMN",
               help="A numeric column holding x_first - x_second for each comparison (repeatable): contextual "
                    "Bradley-Terry, logit = theta_a - theta_b + w^T x, as arena style control; w is reported.")
-@click.option("--prior", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
+@click.option("--prior", type=click.FloatRange(min=0.0, max=MAX_PRIOR), default=0.0, show_default=True,
               help="MAP with penalty ALPHA * sum(theta^2) (Gaussian prior with variance 1/(2 ALPHA)).")
 @click.option("--npseudo", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
               help="pl only: pseudo wins and losses against a hypothetical item at 0 (R PlackettLuce's default is 0.5).")
@@ -422,14 +449,13 @@ def rate(file, model, reference_item, legacy_reference, anchor, matrices_path, n
                 mapping=mapping, outcomes=outcomes, skip_invalid=skip_invalid, seed=seed)
     if npseudo and model_name != "plackett-luce":
         raise click.UsageError("--npseudo applies to --model pl only (use --prior for the pairwise models)")
-    try:
-        result, report = fit_file(file, model=model, reference=reference, prior=prior, npseudo=npseudo,
-                                  home_advantage=home_advantage, ties=ties, level=level, layout=layout,
-                                  mapping=mapping, outcomes=outcomes, skip_invalid=skip_invalid,
-                                  covariates=covariates, weight_by_reliability=weight_by_reliability,
-                                  rank_by=rank_by)
-    except (DataError, ValueError) as error:
-        raise click.ClickException(str(error)) from None
+    if n_boot == 1:
+        raise click.UsageError("--bootstrap needs at least 2 replicates (0: Wald intervals)")
+    result, report = fit_file(file, model=model, reference=reference, prior=prior, npseudo=npseudo,
+                              home_advantage=home_advantage, ties=ties, level=level, layout=layout,
+                              mapping=mapping, outcomes=outcomes, skip_invalid=skip_invalid,
+                              covariates=covariates, weight_by_reliability=weight_by_reliability,
+                              rank_by=rank_by)
     if n_boot:
         if "x" not in result.state:
             raise click.UsageError(f"--bootstrap is not available for the {result.model} model; use the Wald "
@@ -448,6 +474,11 @@ def rate(file, model, reference_item, legacy_reference, anchor, matrices_path, n
         except KeyError:
             raise click.BadParameter(f"{anchor[0]!r} is not an item of {file}", param_hint="--anchor") from None
     notes = [f"skipped {report.n_skipped} invalid rows: {dict(report.skipped)}"] if report.n_skipped else []
+    failed = result.state.get("bootstrap_failed", 0)
+    if failed:
+        notes.append(f"warning: {failed} of {n_boot} bootstrap replicates have no maximum-likelihood estimate "
+                     "(separation: an item never wins or never loses in the resample) and were left out of the "
+                     "intervals; --prior ALPHA keeps every replicate")
     if csv_path:
         write_csv(result, csv_path)
         wrote(csv_path, "leaderboard CSV")
@@ -460,5 +491,6 @@ def rate(file, model, reference_item, legacy_reference, anchor, matrices_path, n
         wrote(matrices_path, "observed/predicted win rates and battle counts")
     if as_json:
         sys.stdout.write(result.to_json() + "\n")
+        _print_notes(notes)
     else:
         _print_table(result, notes)

@@ -30,12 +30,9 @@ def train(config_path, overrides, no_resume, print_config, as_json):
     """
     import yaml
 
-    from .config import ConfigError, config_to_dict, load_config
+    from .config import config_to_dict, load_config
 
-    try:
-        config = load_config(config_path, list(overrides))
-    except ConfigError as error:
-        raise click.UsageError(str(error)) from None
+    config = load_config(config_path, list(overrides))  # a ConfigError is a usage error at the CLI boundary
     if print_config:
         click.echo(yaml.safe_dump(config_to_dict(config), sort_keys=False), nl=False)
         return
@@ -52,11 +49,14 @@ def train(config_path, overrides, no_resume, print_config, as_json):
         if truncation is not None:
             click.echo(f"tokenization: {truncation}", err=True)
 
-    try:
-        result = run_config(config, resume=False if no_resume else None, on_start=on_start)
-    except ConfigError as error:
-        raise click.UsageError(str(error)) from None
+    result = run_config(config, resume=False if no_resume else None, on_start=on_start)
     if not rank_zero:
+        return
+    if result.note:  # nothing was trained (the run had already finished)
+        if as_json:
+            click.echo(json.dumps({"output_dir": str(config.output_dir), "note": result.note}))
+        else:
+            click.echo(result.note)
         return
     last = next((row for row in reversed(result.history) if "loss" in row), result.final_metrics)
     summary = {k: round(v, 4) if isinstance(v, float) else v for k, v in last.items()}
