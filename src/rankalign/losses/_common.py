@@ -150,6 +150,19 @@ def pairwise_loss(per_pair_fn, policy_logps: Tensor, ref_logps: Tensor | None, r
     return pairs.mean(per_pair)
 
 
+def pairwise_ratio_loss(per_pair_fn, policy_logps: Tensor, ref_logps: Tensor | None, ranks: Tensor | None,
+                        *extra: Tensor | None) -> Tensor:
+    """:func:`pairwise_loss` for objectives of the log-ratios alone: ``rho = log pi - log pi_ref`` is
+    computed once per candidate (:func:`log_ratios`), then decomposed into pairs;
+    ``per_pair_fn(rho_winner, rho_loser, *chosen_rejected_extras)`` gets ``[B, P]`` tensors (a stand-in 0
+    where the pair is a tie or padding, as the policy and reference get there)."""
+    if ref_logps is not None:
+        ref_logps = torch.as_tensor(ref_logps, device=policy_logps.device).to(policy_logps.dtype)
+    rho = log_ratios(policy_logps, ref_logps)
+    return pairwise_loss(lambda rho_w, rho_l, _ref_w, _ref_l, *pairs: per_pair_fn(rho_w, rho_l, *pairs),
+                         rho, None, ranks, *extra)
+
+
 # ------------------------------------------------------------------------------------ list helpers
 def zero_padding(values: Tensor, valid: Tensor, fill: float = 0.0) -> Tensor:
     """``values`` with padded entries replaced by ``fill`` (replaced, not multiplied: NaN cannot leak)."""

@@ -32,7 +32,7 @@ from ._common import (
     valid_mask,
     zero_padding,
 )
-from ._registry import register
+from ._registry import Range, register
 
 __all__ = ["pl_dpo", "pro", "lipo_lambda", "all_pairs_dpo", "listnet", "best_vs_rest", "sppo", "win_rates_from_ranks"]
 
@@ -219,7 +219,8 @@ def pl_dpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tens
 
 
 @register("pro", family="listwise", reference_free=True,
-          paper="Song et al., Preference Ranking Optimization for Human Alignment, AAAI 2024 (arXiv:2306.17492)")
+          paper="Song et al., Preference Ranking Optimization for Human Alignment, AAAI 2024 (arXiv:2306.17492)",
+          ranges={"sft_form": Range(kind="choice", choices=("authors", "mean_token"))})
 def pro(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor | None = None,
         lengths: Tensor | None = None, grades: Tensor | None = None, sft_weight: float = 0.05,
         sft_form: str = "authors") -> Tensor:
