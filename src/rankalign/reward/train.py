@@ -106,6 +106,23 @@ def _batch_loss(model, tokenizer, chunk, objective, params, layout, max_length,
     return total / len(columns)
 
 
+def _list_length(item) -> int:
+    """Tokens (causal lists: prompt + responses) or characters (encoder lists: prompt + longest response)."""
+    if hasattr(item, "response_ids"):
+        return len(item.prompt_ids) + sum(len(r) for r in item.response_ids)
+    return len(item.prompt or "") + max((len(r) for r in item.responses), default=0)
+
+
+def _length_grouped_batches(order: list[int], lists, batch_size: int, generator) -> list[list[int]]:
+    window = batch_size * 50
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start:start + window], key=lambda i: -_list_length(lists[i]))
+        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    shuffled = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in shuffled]
+
+
 def bootstrap_head_weights(n_lists: int, heads: int, seed: int) -> Tensor:
     """``[N, E]`` Poisson(1) weights: head e sees list n ``w[n, e]`` times (the online bootstrap of Oza & Russell
     2001, as used for reward-model ensembles), so heads on one backbone fit different resamples of the data."""
@@ -154,7 +171,8 @@ def train_reward_model(model: RewardModel, tokenizer, records: Iterable, *, obje
                        objective_params: Mapping | None = None, max_grad_norm: float | None = 1.0,
                        eval_records: Iterable | None = None, progress: bool = False,
                        bootstrap: bool = True, lr_scheduler: str = "constant", warmup_ratio: float = 0.0,
-                       resume_state: Mapping | None = None, on_step=None) -> list[dict]:
+                       resume_state: Mapping | None = None, on_step=None,
+                       group_by_length: bool = False) -> list[dict]:
     """Fit ``model`` on ranked lists with a registered reward objective (AdamW, shuffled mini-batches).
 
     Parameters
@@ -196,6 +214,9 @@ def train_reward_model(model: RewardModel, tokenizer, records: Iterable, *, obje
     on_step : callable, optional
         ``on_step(step, state)`` after every optimiser step, ``state`` holding the optimizer, scheduler,
         history and ``end_of_epoch`` (``rankalign reward train`` writes its checkpoints here).
+    group_by_length : bool
+        Batch lists of similar length together (within shuffled windows of 50 batches, batches then
+        shuffled; as ``group_by_length`` of transformers' Trainer): less padding, the same data per epoch.
     bootstrap : bool
         Ensembles (``model.ensemble_size > 1``): weight each head's loss on each list by a Poisson(1) draw
         (:func:`bootstrap_head_weights`), so the heads differ by data as well as by initialisation.
@@ -266,11 +287,13 @@ def train_reward_model(model: RewardModel, tokenizer, records: Iterable, *, obje
         for epoch in range(epochs):
             # every epoch's order is drawn even when it is skipped, so a resumed run sees the same batches
             order = torch.randperm(len(lists), generator=generator).tolist()
-            for start in range(0, len(lists), batch_size):
+            batches = [order[start:start + batch_size] for start in range(0, len(lists), batch_size)]
+            if group_by_length:
+                batches = _length_grouped_batches(order, lists, batch_size, generator)
+            for number, batch_order in enumerate(batches):
                 if step < start_step:
                     step += 1
                     continue
-                batch_order = order[start:start + batch_size]
                 chunk = [lists[i] for i in batch_order]
                 loss = _batch_loss(model, tokenizer, chunk, fn, params, layout, max_length,
                                    None if head_weights is None else head_weights[batch_order])
@@ -288,7 +311,7 @@ def train_reward_model(model: RewardModel, tokenizer, records: Iterable, *, obje
                     bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
                 if on_step is not None:
                     on_step(step, {"optimizer": optimizer, "scheduler": scheduler, "history": history,
-                                   "end_of_epoch": start + batch_size >= len(lists)})
+                                   "end_of_epoch": number == len(batches) - 1})
             if eval_records and step > start_step:
                 scores = score_lists(model, tokenizer, eval_records, max_length=max_length, layout=layout)
                 history[-1]["eval_accuracy"] = pairwise_accuracy(scores, eval_records)

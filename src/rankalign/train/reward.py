@@ -55,10 +55,12 @@ class RewardTrainConfig:
     Data
         ``data`` read by :func:`rankalign.data.read` with ``data_options`` (``layout``, ``mapping``,
         ``skip_invalid``); ``max_records`` (0 = all); ``eval_fraction`` of the prompts held out
-        (``split_seed``), or ``eval_data``; ``max_length`` tokens per prompt + response.
+        (``split_seed``), or ``eval_data``; ``max_length`` tokens per prompt + response; ``eval_each_epoch``
+        adds the held-out accuracy to each epoch's last history entry.
     Optimisation
         ``objective`` (a reward objective of :mod:`rankalign.losses`, or ``general_preference``),
-        ``loss_params``, ``epochs``, ``batch_size`` (lists per step), ``lr``, ``lr_scheduler``
+        ``loss_params``, ``epochs``, ``batch_size`` (lists per step), ``group_by_length`` (batches of
+        similar lengths, less padding), ``lr``, ``lr_scheduler``
         (``constant``/``linear``), ``warmup_ratio``, ``weight_decay``, ``max_grad_norm``, ``seed``;
         ``layout``/``max_tokens_per_row``: causal backbones' packing (prompt once per list).
     Output
@@ -89,11 +91,13 @@ class RewardTrainConfig:
     eval_fraction: float = 0.0
     split_seed: int = 0
     max_length: int | None = 256
+    eval_each_epoch: bool = False
     # objective and optimisation
     objective: str = "bt_reward"
     loss_params: dict[str, Any] = field(default_factory=dict)
     epochs: int = 1
     batch_size: int = 8
+    group_by_length: bool = True
     lr: float = 1e-4
     lr_scheduler: str = "constant"
     warmup_ratio: float = 0.0
@@ -457,7 +461,8 @@ def run_reward_config(config: RewardTrainConfig, *, resume: bool | None = None) 
         max_length=config.max_length, layout=config.layout, objective_params=config.loss_params,
         max_grad_norm=config.max_grad_norm, progress=config.progress, bootstrap=config.bootstrap,
         lr_scheduler=config.lr_scheduler, warmup_ratio=config.warmup_ratio, resume_state=resume_state,
-        on_step=on_step)
+        on_step=on_step, group_by_length=config.group_by_length, eval_records=held_out if config.eval_each_epoch and held_out and model.preference_dim is None
+        else None)
     wall = time.perf_counter() - started
     steps_run = len(history) - (len(resume_state["history"]) if resume_state else 0)
     pairs_seen = sum(_pairs([r]) for r in train_records) * config.epochs
