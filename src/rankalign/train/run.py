@@ -162,8 +162,9 @@ def run_config(config: TrainConfig, *, resume: bool | None = None):
         precheck(output_dir, early)
     elif main_process:
         removed = clear_run(output_dir)
-        if removed:
-            warnings.warn(f"--no-resume: removed {len(removed)} checkpoint(s) of the earlier run in {output_dir} "
+        folders = [path for path in removed if path.name.startswith("checkpoint-")]
+        if folders:
+            warnings.warn(f"--no-resume: removed {len(folders)} checkpoint(s) of the earlier run in {output_dir} "
                           "so they cannot be mixed with this one", RankalignWarning, stacklevel=2)
     tokenizer = load_tokenizer(config, records)
     model = load_model(config.model, tokenizer, config)
