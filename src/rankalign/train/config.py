@@ -47,6 +47,41 @@ class PeftConfig:
 
 
 @dataclass
+class OnlineConfig:
+    """The ``online:`` section (:mod:`rankalign.online`): ``enabled: true`` makes ``rankalign train`` run
+    rounds of sample -> judge -> train on the prompts of ``data`` instead of training on the file.
+
+    ``rounds``: sample-judge-train rounds; ``k``: completions sampled per prompt; ``prompts_per_round``:
+    prompts per round, cycling through the prompt set (0: all of them every round); ``max_new_tokens``,
+    ``temperature``, ``top_p``: sampling; ``refresh_reference``: the reference becomes the policy at the
+    start of each round (iterative DPO); ``curriculum`` and ``curriculum_stages``: easy-to-hard pairs;
+    ``judge``: ``"module:attribute"`` of a judge object or of a function returning one (for ``rankalign
+    train``); ``judge_options``: keyword arguments for that function.
+    """
+
+    enabled: bool = False
+    rounds: int = 3
+    k: int = 4
+    prompts_per_round: int = 0
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    refresh_reference: bool = False
+    curriculum: bool = False
+    curriculum_stages: int = 3
+    judge: str | None = None
+    judge_options: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.rounds < 1 or self.k < 2:
+            raise ConfigError(f"online: rounds must be >= 1 and k >= 2, got rounds={self.rounds}, k={self.k}")
+        if self.max_new_tokens < 1 or self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ConfigError("online: need max_new_tokens >= 1, temperature >= 0 and 0 < top_p <= 1")
+        if self.curriculum and self.curriculum_stages < 1:
+            raise ConfigError("online: curriculum_stages must be >= 1")
+
+
+@dataclass
 class TrainConfig:
     """Everything one training run needs. Every field is a YAML key of the same name.
 
@@ -131,6 +166,7 @@ class TrainConfig:
     # hardware
     bf16: str | bool = "auto"
     peft: PeftConfig = field(default_factory=PeftConfig)
+    online: OnlineConfig = field(default_factory=OnlineConfig)
 
     def validate(self) -> None:
         """The one validation step: raise :class:`ConfigError` for any value outside its valid range or
@@ -180,6 +216,8 @@ class TrainConfig:
             value = getattr(self, name)
             need(not value or not Path(value).exists() or Path(value).is_dir(),
                  f"{name} {value!r} is a file; it must be a folder")
+        if self.online.enabled:
+            self.online.validate()
         self.validate_objective()
 
     def validate_objective(self) -> None:

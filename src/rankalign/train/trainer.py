@@ -200,13 +200,8 @@ class PreferenceTrainer(transformers.Trainer):
         self.bco_running = (BCORunningMean() if "delta" in keyword_params and "delta" not in self.loss_params
                             else None)
 
-        if layout == "shared" and not engine.supports_shared_layout(_engine_model(model)):
-            import warnings
-
-            warnings.warn(f"{type(_engine_model(model)).__name__} does not accept a 4D attention mask; "
-                          "using the duplicated layout (prompt repeated per response)", stacklevel=2)
-            layout = "duplicated"
-        self.layout = layout
+        # shared only when the engine's layout probe accepts the model; says once which layout and why
+        self.layout = engine.choose_layout(_engine_model(model), layout)
 
         self.ref_model = None
         if not self.objective.reference_free and ref_logps is None:
