@@ -296,7 +296,8 @@ def _print_table(result, report_notes):
         se = result.se[i]
         table.add_row(str(rank), for_terminal(result.items[i]), f"{result.ratings[i]:.{digits}f}",
                       "-" if not math.isfinite(se) else f"{se:.{digits}f}",
-                      f"[{result.ci_low[i]:.{digits}f}, {result.ci_high[i]:.{digits}f}]", str(int(result.n[i])))
+                      for_terminal(f"[{result.ci_low[i]:.{digits}f}, {result.ci_high[i]:.{digits}f}]"),
+                      str(int(result.n[i])))
     Console().print(table)
     _print_notes(report_notes)
 
