@@ -167,6 +167,9 @@ def _fit(kind, data, model, reference, prior, npseudo, home_advantage, path, tie
     items, rankings, weights, lines, _ = data
     if len(items) < 2:
         raise DataError(f"need at least two items to rate, found {len(items)}", path=path, reason="single_item")
+    if not any(sum(len(level) if isinstance(level, list) else 1 for level in ranking) >= 2 for ranking in rankings):
+        raise DataError("no comparisons: every list ranks fewer than two candidates", path=path, reason="empty",
+                        hint="rating needs lists (or pairs) of two or more items")
     if model == "plackett-luce":
         fit = fit_davidson_luce if ties == "davidson-luce" else fit_plackett_luce
         try:
