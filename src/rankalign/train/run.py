@@ -126,6 +126,7 @@ def run_config(config: TrainConfig, *, resume: bool | None = None):
     """Train as ``config`` says; save the final model, tokenizer and resolved config in ``output_dir``."""
     import warnings
 
+    from rankalign._atomic import writing
     from rankalign.errors import RankalignWarning
 
     from .checkpoints import clear_run, finished_note, finished_run, mark_finished, precheck, run_fingerprint
@@ -177,8 +178,9 @@ def run_config(config: TrainConfig, *, resume: bool | None = None):
     result.data_report = data_report
     if main_process:
         final_dir = output_dir / "final"
-        result.model.save_pretrained(final_dir)  # safetensors
-        tokenizer.save_pretrained(final_dir)
+        with writing(final_dir):  # a full disk names the folder instead of "basic_ios::clear"
+            result.model.save_pretrained(final_dir)  # safetensors
+            tokenizer.save_pretrained(final_dir)
         save_config(config, final_dir)
         mark_finished(final_dir, global_step=result.global_step, max_steps=config.max_steps, epochs=config.epochs,
                       fingerprint=run_fingerprint(settings, records, None, config.model))
