@@ -309,7 +309,7 @@ def _print_notes(notes):
     from rich.console import Console
 
     for note in notes:
-        Console(stderr=True).print(for_terminal(note), highlight=False)
+        Console(stderr=True, soft_wrap=True).print(for_terminal(note), highlight=False)
 
 
 # ------------------------------------------------------------------------------------------- command
