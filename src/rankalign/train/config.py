@@ -99,8 +99,9 @@ class TrainConfig:
         ``data``: a data file read by :func:`rankalign.data.read` with ``data_options`` (e.g.
         ``layout``, ``map``); ``data_form``: ``lists`` (keep ranked lists whole) or ``pairs`` (decompose
         with ``pair_strategy``). ``max_records`` keeps the first N records (0 = all). ``eval_split``: the
-        share of distinct prompts held out (0 = none); the split is drawn with ``eval_split_seed`` and
-        written to ``output_dir/split/{train,heldout}.jsonl`` (``rankalign eval --run OUTPUT_DIR``).
+        share of distinct prompts held out (0 = none); the split is drawn on the whole file with
+        ``eval_split_seed`` (``max_records`` then caps the training side only) and written to
+        ``output_dir/split/{train,heldout}.jsonl`` (``rankalign eval --run OUTPUT_DIR``).
 
     Objective
         ``objective``: a name in :func:`rankalign.losses.names`; ``loss_params``: its keyword parameters

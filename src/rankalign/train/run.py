@@ -12,8 +12,9 @@ from pathlib import Path
 from .config import TrainConfig, save_config
 
 
-def read_records(config: TrainConfig, *, with_report: bool = False):
-    """The training records of ``config.data``, read by :func:`rankalign.data.read` (which knows the layouts)."""
+def read_records(config: TrainConfig, *, with_report: bool = False, cap: bool = True):
+    """The training records of ``config.data``, read by :func:`rankalign.data.read` (which knows the layouts),
+    the first ``max_records`` of them when ``cap``."""
     from rankalign.data import read
 
     from .config import ConfigError
@@ -25,7 +26,7 @@ def read_records(config: TrainConfig, *, with_report: bool = False):
                           hint="relative paths are read from the working directory or the config file's folder")
     result = read(config.data, **config.data_options)
     records = list(result.records)
-    if config.max_records > 0:
+    if cap and config.max_records > 0:
         records = records[: config.max_records]
     return (records, result.report) if with_report else records
 
@@ -134,7 +135,9 @@ def run_config(config: TrainConfig, *, resume: bool | None = None):
     from .trainer import TrainResult, train_preference
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    records, data_report = read_records(config, with_report=True)  # before the slow imports: bad data fails fast
+    # before the slow imports: bad data fails fast. With a held-out split, the split is drawn on the whole
+    # file and max_records caps the training side: the held-out set does not depend on the training budget
+    records, data_report = read_records(config, with_report=True, cap=config.eval_split <= 0)
     import transformers
 
     transformers.set_seed(config.seed)
@@ -145,6 +148,8 @@ def run_config(config: TrainConfig, *, resume: bool | None = None):
         from rankalign.data import write
 
         records, heldout = split_by_prompt(records, config.eval_split, config.eval_split_seed)
+        if config.max_records > 0:
+            records = records[: config.max_records]
         if main_process:
             write(records, output_dir / "split" / "train.jsonl")
             write(heldout, output_dir / "split" / "heldout.jsonl")
