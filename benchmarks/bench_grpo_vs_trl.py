@@ -241,7 +241,7 @@ def main(argv=None) -> None:
                   f"{ours['groups_per_s']:.4f} groups/s (generation {ours['generate_s']:.2f} s + update "
                   f"{ours['update_s']:.2f} s, peak RSS {ours['peak_rss_mb']:.0f} MB)", flush=True)
     print()
-    print(f"| case | TRL groups/s | rankalign groups/s | ratio | TRL gen + update (s) | rankalign gen + update (s) "
+    print("| case | TRL groups/s | rankalign groups/s | ratio | TRL gen + update (s) | rankalign gen + update (s) "
           "| TRL peak RSS (MB) | rankalign peak RSS (MB) |")
     print("|---|---|---|---|---|---|---|---|")
     for case, (peer, ours) in results.items():
