@@ -10,12 +10,12 @@ pytest.importorskip("starlette")
 pytest.importorskip("sqlalchemy")
 pytest.importorskip("httpx")
 
-from arena_helpers import ITEMS, PROMPTS, make_arena  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 from scipy.optimize import minimize  # noqa: E402
 from scipy.special import log_expit  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
+from arena_helpers import ITEMS, PROMPTS, make_arena  # noqa: E402
 from rankalign.arena import create_app  # noqa: E402
 from rankalign.cli import main  # noqa: E402
 from rankalign.data import read  # noqa: E402

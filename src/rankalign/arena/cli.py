@@ -15,6 +15,15 @@ _db_option = click.option("--db", "url", required=True, metavar="URL",
                           help="sqlite:///arena.db (or a plain path) or postgresql://user@host/dbname.")
 
 
+def _migrated(url):
+    """An engine on ``url`` with the schema brought up to date (Alembic upgrade to head)."""
+    from . import db
+
+    engine = db.connect(url)
+    db.migrate(engine)
+    return engine
+
+
 @click.group()
 def arena():
     """Collect pairwise and K-wise votes in a web arena; export them as rankalign records."""
@@ -34,8 +43,7 @@ def init(url, items_path, admin_name):
         records = read_items(items_path)
     except DataError as error:
         raise click.ClickException(str(error)) from None
-    engine = db.connect(url)
-    db.migrate(engine)
+    engine = _migrated(url)
     try:
         counts = db.load_items(engine, records)
         token = db.add_annotator(engine, admin_name, admin=True)
@@ -55,10 +63,8 @@ def add_annotator_command(name, url, admin, quota):
     """Create an annotator NAME and print its token (last line; only its hash is stored)."""
     from . import db
 
-    engine = db.connect(url)
-    db.migrate(engine)
     try:
-        token = db.add_annotator(engine, name, admin=admin, quota=quota)
+        token = db.add_annotator(_migrated(url), name, admin=admin, quota=quota)
     except ValueError as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"annotator {name!r} created{' (admin)' if admin else ''}"
@@ -85,14 +91,11 @@ def serve(url, host, port, sampler, k, prior, per_minute, burst, seed):
     """Run the arena server (uvicorn). Stop it with Ctrl-C; every acknowledged vote is committed."""
     import uvicorn
 
-    from . import db
     from .app import create_app
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: listening on {host}, reachable from other machines; put TLS in front.", err=True)
-    engine = db.connect(url)
-    db.migrate(engine)
-    engine.dispose()
+    _migrated(url).dispose()
     try:
         app = create_app(url, sampler=sampler, k=k, prior=prior, per_minute=per_minute, burst=burst, seed=seed)
     except ValueError as error:
@@ -131,10 +134,13 @@ def export(url, out, form):
 @click.option("--temperature", type=click.FloatRange(min=1e-6), default=1.0, show_default=True)
 @click.option("--targets", default="0.8,0.9", show_default=True, help="Kendall tau levels to report.")
 @click.option("--samplers", default=",".join(SAMPLERS), show_default=True)
+@click.option("--exploration", type=click.FloatRange(min=0.0), default=1.0, show_default=True,
+              help="c of the ucb sampler's bonus c * sigma.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="arena_study", show_default=True,
               help="Folder for study.json, study.csv and study.png.")
-def simulate(n_items, n_annotators, k, budget, repeats, spread, temperature, targets, samplers, seed, out_dir):
+def simulate(n_items, n_annotators, k, budget, repeats, spread, temperature, targets, samplers, exploration, seed,
+             out_dir):
     """Active against uniform sampling with simulated annotators: votes needed to reach a rank accuracy."""
     from .study import print_table, run_study, save_study
 
@@ -144,7 +150,8 @@ def simulate(n_items, n_annotators, k, budget, repeats, spread, temperature, tar
         raise click.UsageError(f"unknown sampler(s) {unknown}; choose from {', '.join(SAMPLERS)}")
     levels = [float(t) for t in targets.split(",")]
     study = run_study(n_items=n_items, n_annotators=n_annotators, k=k, budget=budget, repeats=repeats,
-                      spread=spread, temperature=temperature, samplers=chosen, targets=levels, seed=seed)
+                      spread=spread, temperature=temperature, samplers=chosen, targets=levels, seed=seed,
+                      exploration=exploration)
     paths = save_study(study, out_dir)
     print_table(study)
     click.echo(json.dumps({"written": [str(p) for p in paths]}), err=False)

@@ -2,8 +2,10 @@
 
 The policy (and the optional reference) is a local ``transformers`` causal-LM directory with safetensors
 weights, loaded with ``trust_remote_code=False``. Records are read with :func:`rankalign.data.readers.read`,
-tokenized with :func:`rankalign.engine.tokenize_records`, packed with :func:`rankalign.engine.pack_lists`
-and scored with :func:`rankalign.engine.sequence_logps`; the metrics are :func:`rankalign.eval.policy.evaluate_logps`.
+tokenized with :func:`rankalign.engine.tokenize_records` and scored with :func:`rankalign.engine.score_lists` (the
+engine's one list-scoring path: length-sorted batches, prefix-shared when the model passes the layout probe, the
+output head only at response positions, bf16 autocast on a CUDA device); the metrics are
+:func:`rankalign.eval.policy.evaluate_logps`.
 torch and transformers are imported only when the command runs.
 """
 
@@ -159,31 +161,6 @@ def greedy_generations(model, tokenizer, prompts, *, max_new_tokens: int = 48) -
     return texts
 
 
-def score_lists(model, lists, *, batch_size: int, pad_token_id: int, progress_label: str, quiet: bool) -> np.ndarray:
-    """``[N, K]`` summed response log-probabilities of every list (0 at padding), in batches."""
-    import torch
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from ..engine import pack_lists, sequence_logps, supports_shared_layout
-
-    layout = "shared" if supports_shared_layout(model) else "duplicated"
-    device = next(model.parameters()).device
-    k = max(item.k for item in lists)
-    out = np.zeros((len(lists), k))
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True, disable=quiet) as progress:
-        task = progress.add_task(progress_label, total=len(lists))
-        for start in range(0, len(lists), batch_size):
-            chunk = lists[start:start + batch_size]
-            batch = pack_lists(chunk, layout=layout, pad_token_id=pad_token_id).to(device)
-            with torch.inference_mode():
-                logps = sequence_logps(model, batch).double().cpu().numpy()
-            out[start:start + len(chunk), :logps.shape[1]] = logps
-            progress.advance(task, len(chunk))
-    return out
-
-
 def _ranks_and_lengths(lists) -> tuple[np.ndarray, np.ndarray]:
     """``[N, K]`` ranks (-1 padding) and response token counts (0 padding) of the tokenized lists."""
     k = max(item.k for item in lists)
@@ -273,6 +250,8 @@ def _report(result: dict) -> EvalReport:
 @click.option("--max-response-tokens", type=click.IntRange(min=1), help="Cut responses from the right.")
 @click.option("--skip-invalid", is_flag=True, help="Skip (and count) invalid rows instead of stopping.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, ... or auto.")
+@click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16"]),
+              help="auto: bfloat16 autocast on a CUDA device that supports it, float32 on the CPU.")
 @click.option("--n-bins", default=10, show_default=True, type=click.IntRange(min=1), help="Calibration bins.")
 @click.option("--group-by", help="Per-group ranking accuracy and the worst group: 'annotator' or a record meta field.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a reliability diagram PNG here.")
@@ -283,7 +262,7 @@ def _report(result: dict) -> EvalReport:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object to stdout instead of a table.")
 def eval_command(model_path, reference_path, run_dir, tokenizer_path, allow_bin, generations, data_path, beta,
                  alpha_field, alpha_constant, max_records, batch_size, max_prompt_tokens, max_response_tokens,
-                 skip_invalid, device, n_bins, group_by, plot_path, cache_dir, output_path, as_json):
+                 skip_invalid, device, precision, n_bins, group_by, plot_path, cache_dir, output_path, as_json):
     """Evaluate a trained policy on a preference file: ranking accuracy, idealised ranking accuracy where
     preference rates are known, implicit-reward margins and calibration (with --reference or --run)."""
     import os
@@ -366,12 +345,19 @@ def eval_command(model_path, reference_path, run_dir, tokenizer_path, allow_bin,
 
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     quiet = not sys.stderr.isatty()
+    from ..engine import score_lists
+
+    def scores(model, label, **cache):
+        """``[N, K]`` summed response log-probs (0 at padding) through the engine's one scoring path."""
+        padded, _ = score_lists(model, lists, batch_size=batch_size, pad_token_id=pad_token_id, precision=precision,
+                                progress=not quiet, description=label, **cache).padded()
+        return padded.numpy()
+
     generated = {}
     prompts = [ranked[item.index].prompt for item in lists[:generations]]
     try:
         model = policy if policy is not None else load_causal_lm(model_path, device, allow_bin=allow_bin)
-        policy_logps = score_lists(model, lists, batch_size=batch_size, pad_token_id=pad_token_id,
-                                   progress_label="policy", quiet=quiet)
+        policy_logps = scores(model, "policy")
         if prompts:
             generated["policy"] = greedy_generations(model, tokenizer, prompts)
         if reference_context is None:
@@ -379,26 +365,19 @@ def eval_command(model_path, reference_path, run_dir, tokenizer_path, allow_bin,
         ref_logps = None
         if reference_context is not None:
             with reference_context() as reference:
-                ref_logps = score_lists(reference, lists, batch_size=batch_size, pad_token_id=pad_token_id,
-                                        progress_label="reference", quiet=quiet)
+                ref_logps = scores(reference, "reference")
                 if prompts:
                     generated["reference"] = greedy_generations(reference, tokenizer, prompts)
         elif reference_path is not None:
             reference = load_causal_lm(reference_path, device, allow_bin=allow_bin)
             if prompts:
                 generated["reference"] = greedy_generations(reference, tokenizer, prompts)
+            cache = {}
             if cache_dir:
-                from ..engine import compute_reference_logps
-
-                settings = {"max_prompt_tokens": max_prompt_tokens, "max_response_tokens": max_response_tokens}
-                cached = compute_reference_logps(reference, lists, batch_size=batch_size, cache_dir=cache_dir,
-                                                 settings=settings, progress=False, tokenizer=tokenizer)
-                ref_logps = np.zeros_like(policy_logps)
-                for row, values in enumerate(cached):
-                    ref_logps[row, :len(values)] = values.double().numpy()
-            else:
-                ref_logps = score_lists(reference, lists, batch_size=batch_size, pad_token_id=pad_token_id,
-                                        progress_label="reference", quiet=quiet)
+                cache = {"cache_dir": cache_dir, "tokenizer": tokenizer,
+                         "settings": {"max_prompt_tokens": max_prompt_tokens,
+                                      "max_response_tokens": max_response_tokens}}
+            ref_logps = scores(reference, "reference", **cache)
             del reference
     except (ModelNotFound, PermissionError) as error:
         raise click.ClickException(str(error)) from None
@@ -426,6 +405,7 @@ def eval_command(model_path, reference_path, run_dir, tokenizer_path, allow_bin,
     result["skipped"] = dict(sorted(skipped.items()))
     result["truncation"] = truncation.to_dict()
     result["device"] = device
+    result["precision"] = precision
     if generated:
         result["generations"] = [{"prompt": prompt, **{side: texts[i] for side, texts in generated.items()}}
                                  for i, prompt in enumerate(prompts)]

@@ -1,7 +1,7 @@
 """Trainer callbacks: the console progress bar, ``metrics.jsonl`` and the checkpoint-complete marker.
 
-:func:`last_complete_checkpoint` finds the newest checkpoint that carries the marker, the one a resume
-may trust.
+:func:`last_complete_checkpoint` (from :mod:`rankalign.train.checkpoints`) finds the newest checkpoint
+that carries the marker and is whole, the one a resume may trust.
 """
 
 from __future__ import annotations
@@ -12,7 +12,12 @@ from pathlib import Path
 
 import transformers
 
-from rankalign._atomic import atomic_write_json, atomic_write_text
+from rankalign._atomic import atomic_write_text
+
+from .checkpoints import CHECKPOINT_MARKER, last_complete_checkpoint, write_marker
+
+__all__ = ["CHECKPOINT_MARKER", "METRICS_FILE", "CheckpointMarkerCallback", "CompactProgressCallback",
+           "MetricsFileCallback", "last_complete_checkpoint"]
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -79,34 +84,21 @@ class MetricsFileCallback(transformers.TrainerCallback):
         _append_line(self.path, json.dumps(row, default=float))
 
 
-CHECKPOINT_MARKER = "rankalign_checkpoint_complete"
-
-
 class CheckpointMarkerCallback(transformers.TrainerCallback):
     """Mark a checkpoint complete once the Trainer has written all of it (weights, optimiser, RNG, state).
 
     The Trainer writes ``checkpoint-N`` in place, so a process killed while saving leaves a partial
-    directory; :func:`last_complete_checkpoint` only trusts directories that carry this marker.
+    directory; :func:`last_complete_checkpoint` only trusts directories that carry this marker. The marker
+    holds the run's fingerprint (``fingerprint()``, see :mod:`rankalign.train.checkpoints`), so a resume can
+    prove the checkpoint belongs to it.
     """
+
+    def __init__(self, fingerprint=lambda: None):
+        self.fingerprint = fingerprint
 
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
         directory = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if directory.is_dir():
-            atomic_write_json(directory / CHECKPOINT_MARKER, {"global_step": state.global_step})
-
-
-def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
-    """The checkpoint directory with the highest step that was written completely (None if there is none)."""
-    output_dir = Path(output_dir)
-    if not output_dir.is_dir():
-        return None
-    steps = []
-    for path in output_dir.iterdir():
-        if path.is_dir() and path.name.startswith("checkpoint-") and (path / CHECKPOINT_MARKER).exists():
-            try:
-                steps.append((int(path.name.split("-", 1)[1]), path))
-            except ValueError:
-                continue
-    return str(max(steps)[1]) if steps else None
+            write_marker(directory, state.global_step, self.fingerprint())

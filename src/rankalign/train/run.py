@@ -16,8 +16,13 @@ def read_records(config: TrainConfig, *, with_report: bool = False):
     """The training records of ``config.data``, read by :func:`rankalign.data.read` (which knows the layouts)."""
     from rankalign.data import read
 
+    from .config import ConfigError
+
     if not config.data:
-        raise ValueError("the config has no `data` file")
+        raise ConfigError("the config has no `data` file", hint="set data: PATH in the YAML or --set data=PATH")
+    if not os.path.exists(config.data):
+        raise ConfigError(f"data: no such file or folder: {config.data}",
+                          hint="relative paths are read from the working directory or the config file's folder")
     result = read(config.data, **config.data_options)
     records = list(result.records)
     if config.max_records > 0:
@@ -117,38 +122,21 @@ def write_run_source(config: TrainConfig, output_dir: Path, *, heldout: bool) ->
 RUN_SOURCE_FILE = "run_source.json"
 
 
-# keys that may change between a run and its resumption (how long, how often, how it is shown)
-RESUME_MAY_CHANGE = {"progress", "resume", "report_to", "logging_steps", "save_steps", "save_total_limit",
-                     "max_steps", "epochs"}
-
-
-def check_resumable(config: TrainConfig) -> None:
-    """Refuse to resume a checkpoint written under a different config (it would mix two runs silently)."""
-    import yaml
-
-    from .callbacks import last_complete_checkpoint
-    from .config import ConfigError, config_to_dict
-
-    saved_path = Path(config.output_dir) / "train_config.yaml"
-    if last_complete_checkpoint(config.output_dir) is None or not saved_path.exists():
-        return
-    saved = yaml.safe_load(saved_path.read_text()) or {}
-    current = config_to_dict(config)
-    changed = sorted(k for k in current if k not in RESUME_MAY_CHANGE and saved.get(k) != current[k])
-    if changed:
-        raise ConfigError(f"{config.output_dir} holds a checkpoint of a run with a different config "
-                          f"({', '.join(changed)} changed); use another output_dir or --no-resume")
-
-
 def run_config(config: TrainConfig, *, resume: bool | None = None):
     """Train as ``config`` says; save the final model, tokenizer and resolved config in ``output_dir``."""
-    from .trainer import train_preference
+    import warnings
+
+    from rankalign.errors import RankalignWarning
+
+    from .checkpoints import clear_run, finished_note, finished_run, mark_finished, precheck, run_fingerprint
+    from .config import config_to_dict
+    from .trainer import TrainResult, train_preference
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    records, data_report = read_records(config, with_report=True)  # before the slow imports: bad data fails fast
     import transformers
 
     transformers.set_seed(config.seed)
-    records, data_report = read_records(config, with_report=True)
     output_dir = Path(config.output_dir)
     main_process = int(os.environ.get("RANK", "0")) == 0  # under accelerate/torchrun only rank 0 writes files
     heldout = []
@@ -159,12 +147,27 @@ def run_config(config: TrainConfig, *, resume: bool | None = None):
         if main_process:
             write(records, output_dir / "split" / "train.jsonl")
             write(heldout, output_dir / "split" / "heldout.jsonl")
+    resume = config.resume if resume is None else resume
+    # what proves a checkpoint belongs to this run; the model part is completed by train_preference
+    settings = config_to_dict(config)
+    if resume:
+        # a finished run says so (no model is loaded); a foreign or unprovable checkpoint is refused here,
+        # before anything slow, and again by train_preference with the model's part of the fingerprint
+        early = run_fingerprint(settings, records, None, config.model)
+        note = finished_note(output_dir, early, config.max_steps, config.epochs)
+        if note is not None:
+            return TrainResult(history=[], model=None, wall_time=0.0, tokens_per_second=0.0,
+                               output_dir=str(output_dir), global_step=finished_run(output_dir)["global_step"],
+                               data_report=data_report, note=note)
+        precheck(output_dir, early)
+    elif main_process:
+        removed = clear_run(output_dir)
+        if removed:
+            warnings.warn(f"--no-resume: removed {len(removed)} checkpoint(s) of the earlier run in {output_dir} "
+                          "so they cannot be mixed with this one", RankalignWarning, stacklevel=2)
     tokenizer = load_tokenizer(config, records)
     model = load_model(config.model, tokenizer, config)
     ref_model = load_model(config.reference_model, tokenizer, config) if config.reference_model else None
-    resume = config.resume if resume is None else resume
-    if resume:
-        check_resumable(config)
     if main_process:
         save_config(config, output_dir)
         write_run_source(config, output_dir, heldout=bool(heldout))
@@ -176,4 +179,6 @@ def run_config(config: TrainConfig, *, resume: bool | None = None):
         result.model.save_pretrained(final_dir)  # safetensors
         tokenizer.save_pretrained(final_dir)
         save_config(config, final_dir)
+        mark_finished(final_dir, global_step=result.global_step, max_steps=config.max_steps, epochs=config.epochs,
+                      fingerprint=run_fingerprint(settings, records, None, config.model))
     return result

@@ -78,6 +78,8 @@ from .callbacks import (
     MetricsFileCallback,
     last_complete_checkpoint,
 )
+from .checkpoints import run_fingerprint, select_checkpoint, verify_checkpoint
+from .config import config_to_dict
 from .data import (
     EpochShuffleSampler,
     ListDataset,
@@ -86,8 +88,9 @@ from .data import (
     tokenize_training_data,
 )
 
-# objective arguments that come from the batch, never from the config's loss_params
-_BATCH_ARGUMENTS = {"ranks", "lengths", "grades", "labels", "kl_policy_logps", "kl_ref_logps"}
+# the TrainingArguments that change what a run computes (part of PreferenceTrainer's default fingerprint)
+_FINGERPRINT_ARGUMENTS = ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "seed",
+                          "optim", "weight_decay", "lr_scheduler_type", "warmup_steps", "max_grad_norm")
 # per-run objective state (BCO's running reward mean) saved in every checkpoint folder
 OBJECTIVE_STATE_FILE = "rankalign_objective_state.json"
 
@@ -187,11 +190,7 @@ class PreferenceTrainer(transformers.Trainer):
 
         keyword_params = {p.name for p in inspect.signature(self.objective.fn).parameters.values()
                           if p.kind is inspect.Parameter.KEYWORD_ONLY}
-        tunable = keyword_params - _BATCH_ARGUMENTS
-        unknown = set(self.loss_params) - tunable
-        if unknown:
-            raise ValueError(f"objective {objective!r} has no parameter(s) {sorted(unknown)}; "
-                             f"it takes {sorted(tunable)}")
+        self.objective.check_params(self.loss_params, "loss_params")  # names and ranges, from the registry
         self.beta = float(self.loss_params.get("beta", self.objective.params.get("beta", 1.0)))
         self.unpaired = self.objective.family == "unpaired"
         # KTO: z0 estimated per batch from mismatched pairs, unless loss_params fixes z0
@@ -201,13 +200,8 @@ class PreferenceTrainer(transformers.Trainer):
         self.bco_running = (BCORunningMean() if "delta" in keyword_params and "delta" not in self.loss_params
                             else None)
 
-        if layout == "shared" and not engine.supports_shared_layout(_engine_model(model)):
-            import warnings
-
-            warnings.warn(f"{type(_engine_model(model)).__name__} does not accept a 4D attention mask; "
-                          "using the duplicated layout (prompt repeated per response)", stacklevel=2)
-            layout = "duplicated"
-        self.layout = layout
+        # shared only when the engine's layout probe accepts the model; says once which layout and why
+        self.layout = engine.choose_layout(_engine_model(model), layout)
 
         self.ref_model = None
         if not self.objective.reference_free and ref_logps is None:
@@ -242,7 +236,11 @@ class PreferenceTrainer(transformers.Trainer):
         dataset = ListDataset(train_lists, ref_logps)
         callbacks = list(callbacks or [])
         callbacks.append(MetricsFileCallback(Path(args.output_dir) / METRICS_FILE))
-        callbacks.append(CheckpointMarkerCallback())
+        callbacks.append(CheckpointMarkerCallback(lambda: self.fingerprint))
+        # what proves a checkpoint belongs to this training (train_preference replaces it with the run's)
+        self.fingerprint = run_fingerprint(
+            {"objective": self.objective.name, "loss_params": self.loss_params, "layout": layout,
+             **{key: getattr(args, key, None) for key in _FINGERPRINT_ARGUMENTS}}, train_lists, model)
         super().__init__(model=model, args=args, train_dataset=dataset, data_collator=collator,
                          processing_class=processing_class, callbacks=callbacks)
         if not args.disable_tqdm:
@@ -469,11 +467,18 @@ class PreferenceTrainer(transformers.Trainer):
         super().log(logs, start_time)
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
-        """``transformers.Trainer.train``; also restores the objective state saved with the checkpoint."""
+        """``transformers.Trainer.train``; also restores the objective state saved with the checkpoint.
+
+        ``resume_from_checkpoint=True`` uses the rule of :func:`rankalign.train.checkpoints.select_checkpoint`
+        (the newest checkpoint marked complete whose files are whole, carrying this run's fingerprint), the
+        same as ``rankalign train``; a path is checked against the fingerprint too.
+        """
         if resume_from_checkpoint is True:
-            resume_from_checkpoint = transformers.trainer_utils.get_last_checkpoint(self.args.output_dir)
+            resume_from_checkpoint = select_checkpoint(self.args.output_dir, self.fingerprint)
             if resume_from_checkpoint is None:
-                raise ValueError(f"no checkpoint to resume from in {self.args.output_dir}")
+                raise ValueError(f"no complete checkpoint to resume from in {self.args.output_dir}")
+        elif resume_from_checkpoint:
+            verify_checkpoint(resume_from_checkpoint, self.fingerprint)
         if self.bco_running is not None:
             self.bco_running = BCORunningMean(momentum=self.bco_running.momentum)
         if resume_from_checkpoint:
@@ -546,6 +551,7 @@ class TrainResult:
     truncation: Any = None
     data_report: Any = None
     final_metrics: dict[str, Any] = field(default_factory=dict)
+    note: str | None = None  # set instead of training, e.g. when the run in output_dir already finished
 
 
 def make_training_arguments(config, *, world_size: int = 1) -> transformers.TrainingArguments:
@@ -607,7 +613,10 @@ def train_preference(model, tokenizer, records_or_lists, config, *, ref_model=No
     ref_model : PreTrainedModel, optional
         Reference policy; default: a snapshot of ``model`` before training (or the adapter-disabled base).
     resume_from_checkpoint : path or bool, optional
-        ``True`` resumes from the last complete checkpoint in ``output_dir`` when there is one.
+        ``True`` resumes from the last complete checkpoint in ``output_dir`` when there is one; it must
+        carry this run's fingerprint (config without the resume-changeable keys, the records, the model
+        source; :mod:`rankalign.train.checkpoints`) or a ``ResumeError`` is raised. Every checkpoint
+        written here carries that fingerprint.
 
     Returns
     -------
@@ -625,8 +634,9 @@ def train_preference(model, tokenizer, records_or_lists, config, *, ref_model=No
         layout=config.layout, reference_cache_dir=config.reference_cache_dir,
         precompute_reference=config.precompute_reference, max_tokens_per_row=config.max_tokens_per_row,
         pad_token_id=getattr(tokenizer, "pad_token_id", None), processing_class=tokenizer, callbacks=callbacks)
-    if resume_from_checkpoint is True:
-        resume_from_checkpoint = last_complete_checkpoint(config.output_dir)
+    trainer.fingerprint = run_fingerprint(config_to_dict(config), records_or_lists, model, config.model)
+    if resume_from_checkpoint is True:  # the newest whole checkpoint of this run, or a fresh start
+        resume_from_checkpoint = select_checkpoint(config.output_dir, trainer.fingerprint)
     output = trainer.train(resume_from_checkpoint=resume_from_checkpoint or None)
     wall = time.perf_counter() - started
     history = [dict(row) for row in trainer.state.log_history]
