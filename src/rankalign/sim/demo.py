@@ -8,6 +8,11 @@
    :func:`rankalign.train.train_preference`: DPO on pairs (each list binarised to its best and worst
    response, the common practice that throws the middle of the ranking away), Plackett-Luce DPO and
    LiPO-λ on the full lists.
+3b. On-policy rows (:func:`online_stage`, :mod:`rankalign.online`), from the same budget of judged samples
+   (192 groups of K = 4) and the same annotator population as judge (:class:`PopulationJudge`):
+   online Plackett-Luce DPO over 3 rounds of 64 lists sampled from the current policy (same objective,
+   beta, learning rate and epochs as the offline row, reference fixed), and GRPO and RLOO (24 steps of
+   8 groups; rank rewards, since the annotators only rank).
 4. Evaluate every policy (:mod:`rankalign.eval`): gold win rate against the reference policy (± SE over
    prompts), mean gold reward and response length, KL(π‖π_ref) (Monte Carlo, k1), ranking accuracy and
    idealised ranking accuracy on held-out annotated lists (the true preference rates are known here),
@@ -74,8 +79,8 @@ class DemoSettings:
     num_prompts: int = 24        # the first N of the world's 24 prompts (fewer only for smoke tests)
     online_rounds: int = 3       # online Plackett-Luce DPO: rounds (the judged budget split evenly)
     pg_prompts_per_step: int = 8  # GRPO / RLOO: groups per step (steps = judged groups / this)
-    pg_iterations: int = 2       # GRPO / RLOO: updates per sampled batch (GRPO's mu)
-    pg_learning_rate: float = 1e-3
+    pg_iterations: int = 4       # GRPO / RLOO: updates per sampled batch (GRPO's mu)
+    pg_learning_rate: float = 1e-4
     pg_beta: float = 0.04        # GRPO: k3 KL weight; RLOO: KL-shaped reward weight
 
     @classmethod
