@@ -14,7 +14,8 @@ Cases:
 * ``smollm2_lists``: SmolLM2-135M with LoRA on lists of K = 4 (simulated: each HH prompt's chosen and
   rejected plus two responses of other prompts, ranked chosen > others > rejected). rankalign's shared
   layout (the prompt once per list) against its duplicated layout (prompt + response per row, as a
-  pairwise trainer would run it): lists/s of the same training steps. (``--skip-smollm2`` to leave out.)
+  pairwise trainer would run it): lists/s of the same training steps (``rankalign models fetch smollm2-135m``
+  first; ``--skip-smollm2`` to leave out).
 
 Each side runs in its own subprocess, so its peak RSS (``ru_maxrss``) is its own. Run:
 ``.venv/bin/python benchmarks/bench_reward_vs_trl.py [--steps 60]``; ends with one ``RESULT {...}`` line per
@@ -153,7 +154,8 @@ def run_smollm2(args, layout: str) -> dict:
     from rankalign.data.records import RankedList
     from rankalign.reward import RewardModel, train_reward_model
     from rankalign.train.config import PeftConfig
-    from rankalign.train.reward import RewardTrainConfig, _apply_peft_and_freezing, _resolve_causal_source
+    from rankalign.engine.sources import load_causal_lm, load_tokenizer
+    from rankalign.train.reward import RewardTrainConfig, _apply_peft_and_freezing
 
     torch.manual_seed(0)
     records = read(str(_data_path()), skip_invalid=True).records
@@ -164,7 +166,7 @@ def run_smollm2(args, layout: str) -> dict:
         candidates = [record.candidates[0], *others, record.candidates[1]]
         if len(set(candidates)) == 4:
             lists.append(RankedList(prompt=record.prompt, candidates=candidates, ranks=[0, 1, 1, 2]))
-    backbone, tokenizer = _resolve_causal_source("smollm2-135m")
+    backbone, tokenizer = load_causal_lm("smollm2-135m"), load_tokenizer("smollm2-135m")
     model = RewardModel(backbone)
     config = RewardTrainConfig(data="x", peft=PeftConfig(enabled=True, r=8, alpha=16, dropout=0.0,
                                                          target_modules=["q_proj", "v_proj"]))

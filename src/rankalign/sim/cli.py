@@ -13,7 +13,8 @@ import click
 def demo(out_dir, seed, quick):
     """Train a tiny reference LM on a synthetic language, annotate K = 4 samples per prompt with a
     simulated annotator population, align it with DPO (pairs), Plackett-Luce DPO and LiPO-λ (full lists)
-    from the same budget, and report gold win rate, KL, ranking accuracy and plots."""
+    and on-policy (online Plackett-Luce DPO, GRPO, RLOO) from the same budget of judged samples, and
+    report gold win rate, KL, ranking accuracy and plots."""
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -157,6 +157,30 @@ def grammar_ranked_lists(num_lists: int = 256, *, k: int = 4, seed: int = 0,
     return records
 
 
+@dataclass(frozen=True)
+class GoldJudge:
+    """The text world's gold reward as a judge (``rank(prompt, candidates) -> RankedList``, an ``id``).
+
+    Ranks by :func:`gold_reward` (higher is better; rewards within ``tie_tolerance`` tie) and keeps the
+    rewards as scores, so scoring objectives (GRPO, RLOO, SPPO's soft labels) see them. The annotator is
+    ``id``. What the online loop (:mod:`rankalign.online`) is tested against: the judge knows the truth.
+    """
+
+    world: TextWorld
+    id: str = "text_world_gold"
+    tie_tolerance: float = 1e-9
+
+    def rank(self, prompt: str, candidates: Sequence[str]) -> RankedList:
+        rewards = self.world.gold_rewards(prompt, list(candidates))
+        return RankedList.from_scores([float(r) for r in rewards], candidates=list(candidates), prompt=prompt,
+                                      tie_tolerance=self.tie_tolerance, annotator=self.id)
+
+
+def gold_judge(**options) -> GoldJudge:
+    """A :class:`GoldJudge` over :func:`make_text_world` (``options`` go to GoldJudge: ``id``, ``tie_tolerance``)."""
+    return GoldJudge(world=make_text_world(), **options)
+
+
 def build_text_tokenizer():
     """A word-level tokenizer over the whole vocabulary (every text of the world encodes without <unk>)."""
     from ..engine import build_tokenizer
@@ -270,25 +294,20 @@ def _generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int) -> 
 
 def response_logps(model, tokenizer, prompts: Sequence[str], responses: Sequence[Sequence[str]], *,
                    batch_size: int = 16):
-    """``log pi(y | x)`` of each response (EOS included) through the engine, as a list of (K,) arrays."""
-    import torch
+    """``log pi(y | x)`` of each response (EOS included) through the engine, as a list of (K,) arrays.
 
-    from ..engine import TokenizedList, pack_lists, sequence_logps
+    Scored by :func:`rankalign.engine.score_lists` (in the model's own precision, no progress bar).
+    """
+    from ..engine import TokenizedList, score_lists
 
     lists = []
     for index, (prompt, group) in enumerate(zip(prompts, responses)):
         prompt_ids, _ = _encode(tokenizer, prompt)
         lists.append(TokenizedList(prompt_ids=prompt_ids, response_ids=[_encode(tokenizer, prompt, r)[1] for r in group],
                                    ranks=list(range(len(group))), index=index))
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(lists), batch_size):
-            chunk = lists[start:start + batch_size]
-            batch = pack_lists(chunk, layout="duplicated", pad_token_id=tokenizer.pad_token_id)
-            logps = sequence_logps(model, batch).double().numpy()
-            for row, item in enumerate(chunk):
-                out.append(logps[row, :len(item.response_ids)])
-    return out
+    scores = score_lists(model, lists, batch_size=batch_size, pad_token_id=tokenizer.pad_token_id, precision=None,
+                         progress=False, announce=False)
+    return [values.double().numpy() for values in scores.logps]
 
 
 class Timer:
@@ -307,6 +326,7 @@ class Timer:
 __all__ = [
     "TOPICS", "ADJECTIVES", "COMPONENTS", "GOLD_WEIGHTS", "TextWorld", "make_text_world", "vocabulary",
     "prompt_topic", "reward_components", "gold_reward", "sample_reference_response", "grammar_ranked_lists",
+    "GoldJudge", "gold_judge",
     "build_text_tokenizer",
     "train_reference_policy", "sample_responses", "response_logps", "Timer",
 ]

