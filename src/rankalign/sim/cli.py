@@ -18,8 +18,8 @@ from rankalign._cli import deprecated_option, json_option, output_option, resolv
 def demo(output, legacy_out, seed, quick, as_json):
     """Train a tiny reference LM on a synthetic language, annotate K = 4 samples per prompt with a
     simulated annotator population, align it with DPO (pairs), Plackett-Luce DPO and LiPO-λ (full lists)
-    from the same budget, and report gold win rate, KL, ranking accuracy and plots (default folder:
-    demo_output)."""
+    and on-policy (online Plackett-Luce DPO, GRPO, RLOO) from the same budget of judged samples, and
+    report gold win rate, KL, ranking accuracy and plots (default folder: demo_output)."""
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -8,6 +8,11 @@
    :func:`rankalign.train.train_preference`: DPO on pairs (each list binarised to its best and worst
    response, the common practice that throws the middle of the ranking away), Plackett-Luce DPO and
    LiPO-λ on the full lists.
+3b. On-policy rows (:func:`online_stage`, :mod:`rankalign.online`), from the same budget of judged samples
+   (192 groups of K = 4) and the same annotator population as judge (:class:`PopulationJudge`):
+   online Plackett-Luce DPO over 3 rounds of 64 lists sampled from the current policy (same objective,
+   beta, learning rate and epochs as the offline row, reference fixed), and GRPO and RLOO (24 steps of
+   8 groups; rank rewards, since the annotators only rank).
 4. Evaluate every policy (:mod:`rankalign.eval`): gold win rate against the reference policy (± SE over
    prompts), mean gold reward and response length, KL(π‖π_ref) (Monte Carlo, k1), ranking accuracy and
    idealised ranking accuracy on held-out annotated lists (the true preference rates are known here),
@@ -49,6 +54,12 @@ METHODS = (
     ("pl_dpo (lists)", "pl_dpo", "lists"),
     ("lipo_lambda (lists)", "lipo_lambda", "lists"),
 )
+# on-policy rows (rankalign.online), from the same budget of judged samples as the rows above
+ONLINE_METHODS = (
+    ("online pl_dpo (3 rounds)", "pl_dpo"),
+    ("grpo", "grpo"),
+    ("rloo", "rloo"),
+)
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,11 @@ class DemoSettings:
     batch_size: int = 8
     temperature: float = 1.0     # annotators' Bradley-Terry / Plackett-Luce temperature
     num_prompts: int = 24        # the first N of the world's 24 prompts (fewer only for smoke tests)
+    online_rounds: int = 3       # online Plackett-Luce DPO: rounds (the judged budget split evenly)
+    pg_prompts_per_step: int = 8  # GRPO / RLOO: groups per step (steps = judged groups / this)
+    pg_iterations: int = 4       # GRPO / RLOO: updates per sampled batch (GRPO's mu)
+    pg_learning_rate: float = 1e-4
+    pg_beta: float = 0.04        # GRPO: k3 KL weight; RLOO: KL-shaped reward weight
 
     @classmethod
     def quick(cls, seed: int = 0) -> DemoSettings:
@@ -123,6 +139,92 @@ def true_preference_rates(world, population, record: RankedList) -> tuple[list[t
         pairs.append((w, l_))
         alphas.append(float(np.mean(rates)))
     return pairs, alphas
+
+
+@dataclass
+class PopulationJudge:
+    """The demo's simulated annotators as an online judge: each ``rank`` call asks an annotator drawn
+    uniformly from ``population`` (as the offline lists were annotated), so the online rows see the same
+    kind of feedback: noisy rankings, no scores (GRPO and RLOO use rank rewards)."""
+
+    world: TextWorld
+    population: list
+    rng: np.random.Generator
+    id: str = "annotator_population"
+
+    def rank(self, prompt, candidates) -> RankedList:
+        annotator = self.population[int(self.rng.integers(len(self.population)))]
+        return annotate(annotator, prompt, list(candidates), self.world.components(prompt, list(candidates)), self.rng,
+                        gold_weights=self.world.gold_weights)
+
+
+def online_stage(reference, tokenizer, world, population, prompts, budget_lists: int, settings, evaluate, runs: str,
+                 console, progress: bool) -> list[dict]:
+    """The on-policy rows: online Plackett-Luce DPO (``online_rounds`` rounds) and GRPO and RLOO, each from
+    ``budget_lists`` judged groups of K samples (the offline rows' annotation budget), judged by the
+    same simulated population. Returns ``{"name", "row", "rewards", "trajectory", "history"}`` per row.
+    """
+    import torch
+
+    from ..online import run_online, run_policy_gradient
+    from ..train import OnlineConfig, TrainConfig
+
+    out = []
+    for name, objective in ONLINE_METHODS:
+        judge = PopulationJudge(world, population, np.random.default_rng([settings.seed, 11]))
+        policy = copy.deepcopy(reference)
+        points = []
+        started = time.perf_counter()
+        evaluation_seconds = 0.0
+
+        def after(index, model, summary, name=name, points=points):
+            nonlocal evaluation_seconds
+            tick = time.perf_counter()
+            was_training = model.training
+            model.eval()
+            with torch.no_grad():
+                row, rewards = evaluate(model, name, math.nan)
+            model.train(was_training)
+            points.append({"epoch": float(index + 1), "row": row, "rewards": rewards})
+            evaluation_seconds += time.perf_counter() - tick
+
+        if objective == "grpo" or objective == "rloo":
+            steps = max(1, budget_lists // settings.pg_prompts_per_step)
+            _stage(console, f"training {name}: {steps} steps of {settings.pg_prompts_per_step} prompts x K={settings.k} "
+                            "on-policy samples, ranked by the annotator population")
+            every = max(1, steps // 4)
+
+            def step_callback(step, model, metrics, after=after, steps=steps, every=every):
+                if (step + 1) % every == 0 or step + 1 == steps:
+                    after(step, model, metrics)
+
+            history = run_policy_gradient(
+                policy, tokenizer, prompts, judge, objective=objective, steps=steps,
+                prompts_per_step=settings.pg_prompts_per_step, k=settings.k, lr=settings.pg_learning_rate,
+                beta=settings.pg_beta, iterations=settings.pg_iterations, max_new_tokens=40, seed=settings.seed,
+                ref_model=reference, callback=step_callback)
+            unit = "step"
+        else:
+            per_round = max(1, budget_lists // settings.online_rounds)
+            _stage(console, f"training {name}: {settings.online_rounds} rounds of {per_round} on-policy lists "
+                            f"(K={settings.k}), ranked by the annotator population")
+            config = TrainConfig(model="tiny:llama", objective=objective, loss_params={"beta": settings.beta},
+                                 lr=settings.learning_rate, epochs=settings.epochs, batch_size=settings.batch_size,
+                                 seed=settings.seed, output_dir=os.path.join(runs, "online_" + objective), report_to=[],
+                                 save_steps=0, progress=progress, logging_steps=1, resume=False, bf16=False)
+            online = OnlineConfig(enabled=True, rounds=settings.online_rounds, k=settings.k,
+                                  prompts_per_round=per_round, max_new_tokens=40)
+            result = run_online(policy, tokenizer, prompts, judge, config, online, ref_model=reference, callback=after)
+            history = result.rounds
+            unit = "round"
+        wall = time.perf_counter() - started - evaluation_seconds
+        row, rewards = points[-1]["row"], points[-1]["rewards"]
+        row["train s"] = wall
+        out.append({"name": name, "row": row, "rewards": rewards, "history": history,
+                    "trajectory": [{"epoch": p["epoch"], "row": p["row"], "unit": unit} for p in points]})
+        if progress:
+            console.print(f"   {name}: gold win rate {row['gold win rate'][0]:.3f}, KL {row['KL'][0]:.2f}")
+    return out
 
 
 def _stage(console, text: str) -> None:
@@ -273,7 +375,8 @@ def evaluate_demo_policy(state: DemoState, policy, name: str, wall: float):
 
 def align_stage(state: DemoState) -> None:
     """3. Evaluate the reference, then align a copy of it three ways from the same annotation budget,
-    evaluating at the end of every epoch."""
+    evaluating at the end of every epoch; 3b. the on-policy rows (:func:`online_stage`) from the same budget
+    of judged samples."""
     from ..train import TrainConfig, train_preference
 
     settings = state.settings
@@ -303,6 +406,14 @@ def align_stage(state: DemoState) -> None:
             if state.progress:
                 state.console.print(f"   {name}: gold win rate {row['gold win rate'][0]:.3f}, KL {row['KL'][0]:.2f}")
             del policy
+        # 3b. on-policy rows from the same budget of judged samples (rankalign.online)
+        evaluate = lambda model, name, wall: evaluate_demo_policy(state, model, name, wall)  # noqa: E731
+        for entry in online_stage(state.reference, state.tokenizer, state.world, state.population, state.prompts,
+                                  len(state.train_lists), settings, evaluate, runs, state.console, state.progress):
+            state.rows.append(entry["row"])
+            state.all_rewards[entry["name"]] = entry["rewards"]
+            state.histories[entry["name"]] = entry["history"]
+            state.trajectories[entry["name"]] = [{"epoch": 0.0, "row": state.rows[0]}] + entry["trajectory"]
 
 
 def rate_stage(state: DemoState) -> None:

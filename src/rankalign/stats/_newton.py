@@ -291,5 +291,5 @@ def require_identified(x, hessian, free, names, hints=None):
     raise DataError("the data do not identify " + "; ".join(parts) + more
                     + " (separation or near-singular information: no finite maximum-likelihood estimate)",
                     reason="not_identified",
-                    hint="add comparisons that break the pattern, drop that parameter, or regularise the "
-                         "ratings with --prior ALPHA")
+                    hint="add comparisons that break the pattern or drop that parameter (--prior ALPHA "
+                         "regularises the item ratings only)")

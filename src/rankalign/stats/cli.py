@@ -181,6 +181,9 @@ def _fit(kind, data, model, reference, prior, npseudo, home_advantage, path, tie
     items, rankings, weights, lines, _ = data
     if len(items) < 2:
         raise DataError(f"need at least two items to rate, found {len(items)}", path=path, reason="single_item")
+    if not any(sum(len(level) if isinstance(level, list) else 1 for level in ranking) >= 2 for ranking in rankings):
+        raise DataError("no comparisons: every list ranks fewer than two candidates", path=path, reason="empty",
+                        hint="rating needs lists (or pairs) of two or more items")
     if model == "plackett-luce":
         fit = fit_davidson_luce if ties == "davidson-luce" else fit_plackett_luce
         try:
@@ -356,7 +359,8 @@ def _print_table(result, report_notes):
         se = result.se[i]
         table.add_row(str(ranks[i]), str(upper[i]), for_terminal(result.items[i]), f"{result.ratings[i]:.{digits}f}",
                       "-" if not math.isfinite(se) else f"{se:.{digits}f}",
-                      f"[{result.ci_low[i]:.{digits}f}, {result.ci_high[i]:.{digits}f}]", str(int(result.n[i])))
+                      for_terminal(f"[{result.ci_low[i]:.{digits}f}, {result.ci_high[i]:.{digits}f}]"),
+                      str(int(result.n[i])))
     Console().print(table)
     _print_notes(report_notes)
 
@@ -365,7 +369,7 @@ def _print_notes(notes):
     from rich.console import Console
 
     for note in notes:
-        Console(stderr=True).print(for_terminal(note), highlight=False)
+        Console(stderr=True, soft_wrap=True).print(for_terminal(note), highlight=False)
 
 
 # ------------------------------------------------------------------------------------------- command

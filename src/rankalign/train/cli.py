@@ -36,6 +36,9 @@ def train(config_path, overrides, no_resume, print_config, as_json):
     if print_config:
         click.echo(yaml.safe_dump(config_to_dict(config), sort_keys=False), nl=False)
         return
+    if config.online.enabled:
+        _train_online(config, no_resume)
+        return
     from .run import run_config
 
     rank_zero = int(os.environ.get("RANK", "0")) == 0  # under accelerate launch / torchrun, rank 0 reports
@@ -73,3 +76,26 @@ def train(config_path, overrides, no_resume, print_config, as_json):
     wrote(output_dir / "final", "model, tokenizer and config")
     wrote(output_dir / "metrics.jsonl", "metrics")
     wrote(output_dir / "run_source.json", "what `rankalign eval --run` needs (policy, reference, beta)")
+
+
+def _train_online(config, no_resume: bool) -> None:
+    """The ``online:`` section is on: rounds of sample -> judge -> train (rankalign.online, the layer above;
+    imported here, in the command layer, only when asked for)."""
+    from rankalign.online.run import run_online_config
+
+    from .config import ConfigError
+
+    try:
+        result = run_online_config(config, resume=not no_resume)
+    except ConfigError as error:
+        raise click.UsageError(str(error)) from None
+    for summary in result.rounds:
+        click.echo("round {round}: {lists} judged lists, mean judge score {score}, loss {first} -> {last}".format(
+            round=summary["round"], lists=summary["lists"], score=_fmt(summary["mean_judge_score"]),
+            first=_fmt(summary["first_loss"]), last=_fmt(summary["last_loss"])))
+    click.echo(f"policy, tokenizer and config: {config.output_dir}/final; judged lists: "
+               f"{config.output_dir}/round_*/lists.jsonl")
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

@@ -66,7 +66,7 @@ import torch
 import transformers
 
 from rankalign import losses
-from rankalign._atomic import atomic_write_json
+from rankalign._atomic import atomic_write_json, writing
 from rankalign.losses.unpaired import BCORunningMean
 
 from .callbacks import (
@@ -493,8 +493,10 @@ class PreferenceTrainer(transformers.Trainer):
         return state
 
     def _save_checkpoint(self, model, trial) -> None:
-        """The Trainer's checkpoint, plus ``rankalign_objective_state.json`` (BCO's delta) beside it."""
-        super()._save_checkpoint(model, trial)
+        """The Trainer's checkpoint, plus ``rankalign_objective_state.json`` (BCO's delta) beside it; a failed
+        write (a full disk) is an OutputError naming the checkpoint folder."""
+        with writing(Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"):
+            super()._save_checkpoint(model, trial)
         if self.bco_running is not None and self.args.should_save:
             directory = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
             atomic_write_json(directory / OBJECTIVE_STATE_FILE, self._objective_state())
