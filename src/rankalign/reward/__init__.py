@@ -20,7 +20,14 @@ from .general import (
     general_preference_loss,
     skew_symmetric_operator,
 )
-from .judges import EnsembleJudge, Judge, PreferenceJudge, RewardModelJudge, aggregate_pairwise, ranking_from_scores
+from .judges import (
+    EnsembleJudge,
+    Judge,
+    PreferenceJudge,
+    RewardModelJudge,
+    aggregate_pairwise,
+    ranking_from_scores,
+)
 from .model import (
     ENCODER_MODEL_TYPES,
     RewardModel,
