@@ -91,8 +91,9 @@ class AnnotatedRankings:
 def annotated_rankings(records: Iterable, *, path=None, lines: Sequence[int] | None = None) -> AnnotatedRankings:
     """Collect item-level rankings and their annotators from :class:`~rankalign.data.RankedList` records.
 
-    Candidates must be item ids (strings; ``prompt`` is ignored), unranked candidates (rank None) are
-    left out, and every record needs an ``annotator``. A record with fewer than two ranked candidates
+    Without a prompt, candidates are item ids (strings); with one, each (prompt, response) is an item of its
+    own (named ``repr((prompt, response))``). Unranked candidates (rank None) are left out, and every record
+    needs an ``annotator``. A record with fewer than two ranked candidates
     carries no comparison and is skipped. Raises :class:`DataError` naming the line and field otherwise.
     """
     from rankalign.data.records import RankedList
@@ -112,10 +113,14 @@ def annotated_rankings(records: Iterable, *, path=None, lines: Sequence[int] | N
         for position, (rank, candidate) in enumerate(zip(record.ranks, record.candidates)):
             if rank is None:
                 continue
-            if not isinstance(candidate, str):
+            if record.prompt is not None:  # a response is an item of its own prompt
+                name = repr((_plain(record.prompt), _plain(candidate)))
+            elif isinstance(candidate, str):
+                name = candidate
+            else:
                 raise DataError("candidates must be item ids (strings) to be rated", path=path, line=line,
                                 field=f"candidates[{position}]", reason="bad_type")
-            levels.setdefault(rank, []).append(item_index.setdefault(candidate, len(item_index)))
+            levels.setdefault(rank, []).append(item_index.setdefault(name, len(item_index)))
         if sum(len(level) for level in levels.values()) < 2:
             continue
         rankings.append([levels[r] if len(levels[r]) > 1 else levels[r][0] for r in sorted(levels)])
@@ -127,6 +132,11 @@ def annotated_rankings(records: Iterable, *, path=None, lines: Sequence[int] | N
     return AnnotatedRankings(items=list(item_index), annotators=list(annotator_index), rankings=rankings,
                              annotator=np.asarray(owners, dtype=np.int64),
                              weight=np.asarray(weights, dtype=np.float64), lines=positions)
+
+
+def _plain(text):
+    """A prompt or candidate as a hashable plain value (chat messages as (role, content) tuples)."""
+    return text if isinstance(text, str) else tuple((m["role"], m["content"]) for m in text)
 
 
 def _levels(ranking) -> list[list[int]]:
@@ -664,16 +674,18 @@ def weight_by_reliability(records: Iterable, reliability: AnnotatorReliability |
                           model: str = "bradley-terry", prior: float = DEFAULT_PRIOR) -> list:
     """Records with ``weight`` multiplied by their annotator's reliability weight ``(1 - 2 eps_u)^2``.
 
-    ``reliability`` defaults to :func:`fit_annotator_reliability` on the records themselves (item-level
-    records: candidates are item ids). Records of annotators the fit has not seen, or without an annotator,
-    keep their weight. This is how ``data.weight_by_reliability: true`` in a train config and
+    ``reliability`` defaults to :func:`fit_annotator_reliability` on the records themselves. Records of
+    annotators the fit has not seen, or without an annotator, keep their weight. The flip rates are only
+    identified where the same items (or the same prompt's responses) are judged by several annotators; with
+    one judgment per pair (most text preference data) a flip cannot be told from a close call. This is how ``data.weight_by_reliability: true`` in a train config and
     ``rankalign rate --weight-by-reliability`` weight their data.
     """
     from dataclasses import replace
 
     records = list(records)
     if reliability is None:
-        reliability = fit_annotator_reliability(annotated_rankings(records), model=model, prior=prior)
+        annotated = [r for r in records if getattr(r, "annotator", None) is not None and hasattr(r, "ranks")]
+        reliability = fit_annotator_reliability(annotated_rankings(annotated), model=model, prior=prior)
     weights = reliability.annotator_weight()
     return [replace(r, weight=r.weight * weights[r.annotator]) if getattr(r, "annotator", None) in weights
             else r for r in records]

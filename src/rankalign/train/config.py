@@ -59,6 +59,8 @@ class TrainConfig:
         ``data``: a data file read by :func:`rankalign.data.read` with ``data_options`` (e.g.
         ``layout``, ``map``); ``data_form``: ``lists`` (keep ranked lists whole) or ``pairs`` (decompose
         with ``pair_strategy``). ``max_records`` keeps the first N records (0 = all).
+        ``weight_by_reliability: true`` multiplies each record's weight by its annotator's reliability
+        ``(1 - 2 flip rate)^2`` (:func:`rankalign.stats.annotators.weight_by_reliability`).
 
     Objective
         ``objective``: a name in :func:`rankalign.losses.names`; ``loss_params``: its keyword parameters
@@ -85,6 +87,7 @@ class TrainConfig:
     data_form: str = "lists"
     pair_strategy: str = "best_vs_rest"
     max_records: int = 0
+    weight_by_reliability: bool = False
     max_prompt_tokens: int | None = 256
     max_response_tokens: int | None = 64
     on_empty: str = "drop"

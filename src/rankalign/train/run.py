@@ -21,6 +21,10 @@ def read_records(config: TrainConfig, *, with_report: bool = False):
     records = list(result.records)
     if config.max_records > 0:
         records = records[: config.max_records]
+    if config.weight_by_reliability:
+        from rankalign.stats.annotators import weight_by_reliability
+
+        records = weight_by_reliability(records)
     return (records, result.report) if with_report else records
 
 
