@@ -136,6 +136,8 @@ def rate_by_annotator(file, *, model, groups, restarts, reference, prior, scale,
         f"{len(group_results)} groups (fixed), BIC {mixture.bic:.1f}"
     click.echo(f"{len(data.annotators)} annotators, {len(data)} judgments, {len(data.items)} items; "
                f"mixture of {mixture.model} models, {chosen}; log-likelihood {mixture.log_likelihood:.3f}")
+    click.echo(f"pooled fit (one group, for comparison): ratings from {pooled_result.ratings.min():.3f} to "
+               f"{pooled_result.ratings.max():.3f}, log-likelihood {pooled_result.log_likelihood:.3f}")
     for g, result in enumerate(group_results):
         click.echo(f"\n{_group_label(g)}: {counts[g]} annotators, proportion {mixture.proportions[g]:.3f}")
         _print_table(result, [])
