@@ -109,6 +109,9 @@ def main(argv=None):
     parser.add_argument("--vpl-steps", type=int, default=1500)
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(1)  # tiny heads: one thread is faster than two contending ones
     train, test = make_population(args.seed, train_per_group=args.train_per_group, test_per_group=args.test_per_group,
                                   train_pairs=40, test_pairs=46, responses=800)
     texts = sorted({c for r in train + test for c in r.candidates})

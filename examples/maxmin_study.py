@@ -112,6 +112,7 @@ def study_text(args):
     )
     from scipy.special import expit
 
+    torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     world = make_text_world()
     tokenizer = build_text_tokenizer()
