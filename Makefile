@@ -4,7 +4,7 @@ VENV   ?= .venv
 # The CPU build of PyTorch. On this kind of machine `torch==2.13.0` is the CPU wheel on disk; an unpinned
 # `torch` would pull a multi-GB CUDA build. GPU users: see README ("Installing on a GPU machine").
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= train,peft,bench,dev
+EXTRAS ?= train,peft,models,bench,arena,dev
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.rankalign-installed
 export HF_HUB_OFFLINE := 1

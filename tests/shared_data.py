@@ -1,7 +1,7 @@
 """Where the real data of ``shared/data`` is, for tests that use it.
 
-Looked up in order: ``$RANKALIGN_SHARED_DATA``, ``shared/data`` beside the repository (CI's layout and
-a developer checkout's), then ``/work/shared/data``. Tests that need it are marked ``needs_shared_data``
+Looked up in order: ``$RANKALIGN_SHARED_DATA``, then ``shared/data`` beside the repository (CI's layout,
+a developer checkout's, and a worktree whose parent folder links ``shared``). Tests that need it are marked ``needs_shared_data``
 and skip, saying why, on a machine without it.
 """
 
@@ -13,7 +13,6 @@ import pytest
 _CANDIDATES = [
     os.environ.get("RANKALIGN_SHARED_DATA"),
     Path(__file__).resolve().parents[2] / "shared" / "data",
-    "/work/shared/data",
 ]
 SHARED_DATA: Path | None = next((Path(c) for c in _CANDIDATES if c and Path(c).is_dir()), None)
 

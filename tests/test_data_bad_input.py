@@ -5,8 +5,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from rankalign.data import DataError, iter_records, read
-from rankalign.data.cli import data
+from rankalign.cli import main
+from rankalign.data import DataError, RankedList, iter_records, read
 
 
 def jsonl(path, rows):
@@ -61,10 +61,14 @@ def test_nan_rating_in_a_ratings_list(tmp_path):
     assert (error.line, error.field, error.reason) == (1, "scores[1].help", "non_finite")
 
 
-def test_empty_response(tmp_path):
+def test_empty_response_is_data(tmp_path):
+    """An empty response is read (real data has them), not refused; an empty item id or prompt is not."""
     rows = [good_pair(0), {"prompt": "q", "chosen": "", "rejected": "fine"}]
-    error = error_of(jsonl(tmp_path / "e.jsonl", rows))
-    assert (error.line, error.field, error.reason) == (2, "chosen", "empty_response")
+    result = read(jsonl(tmp_path / "e.jsonl", rows))
+    assert result.records[1].candidates == ("", "fine") and result.records[1].ranks == (0, 1)
+    with pytest.raises(DataError) as error:
+        RankedList(candidates=["a", ""], ranks=[0, 1])  # item comparison: "" is no item
+    assert (error.value.field, error.value.reason) == ("candidates[1]", "empty_text")
 
 
 def test_identical_chosen_and_rejected(tmp_path):
@@ -99,22 +103,22 @@ def test_skip_invalid_counts_by_reason_and_never_hides_it(tmp_path):
             '{"broken\n',                                              # malformed JSON
             {"prompt": "q", "chosen": "x"},                             # missing rejected
             {"prompt": "q", "chosen": "same", "rejected": "same"},      # identical
-            {"prompt": "q", "chosen": " ", "rejected": "fine"},         # empty response
+            {"prompt": "q", "chosen": " ", "rejected": "fine"},         # empty response: data, kept
             good_pair(5)]
     path = jsonl(tmp_path / "mix.jsonl", rows)
     result = read(path, skip_invalid=True)
-    assert len(result) == 2
+    assert len(result) == 3
     assert dict(result.report.skipped) == {"malformed_json": 1, "missing_field": 1,
-                                           "identical_chosen_rejected": 1, "empty_response": 1}
+                                           "identical_chosen_rejected": 1}
     assert result.report.problems[0].startswith(f"{path}:2:")
     # the streaming reader gives the same report once consumed
     stream = iter_records(path, skip_invalid=True)
-    assert len(list(stream)) == 2 and stream.report.n_skipped == 4
+    assert len(list(stream)) == 3 and stream.report.n_skipped == 3
     # and the CLI says so in its JSON
-    output = CliRunner().invoke(data, ["inspect", str(path), "--json", "--skip-invalid"]).output
+    output = CliRunner().invoke(main, ["data", "inspect", str(path), "--json", "--skip-invalid"]).output
     summary = json.loads(output)
-    assert (summary["records"], summary["skipped_total"]) == (2, 4)
-    failed = CliRunner().invoke(data, ["inspect", str(path)])
+    assert (summary["records"], summary["skipped_total"], summary["empty_responses"]) == (3, 3, 1)
+    failed = CliRunner().invoke(main, ["data", "inspect", str(path)])
     assert failed.exit_code != 0 and f"{path}:2: malformed JSON" in failed.output
 
 
@@ -133,8 +137,9 @@ def test_parquet_without_pyarrow_names_the_extra(tmp_path, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
-    with pytest.raises(ModuleNotFoundError, match=r"rankalign\[parquet\]"):
+    with pytest.raises(ModuleNotFoundError, match="Parquet needs pyarrow") as info:
         read(tmp_path / "x.parquet")
+    assert info.value.hint == "pip install 'rankalign[parquet]'"
 
 
 def test_unknown_extension_asks_for_a_format(tmp_path):

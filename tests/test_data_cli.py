@@ -5,15 +5,15 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from rankalign.cli import main
 from rankalign.data import RankedList, read, write
-from rankalign.data.cli import data
 from rankalign.data.summary import to_lists
 
 DATA = Path(__file__).parent / "data"
 
 
 def invoke(*args):
-    result = CliRunner().invoke(data, [str(a) for a in args])
+    result = CliRunner().invoke(main, ["data", *(str(a) for a in args)])
     assert result.exit_code == 0, result.output
     return result
 
@@ -52,12 +52,13 @@ def test_inspect_counts_duplicates(tmp_path):
 
 def test_convert_lists_to_pairs_counts(tmp_path):
     out = tmp_path / "pairs.jsonl"
-    result = invoke("convert", DATA / "ranked_responses.jsonl", out, "--to", "pairs", "--strategy", "all")
-    report = json.loads(result.output.strip().splitlines()[-1])
+    result = invoke("convert", DATA / "ranked_responses.jsonl", "-o", out, "--to", "pairs", "--strategy", "all",
+                    "--json")
+    report = json.loads(result.stdout)
     # list 1: strict ranking of 3 -> 3 pairs; list 2: groups {s1}, {s0, s3}, {s2} -> 5 strict + 1 tie
     assert report["output_records"] == 3 + 6 == len(read(out))
     adjacent = tmp_path / "adjacent.jsonl"
-    invoke("convert", DATA / "ranked_responses.jsonl", adjacent, "--to", "pairs", "--strategy", "adjacent")
+    invoke("convert", DATA / "ranked_responses.jsonl", "-o", adjacent, "--to", "pairs", "--strategy", "adjacent")
     # list 1: 2 adjacent pairs; list 2: 1x2 + 2x1 between groups + 1 tie inside {s0, s3}
     assert len(read(adjacent)) == 2 + 5
 
@@ -71,8 +72,8 @@ def test_convert_pairs_back_to_lists_only_where_lossless(tmp_path):
     pairs_path = tmp_path / "pairs.jsonl"
     write(ranked.to_pairs("all") + conflicting + incomplete, pairs_path)
     out = tmp_path / "lists.jsonl"
-    result = invoke("convert", pairs_path, out, "--to", "lists")
-    report = json.loads(result.output.strip().splitlines()[-1])
+    result = invoke("convert", pairs_path, "--output", out, "--to", "lists", "--json")
+    report = json.loads(result.stdout)
     lists = read(out).records
     assert lists[0] == ranked  # all three pairs of p (two strict, one tie) rebuild the list exactly
     assert lists[1:] == conflicting + incomplete  # kept as separate records, never merged
@@ -88,6 +89,57 @@ def test_to_lists_keeps_a_cycle_as_pairs():
 
 def test_convert_drops_judgments_with_a_count(tmp_path):
     out = tmp_path / "x.jsonl"
-    result = invoke("convert", DATA / "native_judgments.jsonl", out, "--to", "pairs")
-    report = json.loads(result.output.strip().splitlines()[-1])
+    result = invoke("convert", DATA / "native_judgments.jsonl", "-o", out, "--to", "pairs", "--json")
+    report = json.loads(result.stdout)
     assert report["dropped"] == {"judgment_has_no_pair_form": 2} and report["written"] == 0
+
+
+def test_convert_positional_out_still_works_and_warns(tmp_path):
+    out = tmp_path / "x.jsonl"
+    result = invoke("convert", DATA / "ranked_responses.jsonl", out, "--to", "pairs")
+    assert "deprecated" in result.stderr and f"wrote 9 pairs records: {out}" in result.stderr
+    assert len(read(out)) == 9
+    both = CliRunner().invoke(main, ["data", "convert", str(DATA / "ranked_responses.jsonl"), str(out), "-o", str(out),
+                                     "--to", "pairs"])
+    assert both.exit_code == 2 and "give one of them" in both.output
+
+
+def test_convert_to_trl_standard_and_conversational(tmp_path):
+    """TRL preference rows: strings for plain text, message lists when the input was conversational."""
+    plain = RankedList(prompt="p", candidates=["a", "b", "c"], ranks=[1, 0, 1])  # b best, a and c tie
+    chat = RankedList(prompt=[{"role": "user", "content": "hi"}],
+                      candidates=[[{"role": "assistant", "content": "yo"}], [{"role": "assistant", "content": "."}]],
+                      ranks=[0, 1])
+    source = tmp_path / "in.jsonl"
+    write([plain, chat], source)
+    out = tmp_path / "trl.jsonl"
+    report = json.loads(invoke("convert", source, "-o", out, "--to", "trl", "--json").stdout)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    # plain: b > a, b > c, and the a-c tie has no TRL form; chat: one pair
+    assert rows[:2] == [{"prompt": "p", "chosen": "b", "rejected": "a"}, {"prompt": "p", "chosen": "b", "rejected": "c"}]
+    assert rows[2] == {"prompt": [{"role": "user", "content": "hi"}],
+                       "chosen": [{"role": "assistant", "content": "yo"}],
+                       "rejected": [{"role": "assistant", "content": "."}]}
+    assert report["output_rows"] == 3 and report["dropped"] == {"tie": 1}
+
+
+def test_convert_to_trl_kto(tmp_path):
+    """TRL unpaired rows: a pair's chosen True / rejected False; a list's best True, worst False."""
+    records = [RankedList(prompt="p", candidates=["a", "b"], ranks=[1, 0]),
+               RankedList(prompt="q", candidates=["x", "y", "z"], ranks=[0, 1, 2])]
+    source = tmp_path / "in.jsonl"
+    write(records, source)
+    out = tmp_path / "kto.jsonl"
+    report = json.loads(invoke("convert", source, "-o", out, "--to", "trl-kto", "--json").stdout)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows == [{"prompt": "p", "completion": "a", "label": False}, {"prompt": "p", "completion": "b", "label": True},
+                    {"prompt": "q", "completion": "x", "label": True}, {"prompt": "q", "completion": "z", "label": False}]
+    assert report["dropped"] == {"middle_rank": 1}
+
+
+def test_inspect_counts_empty_responses(tmp_path):
+    path = tmp_path / "e.jsonl"
+    path.write_text(json.dumps({"prompt": "p", "chosen": "", "rejected": "b"}) + "\n"
+                    + json.dumps({"prompt": "q", "chosen": "a", "rejected": " "}) + "\n", encoding="utf-8")
+    summary = json.loads(invoke("inspect", path, "--json").output)
+    assert summary["empty_responses"] == 2 and summary["records"] == 2

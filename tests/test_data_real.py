@@ -5,11 +5,10 @@ import importlib.util
 import json
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
+from rankalign.cli import main
 from rankalign.data import RankedList, read, split_transcripts, write
-from rankalign.data.cli import data
 from shared_data import needs_shared_data, shared_path  # noqa: E402
 
 SHARED = shared_path("")
@@ -54,9 +53,7 @@ def test_hh_rlhf_implicit_prompt_on_real_rows():
 
 
 def test_hh_rlhf_whole_file():
-    with pytest.raises(Exception, match=":69: field 'chosen'"):
-        read(HH)  # line 69's chosen transcript ends with an empty Assistant turn
-    result = read(HH, skip_invalid=True)
+    result = read(HH)  # line 69's chosen transcript ends with an empty Assistant turn: read, not refused
     rows = [json.loads(line) for line in open(HH, encoding="utf-8")]
     # independent count: an empty final chosen/rejected turn, and pairs whose text before the last
     # Assistant turn differs (an early divergence)
@@ -65,11 +62,12 @@ def test_hh_rlhf_whole_file():
     early = sum(1 for r in rows
                 if r["chosen"][:r["chosen"].rfind(MARK)] != r["rejected"][:r["rejected"].rfind(MARK)])
     assert len(rows) == 1500 and empty == 2
-    assert len(result) == 1500 - empty
-    assert dict(result.report.skipped) == {"empty_response": empty}
+    assert len(result) == 1500 and not result.report.skipped
+    assert sum(not c.strip() for r in result for c in r.candidates) == empty
+    assert not result.records[68].candidates[0].strip()
     assert result.report.notes["implicit_prompt_early_divergence"] == early
     assert all(r.prompt.endswith(MARK) for r in result)
-    assert all(r.prompt + r.candidates[0] == row["chosen"] for r, row in zip(result, rows[:68]))
+    assert all(r.prompt + r.candidates[0] == row["chosen"] for r, row in zip(result, rows))
 
 
 def test_football_records_through_the_mapping():
@@ -118,7 +116,7 @@ def test_beans_triads_example(tmp_path):
         (("BRT 103-182", "Local"), (1, 0)), (("SJC 730-79", "Local"), (1, 0)), (("PM2 Don Rey", "Local"), (0, 1))]
     assert sum(r.ranks == (0, 1) for r in local) == better
     assert records == module.beans_records(BEANS)
-    summary = json.loads(CliRunner().invoke(data, ["inspect", str(out), "--json"]).output)
+    summary = json.loads(CliRunner().invoke(main, ["data", "inspect", str(out), "--json"]).output)
     assert summary["records"] == 4 * 842 and summary["items"] == len(varieties) + 1
     assert summary["list_sizes"] == {"2": 2526, "3": 842}
     again = tmp_path / "again.csv"

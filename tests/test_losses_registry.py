@@ -63,6 +63,8 @@ def test_policy_objectives_follow_the_common_signature():
         if objective.family in ("pairwise", "listwise"):
             assert params[:2] == ["policy_logps", "ref_logps"], name
             assert {"ranks", "lengths", "grades"} <= set(params), name
+        elif objective.family == "policy_gradient":
+            assert params[1] in ("ref_logps", "ref_token_logps") and params[0].endswith("logps"), name
         elif objective.family == "unpaired":
             assert params[:2] == ["policy_logps", "ref_logps"] and "labels" in params, name
         else:

@@ -59,7 +59,7 @@ def test_bad_model_path_is_a_clear_error(tmp_path):
     _write_pairs(data, 3, seed=0)
     result = CliRunner().invoke(reward, ["train", str(data), "--model", str(tmp_path / "nope"), "-o",
                                          str(tmp_path / "out")])
-    assert result.exit_code != 0 and "not a local model directory" in result.output
+    assert result.exit_code != 0 and "not a local folder" in result.output
 
 
 def test_train_from_local_causal_lm_directory_then_continue(tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from rankalign.stats.cli import rate
+from rankalign.cli import main
 from shared_data import needs_shared_data, shared_path  # noqa: E402
 
 FOOTBALL = shared_path("football-epl/matches.csv")
@@ -18,7 +18,7 @@ NETFLIX = shared_path("preflib-netflix/netflix.soc")
 
 
 def run(*args):
-    result = CliRunner().invoke(rate, [str(a) for a in args], catch_exceptions=False)
+    result = CliRunner().invoke(main, ["rate", *(str(a) for a in args)], catch_exceptions=False)
     return result
 
 
@@ -92,27 +92,27 @@ def test_netflix_pl_cli_matches_plackettluce(tmp_path):
 ])
 def test_bad_input_is_a_clear_error(tmp_path, text, expected):
     data = write(tmp_path / "bad.csv", text)
-    result = CliRunner().invoke(rate, [str(data)])
+    result = CliRunner().invoke(main, ["rate", str(data)])
     assert result.exit_code != 0
     assert expected in result.output
 
 
 def test_single_item_and_unknown_outcome(tmp_path):
     data = write(tmp_path / "outcome.csv", "item_a,item_b,outcome\na,b,a\na,b,maybe\n")
-    result = CliRunner().invoke(rate, [str(data)])
+    result = CliRunner().invoke(main, ["rate", str(data)])
     assert result.exit_code != 0 and ":3:" in result.output and "outcome" in result.output
     tie = write(tmp_path / "tie.jsonl", '{"candidates": ["a", "b"], "ranks": [0, 0]}\n')
-    result = CliRunner().invoke(rate, [str(tie), "--model", "pl"])
+    result = CliRunner().invoke(main, ["rate", str(tie), "--model", "pl"])
     assert result.exit_code != 0 and "tie.jsonl:1:" in result.output and "davidson" in result.output
     single = write(tmp_path / "single.jsonl", '{"candidates": ["a"], "ranks": [0]}\n')
-    result = CliRunner().invoke(rate, [str(single), "--model", "pl"])
+    result = CliRunner().invoke(main, ["rate", str(single), "--model", "pl"])
     assert result.exit_code != 0 and "at least two items" in result.output
 
 
 def test_rankings_with_repeated_item_name_the_line(tmp_path):
     data = write(tmp_path / "lists.jsonl", '{"candidates": ["a", "b", "c"], "ranks": [0, 1, 2]}\n'
                                            '{"candidates": ["a", "b", "a"], "ranks": [0, 1, 2]}\n')
-    result = CliRunner().invoke(rate, [str(data), "--model", "pl"])
+    result = CliRunner().invoke(main, ["rate", str(data), "--model", "pl"])
     assert result.exit_code != 0 and ":2:" in result.output
 
 
@@ -121,7 +121,7 @@ def test_pl_ties_davidson_luce_option(tmp_path):
                                            '{"candidates": ["a", "b", "c"], "ranks": [1, 0, 2]}\n'
                                            '{"candidates": ["c", "a", "b"], "ranks": [0, 1, 2]}\n'
                                            '{"candidates": ["b", "c", "a"], "ranks": [0, 1, 1]}\n')
-    refused = CliRunner().invoke(rate, [str(data), "--model", "pl"])
+    refused = CliRunner().invoke(main, ["rate", str(data), "--model", "pl"])
     assert refused.exit_code != 0 and "lists.jsonl:1:" in refused.output and "davidson-luce" in refused.output
     result = run(data, "--model", "pl", "--ties", "davidson-luce", "--json")
     assert result.exit_code == 0, result.output

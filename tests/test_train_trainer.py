@@ -19,7 +19,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from rankalign.engine import TokenizedList, tiny_causal_lm  # noqa: E402
 from rankalign.train import TrainConfig  # noqa: E402
-from rankalign.train.trainer import last_complete_checkpoint, train_preference  # noqa: E402
+from rankalign.train.callbacks import last_complete_checkpoint  # noqa: E402
+from rankalign.train.trainer import train_preference  # noqa: E402
 
 VOCAB = 48
 

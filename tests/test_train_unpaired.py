@@ -26,13 +26,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from rankalign.engine import TokenizedList, tiny_causal_lm  # noqa: E402
 from rankalign.train import TrainConfig  # noqa: E402
+from rankalign.train.data import PreferenceCollator, mismatched_pairs  # noqa: E402
 from rankalign.train.trainer import (  # noqa: E402
     OBJECTIVE_STATE_FILE,
-    PreferenceCollator,
     PreferenceTrainer,
     _forward_through_wrapper,
     make_training_arguments,
-    mismatched_pairs,
     train_preference,
 )
 

@@ -3,28 +3,22 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 
-from .errors import DataError
-from .layouts import LAYOUTS
+from rankalign._cli import (
+    data_options,
+    json_option,
+    output_option,
+    resolve_deprecated,
+    wrote,
+)
+from rankalign._escape import for_terminal
+
 from .readers import iter_records, write
 from .records import PAIR_STRATEGIES
 from .summary import summarize, to_lists, to_pairs
-
-_layout_option = click.option("--layout", type=click.Choice(LAYOUTS), default=None,
-                              help="Layout of the file (detected from the columns when omitted).")
-_map_option = click.option("--map", "mapping", default=None, metavar="OURS=THEIRS,...",
-                           help="Rename the file's columns, e.g. item_a=home,item_b=away,outcome=result.")
-_outcomes_option = click.option("--outcomes", default=None, metavar="LABEL=a|b|tie,...",
-                                help="Relabel outcome values, e.g. 1=a,0=tie,-1=b.")
-_skip_option = click.option("--skip-invalid", is_flag=True,
-                            help="Skip bad rows and count them by reason instead of stopping at the first.")
-_format_option = click.option("--format", "file_format", default=None,
-                              type=click.Choice(["jsonl", "json", "csv", "parquet", "preflib", "dataset_dir"]),
-                              help="File format (from the extension when omitted; a folder is a saved "
-                                   "datasets.Dataset).")
+from .trl import TRL_TARGETS, to_trl, to_trl_kto, write_rows
 
 
 @click.group()
@@ -32,12 +26,14 @@ def data():
     """Inspect, validate and convert preference data files."""
 
 
-def _stream(path, layout, mapping, outcomes, skip_invalid, file_format):
-    try:
-        return iter_records(path, layout=layout, mapping=mapping, outcomes=outcomes, skip_invalid=skip_invalid,
-                            format=file_format)
-    except (ValueError, DataError) as error:
-        raise click.ClickException(str(error)) from None
+def _stream(path, layout, mapping, outcomes, skip_invalid, file_format, max_records=None):
+    stream = iter_records(path, layout=layout, mapping=mapping, outcomes=outcomes, skip_invalid=skip_invalid,
+                          format=file_format)
+    if max_records is None:
+        return stream, stream
+    import itertools
+
+    return itertools.islice(stream, max_records), stream
 
 
 def _fmt_percentiles(stats):
@@ -48,20 +44,13 @@ def _fmt_percentiles(stats):
 
 @data.command()
 @click.argument("file", type=click.Path(exists=True))
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-@_layout_option
-@_map_option
-@_outcomes_option
-@_skip_option
-@_format_option
-def inspect(file, as_json, layout, mapping, outcomes, skip_invalid, file_format):
+@json_option
+@data_options
+def inspect(file, as_json, layout, mapping, outcomes, skip_invalid, file_format, max_records):
     """Validate FILE and report what is in it: records, layout, list sizes, tie rate, annotators,
-    prompt/response lengths (characters), duplicates and problems found."""
-    stream = _stream(file, layout, mapping, outcomes, skip_invalid, file_format)
-    try:
-        summary = summarize(stream, stream.report)
-    except (ValueError, DataError) as error:
-        raise click.ClickException(str(error)) from None
+    prompt/response lengths (characters), empty responses, duplicates and problems found."""
+    records, stream = _stream(file, layout, mapping, outcomes, skip_invalid, file_format, max_records)
+    summary = summarize(records, stream.report)
     summary["layout"] = stream.layout
     summary["file"] = str(file)
     if as_json:
@@ -70,7 +59,7 @@ def inspect(file, as_json, layout, mapping, outcomes, skip_invalid, file_format)
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{file}", show_header=False)
+    table = Table(title=for_terminal(file), show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
     table.add_row("layout", str(summary["layout"]))
@@ -92,44 +81,57 @@ def inspect(file, as_json, layout, mapping, outcomes, skip_invalid, file_format)
                                 f"without")
     table.add_row("prompt chars", _fmt_percentiles(summary["prompt_chars"]))
     table.add_row("response chars", _fmt_percentiles(summary["response_chars"]))
+    table.add_row("empty responses", f"{summary['empty_responses']:,}")
     table.add_row("duplicates", f"{summary['duplicates']:,}")
     if summary["labels"]:
-        table.add_row("labels", str(summary["labels"]))
+        table.add_row("labels", for_terminal(summary["labels"]))
     if summary["notes"]:
-        table.add_row("notes", ", ".join(f"{k} {v:,.6g}" for k, v in summary["notes"].items()))
+        table.add_row("notes", for_terminal(", ".join(f"{k} {v:,.6g}" for k, v in summary["notes"].items())))
     console = Console()
     console.print(table)
     for problem in summary["problems"]:
-        console.print(f"[yellow]problem[/yellow] {problem}", markup=True, highlight=False)
+        console.print(f"[yellow]problem[/yellow] {for_terminal(problem)}", markup=True, highlight=False)
 
 
 @data.command()
 @click.argument("in_file", metavar="IN", type=click.Path(exists=True))
-@click.argument("out_file", metavar="OUT", type=click.Path(dir_okay=False))
-@click.option("--to", "target", type=click.Choice(["pairs", "lists"]), required=True,
-              help="pairs: decompose every list; lists: merge the pairs of a prompt where lossless.")
+@click.argument("legacy_out", metavar="[OUT]", required=False, type=click.Path(dir_okay=False))
+@output_option("the converted file (JSONL/JSON/CSV/Parquet by extension; trl targets: JSONL/JSON)")
+@click.option("--to", "target", type=click.Choice(["pairs", "lists", *TRL_TARGETS]), required=True,
+              help="pairs: decompose every list; lists: merge the pairs of a prompt where lossless; "
+                   "trl: TRL preference rows prompt/chosen/rejected (conversational when the input was); "
+                   "trl-kto: TRL unpaired rows prompt/completion/label.")
 @click.option("--strategy", type=click.Choice(PAIR_STRATEGIES), default="all", show_default=True,
-              help="Pair decomposition for --to pairs.")
-@_layout_option
-@_map_option
-@_outcomes_option
-@_skip_option
-@_format_option
-def convert(in_file, out_file, target, strategy, layout, mapping, outcomes, skip_invalid, file_format):
-    """Convert IN to native records in OUT (JSONL/JSON/CSV/Parquet by extension), written atomically.
+              help="Pair decomposition of lists for --to pairs and --to trl.")
+@json_option
+@data_options
+def convert(in_file, legacy_out, output, target, strategy, as_json, layout, mapping, outcomes, skip_invalid,
+            file_format, max_records):
+    """Convert IN to native records (or TRL rows) in -o/--output, written atomically.
 
-    The report (to stderr) counts everything expanded, merged or dropped; conflicting judgments of the same
-    pair are kept as separate weighted records, never merged."""
-    stream = _stream(in_file, layout, mapping, outcomes, skip_invalid, file_format)
-    try:
-        if target == "pairs":
-            records, report = to_pairs(stream, strategy)
-        else:
-            records, report = to_lists(stream)
-        written = write(records, out_file)
-    except (ValueError, DataError) as error:
-        raise click.ClickException(str(error)) from None
+    The report counts everything expanded, merged or dropped (by reason); conflicting judgments of the same
+    pair are kept as separate weighted records, never merged. A positional OUT still works (deprecated)."""
+    output = resolve_deprecated(output, legacy_out, new="-o/--output", old="the positional OUT")
+    if output is None:
+        raise click.UsageError("give the output file with -o/--output PATH")
+    records, stream = _stream(in_file, layout, mapping, outcomes, skip_invalid, file_format, max_records)
+    if target == "pairs":
+        converted, report = to_pairs(records, strategy)
+    elif target == "lists":
+        converted, report = to_lists(records)
+    elif target == "trl":
+        converted, report = to_trl(records, strategy)
+    else:
+        converted, report = to_trl_kto(records)
+    written = (write_rows if target in TRL_TARGETS else write)(converted, output)
     report["read"] = stream.report.to_dict()
     report["written"] = written
-    report["out"] = str(out_file)
-    click.echo(json.dumps(report, ensure_ascii=False), file=sys.stderr)
+    report["output"] = str(output)
+    if as_json:
+        click.echo(json.dumps(report, ensure_ascii=False))
+    else:
+        dropped = report.get("dropped") or {}
+        click.echo(f"read {report['read'].get('records', report.get('input_records'))} records from {in_file}; "
+                   f"{written} {'rows' if target in TRL_TARGETS else 'records'} as {target}; dropped: "
+                   f"{', '.join(f'{k} {v}' for k, v in dropped.items()) or 'none'}", err=True)
+    wrote(output, f"{written} {target} {'rows' if target in TRL_TARGETS else 'records'}")

@@ -35,7 +35,7 @@ PAIR_STRATEGIES = ("all", "adjacent", "best_vs_rest")
 # ----------------------------------------------------------------------------------------------- helpers
 def _freeze_messages(value, field_name: str) -> tuple[Message, ...]:
     if len(value) == 0:
-        raise DataError("empty message list", field=field_name, reason="empty_response")
+        raise DataError("empty message list", field=field_name, reason="empty_text")
     frozen = []
     for i, message in enumerate(value):
         where = f"{field_name}[{i}]"
@@ -52,22 +52,26 @@ def _freeze_messages(value, field_name: str) -> tuple[Message, ...]:
     return tuple(frozen)
 
 
-def _normalise_text(value, field_name: str, *, allow_none: bool) -> Text | None:
-    """Return ``value`` as a str or a frozen message tuple; reject empties."""
+def _normalise_text(value, field_name: str, *, allow_none: bool, allow_empty: bool = False) -> Text | None:
+    """Return ``value`` as a str or a frozen message tuple; reject empties unless ``allow_empty``.
+
+    Responses may be empty (real data has them: an assistant turn with nothing in it); prompts and item
+    ids may not.
+    """
     if value is None:
         if allow_none:
             return None
         raise DataError("missing", field=field_name, reason="missing_field")
     if isinstance(value, str):
-        if not value.strip():
-            raise DataError("empty text", field=field_name, reason="empty_response")
+        if not value.strip() and not allow_empty:
+            raise DataError("empty text", field=field_name, reason="empty_text")
         return value
     if isinstance(value, (int,)) and not isinstance(value, bool):
         return str(value)  # item ids such as 17 are stored as "17"
     if isinstance(value, Sequence):
         messages = _freeze_messages(value, field_name)
-        if not any(m["content"].strip() for m in messages):
-            raise DataError("all messages are empty", field=field_name, reason="empty_response")
+        if not allow_empty and not any(m["content"].strip() for m in messages):
+            raise DataError("all messages are empty", field=field_name, reason="empty_text")
         return messages
     raise DataError(f"expected a string or a list of chat messages, got {type(value).__name__}",
                     field=field_name, reason="bad_type")
@@ -75,16 +79,12 @@ def _normalise_text(value, field_name: str, *, allow_none: bool) -> Text | None:
 
 def _finite_float(value, field_name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        try:
-            import numpy as np  # numpy scalars are fine
+        import numpy as np  # numpy scalars are fine (numpy is a base dependency)
 
-            if isinstance(value, np.generic) and np.issubdtype(type(value), np.number):
-                value = float(value)
-            else:
-                raise TypeError
-        except (ImportError, TypeError):
+        if not (isinstance(value, np.generic) and np.issubdtype(type(value), np.number)):
             raise DataError(f"expected a number, got {type(value).__name__}", field=field_name,
-                            reason="bad_type") from None
+                            reason="bad_type")
+        value = float(value)
     value = float(value)
     if not math.isfinite(value):
         raise DataError(f"must be finite, got {value}", field=field_name, reason="non_finite")
@@ -144,7 +144,8 @@ class RankedList:
             raise DataError("expected a list of candidates", field="candidates", reason="bad_type")
         if len(candidates) == 0:
             raise DataError("no candidates", field="candidates", reason="empty_list")
-        normalised = tuple(_normalise_text(c, f"candidates[{i}]", allow_none=False)
+        responses = self.prompt is not None  # candidates are responses (may be empty), not item ids
+        normalised = tuple(_normalise_text(c, f"candidates[{i}]", allow_none=False, allow_empty=responses)
                            for i, c in enumerate(candidates))
         seen: dict = {}
         for i, c in enumerate(normalised):
@@ -169,16 +170,12 @@ class RankedList:
                 if isinstance(r, float) and r.is_integer():
                     r = int(r)
                 else:
-                    try:
-                        import numpy as np
+                    import numpy as np
 
-                        if isinstance(r, np.integer):
-                            r = int(r)
-                        else:
-                            raise TypeError
-                    except (ImportError, TypeError):
+                    if not isinstance(r, np.integer):
                         raise DataError(f"a rank must be an integer or null, got {r!r}", field=f"ranks[{i}]",
-                                        reason="bad_type") from None
+                                        reason="bad_type")
+                    r = int(r)
             if not 0 <= r < k:
                 raise DataError(f"rank {r} is out of range for {k} candidates (0..{k - 1})",
                                 field=f"ranks[{i}]", reason="rank_out_of_range")
@@ -227,10 +224,6 @@ class RankedList:
     def k(self) -> int:
         """Number of candidates."""
         return len(self.candidates)
-
-    @property
-    def is_pair(self) -> bool:
-        return self.k == 2
 
     @property
     def has_ties(self) -> bool:
@@ -404,7 +397,7 @@ class Judgment:
     meta: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        response = _normalise_text(self.response, "response", allow_none=False)
+        response = _normalise_text(self.response, "response", allow_none=False, allow_empty=True)
         prompt = _normalise_text(self.prompt, "prompt", allow_none=True)
         label = self.label
         if isinstance(label, bool):

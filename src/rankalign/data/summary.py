@@ -32,6 +32,13 @@ def text_length(value) -> int:
     return sum(len(m["content"]) for m in value)
 
 
+def _is_empty(value) -> bool:
+    """A response with no text: an empty or whitespace string, or messages whose contents all are."""
+    if isinstance(value, str):
+        return not value.strip()
+    return not any(message["content"].strip() for message in value)
+
+
 def _percentiles(values: list[int]) -> dict | None:
     if not values:
         return None
@@ -52,7 +59,8 @@ def summarize(records: Iterable, report=None) -> dict:
     Tie rate is the share of ranked lists with at least one tie. ``pair_outcomes`` counts, over fully
     ranked pairs, how often the first candidate won, the second won, or they tied (for item comparisons
     the first is item_a / home / model_a, so this shows an order effect). Duplicates are records
-    identical to an earlier one in every field (weight and meta included).
+    identical to an earlier one in every field (weight and meta included). ``empty_responses`` counts
+    responses with no text (real data has them: HH-RLHF has two; training gives them an EOS-only response).
     """
     kinds: Counter = Counter()
     sizes: Counter = Counter()
@@ -66,6 +74,7 @@ def summarize(records: Iterable, report=None) -> dict:
     items: set = set()
     seen: set = set()
     duplicates = 0
+    empty_responses = 0
     total_weight = 0.0
     for record in records:
         key = _record_key(record)
@@ -84,6 +93,7 @@ def summarize(records: Iterable, report=None) -> dict:
         if isinstance(record, Judgment):
             kinds["Judgment"] += 1
             response_lengths.append(text_length(record.response))
+            empty_responses += _is_empty(record.response)
             labels["true" if record.label is True else "false" if record.label is False else "probability"] += 1
             continue
         kinds["RankedList"] += 1
@@ -98,6 +108,7 @@ def summarize(records: Iterable, report=None) -> dict:
             items.update(record.candidates)
         else:
             response_lengths.extend(text_length(c) for c in record.candidates)
+            empty_responses += sum(_is_empty(c) for c in record.candidates)
     lists = kinds["RankedList"]
     summary = {
         "layout": None if report is None else report.layout,
@@ -119,6 +130,7 @@ def summarize(records: Iterable, report=None) -> dict:
                        "top": [[name, n] for name, n in annotators.most_common(5)]},
         "prompt_chars": _percentiles(prompt_lengths),
         "response_chars": _percentiles(response_lengths),
+        "empty_responses": empty_responses,
         "duplicates": duplicates,
         "labels": dict(labels) if labels else None,
         "notes": {} if report is None else dict(sorted(report.notes.items())),

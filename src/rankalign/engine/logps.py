@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -39,16 +40,30 @@ def unwrap_model(model):
             return model
 
 
+def base_model_of(model):
+    """The base transformer of a causal LM (``model.model``, ``model.transformer``); a base model itself.
+
+    PEFT and DDP wrappers are looked through (:func:`unwrap_model`).
+    """
+    model = unwrap_model(model)
+    prefix = getattr(model, "base_model_prefix", "")
+    base = getattr(model, prefix, None) if prefix else None
+    if isinstance(base, torch.nn.Module) and base is not model:
+        return base
+    get_decoder = getattr(model, "get_decoder", None)
+    if callable(get_decoder):
+        decoder = get_decoder()
+        if isinstance(decoder, torch.nn.Module):
+            return decoder
+    return model
+
+
 def decoder_and_head(model):
     """``(base transformer, output projection)`` of a causal LM (``model.model``/``model.transformer``)."""
-    model = unwrap_model(model)
-    head = model.get_output_embeddings()
+    head = unwrap_model(model).get_output_embeddings()
     if head is None:
-        raise ValueError(f"{type(model).__name__} has no output embeddings (lm_head); is it a causal LM?")
-    base = getattr(model, getattr(model, "base_model_prefix", ""), None)
-    if base is None or base is model:
-        base = model.get_decoder()
-    return base, head
+        raise ValueError(f"{type(unwrap_model(model)).__name__} has no output embeddings (lm_head); is it a causal LM?")
+    return base_model_of(model), head
 
 
 def _logit_transform(model):
@@ -183,63 +198,39 @@ def gather_token_logps(hidden: Tensor, head: torch.nn.Module, targets: Tensor, *
     return torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
 
 
-# ---------------------------------------------------------------------------------------- layout support
-_FLASH_IMPLEMENTATIONS = ("flash_attention_2", "flash_attention_3", "paged_attention")
-
-
-def _probe_shared_layout(model) -> bool:
-    """Run a 2-response list both ways and compare: does the model honour a custom 4D mask?"""
-    head = unwrap_model(model).get_output_embeddings()
-    vocab = head.weight.shape[0]
-    # the second response is short and comes after a longer first one: a model that lets it see the
-    # first response (an ignored mask) changes its log-probs by far more than rounding
-    ids = [i % vocab for i in range(1, 19)]
-    probe = TokenizedList(prompt_ids=ids[:3], response_ids=[ids[3:15], ids[15:]], ranks=[0, 1])
-    # float32 rounding moves these sums by ~1e-6; half precision by up to ~1e-2
-    tolerance = 2e-4 if head.weight.dtype == torch.float32 else 3e-2
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            shared = _forward_logps(model, pack_lists([probe], layout="shared").to(_device(model)), 1024, False)
-            duplicated = _forward_logps(model, pack_lists([probe], layout="duplicated").to(_device(model)),
-                                        1024, False)
-        return bool((shared - duplicated).abs().max() <= tolerance)
-    except Exception:  # a model that rejects 4D masks outright
-        return False
-    finally:
-        model.train(was_training)
-
-
+# ---------------------------------------------------------------------------------------- the base forward
 def _device(model) -> torch.device:
     return next(unwrap_model(model).parameters()).device
 
 
-def supports_shared_layout(model) -> bool:
-    """Whether ``model`` computes the shared layout correctly (accepts a custom 4D additive mask).
+def _weight_dtype(model) -> torch.dtype:
+    for parameter in unwrap_model(model).parameters():
+        if parameter.dtype.is_floating_point:
+            return parameter.dtype
+    return torch.float32
 
-    Flash-attention implementations take no custom masks (False). Otherwise a tiny list is run in both
-    layouts once and the results compared; the answer is cached on the model object. A model can also
-    declare it by setting ``model.rankalign_shared_layout = True/False``.
+
+def attention_mask_for(model, batch: PackedBatch) -> Tensor:
+    """The attention mask the base transformer gets for ``batch``.
+
+    The duplicated layout's ``[R, T]`` 0/1 mask is passed as is (transformers builds its own causal
+    mask from it). The shared layout's block mask goes in as a 4D *additive* mask in the dtype the
+    attention scores are computed in: the autocast dtype when autocast is on, else the weights' dtype.
+    Built once per forward, it then reaches every layer unchanged: ``scaled_dot_product_attention``
+    would turn a boolean mask into an additive one at every call (every layer, forward and backward),
+    and autocast would cast a float32 mask to bfloat16 at every call.
     """
-    inner = unwrap_model(model)
-    declared = getattr(inner, "rankalign_shared_layout", None)
-    if declared is not None:
-        return bool(declared)
-    implementation = getattr(inner.config, "_attn_implementation", None)
-    if implementation in _FLASH_IMPLEMENTATIONS:
-        return False
-    cached = getattr(inner, "_rankalign_shared_layout_probe", None)
-    if cached is None:
-        cached = _probe_shared_layout(model)
-        try:
-            inner._rankalign_shared_layout_probe = cached
-        except AttributeError:
-            pass
-    return cached
+    mask = batch.attention_mask
+    if batch.layout != "shared":
+        return mask
+    device_type = mask.device.type
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else _weight_dtype(model)
+    if mask.dtype == dtype:
+        return mask
+    allowed = mask if mask.dtype == torch.bool else mask == 0
+    return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
-# ---------------------------------------------------------------------------------------- public
 def _run_base(model, base, **inputs):
     """Run the base transformer; through a DistributedDataParallel wrapper when there is one.
 
@@ -260,23 +251,266 @@ def _run_base(model, base, **inputs):
             inner.forward = saved
 
 
-def _forward_logps(model, batch: PackedBatch, chunk_size: int, recompute_head: bool | None) -> Tensor:
-    base, head = decoder_and_head(model)
-    mask = batch.attention_mask
-    dtype = head.weight.dtype if hasattr(head, "weight") else torch.float32
-    if batch.layout == "shared" and mask.dtype != dtype and dtype.is_floating_point:
-        mask = torch.zeros_like(mask, dtype=dtype).masked_fill_(mask < 0, torch.finfo(dtype).min)
-    outputs = _run_base(model, base, input_ids=batch.input_ids, attention_mask=mask,
+def base_hidden_states(model, batch: PackedBatch, base=None) -> Tensor:
+    """``[R, T, H]`` final hidden states of the base transformer of ``model`` over a packed batch."""
+    base = base_model_of(model) if base is None else base
+    outputs = _run_base(model, base, input_ids=batch.input_ids, attention_mask=attention_mask_for(model, batch),
                         position_ids=batch.position_ids, use_cache=False)
-    hidden = outputs[0] if not hasattr(outputs, "last_hidden_state") else outputs.last_hidden_state
+    return outputs[0] if not hasattr(outputs, "last_hidden_state") else outputs.last_hidden_state
+
+
+def _token_logps(model, batch: PackedBatch, chunk_size: int, recompute_head: bool | None,
+                 hidden: Tensor | None = None) -> Tensor:
+    """``[N]`` log-probability of every response token of the batch (``batch.target_ids``)."""
+    base, head = decoder_and_head(model)
+    if hidden is None:
+        hidden = base_hidden_states(model, batch, base)
     hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.target_index)
-    token_logps = gather_token_logps(hidden, head, batch.target_ids, chunk_size=chunk_size,
-                                     recompute_head=recompute_head, transform=_logit_transform(model))
+    return gather_token_logps(hidden, head, batch.target_ids, chunk_size=chunk_size,
+                              recompute_head=recompute_head, transform=_logit_transform(model))
+
+
+def _sum_per_response(batch: PackedBatch, token_logps: Tensor) -> Tensor:
     sums = token_logps.new_zeros(batch.num_lists * batch.max_k)
     sums = sums.index_add(0, batch.target_segment, token_logps)
     return sums.view(batch.num_lists, batch.max_k)
 
 
+def _forward_logps(model, batch: PackedBatch, chunk_size: int, recompute_head: bool | None) -> Tensor:
+    return _sum_per_response(batch, _token_logps(model, batch, chunk_size, recompute_head))
+
+
+# ---------------------------------------------------------------------------------------- layout support
+_FLASH_IMPLEMENTATIONS = ("flash_attention_2", "flash_attention_3", "paged_attention")
+_SPECIAL_TOKEN_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id", "sep_token_id",
+                         "cls_token_id", "mask_token_id", "decoder_start_token_id")
+
+# Tolerances of the layout probe. Float32 rounding moves a token's log-prob by ~1e-6 and a final hidden
+# state by ~1e-6 of its norm (more on a deep real model: summed over a response, ~3e-4 on SmolLM2); a
+# model that lets a response see another response (an ignored block mask) moves them by 1e-2 to 1 even
+# with random weights. Half precision rounds ~1e4 times more coarsely.
+# The probe list: a prompt and three responses; the second is short and follows a long first one, so a
+# model that lets it see the first response (an ignored mask) changes its values by far more than rounding.
+_PROBE_PROMPT_LENGTH, _PROBE_RESPONSE_LENGTHS = 6, (12, 4, 8)
+PROBE_TOLERANCES = {
+    "float32": {"token_atol": 1e-3, "token_rtol": 1e-4, "hidden_rtol": 1e-3},
+    "half": {"token_atol": 5e-2, "token_rtol": 1e-2, "hidden_rtol": 1e-1},
+}
+
+
+@dataclass(frozen=True)
+class LayoutProbe:
+    """The verdict on whether a model computes the shared layout correctly, and why.
+
+    Attributes
+    ----------
+    accepted : bool
+    reason : str
+        One sentence: what was compared, the largest difference and the tolerance; for a rejection,
+        the comparison that failed with both values.
+    token_difference, hidden_difference : float or None
+        Largest token log-prob difference and largest relative hidden-state difference (NaN or None when
+        not measured).
+    """
+
+    accepted: bool
+    reason: str
+    token_difference: float | None = None
+    hidden_difference: float | None = None
+
+
+def _vocab_size(inner) -> int:
+    """Rows of the input embedding (else of the output head, else ``config.vocab_size``)."""
+    for getter in ("get_input_embeddings", "get_output_embeddings"):
+        module = getattr(inner, getter, lambda: None)() if hasattr(inner, getter) else None
+        weight = getattr(module, "weight", None)
+        if weight is not None:
+            return int(weight.shape[0])
+    return int(inner.config.vocab_size)
+
+
+def _ordinary_token_ids(model, count: int, seed: int = 0) -> list[int]:
+    """``count`` deterministic token ids that are not the config's special ids.
+
+    Drawn from the middle three quarters of the vocabulary: tokenizers put their special and control
+    tokens at the start (Llama, SmolLM2) or at the end (GPT-2, Qwen) of the vocabulary, and those can
+    have untrained, degenerate embeddings that say nothing about the attention mask.
+    """
+    inner = unwrap_model(model)
+    vocab = _vocab_size(inner)
+    special: set[int] = set()
+    for field in _SPECIAL_TOKEN_FIELDS:
+        value = getattr(inner.config, field, None)
+        for token in (value if isinstance(value, (list, tuple)) else [value]):
+            if isinstance(token, int):
+                special.add(token)
+    low, high = vocab // 8, vocab - vocab // 8
+    if high - low < 2 * count:
+        low, high = 0, vocab
+    generator = torch.Generator().manual_seed(seed)
+    drawn = torch.randint(low, high, (4 * count + len(special),), generator=generator).tolist()
+    ids = [token for token in drawn if token not in special][:count]
+    if len(ids) < count:
+        raise ValueError(f"cannot draw {count} ordinary token ids from a vocabulary of {vocab}")
+    return ids
+
+
+def _probe_lengths(inner) -> tuple[int, tuple[int, ...]]:
+    """The probe list's prompt and response lengths, shrunk to fit a model with few positions."""
+    config = inner.config
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    total = _PROBE_PROMPT_LENGTH + sum(_PROBE_RESPONSE_LENGTHS)
+    if not limit or limit >= total:
+        return _PROBE_PROMPT_LENGTH, _PROBE_RESPONSE_LENGTHS
+    scale = limit / total
+    return (max(1, int(_PROBE_PROMPT_LENGTH * scale)),
+            tuple(max(1, int(size * scale)) for size in _PROBE_RESPONSE_LENGTHS))
+
+
+def _probe_shared_layout(model) -> LayoutProbe:
+    """Run one list in both layouts (no autocast, no gradients) and compare.
+
+    Two comparisons, both on ordinary tokens: (1) the final hidden state at every position that
+    predicts a response token, ``|h_shared - h_dup| <= hidden_rtol * |h_dup|`` (vector norms); (2) for
+    a causal LM, every response token's log-prob, ``|l_shared - l_dup| <= token_atol + token_rtol *
+    |l_dup|``. Per token rather than summed, so the tolerance does not depend on response length.
+    """
+    inner = unwrap_model(model)
+    name = type(inner).__name__
+    prompt_len, response_lens = _probe_lengths(inner)
+    ids = _ordinary_token_ids(model, prompt_len + sum(response_lens))
+    responses, start = [], prompt_len
+    for size in response_lens:
+        responses.append(ids[start:start + size])
+        start += size
+    probe = TokenizedList(prompt_ids=ids[:prompt_len], response_ids=responses, ranks=list(range(len(responses))))
+    dtype = _weight_dtype(model)
+    tolerances = PROBE_TOLERANCES["float32" if dtype in (torch.float32, torch.float64) else "half"]
+    has_head = inner.get_output_embeddings() is not None if hasattr(inner, "get_output_embeddings") else False
+    device = _device(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.autocast(device_type=device.type, enabled=False):
+            results = {}
+            for layout in ("shared", "duplicated"):
+                batch = pack_lists([probe], layout=layout).to(device)
+                hidden = base_hidden_states(model, batch)
+                flat = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.target_index).float()
+                logps = _token_logps(model, batch, 1024, False, hidden=hidden).float() if has_head else None
+                results[layout] = (flat, logps)
+    except Exception as error:  # a model that rejects 4D masks outright
+        return LayoutProbe(False, f"{name} raised {type(error).__name__} when given a 4D attention mask: "
+                                  f"{str(error).splitlines()[0] if str(error) else ''}".rstrip(": "))
+    finally:
+        model.train(was_training)
+    # where each probe token sits: (response k, token j)
+    cells = [(k, j) for k, size in enumerate(response_lens) for j in range(size)]
+    (hidden_shared, logps_shared), (hidden_dup, logps_dup) = results["shared"], results["duplicated"]
+    norms = hidden_dup.norm(dim=-1)
+    relative = (hidden_shared - hidden_dup).norm(dim=-1) / norms.clamp_min(torch.finfo(torch.float32).tiny)
+    worst = int(relative.argmax())
+    hidden_difference = float(relative[worst])
+    if not hidden_difference <= tolerances["hidden_rtol"]:  # also catches NaN
+        k, j = cells[worst]
+        return LayoutProbe(False, f"{name}: final hidden state before response {k + 1}, token {j + 1} of the probe "
+                                  f"list differs between layouts: norm shared {float(hidden_shared[worst].norm()):.6g}, "
+                                  f"duplicated {float(norms[worst]):.6g}, relative difference "
+                                  f"{hidden_difference:.3g} > tolerance {tolerances['hidden_rtol']:.3g}",
+                           hidden_difference=hidden_difference)
+    token_difference = None
+    if logps_dup is not None:
+        gap = (logps_shared - logps_dup).abs()
+        allowed = tolerances["token_atol"] + tolerances["token_rtol"] * logps_dup.abs()
+        excess = gap - allowed
+        worst = int(torch.nan_to_num(excess, nan=float("inf")).argmax())
+        token_difference = float(gap.max())
+        if not gap[worst] <= allowed[worst]:
+            k, j = cells[worst]
+            return LayoutProbe(False, f"{name}: log-prob of response {k + 1}, token {j + 1} of the probe list differs "
+                                      f"between layouts: shared {float(logps_shared[worst]):.6g}, duplicated "
+                                      f"{float(logps_dup[worst]):.6g}, difference {float(gap[worst]):.3g} > "
+                                      f"tolerance {float(allowed[worst]):.3g}",
+                               token_difference=token_difference, hidden_difference=hidden_difference)
+    compared = (f"token log-probs within {token_difference:.2g} (tolerance {tolerances['token_atol']:g} + "
+                f"{tolerances['token_rtol']:g}·|log p|), " if token_difference is not None else "")
+    return LayoutProbe(True, f"{name} honours the block attention mask: on a probe list, shared and duplicated "
+                             f"{compared}final hidden states within {hidden_difference:.2g} relative (tolerance "
+                             f"{tolerances['hidden_rtol']:g})", token_difference=token_difference,
+                       hidden_difference=hidden_difference)
+
+
+def probe_shared_layout(model) -> LayoutProbe:
+    """Whether ``model`` computes the shared layout correctly, with the reason (cached on the model).
+
+    A model can declare it by setting ``model.rankalign_shared_layout = True/False``. Flash-attention
+    implementations take no custom masks. Otherwise one list is run in both layouts and compared (see
+    :func:`_probe_shared_layout`): the shared layout's log-probs must equal the duplicated layout's up
+    to rounding (DESIGN.md, "Engine principles").
+    """
+    inner = unwrap_model(model)
+    name = type(inner).__name__
+    declared = getattr(inner, "rankalign_shared_layout", None)
+    if declared is not None:
+        return LayoutProbe(bool(declared), f"{name} declares rankalign_shared_layout = {bool(declared)}")
+    implementation = getattr(inner.config, "_attn_implementation", None)
+    if implementation in _FLASH_IMPLEMENTATIONS:
+        return LayoutProbe(False, f"{name} uses attention implementation {implementation!r}, which takes no "
+                                  "custom 4D masks")
+    cached = getattr(inner, "_rankalign_layout_probe", None)
+    if cached is None:
+        cached = _probe_shared_layout(model)
+        if not cached.accepted:  # once per model: the verdict is cached below
+            warnings.warn(f"shared layout rejected: {cached.reason}; using the duplicated layout", stacklevel=3)
+        try:
+            inner._rankalign_layout_probe = cached
+        except AttributeError:
+            pass
+    return cached
+
+
+def supports_shared_layout(model) -> bool:
+    """Whether ``model`` computes the shared layout correctly (:func:`probe_shared_layout`'s verdict).
+
+    When the probe rejects a model, a warning (once per model) names the comparison that failed, both
+    values, the difference and the tolerance.
+    """
+    return probe_shared_layout(model).accepted
+
+
+def choose_layout(model, layout: str = "auto", *, announce: bool = True) -> str:
+    """Resolve ``layout`` ("auto", "shared" or "duplicated") for ``model`` and say once which and why.
+
+    "auto" is "shared" when :func:`probe_shared_layout` accepts the model, else "duplicated"; an explicit
+    "shared" for a model the probe rejects is also "duplicated" (its results would be wrong). With
+    ``announce`` one line goes to stderr the first time a model's layout is chosen (not per batch).
+    """
+    if layout not in ("auto", "shared", "duplicated"):
+        raise ValueError(f"unknown layout {layout!r}; choose auto, shared or duplicated")
+    inner = unwrap_model(model)
+    if layout == "duplicated":
+        chosen, reason = "duplicated", "requested"
+    else:
+        verdict = probe_shared_layout(model)
+        chosen = "shared" if verdict.accepted else "duplicated"
+        reason = verdict.reason
+    if announce and getattr(inner, "_rankalign_announced_layout", None) != chosen:
+        _announce(f"layout: {chosen} ({reason})")
+        try:
+            inner._rankalign_announced_layout = chosen
+        except AttributeError:
+            pass
+    return chosen
+
+
+def _announce(line: str) -> None:
+    """One status line on stderr (rich), so that a command printing JSON to stdout stays machine-readable."""
+    from rich.console import Console
+
+    Console(stderr=True, soft_wrap=True, highlight=False).print(line, markup=False)
+
+
+# ---------------------------------------------------------------------------------------- precision
 def _accelerate_mixed_precision() -> str | None:
     """accelerate's configured mixed precision ("bf16", "fp16", ...) when its state exists, else None."""
     try:
@@ -288,19 +522,37 @@ def _accelerate_mixed_precision() -> str | None:
     return getattr(AcceleratorState(), "mixed_precision", None)
 
 
-def _mixed_precision_context(model):
-    """The autocast that accelerate put around ``model.forward``, for the engine's direct base-model call.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
-    ``Accelerator.prepare`` implements mixed precision by wrapping the model's ``forward`` in autocast
-    (and marks the model with ``_original_forward``); the engine calls the base transformer and the
-    head itself, so it re-enters the same autocast here.
+
+def autocast_context(model, precision: str | None = None):
+    """The autocast the engine's forward runs in.
+
+    Parameters
+    ----------
+    precision : {None, "auto", "fp32", "bf16", "fp16"}
+        None: the mixed precision ``accelerate`` put around ``model.forward`` (``Accelerator.prepare``
+        wraps the forward in autocast and marks the model with ``_original_forward``; the engine calls
+        the base transformer and the head itself, so it re-enters the same autocast), else none.
+        "auto": that, or else bfloat16 autocast on a CUDA device that supports it when the weights are
+        float32 (matmuls in bf16, softmaxes and the log-prob gather in float32); nothing on the CPU.
+        "fp32": no autocast. "bf16"/"fp16": that autocast on the model's device.
     """
-    if getattr(unwrap_model(model), "_original_forward", None) is None:
+    if precision not in (None, *PRECISIONS):
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    device = _device(model)
+    if precision == "fp32" or torch.is_autocast_enabled(device.type):
         return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(_accelerate_mixed_precision())
-    if dtype is None or torch.is_autocast_enabled(_device(model).type):
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=_device(model).type, dtype=dtype)
+    if precision in ("bf16", "fp16"):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    if getattr(unwrap_model(model), "_original_forward", None) is not None:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(_accelerate_mixed_precision())
+        if dtype is not None:
+            return torch.autocast(device_type=device.type, dtype=dtype)
+    if precision == "auto" and device.type == "cuda" and _weight_dtype(model) == torch.float32 \
+            and torch.cuda.is_bf16_supported():
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _check_positions(model, batch: PackedBatch) -> None:
@@ -318,7 +570,7 @@ def _check_positions(model, batch: PackedBatch) -> None:
 
 
 def sequence_logps(model, batch: PackedBatch, *, chunk_size: int = 1024,
-                   recompute_head: bool | None = None) -> Tensor:
+                   recompute_head: bool | None = None, precision: str | None = None) -> Tensor:
     """Summed log-probability of each response, ``log pi(y_k | x) = sum_t log pi(y_k,t | x, y_k,<t)``.
 
     Parameters
@@ -332,9 +584,10 @@ def sequence_logps(model, batch: PackedBatch, *, chunk_size: int = 1024,
         Positions per output-head application (see :func:`gather_token_logps`).
     recompute_head : bool, optional
         See :func:`gather_token_logps`.
-
-    Under ``accelerate`` mixed precision (a model prepared by ``Accelerator(mixed_precision="bf16")``,
-    as ``transformers.Trainer`` does) the computation runs in the same autocast as the model's forward.
+    precision : {None, "auto", "fp32", "bf16", "fp16"}
+        The autocast to run in (:func:`autocast_context`). The default follows ``accelerate``: under its
+        mixed precision (a model prepared by ``Accelerator(mixed_precision="bf16")``, as
+        ``transformers.Trainer`` does) the computation runs in the same autocast as the model's forward.
 
     Returns
     -------
@@ -346,9 +599,9 @@ def sequence_logps(model, batch: PackedBatch, *, chunk_size: int = 1024,
         if batch.source is None:
             raise ValueError(f"{type(unwrap_model(model)).__name__} does not support the shared layout and this "
                              "batch has no source lists to repack; pack it with layout='duplicated'")
-        warnings.warn(f"{type(unwrap_model(model)).__name__} does not honour custom 4D attention masks; "
-                      "falling back to the duplicated layout (the prompt is computed once per response)",
-                      stacklevel=2)
+        warnings.warn(f"{type(unwrap_model(model)).__name__} does not compute the shared layout correctly "
+                      f"({probe_shared_layout(model).reason}); falling back to the duplicated layout (the prompt "
+                      "is computed once per response)", stacklevel=2)
         batch = pack_lists(batch.source, layout="duplicated").to(batch.input_ids.device)
-    with _mixed_precision_context(model):
+    with autocast_context(model, precision):
         return _forward_logps(model, batch, chunk_size, recompute_head)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -23,8 +22,7 @@ import torch
 from torch import Tensor
 
 from .._atomic import atomic_write_bytes
-from .logps import sequence_logps, supports_shared_layout, unwrap_model
-from .packing import pack_lists
+from .logps import sequence_logps, unwrap_model
 from .tokenize import TokenizedList
 
 CACHE_FORMAT = 1
@@ -162,17 +160,14 @@ class ReferenceCache:
 
 
 # ------------------------------------------------------------------------------------------------ compute
-def _batches_by_length(lists: Sequence[TokenizedList], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length (less padding); order restored by the caller."""
-    order = sorted(range(len(lists)), key=lambda i: lists[i].shared_length)
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-
-
 def compute_reference_logps(model, lists: Sequence[TokenizedList], *, batch_size: int = 8, cache_dir=None,
                             settings: Mapping | None = None, progress: bool = True, tokenizer=None,
                             layout: str | None = None, max_tokens_per_row: int | None = None,
                             chunk_size: int = 1024) -> list[Tensor]:
     """Summed log-probs of every response under the reference model, ``[K_b]`` per list, cached.
+
+    :func:`~rankalign.engine.score_lists` with a cache, in the precision the model runs in (no autocast
+    beyond what ``accelerate`` set up, so that reference and policy log-probs are computed alike).
 
     Parameters
     ----------
@@ -199,52 +194,12 @@ def compute_reference_logps(model, lists: Sequence[TokenizedList], *, batch_size
     list of Tensor
         One float32 CPU tensor ``[K_b]`` per list, in the input order.
     """
-    lists = list(lists)
-    cache = key = None
-    if cache_dir is not None:
-        cache = ReferenceCache(cache_dir)
-        key = reference_cache_key(model, lists, tokenizer=tokenizer, settings=settings)
-        cached = cache.load(key, [item.k for item in lists])
-        if cached is not None:
-            return cached
-        if cache.last_miss_reason != "missing":
-            warnings.warn(f"reference cache {cache.manifest_path} not used: {cache.last_miss_reason}; recomputing",
-                          stacklevel=2)
-    if layout is None:
-        layout = "shared" if supports_shared_layout(model) else "duplicated"
-    device = next(unwrap_model(model).parameters()).device
-    results: list[Tensor | None] = [None] * len(lists)
-    batches = _batches_by_length(lists, batch_size)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), _progress(progress, len(batches)) as advance:
-            for indices in batches:
-                batch = pack_lists([lists[i] for i in indices], layout=layout,
-                                   max_tokens_per_row=max_tokens_per_row).to(device)
-                logps = sequence_logps(model, batch, chunk_size=chunk_size).float().cpu()
-                for row, i in enumerate(indices):
-                    results[i] = logps[row, :lists[i].k].clone()
-                advance()
-    finally:
-        model.train(was_training)
-    if cache is not None:
-        cache.save(key, results, settings=settings)
-    return results
+    from .scoring import score_lists
 
-
-@contextlib.contextmanager
-def _progress(enabled: bool, total: int):
-    if not enabled or total == 0:
-        yield lambda: None
-        return
-    from rich.console import Console
-    from rich.progress import Progress
-
-    # on stderr, so that a command printing JSON to stdout stays machine-readable
-    with Progress(transient=True, console=Console(stderr=True)) as bar:
-        task = bar.add_task("reference log-probs", total=total)
-        yield lambda: bar.advance(task)
+    return score_lists(model, lists, batch_size=batch_size, layout=layout or "auto",
+                       max_tokens_per_row=max_tokens_per_row, chunk_size=chunk_size, precision=None,
+                       cache_dir=cache_dir, settings=settings, tokenizer=tokenizer, progress=progress,
+                       description="reference log-probs").logps
 
 
 # ------------------------------------------------------------------------------------------------ PEFT

@@ -137,13 +137,6 @@ class TruncationReport:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _ids(encoded) -> list[int]:
-    """Token ids from ``apply_chat_template``/``__call__`` output (a list, or a dict with input_ids)."""
-    if isinstance(encoded, Mapping) or hasattr(encoded, "input_ids"):
-        encoded = encoded["input_ids"]
-    return [int(i) for i in encoded]
-
-
 def _is_messages(value) -> bool:
     return not isinstance(value, str) and value is not None
 

@@ -2,8 +2,10 @@
 
 The policy (and the optional reference) is a local ``transformers`` causal-LM directory with safetensors
 weights, loaded with ``trust_remote_code=False``. Records are read with :func:`rankalign.data.readers.read`,
-tokenized with :func:`rankalign.engine.tokenize_records`, packed with :func:`rankalign.engine.pack_lists`
-and scored with :func:`rankalign.engine.sequence_logps`; the metrics are :func:`rankalign.eval.policy.evaluate_logps`.
+tokenized with :func:`rankalign.engine.tokenize_records` and scored with :func:`rankalign.engine.score_lists` (the
+engine's one list-scoring path: length-sorted batches, prefix-shared when the model passes the layout probe, the
+output head only at response positions, bf16 autocast on a CUDA device); the metrics are
+:func:`rankalign.eval.policy.evaluate_logps`.
 torch and transformers are imported only when the command runs.
 """
 
@@ -15,6 +17,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import click
 import numpy as np
@@ -75,39 +78,87 @@ def group_of(record, group_by: str) -> str:
 
 
 # -------------------------------------------------------------------------------------------- models
-def load_causal_lm(path: str, device: str):
-    """A local causal LM directory (safetensors only, no remote code), float32 unless saved otherwise,
-    in eval mode on ``device``."""
-    from transformers import AutoModelForCausalLM
+def load_causal_lm(spec: str, device: str, *, allow_bin: bool = False):
+    """The causal LM named by ``spec`` (any :func:`rankalign.engine.resolve_model` spec: folder, .gguf,
+    fetched name, HF-cache id), safetensors only unless ``allow_bin``, no remote code, float32, in eval mode
+    on ``device``."""
+    from ..engine.sources import load_causal_lm as load_source
 
-    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, use_safetensors=True,
-                                                 local_files_only=True)
-    return model.to(device).eval()
+    return load_source(spec, allow_bin=allow_bin).to(device).eval()
 
 
-def score_lists(model, lists, *, batch_size: int, pad_token_id: int, progress_label: str, quiet: bool) -> np.ndarray:
-    """``[N, K]`` summed response log-probabilities of every list (0 at padding), in batches."""
+def load_run(run_dir: str, device: str):
+    """(policy, reference context, run record) of a ``rankalign train`` output folder.
+
+    The folder's ``run_source.json`` names the model spec and the reference. Under LoRA the policy is the
+    base model with the saved adapter and the reference is the same model with the adapter disabled, so one
+    copy of the weights serves both; ``reference()`` returns a context manager that yields the reference.
+    """
+    import contextlib
+    from pathlib import Path
+
+    from ..engine import adapter_disabled
+    from ..engine.sources import load_causal_lm as load_source
+    from ..train.run import RUN_SOURCE_FILE
+
+    run = Path(run_dir)
+    record_path = run / RUN_SOURCE_FILE
+    if not record_path.is_file():
+        raise click.ClickException(f"{run}: no {RUN_SOURCE_FILE}; is it a `rankalign train` output folder "
+                                   "(written by this version)?")
+    record = json.loads(record_path.read_text())
+    final = run / record["policy"]["folder"]
+    if not final.is_dir():
+        raise click.ClickException(f"{run}: no {final.name}/ folder: the run has not finished")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(run / record["tokenizer"]), trust_remote_code=False,
+                                              local_files_only=True)
+    allow_bin = bool(record.get("allow_bin"))
+
+    def base():
+        return load_source(record["model"], allow_bin=allow_bin, vocab_size=len(tokenizer), seed=record["seed"],
+                           tiny_options=record.get("tiny_model"))
+
+    if record["policy"]["adapter"]:
+        from peft import PeftModel
+
+        policy = PeftModel.from_pretrained(base(), str(final)).to(device).eval()
+    else:
+        policy = load_source(str(final), allow_bin=allow_bin).to(device).eval()
+    kind = record["reference"]["kind"]
+    if kind == "adapter_disabled":
+        def reference():
+            return adapter_disabled(policy)
+    else:
+        spec = record["reference"]["spec"]
+
+        @contextlib.contextmanager
+        def reference():
+            model = (base() if kind == "initial_model" else load_source(spec, allow_bin=allow_bin)).to(device).eval()
+            yield model
+            del model
+    return policy, reference, record, tokenizer
+
+
+def greedy_generations(model, tokenizer, prompts, *, max_new_tokens: int = 48) -> list[str]:
+    """Greedy continuations of ``prompts`` (text, or chat messages through the tokenizer's template)."""
     import torch
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from ..engine import pack_lists, sequence_logps, supports_shared_layout
-
-    layout = "shared" if supports_shared_layout(model) else "duplicated"
     device = next(model.parameters()).device
-    k = max(item.k for item in lists)
-    out = np.zeros((len(lists), k))
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True, disable=quiet) as progress:
-        task = progress.add_task(progress_label, total=len(lists))
-        for start in range(0, len(lists), batch_size):
-            chunk = lists[start:start + batch_size]
-            batch = pack_lists(chunk, layout=layout, pad_token_id=pad_token_id).to(device)
-            with torch.inference_mode():
-                logps = sequence_logps(model, batch).double().cpu().numpy()
-            out[start:start + len(chunk), :logps.shape[1]] = logps
-            progress.advance(task, len(chunk))
-    return out
+    texts = []
+    for prompt in prompts:
+        if isinstance(prompt, str):
+            ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        else:
+            ids = tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, return_tensors="pt",
+                                                return_dict=True)["input_ids"]
+        ids = ids.to(device)
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+        texts.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+    return texts
 
 
 def _ranks_and_lengths(lists) -> tuple[np.ndarray, np.ndarray]:
@@ -175,15 +226,21 @@ def _report(result: dict) -> EvalReport:
 
 # ---------------------------------------------------------------------------------------------- command
 @click.command("eval")
-@click.option("--model", "model_path", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Trained policy: a local transformers model directory (safetensors).")
-@click.option("--reference", "reference_path", type=click.Path(exists=True, file_okay=False),
-              help="Reference policy directory; enables implicit-reward margins, calibration, idealised accuracy.")
-@click.option("--tokenizer", "tokenizer_path", type=click.Path(exists=True, file_okay=False),
-              help="Tokenizer directory (default: the model's).")
+@click.option("--model", "model_path",
+              help="Policy: a local folder, a .gguf file, a fetched name (smollm2-135m) or an HF-cache id.")
+@click.option("--reference", "reference_path",
+              help="Reference policy (same kinds of spec); enables implicit-reward margins, calibration, "
+                   "idealised accuracy.")
+@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False),
+              help="A `rankalign train` output folder: its policy, reference, tokenizer, beta and token limits "
+                   "(instead of --model/--reference/--tokenizer).")
+@click.option("--tokenizer", "tokenizer_path", help="Tokenizer folder or model spec (default: the model's).")
+@click.option("--allow-bin", is_flag=True, help="Allow pickle (.bin) weights; by default only safetensors load.")
+@click.option("--generations", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Show greedy generations of the policy (and reference) for the first N prompts.")
 @click.option("--data", "data_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Preference file (JSONL, JSON, CSV, Parquet; any layout rankalign reads).")
-@click.option("--beta", default=0.1, show_default=True, type=float, help="KL coefficient the policy was trained with.")
+@click.option("--beta", default=None, type=float, help="KL coefficient the policy was trained with [default: 0.1, or the run's].")
 @click.option("--alpha-field", help="Record meta field (or per-candidate score attribute) with the true preference rate.")
 @click.option("--alpha", "alpha_constant", type=click.FloatRange(0.0, 1.0),
               help="One true preference rate for every pair (when the data has none).")
@@ -193,6 +250,8 @@ def _report(result: dict) -> EvalReport:
 @click.option("--max-response-tokens", type=click.IntRange(min=1), help="Cut responses from the right.")
 @click.option("--skip-invalid", is_flag=True, help="Skip (and count) invalid rows instead of stopping.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, ... or auto.")
+@click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16"]),
+              help="auto: bfloat16 autocast on a CUDA device that supports it, float32 on the CPU.")
 @click.option("--n-bins", default=10, show_default=True, type=click.IntRange(min=1), help="Calibration bins.")
 @click.option("--group-by", help="Per-group ranking accuracy and the worst group: 'annotator' or a record meta field.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a reliability diagram PNG here.")
@@ -201,15 +260,34 @@ def _report(result: dict) -> EvalReport:
 @click.option("--output", "output_path", type=click.Path(dir_okay=False),
               help="Also write the JSON object to this file (atomically).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object to stdout instead of a table.")
-def eval_command(model_path, reference_path, tokenizer_path, data_path, beta, alpha_field, alpha_constant,
-                 max_records, batch_size, max_prompt_tokens, max_response_tokens, skip_invalid, device, n_bins,
-                 group_by, plot_path, cache_dir, output_path, as_json):
+def eval_command(model_path, reference_path, run_dir, tokenizer_path, allow_bin, generations, data_path, beta,
+                 alpha_field, alpha_constant, max_records, batch_size, max_prompt_tokens, max_response_tokens,
+                 skip_invalid, device, precision, n_bins, group_by, plot_path, cache_dir, output_path, as_json):
     """Evaluate a trained policy on a preference file: ranking accuracy, idealised ranking accuracy where
-    preference rates are known, implicit-reward margins and calibration (with --reference)."""
+    preference rates are known, implicit-reward margins and calibration (with --reference or --run)."""
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if run_dir is not None and (model_path or reference_path or tokenizer_path):
+        raise click.UsageError("--run names the policy, reference and tokenizer; drop --model/--reference/--tokenizer")
+    if run_dir is None and not model_path:
+        raise click.UsageError("give --model (a model spec) or --run (a training output folder)")
+    run_record = None
+    if run_dir is not None:
+        from ..train.run import RUN_SOURCE_FILE
+
+        try:
+            run_record = json.loads((Path(run_dir) / RUN_SOURCE_FILE).read_text())
+        except FileNotFoundError:
+            raise click.ClickException(f"{run_dir}: no {RUN_SOURCE_FILE}; is it a `rankalign train` output "
+                                       "folder?") from None
+        beta = run_record["beta"] if beta is None else beta
+        max_prompt_tokens = max_prompt_tokens or run_record.get("max_prompt_tokens")
+        max_response_tokens = max_response_tokens or run_record.get("max_response_tokens")
+        model_path = f"{run_dir} (policy)"
+        reference_path = f"{run_dir} ({run_record['reference']['kind']}: {run_record['reference']['spec']})"
+    beta = 0.1 if beta is None else beta
     if not beta > 0:
         raise click.BadParameter("must be > 0", param_hint="--beta")
     if alpha_field and alpha_constant is not None:
@@ -241,10 +319,19 @@ def eval_command(model_path, reference_path, tokenizer_path, data_path, beta, al
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    from ..engine.sources import ModelNotFound, resolve_path
+
+    policy = reference_context = None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or model_path, trust_remote_code=False,
-                                                  local_files_only=True)
+        if run_record is not None:
+            policy, reference_context, _, tokenizer = load_run(run_dir, device)
+        else:
+            tokenizer_folder = tokenizer_path if tokenizer_path and os.path.isdir(tokenizer_path) else \
+                resolve_path(tokenizer_path or model_path, allow_bin=True)
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder, trust_remote_code=False, local_files_only=True)
     except (OSError, ValueError) as error:
+        if isinstance(error, ModelNotFound | PermissionError):
+            raise click.ClickException(str(error)) from None
         raise click.ClickException(f"cannot load a tokenizer from {tokenizer_path or model_path}: {error}") from None
     try:
         lists, truncation = tokenize_records(tokenizer, ranked, max_prompt_tokens=max_prompt_tokens,
@@ -258,27 +345,42 @@ def eval_command(model_path, reference_path, tokenizer_path, data_path, beta, al
 
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     quiet = not sys.stderr.isatty()
-    try:
-        model = load_causal_lm(model_path, device)
-        policy_logps = score_lists(model, lists, batch_size=batch_size, pad_token_id=pad_token_id,
-                                   progress_label="policy", quiet=quiet)
-        del model
-        ref_logps = None
-        if reference_path is not None:
-            reference = load_causal_lm(reference_path, device)
-            if cache_dir:
-                from ..engine import compute_reference_logps
+    from ..engine import score_lists
 
-                settings = {"max_prompt_tokens": max_prompt_tokens, "max_response_tokens": max_response_tokens}
-                cached = compute_reference_logps(reference, lists, batch_size=batch_size, cache_dir=cache_dir,
-                                                 settings=settings, progress=False, tokenizer=tokenizer)
-                ref_logps = np.zeros_like(policy_logps)
-                for row, values in enumerate(cached):
-                    ref_logps[row, :len(values)] = values.double().numpy()
-            else:
-                ref_logps = score_lists(reference, lists, batch_size=batch_size, pad_token_id=pad_token_id,
-                                        progress_label="reference", quiet=quiet)
+    def scores(model, label, **cache):
+        """``[N, K]`` summed response log-probs (0 at padding) through the engine's one scoring path."""
+        padded, _ = score_lists(model, lists, batch_size=batch_size, pad_token_id=pad_token_id, precision=precision,
+                                progress=not quiet, description=label, **cache).padded()
+        return padded.numpy()
+
+    generated = {}
+    prompts = [ranked[item.index].prompt for item in lists[:generations]]
+    try:
+        model = policy if policy is not None else load_causal_lm(model_path, device, allow_bin=allow_bin)
+        policy_logps = scores(model, "policy")
+        if prompts:
+            generated["policy"] = greedy_generations(model, tokenizer, prompts)
+        if reference_context is None:
+            del model
+        ref_logps = None
+        if reference_context is not None:
+            with reference_context() as reference:
+                ref_logps = scores(reference, "reference")
+                if prompts:
+                    generated["reference"] = greedy_generations(reference, tokenizer, prompts)
+        elif reference_path is not None:
+            reference = load_causal_lm(reference_path, device, allow_bin=allow_bin)
+            if prompts:
+                generated["reference"] = greedy_generations(reference, tokenizer, prompts)
+            cache = {}
+            if cache_dir:
+                cache = {"cache_dir": cache_dir, "tokenizer": tokenizer,
+                         "settings": {"max_prompt_tokens": max_prompt_tokens,
+                                      "max_response_tokens": max_response_tokens}}
+            ref_logps = scores(reference, "reference", **cache)
             del reference
+    except (ModelNotFound, PermissionError) as error:
+        raise click.ClickException(str(error)) from None
     except (OSError, ValueError) as error:
         raise click.ClickException(f"cannot evaluate with the model at {model_path}"
                                    f"{'' if reference_path is None else ' / ' + reference_path}: {error}") from None
@@ -303,6 +405,10 @@ def eval_command(model_path, reference_path, tokenizer_path, data_path, beta, al
     result["skipped"] = dict(sorted(skipped.items()))
     result["truncation"] = truncation.to_dict()
     result["device"] = device
+    result["precision"] = precision
+    if generated:
+        result["generations"] = [{"prompt": prompt, **{side: texts[i] for side, texts in generated.items()}}
+                                 for i, prompt in enumerate(prompts)]
     result["seconds"] = time.perf_counter() - started
 
     if plot_path:
@@ -321,4 +427,11 @@ def eval_command(model_path, reference_path, tokenizer_path, data_path, beta, al
     else:
         from rich.console import Console
 
-        Console().print(_report(result).to_table())
+        console = Console()
+        console.print(_report(result).to_table())
+        for i, row in enumerate(result.get("generations", [])):
+            prompt = row["prompt"] if isinstance(row["prompt"], str) else row["prompt"][-1]["content"]
+            console.print(f"[bold]prompt {i + 1}[/bold] (last 200 characters): {prompt[-200:]!r}", highlight=False)
+            for side in ("reference", "policy"):
+                if side in row:
+                    console.print(f"  {side}: {row[side]!r}", highlight=False)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .._atomic import atomic_write
+from .._escape import for_terminal
 
 __all__ = [
     "EvalReport",
@@ -156,14 +157,15 @@ class EvalReport:
         """A :class:`rich.table.Table` (text left-aligned, numbers right-aligned)."""
         from rich.table import Table
 
-        table = Table(title=self.title, caption="\n".join(self.notes) or None, caption_justify="left")
+        table = Table(title=for_terminal(self.title), caption=for_terminal("\n".join(self.notes)) or None,
+                      caption_justify="left")
         columns = self.column_names()
         for name in columns:
             numeric = any(_is_number(row.get(name)) or _estimate(row.get(name)) is not None
                           for row in self.rows)
-            table.add_column(name, justify="right" if numeric else "left")
+            table.add_column(for_terminal(name), justify="right" if numeric else "left")
         for row in self.rows:
-            table.add_row(*(format_value(row.get(name), digits) for name in columns))
+            table.add_row(*(for_terminal(format_value(row.get(name), digits)) for name in columns))
         return table
 
     def print(self, console=None, digits: int = 3) -> None:

@@ -26,7 +26,7 @@ from torch import Tensor
 from ._common import Pairs, log_ratios, ordered_pairs, resolve_ranks, valid_mask
 from ._registry import register
 
-__all__ = ["pl_dpo", "pro", "lipo_lambda", "all_pairs_dpo", "listnet", "best_vs_rest"]
+__all__ = ["pl_dpo", "pro", "lipo_lambda", "all_pairs_dpo", "listnet", "best_vs_rest", "sppo", "win_rates_from_ranks"]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -360,14 +360,8 @@ def lipo_lambda(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks:
     return -(log_sig * weights).sum(0)
 
 
-def _positions_by_score(scores: Tensor, valid: Tensor) -> Tensor:
-    """1-based position of each present candidate when sorted by ``scores`` descending (stable: column
-    order breaks exact ties); padding sorts after every present candidate (its position is never used)."""
-    return _positions_by_score_t(scores.t().contiguous(), valid.t().contiguous()).t()
-
-
 def _positions_by_score_t(scores_t: Tensor, valid_t: Tensor) -> Tensor:
-    """:func:`_positions_by_score` on ``[K, B]`` scores and mask (candidates first), ``[K, B]``.
+    """1-based position of each present candidate, sorted by score descending, on ``[K, B]`` (candidates first).
 
     Counted rather than sorted: ``position_i = 1 + #{j : s_j > s_i} + #{j < i : s_j = s_i}``, the position
     of a stable descending sort, on ``[K, K, B]`` comparisons (the batch contiguous)."""
@@ -488,3 +482,49 @@ def best_vs_rest(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks
     best_pairs = Pairs(winner=pairs.winner, loser=pairs.loser, valid=pairs.valid & winner_is_best)
     chosen, rejected = best_pairs.take(rewards)
     return best_pairs.mean(_dpo_per_pair(chosen, rejected))
+
+
+def win_rates_from_ranks(ranks: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Each candidate's share of the other candidates it beats, ties counting 1/2: ``(#below + #tied/2) / (n-1)``.
+
+    The empirical estimate of ``P(y_i beats the policy)`` from one ranked group of samples (0.5 for a
+    group of one and at padding, where it is never used).
+    """
+    valid = valid_mask(ranks)
+    both = valid.unsqueeze(2) & valid.unsqueeze(1)
+    below = ((ranks.unsqueeze(2) < ranks.unsqueeze(1)) & both).sum(2).to(dtype)
+    tied = ((ranks.unsqueeze(2) == ranks.unsqueeze(1)) & both).sum(2).to(dtype) - 1  # minus itself
+    others = (valid.sum(1, keepdim=True) - 1).to(dtype)
+    rates = (below + 0.5 * tied.clamp_min(0)) / others.clamp_min(1)
+    return torch.where(valid & (others > 0), rates, torch.full_like(rates, 0.5))
+
+
+@register("sppo", family="listwise",
+          paper="Wu, Sun, Yuan, Ji, Yang, Gu, Self-Play Preference Optimization for Language Model Alignment, "
+                "ICLR 2025 (arXiv:2405.00675)")
+def sppo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor | None = None,
+         lengths: Tensor | None = None, grades: Tensor | None = None, beta: float = 0.1) -> Tensor:
+    """Self-Play Preference Optimisation with soft win probabilities (SPPO; Wu et al., ICLR 2025, Eq. 4.7).
+
+    Each sampled response's log-ratio against the previous self-play policy is regressed onto its
+    centred win probability, with ``eta = 1/beta``::
+
+        loss = (1/n) sum_i (rho_i - (P_i - 1/2) / beta)^2
+
+    ``P_i = P(y_i beats pi_t | x)``, estimated from a group of samples of pi_t (``grades``, in [0, 1]):
+    the paper averages a preference model's ``P(y_i > y_j)`` over the other samples of the group. With
+    ``grades=None`` the ranking gives ``P_i`` = the share of the others it beats, ties counting 1/2
+    (:func:`win_rates_from_ranks`). Intuition: a response that beats the current policy more often than
+    not gets a higher log-ratio, in proportion to its margin; unlike DPO the targets are absolute, so the
+    objective cannot push log-ratios without bound. With hard ``P`` (1 and 0) on a pair it is
+    ``sppo_hard``. Padding (-1) is excluded.
+    """
+    ranks = _resolve_list_ranks(policy_logps, ranks, None)
+    valid = valid_mask(ranks)
+    if grades is None:
+        rates = win_rates_from_ranks(ranks, policy_logps.dtype)
+    else:
+        rates = _list_tensor(grades, policy_logps, valid, "grades", fill=0.5)
+    rho = _scaled_log_ratios(policy_logps, ref_logps, valid, 1.0)
+    per_response = _zero_padding((rho - (rates - 0.5) / beta) ** 2, valid)
+    return per_response.sum(1) / valid.sum(1).clamp_min(1)

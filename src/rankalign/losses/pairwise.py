@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._common import pairwise_loss
-from ._registry import register
+from ._registry import Range, register
 
 # exp() arguments of the f-divergence scores are capped here so that exp and its gradient stay finite
 # in float32 (exp(50) ~ 5e21); beyond the cap that term's gradient is zero (like TRL's capped exp).
@@ -58,13 +58,6 @@ def _safe_length(length: Tensor) -> Tensor:
     return length.clamp_min(1.0)
 
 
-def _check_smoothing(eps: float, low: float, high: float, name: str, closed_high: bool = True) -> None:
-    ok = low <= eps <= high if closed_high else low <= eps < high
-    if not ok:
-        bracket = "]" if closed_high else ")"
-        raise ValueError(f"{name}: label_smoothing must be in [{low}, {high}{bracket}, got {eps}")
-
-
 def _logistic_pair(margin: Tensor, eps: float) -> Tensor:
     """-(1 - eps) log sigma(margin) - eps log sigma(-margin)."""
     loss = -F.logsigmoid(margin)
@@ -88,7 +81,7 @@ def dpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor 
     implicit reward ``beta * rho``. ``eps > 0`` is cDPO (Mitchell, "A note on DPO with noisy
     preferences", 2023): the expected DPO loss when each label is flipped with probability eps, which
     keeps the margin finite (its minimiser is sigma(beta h) = 1 - eps instead of h -> infinity).
-    Same parameter name as TRL (``label_smoothing``). ``eps`` must lie in [0, 1].
+    Same parameter name as TRL (``label_smoothing``). ``eps`` must lie in [0, 0.5) (registry range; 0.5 or more reverses the labels).
 
     ``ref_logps=None`` gives the reference-free variant (rho = log pi_theta). ``lengths``/``grades``
     are unused. K > 2, ties and padding: the module's pair decomposition (mean over strictly ordered
@@ -98,7 +91,6 @@ def dpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor 
     -------
     Tensor ``[B]``: the per-list loss.
     """
-    _check_smoothing(label_smoothing, 0.0, 1.0, "dpo")
 
     def per_pair(chosen, rejected, ref_chosen, ref_rejected):
         h = _rho(chosen, ref_chosen) - _rho(rejected, ref_rejected)
@@ -129,7 +121,6 @@ def robust_dpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: 
     parameter name as TRL's ``loss_type="robust"``. ``ref_logps=None``: reference-free. K > 2, ties,
     padding: the module's pair decomposition.
     """
-    _check_smoothing(label_smoothing, 0.0, 0.5, "robust_dpo", closed_high=False)
 
     def per_pair(chosen, rejected, ref_chosen, ref_rejected):
         margin = beta * (_rho(chosen, ref_chosen) - _rho(rejected, ref_rejected))
@@ -229,7 +220,6 @@ def simpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tenso
     ``ref_logps`` is ignored. K > 2, ties, padding: the module's pair decomposition.
     """
     lengths = _require_lengths(lengths, "simpo")
-    _check_smoothing(label_smoothing, 0.0, 1.0, "simpo")
 
     def per_pair(chosen, rejected, ref_chosen, ref_rejected, len_chosen, len_rejected):
         margin = beta * (chosen / _safe_length(len_chosen) - rejected / _safe_length(len_rejected)) - gamma
@@ -261,7 +251,6 @@ def cpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor 
     not in the paper; default 0). ``ref_logps`` is ignored. K > 2, ties, padding: the module's pair
     decomposition, so a candidate's NLL enters once per pair it wins (at K = 2 exactly the paper's loss).
     """
-    _check_smoothing(label_smoothing, 0.0, 1.0, "cpo")
     if nll_length_normalize:
         lengths = _require_lengths(lengths, "cpo(nll_length_normalize=True)")
 
@@ -405,6 +394,8 @@ def soft_dpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Te
 
 # ----------------------------------------------------------------------- distribution-matching family
 @register("exo", family="pairwise",
+          ranges={"label_smoothing": Range(0.0, 0.5, low_open=True, high_open=True,
+                                           why="0 makes the loss infinite, 0.5 or more reverses the labels")},
           paper="Ji, Lu, Zhang, Deng, Zhao, Wang, Gao, Towards Efficient Exact Optimization of Language Model "
                 "Alignment, ICML 2024 (arXiv:2402.00856)")
 def exo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor | None = None,
@@ -420,15 +411,13 @@ def exo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor 
     Intuition: the reverse KL from the model's implicit preference distribution to the (smoothed)
     labels, which is mode-seeking like the RLHF objective it exactly optimises, unlike DPO's forward
     KL. Its minimum, 0, is at beta h = log((1 - eps) / eps). ``beta`` is the paper's beta_pi (with fixed
-    pair labels the paper's beta_r plays no role); eps must lie in (0, 1) (eps = 0 makes the loss
-    infinite for any finite h); the default 1e-3 is TRL's recommended value for ``loss_type="exo_pair"``
+    pair labels the paper's beta_r plays no role); eps must lie in (0, 0.5) (eps = 0 makes the loss
+    infinite for any finite h, eps >= 0.5 reverses the labels); the default 1e-3 is TRL's recommended value for ``loss_type="exo_pair"``
     (the authors' code writes the loser's label as log-weight -10 next to 0 for the winner, i.e.
     eps = e^-10 / (1 + e^-10) ~ 4.5e-5 up to a constant offset of log(1 + e^-10)).
     ``ref_logps=None``: reference-free. K > 2, ties, padding: the module's pair decomposition (EXO's
     K-response form over a list is a different objective and is not what this computes).
     """
-    if not 0.0 < label_smoothing < 1.0:
-        raise ValueError(f"exo: label_smoothing must be in (0, 1), got {label_smoothing}")
     log_p_w = math.log1p(-label_smoothing)
     log_p_l = math.log(label_smoothing)
 
@@ -563,8 +552,6 @@ def discopop(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Te
     exp(-x) alone overflows. ``ref_logps=None``: reference-free. K > 2, ties, padding: the module's
     pair decomposition.
     """
-    if discopop_tau <= 0:
-        raise ValueError(f"discopop: discopop_tau must be > 0, got {discopop_tau}")
 
     def per_pair(chosen, rejected, ref_chosen, ref_rejected):
         x = beta * (_rho(chosen, ref_chosen) - _rho(rejected, ref_rejected))
@@ -604,6 +591,7 @@ def f_divergence_score(rho: Tensor, divergence: str, alpha: float = 0.5) -> Tens
 
 
 @register("f_dpo", family="pairwise",
+          ranges={"divergence": Range(kind="choice", choices=DIVERGENCES), "alpha": Range(0.0, 1.0)},
           paper="Wang, Jiang, Yang, Liu, Chen, Beyond Reverse KL: Generalizing Direct Preference Optimization "
                 "with Diverse Divergence Constraints, ICLR 2024 (arXiv:2309.16240)")
 def f_dpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor | None = None,
@@ -628,8 +616,6 @@ def f_dpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tenso
     for finite gradients when pi_theta << pi_ref. ``ref_logps=None`` scores the policy log-probs
     directly. K > 2, ties, padding: the module's pair decomposition.
     """
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"f_dpo: unknown divergence {divergence!r}; expected one of {', '.join(DIVERGENCES)}")
 
     def per_pair(chosen, rejected, ref_chosen, ref_rejected):
         score_w = f_divergence_score(_rho(chosen, ref_chosen), divergence, alpha)

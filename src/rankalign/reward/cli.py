@@ -55,8 +55,12 @@ def _load_backbone(path: str, records, *, num_attributes: int, seed: int):
         return RewardModel(backbone, num_attributes=num_attributes, seed=seed), tokenizer
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-    if not Path(path).is_dir():
-        raise click.ClickException(f"{path}: not a local model directory (or 'tiny'); nothing is downloaded")
+    from ..engine.sources import ModelNotFound, resolve_path
+
+    try:  # a folder, a .gguf file, a fetched name (smollm2-135m) or an HF-cache id; safetensors only
+        path = resolve_path(path)
+    except (ModelNotFound, PermissionError) as error:
+        raise click.ClickException(str(error)) from None
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     if (Path(path) / REWARD_CONFIG_NAME).is_file():
         return RewardModel.from_pretrained(path), tokenizer
@@ -64,7 +68,7 @@ def _load_backbone(path: str, records, *, num_attributes: int, seed: int):
     from .model import ENCODER_MODEL_TYPES
 
     loader = AutoModel if config.model_type in ENCODER_MODEL_TYPES else AutoModelForCausalLM
-    backbone = loader.from_pretrained(path, trust_remote_code=False)
+    backbone = loader.from_pretrained(path, trust_remote_code=False, use_safetensors=True)
     return RewardModel(backbone, num_attributes=num_attributes, seed=seed), tokenizer
 
 
@@ -76,7 +80,8 @@ def reward():
 @reward.command("train")
 @click.argument("data", type=click.Path(exists=True, dir_okay=True))
 @click.option("--model", "model_path", default="tiny", show_default=True,
-              help="'tiny' (a tiny Llama built locally) or a local transformers/reward-model directory.")
+              help="'tiny' (a tiny Llama built locally), a local transformers/reward-model directory, a .gguf "
+                   "file, a fetched name (smollm2-135m) or an HF-cache id.")
 @click.option("--objective", default="bt_reward", show_default=True,
               help="A registered reward objective: bt_reward, pl_reward, davidson_reward, bce_reward, "
                    "rating_regression.")

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from .._atomic import atomic_write_path
 from ..data.errors import DataError
 from ..data.records import Judgment, RankedList
+from ..engine.logps import base_hidden_states, base_model_of, choose_layout
 from ..engine.packing import PackedBatch, pack_lists
 from ..engine.tokenize import TokenizedList, tokenize_records
 
@@ -62,7 +63,6 @@ ENCODER_MODEL_TYPES = frozenset({
     "camembert", "modernbert", "nomic_bert", "xlm", "ernie", "megatron-bert", "luke",
 })
 BACKBONE_KINDS = ("causal", "encoder")
-_FLASH_IMPLEMENTATIONS = ("flash_attention_2", "flash_attention_3", "paged_attention")
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -76,15 +76,6 @@ def _write_json_atomic(path, data) -> None:
             handle.write("\n")
 
     write_file_atomic(path, write)
-
-
-def _base_of(model):
-    """The base transformer of a causal LM (``model.model``, ``model.transformer``), or ``model`` itself."""
-    prefix = getattr(model, "base_model_prefix", "")
-    base = getattr(model, prefix, None) if prefix else None
-    if isinstance(base, nn.Module) and base is not model:
-        return base
-    return model
 
 
 def _detect_kind(backbone) -> str:
@@ -144,7 +135,7 @@ class RewardModel(nn.Module):
             attribute_weights = None
         if num_attributes < 1:
             raise ValueError(f"num_attributes must be >= 1, got {num_attributes}")
-        self.backbone = _base_of(backbone)
+        self.backbone = base_model_of(backbone)
         self.kind = kind or _detect_kind(self.backbone)
         if self.kind not in BACKBONE_KINDS:
             raise ValueError(f"kind must be one of {BACKBONE_KINDS}, got {kind!r}")
@@ -364,23 +355,14 @@ def _last_token_index(batch: PackedBatch) -> Tensor:
 
 def _causal_attributes(model: RewardModel, lists: Sequence[TokenizedList], layout: str,
                        max_tokens_per_row: int | None = None) -> Tensor:
-    implementation = getattr(model.backbone.config, "_attn_implementation", None)
-    if layout == "shared" and implementation in _FLASH_IMPLEMENTATIONS:
-        warnings.warn(f"attention implementation {implementation!r} takes no custom 4D masks; scoring in the "
-                      "duplicated layout (the prompt is computed once per response)", stacklevel=3)
-        layout = "duplicated"
+    # the engine's layout probe decides whether this backbone computes the shared layout correctly
+    layout = choose_layout(model.backbone, layout)
     pad_id = getattr(model.backbone.config, "pad_token_id", None) or 0
     # grades may hold per-attribute mappings here (see prepare_lists); the packer needs none of them
     lists = [replace(item, grades=None) for item in lists]
     batch = pack_lists(lists, layout=layout, pad_token_id=pad_id,
                        max_tokens_per_row=max_tokens_per_row if layout == "shared" else None).to(model.device)
-    mask = batch.attention_mask
-    dtype = model.head.weight.dtype
-    if layout == "shared" and mask.dtype != dtype:
-        mask = torch.zeros_like(mask, dtype=dtype).masked_fill_(mask < 0, torch.finfo(dtype).min)
-    outputs = model.backbone(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids,
-                             use_cache=False)
-    hidden = outputs[0] if not hasattr(outputs, "last_hidden_state") else outputs.last_hidden_state
+    hidden = base_hidden_states(model.backbone, batch)
     flat = hidden.reshape(-1, hidden.shape[-1])
     last = flat.index_select(0, _last_token_index(batch).reshape(-1))
     return model.head(last).view(batch.num_lists, batch.max_k, -1)

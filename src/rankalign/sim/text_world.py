@@ -270,25 +270,20 @@ def _generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int) -> 
 
 def response_logps(model, tokenizer, prompts: Sequence[str], responses: Sequence[Sequence[str]], *,
                    batch_size: int = 16):
-    """``log pi(y | x)`` of each response (EOS included) through the engine, as a list of (K,) arrays."""
-    import torch
+    """``log pi(y | x)`` of each response (EOS included) through the engine, as a list of (K,) arrays.
 
-    from ..engine import TokenizedList, pack_lists, sequence_logps
+    Scored by :func:`rankalign.engine.score_lists` (in the model's own precision, no progress bar).
+    """
+    from ..engine import TokenizedList, score_lists
 
     lists = []
     for index, (prompt, group) in enumerate(zip(prompts, responses)):
         prompt_ids, _ = _encode(tokenizer, prompt)
         lists.append(TokenizedList(prompt_ids=prompt_ids, response_ids=[_encode(tokenizer, prompt, r)[1] for r in group],
                                    ranks=list(range(len(group))), index=index))
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(lists), batch_size):
-            chunk = lists[start:start + batch_size]
-            batch = pack_lists(chunk, layout="duplicated", pad_token_id=tokenizer.pad_token_id)
-            logps = sequence_logps(model, batch).double().numpy()
-            for row, item in enumerate(chunk):
-                out.append(logps[row, :len(item.response_ids)])
-    return out
+    scores = score_lists(model, lists, batch_size=batch_size, pad_token_id=tokenizer.pad_token_id, precision=None,
+                         progress=False, announce=False)
+    return [values.double().numpy() for values in scores.logps]
 
 
 class Timer:

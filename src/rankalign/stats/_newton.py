@@ -191,14 +191,85 @@ def apply_gauge(theta, n_items, reference=None):
     return theta
 
 
-def gauge_variances(cov, n_items, reference=None):
-    """Diagonal of ``A C A^T`` for the gauge (without forming A for many items)."""
-    item_cov = cov[:n_items, :n_items]
-    if reference is None:
-        row_mean = item_cov.mean(axis=1)
-        total_mean = row_mean.mean()
-        item_var = np.diag(item_cov) - 2.0 * row_mean + total_mean
-    else:
-        item_var = np.diag(item_cov) - 2.0 * item_cov[:, reference] + item_cov[reference, reference]
-    rest = np.diag(cov)[n_items:]
-    return np.maximum(np.concatenate([item_var, rest]), 0.0)
+# an estimate this far out (logits, or probits) means P = 1 - 1e-15: no finite data set puts a maximum-
+# likelihood estimate there, so Newton has walked off towards infinity (separation); and a standard
+# error above MAX_SE is information near zero in that direction (near-singular information)
+DIVERGED = 35.0
+MAX_SE = 1e3
+RUNAWAY = 5.0
+
+
+def unidentified(x, hessian, free, n_params) -> list[tuple[int, float, float]]:
+    """Parameters the data do not identify: ``[(index, estimate, standard error), ...]``.
+
+    A parameter is not identified when its estimate has run off (``|x| > DIVERGED``: the likelihood
+    keeps rising towards infinity, i.e. separation, Albert & Anderson 1984) or when its standard error
+    from the observed information exceeds ``MAX_SE`` (the information is near singular in its
+    direction). The covariance is computed only for dense problems (``n_params <= DENSE_LIMIT``).
+    """
+    free = np.arange(n_params) if free is None else np.asarray(free)
+    x = np.asarray(x, dtype=np.float64)
+    se = np.full(n_params, np.nan)
+    if n_params <= DENSE_LIMIT:
+        with np.errstate(invalid="ignore"):
+            se = np.sqrt(np.abs(np.diag(covariance(hessian, free, n_params))))
+    indices = free.tolist()
+    if n_params <= DENSE_LIMIT:
+        null = _null_directions(hessian, free)
+        if null:
+            return [(indices[k], float(x[indices[k]]), float("inf")) for k in null]
+    # a diverged parameter makes the information singular for the others too: name the cause only
+    diverged = [(i, float(x[i]), float(se[i])) for i in indices if not np.isfinite(x[i]) or abs(x[i]) > DIVERGED]
+    if diverged:
+        return diverged
+    flagged = [(i, float(x[i]), float(se[i])) for i in indices
+               if (np.isfinite(se[i]) and se[i] > MAX_SE) or (n_params <= DENSE_LIMIT and not np.isfinite(se[i]))]
+    # a parameter on its way to infinity (Newton stops once the gain is at rounding level, often near 30)
+    # flattens the likelihood for the rest too: name the ones that ran far out, not the collateral
+    farthest = max((abs(value) for _, value, _ in flagged), default=0.0)
+    if farthest >= RUNAWAY:
+        flagged = [entry for entry in flagged if abs(entry[1]) >= farthest / 2]
+    return flagged
+
+
+def _null_directions(hessian, free) -> list[int]:
+    """Positions (within ``free``) of the parameters in the null space of a singular information matrix
+    (Cholesky fails, e.g. two identical covariates): those loading >= 0.3 on an eigenvector whose
+    eigenvalue is below 1e-10 of the largest."""
+    neg_h = -_restrict(hessian, free)
+    if sparse.issparse(neg_h):
+        neg_h = neg_h.toarray()
+    try:
+        scipy.linalg.cho_factor(neg_h, check_finite=False)
+        return []
+    except (np.linalg.LinAlgError, ValueError):
+        pass
+    if not np.all(np.isfinite(neg_h)):
+        return list(range(len(neg_h)))
+    values, vectors = np.linalg.eigh(neg_h)
+    small = values < 1e-10 * max(1.0, float(values.max()))
+    if not small.any():
+        return []
+    loading = np.abs(vectors[:, small]).max(axis=1)
+    return np.flatnonzero(loading >= 0.3).tolist()
+
+
+def require_identified(x, hessian, free, names, hints=None):
+    """Raise :class:`~rankalign.data.errors.DataError` (reason ``not_identified``) naming every parameter
+    :func:`unidentified` finds; ``names[i]`` is parameter i's name, ``hints[i]`` an optional reason."""
+    from rankalign.data.errors import DataError
+
+    bad = unidentified(x, hessian, free, len(names))
+    if not bad:
+        return
+    hints = hints or {}
+    parts = []
+    for index, value, se in bad[:5]:
+        why = f" ({hints[index]})" if index in hints else ""
+        parts.append(f"{names[index]}{why}: estimate {value:.4g}, standard error {se:.3g}")
+    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    raise DataError("the data do not identify " + "; ".join(parts) + more
+                    + " (separation or near-singular information: no finite maximum-likelihood estimate)",
+                    reason="not_identified",
+                    hint="add comparisons that break the pattern, drop that parameter, or regularise the "
+                         "ratings with --prior ALPHA")

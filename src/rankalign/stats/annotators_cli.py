@@ -19,6 +19,7 @@ import click
 import numpy as np
 
 from rankalign._atomic import atomic_write
+from rankalign._escape import for_csv, for_terminal
 from rankalign.data.errors import DataError
 
 from . import annotators as A
@@ -96,8 +97,8 @@ def rate_by_annotator(file, *, model, groups, restarts, reference, prior, scale,
         else:
             mixture = A.fit_annotator_mixture(data, int(groups), **common)
         pooled = mixture if len(mixture.groups) == 1 else A.fit_annotator_mixture(data, 1, **common)
-    except (DataError, ValueError) as error:
-        raise click.ClickException(str(error)) from None
+    except DataError as error:
+        raise (error if error.path is not None else error.at(file)) from None
     pooled_result = pooled.groups[0].to_scale(scale)
     group_results = [g.to_scale(scale) for g in mixture.groups]
     counts = np.bincount(mixture.assignment, minlength=len(group_results))
@@ -109,7 +110,7 @@ def rate_by_annotator(file, *, model, groups, restarts, reference, prior, scale,
         writer = csv.writer(buffer)
         writer.writerow(["annotator", "group", "responsibility"])
         for row in mixture.annotator_rows():
-            writer.writerow([row["annotator"], row["group"], repr(row["responsibility"])])
+            writer.writerow([for_csv(str(row["annotator"])), row["group"], repr(row["responsibility"])])
         atomic_write(stem.with_name(f"{stem.stem}-annotators.csv"),
                      lambda stream: stream.write(buffer.getvalue().encode("utf-8")), binary=True)
     if plot_path:
@@ -148,7 +149,7 @@ def rate_by_annotator(file, *, model, groups, restarts, reference, prior, scale,
     for column in ("annotator", "group", "responsibility"):
         table.add_column(column, justify="left" if column == "annotator" else "right")
     for row in sorted(mixture.annotator_rows(), key=lambda r: (r["group"], r["annotator"])):
-        table.add_row(row["annotator"], str(row["group"]), f"{row['responsibility']:.3f}")
+        table.add_row(for_terminal(row["annotator"]), str(row["group"]), f"{row['responsibility']:.3f}")
     Console().print(table)
     for note in notes:
         click.echo(note, err=True)
@@ -239,8 +240,8 @@ def annotators(file, model, prior, flip_prior, min_overlap, top, as_json, csv_pa
         data, read_report = _read_annotated(file, layout, mapping, outcomes, skip_invalid)
         report = annotator_report(data, model="bradley-terry" if model == "bt" else "plackett-luce", prior=prior,
                                   flip_prior=pseudo, min_overlap=min_overlap, path=file)
-    except (DataError, ValueError) as error:
-        raise click.ClickException(str(error)) from None
+    except DataError as error:
+        raise (error if error.path is not None else error.at(file)) from None
     rows = sorted(report["annotators"], key=lambda r: (-r["flip_rate"], r["annotator"]))
     if csv_path:
         buffer = io.StringIO()
@@ -248,7 +249,7 @@ def annotators(file, model, prior, flip_prior, min_overlap, top, as_json, csv_pa
         columns = ["annotator", "n", "flip_rate", "flip_rate_se", "weight", "agreement"]
         writer.writerow(columns)
         for row in rows:
-            writer.writerow([row[c] if c == "annotator" else repr(row[c]) for c in columns])
+            writer.writerow([for_csv(str(row[c])) if c == "annotator" else repr(row[c]) for c in columns])
         atomic_write(csv_path, lambda stream: stream.write(buffer.getvalue().encode("utf-8")), binary=True)
     if plot_path:
         _write_report_plot(report, plot_path, f"{Path(file).name}: {report['n_annotators']} annotators")
@@ -280,7 +281,7 @@ def annotators(file, model, prior, flip_prior, min_overlap, top, as_json, csv_pa
         table.add_column(column, justify="left" if column == "annotator" else "right")
     for row in shown:
         se = row["flip_rate_se"]
-        table.add_row(row["annotator"], f"{row['n']:g}", f"{row['flip_rate']:.3f}",
+        table.add_row(for_terminal(row["annotator"]), f"{row['n']:g}", f"{row['flip_rate']:.3f}",
                       "-" if not math.isfinite(se) else f"{se:.3f}", f"{row['weight']:.3f}", f"{row['agreement']:.3f}")
     Console().print(table)
     if read_report.n_skipped:

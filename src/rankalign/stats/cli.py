@@ -19,8 +19,14 @@ import click
 import numpy as np
 
 from rankalign._atomic import atomic_write
+from rankalign._escape import for_csv, for_terminal
 from rankalign.data.errors import DataError
+from rankalign.errors import require
 
+# a prior this strong already pins every rating to 0 (variance 5e-7); larger values overflow the Hessian
+MAX_PRIOR = 1e6
+# layouts whose candidates are responses to a prompt, not item ids (rating them would rate answer texts)
+TEXT_LAYOUTS = ("pairs", "ranked_responses", "ratings", "unpaired")
 MODEL_NAMES = {"bt": "bradley-terry", "thurstone": "thurstone", "davidson": "davidson",
                "rao-kupper": "rao-kupper", "pl": "plackett-luce"}
 
@@ -50,6 +56,12 @@ def _records_to_rankings(result, path):
     names = set()
     lists = []
     for number, record in enumerate(result.records, start=1):
+        if result.report.layout in TEXT_LAYOUTS:
+            raise DataError(f"this file has no item ids: it holds prompts and responses (layout "
+                            f"{result.report.layout}), and rating compares items", path=path, line=number,
+                            field="prompt", reason="no_item_ids",
+                            hint="use --map to name the item columns, e.g. --map item_a=model_a,item_b=model_b,"
+                                 "outcome=winner")
         if not isinstance(record, RankedList):
             raise DataError("rating needs comparisons or rankings, not unpaired judgments", path=path,
                             line=number, reason="bad_layout")
@@ -169,6 +181,43 @@ def _fit(kind, data, model, reference, prior, npseudo, home_advantage, path, tie
     return fit_pairwise(model, counts, items=items, prior=prior, reference=reference)
 
 
+def fit_file(file, *, model="bt", reference=None, prior=0.0, npseudo=0.0, home_advantage=False, ties="top-k",
+             level=0.95, layout=None, mapping=None, outcomes=None, skip_invalid=False, covariates=(),
+             weight_by_reliability=False):
+    """Read FILE and fit the rating model exactly as ``rankalign rate`` does (Wald intervals at ``level``).
+
+    ``model`` is a ``--model`` choice (bt, thurstone, davidson, rao-kupper, pl). Returns
+    ``(RatingResult, ReadReport)``; raises :class:`DataError` or ValueError on bad data. The arena's
+    leaderboard calls this on its export so that both print the same numbers.
+    """
+    model_name = MODEL_NAMES[model]
+    if weight_by_reliability:
+        from . import annotators_cli
+
+        kind, data = "rankings", annotators_cli.reliability_weighted_rankings(
+            file, layout, mapping, outcomes, skip_invalid,
+            "plackett-luce" if model_name == "plackett-luce" else "bradley-terry")
+    else:
+        kind, data = _load(file, layout, mapping, outcomes, skip_invalid, covariates)
+    report = data.report if kind == "pairs" else data[4]
+    try:
+        result = _fit(kind, data, model_name, reference, prior, npseudo, home_advantage, file, ties, covariates)
+    except DataError as error:
+        located = error if error.path is not None else error.at(file)
+        if report.n_skipped:  # say how much --skip-invalid dropped: it is usually why too little is left
+            located = DataError(f"{located.message} (after skipping {report.n_skipped} invalid rows: "
+                                f"{dict(report.skipped)})", path=located.path, line=located.line,
+                                field=located.field, reason=located.reason, hint=located.hint)
+        raise located from None
+    if level != result.ci_level:
+        from scipy.special import ndtri
+
+        z = ndtri(0.5 + level / 2.0)
+        result.ci_low, result.ci_high = result.ratings - z * result.se, result.ratings + z * result.se
+        result.ci_level = level
+    return result, report
+
+
 # ------------------------------------------------------------------------------------------- output
 def _atomic_write_bytes(path, write):
     return atomic_write(path, write, binary=True)
@@ -180,14 +229,15 @@ def write_csv(result, path):
     writer = csv.writer(buffer)
     writer.writerow(["rank", "item", "rating", "se", "ci_low", "ci_high", "n"])
     for rank, i in enumerate(result.order(), start=1):
-        writer.writerow([rank, result.items[i], repr(float(result.ratings[i])), repr(float(result.se[i])),
-                         repr(float(result.ci_low[i])), repr(float(result.ci_high[i])), int(result.n[i])])
+        writer.writerow([rank, for_csv(str(result.items[i])), repr(float(result.ratings[i])),
+                         repr(float(result.se[i])), repr(float(result.ci_low[i])), repr(float(result.ci_high[i])),
+                         int(result.n[i])])
     _atomic_write_bytes(path, lambda stream: stream.write(buffer.getvalue().encode("utf-8")))
 
 
 def write_plot(result, path, title=None):
     """Ratings with their confidence intervals as horizontal bars, best at the top (PNG, Agg, atomic)."""
-    import matplotlib
+    matplotlib = require("matplotlib", "plot", "--plot")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -238,18 +288,24 @@ def _print_table(result, report_notes):
 
     gauge = "mean 0" if result.reference is None else f"{result.reference} = 0"
     title = f"{result.model} ratings ({result.scale} scale, {gauge})"
-    table = Table(title=title, caption=_params_line(result))
+    table = Table(title=for_terminal(title), caption=_params_line(result))
     for column in ("rank", "item", "rating", "se", f"{int(round(result.ci_level * 100))}% CI", "n"):
         table.add_column(column, justify="left" if column == "item" else "right")
     digits = 1 if result.scale == "elo" else 3
     for rank, i in enumerate(result.order(), start=1):
         se = result.se[i]
-        table.add_row(str(rank), str(result.items[i]), f"{result.ratings[i]:.{digits}f}",
+        table.add_row(str(rank), for_terminal(result.items[i]), f"{result.ratings[i]:.{digits}f}",
                       "-" if not math.isfinite(se) else f"{se:.{digits}f}",
                       f"[{result.ci_low[i]:.{digits}f}, {result.ci_high[i]:.{digits}f}]", str(int(result.n[i])))
     Console().print(table)
-    for note in report_notes:
-        click.echo(note, err=True)
+    _print_notes(report_notes)
+
+
+def _print_notes(notes):
+    from rich.console import Console
+
+    for note in notes:
+        Console(stderr=True).print(for_terminal(note), highlight=False)
 
 
 # ------------------------------------------------------------------------------------------- command
@@ -272,7 +328,7 @@ def _print_table(result, report_notes):
 @click.option("--covariate", "covariates", multiple=True, metavar="COLUMN",
               help="A numeric column holding x_first - x_second for each comparison (repeatable): contextual "
                    "Bradley-Terry, logit = theta_a - theta_b + w^T x, as arena style control; w is reported.")
-@click.option("--prior", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
+@click.option("--prior", type=click.FloatRange(min=0.0, max=MAX_PRIOR), default=0.0, show_default=True,
               help="MAP with penalty ALPHA * sum(theta^2) (Gaussian prior with variance 1/(2 ALPHA)).")
 @click.option("--npseudo", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
               help="pl only: pseudo wins and losses against a hypothetical item at 0 (R PlackettLuce's default is 0.5).")
@@ -320,22 +376,12 @@ def rate(file, model, reference, n_boot, scale, as_json, csv_path, plot_path, ho
                 mapping=mapping, outcomes=outcomes, skip_invalid=skip_invalid, seed=seed)
     if npseudo and model_name != "plackett-luce":
         raise click.UsageError("--npseudo applies to --model pl only (use --prior for the pairwise models)")
-    try:
-        if weight_by_reliability:
-            kind, data = "rankings", annotators_cli.reliability_weighted_rankings(
-                file, layout, mapping, outcomes, skip_invalid,
-                "plackett-luce" if model_name == "plackett-luce" else "bradley-terry")
-        else:
-            kind, data = _load(file, layout, mapping, outcomes, skip_invalid, covariates)
-        result = _fit(kind, data, model_name, reference, prior, npseudo, home_advantage, file, ties, covariates)
-    except (DataError, ValueError) as error:
-        raise click.ClickException(str(error)) from None
-    if level != result.ci_level:
-        from scipy.special import ndtri
-
-        z = ndtri(0.5 + level / 2.0)
-        result.ci_low, result.ci_high = result.ratings - z * result.se, result.ratings + z * result.se
-        result.ci_level = level
+    if n_boot == 1:
+        raise click.UsageError("--bootstrap needs at least 2 replicates (0: Wald intervals)")
+    result, report = fit_file(file, model=model, reference=reference, prior=prior, npseudo=npseudo,
+                              home_advantage=home_advantage, ties=ties, level=level, layout=layout,
+                              mapping=mapping, outcomes=outcomes, skip_invalid=skip_invalid,
+                              covariates=covariates, weight_by_reliability=weight_by_reliability)
     if n_boot:
         if "x" not in result.state:
             raise click.UsageError(f"--bootstrap is not available for the {result.model} model; use the Wald "
@@ -348,13 +394,18 @@ def rate(file, model, reference, n_boot, scale, as_json, csv_path, plot_path, ho
             result = bootstrap(result, n_boot, seed=seed, n_jobs=jobs,
                                progress=lambda done: bar.advance(task, done))
     result = result.to_scale(scale)
-    report = data.report if kind == "pairs" else data[4]
     notes = [f"skipped {report.n_skipped} invalid rows: {dict(report.skipped)}"] if report.n_skipped else []
+    failed = result.state.get("bootstrap_failed", 0)
+    if failed:
+        notes.append(f"warning: {failed} of {n_boot} bootstrap replicates have no maximum-likelihood estimate "
+                     "(separation: an item never wins or never loses in the resample) and were left out of the "
+                     "intervals; --prior ALPHA keeps every replicate")
     if csv_path:
         write_csv(result, csv_path)
     if plot_path:
         write_plot(result, plot_path, title=f"{Path(file).name}: {result.model}")
     if as_json:
         sys.stdout.write(result.to_json() + "\n")
+        _print_notes(notes)
     else:
         _print_table(result, notes)

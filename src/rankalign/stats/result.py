@@ -150,7 +150,7 @@ class RatingResult:
         return np.argsort(-self.ratings, kind="stable")
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``--json`` object of DESIGN.md: model, scale, log_likelihood, items (sorted best first)."""
+        """The ``--json`` object of DESIGN.md: model, scale, log_likelihood, items (sorted best first, ``rank`` 1 = best)."""
 
         def number(x):
             x = float(x)
@@ -161,8 +161,9 @@ class RatingResult:
             "scale": self.scale,
             "log_likelihood": float(self.log_likelihood),
             "items": [{"item": str(self.items[i]), "rating": number(self.ratings[i]), "ci_low": number(self.ci_low[i]),
-                       "ci_high": number(self.ci_high[i]), "n": int(self.n[i]), "se": number(self.se[i])}
-                      for i in self.order()],
+                       "ci_high": number(self.ci_high[i]), "n": int(self.n[i]), "se": number(self.se[i]),
+                       "rank": rank}
+                      for rank, i in enumerate(self.order(), start=1)],
             "reference": self.reference,
             "prior": self.prior,
             "ci_level": self.ci_level,

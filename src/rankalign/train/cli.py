@@ -21,25 +21,22 @@ def train(config_path, overrides, no_resume, print_config):
     """
     import yaml
 
-    from .config import ConfigError, config_to_dict, load_config
+    from .config import config_to_dict, load_config
 
-    try:
-        config = load_config(config_path, list(overrides))
-    except ConfigError as error:
-        raise click.UsageError(str(error)) from None
+    config = load_config(config_path, list(overrides))  # a ConfigError is a usage error at the CLI boundary
     if print_config:
         click.echo(yaml.safe_dump(config_to_dict(config), sort_keys=False), nl=False)
         return
     from .run import run_config
 
-    try:
-        result = run_config(config, resume=False if no_resume else None)
-    except ConfigError as error:
-        raise click.UsageError(str(error)) from None
+    result = run_config(config, resume=False if no_resume else None)
     import os
 
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under accelerate launch / torchrun, rank 0 reports
+    if result.note:  # nothing was trained (the run had already finished)
+        click.echo(result.note)
+        return
     report = result.data_report
     if report is not None:
         skipped = dict(getattr(report, "skipped", {}) or {})

@@ -54,137 +54,51 @@ tokens the model ran over (prompt once per list in the shared layout, padding ex
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import math
 import os
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
-from torch.utils.data import Dataset, Sampler
 
 from rankalign import losses
-from rankalign._atomic import atomic_write_json, atomic_write_text
+from rankalign._atomic import atomic_write_json
 from rankalign.losses._common import preference_metrics
 from rankalign.losses.unpaired import BCORunningMean
 
-METRICS_FILE = "metrics.jsonl"
-# objective arguments that come from the batch, never from the config's loss_params
-_BATCH_ARGUMENTS = {"ranks", "lengths", "grades", "labels", "kl_policy_logps", "kl_ref_logps"}
+from .callbacks import (
+    CHECKPOINT_MARKER,
+    METRICS_FILE,
+    CheckpointMarkerCallback,
+    CompactProgressCallback,
+    MetricsFileCallback,
+    last_complete_checkpoint,
+)
+from .checkpoints import run_fingerprint, select_checkpoint, verify_checkpoint
+from .config import config_to_dict
+from .data import (
+    EpochShuffleSampler,
+    ListDataset,
+    PreferenceCollator,
+    mismatched_pairs,
+    tokenize_training_data,
+)
+
+# the TrainingArguments that change what a run computes (part of PreferenceTrainer's default fingerprint)
+_FINGERPRINT_ARGUMENTS = ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "seed",
+                          "optim", "weight_decay", "lr_scheduler_type", "warmup_steps", "max_grad_norm")
 # per-run objective state (BCO's running reward mean) saved in every checkpoint folder
 OBJECTIVE_STATE_FILE = "rankalign_objective_state.json"
 
-
-# ------------------------------------------------------------------------------------------------ data
-class ListDataset(Dataset):
-    """Tokenized lists with their cached reference log-probs (``[K]`` each, or None)."""
-
-    def __init__(self, lists: Sequence, ref_logps: Sequence[torch.Tensor] | None = None):
-        if ref_logps is not None and len(ref_logps) != len(lists):
-            raise ValueError(f"{len(ref_logps)} reference log-prob rows for {len(lists)} lists")
-        self.lists = list(lists)
-        self.ref_logps = None if ref_logps is None else [torch.as_tensor(r, dtype=torch.float32) for r in ref_logps]
-
-    def __len__(self) -> int:
-        return len(self.lists)
-
-    def __getitem__(self, index: int):
-        return self.lists[index], (None if self.ref_logps is None else self.ref_logps[index])
-
-
-class EpochShuffleSampler(Sampler):
-    """A permutation of the dataset that depends only on ``(seed, epoch)``.
-
-    The Trainer calls :meth:`set_epoch` at the start of every epoch (also when it resumes in the middle
-    of one, then skips the batches already seen), so an interrupted and resumed run sees exactly the
-    batches an uninterrupted run sees.
-    """
-
-    def __init__(self, size: int, seed: int, shuffle: bool = True):
-        self.size = size
-        self.seed = seed
-        self.shuffle = shuffle
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __iter__(self):
-        if not self.shuffle:
-            return iter(range(self.size))
-        generator = torch.Generator()
-        generator.manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
-
-
-def mismatched_pairs(lists: Sequence) -> list:
-    """KTO's mismatched (prompt, response) pairs of a batch: prompt i with the response of (i + 1) mod B.
-
-    Ethayarajh et al., *KTO: Model Alignment as Prospect Theoretic Optimization* (ICML 2024), estimate
-    the reference point z0 = KL(pi_theta || pi_ref) from responses that do not belong to their prompt;
-    shifting the responses by one inside the batch is how TRL's ``KTOTrainer`` builds them. Each item is
-    an unpaired :class:`~rankalign.engine.TokenizedList` (K = 1); the result keeps the prompt's label,
-    weight and index (they are not used by the estimate). A batch of one pairs a prompt with its own
-    response (there is no other in the batch).
-    """
-    from rankalign.engine import TokenizedList
-
-    size = len(lists)
-    out = []
-    for i, item in enumerate(lists):
-        other = lists[(i + 1) % size]
-        if item.k != 1 or other.k != 1:
-            raise ValueError(f"mismatched pairs are built from unpaired lists (K = 1); list {item.index} has "
-                             f"K = {item.k}, list {other.index} K = {other.k}")
-        out.append(TokenizedList(prompt_ids=list(item.prompt_ids), response_ids=[list(other.response_ids[0])],
-                                 ranks=[0], weight=item.weight, label=item.label, index=item.index))
-    return out
-
-
-class PreferenceCollator:
-    """Pack B lists with :func:`rankalign.engine.pack_lists`; return a dict the Trainer moves to the device.
-
-    The dict holds the :class:`~rankalign.engine.PackedBatch` fields plus ``ref_logps`` (``[B, K]``,
-    aligned with the batch's response columns, 0 at padding) when references were precomputed.
-
-    With ``mismatched_pairs=True`` (KTO's KL estimate) the dict also holds ``kl_batch``: the fields of
-    the packed :func:`mismatched_pairs` of the batch (prompt i with response (i + 1) mod B).
-    """
-
-    def __init__(self, *, layout: str = "shared", pad_token_id: int = 0, max_tokens_per_row: int | None = None,
-                 mismatched_pairs: bool = False):
-        self.layout = layout
-        self.pad_token_id = pad_token_id
-        self.max_tokens_per_row = max_tokens_per_row
-        self.mismatched_pairs = mismatched_pairs
-
-    def _pack(self, lists) -> dict[str, Any]:
-        from rankalign.engine import pack_lists
-
-        packed = pack_lists(lists, layout=self.layout, max_tokens_per_row=self.max_tokens_per_row,
-                            pad_token_id=self.pad_token_id)
-        return {f.name: getattr(packed, f.name) for f in dataclasses.fields(packed)}
-
-    def __call__(self, items) -> dict[str, Any]:
-        lists = [item[0] for item in items]
-        out = self._pack(lists)
-        if self.mismatched_pairs:
-            out["kl_batch"] = self._pack(mismatched_pairs(lists))
-        width = out["ranks"].shape[1]
-        if items[0][1] is not None:
-            ref = torch.zeros(len(items), width, dtype=torch.float32)
-            for row, (_, values) in enumerate(items):
-                ref[row, : values.shape[0]] = values
-            out["ref_logps"] = ref
-        return out
+# names that lived in this module before the split into data / callbacks / trainer
+__all__ = ["PreferenceTrainer", "TrainResult", "compute_reference", "make_training_arguments", "maybe_apply_peft",
+           "train_preference", "bf16_available", "OBJECTIVE_STATE_FILE", "CHECKPOINT_MARKER", "METRICS_FILE",
+           "CheckpointMarkerCallback", "CompactProgressCallback", "MetricsFileCallback", "last_complete_checkpoint",
+           "EpochShuffleSampler", "ListDataset", "PreferenceCollator", "mismatched_pairs"]
 
 
 # -------------------------------------------------------------------------------------- model helpers
@@ -225,103 +139,6 @@ def _forward_through_wrapper(wrapped, inner, compute):
 def bf16_available() -> bool:
     """True where the hardware computes in bfloat16 natively (a CUDA device that supports it)."""
     return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-
-
-# ------------------------------------------------------------------------------------------- callbacks
-def _append_line(path: Path, line: str) -> None:
-    """Append one line with a single O_APPEND write, then fsync: a reader never sees half a line."""
-    data = (line.rstrip("\n") + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class CompactProgressCallback(transformers.trainer_callback.ProgressCallback):
-    """The Trainer's progress bar, with the latest key metrics as the bar's postfix.
-
-    The stock callback writes every log dict as a line above the bar (one per step at
-    ``logging_steps=1``); the full metrics already go to ``metrics.jsonl`` and TensorBoard, so the
-    console keeps one bar.
-    """
-
-    KEYS = {"loss": "loss", "rewards/accuracy": "reward acc", "rewards/margin": "margin",
-            "tokens_per_second": "tok/s"}
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or self.training_bar is None or not logs:
-            return
-        shown = {label: logs[key] for key, label in self.KEYS.items() if isinstance(logs.get(key), (int, float))}
-        if shown:
-            self.training_bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
-
-
-class MetricsFileCallback(transformers.TrainerCallback):
-    """Write every training log to ``output_dir/metrics.jsonl``, one JSON object per line.
-
-    At the start of training the file is cut back to the lines with ``step <= global_step`` (atomically),
-    so after a resume the steps that were lost with the killed process are not listed twice.
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        kept = []
-        if self.path.exists():
-            for line in self.path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a torn last line from a killed writer
-                if row.get("step", 0) <= state.global_step:
-                    kept.append(line)
-        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
-            return
-        row = {"step": state.global_step, "epoch": state.epoch, **logs}
-        _append_line(self.path, json.dumps(row, default=float))
-
-
-CHECKPOINT_MARKER = "rankalign_checkpoint_complete"
-
-
-class CheckpointMarkerCallback(transformers.TrainerCallback):
-    """Mark a checkpoint complete once the Trainer has written all of it (weights, optimiser, RNG, state).
-
-    The Trainer writes ``checkpoint-N`` in place, so a process killed while saving leaves a partial
-    directory; :func:`last_complete_checkpoint` only trusts directories that carry this marker.
-    """
-
-    def on_save(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero:
-            return
-        directory = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if directory.is_dir():
-            atomic_write_json(directory / CHECKPOINT_MARKER, {"global_step": state.global_step})
-
-
-def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
-    """The checkpoint directory with the highest step that was written completely (None if there is none)."""
-    output_dir = Path(output_dir)
-    if not output_dir.is_dir():
-        return None
-    steps = []
-    for path in output_dir.iterdir():
-        if path.is_dir() and path.name.startswith("checkpoint-") and (path / CHECKPOINT_MARKER).exists():
-            try:
-                steps.append((int(path.name.split("-", 1)[1]), path))
-            except ValueError:
-                continue
-    return str(max(steps)[1]) if steps else None
-
 
 # ------------------------------------------------------------------------------------------- trainer
 class PreferenceTrainer(transformers.Trainer):
@@ -373,11 +190,7 @@ class PreferenceTrainer(transformers.Trainer):
 
         keyword_params = {p.name for p in inspect.signature(self.objective.fn).parameters.values()
                           if p.kind is inspect.Parameter.KEYWORD_ONLY}
-        tunable = keyword_params - _BATCH_ARGUMENTS
-        unknown = set(self.loss_params) - tunable
-        if unknown:
-            raise ValueError(f"objective {objective!r} has no parameter(s) {sorted(unknown)}; "
-                             f"it takes {sorted(tunable)}")
+        self.objective.check_params(self.loss_params, "loss_params")  # names and ranges, from the registry
         self.beta = float(self.loss_params.get("beta", self.objective.params.get("beta", 1.0)))
         self.unpaired = self.objective.family == "unpaired"
         # KTO: z0 estimated per batch from mismatched pairs, unless loss_params fixes z0
@@ -387,13 +200,8 @@ class PreferenceTrainer(transformers.Trainer):
         self.bco_running = (BCORunningMean() if "delta" in keyword_params and "delta" not in self.loss_params
                             else None)
 
-        if layout == "shared" and not engine.supports_shared_layout(_engine_model(model)):
-            import warnings
-
-            warnings.warn(f"{type(_engine_model(model)).__name__} does not accept a 4D attention mask; "
-                          "using the duplicated layout (prompt repeated per response)", stacklevel=2)
-            layout = "duplicated"
-        self.layout = layout
+        # shared only when the engine's layout probe accepts the model; says once which layout and why
+        self.layout = engine.choose_layout(_engine_model(model), layout)
 
         self.ref_model = None
         if not self.objective.reference_free and ref_logps is None:
@@ -428,7 +236,11 @@ class PreferenceTrainer(transformers.Trainer):
         dataset = ListDataset(train_lists, ref_logps)
         callbacks = list(callbacks or [])
         callbacks.append(MetricsFileCallback(Path(args.output_dir) / METRICS_FILE))
-        callbacks.append(CheckpointMarkerCallback())
+        callbacks.append(CheckpointMarkerCallback(lambda: self.fingerprint))
+        # what proves a checkpoint belongs to this training (train_preference replaces it with the run's)
+        self.fingerprint = run_fingerprint(
+            {"objective": self.objective.name, "loss_params": self.loss_params, "layout": layout,
+             **{key: getattr(args, key, None) for key in _FINGERPRINT_ARGUMENTS}}, train_lists, model)
         super().__init__(model=model, args=args, train_dataset=dataset, data_collator=collator,
                          processing_class=processing_class, callbacks=callbacks)
         if not args.disable_tqdm:
@@ -655,11 +467,18 @@ class PreferenceTrainer(transformers.Trainer):
         super().log(logs, start_time)
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
-        """``transformers.Trainer.train``; also restores the objective state saved with the checkpoint."""
+        """``transformers.Trainer.train``; also restores the objective state saved with the checkpoint.
+
+        ``resume_from_checkpoint=True`` uses the rule of :func:`rankalign.train.checkpoints.select_checkpoint`
+        (the newest checkpoint marked complete whose files are whole, carrying this run's fingerprint), the
+        same as ``rankalign train``; a path is checked against the fingerprint too.
+        """
         if resume_from_checkpoint is True:
-            resume_from_checkpoint = transformers.trainer_utils.get_last_checkpoint(self.args.output_dir)
+            resume_from_checkpoint = select_checkpoint(self.args.output_dir, self.fingerprint)
             if resume_from_checkpoint is None:
-                raise ValueError(f"no checkpoint to resume from in {self.args.output_dir}")
+                raise ValueError(f"no complete checkpoint to resume from in {self.args.output_dir}")
+        elif resume_from_checkpoint:
+            verify_checkpoint(resume_from_checkpoint, self.fingerprint)
         if self.bco_running is not None:
             self.bco_running = BCORunningMean(momentum=self.bco_running.momentum)
         if resume_from_checkpoint:
@@ -732,6 +551,7 @@ class TrainResult:
     truncation: Any = None
     data_report: Any = None
     final_metrics: dict[str, Any] = field(default_factory=dict)
+    note: str | None = None  # set instead of training, e.g. when the run in output_dir already finished
 
 
 def make_training_arguments(config, *, world_size: int = 1) -> transformers.TrainingArguments:
@@ -767,30 +587,6 @@ def make_training_arguments(config, *, world_size: int = 1) -> transformers.Trai
     )
 
 
-def _to_tokenized(tokenizer, records_or_lists, config):
-    """Records (RankedList / Judgment) are tokenized; TokenizedLists pass through."""
-    from rankalign.data.records import Judgment, RankedList
-    from rankalign.engine import TokenizedList, tokenize_records
-
-    items = list(records_or_lists)
-    if not items:
-        raise ValueError("no training data")
-    if all(isinstance(i, TokenizedList) for i in items):
-        return items, None
-    if config.data_form == "pairs":
-        expanded = []
-        for record in items:
-            if isinstance(record, RankedList) and record.k > 2:
-                expanded.extend(record.to_pairs(config.pair_strategy, ties=False))
-            else:
-                expanded.append(record)
-        items = expanded
-    if not all(isinstance(i, (RankedList, Judgment)) for i in items):
-        raise TypeError("train_preference takes RankedList/Judgment records or engine TokenizedLists")
-    return tokenize_records(tokenizer, items, max_prompt_tokens=config.max_prompt_tokens,
-                            max_response_tokens=config.max_response_tokens, on_empty=config.on_empty)
-
-
 def maybe_apply_peft(model, config):
     """Wrap ``model`` in a LoRA adapter when ``config.peft.enabled``."""
     if not config.peft.enabled:
@@ -817,7 +613,10 @@ def train_preference(model, tokenizer, records_or_lists, config, *, ref_model=No
     ref_model : PreTrainedModel, optional
         Reference policy; default: a snapshot of ``model`` before training (or the adapter-disabled base).
     resume_from_checkpoint : path or bool, optional
-        ``True`` resumes from the last complete checkpoint in ``output_dir`` when there is one.
+        ``True`` resumes from the last complete checkpoint in ``output_dir`` when there is one; it must
+        carry this run's fingerprint (config without the resume-changeable keys, the records, the model
+        source; :mod:`rankalign.train.checkpoints`) or a ``ResumeError`` is raised. Every checkpoint
+        written here carries that fingerprint.
 
     Returns
     -------
@@ -826,7 +625,7 @@ def train_preference(model, tokenizer, records_or_lists, config, *, ref_model=No
     """
     config.validate()
     transformers.set_seed(config.seed)
-    lists, report = _to_tokenized(tokenizer, records_or_lists, config)
+    lists, report = tokenize_training_data(tokenizer, records_or_lists, config)
     model = maybe_apply_peft(model, config)
     args = make_training_arguments(config)
     started = time.perf_counter()
@@ -835,8 +634,9 @@ def train_preference(model, tokenizer, records_or_lists, config, *, ref_model=No
         layout=config.layout, reference_cache_dir=config.reference_cache_dir,
         precompute_reference=config.precompute_reference, max_tokens_per_row=config.max_tokens_per_row,
         pad_token_id=getattr(tokenizer, "pad_token_id", None), processing_class=tokenizer, callbacks=callbacks)
-    if resume_from_checkpoint is True:
-        resume_from_checkpoint = last_complete_checkpoint(config.output_dir)
+    trainer.fingerprint = run_fingerprint(config_to_dict(config), records_or_lists, model, config.model)
+    if resume_from_checkpoint is True:  # the newest whole checkpoint of this run, or a fresh start
+        resume_from_checkpoint = select_checkpoint(config.output_dir, trainer.fingerprint)
     output = trainer.train(resume_from_checkpoint=resume_from_checkpoint or None)
     wall = time.perf_counter() - started
     history = [dict(row) for row in trainer.state.log_history]

@@ -1,0 +1,158 @@
+"""`rankalign arena init|add-annotator|serve|export|simulate`: thin commands over rankalign.arena."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from rankalign.data.errors import DataError
+
+from .sampling import SAMPLERS
+
+_db_option = click.option("--db", "url", required=True, metavar="URL",
+                          help="sqlite:///arena.db (or a plain path) or postgresql://user@host/dbname.")
+
+
+def _migrated(url):
+    """An engine on ``url`` with the schema brought up to date (Alembic upgrade to head)."""
+    from . import db
+
+    engine = db.connect(url)
+    db.migrate(engine)
+    return engine
+
+
+@click.group()
+def arena():
+    """Collect pairwise and K-wise votes in a web arena; export them as rankalign records."""
+
+
+@arena.command("init")
+@_db_option
+@click.option("--items", "items_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="JSONL: one item per line with id, name, optional content and responses {prompt: text}.")
+@click.option("--admin-name", default="admin", show_default=True, help="Name of the admin account created.")
+def init(url, items_path, admin_name):
+    """Create the schema (Alembic migrations), load the items and print an admin token (last line)."""
+    from . import db
+    from .items import read_items
+
+    try:
+        records = read_items(items_path)
+    except DataError as error:
+        raise click.ClickException(str(error)) from None
+    engine = _migrated(url)
+    try:
+        counts = db.load_items(engine, records)
+        token = db.add_annotator(engine, admin_name, admin=True)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"arena ready: {counts['items']} items, {counts['prompts']} prompts, {counts['responses']} "
+               f"responses; admin account {admin_name!r}. Admin token:")
+    click.echo(token)
+
+
+@arena.command("add-annotator")
+@click.argument("name")
+@_db_option
+@click.option("--admin", is_flag=True, help="Give the account the admin role (admin page, export).")
+@click.option("--quota", type=click.IntRange(min=0), default=None, help="At most this many votes.")
+def add_annotator_command(name, url, admin, quota):
+    """Create an annotator NAME and print its token (last line; only its hash is stored)."""
+    from . import db
+
+    try:
+        token = db.add_annotator(_migrated(url), name, admin=admin, quota=quota)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"annotator {name!r} created{' (admin)' if admin else ''}"
+               f"{'' if quota is None else f', quota {quota} votes'}. Token:")
+    click.echo(token)
+
+
+@arena.command("serve")
+@_db_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--sampler", type=click.Choice(SAMPLERS), default="info", show_default=True,
+              help="info: expected information gain; ucb: K-Sort-style UCB match-making; uniform: at random.")
+@click.option("--k", type=click.IntRange(2, 8), default=2, show_default=True,
+              help="Candidates per task by default (the vote page and /api/next?k= can ask for others).")
+@click.option("--prior", type=click.FloatRange(min=0.0), default=0.01, show_default=True,
+              help="Leaderboard prior: the same numbers as `rankalign rate EXPORT --prior ALPHA --json`.")
+@click.option("--rate-limit", "per_minute", type=click.FloatRange(min=0.0), default=120.0, show_default=True,
+              help="Requests per minute per token (0: no limit).")
+@click.option("--burst", type=click.IntRange(min=1), default=60, show_default=True,
+              help="Requests a token may make at once before the rate limit applies.")
+@click.option("--seed", type=int, default=None, help="Seed of the sampler (default: random).")
+def serve(url, host, port, sampler, k, prior, per_minute, burst, seed):
+    """Run the arena server (uvicorn). Stop it with Ctrl-C; every acknowledged vote is committed."""
+    import uvicorn
+
+    from .app import create_app
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: listening on {host}, reachable from other machines; put TLS in front.", err=True)
+    _migrated(url).dispose()
+    try:
+        app = create_app(url, sampler=sampler, k=k, prior=prior, per_minute=per_minute, burst=burst, seed=seed)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@arena.command("export")
+@_db_option
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--form", type=click.Choice(["items", "responses"]), default="items", show_default=True,
+              help="items: candidates are item ids (for `rankalign rate`); responses: the response texts "
+                   "(for `rankalign train`).")
+def export(url, out, form):
+    """Write every vote as a rankalign record (JSONL, CSV, JSON or Parquet by extension), atomically."""
+    from rankalign.data.readers import write
+
+    from . import db
+    from .records import vote_records
+
+    records, dropped = vote_records(db.connect(url), form)
+    count = write(records, out)
+    click.echo(f"wrote {count} records to {out}")
+    for reason, n in dropped.items():
+        click.echo(f"left out {n} votes: {reason}", err=True)
+
+
+@arena.command("simulate")
+@click.option("--items", "n_items", type=click.IntRange(min=3), default=16, show_default=True)
+@click.option("--annotators", "n_annotators", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--k", type=click.IntRange(2, 8), default=2, show_default=True)
+@click.option("--votes", "budget", type=click.IntRange(min=10), default=400, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--spread", type=click.FloatRange(min=0.0), default=1.0, show_default=True,
+              help="Standard deviation of the gold utilities.")
+@click.option("--temperature", type=click.FloatRange(min=1e-6), default=1.0, show_default=True)
+@click.option("--targets", default="0.8,0.9", show_default=True, help="Kendall tau levels to report.")
+@click.option("--samplers", default=",".join(SAMPLERS), show_default=True)
+@click.option("--exploration", type=click.FloatRange(min=0.0), default=1.0, show_default=True,
+              help="c of the ucb sampler's bonus c * sigma.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="arena_study", show_default=True,
+              help="Folder for study.json, study.csv and study.png.")
+def simulate(n_items, n_annotators, k, budget, repeats, spread, temperature, targets, samplers, exploration, seed,
+             out_dir):
+    """Active against uniform sampling with simulated annotators: votes needed to reach a rank accuracy."""
+    from .study import print_table, run_study, save_study
+
+    chosen = [s.strip() for s in samplers.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in SAMPLERS]
+    if unknown:
+        raise click.UsageError(f"unknown sampler(s) {unknown}; choose from {', '.join(SAMPLERS)}")
+    levels = [float(t) for t in targets.split(",")]
+    study = run_study(n_items=n_items, n_annotators=n_annotators, k=k, budget=budget, repeats=repeats,
+                      spread=spread, temperature=temperature, samplers=chosen, targets=levels, seed=seed,
+                      exploration=exploration)
+    paths = save_study(study, out_dir)
+    print_table(study)
+    click.echo(json.dumps({"written": [str(p) for p in paths]}), err=False)
+    sys.stdout.flush()

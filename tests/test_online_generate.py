@@ -1,0 +1,110 @@
+"""Sampling K completions per prompt: shared prefill vs repeated prompts, greedy, top-p, the distribution."""
+
+import math
+
+import pytest
+import torch
+
+from rankalign.engine import tiny_causal_lm
+from rankalign.online import filter_top_p, next_tokens, sample_groups, vllm_available
+
+PROMPTS = [[1, 5, 6, 7], [1, 9], [1, 10, 11, 12, 13, 14]]
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def model(request):
+    return tiny_causal_lm(60, arch=request.param, seed=1)
+
+
+def test_shared_prefill_equals_repeated_prompts(model):
+    shared = sample_groups(model, PROMPTS, 4, max_new_tokens=12, eos_token_id=2, seed=3)
+    repeated = sample_groups(model, PROMPTS, 4, max_new_tokens=12, eos_token_id=2, seed=3, prefill="repeated")
+    assert shared.completion_ids == repeated.completion_ids
+    for group_a, group_b in zip(shared.token_logps, repeated.token_logps):
+        for row_a, row_b in zip(group_a, group_b):
+            assert row_a == pytest.approx(row_b, abs=1e-5)
+    assert [len(g) for g in shared.completion_ids] == [4, 4, 4]
+
+
+def test_token_logps_are_the_models_log_probs(model):
+    """The returned log-probs equal a plain full-sequence forward pass over prompt + completion."""
+    groups = sample_groups(model, PROMPTS, 3, max_new_tokens=6, eos_token_id=2, seed=5)
+    for prompt, group, group_logps in zip(PROMPTS, groups.completion_ids, groups.token_logps):
+        for completion, logps in zip(group, group_logps):
+            ids = torch.tensor([prompt + completion])
+            with torch.no_grad():
+                full = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+            expected = [full[len(prompt) - 1 + j, t].item() for j, t in enumerate(completion)]
+            assert logps == pytest.approx(expected, abs=1e-4)
+
+
+def test_temperature_zero_is_greedy(model):
+    groups = sample_groups(model, PROMPTS, 2, max_new_tokens=8, temperature=0, eos_token_id=2)
+    for prompt, group in zip(PROMPTS, groups.completion_ids):
+        reference = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=8, eos_token_id=2,
+                                   pad_token_id=0)[0, len(prompt):].tolist()
+        assert group[0] == group[1] == reference[:len(group[0])]
+
+
+def test_tiny_top_p_is_greedy(model):
+    greedy = sample_groups(model, PROMPTS, 2, max_new_tokens=6, temperature=0, eos_token_id=2)
+    nucleus = sample_groups(model, PROMPTS, 2, max_new_tokens=6, temperature=1.0, top_p=1e-6, eos_token_id=2, seed=9)
+    assert greedy.completion_ids == nucleus.completion_ids
+
+
+def test_first_token_frequencies_match_softmax():
+    """K draws of one token: empirical frequencies within 5 standard errors of softmax(logits / T)."""
+    model = tiny_causal_lm(12, seed=2, hidden_size=32)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([[1, 4]])).logits[0, -1]
+    temperature, k = 0.7, 4000
+    probs = torch.softmax(logits.double() / temperature, dim=-1)
+    groups = sample_groups(model, [[1, 4]], k, max_new_tokens=1, temperature=temperature, seed=11)
+    counts = torch.bincount(torch.tensor([c[0] for c in groups.completion_ids[0]]), minlength=12).double()
+    for token in range(12):
+        p = probs[token].item()
+        se = math.sqrt(p * (1 - p) / k) + 1e-9
+        assert abs(counts[token].item() / k - p) <= 5 * se + 1e-3, token
+
+
+def test_stop_at_eos_and_max_new_tokens():
+    """A 6-token vocabulary makes EOS (2) frequent: every completion ends at its first EOS or at the cap."""
+    model = tiny_causal_lm(6, seed=0, hidden_size=32)
+    groups = sample_groups(model, [[1, 3], [1]], 64, max_new_tokens=5, eos_token_id=2, seed=0)
+    lengths = set()
+    for group, finished in zip(groups.completion_ids, groups.finished):
+        for completion, done in zip(group, finished):
+            assert 1 <= len(completion) <= 5
+            assert 2 not in completion[:-1]
+            assert done == (completion[-1] == 2)
+            assert done or len(completion) == 5
+            lengths.add(len(completion))
+    assert len(lengths) > 2  # some stopped early, some ran to the cap
+    model.config.eos_token_id = None  # no EOS anywhere: every row runs to the cap
+    cut = sample_groups(model, [[1, 3]], 2, max_new_tokens=3, seed=0)
+    assert all(len(c) == 3 for c in cut.completion_ids[0]) and cut.finished[0] == [False, False]
+
+
+def test_filter_top_p_by_hand():
+    # probabilities 0.5, 0.3, 0.2: top_p 0.6 keeps the first two (0.5 < 0.6 <= 0.8), top_p 0.5 the first
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]]))
+    kept = torch.isfinite(filter_top_p(logits, 0.6))
+    assert kept.tolist() == [[True, True, False]]
+    assert torch.isfinite(filter_top_p(logits, 0.5)).tolist() == [[True, False, False]]
+    assert torch.equal(filter_top_p(logits, 1.0), logits)
+    assert next_tokens(logits, temperature=0.0, top_p=1.0, generator=None).tolist() == [0]
+
+
+def test_bad_arguments():
+    model = tiny_causal_lm(20, seed=0, hidden_size=32)
+    with pytest.raises(ValueError, match="prefill"):
+        sample_groups(model, [[1]], 2, prefill="nope")
+    with pytest.raises(ValueError, match="empty"):
+        sample_groups(model, [[]], 2)
+    with pytest.raises(ValueError, match="temperature"):
+        sample_groups(model, [[1]], 2, temperature=-1)
+
+
+def test_vllm_guard_is_false_without_gpu():
+    if not torch.cuda.is_available():
+        assert vllm_available() is False
