@@ -106,8 +106,8 @@ def _rmse(result, truth_of):
 
 
 def study_flips(args):
-    from rankalign.stats.pairwise import fit_pairwise
     from rankalign.stats._sufficient import pair_counts
+    from rankalign.stats.pairwise import fit_pairwise
 
     rows = []
     for seed in range(args.seeds):

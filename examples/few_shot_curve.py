@@ -31,7 +31,13 @@ from scipy.special import expit
 
 from rankalign.data import RankedList
 from rankalign.personal import backbone_features, few_shot_curve
-from rankalign.sim.text_world import GOLD_WEIGHTS, TOPICS, make_text_world, reward_components, sample_reference_response
+from rankalign.sim.text_world import (
+    GOLD_WEIGHTS,
+    TOPICS,
+    make_text_world,
+    reward_components,
+    sample_reference_response,
+)
 
 
 def make_population(seed, *, train_per_group, test_per_group, train_pairs, test_pairs, responses):

@@ -35,7 +35,14 @@ import numpy as np
 
 
 def tabular_run(seed, *, beta=0.5, majority=40, minority=10, pairs_per_annotator=60, temperature=0.5):
-    from rankalign.sim import Annotator, annotate_items, make_tabular_world, policy_log_probs, tabular_items, win_rate
+    from rankalign.sim import (
+        Annotator,
+        annotate_items,
+        make_tabular_world,
+        policy_log_probs,
+        tabular_items,
+        win_rate,
+    )
     from rankalign.sim.maxmin import item_level_records, maxmin_policy, reward_tables, utilitarian_policy
     from rankalign.stats import annotators as A
 
@@ -98,6 +105,7 @@ def study_tabular(args):
 
 def study_text(args):
     import torch
+    from scipy.special import expit
 
     from rankalign.data import RankedList
     from rankalign.personal import fit_personal_reward
@@ -110,7 +118,6 @@ def study_text(args):
         sample_responses,
         train_reference_policy,
     )
-    from scipy.special import expit
 
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)

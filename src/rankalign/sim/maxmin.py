@@ -225,16 +225,9 @@ def train_group_policy(model, tokenizer, prompts: Sequence[str], group_rewards: 
         target = torch.tensor([lab + [-100] * (width - len(lab)) for lab in labels])
         attention = (torch.arange(width)[None, :] < torch.tensor([len(r) for r in rows])[:, None]).long()
 
-        def sequence_logps(net):
-            logits = net(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
-            tokens = target[:, 1:]
-            mask = tokens != -100
-            picked = torch.log_softmax(logits, dim=-1).gather(-1, tokens.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-            return (picked * mask).sum(-1)
-
-        logps = sequence_logps(policy)
+        logps = _sequence_logps(policy, input_ids, attention, target)
         with torch.no_grad():
-            ref_logps = sequence_logps(reference)
+            ref_logps = _sequence_logps(reference, input_ids, attention, target)
         log_ratio = (logps.detach() - ref_logps).numpy().reshape(len(batch), k)
         shaped = combined - beta * log_ratio
         advantage = shaped - (shaped.sum(axis=1, keepdims=True) - shaped) / (k - 1)   # leave-one-out
@@ -247,6 +240,17 @@ def train_group_policy(model, tokenizer, prompts: Sequence[str], group_rewards: 
         if progress is not None:
             progress(step + 1, steps, gains)
     return policy.eval(), history
+
+
+def _sequence_logps(net, input_ids, attention, target):
+    """Summed log-probabilities of the labelled (response) tokens of each row."""
+    import torch
+
+    logits = net(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
+    tokens = target[:, 1:]
+    mask = tokens != -100
+    picked = torch.log_softmax(logits, dim=-1).gather(-1, tokens.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return (picked * mask).sum(-1)
 
 
 __all__ = ["group_gains", "GroupPolicy", "utilitarian_policy", "maxmin_policy", "item_level_records",

@@ -423,7 +423,7 @@ def _em(backend, data, n_groups, rng, prior, max_iter, tol):
     log_pi = np.full(n_groups, -math.log(n_groups))
     previous = -np.inf
     iterations = 0
-    for iterations in range(1, max_iter + 1):
+    for iterations in range(1, max_iter + 1):  # noqa: B007 (the count is returned)
         resp, ll = _e_step(backend, theta, log_pi, data)
         if ll - previous < tol * max(1.0, abs(ll)):
             break
@@ -647,7 +647,7 @@ def fit_annotator_reliability(data: AnnotatedRankings, *, model: str = "bradley-
     previous = -np.inf
     iterations = 0
     converged = False
-    for iterations in range(1, max_iter + 1):
+    for iterations in range(1, max_iter + 1):  # noqa: B007 (the count is returned)
         forward = backend.log_likelihoods(theta[None])[0]
         backward = backend.log_likelihoods(theta[None], reverse=True)[0]
         e = np.clip(eps[owner], 1e-12, 0.5)
