@@ -16,15 +16,7 @@ from rankalign.personal import (  # noqa: E402
     gaussian_kl_to_standard,
     pair_outcomes,
 )
-from test_personal_models import two_group_world  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def worlds():
-    torch.set_num_threads(1)
-    train, train_features = two_group_world(0, per_annotator=40, disputed=False)
-    test, test_features = two_group_world(1, per_annotator=20, disputed=True)
-    return train, train_features, test, test_features
+from test_personal_models import data as worlds  # noqa: E402, F401 (the two-group fixture, reused)
 
 
 @pytest.fixture(scope="module")
