@@ -113,3 +113,18 @@ def test_maxmin_equalises_gains_and_beats_utilitarian_worst_case():
     for lam in (0.2, 0.5, 0.8):
         other = utilitarian_policy(world, rewards, [lam, 1 - lam], beta=beta)
         assert other.gains.min() - beta * other.kl <= objective + 1e-6
+
+
+def test_maxmin_on_a_log_linear_policy_beats_fixed_weights():
+    from rankalign.sim import make_tabular_world
+    from rankalign.sim.maxmin import maxmin_policy, utilitarian_policy
+
+    world = make_tabular_world(num_prompts=4, num_candidates=5, dim=3, seed=1)
+    rng = np.random.default_rng(1)
+    rewards = np.stack([world.features @ world.gold_weights, world.features @ rng.standard_normal(3)])
+    maxmin = maxmin_policy(world, rewards, beta=0.5, iterations=60)
+    assert maxmin.theta is not None and maxmin.theta.shape == (3,)
+    objective = maxmin.gains.min() - 0.5 * maxmin.kl
+    for lam in (0.0, 0.25, 0.75, 1.0):
+        other = utilitarian_policy(world, rewards, [lam, 1 - lam], beta=0.5)
+        assert other.gains.min() - 0.5 * other.kl <= objective + 1e-3
