@@ -96,7 +96,7 @@ def write_plot(curve, path, title):
     axes.set_xticks(x)
     axes.set_xticklabels([str(s) for s in curve["shots"]])
     axes.set_xlabel("labelled pairs of the unseen annotator")
-    axes.set_ylabel("query accuracy (mean over unseen annotators, +-2 SE)")
+    axes.set_ylabel("query accuracy (mean, +-2 SE)")
     axes.set_title(title, fontsize=9)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
@@ -113,21 +113,25 @@ def main(argv=None):
     parser.add_argument("--train-per-group", type=int, default=30)
     parser.add_argument("--test-per-group", type=int, default=8)
     parser.add_argument("--vpl-steps", type=int, default=1500)
+    parser.add_argument("--responses", type=int, default=800, help="size of the response pool")
+    parser.add_argument("--epochs", type=int, default=300, help="full-batch epochs of the shared and PAL fits")
+    parser.add_argument("--adapt-epochs", type=int, default=150, help="epochs of a new user's PAL weights")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
     torch.set_num_threads(1)  # tiny heads: one thread is faster than two contending ones
     train, test = make_population(args.seed, train_per_group=args.train_per_group, test_per_group=args.test_per_group,
-                                  train_pairs=40, test_pairs=46, responses=800)
+                                  train_pairs=40, test_pairs=46, responses=args.responses)
     texts = sorted({c for r in train + test for c in r.candidates})
     backbone, tokenizer, kind = load_backbone(args.backbone, texts)
     unique = [RankedList(candidates=[t], ranks=[0]) for t in texts]
     features = backbone_features(backbone, tokenizer, unique, kind=kind, batch_size=64)
     curve = few_shot_curve(train, test, features, shots=(0, 1, 2, 4, 8, 16), seed=args.seed,
-                           fit_settings={"pal": {"num_prototypes": 4, "embedding_dim": 8, "epochs": 300, "lr": 0.05},
-                                         "shared": {"epochs": 300, "lr": 0.05},
-                                         "vpl": {"steps": args.vpl_steps}})
+                           fit_settings={"pal": {"num_prototypes": 4, "embedding_dim": 8, "epochs": args.epochs,
+                                                 "lr": 0.05},
+                                         "shared": {"epochs": args.epochs, "lr": 0.05},
+                                         "vpl": {"steps": args.vpl_steps}}, adapt_epochs=args.adapt_epochs)
     curve.update(backbone=args.backbone, train_annotators=4 * args.train_per_group,
                  unseen_annotators=4 * args.test_per_group, queries_per_unseen_annotator=30)
     title = (f"unseen annotators ({curve['unseen_annotators']}, 4 groups), {args.backbone} features; "

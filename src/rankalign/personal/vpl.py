@@ -194,7 +194,8 @@ def fit_vpl_reward(records: Iterable, features: FeatureSource, *, latent_dim: in
 # ------------------------------------------------------------------------------------------- few-shot
 def few_shot_curve(train_records: Sequence, test_records: Sequence, features: FeatureSource, *,
                    shots: Sequence[int] = (0, 1, 2, 4, 8, 16), models: Sequence[str] = ("shared", "pal", "vpl"),
-                   pool_size: int | None = None, seed: int = 0, fit_settings: dict | None = None) -> dict:
+                   pool_size: int | None = None, seed: int = 0, fit_settings: dict | None = None,
+                   adapt_epochs: int = 150) -> dict:
     """Accuracy on unseen annotators against the number of their own labelled pairs the model may use.
 
     Each unseen annotator's strictly ordered pairs (in record order) are split into a *support pool* (the
@@ -236,7 +237,7 @@ def few_shot_curve(train_records: Sequence, test_records: Sequence, features: Fe
                 else:
                     model = fitted[name]
                     if name != "shared" and k > 0:
-                        model = adapt_annotator(model, user, context, features, epochs=150, seed=seed)
+                        model = adapt_annotator(model, user, context, features, epochs=adapt_epochs, seed=seed)
                     who = user if (name != "shared" and k > 0) else None
                     margin = model.rewards(winners, who) - model.rewards(losers, who)
                 accuracies.append(float(np.mean(margin > 0)))
