@@ -157,7 +157,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=10, help="flips: repetitions with different seeds")
     args = parser.parse_args(argv)
-    args.out = args.out or Path(f"{args.study}.jsonl")
+    args.out = args.out or Path("runs") / "annotators" / f"{args.study}.jsonl"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     {"groups": study_groups, "flips": study_flips}[args.study](args)
 
 
