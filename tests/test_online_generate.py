@@ -5,10 +5,12 @@ import math
 import pytest
 import torch
 
+from online_helpers import one_thread  # noqa: F401  (autouse fixture)
 from rankalign.engine import tiny_causal_lm
 from rankalign.online import filter_top_p, next_tokens, sample_groups, vllm_available
 
 PROMPTS = [[1, 5, 6, 7], [1, 9], [1, 10, 11, 12, 13, 14]]
+
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])

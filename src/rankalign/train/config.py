@@ -47,6 +47,41 @@ class PeftConfig:
 
 
 @dataclass
+class OnlineConfig:
+    """The ``online:`` section (:mod:`rankalign.online`): ``enabled: true`` makes ``rankalign train`` run
+    rounds of sample -> judge -> train on the prompts of ``data`` instead of training on the file.
+
+    ``rounds``: sample-judge-train rounds; ``k``: completions sampled per prompt; ``prompts_per_round``:
+    prompts per round, cycling through the prompt set (0: all of them every round); ``max_new_tokens``,
+    ``temperature``, ``top_p``: sampling; ``refresh_reference``: the reference becomes the policy at the
+    start of each round (iterative DPO); ``curriculum`` and ``curriculum_stages``: easy-to-hard pairs;
+    ``judge``: ``"module:attribute"`` of a judge object or of a function returning one (for ``rankalign
+    train``); ``judge_options``: keyword arguments for that function.
+    """
+
+    enabled: bool = False
+    rounds: int = 3
+    k: int = 4
+    prompts_per_round: int = 0
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    refresh_reference: bool = False
+    curriculum: bool = False
+    curriculum_stages: int = 3
+    judge: str | None = None
+    judge_options: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.rounds < 1 or self.k < 2:
+            raise ConfigError(f"online: rounds must be >= 1 and k >= 2, got rounds={self.rounds}, k={self.k}")
+        if self.max_new_tokens < 1 or self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ConfigError("online: need max_new_tokens >= 1, temperature >= 0 and 0 < top_p <= 1")
+        if self.curriculum and self.curriculum_stages < 1:
+            raise ConfigError("online: curriculum_stages must be >= 1")
+
+
+@dataclass
 class TrainConfig:
     """Everything one training run needs. Every field is a YAML key of the same name.
 
@@ -64,8 +99,9 @@ class TrainConfig:
         ``data``: a data file read by :func:`rankalign.data.read` with ``data_options`` (e.g.
         ``layout``, ``map``); ``data_form``: ``lists`` (keep ranked lists whole) or ``pairs`` (decompose
         with ``pair_strategy``). ``max_records`` keeps the first N records (0 = all). ``eval_split``: the
-        share of distinct prompts held out (0 = none); the split is drawn with ``eval_split_seed`` and
-        written to ``output_dir/split/{train,heldout}.jsonl`` (``rankalign eval --run OUTPUT_DIR``).
+        share of distinct prompts held out (0 = none); the split is drawn on the whole file with
+        ``eval_split_seed`` (``max_records`` then caps the training side only) and written to
+        ``output_dir/split/{train,heldout}.jsonl`` (``rankalign eval --run OUTPUT_DIR``).
         ``weight_by_reliability: true`` multiplies each record's weight by its annotator's reliability
         ``(1 - 2 flip rate)^2`` (:func:`rankalign.stats.annotators.weight_by_reliability`).
 
@@ -134,6 +170,7 @@ class TrainConfig:
     # hardware
     bf16: str | bool = "auto"
     peft: PeftConfig = field(default_factory=PeftConfig)
+    online: OnlineConfig = field(default_factory=OnlineConfig)
 
     def validate(self) -> None:
         """The one validation step: raise :class:`ConfigError` for any value outside its valid range or
@@ -183,6 +220,8 @@ class TrainConfig:
             value = getattr(self, name)
             need(not value or not Path(value).exists() or Path(value).is_dir(),
                  f"{name} {value!r} is a file; it must be a folder")
+        if self.online.enabled:
+            self.online.validate()
         self.validate_objective()
 
     def validate_objective(self) -> None:
@@ -366,10 +405,16 @@ def apply_override(config: TrainConfig, assignment: str) -> TrainConfig:
     return config
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> TrainConfig:
-    """Read a YAML config (or start from the defaults when ``path`` is None), apply overrides, validate."""
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] = (), *, cls=None):
+    """Read a YAML config (or start from the defaults when ``path`` is None), apply overrides, validate.
+
+    ``cls`` is the config dataclass (default :class:`TrainConfig`; ``rankalign reward train`` passes
+    :class:`rankalign.train.reward.RewardTrainConfig`): the same conversion, ``--set`` and validation for both.
+    Relative paths in the fields named by ``cls.PATH_FIELDS`` are resolved against the config file.
+    """
+    cls = cls or TrainConfig
     if path is None:
-        config = TrainConfig()
+        config = cls()
     else:
         path = Path(path)
         try:
@@ -384,10 +429,10 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()
             raise ConfigError(f"{path}: not UTF-8 text ({error.reason})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
-        config = build_dataclass(TrainConfig, data, where=str(path))
+        config = build_dataclass(cls, data, where=str(path))
         base = path.parent
         # relative data/model/tokenizer paths are read relative to the config file when they exist there
-        for name in ("data", "model", "tokenizer", "reference_model"):
+        for name in getattr(cls, "PATH_FIELDS", ("data", "model", "tokenizer", "reference_model")):
             value = getattr(config, name)
             if value and not value.startswith("tiny:") and value != "train" and not os.path.isabs(value):
                 candidate = base / value
@@ -402,11 +447,11 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()
     return config
 
 
-def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+def config_to_dict(config) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def save_config(config: TrainConfig, directory: str | os.PathLike, name: str = "train_config.yaml") -> Path:
+def save_config(config, directory: str | os.PathLike, name: str = "train_config.yaml") -> Path:
     """Write the resolved config as YAML into ``directory`` atomically (:func:`rankalign._atomic.atomic_write_text`)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
