@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
-
 import click
 
 from rankalign.data.errors import DataError
@@ -75,7 +72,7 @@ def add_annotator_command(name, url, admin, quota):
 @arena.command("serve")
 @_db_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on.")
 @click.option("--sampler", type=click.Choice(SAMPLERS), default="info", show_default=True,
               help="info: expected information gain; ucb: K-Sort-style UCB match-making; uniform: at random.")
 @click.option("--k", type=click.IntRange(2, 8), default=2, show_default=True,
@@ -124,19 +121,24 @@ def export(url, out, form):
 
 
 @arena.command("simulate")
-@click.option("--items", "n_items", type=click.IntRange(min=3), default=16, show_default=True)
-@click.option("--annotators", "n_annotators", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--k", type=click.IntRange(2, 8), default=2, show_default=True)
-@click.option("--votes", "budget", type=click.IntRange(min=10), default=400, show_default=True)
-@click.option("--repeats", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--items", "n_items", type=click.IntRange(min=3), default=16, show_default=True,
+              help="Items per simulated world.")
+@click.option("--annotators", "n_annotators", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Simulated annotators in the crowd (one drawn at random per vote).")
+@click.option("--k", type=click.IntRange(2, 8), default=2, show_default=True, help="Candidates per vote.")
+@click.option("--votes", "budget", type=click.IntRange(min=10), default=400, show_default=True,
+              help="Votes per world (the tau is measured every 10).")
+@click.option("--repeats", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Independent simulated worlds (the same ones for every sampler).")
 @click.option("--spread", type=click.FloatRange(min=0.0), default=1.0, show_default=True,
               help="Standard deviation of the gold utilities.")
-@click.option("--temperature", type=click.FloatRange(min=1e-6), default=1.0, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=1e-6), default=1.0, show_default=True,
+              help="Temperature of the annotators' Plackett-Luce choice (higher: noisier).")
 @click.option("--targets", default="0.8,0.9", show_default=True, help="Kendall tau levels to report.")
-@click.option("--samplers", default=",".join(SAMPLERS), show_default=True)
+@click.option("--samplers", default=",".join(SAMPLERS), show_default=True, help="Comma-separated rules to compare.")
 @click.option("--exploration", type=click.FloatRange(min=0.0), default=1.0, show_default=True,
               help="c of the ucb sampler's bonus c * sigma.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the worlds and the annotators.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="arena_study", show_default=True,
               help="Folder for study.json, study.csv and study.png.")
 def simulate(n_items, n_annotators, k, budget, repeats, spread, temperature, targets, samplers, exploration, seed,
@@ -154,5 +156,5 @@ def simulate(n_items, n_annotators, k, budget, repeats, spread, temperature, tar
                       exploration=exploration)
     paths = save_study(study, out_dir)
     print_table(study)
-    click.echo(json.dumps({"written": [str(p) for p in paths]}), err=False)
-    sys.stdout.flush()
+    for path in paths:
+        click.echo(f"wrote {path.suffix[1:]}: {path}", err=True)
