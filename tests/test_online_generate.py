@@ -5,20 +5,13 @@ import math
 import pytest
 import torch
 
+from online_helpers import one_thread  # noqa: F401  (autouse fixture)
 from rankalign.engine import tiny_causal_lm
 from rankalign.online import filter_top_p, next_tokens, sample_groups, vllm_available
 
 PROMPTS = [[1, 5, 6, 7], [1, 9], [1, 10, 11, 12, 13, 14]]
 
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and several threads thrash on a loaded machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
 def model(request):

@@ -1,6 +1,5 @@
 """The online loop: judged rounds saved as readable data, SPPO soft labels, curriculum order, resume."""
 
-import dataclasses
 import json
 import math
 import os
@@ -13,19 +12,12 @@ import pytest
 import torch
 import yaml
 
+from online_helpers import one_thread  # noqa: F401  (autouse fixture)
 from rankalign.data import RankedList, read, write
 from rankalign.engine import TokenizedList, tiny_causal_lm
 from rankalign.online import STATE_FILE, curriculum_pairs, judged_lists, run_online, win_probabilities
 from rankalign.sim.text_world import build_text_tokenizer, gold_judge, grammar_ranked_lists, make_text_world
 from rankalign.train import OnlineConfig, TrainConfig
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_win_probabilities_by_hand():

@@ -5,21 +5,20 @@ import copy
 import pytest
 import torch
 
+from online_helpers import one_thread  # noqa: F401  (autouse fixture)
 from rankalign.engine import pack_lists, sequence_logps, tiny_causal_lm, token_logps
 from rankalign.losses import group_advantages, k3_kl
-from rankalign.online import groups_to_lists, policy_gradient_loss, policy_gradient_step, sample_groups, token_grid
+from rankalign.online import (
+    groups_to_lists,
+    policy_gradient_loss,
+    policy_gradient_step,
+    sample_groups,
+    token_grid,
+)
 
 PROMPTS = [[1, 5, 6, 7, 8], [1, 9, 10]]
 
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and several threads thrash on a loaded machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 @pytest.fixture(scope="module")
 def setup():

@@ -8,6 +8,7 @@ no temporary file behind.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -89,6 +90,20 @@ def _write_failed(error: BaseException, path: Path, directory: Path) -> OutputEr
     return OutputError(f"could not write {path}: {detail}")
 
 
+@contextlib.contextmanager
+def writing(path: str | os.PathLike):
+    """Turn a failed write inside the block (a full disk, no permission, a C++ writer's "basic_ios::clear")
+    into an :class:`~rankalign.errors.OutputError` naming ``path``; for writers that are not atomic by
+    themselves (the Trainer's checkpoint folders, ``save_pretrained``)."""
+    path = Path(path)
+    try:
+        yield path
+    except BaseException as error:
+        if _is_io_failure(error, path if path.is_dir() else path.parent):
+            raise _write_failed(error, path, path if path.is_dir() else path.parent) from error
+        raise
+
+
 def atomic_write_path(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
     """Call ``write(temporary_path)`` and move the result to ``path``; for libraries that write by path
     (safetensors ``save_file``, ``tokenizer.save_pretrained`` of one file, ...).
@@ -157,4 +172,4 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, **dumps_options) -> Pat
     return atomic_write_text(path, json.dumps(obj, **dumps_options) + "\n")
 
 
-__all__ = ["atomic_write", "atomic_write_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json"]
+__all__ = ["writing", "atomic_write", "atomic_write_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json"]

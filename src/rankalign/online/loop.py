@@ -37,7 +37,6 @@ import copy
 import dataclasses
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +80,10 @@ def _encode_prompt(tokenizer, prompt) -> list[int]:
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         bos = tokenizer.bos_token_id
         return ([bos] if bos is not None else []) + list(ids)
-    return list(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True))
+    ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
+    if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
+        ids = ids["input_ids"]
+    return list(ids)
 
 
 def _decode(tokenizer, ids: Sequence[int]) -> str:

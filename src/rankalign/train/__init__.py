@@ -5,7 +5,15 @@
 Importing this package needs only PyYAML; the trainer pieces import torch/transformers on first use.
 """
 
-from .config import ConfigError, OnlineConfig, PeftConfig, TrainConfig, apply_override, load_config, save_config
+from .config import (
+    ConfigError,
+    OnlineConfig,
+    PeftConfig,
+    TrainConfig,
+    apply_override,
+    load_config,
+    save_config,
+)
 
 _LAZY = {
     "PreferenceTrainer": "trainer",
