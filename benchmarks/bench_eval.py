@@ -5,8 +5,9 @@ Both sides score the same pairs, in the same batches of pairs, with the same mod
 * peer: how TRL's DPOTrainer (``concatenated_forward``) and RewardBench score a DPO model: one forward over
   prompt+chosen and prompt+rejected rows (right-padded), the full ``[rows, T, vocab]`` logits, then the
   summed log-probs of the response tokens (gather minus logsumexp, TRL's ``selective_log_softmax``);
-* rankalign: the engine's list-scoring function as ``rankalign eval`` calls it (prefix-shared layout
-  when the engine's probe accepts the model, the output head only at response positions).
+* rankalign: :func:`rankalign.engine.score_lists`, the engine's one list-scoring function that
+  ``rankalign eval`` calls (prefix-shared layout when the engine's probe accepts the model, the output
+  head only at response positions).
 
 Texts are built from words that are one token each in the model's tokenizer (prompt 256 tokens,
 responses 64 with EOS), as in ``bench_train_vs_trl.py``. Reported: pairs/s per side (best of
@@ -70,9 +71,8 @@ def main(argv=None) -> None:
     import numpy as np
     import torch
 
-    from rankalign.engine import TokenizedList, supports_shared_layout
+    from rankalign.engine import TokenizedList, choose_layout, score_lists
     from rankalign.engine.sources import load_causal_lm, load_tokenizer, resolve_model
-    from rankalign.eval.cli import score_lists
 
     torch.set_num_threads(args.threads)
     source = resolve_model(args.model)
@@ -102,17 +102,18 @@ def main(argv=None) -> None:
         sync()
         return torch.cat(out).double().cpu().numpy()
 
-    def run_ours():
-        with autocast:
-            out = score_lists(model, lists, batch_size=args.batch, pad_token_id=pad, progress_label="rankalign",
-                              quiet=True)
-        sync()
-        return out
+    precision = "bf16" if args.bf16 else "fp32"
 
-    layout = "shared" if supports_shared_layout(model) else "duplicated"
+    def run_ours(subset=lists):
+        out, _ = score_lists(model, subset, batch_size=args.batch, pad_token_id=pad, precision=precision,
+                             progress=False, announce=False).padded()
+        sync()
+        return out.numpy()
+
+    layout = choose_layout(model, "auto")  # says on stderr which layout and why
     with torch.inference_mode(), autocast:  # warm-up: one batch each
         plain_forward_logps(model, pairs[:args.batch], pad)
-    score_lists(model, lists[:args.batch], batch_size=args.batch, pad_token_id=pad, progress_label="", quiet=True)
+    run_ours(lists[:args.batch])
     seconds = {"peer": float("inf"), "ours": float("inf")}
     results = {}
     for _ in range(args.repeats):

@@ -40,10 +40,16 @@ def browser():
     driver.quit()
 
 
-def wait_for(condition, timeout=15.0, what="condition"):
+def wait_for(condition, timeout=20.0, what="condition"):
+    """Poll ``condition`` until it is truthy; elements replaced by the page meanwhile are looked up again."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = condition()
+        try:
+            value = condition()
+        except (StaleElementReferenceException, NoSuchElementException):
+            value = None
         if value:
             return value
         time.sleep(0.1)
@@ -118,15 +124,15 @@ def test_vote_rank_and_leaderboard_in_chromium(browser, tmp_path):
 
         # the leaderboard page updates by itself when new votes arrive
         browser.get(base + "/leaderboard")
-        before = browser.find_element(By.ID, "board-meta").text
-        assert before.startswith("3 votes")
+        assert wait_for(lambda: browser.find_element(By.ID, "board-meta").text).startswith("3 votes")
         for v in range(3):
             request("POST", base + "/api/votes", tokens["bob"],
                     {"prompt": None, "candidates": ["model-c", "model-a"], "ranks": [0, 1], "request_id": f"b{v}"})
         wait_for(lambda: browser.find_element(By.ID, "board-meta").text.startswith("6 votes"), timeout=20,
                  what="the live leaderboard")
-        bars = browser.find_elements(By.CSS_SELECTOR, "#board svg rect.ci")
-        assert len(bars) == 4 and all(float(bar.get_attribute("width")) > 0 for bar in bars)
+        widths = wait_for(lambda: [float(bar.get_attribute("width"))
+                                   for bar in browser.find_elements(By.CSS_SELECTOR, "#board svg rect.ci")])
+        assert len(widths) == 4 and all(width > 0 for width in widths)
         browser.save_screenshot(str(shots / "leaderboard.png"))
 
         # the admin page (rationale escaped, shown as text)

@@ -151,3 +151,17 @@ def test_export_json_is_plain_records(tmp_path):
 
 def make_arena_token(engine, name):
     return db.add_annotator(engine, name)
+
+
+def test_arena_imports_only_data_and_stats():
+    """The app sits on data and stats: importing it loads no torch and no training layer."""
+    import subprocess
+    import sys
+
+    code = "import sys, rankalign.arena, rankalign.arena.cli; print(' '.join(sorted(sys.modules)))"
+    loaded = set(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                                text=True).stdout.split())
+    assert "torch" not in loaded and "transformers" not in loaded
+    ours = {name.split(".")[1] for name in loaded if name.startswith("rankalign.") and name.count(".") >= 1}
+    # errors and _cli: the base error types and the click conventions, below every subpackage
+    assert ours <= {"arena", "data", "stats", "_atomic", "errors", "_cli"}, ours

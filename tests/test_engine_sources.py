@@ -252,7 +252,7 @@ def test_train_from_a_gguf_with_a_held_out_split_then_eval_the_run(home, gguf_fi
             records.append(RankedList(prompt=prompt, candidates=[a, b], ranks=[0, 1]))
     write(records, tmp_path / "pairs.jsonl")
     (tmp_path / "c.yaml").write_text(
-        f"model: {path}\ndata: {tmp_path / 'pairs.jsonl'}\neval_split: 0.25\neval_split_seed: 3\n"
+        f"model: {path}\ndata: {tmp_path / 'pairs.jsonl'}\neval_split: 0.25\neval_split_seed: 3\nmax_records: 7\n"
         f"objective: dpo\nloss_params: {{beta: 0.2}}\nbatch_size: 2\nmax_steps: 2\nlr: 1.0e-3\n"
         f"peft: {{enabled: true, r: 2, target_modules: [q_proj, v_proj]}}\noutput_dir: {tmp_path / 'run'}\n"
         "report_to: []\nprogress: false\n")
@@ -260,8 +260,9 @@ def test_train_from_a_gguf_with_a_held_out_split_then_eval_the_run(home, gguf_fi
     run = tmp_path / "run"
     train = read(run / "split" / "train.jsonl").records
     heldout = read(run / "split" / "heldout.jsonl").records
-    assert len(train) + len(heldout) == len(records)
-    assert len({r.prompt for r in heldout}) == 3  # 25% of the 12 distinct prompts
+    assert len({r.prompt for r in heldout}) == 3  # 25% of the 12 distinct prompts, drawn on the whole file
+    assert heldout == [r for r in records if r.prompt in {h.prompt for h in heldout}]
+    assert train == [r for r in records if r not in heldout][:7]  # max_records caps the training side only
     assert not {r.prompt for r in train} & {r.prompt for r in heldout}
     record = json.loads((run / "run_source.json").read_text())
     assert record["reference"]["kind"] == "adapter_disabled"

@@ -8,6 +8,7 @@ no temporary file behind.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -57,7 +58,8 @@ def _watch_sigterm() -> None:
 
 
 # what C++ writers (torch's stream writer, safetensors) say when the disk fills up or a write fails
-_CPP_IO_MESSAGES = ("basic_ios", "PytorchStreamWriter", "failed writing", "No space left", "I/O error")
+_CPP_IO_MESSAGES = ("basic_ios", "PytorchStreamWriter", "failed writing", "No space left", "I/O error",
+                    "os error 28")
 
 
 def _disk_full(directory: Path) -> bool:
@@ -73,20 +75,38 @@ def _is_io_failure(error: BaseException, directory: Path) -> bool:
         return False
     if isinstance(error, OSError):
         return True
-    return isinstance(error, RuntimeError) and (any(m in str(error) for m in _CPP_IO_MESSAGES)
-                                                or _disk_full(directory))
+    if not isinstance(error, Exception):  # KeyboardInterrupt, SystemExit: not a write failure
+        return False
+    # the writers of torch and safetensors raise their own types ("SafetensorError: ... I/O error: No
+    # space left on device (os error 28)"); a RuntimeError on a full disk is one too
+    return any(m in str(error) for m in _CPP_IO_MESSAGES) or (isinstance(error, RuntimeError)
+                                                             and _disk_full(directory))
 
 
 def _write_failed(error: BaseException, path: Path, directory: Path) -> OutputError:
     """The one-line form of a failed write that names the file (C++ writers only say "basic_ios::clear")."""
     number = getattr(error, "errno", None)
-    if number == errno.ENOSPC or _disk_full(directory):
+    if number == errno.ENOSPC or "No space left" in str(error) or "os error 28" in str(error) or _disk_full(directory):
         return OutputError(f"no space left on device while writing {path}",
                            hint="free space on that disk or write elsewhere")
     if number in (errno.EACCES, errno.EPERM, errno.EROFS):
         return OutputError(f"permission denied writing {path}", hint="choose a writable location")
     detail = getattr(error, "strerror", None) or str(error) or type(error).__name__
     return OutputError(f"could not write {path}: {detail}")
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike):
+    """Turn a failed write inside the block (a full disk, no permission, a C++ writer's "basic_ios::clear")
+    into an :class:`~rankalign.errors.OutputError` naming ``path``; for writers that are not atomic by
+    themselves (the Trainer's checkpoint folders, ``save_pretrained``)."""
+    path = Path(path)
+    try:
+        yield path
+    except BaseException as error:
+        if _is_io_failure(error, path if path.is_dir() else path.parent):
+            raise _write_failed(error, path, path if path.is_dir() else path.parent) from error
+        raise
 
 
 def atomic_write_path(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
@@ -157,4 +177,4 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, **dumps_options) -> Pat
     return atomic_write_text(path, json.dumps(obj, **dumps_options) + "\n")
 
 
-__all__ = ["atomic_write", "atomic_write_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json"]
+__all__ = ["writing", "atomic_write", "atomic_write_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json"]

@@ -99,8 +99,11 @@ class TrainConfig:
         ``data``: a data file read by :func:`rankalign.data.read` with ``data_options`` (e.g.
         ``layout``, ``map``); ``data_form``: ``lists`` (keep ranked lists whole) or ``pairs`` (decompose
         with ``pair_strategy``). ``max_records`` keeps the first N records (0 = all). ``eval_split``: the
-        share of distinct prompts held out (0 = none); the split is drawn with ``eval_split_seed`` and
-        written to ``output_dir/split/{train,heldout}.jsonl`` (``rankalign eval --run OUTPUT_DIR``).
+        share of distinct prompts held out (0 = none); the split is drawn on the whole file with
+        ``eval_split_seed`` (``max_records`` then caps the training side only) and written to
+        ``output_dir/split/{train,heldout}.jsonl`` (``rankalign eval --run OUTPUT_DIR``).
+        ``weight_by_reliability: true`` multiplies each record's weight by its annotator's reliability
+        ``(1 - 2 flip rate)^2`` (:func:`rankalign.stats.annotators.weight_by_reliability`).
 
     Objective
         ``objective``: a name in :func:`rankalign.losses.names`; ``loss_params``: its keyword parameters
@@ -129,6 +132,7 @@ class TrainConfig:
     data_form: str = "lists"
     pair_strategy: str = "best_vs_rest"
     max_records: int = 0
+    weight_by_reliability: bool = False
     eval_split: float = 0.0
     eval_split_seed: int = 0
     max_prompt_tokens: int | None = 256
@@ -401,10 +405,16 @@ def apply_override(config: TrainConfig, assignment: str) -> TrainConfig:
     return config
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> TrainConfig:
-    """Read a YAML config (or start from the defaults when ``path`` is None), apply overrides, validate."""
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] = (), *, cls=None):
+    """Read a YAML config (or start from the defaults when ``path`` is None), apply overrides, validate.
+
+    ``cls`` is the config dataclass (default :class:`TrainConfig`; ``rankalign reward train`` passes
+    :class:`rankalign.train.reward.RewardTrainConfig`): the same conversion, ``--set`` and validation for both.
+    Relative paths in the fields named by ``cls.PATH_FIELDS`` are resolved against the config file.
+    """
+    cls = cls or TrainConfig
     if path is None:
-        config = TrainConfig()
+        config = cls()
     else:
         path = Path(path)
         try:
@@ -419,10 +429,10 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()
             raise ConfigError(f"{path}: not UTF-8 text ({error.reason})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
-        config = build_dataclass(TrainConfig, data, where=str(path))
+        config = build_dataclass(cls, data, where=str(path))
         base = path.parent
         # relative data/model/tokenizer paths are read relative to the config file when they exist there
-        for name in ("data", "model", "tokenizer", "reference_model"):
+        for name in getattr(cls, "PATH_FIELDS", ("data", "model", "tokenizer", "reference_model")):
             value = getattr(config, name)
             if value and not value.startswith("tiny:") and value != "train" and not os.path.isabs(value):
                 candidate = base / value
@@ -437,11 +447,11 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()
     return config
 
 
-def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+def config_to_dict(config) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def save_config(config: TrainConfig, directory: str | os.PathLike, name: str = "train_config.yaml") -> Path:
+def save_config(config, directory: str | os.PathLike, name: str = "train_config.yaml") -> Path:
     """Write the resolved config as YAML into ``directory`` atomically (:func:`rankalign._atomic.atomic_write_text`)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

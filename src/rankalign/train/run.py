@@ -12,8 +12,9 @@ from pathlib import Path
 from .config import TrainConfig, save_config
 
 
-def read_records(config: TrainConfig, *, with_report: bool = False):
-    """The training records of ``config.data``, read by :func:`rankalign.data.read` (which knows the layouts)."""
+def read_records(config: TrainConfig, *, with_report: bool = False, cap: bool = True):
+    """The training records of ``config.data``, read by :func:`rankalign.data.read` (which knows the layouts),
+    the first ``max_records`` of them when ``cap``."""
     from rankalign.data import read
 
     from .config import ConfigError
@@ -25,8 +26,12 @@ def read_records(config: TrainConfig, *, with_report: bool = False):
                           hint="relative paths are read from the working directory or the config file's folder")
     result = read(config.data, **config.data_options)
     records = list(result.records)
-    if config.max_records > 0:
+    if cap and config.max_records > 0:
         records = records[: config.max_records]
+    if config.weight_by_reliability:
+        from rankalign.stats.annotators import weight_by_reliability
+
+        records = weight_by_reliability(records)
     return (records, result.report) if with_report else records
 
 
@@ -122,20 +127,30 @@ def write_run_source(config: TrainConfig, output_dir: Path, *, heldout: bool) ->
 RUN_SOURCE_FILE = "run_source.json"
 
 
-def run_config(config: TrainConfig, *, resume: bool | None = None):
-    """Train as ``config`` says; save the final model, tokenizer and resolved config in ``output_dir``."""
+def run_config(config: TrainConfig, *, resume: bool | None = None, on_start=None):
+    """Train as ``config`` says; save the final model, tokenizer and resolved config in ``output_dir``.
+
+    The data are read and tokenized first; ``on_start(data_report, truncation_report)`` is called with
+    both before the model trains (``rankalign train`` prints them there). What ``rankalign eval --run``
+    needs is recorded in ``output_dir/run_source.json`` (:func:`write_run_source`).
+    """
     import warnings
 
+    from rankalign._atomic import writing
     from rankalign.errors import RankalignWarning
 
     from .checkpoints import clear_run, finished_note, finished_run, mark_finished, precheck, run_fingerprint
     from .config import config_to_dict
+    from .data import tokenize_training_data
     from .trainer import TrainResult, train_preference
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    records, data_report = read_records(config, with_report=True)  # before the slow imports: bad data fails fast
+    # before the slow imports: bad data fails fast. With a held-out split, the split is drawn on the whole
+    # file and max_records caps the training side: the held-out set does not depend on the training budget
+    records, data_report = read_records(config, with_report=True, cap=config.eval_split <= 0)
     import transformers
 
+    transformers.utils.logging.disable_progress_bar()  # no "Writing model shards" bars beside the training bar
     transformers.set_seed(config.seed)
     output_dir = Path(config.output_dir)
     main_process = int(os.environ.get("RANK", "0")) == 0  # under accelerate/torchrun only rank 0 writes files
@@ -144,6 +159,8 @@ def run_config(config: TrainConfig, *, resume: bool | None = None):
         from rankalign.data import write
 
         records, heldout = split_by_prompt(records, config.eval_split, config.eval_split_seed)
+        if config.max_records > 0:
+            records = records[: config.max_records]
         if main_process:
             write(records, output_dir / "split" / "train.jsonl")
             write(heldout, output_dir / "split" / "heldout.jsonl")
@@ -162,22 +179,28 @@ def run_config(config: TrainConfig, *, resume: bool | None = None):
         precheck(output_dir, early)
     elif main_process:
         removed = clear_run(output_dir)
-        if removed:
-            warnings.warn(f"--no-resume: removed {len(removed)} checkpoint(s) of the earlier run in {output_dir} "
+        folders = [path for path in removed if path.name.startswith("checkpoint-")]
+        if folders:
+            warnings.warn(f"--no-resume: removed {len(folders)} checkpoint(s) of the earlier run in {output_dir} "
                           "so they cannot be mixed with this one", RankalignWarning, stacklevel=2)
     tokenizer = load_tokenizer(config, records)
+    lists, truncation = tokenize_training_data(tokenizer, records, config)
+    if on_start is not None:
+        on_start(data_report, truncation)
     model = load_model(config.model, tokenizer, config)
     ref_model = load_model(config.reference_model, tokenizer, config) if config.reference_model else None
     if main_process:
         save_config(config, output_dir)
         write_run_source(config, output_dir, heldout=bool(heldout))
     result = train_preference(model, tokenizer, records, config, ref_model=ref_model,
-                              resume_from_checkpoint=True if resume else None)
+                              resume_from_checkpoint=True if resume else None, tokenized=(lists, truncation))
     result.data_report = data_report
+    result.truncation = truncation
     if main_process:
         final_dir = output_dir / "final"
-        result.model.save_pretrained(final_dir)  # safetensors
-        tokenizer.save_pretrained(final_dir)
+        with writing(final_dir):  # a full disk names the folder instead of "basic_ios::clear"
+            result.model.save_pretrained(final_dir)  # safetensors
+            tokenizer.save_pretrained(final_dir)
         save_config(config, final_dir)
         mark_finished(final_dir, global_step=result.global_step, max_steps=config.max_steps, epochs=config.epochs,
                       fingerprint=run_fingerprint(settings, records, None, config.model))
