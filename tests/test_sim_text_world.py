@@ -125,7 +125,7 @@ def test_cli_demo_quick(tmp_path):
 
     from rankalign.cli import main
 
-    result = CliRunner().invoke(main, ["demo", "--quick", "--out", str(tmp_path / "demo"), "--seed", "2"])
+    result = CliRunner().invoke(main, ["demo", "--quick", "-o", str(tmp_path / "demo"), "--seed", "2"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "demo" / "results.json").exists()
 

@@ -17,6 +17,7 @@ from rankalign._escape import for_terminal
 
 from .readers import iter_records, write
 from .records import PAIR_STRATEGIES
+from .summary import rank_by as rank_records
 from .summary import summarize, to_lists, to_pairs
 from .trl import TRL_TARGETS, to_trl, to_trl_kto, write_rows
 
@@ -26,14 +27,15 @@ def data():
     """Inspect, validate and convert preference data files."""
 
 
-def _stream(path, layout, mapping, outcomes, skip_invalid, file_format, max_records=None):
+def _stream(path, layout, mapping, outcomes, skip_invalid, file_format, max_records=None, rank_by=None):
     stream = iter_records(path, layout=layout, mapping=mapping, outcomes=outcomes, skip_invalid=skip_invalid,
                           format=file_format)
-    if max_records is None:
-        return stream, stream
-    import itertools
+    records = rank_records(stream, rank_by)
+    if max_records is not None:
+        import itertools
 
-    return itertools.islice(stream, max_records), stream
+        records = itertools.islice(records, max_records)
+    return records, stream
 
 
 def _fmt_percentiles(stats):
@@ -46,10 +48,10 @@ def _fmt_percentiles(stats):
 @click.argument("file", type=click.Path(exists=True))
 @json_option
 @data_options
-def inspect(file, as_json, layout, mapping, outcomes, skip_invalid, file_format, max_records):
+def inspect(file, as_json, layout, mapping, outcomes, skip_invalid, file_format, max_records, rank_by):
     """Validate FILE and report what is in it: records, layout, list sizes, tie rate, annotators,
     prompt/response lengths (characters), empty responses, duplicates and problems found."""
-    records, stream = _stream(file, layout, mapping, outcomes, skip_invalid, file_format, max_records)
+    records, stream = _stream(file, layout, mapping, outcomes, skip_invalid, file_format, max_records, rank_by)
     summary = summarize(records, stream.report)
     summary["layout"] = stream.layout
     summary["file"] = str(file)
@@ -106,7 +108,7 @@ def inspect(file, as_json, layout, mapping, outcomes, skip_invalid, file_format,
 @json_option
 @data_options
 def convert(in_file, legacy_out, output, target, strategy, as_json, layout, mapping, outcomes, skip_invalid,
-            file_format, max_records):
+            file_format, max_records, rank_by):
     """Convert IN to native records (or TRL rows) in -o/--output, written atomically.
 
     The report counts everything expanded, merged or dropped (by reason); conflicting judgments of the same
@@ -114,7 +116,7 @@ def convert(in_file, legacy_out, output, target, strategy, as_json, layout, mapp
     output = resolve_deprecated(output, legacy_out, new="-o/--output", old="the positional OUT")
     if output is None:
         raise click.UsageError("give the output file with -o/--output PATH")
-    records, stream = _stream(in_file, layout, mapping, outcomes, skip_invalid, file_format, max_records)
+    records, stream = _stream(in_file, layout, mapping, outcomes, skip_invalid, file_format, max_records, rank_by)
     if target == "pairs":
         converted, report = to_pairs(records, strategy)
     elif target == "lists":

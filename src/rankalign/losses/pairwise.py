@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._common import pairwise_loss
+from ._common import pairwise_loss, pairwise_ratio_loss
 from ._registry import Range, register
 
 # exp() arguments of the f-divergence scores are capped here so that exp and its gradient stay finite
@@ -37,11 +37,6 @@ EXP_CAP = 50.0
 
 _DPO = ("Rafailov, Sharma, Mitchell, Ermon, Manning, Finn, Direct Preference Optimization: Your Language "
         "Model is Secretly a Reward Model, NeurIPS 2023 (arXiv:2305.18290)")
-
-
-def _rho(logps: Tensor, ref: Tensor | None) -> Tensor:
-    """Per-pair log-ratio; the policy log-prob itself when there is no reference."""
-    return logps if ref is None else logps - ref
 
 
 def _require_lengths(lengths: Tensor | None, name: str) -> Tensor:
@@ -92,11 +87,11 @@ def dpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor 
     Tensor ``[B]``: the per-list loss.
     """
 
-    def per_pair(chosen, rejected, ref_chosen, ref_rejected):
-        h = _rho(chosen, ref_chosen) - _rho(rejected, ref_rejected)
+    def per_pair(rho_w, rho_l):
+        h = rho_w - rho_l
         return _logistic_pair(beta * h, label_smoothing)
 
-    return pairwise_loss(per_pair, policy_logps, ref_logps, ranks)
+    return pairwise_ratio_loss(per_pair, policy_logps, ref_logps, ranks)
 
 
 @register("robust_dpo", family="pairwise",
@@ -122,13 +117,13 @@ def robust_dpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: 
     padding: the module's pair decomposition.
     """
 
-    def per_pair(chosen, rejected, ref_chosen, ref_rejected):
-        margin = beta * (_rho(chosen, ref_chosen) - _rho(rejected, ref_rejected))
+    def per_pair(rho_w, rho_l):
+        margin = beta * (rho_w - rho_l)
         clean = -F.logsigmoid(margin)
         flipped = -F.logsigmoid(-margin)
         return ((1.0 - label_smoothing) * clean - label_smoothing * flipped) / (1.0 - 2.0 * label_smoothing)
 
-    return pairwise_loss(per_pair, policy_logps, ref_logps, ranks)
+    return pairwise_ratio_loss(per_pair, policy_logps, ref_logps, ranks)
 
 
 @register("ipo", family="pairwise",
@@ -156,17 +151,17 @@ def ipo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor 
     if length_normalize:
         lengths = _require_lengths(lengths, "ipo(length_normalize=True)")
 
-        def per_pair(chosen, rejected, ref_chosen, ref_rejected, len_chosen, len_rejected):
-            h = (_rho(chosen, ref_chosen) / _safe_length(len_chosen)
-                 - _rho(rejected, ref_rejected) / _safe_length(len_rejected))
+        def per_pair(rho_w, rho_l, len_chosen, len_rejected):
+            h = (rho_w / _safe_length(len_chosen)
+                 - rho_l / _safe_length(len_rejected))
             return (h - target) ** 2
 
-        return pairwise_loss(per_pair, policy_logps, ref_logps, ranks, lengths)
+        return pairwise_ratio_loss(per_pair, policy_logps, ref_logps, ranks, lengths)
 
-    def per_pair_summed(chosen, rejected, ref_chosen, ref_rejected):
-        return (_rho(chosen, ref_chosen) - _rho(rejected, ref_rejected) - target) ** 2
+    def per_pair_summed(rho_w, rho_l):
+        return (rho_w - rho_l - target) ** 2
 
-    return pairwise_loss(per_pair_summed, policy_logps, ref_logps, ranks)
+    return pairwise_ratio_loss(per_pair_summed, policy_logps, ref_logps, ranks)
 
 
 @register("hinge", family="pairwise",
@@ -189,10 +184,10 @@ def hinge(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tenso
     module's pair decomposition.
     """
 
-    def per_pair(chosen, rejected, ref_chosen, ref_rejected):
-        return torch.relu(1.0 - beta * (_rho(chosen, ref_chosen) - _rho(rejected, ref_rejected)))
+    def per_pair(rho_w, rho_l):
+        return torch.relu(1.0 - beta * (rho_w - rho_l))
 
-    return pairwise_loss(per_pair, policy_logps, ref_logps, ranks)
+    return pairwise_ratio_loss(per_pair, policy_logps, ref_logps, ranks)
 
 
 # ------------------------------------------------------------------------------- reference-free family
@@ -321,12 +316,12 @@ def ln_dpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tens
     """
     lengths = _require_lengths(lengths, "ln_dpo")
 
-    def per_pair(chosen, rejected, ref_chosen, ref_rejected, len_chosen, len_rejected):
-        h = (_rho(chosen, ref_chosen) / _safe_length(len_chosen)
-             - _rho(rejected, ref_rejected) / _safe_length(len_rejected))
+    def per_pair(rho_w, rho_l, len_chosen, len_rejected):
+        h = (rho_w / _safe_length(len_chosen)
+             - rho_l / _safe_length(len_rejected))
         return -F.logsigmoid(beta * h)
 
-    return pairwise_loss(per_pair, policy_logps, ref_logps, ranks, lengths)
+    return pairwise_ratio_loss(per_pair, policy_logps, ref_logps, ranks, lengths)
 
 
 @register("soft_dpo", family="pairwise",
@@ -373,21 +368,21 @@ def soft_dpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Te
         # column b holds P(column b beats the other one); gathering it at the pair's winner gives p.
         win_prob = torch.stack([prob, 1.0 - prob], dim=1).detach()
 
-        def per_pair_prob(chosen, rejected, ref_chosen, ref_rejected, p_chosen, p_rejected):
-            margin = beta * (_rho(chosen, ref_chosen) - _rho(rejected, ref_rejected))
+        def per_pair_prob(rho_w, rho_l, p_chosen, p_rejected):
+            margin = beta * (rho_w - rho_l)
             return -p_chosen * F.logsigmoid(margin) - (1.0 - p_chosen) * F.logsigmoid(-margin)
 
-        return pairwise_loss(per_pair_prob, policy_logps, ref_logps, ranks, win_prob)
+        return pairwise_ratio_loss(per_pair_prob, policy_logps, ref_logps, ranks, win_prob)
 
     if grades is not None:
         grades = torch.as_tensor(grades, device=policy_logps.device).to(policy_logps.dtype).detach()
 
-        def per_pair_grades(chosen, rejected, ref_chosen, ref_rejected, grade_chosen, grade_rejected):
-            margin = beta * (_rho(chosen, ref_chosen) - _rho(rejected, ref_rejected))
+        def per_pair_grades(rho_w, rho_l, grade_chosen, grade_rejected):
+            margin = beta * (rho_w - rho_l)
             p = torch.sigmoid(grade_chosen - grade_rejected)
             return -p * F.logsigmoid(margin) - (1.0 - p) * F.logsigmoid(-margin)
 
-        return pairwise_loss(per_pair_grades, policy_logps, ref_logps, ranks, grades)
+        return pairwise_ratio_loss(per_pair_grades, policy_logps, ref_logps, ranks, grades)
 
     return dpo(policy_logps, ref_logps, ranks=ranks, beta=beta)
 
@@ -421,13 +416,13 @@ def exo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor 
     log_p_w = math.log1p(-label_smoothing)
     log_p_l = math.log(label_smoothing)
 
-    def per_pair(chosen, rejected, ref_chosen, ref_rejected):
-        margin = beta * (_rho(chosen, ref_chosen) - _rho(rejected, ref_rejected))
+    def per_pair(rho_w, rho_l):
+        margin = beta * (rho_w - rho_l)
         log_q_w = F.logsigmoid(margin)
         log_q_l = F.logsigmoid(-margin)
         return log_q_w.exp() * (log_q_w - log_p_w) + log_q_l.exp() * (log_q_l - log_p_l)
 
-    return pairwise_loss(per_pair, policy_logps, ref_logps, ranks)
+    return pairwise_ratio_loss(per_pair, policy_logps, ref_logps, ranks)
 
 
 @register("nca", family="pairwise",
@@ -448,12 +443,12 @@ def nca(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor 
     ``ref_logps=None``: reference-free. K > 2, ties, padding: the module's pair decomposition.
     """
 
-    def per_pair(chosen, rejected, ref_chosen, ref_rejected):
-        reward_w = beta * _rho(chosen, ref_chosen)
-        reward_l = beta * _rho(rejected, ref_rejected)
+    def per_pair(rho_w, rho_l):
+        reward_w = beta * rho_w
+        reward_l = beta * rho_l
         return -F.logsigmoid(reward_w) - 0.5 * F.logsigmoid(-reward_w) - 0.5 * F.logsigmoid(-reward_l)
 
-    return pairwise_loss(per_pair, policy_logps, ref_logps, ranks)
+    return pairwise_ratio_loss(per_pair, policy_logps, ref_logps, ranks)
 
 
 _APO = ("D'Oosterlinck, Xu, Develder, Demeester, Singh, Potts, Kiela, Mehri, Anchored Preference Optimization "
@@ -476,10 +471,10 @@ def apo_zero(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Te
     ``ref_logps=None``: reference-free. K > 2, ties, padding: the module's pair decomposition.
     """
 
-    def per_pair(chosen, rejected, ref_chosen, ref_rejected):
-        return torch.sigmoid(-beta * _rho(chosen, ref_chosen)) + torch.sigmoid(beta * _rho(rejected, ref_rejected))
+    def per_pair(rho_w, rho_l):
+        return torch.sigmoid(-beta * rho_w) + torch.sigmoid(beta * rho_l)
 
-    return pairwise_loss(per_pair, policy_logps, ref_logps, ranks)
+    return pairwise_ratio_loss(per_pair, policy_logps, ref_logps, ranks)
 
 
 @register("apo_down", family="pairwise", paper=_APO)
@@ -497,12 +492,10 @@ def apo_down(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Te
     [0, 2]. ``ref_logps=None``: reference-free. K > 2, ties, padding: the module's pair decomposition.
     """
 
-    def per_pair(chosen, rejected, ref_chosen, ref_rejected):
-        rho_w = _rho(chosen, ref_chosen)
-        rho_l = _rho(rejected, ref_rejected)
+    def per_pair(rho_w, rho_l):
         return torch.sigmoid(beta * rho_w) + torch.sigmoid(-beta * (rho_w - rho_l))
 
-    return pairwise_loss(per_pair, policy_logps, ref_logps, ranks)
+    return pairwise_ratio_loss(per_pair, policy_logps, ref_logps, ranks)
 
 
 @register("sppo_hard", family="pairwise",
@@ -526,10 +519,10 @@ def sppo_hard(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: T
     """
     target = 0.5 / beta
 
-    def per_pair(chosen, rejected, ref_chosen, ref_rejected):
-        return (_rho(chosen, ref_chosen) - target) ** 2 + (_rho(rejected, ref_rejected) + target) ** 2
+    def per_pair(rho_w, rho_l):
+        return (rho_w - target) ** 2 + (rho_l + target) ** 2
 
-    return pairwise_loss(per_pair, policy_logps, ref_logps, ranks)
+    return pairwise_ratio_loss(per_pair, policy_logps, ref_logps, ranks)
 
 
 @register("discopop", family="pairwise",
@@ -553,13 +546,13 @@ def discopop(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Te
     pair decomposition.
     """
 
-    def per_pair(chosen, rejected, ref_chosen, ref_rejected):
-        x = beta * (_rho(chosen, ref_chosen) - _rho(rejected, ref_rejected))
+    def per_pair(rho_w, rho_l):
+        x = beta * (rho_w - rho_l)
         logistic = torch.sigmoid(-x / discopop_tau) * F.softplus(-x)
         exponential = torch.exp(F.logsigmoid(x / discopop_tau) - x)
         return logistic + exponential
 
-    return pairwise_loss(per_pair, policy_logps, ref_logps, ranks)
+    return pairwise_ratio_loss(per_pair, policy_logps, ref_logps, ranks)
 
 
 # --------------------------------------------------------------------------------- f-divergence DPO
@@ -617,9 +610,9 @@ def f_dpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tenso
     directly. K > 2, ties, padding: the module's pair decomposition.
     """
 
-    def per_pair(chosen, rejected, ref_chosen, ref_rejected):
-        score_w = f_divergence_score(_rho(chosen, ref_chosen), divergence, alpha)
-        score_l = f_divergence_score(_rho(rejected, ref_rejected), divergence, alpha)
+    def per_pair(rho_w, rho_l):
+        score_w = f_divergence_score(rho_w, divergence, alpha)
+        score_l = f_divergence_score(rho_l, divergence, alpha)
         return -F.logsigmoid(beta * (score_w - score_l))
 
-    return pairwise_loss(per_pair, policy_logps, ref_logps, ranks)
+    return pairwise_ratio_loss(per_pair, policy_logps, ref_logps, ranks)

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._common import ordered_pairs, valid_mask
+from ._common import list_tensor, ordered_pairs, resolve_list_ranks, valid_mask, zero_padding
 from ._registry import register
-from .listwise import _list_tensor, _resolve_list_ranks, _zero_padding, plackett_luce_nll
+from .listwise import plackett_luce_nll
 
 __all__ = ["bt_reward", "pl_reward", "davidson_reward", "bce_reward", "rating_regression",
            "general_preference_logits", "general_preference_loss"]
@@ -25,14 +25,14 @@ __all__ = ["bt_reward", "pl_reward", "davidson_reward", "bce_reward", "rating_re
 def _scores_and_ranks(scores: Tensor, ranks, grades) -> tuple[Tensor, Tensor]:
     if scores.dim() != 2:
         raise ValueError(f"reward objectives take [B, K] scores, got shape {tuple(scores.shape)}")
-    ranks = _resolve_list_ranks(scores, ranks, grades)
-    return _zero_padding(scores, valid_mask(ranks)), ranks
+    ranks = resolve_list_ranks(scores, ranks, grades)
+    return zero_padding(scores, valid_mask(ranks)), ranks
 
 
 def _required_grades(scores: Tensor, grades, valid: Tensor, name: str) -> Tensor:
     if grades is None:
         raise ValueError(f"{name} needs grades ([B, K] targets per candidate)")
-    return _list_tensor(grades, scores, valid, "grades")
+    return list_tensor(grades, scores, valid, "grades")
 
 
 @register("bt_reward", family="reward",
@@ -147,7 +147,7 @@ def bce_reward(scores: Tensor, *, ranks: Tensor | None = None, grades: Tensor | 
     if bool(((labels < 0) | (labels > 1)).any()):
         raise ValueError("bce_reward needs grades (labels) in [0, 1]")
     per_item = F.binary_cross_entropy_with_logits(scores, labels, reduction="none")
-    return _zero_padding(per_item, valid).sum(1) / valid.sum(1).clamp_min(1).to(scores.dtype)
+    return zero_padding(per_item, valid).sum(1) / valid.sum(1).clamp_min(1).to(scores.dtype)
 
 
 @register("rating_regression", family="reward",
@@ -163,7 +163,7 @@ def rating_regression(scores: Tensor, *, ranks: Tensor | None = None, grades: Te
     valid = valid_mask(ranks)
     targets = _required_grades(scores, grades, valid, "rating_regression")
     per_item = (scores - targets) ** 2
-    return _zero_padding(per_item, valid).sum(1) / valid.sum(1).clamp_min(1).to(scores.dtype)
+    return zero_padding(per_item, valid).sum(1) / valid.sum(1).clamp_min(1).to(scores.dtype)
 
 
 # ------------------------------------------------------------------------- general preference model

@@ -429,26 +429,20 @@ PERSONAL_WEIGHTS_NAME = "personal_model.safetensors"
 def save_personal_reward(model: PersonalRewardModel, directory) -> None:
     """Save to ``directory``: ``personal_model.safetensors`` (parameters) and ``personal_config.json``
     (kind, feature size, annotator ids, settings, history), each written atomically, the config last."""
-    import json
     from pathlib import Path
 
     from safetensors.torch import save_file
 
-    from ..reward.model import write_file_atomic
+    from .._atomic import atomic_write_json, atomic_write_path
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.module.state_dict().items()}
-    write_file_atomic(directory / PERSONAL_WEIGHTS_NAME, lambda temp: save_file(state, temp, metadata={"format": "pt"}))
+    atomic_write_path(directory / PERSONAL_WEIGHTS_NAME, lambda temp: save_file(state, temp, metadata={"format": "pt"}))
     feature_dim = _feature_dim(model.module)
     config = {"format_version": 1, "kind": model.kind, "feature_dim": feature_dim,
               "annotators": list(model.annotators), "settings": model.settings, "history": model.history}
-
-    def write(temp):
-        with open(temp, "w", encoding="utf-8") as handle:
-            json.dump(config, handle, indent=2, sort_keys=True)
-
-    write_file_atomic(directory / PERSONAL_CONFIG_NAME, write)
+    atomic_write_json(directory / PERSONAL_CONFIG_NAME, config, sort_keys=True)
 
 
 def load_personal_reward(directory) -> PersonalRewardModel:

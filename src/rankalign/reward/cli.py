@@ -4,7 +4,7 @@
   :class:`rankalign.train.reward.RewardTrainConfig`, the same config machinery as ``rankalign train``
   (``--set``, validation at load, checkpoints and resume in ``output_dir``). A data file instead of a YAML
   starts from the defaults with ``data`` set; ``--backbone``, ``-o/--output``, ``--objective``,
-  ``--epochs``, ``--lr``, ``--batch-size``, ``--max-length``, ``--skip-invalid`` and ``--max-records``
+  ``--epochs``, ``--lr``, ``--batch-size``, ``--max-tokens``, ``--skip-invalid`` and ``--max-records``
   are shorthands for the matching ``--set``. The model is saved to ``OUTPUT_DIR/final`` as a transformers
   sequence classifier (see :meth:`rankalign.reward.RewardModel.save_pretrained`).
 * ``rankalign reward score MODEL DATA -o OUT.jsonl``: one JSON line per record,
@@ -26,31 +26,50 @@ import sys
 
 import click
 
-_read_options = [
-    click.option("--layout", "data_layout", default=None, help="Data layout (detected when omitted)."),
-    click.option("--map", "mapping", default=None, metavar="OURS=THEIRS,...", help="Rename the file's columns."),
-    click.option("--skip-invalid", is_flag=True, help="Skip (and count) invalid rows instead of stopping."),
-    click.option("--max-records", default=0, show_default=True, type=int, help="Read at most N records (0: all)."),
-    click.option("--device", default="cpu", show_default=True, help="torch device for the model."),
-]
+from rankalign._cli import (
+    data_options,
+    deprecated_option,
+    device_option,
+    json_option,
+    output_option,
+    resolve_deprecated,
+    wrote,
+)
 
 
 def _with_read_options(function):
-    for option in reversed(_read_options):
-        function = option(function)
-    return function
+    """The shared data options (docs/CLI.md) and ``--device``."""
+    return data_options(device_option(function))
 
 
-def _read(path: str, layout, mapping, skip_invalid: bool, max_records: int):
+def _max_tokens_options(function):
+    function = deprecated_option("--max-length", "legacy_max_length", "--max-tokens", type=int)(function)
+    return click.option("--max-tokens", default=None, type=click.IntRange(min=1),
+                        help="Cut each prompt + response to this many tokens together (responses lose their "
+                             "tail).")(function)
+
+
+def _device(device: str) -> str:
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _read(path: str, layout, mapping, outcomes, skip_invalid: bool, file_format, max_records, rank_by):
+    """The records of ``path`` read with the shared data options; a data error is a one-line click error."""
     from ..data import read
     from ..data.errors import DataError
+    from ..data.summary import rank_by as rank_records
 
     try:
-        result = read(path, layout=layout, mapping=mapping, skip_invalid=skip_invalid)
+        result = read(path, layout=layout, mapping=mapping, outcomes=outcomes, skip_invalid=skip_invalid,
+                      format=file_format)
+        records = list(rank_records(result.records, rank_by))
     except DataError as error:
         raise click.ClickException(str(error)) from None
-    records = list(result.records)
-    if max_records > 0:
+    if max_records is not None:
         records = records[:max_records]
     if not records:
         raise click.ClickException(f"{path}: no records")
@@ -83,20 +102,23 @@ def reward():
               help="Override a config key (dotted for sections: peft.r=16, loss_params.nu=0.5). Repeatable.")
 @click.option("--backbone", default=None, help="Shorthand for --set backbone=...: tiny, minilm, a local "
                                                 "directory, a .gguf file or a model-source name.")
-@click.option("--output", "-o", default=None, help="Shorthand for --set output_dir=...")
+@deprecated_option("--model", "legacy_model", "--backbone")
+@output_option("the run folder (shorthand for --set output_dir=...; the model goes to OUTPUT/final)", file=False)
 @click.option("--objective", default=None, help="Shorthand for --set objective=...")
-@click.option("--epochs", default=None, type=int)
-@click.option("--lr", default=None, type=float)
-@click.option("--batch-size", default=None, type=int)
-@click.option("--max-length", default=None, type=int)
+@click.option("--epochs", default=None, type=click.IntRange(min=1), help="Shorthand for --set epochs=...")
+@click.option("--lr", default=None, type=float, help="Shorthand for --set lr=...")
+@click.option("--batch-size", default=None, type=click.IntRange(min=1), help="Shorthand for --set batch_size=...")
+@_max_tokens_options
 @click.option("--skip-invalid", is_flag=True, help="Shorthand for --set data_options.skip_invalid=true.")
-@click.option("--max-records", default=None, type=int)
+@click.option("--max-records", default=None, type=click.IntRange(min=1), help="Shorthand for --set max_records=...")
 @click.option("--no-resume", is_flag=True, help="Start afresh even if output_dir holds a checkpoint.")
 @click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the run's summary.")
-def train_command(config_or_data, overrides, backbone, output, objective, epochs, lr, batch_size, max_length,
-                  skip_invalid, max_records, no_resume, print_config, as_json):
+@json_option
+def train_command(config_or_data, overrides, backbone, legacy_model, output, objective, epochs, lr, batch_size,
+                  max_tokens, legacy_max_length, skip_invalid, max_records, no_resume, print_config, as_json):
     """Train a reward model as CONFIG.yaml says (or on DATA with the defaults and shorthands)."""
+    backbone = resolve_deprecated(backbone, legacy_model, new="--backbone", old="--model")
+    max_length = resolve_deprecated(max_tokens, legacy_max_length, new="--max-tokens", old="--max-length")
     import yaml
 
     from ..train.config import ConfigError, config_to_dict, load_config
@@ -138,35 +160,38 @@ def train_command(config_or_data, overrides, backbone, output, objective, epochs
         from ..eval.report import to_jsonable
 
         click.echo(json.dumps(to_jsonable(summary)))
-        return
-    message = (f"trained on {result.train_records} records, {summary['steps']} steps in {result.wall_time:.1f}s; "
-               f"final loss {summary['final_loss']:.4f}; model: {summary['model']}")
-    if result.eval_metrics is not None:
-        m = result.eval_metrics
-        message += (f"\nheld-out ({result.eval_records} records, {m['n']} pairs): accuracy {m['accuracy']:.3f} "
-                    f"[{m['ci_low']:.3f}, {m['ci_high']:.3f}]")
-    click.echo(message)
+    else:
+        message = (f"trained on {result.train_records} records, {summary['steps']} steps in {result.wall_time:.1f}s; "
+                   f"final loss {summary['final_loss']:.4f}")
+        if result.eval_metrics is not None:
+            m = result.eval_metrics
+            message += (f"\nheld-out ({result.eval_records} records, {m['n']} pairs): accuracy {m['accuracy']:.3f} "
+                        f"[{m['ci_low']:.3f}, {m['ci_high']:.3f}]")
+        click.echo(message)
+    wrote(summary["model"], "reward model")
 
 
 @reward.command("score")
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("data", type=click.Path(exists=True, dir_okay=True))
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="JSONL output file.")
+@output_option("the scores, one JSON line per record", required=True)
 @_with_read_options
-@click.option("--batch-size", default=16, show_default=True, type=int)
-@click.option("--max-length", default=None, type=int)
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1), help="Lists per forward pass.")
+@_max_tokens_options
 @click.option("--conservative-k", default=1.0, show_default=True, type=float,
               help="Ensembles: the conservative score is mean - k * std.")
-def score_command(model_dir, data, output, data_layout, mapping, skip_invalid, max_records, device, batch_size,
-                  max_length, conservative_k):
+@json_option
+def score_command(model_dir, data, output, layout, mapping, outcomes, skip_invalid, file_format, max_records, rank_by,
+                  device, batch_size, max_tokens, legacy_max_length, conservative_k, as_json):
     """Score every ranked candidate of DATA with the reward model in MODEL_DIR (JSONL, one line per record)."""
+    max_length = resolve_deprecated(max_tokens, legacy_max_length, new="--max-tokens", old="--max-length")
     from ..data.records import RankedList
     from .model import ensemble_scores, score_lists, write_file_atomic
     from .train import pairwise_accuracy
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    records = _read(data, data_layout, mapping, skip_invalid, max_records)
-    model, tokenizer = _load_model(model_dir, device)
+    records = _read(data, layout, mapping, outcomes, skip_invalid, file_format, max_records, rank_by)
+    model, tokenizer = _load_model(model_dir, _device(device))
     if model.preference_dim is not None:
         raise click.ClickException("a general preference model has no scalar score; use `reward eval` (its "
                                    "pairwise probabilities) or rankalign.reward.preference_probabilities")
@@ -191,11 +216,15 @@ def score_command(model_dir, data, output, data_layout, mapping, skip_invalid, m
 
     write_file_atomic(output, write)
     ranked = [(s, r) for s, r in zip(scores, records) if isinstance(r, RankedList) and s.numel() > 1]
-    message = f"scored {len(records)} records -> {output}"
-    if ranked:
-        accuracy = pairwise_accuracy([s for s, _ in ranked], [r for _, r in ranked])
-        message += f"; pairwise accuracy against the file's ranks: {accuracy:.3f}"
-    click.echo(message, err=True)
+    accuracy = pairwise_accuracy([s for s, _ in ranked], [r for _, r in ranked]) if ranked else None
+    if as_json:
+        click.echo(json.dumps({"records": len(records), "output": str(output), "pairwise_accuracy": accuracy}))
+    else:
+        message = f"scored {len(records)} records"
+        if accuracy is not None:
+            message += f"; pairwise accuracy against the file's ranks: {accuracy:.3f}"
+        click.echo(message, err=True)
+    wrote(output, "scores")
 
 
 @reward.command("eval")
@@ -208,19 +237,20 @@ def score_command(model_dir, data, output, data_layout, mapping, skip_invalid, m
               help="Write the reliability diagram (PNG).")
 @click.option("--tie-margin", default=0.1, show_default=True, type=float,
               help="A data tie counts as right when |P(i > j) - 1/2| < this.")
-@click.option("--bins", default=10, show_default=True, type=int, help="Calibration bins.")
-@click.option("--batch-size", default=16, show_default=True, type=int)
-@click.option("--max-length", default=None, type=int)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (accuracy, n, ci_low, ci_high, ...).")
-def eval_command(model_dir, data, data_layout, mapping, skip_invalid, max_records, device, group_by, plot_path,
-                 tie_margin, bins, batch_size, max_length, as_json):
+@click.option("--bins", default=10, show_default=True, type=click.IntRange(min=1), help="Calibration bins.")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1), help="Lists per forward pass.")
+@_max_tokens_options
+@json_option
+def eval_command(model_dir, data, layout, mapping, outcomes, skip_invalid, file_format, max_records, rank_by, device,
+                 group_by, plot_path, tie_margin, bins, batch_size, max_tokens, legacy_max_length, as_json):
     """Evaluate the reward model in MODEL_DIR on the ranked lists of DATA."""
+    max_length = resolve_deprecated(max_tokens, legacy_max_length, new="--max-tokens", old="--max-length")
     from ..eval.report import plot_reliability_diagram, to_jsonable
     from ..eval.reward import evaluate_reward_model
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    records = _read(data, data_layout, mapping, skip_invalid, max_records)
-    model, tokenizer = _load_model(model_dir, device)
+    records = _read(data, layout, mapping, outcomes, skip_invalid, file_format, max_records, rank_by)
+    model, tokenizer = _load_model(model_dir, _device(device))
     try:
         metrics = evaluate_reward_model(model, tokenizer, records, group_by=group_by, tie_margin=tie_margin,
                                         n_bins=bins, batch_size=batch_size, max_length=max_length)
@@ -232,6 +262,7 @@ def eval_command(model_dir, data, data_layout, mapping, skip_invalid, max_record
         plot_reliability_diagram(metrics["reliability"], plot_path, ece=metrics["ece"],
                                  title=f"Reward model calibration: P(w > l), {metrics['n']} pairs")
         metrics["plot"] = str(plot_path)
+        wrote(plot_path, "reliability diagram")
     if as_json:
         click.echo(json.dumps(to_jsonable(metrics)))
         return

@@ -31,7 +31,6 @@ Saving follows ``transformers``' convention: the backbone's ``config.json`` and 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile
@@ -43,7 +42,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .._atomic import atomic_write_path
+from .._atomic import atomic_write_json, atomic_write_path
 from ..data.errors import DataError
 from ..data.records import Judgment, RankedList
 from ..engine.logps import base_hidden_states, base_model_of, choose_layout
@@ -70,13 +69,13 @@ BACKBONE_KINDS = ("causal", "encoder")
 write_file_atomic = atomic_write_path  # ``write(temp_path)``, then moved into place
 
 
-def _write_json_atomic(path, data) -> None:
-    def write(temp):
-        with open(temp, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-
-    write_file_atomic(path, write)
+def _base_of(model):
+    """The base transformer of a causal LM (``model.model``, ``model.transformer``), or ``model`` itself."""
+    prefix = getattr(model, "base_model_prefix", "")
+    base = getattr(model, prefix, None) if prefix else None
+    if isinstance(base, nn.Module) and base is not model:
+        return base
+    return model
 
 
 def _detect_kind(backbone) -> str:
@@ -364,7 +363,7 @@ class RewardModel(nn.Module):
         if self.kind == "causal":
             config.pad_token_id = _safe_pad_token_id(tokenizer, config)
         config.rankalign_reward = self.reward_config()
-        _write_json_atomic(directory / "config.json", config.to_dict())
+        atomic_write_json(directory / "config.json", config.to_dict(), sort_keys=True)
         state = {f"{prefix}.{k}": v.detach().contiguous().cpu() for k, v in self.backbone.state_dict().items()}
         state[f"{head_name}.weight"] = self.head.weight.detach().contiguous().cpu()
         if self.head.bias is not None:
@@ -389,7 +388,7 @@ class RewardModel(nn.Module):
             finally:
                 if saved_pad is not None and tokenizer.pad_token_id != saved_pad:
                     tokenizer.pad_token = tokenizer.convert_ids_to_tokens(saved_pad)
-        _write_json_atomic(directory / REWARD_CONFIG_NAME, self.reward_config())
+        atomic_write_json(directory / REWARD_CONFIG_NAME, self.reward_config(), sort_keys=True)
         return directory
 
     @classmethod

@@ -147,7 +147,7 @@ def pairwise_accuracy(scores: Iterable[Tensor], records: Iterable) -> float:
     Pooled over all pairs, with the shared pair decomposition of :mod:`rankalign.losses` (``eval`` is a
     higher layer; ``rankalign.eval.listwise_reward_accuracy`` gives the same number).
     """
-    from ..losses._common import preference_metrics
+    from ..losses import preference_metrics
 
     rows, ranks = [], []
     for values, record in zip(scores, records):
@@ -251,11 +251,15 @@ def train_reward_model(model: RewardModel, tokenizer, records: Iterable, *, obje
                     if model.ensemble_size > 1 and bootstrap else None)
     history: list[dict] = []
     steps_per_epoch = math.ceil(len(lists) / batch_size)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    bar = task = None
+    if progress:  # rich, on stderr: the progress style of every rankalign command
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        bar = tqdm(total=epochs * steps_per_epoch, desc=f"reward {objective}")
+        bar = Progress(TextColumn(f"reward {objective}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                       TextColumn("{task.fields[loss]}"), console=Console(stderr=True))
+        bar.start()
+        task = bar.add_task("reward", total=epochs * steps_per_epoch, loss="")
     total_steps = epochs * steps_per_epoch
     warmup = int(round(warmup_ratio * total_steps))
 
@@ -307,8 +311,7 @@ def train_reward_model(model: RewardModel, tokenizer, records: Iterable, *, obje
                 history.append({"epoch": epoch, "step": step, "loss": float(loss.detach()),
                                 "lr": scheduler.get_last_lr()[0], "lists": len(chunk)})
                 if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
+                    bar.update(task, advance=1, loss=f"loss {history[-1]['loss']:.4f}")
                 if on_step is not None:
                     on_step(step, {"optimizer": optimizer, "scheduler": scheduler, "history": history,
                                    "end_of_epoch": number == len(batches) - 1})
@@ -317,6 +320,6 @@ def train_reward_model(model: RewardModel, tokenizer, records: Iterable, *, obje
                 history[-1]["eval_accuracy"] = pairwise_accuracy(scores, eval_records)
                 model.train()
     if bar is not None:
-        bar.close()
+        bar.stop()
     model.eval()
     return history

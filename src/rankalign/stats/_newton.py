@@ -166,6 +166,26 @@ def covariance(hessian, free, n_params):
     return full
 
 
+def reference_index(reference, items) -> int | None:
+    """The index of the gauge's reference item: None (mean-zero gauge), an index, or an item name.
+
+    The one resolution every fit uses; an unknown name is a :class:`rankalign.errors.UsageError` listing
+    (some of) the items.
+    """
+    if reference is None:
+        return None
+    from rankalign.errors import UsageError
+
+    if isinstance(reference, (int, np.integer)) and not isinstance(reference, bool):
+        if not 0 <= int(reference) < len(items):
+            raise UsageError(f"reference index {int(reference)} is out of range for {len(items)} items")
+        return int(reference)
+    if str(reference) in items:
+        return items.index(str(reference))
+    raise UsageError(f"reference item {reference!r} is not among the items ({', '.join(map(str, items[:10]))}"
+                     + (", ..." if len(items) > 10 else "") + ")")
+
+
 def gauge_matrix(n_items, n_params, reference=None):
     """Linear map from fitted parameters to reported ones under a gauge.
 

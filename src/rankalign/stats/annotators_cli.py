@@ -19,6 +19,7 @@ import click
 import numpy as np
 
 from rankalign._atomic import atomic_write
+from rankalign._cli import json_option, layout_option, map_option, outcomes_option, skip_invalid_option
 from rankalign._escape import for_csv, for_terminal
 from rankalign.data.errors import DataError
 
@@ -182,15 +183,15 @@ def _write_report_plot(report, path, title):
               help="Units two annotators must share for their Cohen's kappa to enter the mean.")
 @click.option("--top", type=click.IntRange(min=0), default=25, show_default=True,
               help="Rows of the table: the annotators with the highest flip rates (0: all).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object to stdout instead of the table.")
+@json_option
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None,
               help="Also write every annotator's row as CSV.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Also write a PNG: the flip-rate histogram and flip rate against judgments.")
-@click.option("--layout", default=None, help="Layout of the file (detected from the columns when omitted).")
-@click.option("--map", "mapping", default=None, metavar="OURS=THEIRS,...", help="Rename the file's columns.")
-@click.option("--outcomes", default=None, metavar="LABEL=a|b|tie,...", help="Relabel outcomes.")
-@click.option("--skip-invalid", is_flag=True, help="Skip bad rows (counted) instead of stopping at the first.")
+@layout_option
+@map_option
+@outcomes_option
+@skip_invalid_option
 def annotators(file, model, prior, flip_prior, min_overlap, top, as_json, csv_path, plot_path, layout, mapping, outcomes,
                skip_invalid):
     """Annotator quality report for FILE: each annotator's flip rate (a Dawid-Skene-style model fitted jointly

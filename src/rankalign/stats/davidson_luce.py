@@ -27,7 +27,6 @@ from scipy import sparse
 from scipy.special import ndtri
 
 from rankalign.data.errors import DataError
-from rankalign.errors import UsageError
 
 from . import _newton
 from ._sufficient import check_identifiable
@@ -170,12 +169,7 @@ def fit_davidson_luce(rankings, weights=None, *, n_items=None, items=None, prior
         design, stage_start, chosen, stage_weight = data_design, data_starts, data_chosen, data_weights
     else:
         design, stage_start, chosen, stage_weight, _, _ = _design(fit_rankings, fit_weights, n_fit)
-    if isinstance(reference, (int, np.integer)) or reference is None:
-        ref_index = None if reference is None else int(reference)
-    elif str(reference) in items:
-        ref_index = items.index(str(reference))
-    else:
-        raise UsageError(f"reference item {reference!r} is not among the items")
+    ref_index = _newton.reference_index(reference, items)
     regularised = prior > 0 or ghost is not None
     if check and not regularised:
         winners, losers = [], []

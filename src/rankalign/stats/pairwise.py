@@ -231,9 +231,7 @@ def fit_pairwise(model, counts: PairCounts, *, items=None, home=False, prior=0.0
         raise ValueError(f"{len(items)} item names for {n} items")
     if n < 2:
         raise DataError(f"need at least two items to rate, got {n}")
-    ref_index = None if reference is None else (reference if isinstance(reference, (int, np.integer))
-                                                else items.index(str(reference)) if str(reference) in items
-                                                else _unknown_reference(reference, items))
+    ref_index = _newton.reference_index(reference, items)
     if check and prior == 0:
         check_pair_counts_identifiable(counts, items)
     extras = _extra_columns(counts, home)
@@ -271,11 +269,6 @@ def _parameter_names(model, items, home, counts):
             "too few ties or too few decisive results"
         names.append("theta, the Rao-Kupper tie parameter")
     return names, hints
-
-
-def _unknown_reference(reference, items):
-    raise UsageError(f"reference item {reference!r} is not among the items ({', '.join(items[:10])}"
-                     + (", ..." if len(items) > 10 else "") + ")")
 
 
 def _package(model, x, hessian, free, counts, items, ref_index, ll, prior, ci_level, home, iterations,

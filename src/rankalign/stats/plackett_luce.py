@@ -27,7 +27,6 @@ from scipy import sparse
 from scipy.special import expit, ndtri
 
 from rankalign.data.errors import DataError
-from rankalign.errors import UsageError
 
 from . import _newton
 from ._sufficient import check_identifiable
@@ -278,14 +277,7 @@ def fit_plackett_luce(rankings, weights=None, *, n_items=None, items=None, prior
     items = [str(i) for i in range(n)] if items is None else [str(i) for i in items]
     if n < 2:
         raise DataError(f"need at least two items to rate, got {n}")
-    if reference is None:
-        ref_index = None
-    elif isinstance(reference, (int, np.integer)):
-        ref_index = int(reference)
-    elif str(reference) in items:
-        ref_index = items.index(str(reference))
-    else:
-        raise UsageError(f"reference item {reference!r} is not among the items")
+    ref_index = _newton.reference_index(reference, items)
     regularised = prior > 0 or npseudo > 0
     if check and not regularised:
         winners, losers = _pl_edges(groups)

@@ -263,13 +263,21 @@ def bootstrap(result: RatingResult, n_boot: int = 1000, *, seed: int = 0, n_jobs
                    ci_level=level, state=new_state)
 
 
+def battle_count_matrix(first, second, count=None, *, n_items=None) -> np.ndarray:
+    """Games (summed counts) between row and column item, either order; symmetric, 0 on the diagonal."""
+    first, second, _, count, n_items = validate_comparisons(first, second, np.ones(len(first)), count,
+                                                            n_items=n_items)
+    games = np.zeros((n_items, n_items))
+    np.add.at(games, (first, second), count)
+    np.add.at(games, (second, first), count)
+    return games
+
+
 def win_rate_matrix(first, second, outcome, count=None, *, n_items=None) -> np.ndarray:
     """Empirical share of games row item won against column item (a tie counts 1/2); NaN if never met."""
     first, second, outcome, count, n_items = validate_comparisons(first, second, outcome, count, n_items=n_items)
-    games = np.zeros((n_items, n_items))
+    games = battle_count_matrix(first, second, count, n_items=n_items)
     wins = np.zeros((n_items, n_items))
-    np.add.at(games, (first, second), count)
-    np.add.at(games, (second, first), count)
     np.add.at(wins, (first, second), count * outcome)
     np.add.at(wins, (second, first), count * (1.0 - outcome))
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -123,8 +123,13 @@ def write_run_source(config: TrainConfig, output_dir: Path, *, heldout: bool) ->
 RUN_SOURCE_FILE = "run_source.json"
 
 
-def run_config(config: TrainConfig, *, resume: bool | None = None):
-    """Train as ``config`` says; save the final model, tokenizer and resolved config in ``output_dir``."""
+def run_config(config: TrainConfig, *, resume: bool | None = None, on_start=None):
+    """Train as ``config`` says; save the final model, tokenizer and resolved config in ``output_dir``.
+
+    The data are read and tokenized first; ``on_start(data_report, truncation_report)`` is called with
+    both before the model trains (``rankalign train`` prints them there). What ``rankalign eval --run``
+    needs is recorded in ``output_dir/run_source.json`` (:func:`write_run_source`).
+    """
     import warnings
 
     from rankalign._atomic import writing
@@ -132,6 +137,7 @@ def run_config(config: TrainConfig, *, resume: bool | None = None):
 
     from .checkpoints import clear_run, finished_note, finished_run, mark_finished, precheck, run_fingerprint
     from .config import config_to_dict
+    from .data import tokenize_training_data
     from .trainer import TrainResult, train_preference
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -140,6 +146,7 @@ def run_config(config: TrainConfig, *, resume: bool | None = None):
     records, data_report = read_records(config, with_report=True, cap=config.eval_split <= 0)
     import transformers
 
+    transformers.utils.logging.disable_progress_bar()  # no "Writing model shards" bars beside the training bar
     transformers.set_seed(config.seed)
     output_dir = Path(config.output_dir)
     main_process = int(os.environ.get("RANK", "0")) == 0  # under accelerate/torchrun only rank 0 writes files
@@ -173,14 +180,18 @@ def run_config(config: TrainConfig, *, resume: bool | None = None):
             warnings.warn(f"--no-resume: removed {len(folders)} checkpoint(s) of the earlier run in {output_dir} "
                           "so they cannot be mixed with this one", RankalignWarning, stacklevel=2)
     tokenizer = load_tokenizer(config, records)
+    lists, truncation = tokenize_training_data(tokenizer, records, config)
+    if on_start is not None:
+        on_start(data_report, truncation)
     model = load_model(config.model, tokenizer, config)
     ref_model = load_model(config.reference_model, tokenizer, config) if config.reference_model else None
     if main_process:
         save_config(config, output_dir)
         write_run_source(config, output_dir, heldout=bool(heldout))
     result = train_preference(model, tokenizer, records, config, ref_model=ref_model,
-                              resume_from_checkpoint=True if resume else None)
+                              resume_from_checkpoint=True if resume else None, tokenized=(lists, truncation))
     result.data_report = data_report
+    result.truncation = truncation
     if main_process:
         final_dir = output_dir / "final"
         with writing(final_dir):  # a full disk names the folder instead of "basic_ios::clear"

@@ -28,7 +28,7 @@ what is specific to preference learning:
   detached rewards over all processes before its loss, saved as ``rankalign_objective_state.json`` in
   every checkpoint and restored on resume; ``loss_params["delta"]`` fixes it instead;
 * metrics beside the loss: implicit rewards, margins, reward and ranking accuracy
-  (:func:`rankalign.losses._common.preference_metrics`), a per-token log-ratio "KL" estimate and
+  (:func:`rankalign.losses.preference_metrics`), a per-token log-ratio "KL" estimate and
   tokens/s, to the console, TensorBoard and ``output_dir/metrics.jsonl``.
 
 Logged metrics (means over the lists of the logging window, summed over processes first):
@@ -67,15 +67,14 @@ import transformers
 
 from rankalign import losses
 from rankalign._atomic import atomic_write_json, writing
-from rankalign.losses._common import preference_metrics
 from rankalign.losses.unpaired import BCORunningMean
 
 from .callbacks import (
     CHECKPOINT_MARKER,
     METRICS_FILE,
     CheckpointMarkerCallback,
-    CompactProgressCallback,
     MetricsFileCallback,
+    RichProgressCallback,
     last_complete_checkpoint,
 )
 from .checkpoints import run_fingerprint, select_checkpoint, verify_checkpoint
@@ -97,7 +96,7 @@ OBJECTIVE_STATE_FILE = "rankalign_objective_state.json"
 # names that lived in this module before the split into data / callbacks / trainer
 __all__ = ["PreferenceTrainer", "TrainResult", "compute_reference", "make_training_arguments", "maybe_apply_peft",
            "train_preference", "bf16_available", "OBJECTIVE_STATE_FILE", "CHECKPOINT_MARKER", "METRICS_FILE",
-           "CheckpointMarkerCallback", "CompactProgressCallback", "MetricsFileCallback", "last_complete_checkpoint",
+           "CheckpointMarkerCallback", "RichProgressCallback", "MetricsFileCallback", "last_complete_checkpoint",
            "EpochShuffleSampler", "ListDataset", "PreferenceCollator", "mismatched_pairs"]
 
 
@@ -245,7 +244,7 @@ class PreferenceTrainer(transformers.Trainer):
                          processing_class=processing_class, callbacks=callbacks)
         if not args.disable_tqdm:
             self.remove_callback(transformers.trainer_callback.ProgressCallback)
-            self.add_callback(CompactProgressCallback)
+            self.add_callback(RichProgressCallback)
         self.loss_is_scaled_for_ga = True
         self._step_weight: torch.Tensor | None = None
         self._metric_sums: dict[str, torch.Tensor] = {}
@@ -400,7 +399,7 @@ class PreferenceTrainer(transformers.Trainer):
         add("lists", per_list.numel())
         add("objective", per_list.double().sum())
         if not self.unpaired:
-            metrics = preference_metrics(policy_logps, ref_logps, ranks=batch.ranks, beta=self.beta)
+            metrics = losses.preference_metrics(policy_logps, ref_logps, ranks=batch.ranks, beta=self.beta)
             has_pairs = (metrics["pairs"] > 0).double()
             add("pair_lists", has_pairs.sum())
             for name in ("margin", "reward_accuracy", "ranking_accuracy"):
@@ -601,7 +600,8 @@ def maybe_apply_peft(model, config):
 
 
 def train_preference(model, tokenizer, records_or_lists, config, *, ref_model=None,
-                     resume_from_checkpoint: str | bool | None = None, callbacks=None) -> TrainResult:
+                     resume_from_checkpoint: str | bool | None = None, callbacks=None,
+                     tokenized=None) -> TrainResult:
     """Train ``model`` on preference data with the objective and settings of ``config``; one call.
 
     Parameters
@@ -619,6 +619,9 @@ def train_preference(model, tokenizer, records_or_lists, config, *, ref_model=No
         carry this run's fingerprint (config without the resume-changeable keys, the records, the model
         source; :mod:`rankalign.train.checkpoints`) or a ``ResumeError`` is raised. Every checkpoint
         written here carries that fingerprint.
+    tokenized : (lists, truncation report), optional
+        ``records_or_lists`` already tokenized (by :func:`~rankalign.train.data.tokenize_training_data`
+        with this config), so that a caller that reported the truncation first does not tokenize twice.
 
     Returns
     -------
@@ -627,7 +630,7 @@ def train_preference(model, tokenizer, records_or_lists, config, *, ref_model=No
     """
     config.validate()
     transformers.set_seed(config.seed)
-    lists, report = tokenize_training_data(tokenizer, records_or_lists, config)
+    lists, report = tokenized or tokenize_training_data(tokenizer, records_or_lists, config)
     model = maybe_apply_peft(model, config)
     args = make_training_arguments(config)
     started = time.perf_counter()
