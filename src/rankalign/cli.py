@@ -18,7 +18,7 @@ from rankalign.errors import MissingExtraError, RankalignError
 COMMANDS: dict[str, str] = {
     "data": "rankalign.data.cli:data",
     "rate": "rankalign.stats.cli:rate",
-    "train": "rankalign.train.cli:train",
+    "train": "rankalign.train_cli:train",
     "reward": "rankalign.reward_cli:reward",
     "eval": "rankalign.eval.cli:eval_command",
     "demo": "rankalign.sim.cli:demo",

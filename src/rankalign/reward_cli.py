@@ -26,6 +26,7 @@ import sys
 
 import click
 
+from rankalign.data.layouts import LAYOUTS
 from rankalign._cli import (
     data_options,
     deprecated_option,
@@ -111,11 +112,20 @@ def reward():
 @_max_tokens_options
 @click.option("--skip-invalid", is_flag=True, help="Shorthand for --set data_options.skip_invalid=true.")
 @click.option("--max-records", default=None, type=click.IntRange(min=1), help="Shorthand for --set max_records=...")
+@click.option("--layout", type=click.Choice(LAYOUTS), default=None,
+              help="Shorthand for --set data_options.layout=... (detected from the columns when omitted).")
+@click.option("--map", "mapping", default=None, metavar="OURS=THEIRS,...",
+              help="Shorthand for --set data_options.mapping=...: rename the file's columns.")
+@click.option("--outcomes", default=None, metavar="LABEL=a|b|tie,...",
+              help="Shorthand for --set data_options.outcomes=...: relabel outcome values.")
+@click.option("--rank-by", default=None, metavar="ATTRIBUTE",
+              help="Shorthand for --set rank_by=...: rank rated lists on this attribute or per-completion field.")
 @click.option("--no-resume", is_flag=True, help="Start afresh even if output_dir holds a checkpoint.")
 @click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")
 @json_option
 def train_command(config_or_data, overrides, backbone, legacy_model, output, objective, epochs, lr, batch_size,
-                  max_tokens, legacy_max_length, skip_invalid, max_records, no_resume, print_config, as_json):
+                  max_tokens, legacy_max_length, skip_invalid, max_records, layout, mapping, outcomes, rank_by,
+                  no_resume, print_config, as_json):
     """Train a reward model as CONFIG.yaml says (or on DATA with the defaults and shorthands)."""
     backbone = resolve_deprecated(backbone, legacy_model, new="--backbone", old="--model")
     max_length = resolve_deprecated(max_tokens, legacy_max_length, new="--max-tokens", old="--max-length")
@@ -128,7 +138,8 @@ def train_command(config_or_data, overrides, backbone, legacy_model, output, obj
     shorthands = [f"data={config_or_data}"] if not is_config else []
     for key, value in (("backbone", backbone), ("output_dir", output), ("objective", objective),
                        ("epochs", epochs), ("lr", lr), ("batch_size", batch_size), ("max_length", max_length),
-                       ("max_records", max_records)):
+                       ("max_records", max_records), ("data_options.layout", layout),
+                       ("data_options.mapping", mapping), ("data_options.outcomes", outcomes), ("rank_by", rank_by)):
         if value is not None:
             shorthands.append(f"{key}={value}")
     if skip_invalid:

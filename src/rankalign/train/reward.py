@@ -55,8 +55,8 @@ class RewardTrainConfig:
         ``preference_dim``/``prompt_gate``: a general preference model; ``ensemble_size``/``bootstrap``:
         an ensemble of heads on one backbone; ``freeze_backbone``: train the head only.
     Data
-        ``data`` read by :func:`rankalign.data.read` with ``data_options`` (``layout``, ``mapping``,
-        ``skip_invalid``); ``max_records`` (0 = all); ``eval_fraction`` of the prompts held out
+        ``data`` read by :func:`rankalign.data.read` with ``data_options`` (``layout``, ``mapping``, ``outcomes``,
+        ``skip_invalid``), rated lists ranked on ``rank_by`` (an attribute or field); ``max_records`` (0 = all); ``eval_fraction`` of the prompts held out
         (``split_seed``), or ``eval_data``; ``max_length`` tokens per prompt + response; ``eval_each_epoch``
         adds the held-out accuracy to each epoch's last history entry.
     Optimisation
@@ -88,6 +88,7 @@ class RewardTrainConfig:
     # data
     data: str | None = None
     data_options: dict[str, Any] = field(default_factory=dict)
+    rank_by: str | None = None
     max_records: int = 0
     eval_data: str | None = None
     eval_fraction: float = 0.0
@@ -162,11 +163,12 @@ class RewardTrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------- data
-def _read(path: str, options: dict, max_records: int = 0):
+def _read(path: str, options: dict, max_records: int = 0, rank_by: str | None = None):
     from rankalign.data import read
+    from rankalign.data.summary import rank_by as rank_records
 
     result = read(path, **options)
-    records = list(result.records)
+    records = list(rank_records(result.records, rank_by))
     if max_records > 0:
         records = records[:max_records]
     if not records:
@@ -384,9 +386,9 @@ def run_reward_config(config: RewardTrainConfig, *, resume: bool | None = None, 
 
     config.validate()
     transformers.set_seed(config.seed)
-    records, report = _read(config.data, config.data_options, config.max_records)
+    records, report = _read(config.data, config.data_options, config.max_records, config.rank_by)
     if config.eval_data:
-        train_records, held_out = records, _read(config.eval_data, config.data_options)[0]
+        train_records, held_out = records, _read(config.eval_data, config.data_options, rank_by=config.rank_by)[0]
     elif config.eval_fraction > 0:
         train_records, held_out = split_by_prompt(records, config.eval_fraction, config.split_seed)
     else:

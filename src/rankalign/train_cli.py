@@ -1,4 +1,5 @@
-"""`rankalign train CONFIG.yaml [--set key=value ...]`."""
+"""`rankalign train CONFIG.yaml [--set key=value ...]`: the command (top-level, above `train` and `online`, since an
+`online:` section hands the run to `rankalign.online`)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def train(config_path, overrides, no_resume, print_config, as_json):
     """
     import yaml
 
-    from .config import config_to_dict, load_config
+    from rankalign.train.config import config_to_dict, load_config
 
     config = load_config(config_path, list(overrides))  # a ConfigError is a usage error at the CLI boundary
     if print_config:
@@ -39,7 +40,7 @@ def train(config_path, overrides, no_resume, print_config, as_json):
     if config.online.enabled:
         _train_online(config, no_resume)
         return
-    from .run import run_config
+    from rankalign.train.run import run_config
 
     rank_zero = int(os.environ.get("RANK", "0")) == 0  # under accelerate launch / torchrun, rank 0 reports
 
@@ -83,7 +84,7 @@ def _train_online(config, no_resume: bool) -> None:
     imported here, in the command layer, only when asked for)."""
     from rankalign.online.run import run_online_config
 
-    from .config import ConfigError
+    from rankalign.train.config import ConfigError
 
     try:
         result = run_online_config(config, resume=not no_resume)
