@@ -133,7 +133,10 @@ class _ChunkedTokenLogps(torch.autograd.Function):
             h = hidden[start:stop]
             g = grad_out[start:stop].float()
             if ctx.kept:
-                grad_logits = ctx.kept[number] * (-g[:, None])
+                # in place: the kept softmax is used once (ctx.kept is dropped below, so a second
+                # backward with retain_graph recomputes it instead)
+                grad_logits = ctx.kept[number].mul_(-g[:, None])
+                ctx.kept[number] = None
             else:
                 grad_logits = torch.softmax(F.linear(h, weight, bias).float(), dim=-1).mul_(-g[:, None])
             grad_logits.scatter_add_(1, targets[start:stop, None], g[:, None])
