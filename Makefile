@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/rankalign demo --out demo_output
+	$(BIN)/rankalign demo -o demo_output
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -183,8 +183,9 @@ def case_many_items(args, state):
                 peak_mb=round(peak / 2**20, 1), input_mb=round(input_mb, 1), iterations=fit.iterations)
 
 
-CASES = {"bt": case_bt, "sklearn": case_sklearn, "cli": case_cli, "pl": case_pl, "bootstrap": case_bootstrap,
-         "many": case_many_items}
+# keyed by the case names the RESULT lines print (and the docstring lists)
+CASES = {"bt_200x1M_vs_choix": case_bt, "bt_200x1M_vs_sklearn": case_sklearn, "rate_cli_1M_csv": case_cli,
+         "pl_100x100k_vs_choix": case_pl, "bootstrap_1000": case_bootstrap, "bt_10000x1M": case_many_items}
 
 
 def main():
@@ -195,8 +196,12 @@ def main():
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     state: dict = {}
-    for name in args.cases.split(","):
-        CASES[name.strip()](args, state)
+    names = [name.strip() for name in args.cases.split(",")]
+    unknown = [name for name in names if name not in CASES]
+    if unknown:
+        parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
+    for name in names:
+        CASES[name](args, state)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,16 @@ that predict response tokens, this figure overstates the work done and can excee
 ``useful`` column counts the same work for both sides: 6 x (parameters other than the embedding and
 the head) x tokens + 6 x head parameters x predicted response tokens (the embedding is a lookup).
 
+Real model: ``--model smollm2-135m`` (any :func:`rankalign.engine.resolve_model` spec; fetch it first with
+``rankalign models fetch smollm2-135m``) runs the cases ``pairs_smollm2`` and ``lists_k4_smollm2`` on that
+model and its tokenizer instead: the texts are built from words that are exactly one token each in that
+tokenizer, so the token lengths are the same (prompt 256, responses 64 with EOS). Targets on SmolLM2
+(issue 9): pairs >= 3.0x, lists_k4 >= 6.5x, useful share >= 60%, peak memory <= 60% of TRL's. The
+RESULT lines then also carry each side's useful share, peak memory and the layout rankalign used.
+
+``--device cuda --bf16`` runs both sides on a GPU in bf16 autocast (peak memory: ``torch.cuda`` peak
+allocated; FLOP/s share against a bf16 matmul); see ``benchmarks/gpu_bench.sh``.
+
 Run: ``.venv/bin/python benchmarks/bench_train_vs_trl.py`` (default: 1 warm-up + 4 timed steps per side
 and case). Ends with one ``RESULT {...}`` line per case (ratio > 1: rankalign is better).
 """
@@ -80,22 +90,53 @@ def build_model(vocab_size: int, seed: int = 0):
     return LlamaForCausalLM(config).float()
 
 
-def make_lists(n_lists: int, k: int, seed: int = 0):
-    """``n_lists`` prompts of PROMPT_TOKENS words with ``k`` responses of RESPONSE_TOKENS - 1 words each."""
+def single_token_words(tokenizer, limit: int = VOCAB_WORDS) -> list[str]:
+    """Up to ``limit`` alphabetic words that ``tokenizer`` encodes as exactly one token after a space, so
+    that a text of n space-separated words is n tokens (checked on a sample by :func:`check_lengths`)."""
+    words = []
+    for token, _ in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1]):
+        word = tokenizer.convert_tokens_to_string([token])
+        if word.startswith(" ") and word[1:].isalpha() and word[1:].isascii() and len(word) > 2:
+            if len(tokenizer(word, add_special_tokens=False)["input_ids"]) == 1:
+                words.append(word[1:])
+                if len(words) == limit:
+                    break
+    return words
+
+
+def make_lists(n_lists: int, k: int, seed: int = 0, vocabulary: list[str] | None = None):
+    """``n_lists`` prompts of PROMPT_TOKENS words with ``k`` responses of RESPONSE_TOKENS - 1 words each
+    (every word one token; the words ``w0 ..`` of the word-level tokenizer unless ``vocabulary`` is given)."""
     import random
 
     rng = random.Random(seed)
+    vocabulary = vocabulary or [f"w{i}" for i in range(VOCAB_WORDS)]
 
     def words(n):
-        return " ".join(f"w{rng.randrange(VOCAB_WORDS)}" for _ in range(n))
+        return " ".join(rng.choice(vocabulary) for _ in range(n))
 
-    return [(words(PROMPT_TOKENS), [" " + words(RESPONSE_TOKENS - 1) for _ in range(k)]) for _ in range(n_lists)]
+    prompt_lead = " " if vocabulary[0] != "w0" else ""  # a real BPE tokenizer: every word after a space
+    return [(prompt_lead + words(PROMPT_TOKENS), [" " + words(RESPONSE_TOKENS - 1) for _ in range(k)])
+            for _ in range(n_lists)]
+
+
+def check_lengths(tokenizer, lists) -> None:
+    """Every prompt is PROMPT_TOKENS tokens and every response RESPONSE_TOKENS - 1 (before EOS)."""
+    prompt, responses = lists[0]
+    got = (len(tokenizer(prompt, add_special_tokens=False)["input_ids"]),
+           [len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses])
+    if got != (PROMPT_TOKENS, [RESPONSE_TOKENS - 1] * len(responses)):
+        raise RuntimeError(f"token lengths {got}, expected {PROMPT_TOKENS} and {RESPONSE_TOKENS - 1}")
+
+
+def vocabulary_for(args, tokenizer) -> list[str] | None:
+    return single_token_words(tokenizer) if args.model else None
 
 
 def case_shape(case: str, args) -> dict:
     """Lists, responses per list, rankalign batch (lists), TRL batch (pairs), pairs per list for TRL."""
     steps = args.warmup + args.steps
-    if case == "pairs":
+    if case.startswith("pairs"):
         return dict(k=2, ours_batch=args.pairs_batch, trl_batch=args.pairs_batch, trl_pairs_per_list=1,
                     n_lists=steps * args.pairs_batch)
     lists_per_step = args.lists_batch
@@ -133,26 +174,35 @@ class StepTimer:
 def common_training_arguments(output_dir: str, args, batch: int) -> dict:
     return dict(output_dir=output_dir, per_device_train_batch_size=batch, gradient_accumulation_steps=1,
                 learning_rate=1e-5, max_steps=args.warmup + args.steps, lr_scheduler_type="constant",
-                warmup_steps=0, logging_steps=1000, save_strategy="no", report_to="none", bf16=False,
+                warmup_steps=0, logging_steps=1000, save_strategy="no", report_to="none", bf16=bool(args.bf16),
                 fp16=False, gradient_checkpointing=False, disable_tqdm=True, dataloader_num_workers=0,
-                seed=0, use_cpu=True, remove_unused_columns=False)
+                seed=0, use_cpu=args.device == "cpu", remove_unused_columns=False)
+
+
+def load_benchmark_model(model_dir: str):
+    """The benchmark's model in float32 (bf16 runs use autocast), sdpa attention where available."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32", attn_implementation="sdpa")
 
 
 # --------------------------------------------------------------------------------------------- workers
 def run_trl(case: str, args, model_dir: str, workdir: str) -> dict:
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     shape = case_shape(case, args)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     rows = []
-    for prompt, responses in make_lists(shape["n_lists"], shape["k"]):
+    lists = make_lists(shape["n_lists"], shape["k"], vocabulary=vocabulary_for(args, tokenizer))
+    check_lengths(tokenizer, lists)
+    for prompt, responses in lists:
         for loser in responses[1:]:  # best (column 0) vs each of the rest
             rows.append({"prompt": prompt, "chosen": responses[0], "rejected": loser})
     dataset = Dataset.from_list(rows)
     started = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32")
+    model = load_benchmark_model(model_dir)
     config = DPOConfig(**common_training_arguments(workdir, args, shape["trl_batch"]), beta=0.1,
                        loss_type=["sigmoid"], precompute_ref_log_probs=True, max_length=None,
                        precompute_ref_batch_size=shape["trl_batch"])
@@ -176,7 +226,7 @@ def run_trl(case: str, args, model_dir: str, workdir: str) -> dict:
 
 def run_ours(case: str, args, model_dir: str, workdir: str) -> dict:
     import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from rankalign.engine import TokenizedList
     from rankalign.train.trainer import PreferenceTrainer
@@ -184,17 +234,21 @@ def run_ours(case: str, args, model_dir: str, workdir: str) -> dict:
     shape = case_shape(case, args)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     lists = []
-    for index, (prompt, responses) in enumerate(make_lists(shape["n_lists"], shape["k"])):
+    texts = make_lists(shape["n_lists"], shape["k"], vocabulary=vocabulary_for(args, tokenizer))
+    check_lengths(tokenizer, texts)
+    for index, (prompt, responses) in enumerate(texts):
         prompt_ids = tokenizer(prompt)["input_ids"]
         response_ids = [tokenizer(r)["input_ids"] + [tokenizer.eos_token_id] for r in responses]
         lists.append(TokenizedList(prompt_ids=prompt_ids, response_ids=response_ids,
                                    ranks=list(range(shape["k"])), index=index))
     tokens_per_list = len(lists[0].prompt_ids) + sum(len(r) for r in lists[0].response_ids)
     started = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32")
+    model = load_benchmark_model(model_dir)
+    if args.declare_shared:  # diagnosis only: the engine's documented declaration, skipping its probe
+        model.rankalign_shared_layout = True
     training_args = transformers.TrainingArguments(**common_training_arguments(workdir, args, shape["ours_batch"]))
     timer = StepTimer()
-    objective = "dpo" if case == "pairs" else "pl_dpo"
+    objective = "dpo" if case.startswith("pairs") else "pl_dpo"
     trainer = PreferenceTrainer(model, training_args, lists, objective=objective, loss_params={"beta": 0.1},
                                 layout="shared", reference_cache_dir=str(Path(workdir) / "ref_cache"),
                                 reference_batch_size=shape["ours_batch"], pad_token_id=tokenizer.pad_token_id,
@@ -207,7 +261,7 @@ def run_ours(case: str, args, model_dir: str, workdir: str) -> dict:
                 tokens_per_s=tokens_per_list * shape["ours_batch"] / step, end_to_end_s=end_to_end,
                 params=sum(p.numel() for p in model.parameters()), steps=len(timer.ends),
                 response_tokens_per_step=sum(len(r) for r in lists[0].response_ids) * shape["ours_batch"],
-                batch=f"{shape['ours_batch']} lists", tokens_per_list=tokens_per_list)
+                batch=f"{shape['ours_batch']} lists", tokens_per_list=tokens_per_list, layout=trainer.layout)
 
 
 def worker_main(args) -> None:
@@ -217,25 +271,38 @@ def worker_main(args) -> None:
     with tempfile.TemporaryDirectory(prefix=f"bench_{args.worker}_") as workdir:
         run = run_trl if args.worker == "trl" else run_ours
         result = run(args.case, args, args.model_dir, workdir)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    if args.device == "cpu":
+        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    else:  # the GPU's memory is the one that limits: peak allocated by torch
+        result["peak_rss_mb"] = torch.cuda.max_memory_allocated() / 2**20
     Path(args.result_file).write_text(json.dumps(result))
 
 
 # ------------------------------------------------------------------------------------------- driver
-def matmul_flops(threads: int, n: int = 1024, repeats: int = 20) -> float:
-    """Float32 matmul throughput of this machine (FLOP/s), best of three timed blocks."""
+def matmul_flops(threads: int, n: int = 1024, repeats: int = 20, device: str = "cpu", bf16: bool = False) -> float:
+    """Matmul throughput of this machine (FLOP/s; float32, or bf16 on a GPU), best of three timed blocks."""
     import torch
 
     torch.set_num_threads(threads)
-    a = torch.randn(n, n)
-    b = torch.randn(n, n)
+    if device != "cpu":
+        n, repeats = 8192, 50
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+
+    def sync():
+        if device != "cpu":
+            torch.cuda.synchronize()
+
     for _ in range(3):
         a @ b
+    sync()
     best = float("inf")
     for _ in range(3):
         start = time.perf_counter()
         for _ in range(repeats):
             torch.matmul(a, b)
+        sync()
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 * repeats / best
 
@@ -246,7 +313,13 @@ def spawn(side: str, case: str, args, model_dir: str) -> dict:
     command = [sys.executable, __file__, "--worker", side, "--case", case, "--model-dir", model_dir,
                "--result-file", result_file, "--steps", str(args.steps), "--warmup", str(args.warmup),
                "--pairs-batch", str(args.pairs_batch), "--lists-batch", str(args.lists_batch),
-               "--threads", str(args.threads)]
+               "--threads", str(args.threads), "--device", args.device]
+    if args.model:
+        command += ["--model", args.model]
+    if args.bf16:
+        command.append("--bf16")
+    if args.declare_shared:
+        command.append("--declare-shared")
     completed = subprocess.run(command, capture_output=True, text=True)
     if completed.returncode != 0:
         sys.stderr.write(completed.stdout[-4000:] + completed.stderr[-8000:])
@@ -264,8 +337,15 @@ def main(argv=None) -> None:
     parser.add_argument("--pairs-batch", type=int, default=4, help="pairs per step in the pairs case")
     parser.add_argument("--lists-batch", type=int, default=2, help="lists of 4 per step in lists_k4 (TRL: x3 pairs)")
     parser.add_argument("--threads", type=int, default=max(1, min(os.cpu_count() or 1, 16)))
+    parser.add_argument("--model", help="a real model spec (e.g. smollm2-135m) instead of the built-in tiny Llama")
+    parser.add_argument("--tag", help="case suffix for --model (default: the spec's first word, smollm2)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (GPU)")
+    parser.add_argument("--declare-shared", action="store_true",
+                        help="diagnosis only: declare the shared layout (model.rankalign_shared_layout) instead "
+                             "of letting the engine's probe decide; the reported ratios are without it")
     parser.add_argument("--worker", choices=("trl", "ours"), help=argparse.SUPPRESS)
-    parser.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)
+    parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--result-file", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -277,29 +357,43 @@ def main(argv=None) -> None:
     for case in cases:
         if case not in CASES:
             parser.error(f"unknown case {case!r}; choose from {', '.join(CASES)}")
-    peak_flops = matmul_flops(args.threads)
-    print(f"machine: {os.cpu_count()} CPUs, {args.threads} torch threads; float32 matmul "
-          f"{peak_flops / 1e9:.1f} GFLOP/s (1024x1024 torch.matmul)")
+    peak_flops = matmul_flops(args.threads, device=args.device, bf16=args.bf16)
+    precision = "bf16" if args.bf16 else "float32"
+    print(f"machine: {os.cpu_count()} CPUs, {args.threads} torch threads, device {args.device}; {precision} "
+          f"matmul {peak_flops / 1e9:.1f} GFLOP/s (torch.matmul)")
     print(f"steps per side and case: {args.warmup} warm-up + {args.steps} timed; prompt {PROMPT_TOKENS} tokens, "
           f"responses {RESPONSE_TOKENS} tokens")
     results = []
-    with tempfile.TemporaryDirectory(prefix="bench_model_") as model_dir:
-        tokenizer = build_word_tokenizer()
-        model = build_model(len(tokenizer))
-        params = sum(p.numel() for p in model.parameters())
+    tag = ""
+    with tempfile.TemporaryDirectory(prefix="bench_model_") as scratch:
+        if args.model:
+            from rankalign.engine.sources import load_causal_lm, resolve_model
+
+            source = resolve_model(args.model)
+            model_dir = source.path
+            model = load_causal_lm(source)
+            tag = "_" + (args.tag or "".join(ch for ch in args.model.split("-")[0].lower() if ch.isalnum()))
+            description = f"{args.model} ({model_dir})"
+        else:
+            model_dir = scratch
+            tokenizer = build_word_tokenizer()
+            model = build_model(len(tokenizer))
+            model.save_pretrained(model_dir)
+            tokenizer.save_pretrained(model_dir)
+            description = f"Llama-style {MODEL}, vocab {len(tokenizer)}"
+        params = sum(p.numel() for p in model.parameters())  # a tied head is counted once
         head_params = model.get_output_embeddings().weight.numel()
-        model.save_pretrained(model_dir)
-        tokenizer.save_pretrained(model_dir)
+        tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
         del model
-        print(f"model: Llama-style {MODEL}, vocab {len(tokenizer)}, {params / 1e6:.1f} M parameters, float32")
+        print(f"model: {description}, {params / 1e6:.1f} M parameters{', tied head' if tied else ''}, float32")
         for case in cases:
             peer = spawn("trl", case, args, model_dir)
             ours = spawn("ours", case, args, model_dir)
-            results.append((case, peer, ours))
+            results.append((case + tag, peer, ours))
 
     unit = {"pairs": "pairs/s", "lists_k4": "lists/s"}
-    header = (f"{'case':<9} {'side':<10} {'batch':<9} {'samples/s':>10} {'s/step':>8} {'end-to-end s':>13} "
-              f"{'tokens/s':>9} {'peak RSS MB':>12} {'FLOP/s share':>13} {'useful':>7}")
+    header = (f"{'case':<17} {'side':<10} {'batch':<9} {'samples/s':>10} {'s/step':>8} {'end-to-end s':>13} "
+              f"{'tokens/s':>9} {'peak mem MB':>12} {'FLOP/s share':>13} {'useful':>7}")
     print()
     print(header)
     print("-" * len(header))
@@ -307,10 +401,11 @@ def main(argv=None) -> None:
         for row in (peer, ours):
             achieved = 6 * row["params"] * row["tokens_per_step"] / row["seconds_per_step"]
             row["compute_efficiency"] = achieved / peak_flops
-            body = row["params"] - 2 * head_params  # untied: embedding and head have the same size
+            # the embedding is a lookup: untied, embedding and head have the same size; tied, one matrix
+            body = row["params"] - (1 if tied else 2) * head_params
             useful = 6 * body * row["tokens_per_step"] + 6 * head_params * row["response_tokens_per_step"]
             row["useful_efficiency"] = useful / row["seconds_per_step"] / peak_flops
-            print(f"{case:<9} {row['side']:<10} {row['batch']:<9} {row['samples_per_s']:>10.3f} "
+            print(f"{case:<17} {row['side']:<10} {row['batch']:<9} {row['samples_per_s']:>10.3f} "
                   f"{row['seconds_per_step']:>8.2f} {row['end_to_end_s']:>13.1f} {row['tokens_per_s']:>9.0f} "
                   f"{row['peak_rss_mb']:>12.0f} {row['compute_efficiency']:>12.1%} {row['useful_efficiency']:>7.1%}")
     print()
@@ -320,9 +415,17 @@ def main(argv=None) -> None:
         print(f"{case}: rankalign/TRL samples/s = {ratio:.2f}x; TRL/rankalign peak RSS = {memory:.2f}x; "
               f"end-to-end TRL {peer['end_to_end_s']:.1f}s vs rankalign {ours['end_to_end_s']:.1f}s")
     for case, peer, ours in results:
-        print("RESULT " + json.dumps({"case": case, "peer": round(peer["samples_per_s"], 4),
-                                      "ours": round(ours["samples_per_s"], 4), "unit": unit[case],
-                                      "ratio": round(ours["samples_per_s"] / peer["samples_per_s"], 3)}))
+        line = {"case": case, "peer": round(peer["samples_per_s"], 4), "ours": round(ours["samples_per_s"], 4),
+                "unit": unit[case.removesuffix(tag) if tag else case],
+                "ratio": round(ours["samples_per_s"] / peer["samples_per_s"], 3)}
+        if tag:
+            line.update(peer_useful_share=round(peer["useful_efficiency"], 3),
+                        ours_useful_share=round(ours["useful_efficiency"], 3),
+                        peer_peak_mb=round(peer["peak_rss_mb"]), ours_peak_mb=round(ours["peak_rss_mb"]),
+                        memory_share=round(ours["peak_rss_mb"] / peer["peak_rss_mb"], 3),
+                        layout=ours.get("layout"), declared_shared=bool(args.declare_shared),
+                        device=args.device, precision=precision)
+        print("RESULT " + json.dumps(line))
 
 
 if __name__ == "__main__":

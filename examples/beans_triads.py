@@ -81,7 +81,8 @@ def beans_records(path=DEFAULT_INPUT) -> list[RankedList]:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", type=Path, default=DEFAULT_INPUT, help="beans.csv")
-    parser.add_argument("--out", type=Path, default=Path("beans.jsonl"), help="output JSONL (written atomically)")
+    parser.add_argument("-o", "--output", "--out", dest="out", type=Path, default=Path("runs/beans.jsonl"),
+                        help="output JSONL (written atomically; --out is the old spelling)")
     args = parser.parse_args(argv)
     records = beans_records(args.input)
     written = write(records, args.out)

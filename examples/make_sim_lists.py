@@ -20,7 +20,8 @@ DEFAULT_OUTPUT = Path(__file__).resolve().parent / "data" / "sim_lists.jsonl"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("-o", "--output", "--out", dest="out", type=Path, default=DEFAULT_OUTPUT,
+                        help="output JSONL (--out is the old spelling)")
     parser.add_argument("--lists", type=int, default=128)
     parser.add_argument("-k", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)

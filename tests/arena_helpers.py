@@ -69,7 +69,7 @@ def request(method, url, token=None, body=None, timeout=10.0):
             raw, status, kind = response.read(), response.status, response.headers.get("content-type", "")
     except urllib.error.HTTPError as error:
         raw, status, kind = error.read(), error.code, error.headers.get("content-type", "")
-    return status, (json.loads(raw) if "json" in kind else raw.decode("utf-8"))
+    return status, (json.loads(raw) if kind.startswith("application/json") else raw.decode("utf-8"))
 
 
 @contextmanager
@@ -109,8 +109,10 @@ def server(url, *extra, log=None):
 # ------------------------------------------------------------------------------------------- PostgreSQL
 def postgres_bin():
     found = shutil.which("pg_ctl")
-    if found:
-        return Path(found).parent
+    if found:  # the folder the binaries really live in (PATH may hold only symlinks to a few of them)
+        folder = Path(found).resolve().parent
+        if (folder / "initdb").exists() and (folder / "createdb").exists():
+            return folder
     candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
     return candidates[-1].parent if candidates else None
 

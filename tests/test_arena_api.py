@@ -10,12 +10,12 @@ pytest.importorskip("starlette")
 pytest.importorskip("sqlalchemy")
 pytest.importorskip("httpx")
 
-from arena_helpers import ITEMS, PROMPTS, make_arena  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 from scipy.optimize import minimize  # noqa: E402
 from scipy.special import log_expit  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
+from arena_helpers import ITEMS, PROMPTS, make_arena  # noqa: E402
 from rankalign.arena import create_app  # noqa: E402
 from rankalign.cli import main  # noqa: E402
 from rankalign.data import read  # noqa: E402
@@ -178,7 +178,7 @@ def test_leaderboard_is_rate_json_of_the_export(arena, tmp_path):
     board = client.get("/api/leaderboard").json()
     out = tmp_path / "export.jsonl"
     runner = CliRunner()
-    assert runner.invoke(main, ["arena", "export", "--db", url, str(out)]).exit_code == 0
+    assert runner.invoke(main, ["arena", "export", "--db", url, "-o", str(out)]).exit_code == 0
     rated = runner.invoke(main, ["rate", str(out), "--json", "--prior", "0.01"])
     assert rated.exit_code == 0, rated.output
     expected = json.loads(rated.output)
@@ -221,7 +221,7 @@ def test_cli_export_is_read_by_the_data_layer(arena, tmp_path):
     vote(client, tokens["bob"], ["model-d", "model-b"], [0, 1], "x2", prompt=None)
     out = tmp_path / "votes.jsonl"
     runner = CliRunner()
-    assert runner.invoke(main, ["arena", "export", "--db", url, str(out)]).exit_code == 0
+    assert runner.invoke(main, ["arena", "export", "--db", url, "-o", str(out)]).exit_code == 0
     result = read(out)
     assert result.layout == "rankedlist" and len(result) == 2
     assert [r.annotator for r in result] == ["alice", "bob"]
@@ -230,7 +230,7 @@ def test_cli_export_is_read_by_the_data_layer(arena, tmp_path):
     assert inspect.exit_code == 0 and "2 distinct" in inspect.output
     # the item-level vote has no responses: the responses export leaves it out and says so
     texts = tmp_path / "responses.jsonl"
-    exported = runner.invoke(main, ["arena", "export", "--db", url, str(texts), "--form", "responses"])
+    exported = runner.invoke(main, ["arena", "export", "--db", url, "-o", str(texts), "--form", "responses"])
     assert exported.exit_code == 0 and "left out 1 votes: no prompt" in exported.output
     assert read(texts)[0].candidates == ("4", "Four.", "22")
 

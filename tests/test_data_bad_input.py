@@ -5,8 +5,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from rankalign.cli import main
 from rankalign.data import DataError, RankedList, iter_records, read
-from rankalign.data.cli import data
 
 
 def jsonl(path, rows):
@@ -115,10 +115,10 @@ def test_skip_invalid_counts_by_reason_and_never_hides_it(tmp_path):
     stream = iter_records(path, skip_invalid=True)
     assert len(list(stream)) == 3 and stream.report.n_skipped == 3
     # and the CLI says so in its JSON
-    output = CliRunner().invoke(data, ["inspect", str(path), "--json", "--skip-invalid"]).output
+    output = CliRunner().invoke(main, ["data", "inspect", str(path), "--json", "--skip-invalid"]).output
     summary = json.loads(output)
     assert (summary["records"], summary["skipped_total"], summary["empty_responses"]) == (3, 3, 1)
-    failed = CliRunner().invoke(data, ["inspect", str(path)])
+    failed = CliRunner().invoke(main, ["data", "inspect", str(path)])
     assert failed.exit_code != 0 and f"{path}:2: malformed JSON" in failed.output
 
 
@@ -137,8 +137,9 @@ def test_parquet_without_pyarrow_names_the_extra(tmp_path, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
-    with pytest.raises(ModuleNotFoundError, match=r"rankalign\[parquet\]"):
+    with pytest.raises(ModuleNotFoundError, match="Parquet needs pyarrow") as info:
         read(tmp_path / "x.parquet")
+    assert info.value.hint == "pip install 'rankalign[parquet]'"
 
 
 def test_unknown_extension_asks_for_a_format(tmp_path):

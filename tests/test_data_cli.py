@@ -5,15 +5,15 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from rankalign.cli import main
 from rankalign.data import RankedList, read, write
-from rankalign.data.cli import data
 from rankalign.data.summary import to_lists
 
 DATA = Path(__file__).parent / "data"
 
 
 def invoke(*args):
-    result = CliRunner().invoke(data, [str(a) for a in args])
+    result = CliRunner().invoke(main, ["data", *(str(a) for a in args)])
     assert result.exit_code == 0, result.output
     return result
 
@@ -99,7 +99,7 @@ def test_convert_positional_out_still_works_and_warns(tmp_path):
     result = invoke("convert", DATA / "ranked_responses.jsonl", out, "--to", "pairs")
     assert "deprecated" in result.stderr and f"wrote 9 pairs records: {out}" in result.stderr
     assert len(read(out)) == 9
-    both = CliRunner().invoke(data, ["convert", str(DATA / "ranked_responses.jsonl"), str(out), "-o", str(out),
+    both = CliRunner().invoke(main, ["data", "convert", str(DATA / "ranked_responses.jsonl"), str(out), "-o", str(out),
                                      "--to", "pairs"])
     assert both.exit_code == 2 and "give one of them" in both.output
 

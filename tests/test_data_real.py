@@ -7,8 +7,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from rankalign.cli import main
 from rankalign.data import RankedList, read, split_transcripts, write
-from rankalign.data.cli import data
 from shared_data import needs_shared_data, shared_path  # noqa: E402
 
 SHARED = shared_path("")
@@ -116,7 +116,7 @@ def test_beans_triads_example(tmp_path):
         (("BRT 103-182", "Local"), (1, 0)), (("SJC 730-79", "Local"), (1, 0)), (("PM2 Don Rey", "Local"), (0, 1))]
     assert sum(r.ranks == (0, 1) for r in local) == better
     assert records == module.beans_records(BEANS)
-    summary = json.loads(CliRunner().invoke(data, ["inspect", str(out), "--json"]).output)
+    summary = json.loads(CliRunner().invoke(main, ["data", "inspect", str(out), "--json"]).output)
     assert summary["records"] == 4 * 842 and summary["items"] == len(varieties) + 1
     assert summary["list_sizes"] == {"2": 2526, "3": 842}
     again = tmp_path / "again.csv"

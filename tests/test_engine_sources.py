@@ -252,7 +252,7 @@ def test_train_from_a_gguf_with_a_held_out_split_then_eval_the_run(home, gguf_fi
             records.append(RankedList(prompt=prompt, candidates=[a, b], ranks=[0, 1]))
     write(records, tmp_path / "pairs.jsonl")
     (tmp_path / "c.yaml").write_text(
-        f"model: {path}\ndata: {tmp_path / 'pairs.jsonl'}\neval_split: 0.25\neval_split_seed: 3\n"
+        f"model: {path}\ndata: {tmp_path / 'pairs.jsonl'}\neval_split: 0.25\neval_split_seed: 3\nmax_records: 7\n"
         f"objective: dpo\nloss_params: {{beta: 0.2}}\nbatch_size: 2\nmax_steps: 2\nlr: 1.0e-3\n"
         f"peft: {{enabled: true, r: 2, target_modules: [q_proj, v_proj]}}\noutput_dir: {tmp_path / 'run'}\n"
         "report_to: []\nprogress: false\n")
@@ -260,8 +260,9 @@ def test_train_from_a_gguf_with_a_held_out_split_then_eval_the_run(home, gguf_fi
     run = tmp_path / "run"
     train = read(run / "split" / "train.jsonl").records
     heldout = read(run / "split" / "heldout.jsonl").records
-    assert len(train) + len(heldout) == len(records)
-    assert len({r.prompt for r in heldout}) == 3  # 25% of the 12 distinct prompts
+    assert len({r.prompt for r in heldout}) == 3  # 25% of the 12 distinct prompts, drawn on the whole file
+    assert heldout == [r for r in records if r.prompt in {h.prompt for h in heldout}]
+    assert train == [r for r in records if r not in heldout][:7]  # max_records caps the training side only
     assert not {r.prompt for r in train} & {r.prompt for r in heldout}
     record = json.loads((run / "run_source.json").read_text())
     assert record["reference"]["kind"] == "adapter_disabled"
@@ -303,3 +304,19 @@ def test_smollm2_fetch_load_and_answer():
         out = model.generate(**inputs, max_new_tokens=20, do_sample=False)
     answer = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "Paris" in answer
+
+
+def test_eval_takes_a_model_spec_and_names_a_missing_one(home, gguf_file, tmp_path):
+    from rankalign.data import RankedList, write
+    from rankalign.eval.cli import eval_command
+
+    path, _ = gguf_file
+    write([RankedList(prompt="the hat", candidates=[" tea", " hot at"], ranks=[0, 1]),
+           RankedList(prompt="hot tea", candidates=[" at the", " hat"], ranks=[1, 0])], tmp_path / "p.jsonl")
+    result = CliRunner().invoke(eval_command, ["--model", str(path), "--reference", str(path),
+                                               "--data", str(tmp_path / "p.jsonl"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["pairs"] == 2 and report["margin"]["value"] == 0.0  # policy = reference: every margin is 0
+    missing = CliRunner().invoke(eval_command, ["--model", "smollm2-135m", "--data", str(tmp_path / "p.jsonl")])
+    assert missing.exit_code != 0 and "rankalign models fetch smollm2-135m" in missing.output

@@ -83,7 +83,7 @@ def test_eval_json_matches_independent_computation(world):
     alpha = np.array([p["rate"] for p in pairs])
     beta = 0.5
 
-    result = _run(["--model", root / "policy", "--reference", root / "reference", "--data", world["pairs_path"],
+    result = _run(["--policy", root / "policy", "--reference", root / "reference", "--data", world["pairs_path"],
                    "--beta", beta, "--alpha-field", "rate", "--json", "--batch-size", 3, "--group-by", "annotator"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
@@ -135,14 +135,14 @@ def test_eval_json_matches_independent_computation(world):
 def test_eval_ranked_lists_table_and_plot(world):
     root = world["root"]
     plot = root / "reliability.png"
-    result = _run(["--model", root / "policy", "--reference", root / "reference", "--data", world["lists_path"],
+    result = _run(["--policy", root / "policy", "--reference", root / "reference", "--data", world["lists_path"],
                    "--alpha", "0.8", "--plot", plot])
     assert result.exit_code == 0, result.output
     assert "ranking accuracy" in result.stdout and "idealised ranking accuracy" in result.stdout
     # 2 ordered pairs in list 1 (the tie is left out), 1 in list 2
     assert "3 ordered pairs from 2 lists" in " ".join(result.stdout.split())
     assert "1 records carry a weight other than 1" in " ".join(result.stdout.split())
-    result = _run(["--model", root / "policy", "--reference", root / "reference", "--data", world["pairs_path"],
+    result = _run(["--policy", root / "policy", "--reference", root / "reference", "--data", world["pairs_path"],
                    "--group-by", "annotator"])
     assert result.exit_code == 0, result.output
     assert "annotator=ann_b" in result.stdout and "worst group" in result.stdout
@@ -152,9 +152,10 @@ def test_eval_ranked_lists_table_and_plot(world):
     result = _run(["--model", root / "policy", "--data", world["lists_path"], "--json", "--max-records", "1"])
     out = json.loads(result.stdout)
     assert out["pairs"] == 2 and out["records_read"] == 1 and "reward_accuracy" not in out
+    assert "--model is deprecated, use --policy" in result.stderr  # the old spelling still works
 
     # the reference log-probs through the engine's cache give the same numbers, and a second run reuses it
-    args = ["--model", root / "policy", "--reference", root / "reference", "--data", world["lists_path"], "--json"]
+    args = ["--policy", root / "policy", "--reference", root / "reference", "--data", world["lists_path"], "--json"]
     plain = json.loads(_run(args).stdout)
     cache = root / "cache"
     first = json.loads(_run(args + ["--cache-dir", cache, "--output", root / "out.json"]).stdout)
@@ -168,17 +169,17 @@ def test_eval_ranked_lists_table_and_plot(world):
 
 def test_eval_errors_name_the_problem(world, tmp_path):
     root = world["root"]
-    result = CliRunner().invoke(eval_command, ["--model", str(root / "policy"), "--data", str(world["pairs_path"]),
+    result = CliRunner().invoke(eval_command, ["--policy", str(root / "policy"), "--data", str(world["pairs_path"]),
                                                "--alpha", "0.7"])
     assert result.exit_code != 0 and "--reference" in result.output
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}) + "\n" + "{not json\n")
-    result = CliRunner().invoke(eval_command, ["--model", str(root / "policy"), "--data", str(bad)])
+    result = CliRunner().invoke(eval_command, ["--policy", str(root / "policy"), "--data", str(bad)])
     assert result.exit_code == 1 and "bad.jsonl:2" in result.output
     # a directory without safetensors weights is refused (no pickle loading)
     no_weights = tmp_path / "model"
     no_weights.mkdir()
     world["tokenizer"].save_pretrained(no_weights)
     world["policy"].config.save_pretrained(no_weights)
-    result = CliRunner().invoke(eval_command, ["--model", str(no_weights), "--data", str(world["pairs_path"])])
+    result = CliRunner().invoke(eval_command, ["--policy", str(no_weights), "--data", str(world["pairs_path"])])
     assert result.exit_code == 1 and "safetensors" in result.output

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from rankalign.data.records import RankedList
-from rankalign.eval.cli import alpha_from_records
 from rankalign.eval.metrics import clustered_mean_with_se, mean_with_se
 from rankalign.eval.policy import evaluate_logps, pair_rates_from_shares
+from rankalign.eval.run import alpha_from_records
 
 POLICY = [[-1.0, -2.0, -3.0], [-2.0, -1.0, 0.0]]
 RANKS = [[0, 1, 2], [0, 1, -1]]

@@ -9,6 +9,7 @@ torch = pytest.importorskip("torch")
 
 from rankalign.data.records import RankedList  # noqa: E402
 from rankalign.losses import get  # noqa: E402
+from rankalign.losses._common import ranks_from_grades  # noqa: E402
 from rankalign.losses.listwise import (  # noqa: E402
     all_pairs_dpo,
     best_vs_rest,
@@ -17,7 +18,6 @@ from rankalign.losses.listwise import (  # noqa: E402
     listnet,
     pl_dpo,
     pro,
-    ranks_from_grades,
 )
 
 LISTWISE = ["pl_dpo", "pro", "lipo_lambda", "all_pairs_dpo", "listnet", "best_vs_rest"]
@@ -87,11 +87,15 @@ def test_pro_with_reward_gap_temperatures_by_hand():
     # step 1: 1/T_1^2 = 3 - 1 = 2, 1/T_1^3 = 3 - 0 = 3, 1/T_1^1 = max(2, 3) = 3
     #         -> logits (3 * -1, 2 * -2, 3 * -3) = (-3, -4, -9), term = lse(-3, -4, -9) - (-3)
     # step 2: 1/T_2^3 = 1 - 0 = 1 = 1/T_2^2 -> logits (-2, -3), term = lse(-2, -3) - (-2)
-    # SFT: -s_best = 1, weighted 0.05
+    # SFT, mean-token form: -s_best = 1, weighted 0.05
     policy, lengths, grades = t([[-2.0, -6.0, -12.0]]), t([[2.0, 3.0, 4.0]]), t([[3.0, 1.0, 0.0]])
     ranking = (log_sum_exp(-3.0, -4.0, -9.0) + 3.0) + (log_sum_exp(-2.0, -3.0) + 2.0)
-    got = pro(policy, lengths=lengths, grades=grades, sft_weight=0.05)
+    got = pro(policy, lengths=lengths, grades=grades, sft_weight=0.05, sft_form="mean_token")
     assert got.item() == pytest.approx(ranking + 0.05 * 1.0, rel=1e-12)
+    # SFT, the authors' form (the default): sft_weight * (n - 1)^2 * (-summed log-prob of the best)
+    # = 0.05 * (3 - 1)^2 * 2 = 0.4
+    got = pro(policy, lengths=lengths, grades=grades, sft_weight=0.05)
+    assert got.item() == pytest.approx(ranking + 0.4, rel=1e-12)
     # without grades every T = 1: plain peel-off softmax on s
     plain = (log_sum_exp(-1.0, -2.0, -3.0) + 1.0) + (log_sum_exp(-2.0, -3.0) + 2.0)
     assert pro(policy, lengths=lengths, sft_weight=0.0).item() == pytest.approx(plain, rel=1e-12)
@@ -101,16 +105,30 @@ def test_pro_two_items_is_bradley_terry_on_length_averaged_scores():
     # s = (-3/3, -2/1) = (-1, -2): -log sigma(-1 - -2) = -log sigma(1) = 0.31326...
     policy, lengths = t([[-3.0, -2.0]]), t([[3.0, 1.0]])
     assert pro(policy, lengths=lengths, sft_weight=0.0).item() == pytest.approx(nll_sigmoid(1.0), rel=1e-12)
-    # with the SFT term: + w * (-(-1)) = + w
-    assert pro(policy, lengths=lengths, sft_weight=0.5).item() == pytest.approx(nll_sigmoid(1.0) + 0.5, rel=1e-12)
+    # with the mean-token SFT term: + w * (-(-1)) = + w; the authors' form: + w * (2 - 1)^2 * 3
+    assert pro(policy, lengths=lengths, sft_weight=0.5, sft_form="mean_token").item() == pytest.approx(
+        nll_sigmoid(1.0) + 0.5, rel=1e-12)
+    assert pro(policy, lengths=lengths, sft_weight=0.5).item() == pytest.approx(nll_sigmoid(1.0) + 1.5, rel=1e-12)
     # reference given: s = (policy - ref) / length = ((-3 - -1.5) / 3, (-2 - -3) / 1) = (-0.5, 1)
     got = pro(policy, t([[-1.5, -3.0]]), lengths=lengths, sft_weight=0.0)
     assert got.item() == pytest.approx(nll_sigmoid(-1.5), rel=1e-12)
 
 
 def test_pro_single_candidate_keeps_only_its_sft_term():
-    # K = 1: no ranking step; SFT = -(-3 / 2) * 0.1 = 0.15
-    assert pro(t([[-3.0]]), lengths=t([[2.0]]), sft_weight=0.1).item() == pytest.approx(0.15, rel=1e-12)
+    # K = 1: no ranking step; mean-token SFT = -(-3 / 2) * 0.1 = 0.15; the authors' (n - 1)^2 = 0 removes it
+    assert pro(t([[-3.0]]), lengths=t([[2.0]]), sft_weight=0.1, sft_form="mean_token").item() == pytest.approx(
+        0.15, rel=1e-12)
+    assert pro(t([[-3.0]]), lengths=t([[2.0]]), sft_weight=0.1).item() == 0.0
+
+
+def test_pro_authors_sft_counts_only_present_candidates():
+    # padding is not a candidate: n = 3 here, so the factor is (3 - 1)^2 = 4; best is column 1 (rank 0)
+    policy, lengths = t([[-4.0, -3.0, -8.0, 0.0]]), t([[2.0, 3.0, 4.0, 1.0]])
+    ranks = torch.tensor([[1, 0, 2, -1]])
+    s = [-2.0, -1.0, -2.0]  # length-averaged scores of the three present candidates
+    ranking = (log_sum_exp(s[1], s[0], s[2]) - s[1]) + (log_sum_exp(s[0], s[2]) - s[0])
+    got = pro(policy, lengths=lengths, ranks=ranks, sft_weight=0.1)
+    assert got.item() == pytest.approx(ranking + 0.1 * 4 * 3.0, rel=1e-12)
 
 
 def test_pro_needs_lengths():
@@ -386,7 +404,7 @@ def test_sorted_plackett_luce_matches_brute_force(layout):
     assert fast.tolist() == pytest.approx(expected, rel=1e-12)
 
 
-def brute_force_pro(policy, lengths, ranks, rewards, sft_weight):
+def brute_force_pro(policy, lengths, ranks, rewards, sft_weight, sft_form="authors"):
     """PRO in plain Python: step k over itself and the strictly lower candidates, gaps r_k - r_i."""
     s = [p / n for p, n in zip(policy, lengths)]
     total = 0.0
@@ -401,16 +419,20 @@ def brute_force_pro(policy, lengths, ranks, rewards, sft_weight):
         total += log_sum_exp(own, *[gaps[i] * s[i] for i in below]) - own
     best = min(r for r in ranks if r >= 0)
     members = [i for i, r in enumerate(ranks) if r == best]
-    return total + sft_weight * -sum(s[i] for i in members) / len(members)
+    if sft_form == "mean_token":
+        return total + sft_weight * -sum(s[i] for i in members) / len(members)
+    n = sum(1 for r in ranks if r >= 0)
+    return total + sft_weight * (n - 1) ** 2 * -sum(policy[i] for i in members) / len(members)
 
 
 def test_pro_with_grades_matches_brute_force_with_ties_and_padding():
     policy, _, ranks, lengths, grades = random_lists(8, batch=8, k=6)
     grades = grades + torch.rand(grades.shape, generator=torch.Generator().manual_seed(9), dtype=grades.dtype)
-    got = pro(policy, lengths=lengths, ranks=ranks, grades=grades, sft_weight=0.3)
-    expected = [brute_force_pro(*rows, 0.3) for rows in zip(policy.tolist(), lengths.tolist(), ranks.tolist(),
-                                                            grades.tolist())]
-    assert got.tolist() == pytest.approx(expected, rel=1e-12)
+    for form in ("authors", "mean_token"):
+        got = pro(policy, lengths=lengths, ranks=ranks, grades=grades, sft_weight=0.3, sft_form=form)
+        expected = [brute_force_pro(*rows, 0.3, form) for rows in zip(policy.tolist(), lengths.tolist(),
+                                                                     ranks.tolist(), grades.tolist())]
+        assert got.tolist() == pytest.approx(expected, rel=1e-12)
 
 
 @pytest.mark.parametrize("name", LISTWISE)

@@ -78,7 +78,8 @@ def test_grpo_clipping():
     assert loss.item() == pytest.approx((-2.4 + 3.0) / 2, rel=1e-6)
     loss.backward()
     assert logps.grad[0, 0, 0].item() == 0.0
-    assert logps.grad[0, 1, 0].item() == pytest.approx(-(-2.0) * 1.5 / 2, rel=1e-6)
+    # d/dlogp of -(q * A) with A = -2 at q = 1.5: -A * q / n = 2 * 1.5 / 2
+    assert logps.grad[0, 1, 0].item() == pytest.approx(2.0 * 1.5 / 2, rel=1e-6)
 
 
 def test_rloo_value_and_gradient():

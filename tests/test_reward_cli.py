@@ -1,4 +1,4 @@
-"""`rankalign reward train|score` on a small gold-rule file (tiny model, no download)."""
+"""`rankalign reward train|score|eval` on a small gold-rule file (tiny model, no download)."""
 
 from __future__ import annotations
 
@@ -39,13 +39,13 @@ def test_train_then_score(tmp_path):
     _write_pairs(train_file, 120, seed=0)
     _write_pairs(test_file, 40, seed=1)
     runner = CliRunner()
-    result = runner.invoke(reward, ["train", str(train_file), "--model", "tiny", "--output", str(tmp_path / "rm"),
-                                    "--epochs", "3", "--lr", "3e-3", "--batch-size", "16"])
+    result = runner.invoke(reward, ["train", str(train_file), "--backbone", "tiny", "--output", str(tmp_path / "rm"),
+                                    "--epochs", "3", "--lr", "3e-3", "--batch-size", "16", "--set", "progress=false"])
     assert result.exit_code == 0, result.output
     history = json.loads((tmp_path / "rm" / "train_history.json").read_text())
-    assert history["records"] == 120 and len(history["steps"]) == 3 * 8
+    assert history["train_records"] == 120 and len(history["steps"]) == 3 * 8
     out = tmp_path / "scores.jsonl"
-    result = runner.invoke(reward, ["score", str(tmp_path / "rm"), str(test_file), "--output", str(out)])
+    result = runner.invoke(reward, ["score", str(tmp_path / "rm" / "final"), str(test_file), "--output", str(out)])
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 40 and all(len(r["scores"]) == 2 and r["ranks"] == [0, 1] for r in rows)
@@ -57,9 +57,9 @@ def test_train_then_score(tmp_path):
 def test_bad_model_path_is_a_clear_error(tmp_path):
     data = tmp_path / "d.jsonl"
     _write_pairs(data, 3, seed=0)
-    result = CliRunner().invoke(reward, ["train", str(data), "--model", str(tmp_path / "nope"), "-o",
+    result = CliRunner().invoke(reward, ["train", str(data), "--backbone", str(tmp_path / "nope"), "-o",
                                          str(tmp_path / "out")])
-    assert result.exit_code != 0 and "not a local folder" in result.output
+    assert result.exit_code != 0 and "backbone" in result.output and "Traceback" not in result.output
 
 
 def test_train_from_local_causal_lm_directory_then_continue(tmp_path):
@@ -72,10 +72,11 @@ def test_train_from_local_causal_lm_directory_then_continue(tmp_path):
     data = tmp_path / "d.jsonl"
     _write_pairs(data, 8, seed=2)
     runner = CliRunner()
-    result = runner.invoke(reward, ["train", str(data), "--model", str(tmp_path / "lm"), "-o", str(tmp_path / "rm")])
+    result = runner.invoke(reward, ["train", str(data), "--backbone", str(tmp_path / "lm"), "-o", str(tmp_path / "rm")])
     assert result.exit_code == 0, result.output
-    config = json.loads((tmp_path / "rm" / "reward_config.json").read_text())
+    config = json.loads((tmp_path / "rm" / "final" / "reward_config.json").read_text())
     assert config["kind"] == "causal" and config["backbone_class"] == "GPT2Model"
-    result = runner.invoke(reward, ["train", str(data), "--model", str(tmp_path / "rm"), "-o", str(tmp_path / "rm2")])
+    result = runner.invoke(reward, ["train", str(data), "--backbone", str(tmp_path / "rm" / "final"), "-o",
+                                    str(tmp_path / "rm2")])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "rm2" / "model.safetensors").is_file()
+    assert (tmp_path / "rm2" / "final" / "model.safetensors").is_file()

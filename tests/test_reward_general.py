@@ -24,14 +24,15 @@ def test_operator_and_logits_by_hand():
                              [0.0, 0.0, 0.0, -2.0],
                              [0.0, 0.0, 2.0, 0.0]])
     torch.testing.assert_close(operator, expected)
-    # a = (1, 0), b = (0, 1): a^T R b = a_0 (R b)_0 = 1 * (-1 * 1) = -1
+    # the authors' sign (their GeneralPreferenceLoss: chosen[0] * rejected[1] - chosen[1] * rejected[0];
+    # their high-dimensional loss: (chosen @ R^T) . rejected = (R chosen) . rejected)
     a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
-    assert general_preference_logits(a, b).item() == -1.0
-    assert general_preference_logits(b, a).item() == 1.0
-    # a = (1, 2, 3, 4), b = (5, 6, 7, 8), lambda = (1, 2): block 1: 2*5 - 1*6 = 4; block 2: 2 * (4*7 - 3*8) = 8
+    assert general_preference_logits(a, b).item() == 1.0 * 1.0 - 0.0 * 0.0
+    assert general_preference_logits(b, a).item() == -1.0
+    # a = (1, 2, 3, 4), b = (5, 6, 7, 8), lambda = (1, 2): block 1: 1*6 - 2*5 = -4; block 2: 2 * (3*8 - 4*7) = -8
     a, b = torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([5.0, 6.0, 7.0, 8.0])
-    assert general_preference_logits(a, b, torch.tensor([1.0, 2.0])).item() == 12.0
-    torch.testing.assert_close(a @ operator @ b, torch.tensor(12.0))
+    assert general_preference_logits(a, b, torch.tensor([1.0, 2.0])).item() == -12.0
+    torch.testing.assert_close((operator @ a) @ b, torch.tensor(-12.0))  # <R v_1, v_2>, the paper's form
     generator = torch.Generator().manual_seed(0)
     x, y = torch.randn(5, 6, generator=generator), torch.randn(5, 6, generator=generator)
     torch.testing.assert_close(general_preference_logits(x, y), -general_preference_logits(y, x))
@@ -42,9 +43,9 @@ def test_operator_and_logits_by_hand():
 
 def test_loss_matches_pairwise_formula_and_skips_ties():
     embeddings = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]])
-    # ranks [0, 1, 2]: pairs (0>1), (0>2), (1>2) with logits v_w^T R v_l:
-    # (1,0)->(0,1): 0*0 - 1*1 = -1 ; (1,0)->(1,1): 0*1 - 1*1 = -1 ; (0,1)->(1,1): 1*1 - 0*1 = 1
-    expected = -(torch.nn.functional.logsigmoid(torch.tensor([-1.0, -1.0, 1.0]))).mean()
+    # ranks [0, 1, 2]: pairs (0>1), (0>2), (1>2) with the authors' logit w0*l1 - w1*l0:
+    # (1,0)->(0,1): 1*1 - 0*0 = 1 ; (1,0)->(1,1): 1*1 - 0*1 = 1 ; (0,1)->(1,1): 0*1 - 1*1 = -1
+    expected = -(torch.nn.functional.logsigmoid(torch.tensor([1.0, 1.0, -1.0]))).mean()
     torch.testing.assert_close(general_preference_loss(embeddings), expected.reshape(1))
     tied = general_preference_loss(embeddings, ranks=torch.tensor([[0, 0, -1]]))
     torch.testing.assert_close(tied, torch.zeros(1))
@@ -125,7 +126,51 @@ def test_extreme_embeddings_give_finite_loss_and_gradients():
     loss = general_preference_loss(embeddings)
     loss.sum().backward()
     assert torch.isfinite(loss).all() and torch.isfinite(embeddings.grad).all()
-    # pair (0 > 1): v_0^T R v_1 = a1 b0 - a0 b1 = (-1e4)(-1e4) - (1e4)(1e4) = 0 -> log 2
-    # pair (0 > 2): (-1e4)(3e4) - (1e4)(1e4) = -4e8 -> loss 4e8; pair (1 > 2): (1e4)(3e4) - (-1e4)(1e4) = 4e8 -> 0
-    expected = (torch.log(torch.tensor(2.0)) + 4e8 + 0.0) / 3
+    # authors' logit w0*l1 - w1*l0: pair (0 > 1): (1e4)(1e4) - (-1e4)(-1e4) = 0 -> log 2
+    # pair (0 > 2): (1e4)(1e4) - (-1e4)(3e4) = 4e8 -> loss 0; pair (1 > 2): (-1e4)(1e4) - (1e4)(3e4) = -4e8 -> 4e8
+    expected = (torch.log(torch.tensor(2.0)) + 0.0 + 4e8) / 3
     torch.testing.assert_close(loss, expected.reshape(1))
+
+
+def test_prompt_gated_general_preference_matches_the_papers_formula(tmp_path):
+    """P(y_i > y_j | x) = sigma((R(x) v_i) . v_j) with R(x) = diag(lambda_b(x) [[0, -1], [1, 0]]) and the
+    eigenvalue gate lambda(x) = k softmax(W h_x / sqrt(H)) on the hidden state of the prompt's last token
+    (Zhang et al. 2024 and their code), computed here from one forward pass per prompt + response."""
+    pytest.importorskip("transformers")
+    from rankalign.data.records import RankedList
+    from rankalign.engine import build_tokenizer, tiny_causal_lm
+    from rankalign.reward import RewardModel, preference_probabilities
+
+    tokenizer = build_tokenizer(["rock paper scissors which wins now"], vocab_size=32, kind="word")
+    lm = tiny_causal_lm(len(tokenizer), hidden_size=32, layers=1, heads=2, seed=1)
+    model = RewardModel(lm, preference_dim=4, prompt_gate=True, seed=3).eval()
+    with torch.no_grad():  # a gate far from uniform, so lambda really depends on the prompt
+        model.prompt_gate.weight.normal_(std=3.0, generator=torch.Generator().manual_seed(0))
+    candidates = ["rock", "paper scissors", "scissors now"]
+    records = [RankedList(prompt=p, candidates=candidates, ranks=[0, 0, 0]) for p in ("which wins", "now rock")]
+    matrices = preference_probabilities(model, tokenizer, records)
+    base, hidden_size = lm.model, 32
+    gates = []
+    with torch.no_grad():
+        for record, matrix in zip(records, matrices):
+            prompt_ids = [tokenizer.bos_token_id] + tokenizer(record.prompt, add_special_tokens=False)["input_ids"]
+            vectors = []
+            for candidate in candidates:
+                ids = prompt_ids + tokenizer(candidate, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                hidden = base(input_ids=torch.tensor([ids])).last_hidden_state[0]
+                vectors.append(model.head(hidden[-1]))
+                h_x = hidden[len(prompt_ids) - 1]
+            lam = 2 * torch.softmax(model.prompt_gate(h_x) / hidden_size ** 0.5, dim=-1)
+            gates.append(lam)
+            operator = torch.zeros(4, 4)
+            for b in range(2):
+                operator[2 * b, 2 * b + 1], operator[2 * b + 1, 2 * b] = -lam[b], lam[b]
+            for i in range(3):
+                for j in range(3):
+                    expected = torch.sigmoid((operator @ vectors[i]) @ vectors[j])
+                    torch.testing.assert_close(matrix[i, j], expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(gates[0], gates[1], atol=1e-3)  # prompt-dependent
+    model.save_pretrained(tmp_path / "gated", tokenizer=tokenizer)
+    loaded = RewardModel.from_pretrained(tmp_path / "gated")
+    for a, b in zip(preference_probabilities(loaded, tokenizer, records), matrices):
+        torch.testing.assert_close(a, b)

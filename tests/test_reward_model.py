@@ -84,7 +84,7 @@ def test_shared_layout_equals_duplicated_and_single_sequences(tokenizer, arch):
                 ids = ([tokenizer.bos_token_id] + tokenizer(record.prompt, add_special_tokens=False)["input_ids"]
                        + tokenizer(candidate, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
                 hidden = base(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
-                expected = hidden @ model.head.weight[0] + model.head.bias[0]
+                expected = hidden @ model.head.weight[0]  # causal heads are bias-free, as LlamaForSequenceClassification
                 torch.testing.assert_close(scores[k], expected, atol=1e-5, rtol=1e-5)
 
 
@@ -154,27 +154,72 @@ def test_davidson_and_regression_objectives(tokenizer):
 
 # ------------------------------------------------------------------------------------------ persistence
 def test_save_and_load_round_trip(tokenizer, tmp_path):
-    from transformers import AutoModel
-
-    model = tiny_reward_model(tokenizer, num_attributes=2, attribute_weights="learned")
+    model = tiny_reward_model(tokenizer, num_attributes=2, attribute_weights="learned",
+                              attribute_names=["helpfulness", "honesty"])
     with torch.no_grad():
         model.attribute_weights.copy_(torch.tensor([0.9, 0.1]))
     records = gold_lists(3, 3, seed=2)
     model.save_pretrained(tmp_path / "rm", tokenizer=tokenizer)
     files = sorted(os.listdir(tmp_path / "rm"))
-    assert {"config.json", "model.safetensors", "reward_head.safetensors", "reward_config.json"} <= set(files)
+    assert {"config.json", "model.safetensors", "reward_config.json"} <= set(files)
     assert not [f for f in files if f.endswith(".tmp") or f.startswith(".")]
     assert not [f for f in files if f.endswith((".bin", ".pt", ".pkl"))]
     settings = json.loads((tmp_path / "rm" / "reward_config.json").read_text())
-    assert settings["num_attributes"] == 2 and settings["attribute_weights"] == "learned"
+    assert settings["num_attributes"] == 2 and settings["learned_weights"] is True
     loaded = RewardModel.from_pretrained(tmp_path / "rm")
     torch.testing.assert_close(loaded.attribute_weights.detach(), torch.tensor([0.9, 0.1]))
+    assert loaded.attribute_names == ["helpfulness", "honesty"]
     for a, b in zip(score_lists(model, tokenizer, records), score_lists(loaded, tokenizer, records)):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
-    backbone = AutoModel.from_pretrained(tmp_path / "rm")  # transformers' convention: the backbone alone
-    assert type(backbone).__name__ == "LlamaModel"
-    with pytest.raises(FileNotFoundError, match="reward config"):
-        RewardModel.from_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="rankalign_reward"):
+        RewardModel.from_pretrained(_plain_llama_dir(tokenizer, tmp_path))
+
+
+def _plain_llama_dir(tokenizer, tmp_path):
+    lm = tiny_causal_lm(len(tokenizer), hidden_size=32, layers=1, heads=2, seed=0)
+    lm.save_pretrained(tmp_path / "plain")
+    return tmp_path / "plain"
+
+
+@pytest.mark.parametrize("num_attributes", [1, 3])
+def test_saved_model_is_a_transformers_sequence_classifier(tokenizer, tmp_path, num_attributes):
+    """AutoModelForSequenceClassification loads every weight and scores each (prompt, response) exactly as
+    score_lists, on the token ids tokenize_records builds (BOS + prompt + response + EOS), one per row."""
+    from transformers import AutoModelForSequenceClassification
+
+    from rankalign.engine import tokenize_records
+
+    names = ["reward"] if num_attributes == 1 else ["helpfulness", "correctness", "verbosity"]
+    model = tiny_reward_model(tokenizer, num_attributes=num_attributes, attribute_names=names)
+    with torch.no_grad():  # a head that is not the fresh-init default, so a re-initialised head would show
+        model.head.weight.normal_(generator=torch.Generator().manual_seed(5))
+    records = gold_lists(4, 3, seed=4)
+    model.save_pretrained(tmp_path / "rm", tokenizer=tokenizer)
+    classifier, info = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm", output_loading_info=True)
+    assert info["missing_keys"] == set() or not info["missing_keys"], info
+    assert not info["unexpected_keys"] and not info["mismatched_keys"], info
+    assert type(classifier).__name__ == "LlamaForSequenceClassification"
+    assert classifier.config.id2label == dict(enumerate(names))
+    assert classifier.config.label2id == {n: i for i, n in enumerate(names)}
+    torch.testing.assert_close(classifier.score.weight, model.head.weight)
+    ours = score_lists(model, tokenizer, records, return_attributes=True)
+    lists, _ = tokenize_records(tokenizer, records)
+    classifier.eval()
+    with torch.no_grad():
+        for item in lists:
+            for k, response in enumerate(item.response_ids):
+                ids = torch.tensor([item.prompt_ids + response])
+                logits = classifier(input_ids=ids).logits[0]
+                torch.testing.assert_close(logits, ours[item.index][k], atol=1e-5, rtol=1e-5)
+        # batched with right padding: the config's pad id is not EOS, so the class still reads the EOS token
+        pad = classifier.config.pad_token_id
+        assert pad is not None and pad != tokenizer.eos_token_id
+        rows = [item.prompt_ids + r for item in lists for r in item.response_ids]
+        width = max(map(len, rows))
+        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+        mask = (torch.arange(width)[None, :] < torch.tensor([len(r) for r in rows])[:, None]).long()
+        batched = classifier(input_ids=ids, attention_mask=mask).logits
+        torch.testing.assert_close(batched, torch.cat([ours[item.index] for item in lists]), atol=1e-5, rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------ encoder

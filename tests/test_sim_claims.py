@@ -237,3 +237,20 @@ def test_best_of_n_matches_brute_force_enumeration_with_ties():
         for i in winners:  # uniform tie-break among the draws that share the best reward
             expected[i] += prob / len(winners)
     np.testing.assert_allclose(np.exp(best_of_n_log_probs(np.log(base), rewards, n)), expected, atol=1e-12)
+
+
+def test_optimise_policy_reports_divergence_when_dpo_has_no_finite_optimum():
+    # alpha = 1: candidate 0 always beats candidate 1. DPO's loss -log sigma(beta h) only tends to 0 as
+    # h -> infinity, so there is no minimiser; a small final gradient is not convergence.
+    world = make_tabular_world(1, 2, one_hot=True, seed=3)
+    always = np.array([[[0.5, 1.0], [0.0, 0.5]]])
+    result = optimise_policy(world, pairwise_population(always), _registered("dpo"), beta=1.0)
+    assert result.diverged and not result.converged
+    # alpha = 0.8 has the finite optimum h* = log(0.8 / 0.2) / beta (Rafailov et al. 2023): converged
+    sometimes = np.array([[[0.5, 0.8], [0.2, 0.5]]])
+    result = optimise_policy(world, pairwise_population(sometimes), _registered("dpo"), beta=1.0)
+    assert result.converged and not result.diverged
+    log_probs = policy_log_probs(world, result.theta)[0]
+    reference = policy_log_probs(world)[0]
+    h = (log_probs[0] - reference[0]) - (log_probs[1] - reference[1])
+    assert h == pytest.approx(np.log(4.0), abs=1e-5)

@@ -89,7 +89,8 @@ def test_demo_smoke_runs_end_to_end_and_writes_outputs(tmp_path):
     console = Console(file=open(tmp_path / "console.txt", "w"), width=160)
     results = run_demo(str(tmp_path / "out"), settings=settings, console=console, progress=False)
     rows = results["table"]["rows"]
-    assert [r["method"] for r in rows] == ["reference", "dpo (pairs)", "pl_dpo (lists)", "lipo_lambda (lists)"]
+    assert [r["method"] for r in rows] == ["reference", "dpo (pairs)", "pl_dpo (lists)", "lipo_lambda (lists)",
+                                           "online pl_dpo (3 rounds)", "grpo", "rloo"]
     for row in rows:  # estimates are written as {"value": v, "se": s}
         win, se = row["gold win rate"]["value"], row["gold win rate"]["se"]
         assert 0.0 <= win <= 1.0 and math.isfinite(se)
@@ -124,7 +125,7 @@ def test_cli_demo_quick(tmp_path):
 
     from rankalign.cli import main
 
-    result = CliRunner().invoke(main, ["demo", "--quick", "--out", str(tmp_path / "demo"), "--seed", "2"])
+    result = CliRunner().invoke(main, ["demo", "--quick", "-o", str(tmp_path / "demo"), "--seed", "2"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "demo" / "results.json").exists()
 

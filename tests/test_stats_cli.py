@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from rankalign.stats.cli import rate
+from rankalign.cli import main
 from shared_data import needs_shared_data, shared_path  # noqa: E402
 
 FOOTBALL = shared_path("football-epl/matches.csv")
@@ -18,7 +18,7 @@ NETFLIX = shared_path("preflib-netflix/netflix.soc")
 
 
 def run(*args):
-    result = CliRunner().invoke(rate, [str(a) for a in args], catch_exceptions=False)
+    result = CliRunner().invoke(main, ["rate", *(str(a) for a in args)], catch_exceptions=False)
     return result
 
 
@@ -32,7 +32,7 @@ def test_winner_loser_json_closed_form(tmp_path):
     data = write(tmp_path / "pairs.csv", "winner,loser\na,b\na,b\na,b\nb,a\n")
     result = run(data, "--json")
     assert result.exit_code == 0, result.output
-    payload = json.loads(result.output)
+    payload = json.loads(result.stdout)
     assert payload["model"] == "bradley-terry" and payload["scale"] == "logit"
     ratings = {entry["item"]: entry["rating"] for entry in payload["items"]}
     assert ratings["a"] == pytest.approx(math.log(3) / 2, abs=1e-8)
@@ -46,7 +46,7 @@ def test_reference_elo_scale_csv_and_plot(tmp_path):
     out_csv, out_png = tmp_path / "board.csv", tmp_path / "board.png"
     result = run(data, "--reference", "b", "--scale", "elo", "--csv", out_csv, "--plot", out_png, "--json")
     assert result.exit_code == 0, result.output
-    payload = json.loads(result.output)
+    payload = json.loads(result.stdout)
     ratings = {entry["item"]: entry["rating"] for entry in payload["items"]}
     assert ratings["b"] == pytest.approx(1000.0)
     rows = list(csv.DictReader(out_csv.open()))
@@ -59,7 +59,7 @@ def test_table_output_and_bootstrap(tmp_path):
     data = write(tmp_path / "pairs.csv", "winner,loser\na,b\na,b\nb,a\nb,c\nc,b\na,c\nc,a\n")
     result = run(data, "--bootstrap", "30", "--seed", "1")
     assert result.exit_code == 0, result.output
-    assert "bradley-terry ratings" in result.output and "95% CI" in result.output
+    assert "bradley-terry ratings" in result.output and "95% bootstrap CI" in result.output
 
 
 @needs_shared_data
@@ -67,7 +67,7 @@ def test_football_davidson_home_advantage(tmp_path):
     result = run(FOOTBALL, "--model", "davidson", "--home-advantage", "--map",
                  "item_a=home,item_b=away,outcome=result", "--outcomes", "1=a,0=tie,-1=b", "--json")
     assert result.exit_code == 0, result.output
-    payload = json.loads(result.output)
+    payload = json.loads(result.stdout)
     # 882 home wins vs 513 away wins: a clear home advantage; 505 draws of 1900 need nu near 0.9
     assert 0.4 < payload["home"] < 0.9 and 0.7 < payload["nu"] < 1.1
     assert len(payload["items"]) == 29
@@ -79,7 +79,7 @@ def test_netflix_pl_cli_matches_plackettluce(tmp_path):
     # PlackettLuce README: coef 0.67080 (Beverly Hills Cop) with Mean Girls at 0, npseudo = 0.5
     result = run(NETFLIX, "--model", "pl", "--npseudo", "0.5", "--reference", "Mean Girls", "--json")
     assert result.exit_code == 0, result.output
-    payload = json.loads(result.output)
+    payload = json.loads(result.stdout)
     ratings = {entry["item"]: entry["rating"] for entry in payload["items"]}
     assert ratings["Beverly Hills Cop"] == pytest.approx(0.67080, abs=5e-6)
     assert ratings["Mission: Impossible II"] == pytest.approx(-0.43128, abs=5e-6)
@@ -92,27 +92,27 @@ def test_netflix_pl_cli_matches_plackettluce(tmp_path):
 ])
 def test_bad_input_is_a_clear_error(tmp_path, text, expected):
     data = write(tmp_path / "bad.csv", text)
-    result = CliRunner().invoke(rate, [str(data)])
+    result = CliRunner().invoke(main, ["rate", str(data)])
     assert result.exit_code != 0
     assert expected in result.output
 
 
 def test_single_item_and_unknown_outcome(tmp_path):
     data = write(tmp_path / "outcome.csv", "item_a,item_b,outcome\na,b,a\na,b,maybe\n")
-    result = CliRunner().invoke(rate, [str(data)])
+    result = CliRunner().invoke(main, ["rate", str(data)])
     assert result.exit_code != 0 and ":3:" in result.output and "outcome" in result.output
     tie = write(tmp_path / "tie.jsonl", '{"candidates": ["a", "b"], "ranks": [0, 0]}\n')
-    result = CliRunner().invoke(rate, [str(tie), "--model", "pl"])
+    result = CliRunner().invoke(main, ["rate", str(tie), "--model", "pl"])
     assert result.exit_code != 0 and "tie.jsonl:1:" in result.output and "davidson" in result.output
     single = write(tmp_path / "single.jsonl", '{"candidates": ["a"], "ranks": [0]}\n')
-    result = CliRunner().invoke(rate, [str(single), "--model", "pl"])
+    result = CliRunner().invoke(main, ["rate", str(single), "--model", "pl"])
     assert result.exit_code != 0 and "at least two items" in result.output
 
 
 def test_rankings_with_repeated_item_name_the_line(tmp_path):
     data = write(tmp_path / "lists.jsonl", '{"candidates": ["a", "b", "c"], "ranks": [0, 1, 2]}\n'
                                            '{"candidates": ["a", "b", "a"], "ranks": [0, 1, 2]}\n')
-    result = CliRunner().invoke(rate, [str(data), "--model", "pl"])
+    result = CliRunner().invoke(main, ["rate", str(data), "--model", "pl"])
     assert result.exit_code != 0 and ":2:" in result.output
 
 
@@ -121,11 +121,11 @@ def test_pl_ties_davidson_luce_option(tmp_path):
                                            '{"candidates": ["a", "b", "c"], "ranks": [1, 0, 2]}\n'
                                            '{"candidates": ["c", "a", "b"], "ranks": [0, 1, 2]}\n'
                                            '{"candidates": ["b", "c", "a"], "ranks": [0, 1, 1]}\n')
-    refused = CliRunner().invoke(rate, [str(data), "--model", "pl"])
+    refused = CliRunner().invoke(main, ["rate", str(data), "--model", "pl"])
     assert refused.exit_code != 0 and "lists.jsonl:1:" in refused.output and "davidson-luce" in refused.output
     result = run(data, "--model", "pl", "--ties", "davidson-luce", "--json")
     assert result.exit_code == 0, result.output
-    payload = json.loads(result.output)
+    payload = json.loads(result.stdout)
     assert payload["model"] == "davidson-luce" and payload["max_tie"] == 2 and "tie2" in payload
 
 
@@ -150,7 +150,7 @@ def test_covariate_column_contextual_bt(tmp_path):
     data = write(tmp_path / "battles.csv", "\n".join(rows) + "\n")
     result = run(data, "--covariate", "length_diff", "--json")
     assert result.exit_code == 0, result.output
-    payload = json.loads(result.output)
+    payload = json.loads(result.stdout)
     expected = fit_bradley_terry(first, second, outcome, features=np.array(x)[:, None], items=["m0", "m1", "m2"])
     assert payload["weights"][0] == pytest.approx(expected.params["weights"][0], abs=1e-8)
     ratings = {entry["item"]: entry["rating"] for entry in payload["items"]}

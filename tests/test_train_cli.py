@@ -49,7 +49,7 @@ def test_cli_smoke_run_writes_model_config_and_metrics(tmp_path):
 
     # the same output_dir with another objective would resume someone else's checkpoint: refused
     again = CliRunner().invoke(main, ["train", str(config), "--set", "lr=0.01", "--set", "objective=dpo"])
-    assert again.exit_code == 2 and "different config (objective changed)" in again.output
+    assert again.exit_code == 2 and "belongs to a different run (config: objective changed)" in again.output
 
 
 def test_cli_reports_unknown_key_with_suggestion(tmp_path):

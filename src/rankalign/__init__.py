@@ -1,8 +1,10 @@
 """rankalign: learning from human preference feedback, with the ranking as the native unit.
 
-Layers (lower layers never import higher ones): ``data`` -> ``stats`` -> ``losses`` -> ``engine`` ->
-``reward`` / ``personal`` -> ``train`` -> ``eval`` -> ``sim``. Importing ``rankalign`` itself is light: it
-exposes the record model; torch-based subpackages are imported on demand.
+Layers (lower layers never import higher ones; tests/test_layers.py checks it): ``data`` -> ``stats`` ->
+``losses`` -> ``engine`` -> ``reward`` / ``personal`` -> ``train`` -> ``online`` -> ``eval`` -> ``sim`` ->
+``arena``. ``sim`` sits above ``eval``: the simulation lab scores its policies with eval's metrics, and
+eval never imports sim. Importing ``rankalign`` itself is light: it exposes the record model; torch-based
+subpackages are imported on demand.
 """
 
 from .data.errors import DataError

@@ -56,9 +56,15 @@ def max_records_option(f):
                         help="Use only the first N records of the file.")(f)
 
 
+def rank_by_option(f):
+    return click.option("--rank-by", default=None, metavar="ATTRIBUTE",
+                        help="Rated lists (UltraFeedback-style): rank on this attribute (e.g. helpfulness) or "
+                             "per-completion field (e.g. overall_score) instead of the mean of the attributes.")(f)
+
+
 def data_options(f):
-    """``--layout --map --outcomes --skip-invalid --format --max-records``: how a data file is read."""
-    for decorator in (max_records_option, format_option, skip_invalid_option, outcomes_option, map_option,
+    """``--layout --map --outcomes --skip-invalid --format --max-records --rank-by``: how a data file is read."""
+    for decorator in (rank_by_option, max_records_option, format_option, skip_invalid_option, outcomes_option, map_option,
                       layout_option):
         f = decorator(f)
     return f

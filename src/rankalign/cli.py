@@ -6,9 +6,13 @@ Each subpackage owns its commands in its own ``cli`` module; this file only name
 
 from __future__ import annotations
 
+import errno
 import importlib
+import os
 
 import click
+
+from rankalign.errors import MissingExtraError, RankalignError
 
 # command name -> "module:attribute" of a click command or group
 COMMANDS: dict[str, str] = {
@@ -53,11 +57,23 @@ class LazyGroup(click.Group):
             missing = error.name or "a dependency"
             if missing.startswith("rankalign"):
                 raise
-            extra = EXTRA.get(name, "train")
-            raise click.ClickException(
-                f"`rankalign {name}` needs {missing}, which is not installed. "
-                f"Install the {extra} extra: pip install 'rankalign[{extra}]'") from None
+            extra = EXTRA.get(name) or EXTRAS.get(missing.split(".")[0], "train")
+            raise MissingExtraError(f"`rankalign {name}` needs {missing}, which is not installed",
+                                    hint=f"pip install 'rankalign[{extra}]'") from None
         return getattr(module, attribute)
+
+    def invoke(self, ctx):
+        """The one error boundary: every known error becomes ``error: ... (hint: ...)`` on one line."""
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as error:  # noqa: BLE001 -- the boundary: nothing below may end in a traceback
+            if debugging(ctx):
+                raise
+            message, code = one_line_error(error, ctx)
+            click.echo(message, err=True)
+            ctx.exit(code)
 
     def format_commands(self, ctx, formatter):
         rows = [(name, HELP.get(name, "")) for name in self.list_commands(ctx)]
@@ -65,10 +81,90 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
 
+# top-level module of an optional dependency -> the extra that installs it
+EXTRAS = {"torch": "train", "transformers": "train", "accelerate": "train", "trl": "train", "peft": "peft",
+          "matplotlib": "plot", "pyarrow": "parquet", "datasets": "train", "safetensors": "train"}
+
+
+def debugging(ctx=None) -> bool:
+    """True with ``rankalign --debug`` or ``RANKALIGN_DEBUG=1``: errors keep their traceback."""
+    root = ctx.find_root() if ctx is not None else None
+    flag = bool(root and root.params.get("debug"))
+    return flag or os.environ.get("RANKALIGN_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _oneline(text) -> str:
+    return " ".join(str(text).split())
+
+
+def one_line_error(error: BaseException, ctx=None) -> tuple[str, int]:
+    """``("error: <what> (hint: <how to fix>)", exit code)`` for any exception; 1 = data/files, 2 = usage."""
+    hint = None
+    code = 1
+    if isinstance(error, click.UsageError):
+        command = error.ctx.command_path if getattr(error, "ctx", None) is not None else "rankalign"
+        message, hint, code = error.format_message(), f"see `{command} --help`", 2
+    elif isinstance(error, click.ClickException):
+        message, code = error.format_message(), error.exit_code
+    elif isinstance(error, RankalignError):
+        message, hint, code = str(error), error.hint, error.exit_code
+    elif isinstance(error, ModuleNotFoundError) and (error.name or "").split(".")[0] in EXTRAS:
+        top = error.name.split(".")[0]
+        command = ctx.invoked_subcommand if ctx is not None and ctx.invoked_subcommand else "this command"
+        message = f"`rankalign {command}` needs {top}, which is not installed"
+        hint = f"pip install 'rankalign[{EXTRAS[top]}]'"
+    elif isinstance(error, OSError) and error.errno is None:  # raised with a message of its own
+        message = str(error)
+    elif isinstance(error, OSError):
+        where = error.filename or "a file"
+        if error.errno == errno.ENOSPC:
+            message, hint = f"no space left on device while writing {where}", "free space or write elsewhere"
+        elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            message, hint = f"permission denied: {where}", "check the path's permissions or choose another path"
+        elif error.errno == errno.ENOENT:
+            message, hint = f"no such file or directory: {where}", "check the path"
+        elif error.errno in (errno.EISDIR, errno.ENOTDIR):
+            message, hint = f"{error.strerror.lower()}: {where}", "a file and a folder are in each other's way"
+        else:
+            message = f"{error.strerror or error}: {where}"
+    elif isinstance(error, RecursionError):
+        message, hint = "input nested too deeply to read", "check the file's structure"
+    elif isinstance(error, MemoryError):
+        message, hint = "out of memory", "use a smaller input (--max-records) or batch size"
+    else:
+        message = f"unexpected {type(error).__name__}: {error}"
+        hint = "rerun with `rankalign --debug ...` (or RANKALIGN_DEBUG=1) for the traceback, and report it"
+    line = f"error: {_oneline(message)}"
+    if hint:
+        line += f" (hint: {_oneline(hint)})"
+    return line, code
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="rankalign")
-def main():
+@click.option("--debug", is_flag=True, help="Show the full traceback of an error (or set RANKALIGN_DEBUG=1).")
+def main(debug):
     """rankalign: learn from human preference feedback, with the ranking as the native unit."""
+    _one_line_warnings()
+
+
+def _one_line_warnings() -> None:
+    """Print :class:`~rankalign.errors.RankalignWarning` as ``warning: ...`` (no file and line of code)."""
+    import warnings
+
+    from rankalign.errors import RankalignWarning
+
+    original = warnings.formatwarning
+    if getattr(original, "_rankalign", False):
+        return
+
+    def formatwarning(message, category, filename, lineno, line=None):
+        if issubclass(category, RankalignWarning):
+            return f"warning: {_oneline(message)}\n"
+        return original(message, category, filename, lineno, line)
+
+    formatwarning._rankalign = True
+    warnings.formatwarning = formatwarning
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -426,10 +426,17 @@ async def logout(request: Request):
     return response
 
 
+async def _signed_in(request: Request):
+    """The annotator of the page's session cookie, or None."""
+    token = request.cookies.get(COOKIE)
+    if not token or len(token) > 200:
+        return None
+    return await run_in_threadpool(db.find_annotator, request.app.state.arena.engine, token)
+
+
 async def vote_page(request: Request):
     arena: Arena = request.app.state.arena
-    token = request.cookies.get(COOKIE)
-    annotator = await run_in_threadpool(db.find_annotator, arena.engine, token) if token else None
+    annotator = await _signed_in(request)
     if annotator is None:
         return RedirectResponse("/", status_code=303)
     try:
@@ -470,8 +477,7 @@ async def leaderboard_page(request: Request):
 
 async def admin_page(request: Request):
     arena: Arena = request.app.state.arena
-    token = request.cookies.get(COOKIE)
-    annotator = await run_in_threadpool(db.find_annotator, arena.engine, token) if token else None
+    annotator = await _signed_in(request)
     if annotator is None:
         return RedirectResponse("/", status_code=303)
     if not annotator.is_admin:

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-import json
-import sys
-
 import click
 
+from rankalign._cli import deprecated_option, output_option, resolve_deprecated
 from rankalign.data.errors import DataError
 
 from .sampling import SAMPLERS
 
 _db_option = click.option("--db", "url", required=True, metavar="URL",
                           help="sqlite:///arena.db (or a plain path) or postgresql://user@host/dbname.")
+
+
+def _migrated(url):
+    """An engine on ``url`` with the schema brought up to date (Alembic upgrade to head)."""
+    from . import db
+
+    engine = db.connect(url)
+    db.migrate(engine)
+    return engine
 
 
 @click.group()
@@ -34,8 +41,7 @@ def init(url, items_path, admin_name):
         records = read_items(items_path)
     except DataError as error:
         raise click.ClickException(str(error)) from None
-    engine = db.connect(url)
-    db.migrate(engine)
+    engine = _migrated(url)
     try:
         counts = db.load_items(engine, records)
         token = db.add_annotator(engine, admin_name, admin=True)
@@ -55,10 +61,8 @@ def add_annotator_command(name, url, admin, quota):
     """Create an annotator NAME and print its token (last line; only its hash is stored)."""
     from . import db
 
-    engine = db.connect(url)
-    db.migrate(engine)
     try:
-        token = db.add_annotator(engine, name, admin=admin, quota=quota)
+        token = db.add_annotator(_migrated(url), name, admin=admin, quota=quota)
     except ValueError as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"annotator {name!r} created{' (admin)' if admin else ''}"
@@ -69,7 +73,7 @@ def add_annotator_command(name, url, admin, quota):
 @arena.command("serve")
 @_db_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on.")
 @click.option("--sampler", type=click.Choice(SAMPLERS), default="info", show_default=True,
               help="info: expected information gain; ucb: K-Sort-style UCB match-making; uniform: at random.")
 @click.option("--k", type=click.IntRange(2, 8), default=2, show_default=True,
@@ -85,14 +89,11 @@ def serve(url, host, port, sampler, k, prior, per_minute, burst, seed):
     """Run the arena server (uvicorn). Stop it with Ctrl-C; every acknowledged vote is committed."""
     import uvicorn
 
-    from . import db
     from .app import create_app
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: listening on {host}, reachable from other machines; put TLS in front.", err=True)
-    engine = db.connect(url)
-    db.migrate(engine)
-    engine.dispose()
+    _migrated(url).dispose()
     try:
         app = create_app(url, sampler=sampler, k=k, prior=prior, per_minute=per_minute, burst=burst, seed=seed)
     except ValueError as error:
@@ -102,12 +103,17 @@ def serve(url, host, port, sampler, k, prior, per_minute, burst, seed):
 
 @arena.command("export")
 @_db_option
-@click.argument("out", type=click.Path(dir_okay=False))
+@click.argument("legacy_out", metavar="[OUT]", required=False, type=click.Path(dir_okay=False))
+@output_option("the records (JSONL, CSV, JSON or Parquet by extension)")
 @click.option("--form", type=click.Choice(["items", "responses"]), default="items", show_default=True,
               help="items: candidates are item ids (for `rankalign rate`); responses: the response texts "
                    "(for `rankalign train`).")
-def export(url, out, form):
-    """Write every vote as a rankalign record (JSONL, CSV, JSON or Parquet by extension), atomically."""
+def export(url, legacy_out, output, form):
+    """Write every vote as a rankalign record to -o/--output, atomically (a positional OUT still works,
+    deprecated)."""
+    out = resolve_deprecated(output, legacy_out, new="-o/--output", old="the positional OUT")
+    if out is None:
+        raise click.UsageError("give the output file with -o/--output PATH")
     from rankalign.data.readers import write
 
     from . import db
@@ -121,21 +127,30 @@ def export(url, out, form):
 
 
 @arena.command("simulate")
-@click.option("--items", "n_items", type=click.IntRange(min=3), default=16, show_default=True)
-@click.option("--annotators", "n_annotators", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--k", type=click.IntRange(2, 8), default=2, show_default=True)
-@click.option("--votes", "budget", type=click.IntRange(min=10), default=400, show_default=True)
-@click.option("--repeats", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--items", "n_items", type=click.IntRange(min=3), default=16, show_default=True,
+              help="Items in the simulated arena.")
+@click.option("--annotators", "n_annotators", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Simulated annotators.")
+@click.option("--k", type=click.IntRange(2, 8), default=2, show_default=True, help="Items shown per vote.")
+@click.option("--votes", "budget", type=click.IntRange(min=10), default=400, show_default=True,
+              help="Votes per simulated run.")
+@click.option("--repeats", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Independent simulated worlds (the same ones for every sampler).")
 @click.option("--spread", type=click.FloatRange(min=0.0), default=1.0, show_default=True,
               help="Standard deviation of the gold utilities.")
-@click.option("--temperature", type=click.FloatRange(min=1e-6), default=1.0, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=1e-6), default=1.0, show_default=True,
+              help="Annotator noise: the temperature of the Plackett-Luce choice.")
 @click.option("--targets", default="0.8,0.9", show_default=True, help="Kendall tau levels to report.")
-@click.option("--samplers", default=",".join(SAMPLERS), show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="arena_study", show_default=True,
-              help="Folder for study.json, study.csv and study.png.")
-def simulate(n_items, n_annotators, k, budget, repeats, spread, temperature, targets, samplers, seed, out_dir):
+@click.option("--samplers", default=",".join(SAMPLERS), show_default=True, help="Comma-separated samplers to compare.")
+@click.option("--exploration", type=click.FloatRange(min=0.0), default=1.0, show_default=True,
+              help="c of the ucb sampler's bonus c * sigma.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the simulation.")
+@output_option("study.json, study.md and study.png (a folder)", file=False, default="arena_study", show_default=True)
+@deprecated_option("--out", "legacy_out", "-o/--output", type=click.Path(file_okay=False))
+def simulate(n_items, n_annotators, k, budget, repeats, spread, temperature, targets, samplers, exploration, seed,
+             output, legacy_out):
     """Active against uniform sampling with simulated annotators: votes needed to reach a rank accuracy."""
+    out_dir = resolve_deprecated(output, legacy_out, new="-o/--output", old="--out", new_default="arena_study")
     from .study import print_table, run_study, save_study
 
     chosen = [s.strip() for s in samplers.split(",") if s.strip()]
@@ -144,8 +159,9 @@ def simulate(n_items, n_annotators, k, budget, repeats, spread, temperature, tar
         raise click.UsageError(f"unknown sampler(s) {unknown}; choose from {', '.join(SAMPLERS)}")
     levels = [float(t) for t in targets.split(",")]
     study = run_study(n_items=n_items, n_annotators=n_annotators, k=k, budget=budget, repeats=repeats,
-                      spread=spread, temperature=temperature, samplers=chosen, targets=levels, seed=seed)
+                      spread=spread, temperature=temperature, samplers=chosen, targets=levels, seed=seed,
+                      exploration=exploration)
     paths = save_study(study, out_dir)
     print_table(study)
-    click.echo(json.dumps({"written": [str(p) for p in paths]}), err=False)
-    sys.stdout.flush()
+    for path in paths:
+        click.echo(f"wrote {path.suffix[1:]}: {path}", err=True)

@@ -195,13 +195,6 @@ def add_annotator(engine: Engine, name: str, *, admin: bool = False, quota: int 
     return token
 
 
-def set_quota(engine: Engine, name: str, quota: int | None) -> None:
-    with engine.begin() as connection:
-        updated = connection.execute(annotators.update().where(annotators.c.name == name).values(quota=quota))
-        if updated.rowcount != 1:
-            raise ValueError(f"no annotator named {name!r}")
-
-
 def insert_vote(engine: Engine, annotator_id: int, quota: int | None, vote: dict) -> tuple[int, bool]:
     """Store a validated vote once per (annotator, request_id); return ``(vote id, created)``.
 

@@ -63,7 +63,7 @@ def read_items(path) -> list[dict]:
             raise row.error
         for key in row:
             if key not in ("id", "name", "content", "responses"):
-                raise DataError(f"unknown field (accepted: id, name, content, responses)", path=path, line=line,
+                raise DataError("unknown field (accepted: id, name, content, responses)", path=path, line=line,
                                 field=key, reason="unknown_field")
         for key in ("id", "name"):
             if key not in row:

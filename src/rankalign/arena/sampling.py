@@ -15,9 +15,10 @@ Rules (:data:`SAMPLERS`):
   largest gain is shown; for K > 2 items are added greedily by the sum of their gains with those chosen.
 * ``"ucb"`` -- K-Sort Arena-style match-making (Li et al. 2024, "K-Sort Arena: Efficient and Reliable
   Benchmarking for Generative Models via K-wise Human Preferences"): the anchor is the item with the
-  highest upper confidence bound ``mu_i + c sigma_i``; its opponents are the items whose strength is
-  closest to the anchor's after an exploration bonus, ``-|mu_j - mu_anchor| + c sigma_j``, so that close,
-  uncertain match-ups are played first.
+  highest upper confidence bound ``mu_i + c sigma_i``; its K - 1 opponents are drawn at random among the
+  2(K - 1) items whose strength is closest to the anchor's after an exploration bonus,
+  ``-|mu_j - mu_anchor| + c sigma_j``, so that close, uncertain match-ups near the top are played first.
+  It spends its votes on the leaders, not on the order of the whole list.
 * ``"uniform"`` -- K distinct items uniformly at random (the baseline).
 
 Ties between equal scores are broken at random, so that no rule keeps showing the first items of a file.
@@ -114,10 +115,8 @@ def choose(rule: str, mean, cov, k: int, rng: np.random.Generator, *, allowed: S
         anchor = _argmax_random(sub_mean + exploration * sigma, rng)
         closeness = -np.abs(sub_mean - sub_mean[anchor]) + exploration * sigma
         closeness[anchor] = -np.inf
-        chosen = [anchor]
-        while len(chosen) < k:
-            pick = _argmax_random(closeness, rng)
-            chosen.append(pick)
-            closeness[pick] = -np.inf
+        # the K-1 opponents are drawn among the 2(K-1) best match-ups, so that a decided pair is not replayed
+        shortlist = np.argsort(-closeness + rng.uniform(0, 1e-9, len(closeness)))[:min(len(pool) - 1, 2 * (k - 1))]
+        chosen = [anchor, *(int(i) for i in rng.choice(shortlist, size=k - 1, replace=False))]
     order = rng.permutation(k)  # the position on screen carries no information
     return [int(pool[chosen[i]]) for i in order]

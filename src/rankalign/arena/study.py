@@ -9,7 +9,9 @@ accuracy: 1 = the gold order, 0 = unrelated).
 
 Reported per sampler: the mean Kendall tau against the number of votes over ``repeats`` independent
 worlds (the same worlds for every sampler), and the number of votes at which the mean curve first reaches
-each target level; the saving is ``1 - votes(sampler) / votes(uniform)``.
+each target level; the saving is ``1 - votes(sampler) / votes(uniform)``. Also the share of worlds in
+which the belief's best item is the gold best (what a UCB match-maker, which plays the leaders most,
+is built for).
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from .sampling import bt_posterior, choose, vote_comparisons
 
 
 def simulate_run(utilities, sampler: str, *, k: int, budget: int, population, rng, checkpoints,
-                 prior_variance: float = 1.0):
-    """Kendall tau of the belief's ranking against ``utilities`` after each number of votes in ``checkpoints``."""
+                 prior_variance: float = 1.0, exploration: float = 1.0):
+    """Kendall tau of the belief's ranking against ``utilities``, and whether its best item is the gold best
+    (1.0 or 0.0), after each number of votes in ``checkpoints``: two arrays."""
     from rankalign.sim.annotators import annotate
 
     n = len(utilities)
@@ -36,11 +39,11 @@ def simulate_run(utilities, sampler: str, *, k: int, budget: int, population, rn
     gold_weights = np.ones(1)
     pairs = ([], [], [])  # first, second, outcome of every pair the votes so far imply
     mean, cov = np.zeros(n), np.eye(n) * prior_variance
-    taus, wanted, stale = [], set(checkpoints), False
+    taus, tops, wanted, stale = [], [], set(checkpoints), False
     for t in range(1, budget + 1):
         if sampler != "uniform" and stale:
             mean, cov = bt_posterior(n, *map(np.concatenate, pairs), prior_variance=prior_variance)
-        chosen = choose(sampler, mean, cov, k, rng)
+        chosen = choose(sampler, mean, cov, k, rng, exploration=exploration)
         annotator = population[int(rng.integers(len(population)))]
         record = annotate(annotator, None, [ids[i] for i in chosen], utilities[chosen][:, None], rng,
                           kind="ranking", gold_weights=gold_weights)
@@ -51,7 +54,8 @@ def simulate_run(utilities, sampler: str, *, k: int, budget: int, population, rn
             if sampler == "uniform":
                 mean, cov = bt_posterior(n, *map(np.concatenate, pairs), prior_variance=prior_variance)
             taus.append(float(kendalltau(mean, utilities).statistic))
-    return np.asarray(taus)
+            tops.append(float(np.argmax(mean) == np.argmax(utilities)))
+    return np.asarray(taus), np.asarray(tops)
 
 
 def votes_to_reach(checkpoints, curve, target):
@@ -61,28 +65,32 @@ def votes_to_reach(checkpoints, curve, target):
 
 
 def run_study(*, n_items=16, n_annotators=20, k=2, budget=400, repeats=30, spread=1.0, temperature=1.0,
-              samplers=("info", "ucb", "uniform"), targets=(0.8, 0.9), seed=0, every=10, progress=None) -> dict:
+              samplers=("info", "ucb", "uniform"), targets=(0.8, 0.9), seed=0, every=10, exploration=1.0,
+              progress=None) -> dict:
     """Run every sampler on the same ``repeats`` worlds; return curves and the votes-to-target table."""
     from rankalign.sim.annotators import make_population
 
     population = make_population([("crowd", n_annotators, None)], choice="plackett_luce", temperature=temperature)
     checkpoints = list(range(every, budget + 1, every))
-    curves = {}
+    curves, top_curves = {}, {}
     for sampler in samplers:
-        runs = []
+        runs, tops = [], []
         for repeat in range(repeats):
             world = np.random.default_rng([seed, repeat])
             utilities = world.normal(0.0, spread, n_items)
             rng = np.random.default_rng([seed, repeat, 1 + list(samplers).index(sampler)])
-            runs.append(simulate_run(utilities, sampler, k=k, budget=budget, population=population, rng=rng,
-                                     checkpoints=checkpoints))
+            tau, top = simulate_run(utilities, sampler, k=k, budget=budget, population=population, rng=rng,
+                                    checkpoints=checkpoints, exploration=exploration)
+            runs.append(tau)
+            tops.append(top)
             if progress:
                 progress(sampler, repeat)
         curves[sampler] = np.stack(runs)
+        top_curves[sampler] = np.stack(tops).mean(axis=0)
     table = []
     for sampler in samplers:
         mean_curve = curves[sampler].mean(axis=0)
-        row = {"sampler": sampler, "final_tau": float(mean_curve[-1]),
+        row = {"sampler": sampler, "final_tau": float(mean_curve[-1]), "final_top1": float(top_curves[sampler][-1]),
                "final_tau_se": float(curves[sampler][:, -1].std(ddof=1) / math.sqrt(repeats)) if repeats > 1 else None}
         for target in targets:
             row[f"votes_tau_{target:g}"] = votes_to_reach(checkpoints, mean_curve, target)
@@ -95,11 +103,13 @@ def run_study(*, n_items=16, n_annotators=20, k=2, budget=400, repeats=30, sprea
     return {
         "settings": {"n_items": n_items, "n_annotators": n_annotators, "k": k, "budget": budget, "repeats": repeats,
                      "spread": spread, "temperature": temperature, "seed": seed, "targets": list(targets),
+                     "exploration": exploration,
                      "annotator_choice": "plackett_luce"},
         "checkpoints": checkpoints,
         "curves": {s: c.mean(axis=0).tolist() for s, c in curves.items()},
         "curves_se": {s: (c.std(axis=0, ddof=1) / math.sqrt(repeats)).tolist() if repeats > 1 else None
                       for s, c in curves.items()},
+        "top1": {s: c.tolist() for s, c in top_curves.items()},
         "table": table,
     }
 
@@ -114,12 +124,13 @@ def table_lines(study) -> list[str]:
     """The votes-to-target table as Markdown lines."""
     targets = study["settings"]["targets"]
     head = ["sampler"] + [f"votes to tau>={t:g}" for t in targets] + [f"saving at {t:g}" for t in targets] + \
-        [f"tau after {study['settings']['budget']}"]
+        [f"tau after {study['settings']['budget']}", "best item found"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in study["table"]:
         cells = [row["sampler"]] + [_fmt(row[f"votes_tau_{t:g}"]) for t in targets] + \
             [_fmt(row[f"saving_tau_{t:g}"], pct=True) for t in targets] + \
-            [f"{row['final_tau']:.3f}" + (f" ± {row['final_tau_se']:.3f}" if row["final_tau_se"] else "")]
+            [f"{row['final_tau']:.3f}" + (f" ± {row['final_tau_se']:.3f}" if row["final_tau_se"] else ""),
+             f"{100 * row['final_top1']:.0f}%"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -143,22 +154,27 @@ def save_study(study, out_dir) -> list[Path]:
     paths = [out / "study.json", out / "study.md", out / "study.png"]
     atomic_write_text(paths[0], json.dumps(study, indent=1))
     atomic_write_text(paths[1], "\n".join(table_lines(study)) + "\n")
-    figure, axes = plt.subplots(figsize=(6.4, 4.0))
+    figure, (axes, top_axes) = plt.subplots(1, 2, figsize=(10.0, 4.0))
     x = np.asarray(study["checkpoints"])
     for sampler, curve in study["curves"].items():
         curve = np.asarray(curve)
-        axes.plot(x, curve, label=sampler)
+        line, = axes.plot(x, curve, label=sampler)
         if study["curves_se"][sampler] is not None:
             se = np.asarray(study["curves_se"][sampler])
-            axes.fill_between(x, curve - 1.96 * se, curve + 1.96 * se, alpha=0.2)
+            axes.fill_between(x, curve - 1.96 * se, curve + 1.96 * se, alpha=0.2, color=line.get_color())
+        top_axes.plot(x, study["top1"][sampler], label=sampler, color=line.get_color())
     for target in study["settings"]["targets"]:
         axes.axhline(target, color="0.6", linestyle=":", linewidth=1)
     s = study["settings"]
     axes.set_xlabel("votes")
     axes.set_ylabel("Kendall tau with the gold ranking")
     axes.set_title(f"{s['n_items']} items, K={s['k']}, {s['repeats']} simulated worlds")
-    axes.grid(alpha=0.3)
-    axes.legend()
+    top_axes.set_xlabel("votes")
+    top_axes.set_ylabel("share of worlds where the top item is right")
+    top_axes.set_ylim(0, 1.02)
+    for ax in (axes, top_axes):
+        ax.grid(alpha=0.3)
+        ax.legend()
     figure.tight_layout()
     atomic_write(paths[2], lambda stream: figure.savefig(stream, format="png", dpi=110), binary=True)
     plt.close(figure)

@@ -20,6 +20,8 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from rankalign.errors import UsageError
+
 from .._atomic import atomic_write  # noqa: F401  (the readers write through it)
 from .errors import DataError
 
@@ -48,7 +50,7 @@ def detect_format(source, format: str | None = None) -> str:
     """The file format of ``source``: ``format`` if given, else from the extension (``.gz`` not supported)."""
     if format is not None:
         if format not in FORMATS:
-            raise ValueError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+            raise UsageError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
         return format
     if is_dataset(source):
         return "dataset"
@@ -63,14 +65,10 @@ def detect_format(source, format: str | None = None) -> str:
 
 
 def need_pyarrow():
-    try:
-        import pyarrow  # noqa: F401
-        import pyarrow.parquet as pq
-    except ModuleNotFoundError:
-        raise ModuleNotFoundError(
-            "reading or writing Parquet needs pyarrow, which is not installed: "
-            "pip install 'rankalign[parquet]'") from None
-    return pq
+    from rankalign.errors import require
+
+    require("pyarrow", "parquet", "reading or writing Parquet")
+    return require("pyarrow.parquet", "parquet", "reading or writing Parquet")
 
 
 # -------------------------------------------------------------------------------------------- readers
@@ -82,19 +80,31 @@ def _decode_line(raw: bytes, path: str, line: int) -> str:
                         path=path, line=line, reason="bad_encoding") from None
 
 
+def loads_json(text: str, path=None, line=None, field=None):
+    """``json.loads`` whose failures are :class:`DataError`: malformed JSON, or nesting too deep to parse
+    (``reason="too_deep"``, instead of a RecursionError that ``--skip-invalid`` could not count)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataError(f"malformed JSON: {error.msg} (column {error.colno})", path=path,
+                        line=line if line is not None or path is None else error.lineno, field=field,
+                        reason="malformed_json") from None
+    except RecursionError:
+        raise DataError("JSON nested too deeply to read", path=path, line=line, field=field,
+                        reason="too_deep") from None
+
+
 def iter_jsonl(path: str) -> Iterator[tuple[int, dict | BadRow]]:
-    """JSON Lines: one object per line; blank lines are ignored."""
+    """JSON Lines: one object per line; blank lines are ignored; a UTF-8 byte-order mark is accepted."""
     with open(path, "rb") as handle:
         for line, raw in enumerate(handle, 1):
+            if line == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
             if not raw.strip():
                 continue
             try:
                 text = _decode_line(raw, path, line)
-                try:
-                    row = json.loads(text)
-                except json.JSONDecodeError as error:
-                    raise DataError(f"malformed JSON: {error.msg} (column {error.colno})", path=path, line=line,
-                                    reason="malformed_json") from None
+                row = loads_json(text, path, line)
                 if not isinstance(row, dict):
                     raise DataError(f"expected a JSON object per line, got {type(row).__name__}", path=path,
                                     line=line, reason="bad_type")
@@ -118,11 +128,7 @@ def _read_text(path: str) -> str:
 def iter_json(path: str) -> Iterator[tuple[int, dict | BadRow]]:
     """A JSON document: a list of objects, or an object holding one under ``"data"`` or ``"records"``."""
     text = _read_text(path)
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise DataError(f"malformed JSON: {error.msg} (column {error.colno})", path=path, line=error.lineno,
-                        reason="malformed_json") from None
+    document = loads_json(text, path)
     if isinstance(document, dict):
         for key in ("data", "records", "rows"):
             if isinstance(document.get(key), list):
@@ -298,12 +304,34 @@ def read_preflib(path: str, *, skip_invalid: bool = False):
                 header[key.upper()] = value
             continue
         try:
-            orders.append((line,) + _parse_preflib_order(stripped, path, line))
+            count, groups = _parse_preflib_order(stripped, path, line)
+            _check_alternatives(groups, names, header, path, line)
+            orders.append((line, count, groups))
         except DataError as error:
             if not skip_invalid:
                 raise
             bad.append(error)
     return names, orders, header, bad
+
+
+def _check_alternatives(groups, names, header, path, line) -> None:
+    """Every alternative of an order must be declared: ``1..NUMBER ALTERNATIVES`` (or a named one); an
+    undeclared id would otherwise become a new item nobody voted on."""
+    declared = header.get("NUMBER ALTERNATIVES")
+    if declared is None:
+        return
+    try:
+        number = int(declared)
+    except ValueError:
+        raise DataError(f"NUMBER ALTERNATIVES must be an integer, got {declared!r}", path=path,
+                        field="NUMBER ALTERNATIVES", reason="bad_header") from None
+    for group in groups:
+        for alternative in group:
+            if alternative in names:
+                continue
+            if not (alternative.isdigit() and 1 <= int(alternative) <= number):
+                raise DataError(f"alternative {alternative!r} is outside 1..{number} (NUMBER ALTERNATIVES)",
+                                path=path, line=line, field="order", reason="unknown_alternative")
 
 
 def _parse_preflib_order(text: str, path: str, line: int):

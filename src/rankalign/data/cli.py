@@ -8,15 +8,16 @@ import click
 
 from rankalign._cli import (
     data_options,
-        json_option,
+    json_option,
     output_option,
     resolve_deprecated,
     wrote,
 )
+from rankalign._escape import for_terminal
 
-from .errors import DataError
 from .readers import iter_records, write
 from .records import PAIR_STRATEGIES
+from .summary import rank_by as rank_records
 from .summary import summarize, to_lists, to_pairs
 from .trl import TRL_TARGETS, to_trl, to_trl_kto, write_rows
 
@@ -26,17 +27,15 @@ def data():
     """Inspect, validate and convert preference data files."""
 
 
-def _stream(path, layout, mapping, outcomes, skip_invalid, file_format, max_records=None):
-    try:
-        stream = iter_records(path, layout=layout, mapping=mapping, outcomes=outcomes, skip_invalid=skip_invalid,
-                              format=file_format)
-    except (ValueError, DataError) as error:
-        raise click.ClickException(str(error)) from None
-    if max_records is None:
-        return stream, stream
-    import itertools
+def _stream(path, layout, mapping, outcomes, skip_invalid, file_format, max_records=None, rank_by=None):
+    stream = iter_records(path, layout=layout, mapping=mapping, outcomes=outcomes, skip_invalid=skip_invalid,
+                          format=file_format)
+    records = rank_records(stream, rank_by)
+    if max_records is not None:
+        import itertools
 
-    return itertools.islice(stream, max_records), stream
+        records = itertools.islice(records, max_records)
+    return records, stream
 
 
 def _fmt_percentiles(stats):
@@ -49,14 +48,11 @@ def _fmt_percentiles(stats):
 @click.argument("file", type=click.Path(exists=True))
 @json_option
 @data_options
-def inspect(file, as_json, layout, mapping, outcomes, skip_invalid, file_format, max_records):
+def inspect(file, as_json, layout, mapping, outcomes, skip_invalid, file_format, max_records, rank_by):
     """Validate FILE and report what is in it: records, layout, list sizes, tie rate, annotators,
     prompt/response lengths (characters), empty responses, duplicates and problems found."""
-    records, stream = _stream(file, layout, mapping, outcomes, skip_invalid, file_format, max_records)
-    try:
-        summary = summarize(records, stream.report)
-    except (ValueError, DataError) as error:
-        raise click.ClickException(str(error)) from None
+    records, stream = _stream(file, layout, mapping, outcomes, skip_invalid, file_format, max_records, rank_by)
+    summary = summarize(records, stream.report)
     summary["layout"] = stream.layout
     summary["file"] = str(file)
     if as_json:
@@ -65,7 +61,7 @@ def inspect(file, as_json, layout, mapping, outcomes, skip_invalid, file_format,
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{file}", show_header=False)
+    table = Table(title=for_terminal(file), show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
     table.add_row("layout", str(summary["layout"]))
@@ -90,13 +86,13 @@ def inspect(file, as_json, layout, mapping, outcomes, skip_invalid, file_format,
     table.add_row("empty responses", f"{summary['empty_responses']:,}")
     table.add_row("duplicates", f"{summary['duplicates']:,}")
     if summary["labels"]:
-        table.add_row("labels", str(summary["labels"]))
+        table.add_row("labels", for_terminal(summary["labels"]))
     if summary["notes"]:
-        table.add_row("notes", ", ".join(f"{k} {v:,.6g}" for k, v in summary["notes"].items()))
+        table.add_row("notes", for_terminal(", ".join(f"{k} {v:,.6g}" for k, v in summary["notes"].items())))
     console = Console()
     console.print(table)
     for problem in summary["problems"]:
-        console.print(f"[yellow]problem[/yellow] {problem}", markup=True, highlight=False)
+        console.print(f"[yellow]problem[/yellow] {for_terminal(problem)}", markup=True, highlight=False)
 
 
 @data.command()
@@ -112,7 +108,7 @@ def inspect(file, as_json, layout, mapping, outcomes, skip_invalid, file_format,
 @json_option
 @data_options
 def convert(in_file, legacy_out, output, target, strategy, as_json, layout, mapping, outcomes, skip_invalid,
-            file_format, max_records):
+            file_format, max_records, rank_by):
     """Convert IN to native records (or TRL rows) in -o/--output, written atomically.
 
     The report counts everything expanded, merged or dropped (by reason); conflicting judgments of the same
@@ -120,19 +116,16 @@ def convert(in_file, legacy_out, output, target, strategy, as_json, layout, mapp
     output = resolve_deprecated(output, legacy_out, new="-o/--output", old="the positional OUT")
     if output is None:
         raise click.UsageError("give the output file with -o/--output PATH")
-    records, stream = _stream(in_file, layout, mapping, outcomes, skip_invalid, file_format, max_records)
-    try:
-        if target == "pairs":
-            converted, report = to_pairs(records, strategy)
-        elif target == "lists":
-            converted, report = to_lists(records)
-        elif target == "trl":
-            converted, report = to_trl(records, strategy)
-        else:
-            converted, report = to_trl_kto(records)
-        written = (write_rows if target in TRL_TARGETS else write)(converted, output)
-    except (ValueError, DataError) as error:
-        raise click.ClickException(str(error)) from None
+    records, stream = _stream(in_file, layout, mapping, outcomes, skip_invalid, file_format, max_records, rank_by)
+    if target == "pairs":
+        converted, report = to_pairs(records, strategy)
+    elif target == "lists":
+        converted, report = to_lists(records)
+    elif target == "trl":
+        converted, report = to_trl(records, strategy)
+    else:
+        converted, report = to_trl_kto(records)
+    written = (write_rows if target in TRL_TARGETS else write)(converted, output)
     report["read"] = stream.report.to_dict()
     report["written"] = written
     report["output"] = str(output)

@@ -28,9 +28,10 @@ from .layouts import (
     OUTCOME_VALUE,
     RowContext,
     check_layout,
+    check_mapped_columns,
     detect_layout,
     label_key,
-    parse_pairs_option,
+    parse_mapping,
     row_to_record,
 )
 from .readers import _MAX_LINES, _MAX_PROBLEMS, ReadReport
@@ -218,7 +219,7 @@ def read_comparisons(source, *, layout: str | None = None, mapping=None, outcome
     if fmt == "preflib":
         raise DataError("a PrefLib file holds rankings, not two-item comparisons; read it with "
                         "rankalign.data.read()", path=path, reason="unknown_layout")
-    mapping = parse_pairs_option(mapping, "mapping")
+    mapping = parse_mapping(mapping, extra=keep)
     report = ReadReport(path=path)
     table = None
     if fmt == "csv":
@@ -232,6 +233,7 @@ def read_comparisons(source, *, layout: str | None = None, mapping=None, outcome
     n = table.n
     if n == 0 and not table.bad_rows:
         raise DataError("no records: the file has no data rows", path=path, reason="empty_file")
+    check_mapped_columns(mapping, table.factorized.keys(), path)
     renamed = {theirs: ours for ours, theirs in mapping.items()}
     table.rename(renamed)
     if layout is None:

@@ -10,8 +10,10 @@ field) and *what kind* of problem it is (``reason``, a short stable code used to
 
 from __future__ import annotations
 
+from rankalign.errors import RankalignError
 
-class DataError(ValueError):
+
+class DataError(RankalignError, ValueError):
     """Invalid preference data, with its location.
 
     Parameters
@@ -26,15 +28,18 @@ class DataError(ValueError):
         Name of the offending field, e.g. ``"ranks[2]"`` or ``"rejected"``.
     reason : str, optional
         Stable short code (``"malformed_json"``, ``"missing_field"``, ``"rank_out_of_range"``, ...).
+    hint : str, optional
+        How to fix it, shown by the CLI as ``(hint: ...)``.
     """
 
-    def __init__(self, message: str, *, path=None, line=None, field=None, reason: str | None = None):
+    def __init__(self, message: str, *, path=None, line=None, field=None, reason: str | None = None,
+                 hint: str | None = None):
         self.message = message
         self.path = None if path is None else str(path)
         self.line = line
         self.field = field
         self.reason = reason or "invalid"
-        super().__init__(str(self))
+        super().__init__(str(self), hint=hint)
 
     def at(self, path=None, line=None, field_prefix: str | None = None) -> DataError:
         """Return a copy located at ``path``/``line``; ``field_prefix`` nests the field (``"rows[3].ranks"``)."""
@@ -47,6 +52,7 @@ class DataError(ValueError):
             line=line if line is not None else self.line,
             field=field,
             reason=self.reason,
+            hint=self.hint,
         )
 
     def __str__(self) -> str:
@@ -63,8 +69,8 @@ class DataError(ValueError):
         return where + self.message
 
     def __reduce__(self):  # keep the location across process boundaries
-        return (_rebuild, (self.message, self.path, self.line, self.field, self.reason))
+        return (_rebuild, (self.message, self.path, self.line, self.field, self.reason, self.hint))
 
 
-def _rebuild(message, path, line, field, reason):
-    return DataError(message, path=path, line=line, field=field, reason=reason)
+def _rebuild(message, path, line, field, reason, hint=None):
+    return DataError(message, path=path, line=line, field=field, reason=reason, hint=hint)

@@ -19,6 +19,8 @@ import math
 from collections import Counter
 from collections.abc import Mapping
 
+from rankalign.errors import UsageError
+
 from .errors import DataError
 from .records import Judgment, RankedList
 
@@ -87,18 +89,63 @@ def parse_pairs_option(spec, what: str) -> dict[str, str]:
             continue
         key, eq, value = part.partition("=")
         if not eq or not key.strip():
-            raise ValueError(f"{what}: expected key=value pairs separated by commas, got {part!r}")
-        out[key.strip()] = value.strip()
+            raise UsageError(f"{what}: expected key=value pairs separated by commas, got {part!r}",
+                             hint="e.g. item_a=home,item_b=away")
+        key = key.strip()
+        if key in out:  # the last would silently win: "1=a,...,1=b" turns home wins into away wins
+            raise UsageError(f"{what}: {key!r} is given twice ({key}={out[key]} and {key}={value.strip()})",
+                             hint="give each key once")
+        out[key] = value.strip()
     return out
+
+
+#: Our column names that ``mapping`` / ``--map`` may target (every layout's columns).
+MAPPABLE_COLUMNS = (
+    "prompt", "chosen", "rejected", "model_a", "model_b", "winner", "judge", "loser", "count", "item_a",
+    "item_b", "outcome", "responses", "ranking", "instruction", "completions", "completion", "label",
+    "candidates", "ranks", "scores", "annotator", "weight", "meta", "response",
+)
+
+
+def parse_mapping(spec, extra=()) -> dict[str, str]:
+    """``--map`` / ``mapping``: our column -> the file's column; a key that is not one of our columns
+    (a typo such as ``cont=n``) is a :class:`~rankalign.errors.UsageError` with the close matches,
+    never silently ignored. ``extra`` names further accepted keys (columns kept as covariates)."""
+    import difflib
+
+    mapping = parse_pairs_option(spec, "--map")
+    known = list(MAPPABLE_COLUMNS) + [str(name) for name in extra]
+    for ours, theirs in mapping.items():
+        if ours not in known:
+            close = difflib.get_close_matches(ours, known, n=2, cutoff=0.6)
+            suggestion = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise UsageError(f"--map {ours}={theirs}: {ours!r} is not a column rankalign reads{suggestion}",
+                             hint=f"the left side is our name: {', '.join(MAPPABLE_COLUMNS)}")
+    return mapping
+
+
+def check_mapped_columns(mapping: Mapping[str, str], columns, path=None) -> None:
+    """Every file column named on the right of ``--map`` must exist (else the mapping does nothing)."""
+    columns = set(columns)
+    for ours, theirs in mapping.items():
+        if theirs not in columns and ours not in columns:
+            shown = ", ".join(sorted(map(str, columns))[:20])
+            raise UsageError(f"--map {ours}={theirs}: {path or 'the file'} has no column {theirs!r} "
+                             f"(columns: {shown})", hint="the right side is the file's column name")
 
 
 def parse_outcomes(spec) -> dict[str, str]:
     """Outcome relabelling, e.g. ``"1=a,0=tie,-1=b"``: file value -> ``a`` | ``b`` | ``tie`` (keys normalised
     with :func:`label_key`, values checked). For the ``unpaired`` layout the values may be ``true``/``false``
-    or a probability."""
+    or a probability. A label given twice (also as ``1`` and ``1.0``) is a
+    :class:`~rankalign.errors.UsageError`: the last would otherwise silently win."""
     out = {}
-    for raw, target in parse_pairs_option(spec, "outcomes").items():
-        out[label_key(raw)] = target.strip().lower()
+    for raw, target in parse_pairs_option(spec, "--outcomes").items():
+        key = label_key(raw)
+        if key in out:
+            raise UsageError(f"--outcomes: the label {raw!r} is given twice ({key}={out[key]} and {raw}={target})",
+                             hint="give each outcome label once")
+        out[key] = target.strip().lower()
     return out
 
 
@@ -132,7 +179,7 @@ def outcome_table(layout: str, outcomes: Mapping[str, str] | None) -> dict[str, 
     for raw, target in (outcomes or {}).items():
         canonical = _OUTCOME_ALIASES.get(target)
         if canonical is None:
-            raise ValueError(f"outcomes: {raw}={target}: the target must be a, b or tie")
+            raise UsageError(f"--outcomes {raw}={target}: the target must be a, b or tie")
         table[label_key(raw)] = canonical
     return table
 
@@ -160,7 +207,7 @@ def detect_layout(columns, *, path=None) -> str:
 
 def check_layout(layout: str):
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+        raise UsageError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
 
 
 def apply_mapping(row: dict, mapping: Mapping[str, str]) -> dict:
@@ -192,7 +239,10 @@ class RowContext:
 
 def row_to_record(row: dict, ctx: RowContext):
     """Convert one row (columns already renamed) to a record; raises :class:`DataError` naming the field."""
-    return _CONVERTERS[ctx.layout](row, ctx)
+    try:
+        return _CONVERTERS[ctx.layout](row, ctx)
+    except RecursionError:  # a value nested thousands deep (hostile input): a counted, skippable row error
+        raise DataError("a value is nested too deeply to read", reason="too_deep") from None
 
 
 def _require(row, column, ctx, *, text=False):
@@ -258,6 +308,8 @@ def _decode_json_field(value, field: str):
             return json.loads(value)
         except json.JSONDecodeError as error:
             raise DataError(f"expected JSON here: {error.msg}", field=field, reason="malformed_json") from None
+        except RecursionError:
+            raise DataError("JSON nested too deeply to read", field=field, reason="too_deep") from None
     return value
 
 
@@ -266,7 +318,7 @@ def _maybe_messages(value):
     if isinstance(value, str) and value.lstrip().startswith("[{"):
         try:
             decoded = json.loads(value)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             return value
         if isinstance(decoded, list) and all(isinstance(m, dict) and "role" in m for m in decoded):
             return decoded

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from rankalign.errors import UsageError
+
 from . import _sources
 from .errors import DataError
 from .layouts import (
@@ -24,8 +26,9 @@ from .layouts import (
     RowContext,
     apply_mapping,
     check_layout,
+    check_mapped_columns,
     detect_layout,
-    parse_pairs_option,
+    parse_mapping,
     row_to_record,
 )
 from .records import Judgment, RankedList
@@ -105,7 +108,7 @@ class RecordStream:
         self.format = _sources.detect_format(source, format)
         self.path = "<datasets.Dataset>" if self.format == "dataset" else str(source)
         self.layout = layout
-        self.mapping = parse_pairs_option(mapping, "mapping")
+        self.mapping = parse_mapping(mapping)
         self.outcomes = outcomes
         self.skip_invalid = skip_invalid
         self.report = ReadReport(path=self.path, layout=layout)
@@ -129,15 +132,18 @@ class RecordStream:
         buffered = []
         if self.layout is None:
             columns: set = set()
+            raw_columns: set = set()
             good = 0
             for line, row in rows:
                 buffered.append((line, row))
                 if not isinstance(row, _sources.BadRow):
+                    raw_columns.update(row)
                     columns.update(apply_mapping(row, self.mapping))
                     good += 1
                     if good >= _DETECT_ROWS:
                         break
             if good:
+                check_mapped_columns(self.mapping, raw_columns, self.path)
                 first_line = next(line for line, row in buffered if not isinstance(row, _sources.BadRow))
                 try:
                     self.layout = detect_layout(columns, path=self.path)
@@ -289,7 +295,7 @@ def write(records: Iterable, path, format: str | None = None) -> int:
     """
     fmt = _sources.detect_format(path, format)
     if fmt not in ("jsonl", "json", "csv", "parquet"):
-        raise ValueError(f"cannot write format {fmt!r}; use jsonl, json, csv or parquet")
+        raise UsageError(f"cannot write format {fmt!r}; use jsonl, json, csv or parquet")
     records = list(records) if fmt in ("json", "csv", "parquet") else records
     count = 0
 

@@ -3,6 +3,8 @@
 :func:`summarize` streams the records once and reports: records and kinds, list sizes, tie rate,
 annotators, prompt/response lengths in characters (percentiles), duplicates, and the reader's report.
 
+:func:`rank_by` re-ranks rated lists on one attribute or overall score.
+
 :func:`to_pairs` and :func:`to_lists` convert records and return a report of everything expanded, merged
 or dropped. :func:`to_lists` merges the pairs of one prompt into a ranked list only where that loses
 nothing: the pairs must be exactly the all-pairs decomposition of one ranking (every two candidates
@@ -12,12 +14,14 @@ missing comparisons, a cycle -- stays as separate weighted pair records, and the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 
+from .errors import DataError
 from .records import PAIR_STRATEGIES, Judgment, RankedList, _text_key, _thaw
 
 PERCENTILES = (5, 25, 50, 75, 95)
@@ -270,3 +274,44 @@ def to_lists(records: Iterable) -> tuple[list, dict]:
 
 
 __all__ = ["summarize", "to_pairs", "to_lists", "text_length"]
+
+
+# ---------------------------------------------------------------------------------------------- rank by
+def rank_by(records: Iterable, key: str | None) -> Iterator:
+    """Re-rank rated lists (UltraFeedback-style) on one criterion; other records pass unchanged.
+
+    ``key`` None or ``"mean"``: the mean of the attributes present (what the reader does); an attribute
+    of the per-candidate score mappings (e.g. ``helpfulness``); or a per-completion field the reader kept
+    in ``meta["completions"]`` (e.g. UltraFeedback's ``overall_score``, the critique's overall grade).
+    A rated list that lacks the key for a candidate leaves that candidate unranked; a list where no
+    candidate has it raises a DataError naming the record.
+    """
+    if key in (None, "mean"):
+        yield from records
+        return
+    for number, record in enumerate(records, start=1):
+        if not isinstance(record, RankedList) or record.scores is None:
+            yield record
+            continue
+        extras = (record.meta or {}).get("completions") or [{}] * record.k
+        values = []
+        for score, extra in zip(record.scores, extras):
+            if isinstance(score, Mapping) and key in score:
+                values.append(float(score[key]))
+            elif isinstance(extra, Mapping) and extra.get(key) is not None:
+                values.append(_number(extra[key], number, key))
+            else:
+                values.append(None)
+        if all(v is None for v in values):
+            raise DataError(f"no candidate has {key!r} to rank by", line=number, field="scores",
+                            reason="missing_field")
+        ranked = RankedList.from_scores(values, candidates=record.candidates, prompt=record.prompt,
+                                        annotator=record.annotator, weight=record.weight, meta=record.meta)
+        yield dataclasses.replace(ranked, scores=record.scores)
+
+
+def _number(value, line, key) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"{key} {value!r} is not a number", line=line, field=key, reason="bad_type") from None

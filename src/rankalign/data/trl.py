@@ -129,16 +129,16 @@ def to_trl_kto(records: Iterable) -> tuple[list[dict], dict]:
 
 def write_rows(rows: list[dict], path, format: str | None = None) -> int:
     """Write plain rows as JSONL or JSON (what ``datasets.load_dataset("json", ...)`` reads), atomically."""
-    from . import _sources
+    from ._sources import atomic_write, detect_format
 
-    fmt = _sources.detect_format(path, format)
+    fmt = detect_format(path, format)
     if fmt not in ("jsonl", "json"):
         raise ValueError(f"TRL rows are written as jsonl or json, not {fmt!r}")
     if fmt == "jsonl":
-        _sources.atomic_write(path, lambda handle: handle.writelines(json.dumps(row, ensure_ascii=False) + "\n"
+        atomic_write(path, lambda handle: handle.writelines(json.dumps(row, ensure_ascii=False) + "\n"
                                                                      for row in rows))
     else:
-        _sources.atomic_write(path, lambda handle: handle.write(json.dumps(rows, ensure_ascii=False, indent=1) + "\n"))
+        atomic_write(path, lambda handle: handle.write(json.dumps(rows, ensure_ascii=False, indent=1) + "\n"))
     return len(rows)
 
 

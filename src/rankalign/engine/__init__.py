@@ -40,6 +40,7 @@ from .logps import (
     probe_shared_layout,
     sequence_logps,
     supports_shared_layout,
+    token_logps,
     unwrap_model,
 )
 from .packing import LAYOUTS, ListCollator, PackedBatch, block_attention_mask, pack_lists
@@ -68,7 +69,7 @@ __all__ = [
     "PackedBatch", "pack_lists", "ListCollator", "block_attention_mask", "LAYOUTS",
     "sequence_logps", "supports_shared_layout", "gather_token_logps", "decoder_and_head", "unwrap_model",
     "base_model_of", "attention_mask_for", "autocast_context", "probe_shared_layout", "choose_layout", "LayoutProbe",
-    "score_lists", "ListScores", "length_batches",
+    "score_lists", "ListScores", "length_batches", "token_logps",
     "ReferenceCache", "compute_reference_logps", "reference_cache_key", "adapter_disabled",
     "peft_reference_logps",
     "build_tokenizer", "tiny_causal_lm", "CHAT_TEMPLATE",

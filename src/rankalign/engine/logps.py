@@ -572,6 +572,20 @@ def _check_positions(model, batch: PackedBatch) -> None:
                          "max_response_tokens=... or max_length=...)")
 
 
+def _usable_batch(model, batch: PackedBatch) -> PackedBatch:
+    """``batch``, repacked as ``"duplicated"`` (with a warning) when the model cannot compute it shared."""
+    _check_positions(model, batch)
+    if batch.layout == "shared" and not supports_shared_layout(model):
+        if batch.source is None:
+            raise ValueError(f"{type(unwrap_model(model)).__name__} does not support the shared layout and this "
+                             "batch has no source lists to repack; pack it with layout='duplicated'")
+        warnings.warn(f"{type(unwrap_model(model)).__name__} does not compute the shared layout correctly "
+                      f"({probe_shared_layout(model).reason}); falling back to the duplicated layout (the prompt "
+                      "is computed once per response)", stacklevel=3)
+        batch = pack_lists(batch.source, layout="duplicated").to(batch.input_ids.device)
+    return batch
+
+
 def sequence_logps(model, batch: PackedBatch, *, chunk_size: int = 1024,
                    recompute_head: bool | None = None, precision: str | None = None) -> Tensor:
     """Summed log-probability of each response, ``log pi(y_k | x) = sum_t log pi(y_k,t | x, y_k,<t)``.
@@ -597,14 +611,24 @@ def sequence_logps(model, batch: PackedBatch, *, chunk_size: int = 1024,
     Tensor [B, K] float32
         Differentiable; 0 at padding (``ranks == -1``).
     """
-    _check_positions(model, batch)
-    if batch.layout == "shared" and not supports_shared_layout(model):
-        if batch.source is None:
-            raise ValueError(f"{type(unwrap_model(model)).__name__} does not support the shared layout and this "
-                             "batch has no source lists to repack; pack it with layout='duplicated'")
-        warnings.warn(f"{type(unwrap_model(model)).__name__} does not compute the shared layout correctly "
-                      f"({probe_shared_layout(model).reason}); falling back to the duplicated layout (the prompt "
-                      "is computed once per response)", stacklevel=2)
-        batch = pack_lists(batch.source, layout="duplicated").to(batch.input_ids.device)
+    batch = _usable_batch(model, batch)
     with autocast_context(model, precision):
         return _forward_logps(model, batch, chunk_size, recompute_head)
+
+
+def token_logps(model, batch: PackedBatch, *, chunk_size: int = 1024, recompute_head: bool | None = None,
+                precision: str | None = None) -> Tensor:
+    """Per-token response log-probs ``log pi(y_k,t | x, y_k,<t)``, flat ``[N]`` in ``batch.target_*`` order.
+
+    The token-level companion of :func:`sequence_logps` (same forward, same layout fallback, same head
+    chunking), for objectives that weigh tokens one by one (GRPO's clipped ratio and per-token KL).
+    ``batch.target_segment`` says which (list, response) cell each entry belongs to; a response's tokens
+    are contiguous and in order. Summing them per segment gives :func:`sequence_logps`.
+
+    Returns
+    -------
+    Tensor [N] float32, differentiable.
+    """
+    batch = _usable_batch(model, batch)
+    with autocast_context(model, precision):
+        return _token_logps(model, batch, chunk_size, recompute_head)

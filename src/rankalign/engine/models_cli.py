@@ -64,7 +64,10 @@ def list_command(as_json):
     from rich.console import Console
     from rich.table import Table
 
+    from rankalign._escape import for_terminal
+
     table = Table("name", "size", "source", "path")
     for row in rows:
-        table.add_row(row["name"], _size(row["size"]), row["source"], row["path"] or "-")
+        table.add_row(*(for_terminal(cell) for cell in (row["name"], _size(row["size"]), row["source"],
+                                                        row["path"] or "-")))
     Console(width=200).print(table)

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rankalign._atomic import atomic_write_json
+from rankalign.errors import RankalignError
 
 SOURCE_FILE = "rankalign_source.json"  # written into every converted folder: where it came from
 
@@ -84,7 +85,7 @@ class ModelSource:
         return {"spec": self.spec, "kind": self.kind, "path": self.path, "tiny_arch": self.tiny_arch}
 
 
-class ModelNotFound(FileNotFoundError):
+class ModelNotFound(RankalignError, FileNotFoundError):
     """A spec that names no model available on this machine; the message says what would make it work."""
 
 

@@ -1,255 +1,54 @@
-"""``rankalign eval``: evaluate a trained policy on any preference file.
+"""``rankalign eval``: the command over :func:`rankalign.eval.run.evaluate_policy`.
 
-The policy (and the optional reference) is a local ``transformers`` causal-LM directory with safetensors
-weights, loaded with ``trust_remote_code=False``. Records are read with :func:`rankalign.data.readers.read`,
-tokenized with :func:`rankalign.engine.tokenize_records` and scored with :func:`rankalign.engine.score_lists` (the
-engine's one list-scoring path: length-sorted batches, prefix-shared when the model passes the layout probe, the
-output head only at response positions, bf16 autocast on a CUDA device); the metrics are
-:func:`rankalign.eval.policy.evaluate_logps`.
 torch and transformers are imported only when the command runs.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import sys
-import time
-from collections import Counter
-from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import click
-import numpy as np
 
-from .policy import evaluate_logps, pair_rates_from_shares
-from .report import EvalReport, to_jsonable, write_json_atomic
+from rankalign._cli import (
+    data_options,
+    deprecated_option,
+    device_option,
+    json_option,
+    output_option,
+    resolve_deprecated,
+    truncation_options,
+    wrote,
+)
 
-
-# ------------------------------------------------------------------------------------ preference rates
-def _share_of(score, field: str):
-    if score is None:
-        return math.nan
-    if isinstance(score, Mapping):
-        return float(score[field]) if field in score else math.nan
-    return float(score) if field == "scores" else math.nan
-
-
-def alpha_from_records(records: Sequence, lists: Sequence, field: str) -> np.ndarray:
-    """``[N, K, K]`` preference rates for the tokenized ``lists`` from a field of their records.
-
-    Looked up, per record, in this order:
-
-    * ``meta[field]``: one number in [0, 1], the rate at which a better-ranked candidate is preferred to a
-      worse-ranked one (for a pair: the rate of chosen over rejected), applied to every ordered pair;
-    * ``scores``: per-candidate preference shares, ``scores[i][field]`` for attribute mappings, or the
-      plain float scores when ``field == "scores"``; pairs get ``s_i / (s_i + s_j)``
-      (:func:`~rankalign.eval.policy.pair_rates_from_shares`).
-
-    Records with neither get NaN (unknown). A value outside [0, 1] in ``meta`` raises a ValueError naming
-    the record.
-    """
-    k = max((len(item.ranks) for item in lists), default=0)
-    rates = np.full((len(lists), k, k), np.nan)
-    for row, item in enumerate(lists):
-        record = records[item.index]
-        kept = [i for i, r in enumerate(record.ranks) if r is not None]  # tokenize_records keeps this order
-        value = record.meta.get(field) if record.meta else None
-        if value is not None:
-            rate = float(value)
-            if not 0.0 <= rate <= 1.0:
-                raise ValueError(f"record {item.index}: meta field {field!r} = {value!r} is not a preference "
-                                 "rate in [0, 1]")
-            ranks = np.asarray(item.ranks)
-            better = ranks[:, None] < ranks[None, :]
-            block = np.where(better, rate, np.where(better.T, 1.0 - rate, np.nan))
-            rates[row, :len(kept), :len(kept)] = block
-        elif record.scores is not None:
-            shares = np.array([[_share_of(record.scores[i], field) for i in kept]])
-            if np.isfinite(shares).any():
-                rates[row, :len(kept), :len(kept)] = pair_rates_from_shares(shares)[0]
-    return rates
+from .report import to_jsonable, write_json_atomic
+from .run import EvalError, evaluate_policy, report_of
 
 
-def group_of(record, group_by: str) -> str:
-    """The group of a record for ``--group-by``: its annotator, or ``meta[group_by]`` ("(none)" if absent)."""
-    value = record.annotator if group_by == "annotator" else (record.meta or {}).get(group_by)
-    return "(none)" if value is None else str(value)
-
-
-# -------------------------------------------------------------------------------------------- models
-def load_causal_lm(spec: str, device: str, *, allow_bin: bool = False):
-    """The causal LM named by ``spec`` (any :func:`rankalign.engine.resolve_model` spec: folder, .gguf,
-    fetched name, HF-cache id), safetensors only unless ``allow_bin``, no remote code, float32, in eval mode
-    on ``device``."""
-    from ..engine.sources import load_causal_lm as load_source
-
-    return load_source(spec, allow_bin=allow_bin).to(device).eval()
-
-
-def load_run(run_dir: str, device: str):
-    """(policy, reference context, run record) of a ``rankalign train`` output folder.
-
-    The folder's ``run_source.json`` names the model spec and the reference. Under LoRA the policy is the
-    base model with the saved adapter and the reference is the same model with the adapter disabled, so one
-    copy of the weights serves both; ``reference()`` returns a context manager that yields the reference.
-    """
-    import contextlib
-    from pathlib import Path
-
-    from ..engine import adapter_disabled
-    from ..engine.sources import load_causal_lm as load_source
-    from ..train.run import RUN_SOURCE_FILE
-
-    run = Path(run_dir)
-    record_path = run / RUN_SOURCE_FILE
-    if not record_path.is_file():
-        raise click.ClickException(f"{run}: no {RUN_SOURCE_FILE}; is it a `rankalign train` output folder "
-                                   "(written by this version)?")
-    record = json.loads(record_path.read_text())
-    final = run / record["policy"]["folder"]
-    if not final.is_dir():
-        raise click.ClickException(f"{run}: no {final.name}/ folder: the run has not finished")
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(run / record["tokenizer"]), trust_remote_code=False,
-                                              local_files_only=True)
-    allow_bin = bool(record.get("allow_bin"))
-
-    def base():
-        return load_source(record["model"], allow_bin=allow_bin, vocab_size=len(tokenizer), seed=record["seed"],
-                           tiny_options=record.get("tiny_model"))
-
-    if record["policy"]["adapter"]:
-        from peft import PeftModel
-
-        policy = PeftModel.from_pretrained(base(), str(final)).to(device).eval()
-    else:
-        policy = load_source(str(final), allow_bin=allow_bin).to(device).eval()
-    kind = record["reference"]["kind"]
-    if kind == "adapter_disabled":
-        def reference():
-            return adapter_disabled(policy)
-    else:
-        spec = record["reference"]["spec"]
-
-        @contextlib.contextmanager
-        def reference():
-            model = (base() if kind == "initial_model" else load_source(spec, allow_bin=allow_bin)).to(device).eval()
-            yield model
-            del model
-    return policy, reference, record, tokenizer
-
-
-def greedy_generations(model, tokenizer, prompts, *, max_new_tokens: int = 48) -> list[str]:
-    """Greedy continuations of ``prompts`` (text, or chat messages through the tokenizer's template)."""
-    import torch
-
-    device = next(model.parameters()).device
-    texts = []
-    for prompt in prompts:
-        if isinstance(prompt, str):
-            ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-        else:
-            ids = tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, return_tensors="pt",
-                                                return_dict=True)["input_ids"]
-        ids = ids.to(device)
-        with torch.inference_mode():
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                 do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-        texts.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
-    return texts
-
-
-def _ranks_and_lengths(lists) -> tuple[np.ndarray, np.ndarray]:
-    """``[N, K]`` ranks (-1 padding) and response token counts (0 padding) of the tokenized lists."""
-    k = max(item.k for item in lists)
-    ranks = np.full((len(lists), k), -1, dtype=np.int64)
-    lengths = np.zeros((len(lists), k))
-    for row, item in enumerate(lists):
-        ranks[row, :item.k] = item.ranks
-        lengths[row, :item.k] = [len(response) for response in item.response_ids]
-    return ranks, lengths
-
-
-# ----------------------------------------------------------------------------------------------- report
-def _report(result: dict) -> EvalReport:
-    report = EvalReport(title=f"rankalign eval: {result['model']} on {result['data']}")
-    rows = [
-        ("ranking accuracy", result.get("ranking_accuracy"), "π(y_w) > π(y_l)"),
-        ("ranking accuracy, per token", result.get("length_normalised_ranking_accuracy"),
-         "log π(y_w)/|y_w| > log π(y_l)/|y_l|"),
-        ("ranking accuracy, reference", result.get("reference_ranking_accuracy"), "π_ref(y_w) > π_ref(y_l)"),
-        ("idealised ranking accuracy", result.get("idealised_ranking_accuracy"),
-         f"DPO optimum, β={result['beta']:g}, pairs with known α"),
-        ("ranking accuracy, same pairs", result.get("ranking_accuracy_on_alpha_pairs"), "policy, pairs with known α"),
-        ("alignment gap", result.get("alignment_gap"), "idealised − actual"),
-        ("implicit reward accuracy", result.get("reward_accuracy"), "β·ρ_w > β·ρ_l"),
-        ("implicit reward margin", result.get("margin"), "mean β·(ρ_w − ρ_l)"),
-        ("ECE of σ(β·h)", result.get("ece"), "vs labels (α where known)"),
-    ]
-    displacement = result.get("likelihood_displacement") or {}
-    for side in ("chosen", "rejected"):
-        if side in displacement:
-            d = displacement[side]
-            rows.append((f"Δ log π({side}) vs π_ref", (d["mean_change"], d["se"]),
-                         f"{d['share_decreased']:.0%} of pairs decreased"))
-    if not result.get("pairs_with_alpha"):
-        rows = [row for row in rows if row[0] not in ("idealised ranking accuracy", "ranking accuracy, same pairs",
-                                                      "alignment gap")]
-    for name, value, note in rows:
-        if value is not None:
-            report.add_row(metric=name, value=value, note=note)
-    grouped = (result.get("groups") or {}).get("ranking_accuracy")
-    if grouped:
-        for group, summary in grouped["groups"].items():
-            report.add_row(metric=f"ranking accuracy, {result['group_by']}={group}",
-                           value=(summary["mean"], summary["se"]), note=f"{summary['n']} pairs")
-        if grouped["worst_group"] is not None:
-            report.add_row(metric="worst group", value=str(grouped["worst_group"]),
-                           note=f"ranking accuracy {grouped['worst_value']:.3f}")
-    report.notes.append(f"{result['pairs']} ordered pairs from {result['lists_with_pairs']} lists "
-                        f"({result['records_read']} records read); ± is one standard error (lists as units)")
-    if result.get("reference") is not None and not result.get("pairs_with_alpha"):
-        report.notes.append("idealised ranking accuracy needs true preference rates: --alpha-field FIELD or --alpha")
-    truncation = result.get("truncation") or {}
-    if truncation.get("prompts_truncated") or truncation.get("responses_truncated"):
-        report.notes.append(f"truncated: {truncation['prompts_truncated']} prompts (left), "
-                            f"{truncation['responses_truncated']} responses (right)")
-    if result.get("records_with_weight"):
-        report.notes.append(f"{result['records_with_weight']} records carry a weight other than 1 (e.g. a count); "
-                            "weights are not applied: every record counts once")
-    if result.get("skipped"):
-        report.notes.append("skipped: " + ", ".join(f"{k} {v}" for k, v in result["skipped"].items()))
-    return report
-
-
-# ---------------------------------------------------------------------------------------------- command
 @click.command("eval")
-@click.option("--model", "model_path",
+@click.option("--policy", "policy_path",
               help="Policy: a local folder, a .gguf file, a fetched name (smollm2-135m) or an HF-cache id.")
+@deprecated_option("--model", "legacy_model", "--policy")
 @click.option("--reference", "reference_path",
               help="Reference policy (same kinds of spec); enables implicit-reward margins, calibration, "
                    "idealised accuracy.")
 @click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False),
               help="A `rankalign train` output folder: its policy, reference, tokenizer, beta and token limits "
-                   "(instead of --model/--reference/--tokenizer).")
-@click.option("--tokenizer", "tokenizer_path", help="Tokenizer folder or model spec (default: the model's).")
+                   "(instead of --policy/--reference/--tokenizer).")
+@click.option("--tokenizer", "tokenizer_path", help="Tokenizer folder or model spec (default: the policy's).")
 @click.option("--allow-bin", is_flag=True, help="Allow pickle (.bin) weights; by default only safetensors load.")
 @click.option("--generations", default=0, show_default=True, type=click.IntRange(min=0),
               help="Show greedy generations of the policy (and reference) for the first N prompts.")
-@click.option("--data", "data_path", required=True, type=click.Path(exists=True, dir_okay=False),
+@click.option("--data", "data_path", required=True, type=click.Path(exists=True),
               help="Preference file (JSONL, JSON, CSV, Parquet; any layout rankalign reads).")
-@click.option("--beta", default=None, type=float, help="KL coefficient the policy was trained with [default: 0.1, or the run's].")
+@data_options
+@click.option("--beta", default=None, type=float,
+              help="KL coefficient the policy was trained with [default: 0.1, or the run's].")
 @click.option("--alpha-field", help="Record meta field (or per-candidate score attribute) with the true preference rate.")
 @click.option("--alpha", "alpha_constant", type=click.FloatRange(0.0, 1.0),
               help="One true preference rate for every pair (when the data has none).")
-@click.option("--max-records", type=click.IntRange(min=1), help="Evaluate only the first N records.")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Lists per forward pass.")
-@click.option("--max-prompt-tokens", type=click.IntRange(min=1), help="Cut prompts from the left to this many tokens.")
-@click.option("--max-response-tokens", type=click.IntRange(min=1), help="Cut responses from the right.")
-@click.option("--skip-invalid", is_flag=True, help="Skip (and count) invalid rows instead of stopping.")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, ... or auto.")
+@truncation_options
+@device_option
 @click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16"]),
               help="auto: bfloat16 autocast on a CUDA device that supports it, float32 on the CPU.")
 @click.option("--n-bins", default=10, show_default=True, type=click.IntRange(min=1), help="Calibration bins.")
@@ -257,159 +56,36 @@ def _report(result: dict) -> EvalReport:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a reliability diagram PNG here.")
 @click.option("--cache-dir", type=click.Path(file_okay=False),
               help="Cache the reference log-probs here (rankalign.engine.ReferenceCache) and reuse them.")
-@click.option("--output", "output_path", type=click.Path(dir_okay=False),
-              help="Also write the JSON object to this file (atomically).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object to stdout instead of a table.")
-def eval_command(model_path, reference_path, run_dir, tokenizer_path, allow_bin, generations, data_path, beta,
-                 alpha_field, alpha_constant, max_records, batch_size, max_prompt_tokens, max_response_tokens,
-                 skip_invalid, device, precision, n_bins, group_by, plot_path, cache_dir, output_path, as_json):
+@output_option("the result as one JSON file (atomically)")
+@json_option
+def eval_command(policy_path, legacy_model, reference_path, run_dir, tokenizer_path, allow_bin, generations, data_path,
+                 layout, mapping, outcomes, skip_invalid, file_format, max_records, rank_by, beta, alpha_field,
+                 alpha_constant, batch_size, max_prompt_tokens, max_response_tokens, device, precision, n_bins,
+                 group_by, plot_path, cache_dir, output, as_json):
     """Evaluate a trained policy on a preference file: ranking accuracy, idealised ranking accuracy where
     preference rates are known, implicit-reward margins and calibration (with --reference or --run)."""
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    if run_dir is not None and (model_path or reference_path or tokenizer_path):
-        raise click.UsageError("--run names the policy, reference and tokenizer; drop --model/--reference/--tokenizer")
-    if run_dir is None and not model_path:
-        raise click.UsageError("give --model (a model spec) or --run (a training output folder)")
-    run_record = None
-    if run_dir is not None:
-        from ..train.run import RUN_SOURCE_FILE
-
-        try:
-            run_record = json.loads((Path(run_dir) / RUN_SOURCE_FILE).read_text())
-        except FileNotFoundError:
-            raise click.ClickException(f"{run_dir}: no {RUN_SOURCE_FILE}; is it a `rankalign train` output "
-                                       "folder?") from None
-        beta = run_record["beta"] if beta is None else beta
-        max_prompt_tokens = max_prompt_tokens or run_record.get("max_prompt_tokens")
-        max_response_tokens = max_response_tokens or run_record.get("max_response_tokens")
-        model_path = f"{run_dir} (policy)"
-        reference_path = f"{run_dir} ({run_record['reference']['kind']}: {run_record['reference']['spec']})"
-    beta = 0.1 if beta is None else beta
-    if not beta > 0:
+    policy_path = resolve_deprecated(policy_path, legacy_model, new="--policy", old="--model")
+    if run_dir is not None and (policy_path or reference_path or tokenizer_path):
+        raise click.UsageError("--run names the policy, reference and tokenizer; drop --policy/--reference/--tokenizer")
+    if run_dir is None and not policy_path:
+        raise click.UsageError("give --policy (a model spec) or --run (a training output folder)")
+    if beta is not None and not beta > 0:
         raise click.BadParameter("must be > 0", param_hint="--beta")
     if alpha_field and alpha_constant is not None:
         raise click.UsageError("give --alpha-field or --alpha, not both")
-    if alpha_constant is not None and reference_path is None:
+    if alpha_constant is not None and reference_path is None and run_dir is None:
         raise click.UsageError("--alpha needs --reference (the idealised accuracy is defined by π_ref)")
-    started = time.perf_counter()
-
-    from ..data.errors import DataError
-    from ..data.readers import read
-    from ..data.records import RankedList
-
+    read_options = {"layout": layout, "mapping": mapping, "outcomes": outcomes, "skip_invalid": skip_invalid,
+                    "format": file_format}
     try:
-        read_result = read(data_path, skip_invalid=skip_invalid)
-    except DataError as error:
+        result = evaluate_policy(policy_path, data_path, reference=reference_path, run_dir=run_dir,
+                                 tokenizer=tokenizer_path, allow_bin=allow_bin, beta=beta, alpha_field=alpha_field,
+                                 alpha=alpha_constant, read_options=read_options, max_records=max_records,
+                                 rank_by=rank_by, batch_size=batch_size, max_prompt_tokens=max_prompt_tokens,
+                                 max_response_tokens=max_response_tokens, device=device, precision=precision, n_bins=n_bins,
+                                 group_by=group_by, cache_dir=cache_dir, generations=generations)
+    except EvalError as error:
         raise click.ClickException(str(error)) from None
-    skipped = Counter({f"invalid_{reason}": n for reason, n in read_result.report.skipped.items()})
-    records = list(read_result.records)
-    if max_records is not None:
-        records = records[:max_records]
-    ranked = [r for r in records if isinstance(r, RankedList)]
-    if len(ranked) < len(records):
-        skipped["judgment_unpaired"] += len(records) - len(ranked)
-
-    import torch
-    from transformers import AutoTokenizer
-
-    from ..engine import tokenize_records
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    from ..engine.sources import ModelNotFound, resolve_path
-
-    policy = reference_context = None
-    try:
-        if run_record is not None:
-            policy, reference_context, _, tokenizer = load_run(run_dir, device)
-        else:
-            tokenizer_folder = tokenizer_path if tokenizer_path and os.path.isdir(tokenizer_path) else \
-                resolve_path(tokenizer_path or model_path, allow_bin=True)
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder, trust_remote_code=False, local_files_only=True)
-    except (OSError, ValueError) as error:
-        if isinstance(error, ModelNotFound | PermissionError):
-            raise click.ClickException(str(error)) from None
-        raise click.ClickException(f"cannot load a tokenizer from {tokenizer_path or model_path}: {error}") from None
-    try:
-        lists, truncation = tokenize_records(tokenizer, ranked, max_prompt_tokens=max_prompt_tokens,
-                                             max_response_tokens=max_response_tokens, on_empty="drop")
-    except (DataError, ValueError) as error:
-        raise click.ClickException(f"{data_path}: {error}") from None
-    for reason, n in truncation.rows_dropped.items():
-        skipped[f"tokenize_{reason}"] += n
-    if not lists:
-        raise click.ClickException(f"{data_path}: no ranked list left to evaluate")
-
-    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    quiet = not sys.stderr.isatty()
-    from ..engine import score_lists
-
-    def scores(model, label, **cache):
-        """``[N, K]`` summed response log-probs (0 at padding) through the engine's one scoring path."""
-        padded, _ = score_lists(model, lists, batch_size=batch_size, pad_token_id=pad_token_id, precision=precision,
-                                progress=not quiet, description=label, **cache).padded()
-        return padded.numpy()
-
-    generated = {}
-    prompts = [ranked[item.index].prompt for item in lists[:generations]]
-    try:
-        model = policy if policy is not None else load_causal_lm(model_path, device, allow_bin=allow_bin)
-        policy_logps = scores(model, "policy")
-        if prompts:
-            generated["policy"] = greedy_generations(model, tokenizer, prompts)
-        if reference_context is None:
-            del model
-        ref_logps = None
-        if reference_context is not None:
-            with reference_context() as reference:
-                ref_logps = scores(reference, "reference")
-                if prompts:
-                    generated["reference"] = greedy_generations(reference, tokenizer, prompts)
-        elif reference_path is not None:
-            reference = load_causal_lm(reference_path, device, allow_bin=allow_bin)
-            if prompts:
-                generated["reference"] = greedy_generations(reference, tokenizer, prompts)
-            cache = {}
-            if cache_dir:
-                cache = {"cache_dir": cache_dir, "tokenizer": tokenizer,
-                         "settings": {"max_prompt_tokens": max_prompt_tokens,
-                                      "max_response_tokens": max_response_tokens}}
-            ref_logps = scores(reference, "reference", **cache)
-            del reference
-    except (ModelNotFound, PermissionError) as error:
-        raise click.ClickException(str(error)) from None
-    except (OSError, ValueError) as error:
-        raise click.ClickException(f"cannot evaluate with the model at {model_path}"
-                                   f"{'' if reference_path is None else ' / ' + reference_path}: {error}") from None
-
-    alpha = alpha_constant
-    if alpha_field:
-        try:
-            alpha = alpha_from_records(ranked, lists, alpha_field)
-        except ValueError as error:
-            raise click.ClickException(f"{data_path}: {error}") from None
-    groups = None
-    if group_by:
-        groups = [group_of(ranked[item.index], group_by) for item in lists]
-    result = {"model": model_path, "reference": reference_path, "data": data_path,
-              "records_read": len(records), "layout": read_result.layout, "group_by": group_by}
-    ranks, lengths = _ranks_and_lengths(lists)
-    result.update(evaluate_logps(policy_logps, ranks, ref_logps=ref_logps, alpha=alpha, beta=beta,
-                                 n_bins=n_bins, groups=groups, lengths=lengths))
-    result["alpha_source"] = (f"field {alpha_field}" if alpha_field else
-                              f"constant {alpha_constant}" if alpha_constant is not None else None)
-    result["records_with_weight"] = sum(1 for item in lists if item.weight != 1.0)
-    result["skipped"] = dict(sorted(skipped.items()))
-    result["truncation"] = truncation.to_dict()
-    result["device"] = device
-    result["precision"] = precision
-    if generated:
-        result["generations"] = [{"prompt": prompt, **{side: texts[i] for side, texts in generated.items()}}
-                                 for i, prompt in enumerate(prompts)]
-    result["seconds"] = time.perf_counter() - started
 
     if plot_path:
         if "calibration" not in result:
@@ -417,21 +93,22 @@ def eval_command(model_path, reference_path, run_dir, tokenizer_path, allow_bin,
         from .report import plot_reliability_diagram
 
         plot_reliability_diagram({"σ(β·h)": result["calibration"]}, plot_path, ece={"σ(β·h)": result["ece"]},
-                                 title=f"Calibration of the implicit preference probability (β={beta})")
+                                 title=f"Calibration of the implicit preference probability (β={result['beta']})")
         result["plot"] = plot_path
-
-    if output_path:
-        write_json_atomic(output_path, result)
+        wrote(plot_path, "reliability diagram")
+    if output:
+        write_json_atomic(output, result)
+        wrote(output, "evaluation JSON")
     if as_json:
         click.echo(json.dumps(to_jsonable(result), allow_nan=False))
-    else:
-        from rich.console import Console
+        return
+    from rich.console import Console
 
-        console = Console()
-        console.print(_report(result).to_table())
-        for i, row in enumerate(result.get("generations", [])):
-            prompt = row["prompt"] if isinstance(row["prompt"], str) else row["prompt"][-1]["content"]
-            console.print(f"[bold]prompt {i + 1}[/bold] (last 200 characters): {prompt[-200:]!r}", highlight=False)
-            for side in ("reference", "policy"):
-                if side in row:
-                    console.print(f"  {side}: {row[side]!r}", highlight=False)
+    console = Console()
+    console.print(report_of(result).to_table())
+    for i, row in enumerate(result.get("generations", [])):
+        prompt = row["prompt"] if isinstance(row["prompt"], str) else row["prompt"][-1]["content"]
+        console.print(f"[bold]prompt {i + 1}[/bold] (last 200 characters): {prompt[-200:]!r}", highlight=False)
+        for side in ("reference", "policy"):
+            if side in row:
+                console.print(f"  {side}: {row[side]!r}", highlight=False)

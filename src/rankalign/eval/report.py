@@ -11,7 +11,6 @@ is written atomically: to a temporary file in the target directory, then ``os.re
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -19,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._atomic import atomic_write
+from .._atomic import atomic_write, atomic_write_json
+from .._escape import for_terminal
 
 __all__ = [
     "EvalReport",
@@ -111,9 +111,9 @@ def _atomic_write(path, write) -> Path:
 
 
 def write_json_atomic(path, obj) -> Path:
-    """Write ``obj`` (through :func:`to_jsonable`) as indented JSON, atomically."""
-    text = json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n"
-    return _atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+    """Write ``obj`` (NumPy values, NaN -> null, through :func:`to_jsonable`) with the one atomic JSON
+    writer, :func:`rankalign._atomic.atomic_write_json`."""
+    return atomic_write_json(path, to_jsonable(obj), allow_nan=False)
 
 
 # ------------------------------------------------------------------------------------------- report
@@ -156,14 +156,15 @@ class EvalReport:
         """A :class:`rich.table.Table` (text left-aligned, numbers right-aligned)."""
         from rich.table import Table
 
-        table = Table(title=self.title, caption="\n".join(self.notes) or None, caption_justify="left")
+        table = Table(title=for_terminal(self.title), caption=for_terminal("\n".join(self.notes)) or None,
+                      caption_justify="left")
         columns = self.column_names()
         for name in columns:
             numeric = any(_is_number(row.get(name)) or _estimate(row.get(name)) is not None
                           for row in self.rows)
-            table.add_column(name, justify="right" if numeric else "left")
+            table.add_column(for_terminal(name), justify="right" if numeric else "left")
         for row in self.rows:
-            table.add_row(*(format_value(row.get(name), digits) for name in columns))
+            table.add_row(*(for_terminal(format_value(row.get(name), digits)) for name in columns))
         return table
 
     def print(self, console=None, digits: int = 3) -> None:

@@ -5,9 +5,10 @@
 """
 
 from . import listwise, pairwise, policy_gradient, reward, unpaired  # noqa: F401  (importing registers every objective)
-from ._registry import FAMILIES, Objective, get, names, register
+from ._common import preference_metrics
+from ._registry import FAMILIES, PARAM_RANGES, Objective, Range, get, names, register
 from .policy_gradient import group_advantages, k3_kl, rank_rewards
 from .unpaired import BCORunningMean, kto_reference_point
 
-__all__ = ["get", "names", "register", "Objective", "FAMILIES", "BCORunningMean", "kto_reference_point",
-           "group_advantages", "rank_rewards", "k3_kl"]
+__all__ = ["get", "names", "register", "Objective", "Range", "PARAM_RANGES", "FAMILIES", "BCORunningMean",
+           "kto_reference_point", "group_advantages", "rank_rewards", "k3_kl", "preference_metrics"]

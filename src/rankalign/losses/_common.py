@@ -15,6 +15,7 @@ no ordered pair, e.g. K = 1 or all tied). For K = 2 without ties this is exactly
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -147,6 +148,55 @@ def pairwise_loss(per_pair_fn, policy_logps: Tensor, ref_logps: Tensor | None, r
             gathered.extend(take(torch.as_tensor(tensor, device=policy_logps.device).to(policy_logps.dtype), 1.0))
     per_pair = per_pair_fn(chosen, rejected, ref_chosen, ref_rejected, *gathered)
     return pairs.mean(per_pair)
+
+
+def pairwise_ratio_loss(per_pair_fn, policy_logps: Tensor, ref_logps: Tensor | None, ranks: Tensor | None,
+                        *extra: Tensor | None) -> Tensor:
+    """:func:`pairwise_loss` for objectives of the log-ratios alone: ``rho = log pi - log pi_ref`` is
+    computed once per candidate (:func:`log_ratios`), then decomposed into pairs;
+    ``per_pair_fn(rho_winner, rho_loser, *chosen_rejected_extras)`` gets ``[B, P]`` tensors (a stand-in 0
+    where the pair is a tie or padding, as the policy and reference get there)."""
+    if ref_logps is not None:
+        ref_logps = torch.as_tensor(ref_logps, device=policy_logps.device).to(policy_logps.dtype)
+    rho = log_ratios(policy_logps, ref_logps)
+    return pairwise_loss(lambda rho_w, rho_l, _ref_w, _ref_l, *pairs: per_pair_fn(rho_w, rho_l, *pairs),
+                         rho, None, ranks, *extra)
+
+
+# ------------------------------------------------------------------------------------ list helpers
+def zero_padding(values: Tensor, valid: Tensor, fill: float = 0.0) -> Tensor:
+    """``values`` with padded entries replaced by ``fill`` (replaced, not multiplied: NaN cannot leak)."""
+    return torch.where(valid, values, torch.full_like(values, fill))
+
+
+def ranks_from_grades(grades: Tensor) -> Tensor:
+    """Competition ranks from grades (higher grade = better): ``rank_i = #{j : g_j > g_i}``; NaN pads.
+
+    Equal grades give equal ranks (ties); a NaN grade marks padding (rank -1).
+    """
+    present = ~torch.isnan(grades)
+    filled = torch.where(present, grades, torch.full_like(grades, -math.inf))
+    above = (filled.unsqueeze(1) > filled.unsqueeze(2)) & present.unsqueeze(1)  # [b, i, j]: g_j > g_i
+    ranks = above.sum(2)
+    return torch.where(present, ranks, torch.full_like(ranks, -1)).long()
+
+
+def resolve_list_ranks(policy_logps: Tensor, ranks: Tensor | None, grades: Tensor | None) -> Tensor:
+    """``ranks`` if given; else ranks derived from ``grades`` if given; else column order."""
+    if ranks is None and grades is not None:
+        grades = torch.as_tensor(grades, device=policy_logps.device)
+        if grades.shape != policy_logps.shape[:2]:
+            raise ValueError(f"grades has shape {tuple(grades.shape)}, expected {tuple(policy_logps.shape[:2])}")
+        return ranks_from_grades(grades.to(policy_logps.dtype))
+    return resolve_ranks(policy_logps, ranks)
+
+
+def list_tensor(values, policy_logps: Tensor, valid: Tensor, name: str, fill: float = 0.0) -> Tensor:
+    """A ``[B, K]`` side tensor (lengths, grades) in ``policy_logps``' dtype with padding filled."""
+    values = torch.as_tensor(values, device=policy_logps.device).to(policy_logps.dtype)
+    if values.shape != policy_logps.shape[:2]:
+        raise ValueError(f"{name} has shape {tuple(values.shape)}, expected {tuple(policy_logps.shape[:2])}")
+    return zero_padding(values, valid, fill)
 
 
 # ---------------------------------------------------------------------------------------------- metrics

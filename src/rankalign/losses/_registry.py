@@ -1,20 +1,112 @@
 """Name -> objective registry.
 
 Every objective is a plain function registered with :func:`register`; :func:`get` returns an
-:class:`Objective`, a thin callable wrapper that also carries the family, the paper and the parameter
-defaults (read from the function's signature, so they are never written twice).
+:class:`Objective`, a thin callable wrapper that also carries the family, the paper, the parameter
+defaults (read from the function's signature, so they are never written twice) and each parameter's
+valid range (:data:`PARAM_RANGES`, overridable per objective).
+
+Registering wraps the function once with the checks every objective shares, so they hold whether it is
+called through :func:`get` or imported directly: every hyper-parameter passed is checked against its
+range (a :class:`~rankalign.errors.UsageError` naming the objective, the parameter and the range), integer
+log-prob tensors are cast to the default float dtype, and reference log-probs must have the policy's
+shape (no broadcasting, no dropped column).
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from rankalign.errors import UsageError
+
 FAMILIES = ("pairwise", "listwise", "unpaired", "reward", "policy_gradient")
 
 _REGISTRY: dict[str, Objective] = {}
+
+# objective arguments that come from the batch (the trainer fills them), never from a config's loss_params
+BATCH_INPUTS = frozenset({"ranks", "lengths", "grades", "labels", "kl_policy_logps", "kl_ref_logps", "margin",
+                          "pair_weights", "preference_prob", "eigenvalues"})
+
+
+@dataclass(frozen=True)
+class Range:
+    """The valid values of one hyper-parameter: an interval of finite numbers, a bool, or a set of names.
+
+    ``low``/``high`` are bounds (None: unbounded), ``*_open`` whether the bound itself is excluded.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    kind: str = "number"  # "number", "bool" or "choice"
+    choices: tuple[str, ...] = ()
+    why: str = ""
+
+    def __str__(self) -> str:
+        if self.kind == "bool":
+            return "true or false"
+        if self.kind == "choice":
+            return "one of " + ", ".join(self.choices)
+        if self.low is not None and self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.high is not None and self.low is None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        if self.low is None and self.high is None:
+            return "a finite number"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+    def contains(self, value) -> bool:
+        if self.kind == "bool":
+            return isinstance(value, bool)
+        if self.kind == "choice":
+            return isinstance(value, str) and value in self.choices
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        value = float(value)
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
+            return False
+        return True
+
+
+POSITIVE = Range(0.0, None, low_open=True)
+NON_NEGATIVE = Range(0.0, None)
+FINITE = Range()
+BOOL = Range(kind="bool")
+
+#: Valid range of every hyper-parameter by name; :func:`register` takes per-objective overrides.
+PARAM_RANGES: dict[str, Range] = {
+    # beta scales the implicit reward beta * rho: beta <= 0 trains against the preferences (< 0) or gives a
+    # constant loss (= 0; IPO's and SPPO's targets 1 / (2 beta) divide by it)
+    "beta": Range(0.0, None, low_open=True, why="the implicit reward is beta * log-ratio"),
+    # cDPO / robust DPO flip rate: at 0.5 the label carries no information, above it the objective
+    # prefers the rejected response (and robust DPO divides by 1 - 2 eps)
+    "label_smoothing": Range(0.0, 0.5, high_open=True, why="a flip rate of 0.5 or more reverses the labels"),
+    "gamma": NON_NEGATIVE,
+    "alpha": NON_NEGATIVE,
+    "temperature": POSITIVE,
+    "sft_weight": NON_NEGATIVE,
+    "center_rewards_coefficient": NON_NEGATIVE,
+    "nu": POSITIVE,
+    "desirable_weight": NON_NEGATIVE,
+    "undesirable_weight": NON_NEGATIVE,
+    "delta": FINITE,
+    "z0": FINITE,
+    "discopop_tau": POSITIVE,
+    # PPO/GRPO clip range [1 - eps, 1 + eps] of the importance ratio
+    "clip_epsilon": Range(0.0, 1.0, low_open=True, high_open=True),
+    "length_normalize": BOOL,
+    "nll_length_normalize": BOOL,
+}
 
 
 @dataclass(frozen=True)
@@ -28,6 +120,7 @@ class Objective:
     reference_free: bool = False
     params: dict[str, Any] = field(default_factory=dict)
     inputs: tuple[str, ...] = ()
+    ranges: dict[str, Range] = field(default_factory=dict)
 
     def __call__(self, *args, **kwargs):
         return self.fn(*args, **kwargs)
@@ -36,13 +129,83 @@ class Objective:
     def doc(self) -> str:
         return inspect.getdoc(self.fn) or ""
 
+    def settable(self) -> list[str]:
+        """Names a config's ``loss_params`` may set: the hyper-parameters and the inputs with a range
+        (KTO's fixed ``z0``); batch inputs (ranks, lengths, labels, ...) come from the data."""
+        return [name for name in self.ranges if name not in BATCH_INPUTS]
 
-def register(name: str, *, family: str, paper: str, reference_free: bool = False):
-    """Decorator: register ``fn`` under ``name``.
+    def check_params(self, params: dict, where: str | None = None) -> None:
+        """Raise :class:`~rankalign.errors.UsageError` for an unknown name (with the close matches) or a
+        value outside its range. ``where`` prefixes the message (``"config.yaml: loss_params"``)."""
+        prefix = f"{where}: " if where else ""
+        settable = self.settable()
+        for key, value in params.items():
+            if key not in self.ranges or key in BATCH_INPUTS:
+                close = difflib.get_close_matches(str(key), settable, n=2, cutoff=0.6)
+                suggestion = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+                raise UsageError(f"{prefix}objective {self.name!r} has no parameter {key!r}{suggestion}",
+                                 hint=f"{self.name} takes {', '.join(settable) or 'no parameters'}")
+            _check_value(self.name, key, value, self.ranges[key], prefix)
+
+
+def _check_value(objective: str, key: str, value, valid: Range, prefix: str = "") -> None:
+    if hasattr(value, "dtype") and hasattr(value, "shape"):  # a tensor from the trainer (BCO's running mean)
+        return
+    if not valid.contains(value):
+        why = f" ({valid.why})" if valid.why else ""
+        raise UsageError(f"{prefix}{objective}: {key} must be {valid}{why}, got {value!r}",
+                         hint=f"set {key} to a value {valid}")
+
+
+def _as_float(value):
+    """Integer (or bool) log-prob tensors become the default float dtype; anything else is unchanged."""
+    dtype = getattr(value, "dtype", None)
+    if dtype is None or getattr(dtype, "is_floating_point", True) or getattr(dtype, "is_complex", False):
+        return value
+    import torch
+
+    return value.to(torch.get_default_dtype())
+
+
+def _checked(name: str, fn: Callable, family: str, ranges: dict[str, Range]) -> Callable:
+    """``fn`` with the shared checks (module docstring) in front."""
+    signature = inspect.signature(fn)
+    positional = [p.name for p in signature.parameters.values()
+                  if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    with_reference = family != "reward" and len(positional) >= 2
+
+    @functools.wraps(fn)
+    def objective(*args, **kwargs):
+        for key, value in kwargs.items():
+            valid = ranges.get(key)
+            if valid is not None and value is not None:
+                _check_value(name, key, value, valid)
+        args = tuple(_as_float(a) for a in args[:2]) + args[2:]
+        for key in positional[:2]:
+            if key in kwargs:
+                kwargs[key] = _as_float(kwargs[key])
+        if with_reference:
+            bound = dict(zip(positional, args))
+            policy = bound.get(positional[0], kwargs.get(positional[0]))
+            reference = bound.get(positional[1], kwargs.get(positional[1]))
+            shape = getattr(policy, "shape", None)
+            if reference is not None and shape is not None and tuple(reference.shape) != tuple(shape):
+                raise ValueError(f"{name}: {positional[1]} has shape {tuple(reference.shape)} but "
+                                 f"{positional[0]} has {tuple(shape)}; they must match (one reference "
+                                 "log-prob per candidate)")
+        return fn(*args, **kwargs)
+
+    return objective
+
+
+def register(name: str, *, family: str, paper: str, reference_free: bool = False,
+             ranges: dict[str, Range] | None = None):
+    """Decorator: register ``fn`` under ``name`` and return it wrapped with the shared checks.
 
     Keyword-only arguments (after ``*``) with a non-None default are hyper-parameters and become
     ``params`` (name -> default); those defaulting to None are optional data inputs (``ranks``,
     ``lengths``, ``grades``, ``labels``, a precomputed ``z0``, ...) and are listed in ``inputs``.
+    Every hyper-parameter needs a valid range: from :data:`PARAM_RANGES`, or ``ranges`` for this one.
     """
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
@@ -55,9 +218,20 @@ def register(name: str, *, family: str, paper: str, reference_free: bool = False
         params = {p.name: p.default for p in keyword_only
                   if p.default is not inspect.Parameter.empty and p.default is not None}
         inputs = tuple(p.name for p in keyword_only if p.default is None)
-        _REGISTRY[name] = Objective(name=name, fn=fn, family=family, paper=paper,
-                                    reference_free=reference_free, params=params, inputs=inputs)
-        return fn
+        own = dict(ranges or {})
+        valid = {}
+        for key in list(params) + [i for i in inputs if i in PARAM_RANGES or i in own]:
+            if key in own:
+                valid[key] = own[key]
+            elif key in PARAM_RANGES:
+                valid[key] = PARAM_RANGES[key]
+            else:
+                raise ValueError(f"objective {name!r}: parameter {key!r} has no valid range; add it to "
+                                 "PARAM_RANGES or pass ranges=")
+        checked = _checked(name, fn, family, valid)
+        _REGISTRY[name] = Objective(name=name, fn=checked, family=family, paper=paper,
+                                    reference_free=reference_free, params=params, inputs=inputs, ranges=valid)
+        return checked
 
     return decorate
 
@@ -67,11 +241,18 @@ def get(name: str) -> Objective:
     try:
         return _REGISTRY[name]
     except KeyError:
-        import difflib
-
-        close = difflib.get_close_matches(name, _REGISTRY, n=3)
+        close = difflib.get_close_matches(str(name), _REGISTRY, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise KeyError(f"unknown objective {name!r}.{hint} Known: {', '.join(sorted(_REGISTRY))}") from None
+        raise UnknownObjectiveError(f"unknown objective {name!r}.{hint} Known: {', '.join(sorted(_REGISTRY))}",
+                                    hint=f"did you mean {close[0]!r}?" if close else "see rankalign.losses.names()"
+                                    ) from None
+
+
+class UnknownObjectiveError(UsageError, KeyError):
+    """An objective name that is not registered (a KeyError for old callers, a usage error for the CLI)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0]
 
 
 def names(family: str | None = None) -> list[str]:

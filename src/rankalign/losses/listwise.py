@@ -23,30 +23,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._common import Pairs, log_ratios, ordered_pairs, resolve_ranks, valid_mask
-from ._registry import register
+from ._common import (
+    Pairs,
+    list_tensor,
+    log_ratios,
+    ordered_pairs,
+    resolve_list_ranks,
+    valid_mask,
+    zero_padding,
+)
+from ._registry import Range, register
 
 __all__ = ["pl_dpo", "pro", "lipo_lambda", "all_pairs_dpo", "listnet", "best_vs_rest", "sppo", "win_rates_from_ranks"]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _zero_padding(values: Tensor, valid: Tensor, fill: float = 0.0) -> Tensor:
-    """``values`` with padded entries replaced by ``fill`` (replaced, not multiplied: NaN cannot leak)."""
-    return torch.where(valid, values, torch.full_like(values, fill))
-
-
-def ranks_from_grades(grades: Tensor) -> Tensor:
-    """Competition ranks from grades (higher grade = better): ``rank_i = #{j : g_j > g_i}``; NaN pads.
-
-    Equal grades give equal ranks (ties); a NaN grade marks padding (rank -1).
-    """
-    present = ~torch.isnan(grades)
-    filled = torch.where(present, grades, torch.full_like(grades, -math.inf))
-    above = (filled.unsqueeze(1) > filled.unsqueeze(2)) & present.unsqueeze(1)  # [b, i, j]: g_j > g_i
-    ranks = above.sum(2)
-    return torch.where(present, ranks, torch.full_like(ranks, -1)).long()
-
-
 def grades_from_ranks(ranks: Tensor, dtype: torch.dtype) -> Tensor:
     """Default grades when none are given: ``g = max_rank - rank`` per list (best gets the largest).
 
@@ -61,25 +52,7 @@ def _grades_or_default(grades, ranks: Tensor, policy_logps: Tensor, valid: Tenso
     """The given ``[B, K]`` grades (padding zeroed), or :func:`grades_from_ranks` in ``dtype`` when None."""
     if grades is None:
         return grades_from_ranks(ranks, dtype)
-    return _list_tensor(grades, policy_logps, valid, "grades")
-
-
-def _resolve_list_ranks(policy_logps: Tensor, ranks: Tensor | None, grades: Tensor | None) -> Tensor:
-    """``ranks`` if given; else ranks derived from ``grades`` if given; else column order."""
-    if ranks is None and grades is not None:
-        grades = torch.as_tensor(grades, device=policy_logps.device)
-        if grades.shape != policy_logps.shape[:2]:
-            raise ValueError(f"grades has shape {tuple(grades.shape)}, expected {tuple(policy_logps.shape[:2])}")
-        return ranks_from_grades(grades.to(policy_logps.dtype))
-    return resolve_ranks(policy_logps, ranks)
-
-
-def _list_tensor(values, policy_logps: Tensor, valid: Tensor, name: str, fill: float = 0.0) -> Tensor:
-    """A ``[B, K]`` side tensor (lengths, grades) in ``policy_logps``' dtype with padding filled."""
-    values = torch.as_tensor(values, device=policy_logps.device).to(policy_logps.dtype)
-    if values.shape != policy_logps.shape[:2]:
-        raise ValueError(f"{name} has shape {tuple(values.shape)}, expected {tuple(policy_logps.shape[:2])}")
-    return _zero_padding(values, valid, fill)
+    return list_tensor(grades, policy_logps, valid, "grades")
 
 
 def _winner_loser_keys(ranks: Tensor) -> tuple[Tensor, Tensor]:
@@ -121,8 +94,8 @@ def _pair_differences(values: Tensor, first: Tensor, second: Tensor, sign: Tenso
 
 def _scaled_log_ratios(policy_logps: Tensor, ref_logps: Tensor | None, valid: Tensor, beta: float) -> Tensor:
     """``beta * rho`` with padding zeroed (zeroed on each input first, so NaN padding cannot reach rho)."""
-    policy = _zero_padding(policy_logps, valid)
-    ref = None if ref_logps is None else _zero_padding(ref_logps, valid)
+    policy = zero_padding(policy_logps, valid)
+    ref = None if ref_logps is None else zero_padding(ref_logps, valid)
     return beta * log_ratios(policy, ref)
 
 
@@ -160,7 +133,7 @@ def _plackett_luce_sorted(scores: Tensor, ranks: Tensor) -> Tensor:
         lower = suffix.gather(1, below_start)
     # log(exp(s) + exp(lower)) - s = softplus(lower - s), written as -logsigmoid(s - lower): exact, stable
     per_step = -F.logsigmoid(sorted_scores - lower)
-    return _zero_padding(per_step, present).sum(1)
+    return zero_padding(per_step, present).sum(1)
 
 
 def _pro_ranking_with_temperatures(scores: Tensor, ranks: Tensor, rewards: Tensor) -> Tensor:
@@ -190,7 +163,7 @@ def _pro_ranking_with_temperatures(scores: Tensor, ranks: Tensor, rewards: Tenso
     terms = torch.addcmul(neg_shift_below, gap, scores_t.unsqueeze(0)).exp() * below_f
     others = (terms.sum(1) + empty).log() + shift
     per_step = -F.logsigmoid(own - others)  # log(exp(own) + exp(others)) - own
-    return _zero_padding(per_step, valid_mask(ranks).t()).sum(0)
+    return zero_padding(per_step, valid_mask(ranks).t()).sum(0)
 
 
 def _suffix_logsumexp(values: Tensor) -> Tensor:
@@ -240,15 +213,17 @@ def pl_dpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tens
     docstring), so tied members are never ordered and the last group (or an all-tie list, or K = 1)
     contributes 0. Padding (-1) is excluded. Returns the per-list loss ``[B]``.
     """
-    ranks = _resolve_list_ranks(policy_logps, ranks, grades)
+    ranks = resolve_list_ranks(policy_logps, ranks, grades)
     rewards = _scaled_log_ratios(policy_logps, ref_logps, valid_mask(ranks), beta)
     return plackett_luce_nll(rewards, ranks)
 
 
 @register("pro", family="listwise", reference_free=True,
-          paper="Song et al., Preference Ranking Optimization for Human Alignment, AAAI 2024 (arXiv:2306.17492)")
+          paper="Song et al., Preference Ranking Optimization for Human Alignment, AAAI 2024 (arXiv:2306.17492)",
+          ranges={"sft_form": Range(kind="choice", choices=("authors", "mean_token"))})
 def pro(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor | None = None,
-        lengths: Tensor | None = None, grades: Tensor | None = None, sft_weight: float = 0.05) -> Tensor:
+        lengths: Tensor | None = None, grades: Tensor | None = None, sft_weight: float = 0.05,
+        sft_form: str = "authors") -> Tensor:
     r"""Preference Ranking Optimization (PRO): peel-off softmax on length-averaged scores plus SFT.
 
     Scores: ``s_i = log pi_theta(y_i|x) / |y_i|`` (the mean token log-prob; PRO is reference-free, and
@@ -257,7 +232,9 @@ def pro(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor 
 
         L_PRO = -sum_{k=1}^{n-1} log [ exp(s_k / T_k^k) / sum_{i=k}^{n} exp(s_i / T_k^i) ]
         T_k^i = 1 / (r_k - r_i)   for i > k,        T_k^k = min_{i > k} T_k^i
-        L     = L_PRO + sft_weight * L_SFT,         L_SFT = -s_best (policy log-prob / |y|, no reference)
+        L     = L_PRO + sft_weight * L_SFT
+        L_SFT = (n - 1)^2 * (-log pi_theta(y^1|x))      sft_form="authors" (default)
+        L_SFT = -log pi_theta(y^1|x) / |y^1|            sft_form="mean_token"
 
     where r are the ``grades`` (the paper's reward-model scores). Without grades every T = 1 and each
     step is a plain softmax over the remaining candidates. Intuition: the best response must beat all
@@ -277,29 +254,40 @@ def pro(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor 
         ``r_k - r_i`` that are negative (grades disagreeing with ranks) are clamped to 0.
     sft_weight : float, the weight (the paper's beta) of the SFT term; default 0.05, the value in the
         paper's experiments as we read them. 0 gives the ranking term alone.
+    sft_form : {"authors", "mean_token"}
+        "authors" (default): the form in the authors' released training code, the *summed* (not
+        length-averaged) negative log-prob of the best candidate times ``(n - 1)^2``, n the number of
+        candidates in the list (padding excluded), so the SFT term grows with the list as the ranking
+        term does. "mean_token": the negative mean token log-prob of the best candidate, no factor (a
+        reading of the paper's text; rankalign's default before it followed the authors' code).
 
-    Conventions: the SFT term is the negative *length-averaged* log-prob of the best candidate (averaged
-    over the members of the best group when it is tied); a list with one group (K = 1, all tied) has no
-    ranking term but keeps its SFT term. Ties: step k's softmax contains candidate k and the strictly
+    Conventions: when the best group is tied the SFT term averages over its members; a list with one
+    group (K = 1, all tied) has no ranking term but keeps its SFT term (with ``(n - 1)^2 = 0`` for
+    K = 1 under "authors"). Ties: step k's softmax contains candidate k and the strictly
     lower groups only, as for ``pl_dpo``; padding is excluded. Returns ``[B]``.
     """
     if lengths is None:
         raise ValueError("pro needs lengths ([B, K] response token counts): PRO scores are length-averaged")
-    ranks = _resolve_list_ranks(policy_logps, ranks, grades)
+    if sft_form not in ("authors", "mean_token"):
+        raise ValueError(f"sft_form must be 'authors' or 'mean_token', got {sft_form!r}")
+    ranks = resolve_list_ranks(policy_logps, ranks, grades)
     valid = valid_mask(ranks)
-    lengths = _list_tensor(lengths, policy_logps, valid, "lengths", fill=1.0)
-    policy = _zero_padding(policy_logps, valid)
-    scores = log_ratios(policy, None if ref_logps is None else _zero_padding(ref_logps, valid)) / lengths
+    lengths = list_tensor(lengths, policy_logps, valid, "lengths", fill=1.0)
+    policy = zero_padding(policy_logps, valid)
+    scores = log_ratios(policy, None if ref_logps is None else zero_padding(ref_logps, valid)) / lengths
     if grades is None:
         ranking = plackett_luce_nll(scores, ranks)
     else:
-        ranking = _pro_ranking_with_temperatures(scores, ranks, _list_tensor(grades, policy_logps, valid, "grades"))
+        ranking = _pro_ranking_with_temperatures(scores, ranks, list_tensor(grades, policy_logps, valid, "grades"))
     if sft_weight == 0:
         return ranking
     best_rank = torch.where(valid, ranks, torch.full_like(ranks, torch.iinfo(torch.long).max)).amin(1, keepdim=True)
     best = valid & (ranks == best_rank)
-    mean_logp = policy / lengths
-    sft = -(_zero_padding(mean_logp, best)).sum(1) / best.sum(1).clamp_min(1)
+    if sft_form == "mean_token":
+        sft = -(zero_padding(policy / lengths, best)).sum(1) / best.sum(1).clamp_min(1)
+    else:
+        n = valid.sum(1).to(policy.dtype)
+        sft = (n - 1) ** 2 * (-(zero_padding(policy, best)).sum(1) / best.sum(1).clamp_min(1))
     return ranking + sft_weight * sft
 
 
@@ -338,7 +326,7 @@ def lipo_lambda(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks:
     are {1, 2} whichever way the scores lie, so ``Delta = 1 * (1/log2(2) - 1/log2(3)) = 1 - ln 2 / ln 3``
     and LiPO-λ is that constant (about 0.3691) times DPO. Returns ``[B]``.
     """
-    ranks = _resolve_list_ranks(policy_logps, ranks, grades)
+    ranks = resolve_list_ranks(policy_logps, ranks, grades)
     valid = valid_mask(ranks)
     scores = _scaled_log_ratios(policy_logps, ref_logps, valid, beta)
     grades = _grades_or_default(grades, ranks, policy_logps, valid, scores.dtype)
@@ -396,7 +384,7 @@ def all_pairs_dpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, rank
     lengths, grades : unused beyond deriving ranks (common signature).
     beta : float, default 0.1.
     """
-    ranks = _resolve_list_ranks(policy_logps, ranks, grades)
+    ranks = resolve_list_ranks(policy_logps, ranks, grades)
     rewards = _scaled_log_ratios(policy_logps, ref_logps, valid_mask(ranks), beta)
     first, second, sign = _pair_signs(ranks, rewards.dtype)
     if pair_weights is None:
@@ -439,7 +427,7 @@ def listnet(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Ten
 
     Ties get equal target probability; padding is left out of both softmaxes; K = 1 gives 0.
     """
-    ranks = _resolve_list_ranks(policy_logps, ranks, grades)
+    ranks = resolve_list_ranks(policy_logps, ranks, grades)
     valid = valid_mask(ranks)
     rewards = _scaled_log_ratios(policy_logps, ref_logps, valid, beta)
     grades = _grades_or_default(grades, ranks, policy_logps, valid, rewards.dtype)
@@ -447,8 +435,8 @@ def listnet(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Ten
     masked = ~valid & any_valid  # an entirely padded row keeps finite zeros (its loss is 0 anyway)
     log_q = torch.log_softmax(rewards.masked_fill(masked, -math.inf), dim=1)
     target = torch.softmax((grades / temperature).masked_fill(masked, -math.inf), dim=1)
-    cross = target * _zero_padding(log_q, valid)
-    return -_zero_padding(cross, valid).sum(1)
+    cross = target * zero_padding(log_q, valid)
+    return -zero_padding(cross, valid).sum(1)
 
 
 @register("best_vs_rest", family="listwise",
@@ -467,7 +455,7 @@ def best_vs_rest(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks
     (each member is paired with the lower groups); ties below it are irrelevant; padding is skipped; a
     list with one group (K = 1, all tied) has loss 0.
     """
-    ranks = _resolve_list_ranks(policy_logps, ranks, grades)
+    ranks = resolve_list_ranks(policy_logps, ranks, grades)
     valid = valid_mask(ranks)
     rewards = _scaled_log_ratios(policy_logps, ref_logps, valid, beta)
     best_rank = torch.where(valid, ranks, torch.full_like(ranks, torch.iinfo(torch.long).max)).amin(1, keepdim=True)
@@ -475,7 +463,7 @@ def best_vs_rest(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks
     if bool((best.sum(1) == 1).all()):  # one best candidate per list: K - 1 pairs, no pair enumeration
         best_reward = rewards.gather(1, best.long().argmax(1, keepdim=True))
         rest = valid & ~best
-        per_candidate = _zero_padding(_dpo_per_pair(best_reward, rewards), rest)
+        per_candidate = zero_padding(_dpo_per_pair(best_reward, rewards), rest)
         return per_candidate.sum(1) / rest.sum(1).clamp_min(1).to(rewards.dtype)
     pairs = ordered_pairs(ranks)
     winner_is_best = best.gather(1, pairs.winner)
@@ -519,12 +507,12 @@ def sppo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor
     objective cannot push log-ratios without bound. With hard ``P`` (1 and 0) on a pair it is
     ``sppo_hard``. Padding (-1) is excluded.
     """
-    ranks = _resolve_list_ranks(policy_logps, ranks, None)
+    ranks = resolve_list_ranks(policy_logps, ranks, None)
     valid = valid_mask(ranks)
     if grades is None:
         rates = win_rates_from_ranks(ranks, policy_logps.dtype)
     else:
-        rates = _list_tensor(grades, policy_logps, valid, "grades", fill=0.5)
+        rates = list_tensor(grades, policy_logps, valid, "grades", fill=0.5)
     rho = _scaled_log_ratios(policy_logps, ref_logps, valid, 1.0)
-    per_response = _zero_padding((rho - (rates - 0.5) / beta) ** 2, valid)
+    per_response = zero_padding((rho - (rates - 0.5) / beta) ** 2, valid)
     return per_response.sum(1) / valid.sum(1).clamp_min(1)

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._common import pairwise_loss
-from ._registry import register
+from ._common import pairwise_loss, pairwise_ratio_loss
+from ._registry import Range, register
 
 # exp() arguments of the f-divergence scores are capped here so that exp and its gradient stay finite
 # in float32 (exp(50) ~ 5e21); beyond the cap that term's gradient is zero (like TRL's capped exp).
@@ -37,11 +37,6 @@ EXP_CAP = 50.0
 
 _DPO = ("Rafailov, Sharma, Mitchell, Ermon, Manning, Finn, Direct Preference Optimization: Your Language "
         "Model is Secretly a Reward Model, NeurIPS 2023 (arXiv:2305.18290)")
-
-
-def _rho(logps: Tensor, ref: Tensor | None) -> Tensor:
-    """Per-pair log-ratio; the policy log-prob itself when there is no reference."""
-    return logps if ref is None else logps - ref
 
 
 def _require_lengths(lengths: Tensor | None, name: str) -> Tensor:
@@ -56,13 +51,6 @@ def _safe_length(length: Tensor) -> Tensor:
     # decomposition discards them, but the division must not produce inf/NaN there (a NaN would poison
     # the gradient through torch.where), so counts below 1 are read as 1.
     return length.clamp_min(1.0)
-
-
-def _check_smoothing(eps: float, low: float, high: float, name: str, closed_high: bool = True) -> None:
-    ok = low <= eps <= high if closed_high else low <= eps < high
-    if not ok:
-        bracket = "]" if closed_high else ")"
-        raise ValueError(f"{name}: label_smoothing must be in [{low}, {high}{bracket}, got {eps}")
 
 
 def _logistic_pair(margin: Tensor, eps: float) -> Tensor:
@@ -88,7 +76,7 @@ def dpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor 
     implicit reward ``beta * rho``. ``eps > 0`` is cDPO (Mitchell, "A note on DPO with noisy
     preferences", 2023): the expected DPO loss when each label is flipped with probability eps, which
     keeps the margin finite (its minimiser is sigma(beta h) = 1 - eps instead of h -> infinity).
-    Same parameter name as TRL (``label_smoothing``). ``eps`` must lie in [0, 1].
+    Same parameter name as TRL (``label_smoothing``). ``eps`` must lie in [0, 0.5) (registry range; 0.5 or more reverses the labels).
 
     ``ref_logps=None`` gives the reference-free variant (rho = log pi_theta). ``lengths``/``grades``
     are unused. K > 2, ties and padding: the module's pair decomposition (mean over strictly ordered
@@ -98,13 +86,12 @@ def dpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor 
     -------
     Tensor ``[B]``: the per-list loss.
     """
-    _check_smoothing(label_smoothing, 0.0, 1.0, "dpo")
 
-    def per_pair(chosen, rejected, ref_chosen, ref_rejected):
-        h = _rho(chosen, ref_chosen) - _rho(rejected, ref_rejected)
+    def per_pair(rho_w, rho_l):
+        h = rho_w - rho_l
         return _logistic_pair(beta * h, label_smoothing)
 
-    return pairwise_loss(per_pair, policy_logps, ref_logps, ranks)
+    return pairwise_ratio_loss(per_pair, policy_logps, ref_logps, ranks)
 
 
 @register("robust_dpo", family="pairwise",
@@ -129,15 +116,14 @@ def robust_dpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: 
     parameter name as TRL's ``loss_type="robust"``. ``ref_logps=None``: reference-free. K > 2, ties,
     padding: the module's pair decomposition.
     """
-    _check_smoothing(label_smoothing, 0.0, 0.5, "robust_dpo", closed_high=False)
 
-    def per_pair(chosen, rejected, ref_chosen, ref_rejected):
-        margin = beta * (_rho(chosen, ref_chosen) - _rho(rejected, ref_rejected))
+    def per_pair(rho_w, rho_l):
+        margin = beta * (rho_w - rho_l)
         clean = -F.logsigmoid(margin)
         flipped = -F.logsigmoid(-margin)
         return ((1.0 - label_smoothing) * clean - label_smoothing * flipped) / (1.0 - 2.0 * label_smoothing)
 
-    return pairwise_loss(per_pair, policy_logps, ref_logps, ranks)
+    return pairwise_ratio_loss(per_pair, policy_logps, ref_logps, ranks)
 
 
 @register("ipo", family="pairwise",
@@ -165,17 +151,17 @@ def ipo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor 
     if length_normalize:
         lengths = _require_lengths(lengths, "ipo(length_normalize=True)")
 
-        def per_pair(chosen, rejected, ref_chosen, ref_rejected, len_chosen, len_rejected):
-            h = (_rho(chosen, ref_chosen) / _safe_length(len_chosen)
-                 - _rho(rejected, ref_rejected) / _safe_length(len_rejected))
+        def per_pair(rho_w, rho_l, len_chosen, len_rejected):
+            h = (rho_w / _safe_length(len_chosen)
+                 - rho_l / _safe_length(len_rejected))
             return (h - target) ** 2
 
-        return pairwise_loss(per_pair, policy_logps, ref_logps, ranks, lengths)
+        return pairwise_ratio_loss(per_pair, policy_logps, ref_logps, ranks, lengths)
 
-    def per_pair_summed(chosen, rejected, ref_chosen, ref_rejected):
-        return (_rho(chosen, ref_chosen) - _rho(rejected, ref_rejected) - target) ** 2
+    def per_pair_summed(rho_w, rho_l):
+        return (rho_w - rho_l - target) ** 2
 
-    return pairwise_loss(per_pair_summed, policy_logps, ref_logps, ranks)
+    return pairwise_ratio_loss(per_pair_summed, policy_logps, ref_logps, ranks)
 
 
 @register("hinge", family="pairwise",
@@ -198,10 +184,10 @@ def hinge(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tenso
     module's pair decomposition.
     """
 
-    def per_pair(chosen, rejected, ref_chosen, ref_rejected):
-        return torch.relu(1.0 - beta * (_rho(chosen, ref_chosen) - _rho(rejected, ref_rejected)))
+    def per_pair(rho_w, rho_l):
+        return torch.relu(1.0 - beta * (rho_w - rho_l))
 
-    return pairwise_loss(per_pair, policy_logps, ref_logps, ranks)
+    return pairwise_ratio_loss(per_pair, policy_logps, ref_logps, ranks)
 
 
 # ------------------------------------------------------------------------------- reference-free family
@@ -229,7 +215,6 @@ def simpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tenso
     ``ref_logps`` is ignored. K > 2, ties, padding: the module's pair decomposition.
     """
     lengths = _require_lengths(lengths, "simpo")
-    _check_smoothing(label_smoothing, 0.0, 1.0, "simpo")
 
     def per_pair(chosen, rejected, ref_chosen, ref_rejected, len_chosen, len_rejected):
         margin = beta * (chosen / _safe_length(len_chosen) - rejected / _safe_length(len_rejected)) - gamma
@@ -261,7 +246,6 @@ def cpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor 
     not in the paper; default 0). ``ref_logps`` is ignored. K > 2, ties, padding: the module's pair
     decomposition, so a candidate's NLL enters once per pair it wins (at K = 2 exactly the paper's loss).
     """
-    _check_smoothing(label_smoothing, 0.0, 1.0, "cpo")
     if nll_length_normalize:
         lengths = _require_lengths(lengths, "cpo(nll_length_normalize=True)")
 
@@ -332,12 +316,12 @@ def ln_dpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tens
     """
     lengths = _require_lengths(lengths, "ln_dpo")
 
-    def per_pair(chosen, rejected, ref_chosen, ref_rejected, len_chosen, len_rejected):
-        h = (_rho(chosen, ref_chosen) / _safe_length(len_chosen)
-             - _rho(rejected, ref_rejected) / _safe_length(len_rejected))
+    def per_pair(rho_w, rho_l, len_chosen, len_rejected):
+        h = (rho_w / _safe_length(len_chosen)
+             - rho_l / _safe_length(len_rejected))
         return -F.logsigmoid(beta * h)
 
-    return pairwise_loss(per_pair, policy_logps, ref_logps, ranks, lengths)
+    return pairwise_ratio_loss(per_pair, policy_logps, ref_logps, ranks, lengths)
 
 
 @register("soft_dpo", family="pairwise",
@@ -384,27 +368,29 @@ def soft_dpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Te
         # column b holds P(column b beats the other one); gathering it at the pair's winner gives p.
         win_prob = torch.stack([prob, 1.0 - prob], dim=1).detach()
 
-        def per_pair_prob(chosen, rejected, ref_chosen, ref_rejected, p_chosen, p_rejected):
-            margin = beta * (_rho(chosen, ref_chosen) - _rho(rejected, ref_rejected))
+        def per_pair_prob(rho_w, rho_l, p_chosen, p_rejected):
+            margin = beta * (rho_w - rho_l)
             return -p_chosen * F.logsigmoid(margin) - (1.0 - p_chosen) * F.logsigmoid(-margin)
 
-        return pairwise_loss(per_pair_prob, policy_logps, ref_logps, ranks, win_prob)
+        return pairwise_ratio_loss(per_pair_prob, policy_logps, ref_logps, ranks, win_prob)
 
     if grades is not None:
         grades = torch.as_tensor(grades, device=policy_logps.device).to(policy_logps.dtype).detach()
 
-        def per_pair_grades(chosen, rejected, ref_chosen, ref_rejected, grade_chosen, grade_rejected):
-            margin = beta * (_rho(chosen, ref_chosen) - _rho(rejected, ref_rejected))
+        def per_pair_grades(rho_w, rho_l, grade_chosen, grade_rejected):
+            margin = beta * (rho_w - rho_l)
             p = torch.sigmoid(grade_chosen - grade_rejected)
             return -p * F.logsigmoid(margin) - (1.0 - p) * F.logsigmoid(-margin)
 
-        return pairwise_loss(per_pair_grades, policy_logps, ref_logps, ranks, grades)
+        return pairwise_ratio_loss(per_pair_grades, policy_logps, ref_logps, ranks, grades)
 
     return dpo(policy_logps, ref_logps, ranks=ranks, beta=beta)
 
 
 # ----------------------------------------------------------------------- distribution-matching family
 @register("exo", family="pairwise",
+          ranges={"label_smoothing": Range(0.0, 0.5, low_open=True, high_open=True,
+                                           why="0 makes the loss infinite, 0.5 or more reverses the labels")},
           paper="Ji, Lu, Zhang, Deng, Zhao, Wang, Gao, Towards Efficient Exact Optimization of Language Model "
                 "Alignment, ICML 2024 (arXiv:2402.00856)")
 def exo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor | None = None,
@@ -420,25 +406,23 @@ def exo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor 
     Intuition: the reverse KL from the model's implicit preference distribution to the (smoothed)
     labels, which is mode-seeking like the RLHF objective it exactly optimises, unlike DPO's forward
     KL. Its minimum, 0, is at beta h = log((1 - eps) / eps). ``beta`` is the paper's beta_pi (with fixed
-    pair labels the paper's beta_r plays no role); eps must lie in (0, 1) (eps = 0 makes the loss
-    infinite for any finite h); the default 1e-3 is TRL's recommended value for ``loss_type="exo_pair"``
+    pair labels the paper's beta_r plays no role); eps must lie in (0, 0.5) (eps = 0 makes the loss
+    infinite for any finite h, eps >= 0.5 reverses the labels); the default 1e-3 is TRL's recommended value for ``loss_type="exo_pair"``
     (the authors' code writes the loser's label as log-weight -10 next to 0 for the winner, i.e.
     eps = e^-10 / (1 + e^-10) ~ 4.5e-5 up to a constant offset of log(1 + e^-10)).
     ``ref_logps=None``: reference-free. K > 2, ties, padding: the module's pair decomposition (EXO's
     K-response form over a list is a different objective and is not what this computes).
     """
-    if not 0.0 < label_smoothing < 1.0:
-        raise ValueError(f"exo: label_smoothing must be in (0, 1), got {label_smoothing}")
     log_p_w = math.log1p(-label_smoothing)
     log_p_l = math.log(label_smoothing)
 
-    def per_pair(chosen, rejected, ref_chosen, ref_rejected):
-        margin = beta * (_rho(chosen, ref_chosen) - _rho(rejected, ref_rejected))
+    def per_pair(rho_w, rho_l):
+        margin = beta * (rho_w - rho_l)
         log_q_w = F.logsigmoid(margin)
         log_q_l = F.logsigmoid(-margin)
         return log_q_w.exp() * (log_q_w - log_p_w) + log_q_l.exp() * (log_q_l - log_p_l)
 
-    return pairwise_loss(per_pair, policy_logps, ref_logps, ranks)
+    return pairwise_ratio_loss(per_pair, policy_logps, ref_logps, ranks)
 
 
 @register("nca", family="pairwise",
@@ -459,12 +443,12 @@ def nca(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor 
     ``ref_logps=None``: reference-free. K > 2, ties, padding: the module's pair decomposition.
     """
 
-    def per_pair(chosen, rejected, ref_chosen, ref_rejected):
-        reward_w = beta * _rho(chosen, ref_chosen)
-        reward_l = beta * _rho(rejected, ref_rejected)
+    def per_pair(rho_w, rho_l):
+        reward_w = beta * rho_w
+        reward_l = beta * rho_l
         return -F.logsigmoid(reward_w) - 0.5 * F.logsigmoid(-reward_w) - 0.5 * F.logsigmoid(-reward_l)
 
-    return pairwise_loss(per_pair, policy_logps, ref_logps, ranks)
+    return pairwise_ratio_loss(per_pair, policy_logps, ref_logps, ranks)
 
 
 _APO = ("D'Oosterlinck, Xu, Develder, Demeester, Singh, Potts, Kiela, Mehri, Anchored Preference Optimization "
@@ -487,10 +471,10 @@ def apo_zero(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Te
     ``ref_logps=None``: reference-free. K > 2, ties, padding: the module's pair decomposition.
     """
 
-    def per_pair(chosen, rejected, ref_chosen, ref_rejected):
-        return torch.sigmoid(-beta * _rho(chosen, ref_chosen)) + torch.sigmoid(beta * _rho(rejected, ref_rejected))
+    def per_pair(rho_w, rho_l):
+        return torch.sigmoid(-beta * rho_w) + torch.sigmoid(beta * rho_l)
 
-    return pairwise_loss(per_pair, policy_logps, ref_logps, ranks)
+    return pairwise_ratio_loss(per_pair, policy_logps, ref_logps, ranks)
 
 
 @register("apo_down", family="pairwise", paper=_APO)
@@ -508,12 +492,10 @@ def apo_down(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Te
     [0, 2]. ``ref_logps=None``: reference-free. K > 2, ties, padding: the module's pair decomposition.
     """
 
-    def per_pair(chosen, rejected, ref_chosen, ref_rejected):
-        rho_w = _rho(chosen, ref_chosen)
-        rho_l = _rho(rejected, ref_rejected)
+    def per_pair(rho_w, rho_l):
         return torch.sigmoid(beta * rho_w) + torch.sigmoid(-beta * (rho_w - rho_l))
 
-    return pairwise_loss(per_pair, policy_logps, ref_logps, ranks)
+    return pairwise_ratio_loss(per_pair, policy_logps, ref_logps, ranks)
 
 
 @register("sppo_hard", family="pairwise",
@@ -537,10 +519,10 @@ def sppo_hard(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: T
     """
     target = 0.5 / beta
 
-    def per_pair(chosen, rejected, ref_chosen, ref_rejected):
-        return (_rho(chosen, ref_chosen) - target) ** 2 + (_rho(rejected, ref_rejected) + target) ** 2
+    def per_pair(rho_w, rho_l):
+        return (rho_w - target) ** 2 + (rho_l + target) ** 2
 
-    return pairwise_loss(per_pair, policy_logps, ref_logps, ranks)
+    return pairwise_ratio_loss(per_pair, policy_logps, ref_logps, ranks)
 
 
 @register("discopop", family="pairwise",
@@ -563,16 +545,14 @@ def discopop(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Te
     exp(-x) alone overflows. ``ref_logps=None``: reference-free. K > 2, ties, padding: the module's
     pair decomposition.
     """
-    if discopop_tau <= 0:
-        raise ValueError(f"discopop: discopop_tau must be > 0, got {discopop_tau}")
 
-    def per_pair(chosen, rejected, ref_chosen, ref_rejected):
-        x = beta * (_rho(chosen, ref_chosen) - _rho(rejected, ref_rejected))
+    def per_pair(rho_w, rho_l):
+        x = beta * (rho_w - rho_l)
         logistic = torch.sigmoid(-x / discopop_tau) * F.softplus(-x)
         exponential = torch.exp(F.logsigmoid(x / discopop_tau) - x)
         return logistic + exponential
 
-    return pairwise_loss(per_pair, policy_logps, ref_logps, ranks)
+    return pairwise_ratio_loss(per_pair, policy_logps, ref_logps, ranks)
 
 
 # --------------------------------------------------------------------------------- f-divergence DPO
@@ -604,6 +584,7 @@ def f_divergence_score(rho: Tensor, divergence: str, alpha: float = 0.5) -> Tens
 
 
 @register("f_dpo", family="pairwise",
+          ranges={"divergence": Range(kind="choice", choices=DIVERGENCES), "alpha": Range(0.0, 1.0)},
           paper="Wang, Jiang, Yang, Liu, Chen, Beyond Reverse KL: Generalizing Direct Preference Optimization "
                 "with Diverse Divergence Constraints, ICLR 2024 (arXiv:2309.16240)")
 def f_dpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor | None = None,
@@ -628,12 +609,10 @@ def f_dpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tenso
     for finite gradients when pi_theta << pi_ref. ``ref_logps=None`` scores the policy log-probs
     directly. K > 2, ties, padding: the module's pair decomposition.
     """
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"f_dpo: unknown divergence {divergence!r}; expected one of {', '.join(DIVERGENCES)}")
 
-    def per_pair(chosen, rejected, ref_chosen, ref_rejected):
-        score_w = f_divergence_score(_rho(chosen, ref_chosen), divergence, alpha)
-        score_l = f_divergence_score(_rho(rejected, ref_rejected), divergence, alpha)
+    def per_pair(rho_w, rho_l):
+        score_w = f_divergence_score(rho_w, divergence, alpha)
+        score_l = f_divergence_score(rho_l, divergence, alpha)
         return -F.logsigmoid(beta * (score_w - score_l))
 
-    return pairwise_loss(per_pair, policy_logps, ref_logps, ranks)
+    return pairwise_ratio_loss(per_pair, policy_logps, ref_logps, ranks)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ._common import resolve_ranks
-from ._registry import register
+from ._registry import NON_NEGATIVE, register
 
 _GRPO = ("Shao, Wang, Zhu, Xu, Song, Bi, Zhang, Zhang, Li, Wu, Guo, DeepSeekMath: Pushing the Limits of "
          "Mathematical Reasoning in Open Language Models, 2024 (arXiv:2402.03300)")
@@ -116,7 +116,7 @@ def k3_kl(token_logps: Tensor, ref_token_logps: Tensor) -> Tensor:
     return torch.expm1(delta) - delta
 
 
-@register("grpo", family="policy_gradient", paper=_GRPO)
+@register("grpo", family="policy_gradient", paper=_GRPO, ranges={"beta": NON_NEGATIVE})
 def grpo(token_logps: Tensor, ref_token_logps: Tensor | None = None, *, advantages: Tensor | None = None,
          token_mask: Tensor | None = None, old_token_logps: Tensor | None = None, clip_epsilon: float = 0.2,
          beta: float = 0.04) -> Tensor:
@@ -171,7 +171,7 @@ def grpo(token_logps: Tensor, ref_token_logps: Tensor | None = None, *, advantag
     return (per_response * present).sum(1) / present.sum(1).clamp_min(1)
 
 
-@register("rloo", family="policy_gradient", paper=_RLOO)
+@register("rloo", family="policy_gradient", paper=_RLOO, ranges={"beta": NON_NEGATIVE})
 def rloo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, rewards: Tensor | None = None,
          ranks: Tensor | None = None, beta: float = 0.05) -> Tensor:
     """REINFORCE Leave-One-Out (RLOO; Ahmadian et al. 2024, Eq. 6), sequence level.

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._common import ordered_pairs, valid_mask
+from ._common import list_tensor, ordered_pairs, resolve_list_ranks, valid_mask, zero_padding
 from ._registry import register
-from .listwise import _list_tensor, _resolve_list_ranks, _zero_padding, plackett_luce_nll
+from .listwise import plackett_luce_nll
 
 __all__ = ["bt_reward", "pl_reward", "davidson_reward", "bce_reward", "rating_regression",
            "general_preference_logits", "general_preference_loss"]
@@ -25,14 +25,14 @@ __all__ = ["bt_reward", "pl_reward", "davidson_reward", "bce_reward", "rating_re
 def _scores_and_ranks(scores: Tensor, ranks, grades) -> tuple[Tensor, Tensor]:
     if scores.dim() != 2:
         raise ValueError(f"reward objectives take [B, K] scores, got shape {tuple(scores.shape)}")
-    ranks = _resolve_list_ranks(scores, ranks, grades)
-    return _zero_padding(scores, valid_mask(ranks)), ranks
+    ranks = resolve_list_ranks(scores, ranks, grades)
+    return zero_padding(scores, valid_mask(ranks)), ranks
 
 
 def _required_grades(scores: Tensor, grades, valid: Tensor, name: str) -> Tensor:
     if grades is None:
         raise ValueError(f"{name} needs grades ([B, K] targets per candidate)")
-    return _list_tensor(grades, scores, valid, "grades")
+    return list_tensor(grades, scores, valid, "grades")
 
 
 @register("bt_reward", family="reward",
@@ -147,7 +147,7 @@ def bce_reward(scores: Tensor, *, ranks: Tensor | None = None, grades: Tensor | 
     if bool(((labels < 0) | (labels > 1)).any()):
         raise ValueError("bce_reward needs grades (labels) in [0, 1]")
     per_item = F.binary_cross_entropy_with_logits(scores, labels, reduction="none")
-    return _zero_padding(per_item, valid).sum(1) / valid.sum(1).clamp_min(1).to(scores.dtype)
+    return zero_padding(per_item, valid).sum(1) / valid.sum(1).clamp_min(1).to(scores.dtype)
 
 
 @register("rating_regression", family="reward",
@@ -163,25 +163,28 @@ def rating_regression(scores: Tensor, *, ranks: Tensor | None = None, grades: Te
     valid = valid_mask(ranks)
     targets = _required_grades(scores, grades, valid, "rating_regression")
     per_item = (scores - targets) ** 2
-    return _zero_padding(per_item, valid).sum(1) / valid.sum(1).clamp_min(1).to(scores.dtype)
+    return zero_padding(per_item, valid).sum(1) / valid.sum(1).clamp_min(1).to(scores.dtype)
 
 
 # ------------------------------------------------------------------------- general preference model
 def general_preference_logits(first: Tensor, second: Tensor, eigenvalues: Tensor | None = None) -> Tensor:
-    """``v_1^T R v_2`` for embeddings ``[..., 2k]`` (the logit of ``P(first > second)``), without forming R.
+    """Logit of ``P(first > second)`` under the general preference model, embeddings ``[..., 2k]``.
 
-    The general preference model of Zhang et al. 2024 ("General Preference Modeling with Preference
-    Representations for Aligning Language Models", arXiv:2410.02197): ``P(y_1 > y_2) = sigma(v_1^T R v_2)``
-    with the skew-symmetric ``R = diag(lambda_i [[0, -1], [1, 0]])``, so it can represent cycles.
-    Not in the registry: it scores preference *embeddings* ``[B, K, 2k]``, not scalar scores.
-
-    Block i contributes ``lambda_i (v_1[2i+1] v_2[2i] - v_1[2i] v_2[2i+1])``.
+    Zhang et al. 2024 ("General Preference Modeling with Preference Representations for Aligning Language
+    Models", arXiv:2410.02197) score a pair with a skew-symmetric operator, ``P(y_1 > y_2 | x) =
+    sigma(<R^> v_1, v_2>)``, ``R^> = diag(lambda_i [[0, -1], [1, 0]])``; in their code (2-D loss and
+    high-dimensional loss alike) block i contributes ``lambda_i (v_1[2i] v_2[2i+1] - v_1[2i+1] v_2[2i])``, i.e.
+    ``v_2^T R v_1 = -v_1^T R v_2`` with R as written. We follow that sign, so their embeddings and
+    checkpoints keep their preferences; the opposite convention is ``general_preference_logits(second,
+    first)``. ``eigenvalues`` (block scales lambda) broadcast against ``[..., k]`` (per prompt: ``[B, 1, k]``
+    against ``[B, P, 2k]`` embeddings); None means 1. Not in the registry: it scores preference
+    *embeddings*, not scalar scores.
     """
     if first.shape[-1] % 2:
         raise ValueError(f"preference embeddings need an even last dimension, got {first.shape[-1]}")
     a = first.unflatten(-1, (-1, 2))
     b = second.unflatten(-1, (-1, 2))
-    per_block = a[..., 1] * b[..., 0] - a[..., 0] * b[..., 1]
+    per_block = a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]
     if eigenvalues is not None:
         per_block = per_block * eigenvalues.to(per_block.dtype)
     return per_block.sum(-1)
@@ -191,7 +194,8 @@ def general_preference_loss(embeddings: Tensor, *, ranks: Tensor | None = None,
                             eigenvalues: Tensor | None = None) -> Tensor:
     """Negative log-likelihood of the observed preferences under the general preference model.
 
-    Per ordered pair (winner w, loser l) of a list: ``-log sigma(v_w^T R v_l)``, averaged over the list's
+    Per ordered pair (winner w, loser l) of a list: ``-log sigma(logit(v_w, v_l))`` with
+    :func:`general_preference_logits` (the authors' sign), averaged over the list's
     strictly ordered pairs (the same pair decomposition as ``bt_reward``; ties and padding skipped, a
     list without an ordered pair gives 0).
 
@@ -200,8 +204,8 @@ def general_preference_loss(embeddings: Tensor, *, ranks: Tensor | None = None,
     embeddings : Tensor [B, K, 2k]
     ranks : Tensor [B, K] long, optional
         0 best, equal = tie, -1 padding; None: column order (column 0 best).
-    eigenvalues : Tensor [k], optional
-        Block scales lambda (default 1).
+    eigenvalues : Tensor [k] or [B, k], optional
+        Block scales lambda (default 1); ``[B, k]``: one set per list (a prompt-dependent gate).
 
     Returns
     -------
@@ -214,5 +218,7 @@ def general_preference_loss(embeddings: Tensor, *, ranks: Tensor | None = None,
     index = lambda which: which.unsqueeze(-1).expand(-1, -1, embeddings.shape[-1])  # noqa: E731
     winners = embeddings.gather(1, index(pairs.winner))
     losers = embeddings.gather(1, index(pairs.loser))
+    if eigenvalues is not None and eigenvalues.dim() == 2:
+        eigenvalues = eigenvalues.unsqueeze(1)  # [B, 1, k] against the [B, P, 2k] pairs
     logits = general_preference_logits(winners, losers, eigenvalues)
     return pairs.mean(-F.logsigmoid(logits))

@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._common import log_ratios, pairwise_loss, valid_mask
+from ._common import log_ratios, pairwise_loss, resolve_list_ranks, valid_mask, zero_padding
 from ._registry import register
-from .listwise import _resolve_list_ranks, _zero_padding
 
 __all__ = ["kto", "bco", "bco_pair", "apo_zero_unpaired", "BCORunningMean", "kto_reference_point"]
 
@@ -193,10 +192,10 @@ def bco_pair(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Te
     """
     shift = torch.as_tensor(delta, dtype=policy_logps.dtype, device=policy_logps.device).detach()
     # Zero padded entries first: pairs touching padding are dropped, but NaN there would poison gradients.
-    ranks = _resolve_list_ranks(policy_logps, ranks, grades)
+    ranks = resolve_list_ranks(policy_logps, ranks, grades)
     valid = valid_mask(ranks)
-    policy_logps = _zero_padding(policy_logps, valid)
-    ref_logps = None if ref_logps is None else _zero_padding(ref_logps, valid)
+    policy_logps = zero_padding(policy_logps, valid)
+    ref_logps = None if ref_logps is None else zero_padding(ref_logps, valid)
 
     def per_pair(chosen, rejected, ref_chosen, ref_rejected):
         desirable, _ = _bco_terms(beta * log_ratios(chosen, ref_chosen), shift)

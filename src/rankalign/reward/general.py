@@ -5,12 +5,15 @@ of the three pairs can be right. The general preference model of Zhang et al. 20
 Modeling with Preference Representations for Aligning Language Models", arXiv:2410.02197) embeds each
 response into ``2k`` dimensions, ``v = head(h)``, and scores a pair with a skew-symmetric operator::
 
-    P(y_1 > y_2 | x) = sigma(v_1^T R v_2),   R = diag(lambda_1 J, ..., lambda_k J),   J = [[0, -1], [1, 0]]
+    P(y_1 > y_2 | x) = sigma(<R v_1, v_2>) = sigma(v_2^T R v_1),   R = diag(lambda_1 J, ..., lambda_k J),
+    J = [[0, -1], [1, 0]]
 
+(the sign of the authors' paper and code; see :func:`general_preference_logits`)
 ``R^T = -R`` makes the model antisymmetric (``P(y_1 > y_2) = 1 - P(y_2 > y_1)``, ``P(y > y) = 1/2``), and
 with ``k >= 1`` blocks a 3-cycle is representable (three vectors at 120 degrees in one 2-D block). The
-paper optionally L2-normalises the embeddings and makes the block scales ``lambda`` prompt-dependent;
-here the scales are a fixed or learned vector (``lambda = 1`` by default) and normalisation is optional.
+paper optionally L2-normalises the embeddings and makes the block scales ``lambda`` prompt-dependent
+(``lambda(x) = k softmax(W h_x / sqrt(H))``); this head keeps a fixed or learned vector (``lambda = 1`` by
+default), and ``RewardModel(..., preference_dim=2k, prompt_gate=True)`` puts the prompt gate on a backbone.
 """
 
 from __future__ import annotations

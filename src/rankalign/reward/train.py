@@ -18,7 +18,7 @@ from .. import losses
 from .general import general_preference_loss
 from .model import RewardModel, prepare_lists, reward_scores, score_lists
 
-__all__ = ["train_reward_model", "pairwise_accuracy"]
+__all__ = ["train_reward_model", "pairwise_accuracy", "attribute_names_from", "bootstrap_head_weights"]
 
 _GRADE_OBJECTIVES = ("bce_reward", "rating_regression")
 # the general preference model's objective (embeddings [B, K, 2k], not scores [B, K]; see .general)
@@ -59,26 +59,32 @@ def _ranks(chunk, max_k: int) -> Tensor:
     return ranks
 
 
-def _batch_loss(model, tokenizer, chunk, objective, params, layout, max_length) -> Tensor:
-    rewards, attributes = reward_scores(model, tokenizer, chunk, layout=layout, max_length=max_length)
+def _weighted_mean(per_list: Tensor, weights: Tensor) -> Tensor:
+    return (per_list * weights).sum() / weights.sum().clamp_min(torch.finfo(per_list.dtype).tiny)
+
+
+def _batch_loss(model, tokenizer, chunk, objective, params, layout, max_length,
+                head_weights: Tensor | None = None) -> Tensor:
+    rewards, attributes, eigenvalues = reward_scores(model, tokenizer, chunk, layout=layout, max_length=max_length,
+                                                     return_eigenvalues=True)
     max_k = attributes.shape[1]
     ranks = _ranks(chunk, max_k).to(attributes.device)
     weights = torch.tensor([item.weight for item in chunk], dtype=attributes.dtype, device=attributes.device)
     if objective == GENERAL_PREFERENCE:
-        per_list = general_preference_loss(attributes, ranks=ranks)
-    elif objective.name in _GRADE_OBJECTIVES and model.num_attributes > 1:
+        return _weighted_mean(general_preference_loss(attributes, ranks=ranks, eigenvalues=eigenvalues), weights)
+    columns = None  # (scores [B, K], ranks, grades) per head or attribute, averaged
+    if objective.name in _GRADE_OBJECTIVES and model.num_attributes > 1 and model.ensemble_size == 1:
         # one target per attribute (HelpSteer-style ratings): the objective runs on each attribute column
         grades = _grades(model, chunk, max_k, per_attribute=True)
         if grades is None:
-            raise ValueError(f"{objective.name} needs records with scores")
+            raise ValueError(f"{objective.name} needs records with scores for the attributes "
+                             f"{model.attribute_names}")
         grades = grades.to(rewards.device)
-        per_list = 0.0
+        columns = []
         for a in range(model.num_attributes):
             column = grades[..., a]
             column_ranks = torch.where(torch.isnan(column), torch.full_like(ranks, -1), ranks)
-            per_list = per_list + objective(attributes[..., a], ranks=column_ranks,
-                                            grades=torch.nan_to_num(column), **params)
-        per_list = per_list / model.num_attributes
+            columns.append((attributes[..., a], column_ranks, torch.nan_to_num(column)))
     else:
         grades = _grades(model, chunk, max_k, per_attribute=False)
         if objective.name in _GRADE_OBJECTIVES:
@@ -86,9 +92,52 @@ def _batch_loss(model, tokenizer, chunk, objective, params, layout, max_length) 
                 raise ValueError(f"{objective.name} needs records with scores (or Judgment labels)")
             ranks = torch.where(torch.isnan(grades), torch.full_like(ranks, -1), ranks.cpu()).to(rewards.device)
             grades = torch.nan_to_num(grades)
-        per_list = objective(rewards, ranks=ranks, grades=None if grades is None else grades.to(rewards.device),
-                             **params)
-    return (per_list * weights).sum() / weights.sum().clamp_min(torch.finfo(attributes.dtype).tiny)
+        grades = None if grades is None else grades.to(rewards.device)
+        if model.ensemble_size > 1:
+            # every head fits the data on its own (bootstrap-weighted), not their mean
+            columns = [(attributes[..., e], ranks, grades) for e in range(model.ensemble_size)]
+        else:
+            return _weighted_mean(objective(rewards, ranks=ranks, grades=grades, **params), weights)
+    total = 0.0
+    for c, (scores, column_ranks, column_grades) in enumerate(columns):
+        per_list = objective(scores, ranks=column_ranks, grades=column_grades, **params)
+        column_weights = weights if head_weights is None else weights * head_weights[:, c].to(weights)
+        total = total + _weighted_mean(per_list, column_weights)
+    return total / len(columns)
+
+
+def _list_length(item) -> int:
+    """Tokens (causal lists: prompt + responses) or characters (encoder lists: prompt + longest response)."""
+    if hasattr(item, "response_ids"):
+        return len(item.prompt_ids) + sum(len(r) for r in item.response_ids)
+    return len(item.prompt or "") + max((len(r) for r in item.responses), default=0)
+
+
+def _length_grouped_batches(order: list[int], lists, batch_size: int, generator) -> list[list[int]]:
+    window = batch_size * 50
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start:start + window], key=lambda i: -_list_length(lists[i]))
+        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    shuffled = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in shuffled]
+
+
+def bootstrap_head_weights(n_lists: int, heads: int, seed: int) -> Tensor:
+    """``[N, E]`` Poisson(1) weights: head e sees list n ``w[n, e]`` times (the online bootstrap of Oza & Russell
+    2001, as used for reward-model ensembles), so heads on one backbone fit different resamples of the data."""
+    generator = torch.Generator().manual_seed(seed + 7919)
+    return torch.poisson(torch.ones(n_lists, heads), generator=generator)
+
+
+def attribute_names_from(records: Iterable) -> list[str]:
+    """The attribute names of per-attribute scores (``scores=[{name: value}, ...]``), in first-seen order."""
+    names: dict[str, None] = {}
+    for record in records:
+        for value in getattr(record, "scores", None) or ():
+            if isinstance(value, Mapping):
+                names.update(dict.fromkeys(str(k) for k in value))
+    return list(names)
 
 
 def pairwise_accuracy(scores: Iterable[Tensor], records: Iterable) -> float:
@@ -98,7 +147,7 @@ def pairwise_accuracy(scores: Iterable[Tensor], records: Iterable) -> float:
     Pooled over all pairs, with the shared pair decomposition of :mod:`rankalign.losses` (``eval`` is a
     higher layer; ``rankalign.eval.listwise_reward_accuracy`` gives the same number).
     """
-    from ..losses._common import preference_metrics
+    from ..losses import preference_metrics
 
     rows, ranks = [], []
     for values, record in zip(scores, records):
@@ -120,7 +169,10 @@ def train_reward_model(model: RewardModel, tokenizer, records: Iterable, *, obje
                        epochs: int = 1, lr: float = 1e-4, batch_size: int = 8, seed: int = 0,
                        weight_decay: float = 0.0, max_length: int | None = None, layout: str = "shared",
                        objective_params: Mapping | None = None, max_grad_norm: float | None = 1.0,
-                       eval_records: Iterable | None = None, progress: bool = False) -> list[dict]:
+                       eval_records: Iterable | None = None, progress: bool = False,
+                       bootstrap: bool = True, lr_scheduler: str = "constant", warmup_ratio: float = 0.0,
+                       resume_state: Mapping | None = None, on_step=None,
+                       group_by_length: bool = False) -> list[dict]:
     """Fit ``model`` on ranked lists with a registered reward objective (AdamW, shuffled mini-batches).
 
     Parameters
@@ -153,11 +205,26 @@ def train_reward_model(model: RewardModel, tokenizer, records: Iterable, *, obje
         entry as ``"eval_accuracy"`` (scalar reward models only).
     progress : bool
         Show a progress bar over steps.
+    lr_scheduler : {"constant", "linear"}, warmup_ratio : float
+        Learning-rate schedule: linear warm-up over ``warmup_ratio`` of the steps, then constant or linear
+        decay to 0.
+    resume_state : mapping, optional
+        ``{"step", "optimizer", "scheduler", "rng", "history"}`` from a checkpoint: the first ``step`` steps
+        are skipped (the data order is re-drawn from ``seed``, so the run continues where it stopped).
+    on_step : callable, optional
+        ``on_step(step, state)`` after every optimiser step, ``state`` holding the optimizer, scheduler,
+        history and ``end_of_epoch`` (``rankalign reward train`` writes its checkpoints here).
+    group_by_length : bool
+        Batch lists of similar length together (within shuffled windows of 50 batches, batches then
+        shuffled; as ``group_by_length`` of transformers' Trainer): less padding, the same data per epoch.
+    bootstrap : bool
+        Ensembles (``model.ensemble_size > 1``): weight each head's loss on each list by a Poisson(1) draw
+        (:func:`bootstrap_head_weights`), so the heads differ by data as well as by initialisation.
 
     Returns
     -------
     list of dict
-        One entry per optimiser step: ``{"epoch", "step", "loss"}`` (and ``"eval_accuracy"`` at the end of
+        One entry per optimiser step: ``{"epoch", "step", "loss", "lr", "lists"}`` (and ``"eval_accuracy"`` at the end of
         each epoch when ``eval_records`` is given).
     """
     if (objective == GENERAL_PREFERENCE) != (model.preference_dim is not None):
@@ -180,39 +247,79 @@ def train_reward_model(model: RewardModel, tokenizer, records: Iterable, *, obje
     if not lists:
         raise ValueError("no ranked list to train on")
     trainable = [p for p in model.parameters() if p.requires_grad]
+    head_weights = (bootstrap_head_weights(len(lists), model.ensemble_size, seed)
+                    if model.ensemble_size > 1 and bootstrap else None)
     history: list[dict] = []
     steps_per_epoch = math.ceil(len(lists) / batch_size)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    bar = task = None
+    if progress:  # rich, on stderr: the progress style of every rankalign command
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        bar = tqdm(total=epochs * steps_per_epoch, desc=f"reward {objective}")
+        bar = Progress(TextColumn(f"reward {objective}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                       TextColumn("{task.fields[loss]}"), console=Console(stderr=True))
+        bar.start()
+        task = bar.add_task("reward", total=epochs * steps_per_epoch, loss="")
+    total_steps = epochs * steps_per_epoch
+    warmup = int(round(warmup_ratio * total_steps))
+
+    def schedule(step: int) -> float:  # multiplier of lr at optimiser step `step` (0-based)
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if lr_scheduler == "linear":
+            return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+        return 1.0
+
+    if lr_scheduler not in ("constant", "linear"):
+        raise ValueError(f"lr_scheduler must be 'constant' or 'linear', got {lr_scheduler!r}")
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        start_step = 0
+        if resume_state is not None:
+            optimizer.load_state_dict(resume_state["optimizer"])
+            scheduler.load_state_dict(resume_state["scheduler"])
+            torch.set_rng_state(resume_state["rng"])
+            start_step = int(resume_state["step"])
+            history.extend(resume_state.get("history", []))
+            if bar is not None:
+                bar.update(start_step)
         model.train()
         step = 0
         for epoch in range(epochs):
+            # every epoch's order is drawn even when it is skipped, so a resumed run sees the same batches
             order = torch.randperm(len(lists), generator=generator).tolist()
-            for start in range(0, len(lists), batch_size):
-                chunk = [lists[i] for i in order[start:start + batch_size]]
-                loss = _batch_loss(model, tokenizer, chunk, fn, params, layout, max_length)
+            batches = [order[start:start + batch_size] for start in range(0, len(lists), batch_size)]
+            if group_by_length:
+                batches = _length_grouped_batches(order, lists, batch_size, generator)
+            for number, batch_order in enumerate(batches):
+                if step < start_step:
+                    step += 1
+                    continue
+                chunk = [lists[i] for i in batch_order]
+                loss = _batch_loss(model, tokenizer, chunk, fn, params, layout, max_length,
+                                   None if head_weights is None else head_weights[batch_order])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
                 optimizer.step()
+                scheduler.step()
                 step += 1
-                history.append({"epoch": epoch, "step": step, "loss": float(loss.detach())})
+                history.append({"epoch": epoch, "step": step, "loss": float(loss.detach()),
+                                "lr": scheduler.get_last_lr()[0], "lists": len(chunk)})
                 if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
-            if eval_records:
+                    bar.update(task, advance=1, loss=f"loss {history[-1]['loss']:.4f}")
+                if on_step is not None:
+                    on_step(step, {"optimizer": optimizer, "scheduler": scheduler, "history": history,
+                                   "end_of_epoch": number == len(batches) - 1})
+            if eval_records and step > start_step:
                 scores = score_lists(model, tokenizer, eval_records, max_length=max_length, layout=layout)
                 history[-1]["eval_accuracy"] = pairwise_accuracy(scores, eval_records)
                 model.train()
     if bar is not None:
-        bar.close()
+        bar.stop()
     model.eval()
     return history

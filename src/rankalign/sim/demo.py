@@ -8,6 +8,11 @@
    :func:`rankalign.train.train_preference`: DPO on pairs (each list binarised to its best and worst
    response, the common practice that throws the middle of the ranking away), Plackett-Luce DPO and
    LiPO-λ on the full lists.
+3b. On-policy rows (:func:`online_stage`, :mod:`rankalign.online`), from the same budget of judged samples
+   (192 groups of K = 4) and the same annotator population as judge (:class:`PopulationJudge`):
+   online Plackett-Luce DPO over 3 rounds of 64 lists sampled from the current policy (same objective,
+   beta, learning rate and epochs as the offline row, reference fixed), and GRPO and RLOO (24 steps of
+   8 groups; rank rewards, since the annotators only rank).
 4. Evaluate every policy (:mod:`rankalign.eval`): gold win rate against the reference policy (± SE over
    prompts), mean gold reward and response length, KL(π‖π_ref) (Monte Carlo, k1), ranking accuracy and
    idealised ranking accuracy on held-out annotated lists (the true preference rates are known here),
@@ -26,7 +31,8 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -48,6 +54,12 @@ METHODS = (
     ("pl_dpo (lists)", "pl_dpo", "lists"),
     ("lipo_lambda (lists)", "lipo_lambda", "lists"),
 )
+# on-policy rows (rankalign.online), from the same budget of judged samples as the rows above
+ONLINE_METHODS = (
+    ("online pl_dpo (3 rounds)", "pl_dpo"),
+    ("grpo", "grpo"),
+    ("rloo", "rloo"),
+)
 
 
 @dataclass(frozen=True)
@@ -66,6 +78,11 @@ class DemoSettings:
     batch_size: int = 8
     temperature: float = 1.0     # annotators' Bradley-Terry / Plackett-Luce temperature
     num_prompts: int = 24        # the first N of the world's 24 prompts (fewer only for smoke tests)
+    online_rounds: int = 3       # online Plackett-Luce DPO: rounds (the judged budget split evenly)
+    pg_prompts_per_step: int = 8  # GRPO / RLOO: groups per step (steps = judged groups / this)
+    pg_iterations: int = 4       # GRPO / RLOO: updates per sampled batch (GRPO's mu)
+    pg_learning_rate: float = 1e-4
+    pg_beta: float = 0.04        # GRPO: k3 KL weight; RLOO: KL-shaped reward weight
 
     @classmethod
     def quick(cls, seed: int = 0) -> DemoSettings:
@@ -124,170 +141,312 @@ def true_preference_rates(world, population, record: RankedList) -> tuple[list[t
     return pairs, alphas
 
 
+@dataclass
+class PopulationJudge:
+    """The demo's simulated annotators as an online judge: each ``rank`` call asks an annotator drawn
+    uniformly from ``population`` (as the offline lists were annotated), so the online rows see the same
+    kind of feedback: noisy rankings, no scores (GRPO and RLOO use rank rewards)."""
+
+    world: TextWorld
+    population: list
+    rng: np.random.Generator
+    id: str = "annotator_population"
+
+    def rank(self, prompt, candidates) -> RankedList:
+        annotator = self.population[int(self.rng.integers(len(self.population)))]
+        return annotate(annotator, prompt, list(candidates), self.world.components(prompt, list(candidates)), self.rng,
+                        gold_weights=self.world.gold_weights)
+
+
+def online_stage(reference, tokenizer, world, population, prompts, budget_lists: int, settings, evaluate, runs: str,
+                 console, progress: bool) -> list[dict]:
+    """The on-policy rows: online Plackett-Luce DPO (``online_rounds`` rounds) and GRPO and RLOO, each from
+    ``budget_lists`` judged groups of K samples (the offline rows' annotation budget), judged by the
+    same simulated population. Returns ``{"name", "row", "rewards", "trajectory", "history"}`` per row.
+    """
+    import torch
+
+    from ..online import run_online, run_policy_gradient
+    from ..train import OnlineConfig, TrainConfig
+
+    out = []
+    for name, objective in ONLINE_METHODS:
+        judge = PopulationJudge(world, population, np.random.default_rng([settings.seed, 11]))
+        policy = copy.deepcopy(reference)
+        points = []
+        started = time.perf_counter()
+        evaluation_seconds = 0.0
+
+        def after(index, model, summary, name=name, points=points):
+            nonlocal evaluation_seconds
+            tick = time.perf_counter()
+            was_training = model.training
+            model.eval()
+            with torch.no_grad():
+                row, rewards = evaluate(model, name, math.nan)
+            model.train(was_training)
+            points.append({"epoch": float(index + 1), "row": row, "rewards": rewards})
+            evaluation_seconds += time.perf_counter() - tick
+
+        if objective == "grpo" or objective == "rloo":
+            steps = max(1, budget_lists // settings.pg_prompts_per_step)
+            _stage(console, f"training {name}: {steps} steps of {settings.pg_prompts_per_step} prompts x K={settings.k} "
+                            "on-policy samples, ranked by the annotator population")
+            every = max(1, steps // 2)  # two evaluation points (each costs a full evaluation)
+
+            def step_callback(step, model, metrics, after=after, steps=steps, every=every):
+                if (step + 1) % every == 0 or step + 1 == steps:
+                    after(step, model, metrics)
+
+            history = run_policy_gradient(
+                policy, tokenizer, prompts, judge, objective=objective, steps=steps,
+                prompts_per_step=settings.pg_prompts_per_step, k=settings.k, lr=settings.pg_learning_rate,
+                beta=settings.pg_beta, iterations=settings.pg_iterations, max_new_tokens=40, seed=settings.seed,
+                ref_model=reference, callback=step_callback)
+            unit = "step"
+        else:
+            per_round = max(1, budget_lists // settings.online_rounds)
+            _stage(console, f"training {name}: {settings.online_rounds} rounds of {per_round} on-policy lists "
+                            f"(K={settings.k}), ranked by the annotator population")
+            config = TrainConfig(model="tiny:llama", objective=objective, loss_params={"beta": settings.beta},
+                                 lr=settings.learning_rate, epochs=settings.epochs, batch_size=settings.batch_size,
+                                 seed=settings.seed, output_dir=os.path.join(runs, "online_" + objective), report_to=[],
+                                 save_steps=0, progress=progress, logging_steps=1, resume=False, bf16=False)
+            online = OnlineConfig(enabled=True, rounds=settings.online_rounds, k=settings.k,
+                                  prompts_per_round=per_round, max_new_tokens=40)
+            result = run_online(policy, tokenizer, prompts, judge, config, online, ref_model=reference, callback=after)
+            history = result.rounds
+            unit = "round"
+        wall = time.perf_counter() - started - evaluation_seconds
+        row, rewards = points[-1]["row"], points[-1]["rewards"]
+        row["train s"] = wall
+        out.append({"name": name, "row": row, "rewards": rewards, "history": history,
+                    "trajectory": [{"epoch": p["epoch"], "row": p["row"], "unit": unit} for p in points]})
+        if progress:
+            console.print(f"   {name}: gold win rate {row['gold win rate'][0]:.3f}, KL {row['KL'][0]:.2f}")
+    return out
+
+
 def _stage(console, text: str) -> None:
     console.print(f"[bold cyan]»[/] {text}")
 
 
-def run_demo(out_dir: str = "demo_output", *, settings: DemoSettings | None = None, console=None,
-             progress: bool = True) -> dict:
-    """Run the demo and write its outputs to ``out_dir``; returns the results dictionary (see module doc)."""
-    import torch
-    from rich.console import Console
+@dataclass
+class DemoState:
+    """What the stages of :func:`run_demo` hand on to each other (filled in stage by stage)."""
 
+    out_dir: str
+    settings: DemoSettings
+    console: Any
+    progress: bool = True
+    started: float = 0.0
+    world: Any = None
+    prompts: list = field(default_factory=list)
+    tokenizer: Any = None
+    reference: Any = None
+    sft_seconds: float = math.nan
+    population: list = field(default_factory=list)
+    train_lists: list = field(default_factory=list)
+    eval_lists: list = field(default_factory=list)
+    train_pairs: list = field(default_factory=list)
+    rates: list = field(default_factory=list)           # (pairs, true preference rates) per held-out list
+    eval_ranks: Any = None
+    train_ranks: Any = None
+    idealised: float = math.nan
+    reference_rewards: Any = None
+    rows: list = field(default_factory=list)            # one table row per policy
+    all_rewards: dict = field(default_factory=dict)     # policy -> gold rewards of its samples
+    trajectories: dict = field(default_factory=dict)    # method -> rows by epoch
+    histories: dict = field(default_factory=dict)       # method -> training log
+    rating_rows: list = field(default_factory=list)
+
+
+def _ranks_array(records, k: int) -> np.ndarray:
+    out = np.full((len(records), k), -1)
+    for i, r in enumerate(records):
+        out[i, :r.k] = r.dense_ranks()
+    return out
+
+
+def _list_ranking_accuracy(state: DemoState, policy, records, ranks) -> float:
     from .. import eval as evaluation
-    from ..eval.report import EvalReport, plot_accuracy_curves, plot_gold_reward_vs_kl, write_json_atomic
-    from ..stats import fit_bradley_terry
-    from ..train import TrainConfig, train_preference
 
-    settings = settings or DemoSettings()
-    console = console or Console(width=max(120, Console().width))
-    os.makedirs(out_dir, exist_ok=True)
-    torch.set_num_threads(1)  # determinism, and no thread contention on small tensors
-    started = time.perf_counter()
-    world = make_text_world()
-    prompts = list(world.prompts)[:settings.num_prompts]
-    seed = settings.seed
+    logps = response_logps(policy, state.tokenizer, [r.prompt for r in records], [r.candidates for r in records])
+    padded = np.zeros((len(records), state.settings.k))
+    for i, lp in enumerate(logps):
+        padded[i, :len(lp)] = lp
+    return evaluation.listwise_ranking_accuracy(padded, ranks)
 
-    # 1. the reference policy
-    _stage(console, f"text world: {len(prompts)} prompts; training the reference policy ({settings.sft_steps} SFT steps)")
-    tokenizer = build_text_tokenizer()
+
+def _pair_arrays(logps, rates) -> tuple[np.ndarray, np.ndarray]:
+    w, l_ = [], []
+    for lp, (pairs, _) in zip(logps, rates):
+        for a, b in pairs:
+            w.append(lp[a])
+            l_.append(lp[b])
+    return np.array(w), np.array(l_)
+
+
+def train_reference_stage(state: DemoState) -> None:
+    """1. The text world, its tokenizer and the reference policy trained by SFT."""
+    settings = state.settings
+    state.world = make_text_world()
+    state.prompts = list(state.world.prompts)[:settings.num_prompts]
+    _stage(state.console, f"text world: {len(state.prompts)} prompts; training the reference policy "
+                          f"({settings.sft_steps} SFT steps)")
+    state.tokenizer = build_text_tokenizer()
     with Timer() as sft_timer:
         last = {"loss": math.nan}
 
         def sft_progress(step, steps, loss):
             last["loss"] = loss
-            if progress and (step % max(1, steps // 5) == 0 or step == steps):
-                console.print(f"   SFT step {step}/{steps}  loss {loss:.3f}")
+            if state.progress and (step % max(1, steps // 5) == 0 or step == steps):
+                state.console.print(f"   SFT step {step}/{steps}  loss {loss:.3f}")
 
-        reference = train_reference_policy(world, tokenizer, steps=settings.sft_steps, seed=seed, progress=sft_progress)
+        state.reference = train_reference_policy(state.world, state.tokenizer, steps=settings.sft_steps,
+                                                 seed=settings.seed, progress=sft_progress)
     if not math.isfinite(last["loss"]):
         raise RuntimeError(f"reference SFT diverged (loss {last['loss']})")
+    state.sft_seconds = sft_timer.seconds
 
-    # 2. sample and annotate
-    population = annotator_population(world, settings.temperature)
-    train_prompts = [p for _ in range(settings.rounds) for p in prompts]
-    eval_prompts = [p for _ in range(settings.eval_rounds) for p in prompts]
-    _stage(console, f"sampling K={settings.k} responses for {len(train_prompts)} training and {len(eval_prompts)} "
-                    f"held-out lists; {len(population)} simulated annotators rank them")
-    train_responses = sample_responses(reference, tokenizer, train_prompts, settings.k, seed=seed * 1000 + 1)
-    eval_responses = sample_responses(reference, tokenizer, eval_prompts, settings.k, seed=seed * 1000 + 2)
+
+def annotate_stage(state: DemoState) -> None:
+    """2. Sample K responses per prompt, have the simulated population rank them; prepare the held-out
+    pairs' true preference rates, the idealised accuracy and the reference samples for win rate and KL."""
+    from .. import eval as evaluation
+
+    settings, world, seed = state.settings, state.world, state.settings.seed
+    state.population = annotator_population(world, settings.temperature)
+    train_prompts = [p for _ in range(settings.rounds) for p in state.prompts]
+    eval_prompts = [p for _ in range(settings.eval_rounds) for p in state.prompts]
+    _stage(state.console, f"sampling K={settings.k} responses for {len(train_prompts)} training and "
+                          f"{len(eval_prompts)} held-out lists; {len(state.population)} simulated annotators rank them")
+    train_responses = sample_responses(state.reference, state.tokenizer, train_prompts, settings.k, seed=seed * 1000 + 1)
+    eval_responses = sample_responses(state.reference, state.tokenizer, eval_prompts, settings.k, seed=seed * 1000 + 2)
     rng = np.random.default_rng([seed, 3])
-    train_lists = annotate_lists(world, population, train_prompts, train_responses, rng)
-    eval_lists = annotate_lists(world, population, eval_prompts, eval_responses, rng)
-    train_pairs = best_worst_pairs(train_lists)
-    if not train_lists or not eval_lists:
+    state.train_lists = annotate_lists(world, state.population, train_prompts, train_responses, rng)
+    state.eval_lists = annotate_lists(world, state.population, eval_prompts, eval_responses, rng)
+    state.train_pairs = best_worst_pairs(state.train_lists)
+    if not state.train_lists or not state.eval_lists:
         raise RuntimeError("no annotated lists (the reference policy produced no distinct responses)")
 
     # held-out pairs, their reference log-probs and true preference rates (for idealised accuracy)
-    eval_ref_logps = response_logps(reference, tokenizer, [r.prompt for r in eval_lists],
-                                    [r.candidates for r in eval_lists])
-    rates = [true_preference_rates(world, population, r) for r in eval_lists]
-    def ranks_array(records):
-        out = np.full((len(records), settings.k), -1)
-        for i, r in enumerate(records):
-            out[i, :r.k] = r.dense_ranks()
-        return out
-
-    def list_ranking_accuracy(policy, records, ranks):
-        logps = response_logps(policy, tokenizer, [r.prompt for r in records], [r.candidates for r in records])
-        padded = np.zeros((len(records), settings.k))
-        for i, lp in enumerate(logps):
-            padded[i, :len(lp)] = lp
-        return evaluation.listwise_ranking_accuracy(padded, ranks)
-
-    eval_ranks, train_ranks = ranks_array(eval_lists), ranks_array(train_lists)
-
-    def pair_arrays(logps):
-        w, l_ = [], []
-        for lp, (pairs, _) in zip(logps, rates):
-            for a, b in pairs:
-                w.append(lp[a])
-                l_.append(lp[b])
-        return np.array(w), np.array(l_)
-
-    alphas = np.array([a for _, al in rates for a in al])
-    ref_w, ref_l = pair_arrays(eval_ref_logps)
-    idealised = evaluation.idealised_ranking_accuracy(ref_w, ref_l, alphas, settings.beta)
+    eval_ref_logps = response_logps(state.reference, state.tokenizer, [r.prompt for r in state.eval_lists],
+                                    [r.candidates for r in state.eval_lists])
+    state.rates = [true_preference_rates(world, state.population, r) for r in state.eval_lists]
+    state.eval_ranks = _ranks_array(state.eval_lists, settings.k)
+    state.train_ranks = _ranks_array(state.train_lists, settings.k)
+    alphas = np.array([a for _, al in state.rates for a in al])
+    ref_w, ref_l = _pair_arrays(eval_ref_logps, state.rates)
+    state.idealised = evaluation.idealised_ranking_accuracy(ref_w, ref_l, alphas, settings.beta)
 
     # reference samples for win rate and KL
-    reference_samples = sample_responses(reference, tokenizer, prompts, settings.eval_samples,
+    reference_samples = sample_responses(state.reference, state.tokenizer, state.prompts, settings.eval_samples,
                                          seed=seed * 1000 + 4, distinct=False)
-    reference_rewards = np.stack([world.gold_rewards(p, s) for p, s in zip(prompts, reference_samples)])
+    state.reference_rewards = np.stack([world.gold_rewards(p, s) for p, s in zip(state.prompts, reference_samples)])
 
-    def evaluate(policy, name, wall):
-        samples = sample_responses(policy, tokenizer, prompts, settings.eval_samples, seed=seed * 1000 + 5,
-                                   distinct=False)
-        rewards = np.stack([world.gold_rewards(p, s) for p, s in zip(prompts, samples)])
-        policy_logps = np.stack(response_logps(policy, tokenizer, prompts, samples))
-        ref_logps = np.stack(response_logps(reference, tokenizer, prompts, samples))
-        win, win_se = evaluation.gold_win_rate(rewards, reference_rewards)
-        kl, kl_se = evaluation.kl_estimate(policy_logps, ref_logps)
-        reward, reward_se = evaluation.mean_with_se(rewards)
-        words = float(np.mean([len(s.split()) for group in samples for s in group]))
-        accuracy = list_ranking_accuracy(policy, eval_lists, eval_ranks)
-        train_accuracy = list_ranking_accuracy(policy, train_lists, train_ranks)
-        row = {"method": name, "gold win rate": (win, win_se), "gold reward": (reward, reward_se),
-               "KL": (kl, kl_se), "words": words, "rank acc": accuracy, "ideal rank acc": idealised,
-               "train rank acc": train_accuracy, "train s": wall}
-        for key, value in row.items():
-            head = value[0] if isinstance(value, tuple) else value
-            if key != "train s" and isinstance(head, float) and not math.isfinite(head):
-                raise RuntimeError(f"{name}: {key} is {head}; refusing to report it")
-        return row, rewards
 
-    _stage(console, "evaluating the reference policy")
-    rows, all_rewards = [], {}
-    row, all_rewards["reference"] = evaluate(reference, "reference", sft_timer.seconds)
-    rows.append(row)
-    trajectories = {}
+def evaluate_demo_policy(state: DemoState, policy, name: str, wall: float):
+    """One table row for ``policy`` (gold win rate, reward, KL, length, ranking accuracies) and the gold
+    rewards of its samples."""
+    from .. import eval as evaluation
 
-    # 3. align three ways from the same annotation budget; evaluate at the end of every epoch
-    histories = {}
-    with tempfile.TemporaryDirectory(prefix=".runs-", dir=out_dir) as runs:
+    settings, world, prompts, tokenizer = state.settings, state.world, state.prompts, state.tokenizer
+    samples = sample_responses(policy, tokenizer, prompts, settings.eval_samples, seed=settings.seed * 1000 + 5,
+                               distinct=False)
+    rewards = np.stack([world.gold_rewards(p, s) for p, s in zip(prompts, samples)])
+    policy_logps = np.stack(response_logps(policy, tokenizer, prompts, samples))
+    ref_logps = np.stack(response_logps(state.reference, tokenizer, prompts, samples))
+    win, win_se = evaluation.gold_win_rate(rewards, state.reference_rewards)
+    kl, kl_se = evaluation.kl_estimate(policy_logps, ref_logps)
+    reward, reward_se = evaluation.mean_with_se(rewards)
+    words = float(np.mean([len(s.split()) for group in samples for s in group]))
+    accuracy = _list_ranking_accuracy(state, policy, state.eval_lists, state.eval_ranks)
+    train_accuracy = _list_ranking_accuracy(state, policy, state.train_lists, state.train_ranks)
+    row = {"method": name, "gold win rate": (win, win_se), "gold reward": (reward, reward_se),
+           "KL": (kl, kl_se), "words": words, "rank acc": accuracy, "ideal rank acc": state.idealised,
+           "train rank acc": train_accuracy, "train s": wall}
+    for key, value in row.items():
+        head = value[0] if isinstance(value, tuple) else value
+        if key != "train s" and isinstance(head, float) and not math.isfinite(head):
+            raise RuntimeError(f"{name}: {key} is {head}; refusing to report it")
+    return row, rewards
+
+
+def align_stage(state: DemoState) -> None:
+    """3. Evaluate the reference, then align a copy of it three ways from the same annotation budget,
+    evaluating at the end of every epoch; 3b. the on-policy rows (:func:`online_stage`) from the same budget
+    of judged samples."""
+    from ..train import TrainConfig, train_preference
+
+    settings = state.settings
+    _stage(state.console, "evaluating the reference policy")
+    row, state.all_rewards["reference"] = evaluate_demo_policy(state, state.reference, "reference", state.sft_seconds)
+    state.rows.append(row)
+    with tempfile.TemporaryDirectory(prefix=".runs-", dir=state.out_dir) as runs:
         for name, objective, form in METHODS:
-            data = train_pairs if form == "pairs" else train_lists
-            _stage(console, f"training {name}: {len(data)} {'pairs' if form == 'pairs' else 'lists'}")
+            data = state.train_pairs if form == "pairs" else state.train_lists
+            _stage(state.console, f"training {name}: {len(data)} {'pairs' if form == 'pairs' else 'lists'}")
             config = TrainConfig(model="tiny:llama", objective=objective, loss_params={"beta": settings.beta},
                                  lr=settings.learning_rate, epochs=settings.epochs, batch_size=settings.batch_size,
-                                 seed=seed, output_dir=os.path.join(runs, objective), report_to=[], save_steps=0,
-                                 progress=progress, logging_steps=1, resume=False, bf16=False)
-            policy = copy.deepcopy(reference)
-            epochs = _EpochEvaluation(lambda model, name=name: evaluate(model, name, math.nan))
-            result = train_preference(policy, tokenizer, data, config, ref_model=reference, callbacks=[epochs])
-            histories[name] = result.history
+                                 seed=settings.seed, output_dir=os.path.join(runs, objective), report_to=[],
+                                 save_steps=0, progress=state.progress, logging_steps=1, resume=False, bf16=False)
+            policy = copy.deepcopy(state.reference)
+            epochs = _EpochEvaluation(lambda model, name=name: evaluate_demo_policy(state, model, name, math.nan))
+            result = train_preference(policy, state.tokenizer, data, config, ref_model=state.reference,
+                                      callbacks=[epochs])
+            state.histories[name] = result.history
             if not epochs.points:
                 raise RuntimeError(f"{name}: training ended without completing an epoch")
-            row, all_rewards[name] = epochs.points[-1]["row"], epochs.points[-1]["rewards"]
+            row, state.all_rewards[name] = epochs.points[-1]["row"], epochs.points[-1]["rewards"]
             row["train s"] = result.wall_time - epochs.seconds
-            rows.append(row)
-            trajectories[name] = [{"epoch": 0.0, "row": rows[0]}] + [
+            state.rows.append(row)
+            state.trajectories[name] = [{"epoch": 0.0, "row": state.rows[0]}] + [
                 {"epoch": p["epoch"], "row": p["row"]} for p in epochs.points]
-            if progress:
-                console.print(f"   {name}: gold win rate {row['gold win rate'][0]:.3f}, KL {row['KL'][0]:.2f}")
+            if state.progress:
+                state.console.print(f"   {name}: gold win rate {row['gold win rate'][0]:.3f}, KL {row['KL'][0]:.2f}")
             del policy
+        # 3b. on-policy rows from the same budget of judged samples (rankalign.online)
+        evaluate = lambda model, name, wall: evaluate_demo_policy(state, model, name, wall)  # noqa: E731
+        for entry in online_stage(state.reference, state.tokenizer, state.world, state.population, state.prompts,
+                                  len(state.train_lists), settings, evaluate, runs, state.console, state.progress):
+            state.rows.append(entry["row"])
+            state.all_rewards[entry["name"]] = entry["rewards"]
+            state.histories[entry["name"]] = entry["history"]
+            state.trajectories[entry["name"]] = [{"epoch": 0.0, "row": state.rows[0]}] + entry["trajectory"]
 
-    # 4. Bradley-Terry ratings of the policies from gold-judged head-to-head battles
-    names = list(all_rewards)
+
+def rate_stage(state: DemoState) -> None:
+    """4. Bradley-Terry ratings of the policies from gold-judged head-to-head battles."""
+    from ..stats import fit_bradley_terry
+
+    names = list(state.all_rewards)
     first, second, outcome = [], [], []
     for a in range(len(names)):
         for b in range(a + 1, len(names)):
-            ra, rb = all_rewards[names[a]], all_rewards[names[b]]
+            ra, rb = state.all_rewards[names[a]], state.all_rewards[names[b]]
             first.extend([a] * ra.size)
             second.extend([b] * ra.size)
             outcome.extend(np.where(ra > rb, 1.0, np.where(ra == rb, 0.5, 0.0)).ravel().tolist())
     ratings = fit_bradley_terry(np.array(first), np.array(second), np.array(outcome), items=names,
                                 reference="reference", prior=0.0)
-    rating_rows = [{"policy": item, "BT rating (logit)": (float(r), float(s)), "battles": int(n)}
-                   for item, r, s, n in zip(ratings.items, ratings.ratings, ratings.se, ratings.n)]
-    for table_row, item in zip(rows, names):
+    state.rating_rows = [{"policy": item, "BT rating (logit)": (float(r), float(s)), "battles": int(n)}
+                         for item, r, s, n in zip(ratings.items, ratings.ratings, ratings.se, ratings.n)]
+    for table_row, item in zip(state.rows, names):
         table_row["BT rating"] = float(ratings.ratings[names.index(item)])
     if not np.all(np.isfinite(ratings.ratings)):
         raise RuntimeError(f"Bradley-Terry ratings are not finite: {ratings.ratings}")
 
-    # 5. report
+
+def report_stage(state: DemoState) -> dict:
+    """5. Print the tables; write results.json, results_table.txt and the two plots; return the results."""
+    from ..eval.report import EvalReport, plot_accuracy_curves, plot_gold_reward_vs_kl, write_json_atomic
+
+    settings, out_dir = state.settings, state.out_dir
     report = EvalReport(
-        title=f"rankalign demo: text world, K={settings.k}, {len(train_lists)} annotated lists, seed {seed}",
-        rows=rows,
+        title=f"rankalign demo: text world, K={settings.k}, {len(state.train_lists)} annotated lists, "
+              f"seed {settings.seed}",
+        rows=state.rows,
         notes=[
             "gold win rate: vs reference samples on the same prompts (ties 1/2), ± SE over prompts (rankalign.eval).",
             "KL: KL(π‖π_ref) in nats per response, k1 Monte Carlo on the policy's samples. words: mean response length.",
@@ -298,15 +457,17 @@ def run_demo(out_dir: str = "demo_output", *, settings: DemoSettings | None = No
             "train s: wall time of SFT (reference) or preference training. BT rating: Bradley-Terry on gold-judged",
             "battles between all policies' samples, reference = 0 (rankalign.stats).",
         ],
-        meta={"settings": settings.__dict__, "annotators": [a.id for a in population],
-              "train_lists": len(train_lists), "train_pairs": len(train_pairs), "eval_lists": len(eval_lists)},
+        meta={"settings": settings.__dict__, "annotators": [a.id for a in state.population],
+              "train_lists": len(state.train_lists), "train_pairs": len(state.train_pairs),
+              "eval_lists": len(state.eval_lists)},
     )
-    report.print(console)
-    ratings_report = EvalReport(title="Bradley-Terry ratings of the policies (gold-judged battles)", rows=rating_rows)
-    ratings_report.print(console)
+    report.print(state.console)
+    ratings_report = EvalReport(title="Bradley-Terry ratings of the policies (gold-judged battles)",
+                                rows=state.rating_rows)
+    ratings_report.print(state.console)
 
     points = []
-    for name, trajectory in trajectories.items():
+    for name, trajectory in state.trajectories.items():
         for entry in trajectory:
             r = entry["row"]
             points.append({"method": name, "kl": r["KL"][0], "kl_se": r["KL"][1], "gold_reward": r["gold reward"][0],
@@ -314,28 +475,48 @@ def run_demo(out_dir: str = "demo_output", *, settings: DemoSettings | None = No
     plot_gold_reward_vs_kl(points, os.path.join(out_dir, "gold_reward_vs_kl.png"),
                            title="Gold reward against KL (one point per epoch)")
     # one colour per method; solid = held-out lists, dashed = the training lists
-    colours = {name: f"C{i}" for i, name in enumerate(trajectories)}
+    colours = {name: f"C{i}" for i, name in enumerate(state.trajectories)}
     curves = {f"{name} (held-out)": {"steps": [e["epoch"] for e in trajectory], "color": colours[name],
                                      "values": [e["row"]["rank acc"] for e in trajectory]}
-              for name, trajectory in trajectories.items()}
-    for name, trajectory in trajectories.items():
+              for name, trajectory in state.trajectories.items()}
+    for name, trajectory in state.trajectories.items():
         curves[f"{name} (training lists)"] = {"steps": [e["epoch"] for e in trajectory], "color": colours[name],
                                               "linestyle": "--",
                                               "values": [e["row"]["train rank acc"] for e in trajectory]}
     plot_accuracy_curves(curves, os.path.join(out_dir, "accuracy_curves.png"),
                          title="Ranking accuracy during training", x_label="epoch",
-                         reference_lines={"idealised (held-out)": idealised, "chance": 0.5})
+                         reference_lines={"idealised (held-out)": state.idealised, "chance": 0.5})
     trajectory_table = [{"method": name, "epoch": e["epoch"], **{k: v for k, v in e["row"].items()
                                                                if k not in ("method", "train s")}}
-                        for name, trajectory in trajectories.items() for e in trajectory]
+                        for name, trajectory in state.trajectories.items() for e in trajectory]
     results = {"table": report.to_dict(), "ratings": ratings_report.to_dict(),
                "by_epoch": EvalReport(title="by epoch", rows=trajectory_table).to_dict(),
-               "histories": histories, "seconds": time.perf_counter() - started}
+               "histories": state.histories, "seconds": time.perf_counter() - state.started}
     write_json_atomic(os.path.join(out_dir, "results.json"), results)
     atomic_write_text(os.path.join(out_dir, "results_table.txt"), report.to_text() + "\n" + ratings_report.to_text())
-    _stage(console, f"done in {results['seconds']:.0f} s; wrote results.json, results_table.txt, "
-                    f"gold_reward_vs_kl.png, accuracy_curves.png to {out_dir}")
+    _stage(state.console, f"done in {results['seconds']:.0f} s; wrote results.json, results_table.txt, "
+                          f"gold_reward_vs_kl.png, accuracy_curves.png to {out_dir}")
     return results
+
+
+STAGES = (train_reference_stage, annotate_stage, align_stage, rate_stage)
+
+
+def run_demo(out_dir: str = "demo_output", *, settings: DemoSettings | None = None, console=None,
+             progress: bool = True) -> dict:
+    """Run the demo's stages (:data:`STAGES`, then :func:`report_stage`) on one :class:`DemoState` and write
+    its outputs to ``out_dir``; returns the results dictionary (see module doc)."""
+    import torch
+    from rich.console import Console
+
+    os.makedirs(out_dir, exist_ok=True)
+    torch.set_num_threads(1)  # determinism, and no thread contention on small tensors
+    state = DemoState(out_dir=out_dir, settings=settings or DemoSettings(),
+                      console=console or Console(width=max(120, Console().width)), progress=progress,
+                      started=time.perf_counter())
+    for stage in STAGES:
+        stage(state)
+    return report_stage(state)
 
 
 def _epoch_callback_class():
@@ -370,5 +551,6 @@ def _EpochEvaluation(evaluate):
     return _epoch_callback_class()(evaluate)
 
 
-__all__ = ["METHODS", "DemoSettings", "annotator_population", "annotate_lists", "best_worst_pairs",
-           "true_preference_rates", "run_demo"]
+__all__ = ["METHODS", "DemoSettings", "DemoState", "STAGES", "annotator_population", "annotate_lists",
+           "best_worst_pairs", "true_preference_rates", "train_reference_stage", "annotate_stage", "align_stage",
+           "rate_stage", "report_stage", "evaluate_demo_policy", "run_demo"]

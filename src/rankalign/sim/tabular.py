@@ -287,13 +287,20 @@ def pairwise_population(preference: np.ndarray, prompts: Sequence[int] | None = 
 # ----------------------------------------------------------------------------------------- optimisation
 @dataclass
 class OptimisationResult:
-    """``theta`` at the end, the final mean weighted loss, the iterations used and whether it converged."""
+    """``theta`` at the end, the final mean weighted loss, the iterations used and whether it converged.
+
+    ``diverged`` is True when the objective has no finite minimiser along the path taken: the loss still
+    falls when ``theta`` moves on in the direction it travelled (e.g. DPO on pairs always won by the same
+    side, alpha = 1, whose loss only tends to its infimum as theta runs off); ``converged`` is then False
+    even though the gradient is tiny.
+    """
 
     theta: np.ndarray
     loss: float
     iterations: int
     converged: bool
     gradient_norm: float
+    diverged: bool = False
 
 
 def _resolve_objective(objective) -> Callable:
@@ -418,9 +425,25 @@ def optimise_policy(world: TabularWorld, data: TabularData | Sequence[RankedList
     gradient_norm = float(theta_final.grad.norm())
     if not math.isfinite(final.item()):
         raise FloatingPointError(f"objective {objective!r} is not finite at the optimum ({float(final)})")
+    diverged = _still_descending(loss_fn, np.asarray(start, dtype=np.float64), theta_final.detach(), final.item())
     return OptimisationResult(theta=theta_final.detach().numpy().copy(), loss=final.item(),
-                              iterations=iterations, converged=gradient_norm < max(1e-6, tolerance * 100),
-                              gradient_norm=gradient_norm)
+                              iterations=iterations,
+                              converged=not diverged and gradient_norm < max(1e-6, tolerance * 100),
+                              gradient_norm=gradient_norm, diverged=diverged)
+
+
+def _still_descending(loss_fn, start: np.ndarray, theta, loss: float) -> bool:
+    """True when the loss keeps falling past ``theta`` along the travelled direction ``theta - start``:
+    at a minimiser, the point ``2 theta - start`` (as far again) cannot have a lower loss, so a strict
+    decrease beyond rounding means there is no finite optimum on that ray (the parameters run off)."""
+    import torch
+
+    step = theta - torch.as_tensor(start, dtype=theta.dtype)
+    if float(step.norm()) == 0.0:
+        return False
+    with torch.no_grad():
+        further = float(loss_fn(theta + step))
+    return math.isfinite(further) and further < loss - 1e-9 * max(abs(loss), 1e-300)
 
 
 def ranking_accuracy(log_probs: np.ndarray, data: TabularData) -> float:

@@ -157,6 +157,30 @@ def grammar_ranked_lists(num_lists: int = 256, *, k: int = 4, seed: int = 0,
     return records
 
 
+@dataclass(frozen=True)
+class GoldJudge:
+    """The text world's gold reward as a judge (``rank(prompt, candidates) -> RankedList``, an ``id``).
+
+    Ranks by :func:`gold_reward` (higher is better; rewards within ``tie_tolerance`` tie) and keeps the
+    rewards as scores, so scoring objectives (GRPO, RLOO, SPPO's soft labels) see them. The annotator is
+    ``id``. What the online loop (:mod:`rankalign.online`) is tested against: the judge knows the truth.
+    """
+
+    world: TextWorld
+    id: str = "text_world_gold"
+    tie_tolerance: float = 1e-9
+
+    def rank(self, prompt: str, candidates: Sequence[str]) -> RankedList:
+        rewards = self.world.gold_rewards(prompt, list(candidates))
+        return RankedList.from_scores([float(r) for r in rewards], candidates=list(candidates), prompt=prompt,
+                                      tie_tolerance=self.tie_tolerance, annotator=self.id)
+
+
+def gold_judge(**options) -> GoldJudge:
+    """A :class:`GoldJudge` over :func:`make_text_world` (``options`` go to GoldJudge: ``id``, ``tie_tolerance``)."""
+    return GoldJudge(world=make_text_world(), **options)
+
+
 def build_text_tokenizer():
     """A word-level tokenizer over the whole vocabulary (every text of the world encodes without <unk>)."""
     from ..engine import build_tokenizer
@@ -302,6 +326,7 @@ class Timer:
 __all__ = [
     "TOPICS", "ADJECTIVES", "COMPONENTS", "GOLD_WEIGHTS", "TextWorld", "make_text_world", "vocabulary",
     "prompt_topic", "reward_components", "gold_reward", "sample_reference_response", "grammar_ranked_lists",
+    "GoldJudge", "gold_judge",
     "build_text_tokenizer",
     "train_reference_policy", "sample_responses", "response_logps", "Timer",
 ]

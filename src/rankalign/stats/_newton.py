@@ -166,6 +166,26 @@ def covariance(hessian, free, n_params):
     return full
 
 
+def reference_index(reference, items) -> int | None:
+    """The index of the gauge's reference item: None (mean-zero gauge), an index, or an item name.
+
+    The one resolution every fit uses; an unknown name is a :class:`rankalign.errors.UsageError` listing
+    (some of) the items.
+    """
+    if reference is None:
+        return None
+    from rankalign.errors import UsageError
+
+    if isinstance(reference, (int, np.integer)) and not isinstance(reference, bool):
+        if not 0 <= int(reference) < len(items):
+            raise UsageError(f"reference index {int(reference)} is out of range for {len(items)} items")
+        return int(reference)
+    if str(reference) in items:
+        return items.index(str(reference))
+    raise UsageError(f"reference item {reference!r} is not among the items ({', '.join(map(str, items[:10]))}"
+                     + (", ..." if len(items) > 10 else "") + ")")
+
+
 def gauge_matrix(n_items, n_params, reference=None):
     """Linear map from fitted parameters to reported ones under a gauge.
 
@@ -191,3 +211,85 @@ def apply_gauge(theta, n_items, reference=None):
     return theta
 
 
+# an estimate this far out (logits, or probits) means P = 1 - 1e-15: no finite data set puts a maximum-
+# likelihood estimate there, so Newton has walked off towards infinity (separation); and a standard
+# error above MAX_SE is information near zero in that direction (near-singular information)
+DIVERGED = 35.0
+MAX_SE = 1e3
+RUNAWAY = 5.0
+
+
+def unidentified(x, hessian, free, n_params) -> list[tuple[int, float, float]]:
+    """Parameters the data do not identify: ``[(index, estimate, standard error), ...]``.
+
+    A parameter is not identified when its estimate has run off (``|x| > DIVERGED``: the likelihood
+    keeps rising towards infinity, i.e. separation, Albert & Anderson 1984) or when its standard error
+    from the observed information exceeds ``MAX_SE`` (the information is near singular in its
+    direction). The covariance is computed only for dense problems (``n_params <= DENSE_LIMIT``).
+    """
+    free = np.arange(n_params) if free is None else np.asarray(free)
+    x = np.asarray(x, dtype=np.float64)
+    se = np.full(n_params, np.nan)
+    if n_params <= DENSE_LIMIT:
+        with np.errstate(invalid="ignore"):
+            se = np.sqrt(np.abs(np.diag(covariance(hessian, free, n_params))))
+    indices = free.tolist()
+    if n_params <= DENSE_LIMIT:
+        null = _null_directions(hessian, free)
+        if null:
+            return [(indices[k], float(x[indices[k]]), float("inf")) for k in null]
+    # a diverged parameter makes the information singular for the others too: name the cause only
+    diverged = [(i, float(x[i]), float(se[i])) for i in indices if not np.isfinite(x[i]) or abs(x[i]) > DIVERGED]
+    if diverged:
+        return diverged
+    flagged = [(i, float(x[i]), float(se[i])) for i in indices
+               if (np.isfinite(se[i]) and se[i] > MAX_SE) or (n_params <= DENSE_LIMIT and not np.isfinite(se[i]))]
+    # a parameter on its way to infinity (Newton stops once the gain is at rounding level, often near 30)
+    # flattens the likelihood for the rest too: name the ones that ran far out, not the collateral
+    farthest = max((abs(value) for _, value, _ in flagged), default=0.0)
+    if farthest >= RUNAWAY:
+        flagged = [entry for entry in flagged if abs(entry[1]) >= farthest / 2]
+    return flagged
+
+
+def _null_directions(hessian, free) -> list[int]:
+    """Positions (within ``free``) of the parameters in the null space of a singular information matrix
+    (Cholesky fails, e.g. two identical covariates): those loading >= 0.3 on an eigenvector whose
+    eigenvalue is below 1e-10 of the largest."""
+    neg_h = -_restrict(hessian, free)
+    if sparse.issparse(neg_h):
+        neg_h = neg_h.toarray()
+    try:
+        scipy.linalg.cho_factor(neg_h, check_finite=False)
+        return []
+    except (np.linalg.LinAlgError, ValueError):
+        pass
+    if not np.all(np.isfinite(neg_h)):
+        return list(range(len(neg_h)))
+    values, vectors = np.linalg.eigh(neg_h)
+    small = values < 1e-10 * max(1.0, float(values.max()))
+    if not small.any():
+        return []
+    loading = np.abs(vectors[:, small]).max(axis=1)
+    return np.flatnonzero(loading >= 0.3).tolist()
+
+
+def require_identified(x, hessian, free, names, hints=None):
+    """Raise :class:`~rankalign.data.errors.DataError` (reason ``not_identified``) naming every parameter
+    :func:`unidentified` finds; ``names[i]`` is parameter i's name, ``hints[i]`` an optional reason."""
+    from rankalign.data.errors import DataError
+
+    bad = unidentified(x, hessian, free, len(names))
+    if not bad:
+        return
+    hints = hints or {}
+    parts = []
+    for index, value, se in bad[:5]:
+        why = f" ({hints[index]})" if index in hints else ""
+        parts.append(f"{names[index]}{why}: estimate {value:.4g}, standard error {se:.3g}")
+    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    raise DataError("the data do not identify " + "; ".join(parts) + more
+                    + " (separation or near-singular information: no finite maximum-likelihood estimate)",
+                    reason="not_identified",
+                    hint="add comparisons that break the pattern or drop that parameter (--prior ALPHA "
+                         "regularises the item ratings only)")

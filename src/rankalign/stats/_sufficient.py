@@ -195,8 +195,8 @@ def check_identifiable(n_items, winners, losers, items=None, *, weakly_linked=No
     hint = ("Add a prior (`--prior ALPHA`, i.e. `prior=ALPHA`: MAP estimation) or more "
             f"{what} to get finite ratings.")
     if n_weak > 1:
-        raise ValueError(f"the comparison graph is disconnected, so ratings in different parts cannot be "
-                         f"compared: {_components_message(weak_labels, items)}. {hint}")
+        raise DataError(f"the comparison graph is disconnected, so ratings in different parts cannot be "
+                         f"compared: {_components_message(weak_labels, items)}. {hint}", reason="not_identified")
     n_strong, strong_labels = connected_components(graph, directed=True, connection="strong")
     if n_strong > 1:
         out_degree = np.bincount(winners, minlength=n_items)
@@ -211,10 +211,10 @@ def check_identifiable(n_items, winners, losers, items=None, *, weakly_linked=No
             detail.append(f"never lose: {', '.join(map(str, never_lose[:10]))}"
                           + (" ..." if len(never_lose) > 10 else ""))
         detail_text = ("; ".join(detail) + "; ") if detail else ""
-        raise ValueError(
+        raise DataError(
             "the maximum-likelihood estimate does not exist: the directed win graph is not strongly "
             f"connected (some group of items beats every item outside it, or loses to every one), "
-            f"{detail_text}{_components_message(strong_labels, items)}. {hint}")
+            f"{detail_text}{_components_message(strong_labels, items)}. {hint}", reason="not_identified")
 
 
 def check_pair_counts_identifiable(counts: PairCounts, items=None):

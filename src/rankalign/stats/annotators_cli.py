@@ -19,20 +19,53 @@ import click
 import numpy as np
 
 from rankalign._atomic import atomic_write
+from rankalign._cli import json_option, layout_option, map_option, outcomes_option, skip_invalid_option
+from rankalign._escape import for_csv, for_terminal
 from rankalign.data.errors import DataError
 
 from . import annotators as A
 
 
 def _read_annotated(path, layout, mapping, outcomes, skip_invalid):
-    """Records of ``path`` -> (AnnotatedRankings, ReadReport)."""
-    from rankalign.data import read
+    """Records of ``path`` -> (AnnotatedRankings, ReadReport).
+
+    Two-item comparisons with an ``annotator`` column take the columnar reader
+    (:func:`rankalign.data.read_comparisons`, arrays, no object per row); everything else (rankings, an
+    annotator under another name such as an arena's ``judge``, missing ids to report) the record reader.
+    """
+    from rankalign.data import _sources, read, read_comparisons
 
     from .cli import _line_of_row
 
+    if _sources.detect_format(path) != "preflib" and layout not in ("rankedlist_lists", "lists"):
+        try:
+            pairs = read_comparisons(path, layout=layout, mapping=mapping, outcomes=outcomes,
+                                     skip_invalid=skip_invalid, keep=("annotator",))
+        except DataError as error:
+            if error.reason not in ("unknown_layout", "not_a_pair", "missing_field"):
+                raise
+        else:
+            owners = pairs.extra["annotator"]
+            if owners.dtype.kind in "fiu":
+                owners = np.array([repr(v) if not float(v).is_integer() else str(int(v)) for v in owners.tolist()],
+                                  dtype=object) if not np.isnan(owners).any() else None
+            if owners is not None and all(isinstance(o, str) and o for o in owners.tolist()):
+                return _from_comparisons(pairs, owners, path), pairs.report
     result = read(path, layout=layout, mapping=mapping, outcomes=outcomes, skip_invalid=skip_invalid)
     lines = [_line_of_row(path, i) for i in range(len(result.records))]
     return A.annotated_rankings(result.records, path=path, lines=lines), result.report
+
+
+def _from_comparisons(pairs, owners, path):
+    """AnnotatedRankings from columnar comparisons (a pair is a ranking of two, a tie one level of two)."""
+    from .cli import _line_of_row
+
+    names, owner = np.unique(np.asarray(owners, dtype=str), return_inverse=True)
+    first, second, outcome = pairs.first.tolist(), pairs.second.tolist(), pairs.outcome.tolist()
+    rankings = [[a, b] if o == 1.0 else [b, a] if o == 0.0 else [[a, b]] for a, b, o in zip(first, second, outcome)]
+    return A.AnnotatedRankings(items=list(pairs.items), annotators=[str(n) for n in names], rankings=rankings,
+                               annotator=owner.ravel().astype(np.int64), weight=np.asarray(pairs.count, dtype=np.float64),
+                               lines=[_line_of_row(path, i) for i in range(len(rankings))])
 
 
 def reliability_weighted_rankings(path, layout, mapping, outcomes, skip_invalid, model="bradley-terry", prior=None):
@@ -65,8 +98,8 @@ def rate_by_annotator(file, *, model, groups, restarts, reference, prior, scale,
         else:
             mixture = A.fit_annotator_mixture(data, int(groups), **common)
         pooled = mixture if len(mixture.groups) == 1 else A.fit_annotator_mixture(data, 1, **common)
-    except (DataError, ValueError) as error:
-        raise click.ClickException(str(error)) from None
+    except DataError as error:
+        raise (error if error.path is not None else error.at(file)) from None
     pooled_result = pooled.groups[0].to_scale(scale)
     group_results = [g.to_scale(scale) for g in mixture.groups]
     counts = np.bincount(mixture.assignment, minlength=len(group_results))
@@ -78,7 +111,7 @@ def rate_by_annotator(file, *, model, groups, restarts, reference, prior, scale,
         writer = csv.writer(buffer)
         writer.writerow(["annotator", "group", "responsibility"])
         for row in mixture.annotator_rows():
-            writer.writerow([row["annotator"], row["group"], repr(row["responsibility"])])
+            writer.writerow([for_csv(str(row["annotator"])), row["group"], repr(row["responsibility"])])
         atomic_write(stem.with_name(f"{stem.stem}-annotators.csv"),
                      lambda stream: stream.write(buffer.getvalue().encode("utf-8")), binary=True)
     if plot_path:
@@ -105,6 +138,8 @@ def rate_by_annotator(file, *, model, groups, restarts, reference, prior, scale,
         f"{len(group_results)} groups (fixed), BIC {mixture.bic:.1f}"
     click.echo(f"{len(data.annotators)} annotators, {len(data)} judgments, {len(data.items)} items; "
                f"mixture of {mixture.model} models, {chosen}; log-likelihood {mixture.log_likelihood:.3f}")
+    click.echo(f"pooled fit (one group, for comparison): ratings from {pooled_result.ratings.min():.3f} to "
+               f"{pooled_result.ratings.max():.3f}, log-likelihood {pooled_result.log_likelihood:.3f}")
     for g, result in enumerate(group_results):
         click.echo(f"\n{_group_label(g)}: {counts[g]} annotators, proportion {mixture.proportions[g]:.3f}")
         _print_table(result, [])
@@ -115,7 +150,7 @@ def rate_by_annotator(file, *, model, groups, restarts, reference, prior, scale,
     for column in ("annotator", "group", "responsibility"):
         table.add_column(column, justify="left" if column == "annotator" else "right")
     for row in sorted(mixture.annotator_rows(), key=lambda r: (r["group"], r["annotator"])):
-        table.add_row(row["annotator"], str(row["group"]), f"{row['responsibility']:.3f}")
+        table.add_row(for_terminal(row["annotator"]), str(row["group"]), f"{row['responsibility']:.3f}")
     Console().print(table)
     for note in notes:
         click.echo(note, err=True)
@@ -181,15 +216,15 @@ def _write_report_plot(report, path, title):
               help="Units two annotators must share for their Cohen's kappa to enter the mean.")
 @click.option("--top", type=click.IntRange(min=0), default=25, show_default=True,
               help="Rows of the table: the annotators with the highest flip rates (0: all).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object to stdout instead of the table.")
+@json_option
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None,
               help="Also write every annotator's row as CSV.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Also write a PNG: the flip-rate histogram and flip rate against judgments.")
-@click.option("--layout", default=None, help="Layout of the file (detected from the columns when omitted).")
-@click.option("--map", "mapping", default=None, metavar="OURS=THEIRS,...", help="Rename the file's columns.")
-@click.option("--outcomes", default=None, metavar="LABEL=a|b|tie,...", help="Relabel outcomes.")
-@click.option("--skip-invalid", is_flag=True, help="Skip bad rows (counted) instead of stopping at the first.")
+@layout_option
+@map_option
+@outcomes_option
+@skip_invalid_option
 def annotators(file, model, prior, flip_prior, min_overlap, top, as_json, csv_path, plot_path, layout, mapping, outcomes,
                skip_invalid):
     """Annotator quality report for FILE: each annotator's flip rate (a Dawid-Skene-style model fitted jointly
@@ -206,8 +241,8 @@ def annotators(file, model, prior, flip_prior, min_overlap, top, as_json, csv_pa
         data, read_report = _read_annotated(file, layout, mapping, outcomes, skip_invalid)
         report = annotator_report(data, model="bradley-terry" if model == "bt" else "plackett-luce", prior=prior,
                                   flip_prior=pseudo, min_overlap=min_overlap, path=file)
-    except (DataError, ValueError) as error:
-        raise click.ClickException(str(error)) from None
+    except DataError as error:
+        raise (error if error.path is not None else error.at(file)) from None
     rows = sorted(report["annotators"], key=lambda r: (-r["flip_rate"], r["annotator"]))
     if csv_path:
         buffer = io.StringIO()
@@ -215,7 +250,7 @@ def annotators(file, model, prior, flip_prior, min_overlap, top, as_json, csv_pa
         columns = ["annotator", "n", "flip_rate", "flip_rate_se", "weight", "agreement"]
         writer.writerow(columns)
         for row in rows:
-            writer.writerow([row[c] if c == "annotator" else repr(row[c]) for c in columns])
+            writer.writerow([for_csv(str(row[c])) if c == "annotator" else repr(row[c]) for c in columns])
         atomic_write(csv_path, lambda stream: stream.write(buffer.getvalue().encode("utf-8")), binary=True)
     if plot_path:
         _write_report_plot(report, plot_path, f"{Path(file).name}: {report['n_annotators']} annotators")
@@ -247,7 +282,7 @@ def annotators(file, model, prior, flip_prior, min_overlap, top, as_json, csv_pa
         table.add_column(column, justify="left" if column == "annotator" else "right")
     for row in shown:
         se = row["flip_rate_se"]
-        table.add_row(row["annotator"], f"{row['n']:g}", f"{row['flip_rate']:.3f}",
+        table.add_row(for_terminal(row["annotator"]), f"{row['n']:g}", f"{row['flip_rate']:.3f}",
                       "-" if not math.isfinite(se) else f"{se:.3f}", f"{row['weight']:.3f}", f"{row['agreement']:.3f}")
     Console().print(table)
     if read_report.n_skipped:

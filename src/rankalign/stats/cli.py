@@ -19,19 +19,37 @@ import click
 import numpy as np
 
 from rankalign._atomic import atomic_write
+from rankalign._cli import (
+    deprecated_option,
+    json_option,
+    layout_option,
+    map_option,
+    outcomes_option,
+    rank_by_option,
+    resolve_deprecated,
+    skip_invalid_option,
+    wrote,
+)
+from rankalign._escape import for_csv, for_terminal
 from rankalign.data.errors import DataError
+from rankalign.errors import require
 
+# a prior this strong already pins every rating to 0 (variance 5e-7); larger values overflow the Hessian
+MAX_PRIOR = 1e6
+# layouts whose candidates are responses to a prompt, not item ids (rating them would rate answer texts)
+TEXT_LAYOUTS = ("pairs", "ranked_responses", "ratings", "unpaired")
 MODEL_NAMES = {"bt": "bradley-terry", "thurstone": "thurstone", "davidson": "davidson",
                "rao-kupper": "rao-kupper", "pl": "plackett-luce"}
 
 
 # ------------------------------------------------------------------------------------------- reading
-def _load(path, layout, mapping, outcomes, skip_invalid, covariates=()):
+def _load(path, layout, mapping, outcomes, skip_invalid, covariates=(), rank_by=None):
     """Return ("pairs", Comparisons) or ("rankings", (items, rankings, weights, report))."""
-    from rankalign.data import _sources, read, read_comparisons
+    from rankalign.data import detect_format, read, read_comparisons
+    from rankalign.data.summary import rank_by as rank_records
 
-    fmt = _sources.detect_format(path)
-    if fmt != "preflib" and layout not in ("rankedlist_lists", "lists"):
+    fmt = detect_format(path)
+    if fmt != "preflib" and rank_by is None:
         try:
             return "pairs", read_comparisons(path, layout=layout, mapping=mapping, outcomes=outcomes,
                                              skip_invalid=skip_invalid, keep=tuple(covariates))
@@ -41,6 +59,8 @@ def _load(path, layout, mapping, outcomes, skip_invalid, covariates=()):
     if covariates:
         raise click.UsageError("--covariate needs two-item comparisons (one row per comparison)")
     result = read(path, layout=layout, mapping=mapping, outcomes=outcomes, skip_invalid=skip_invalid)
+    if rank_by is not None:
+        result.records = list(rank_records(result.records, rank_by))
     return "rankings", _records_to_rankings(result, path)
 
 
@@ -50,6 +70,12 @@ def _records_to_rankings(result, path):
     names = set()
     lists = []
     for number, record in enumerate(result.records, start=1):
+        if result.report.layout in TEXT_LAYOUTS:
+            raise DataError(f"this file has no item ids: it holds prompts and responses (layout "
+                            f"{result.report.layout}), and rating compares items", path=path, line=number,
+                            field="prompt", reason="no_item_ids",
+                            hint="use --map to name the item columns, e.g. --map item_a=model_a,item_b=model_b,"
+                                 "outcome=winner")
         if not isinstance(record, RankedList):
             raise DataError("rating needs comparisons or rankings, not unpaired judgments", path=path,
                             line=number, reason="bad_layout")
@@ -155,6 +181,9 @@ def _fit(kind, data, model, reference, prior, npseudo, home_advantage, path, tie
     items, rankings, weights, lines, _ = data
     if len(items) < 2:
         raise DataError(f"need at least two items to rate, found {len(items)}", path=path, reason="single_item")
+    if not any(sum(len(level) if isinstance(level, list) else 1 for level in ranking) >= 2 for ranking in rankings):
+        raise DataError("no comparisons: every list ranks fewer than two candidates", path=path, reason="empty",
+                        hint="rating needs lists (or pairs) of two or more items")
     if model == "plackett-luce":
         fit = fit_davidson_luce if ties == "davidson-luce" else fit_plackett_luce
         try:
@@ -171,10 +200,11 @@ def _fit(kind, data, model, reference, prior, npseudo, home_advantage, path, tie
 
 def fit_file(file, *, model="bt", reference=None, prior=0.0, npseudo=0.0, home_advantage=False, ties="top-k",
              level=0.95, layout=None, mapping=None, outcomes=None, skip_invalid=False, covariates=(),
-             weight_by_reliability=False):
+             weight_by_reliability=False, rank_by=None):
     """Read FILE and fit the rating model exactly as ``rankalign rate`` does (Wald intervals at ``level``).
 
-    ``model`` is a ``--model`` choice (bt, thurstone, davidson, rao-kupper, pl). Returns
+    ``model`` is a ``--model`` choice (bt, thurstone, davidson, rao-kupper, pl); ``rank_by`` re-ranks
+    rated lists (:func:`rankalign.data.summary.rank_by`). Returns
     ``(RatingResult, ReadReport)``; raises :class:`DataError` or ValueError on bad data. The arena's
     leaderboard calls this on its export so that both print the same numbers.
     """
@@ -186,16 +216,24 @@ def fit_file(file, *, model="bt", reference=None, prior=0.0, npseudo=0.0, home_a
             file, layout, mapping, outcomes, skip_invalid,
             "plackett-luce" if model_name == "plackett-luce" else "bradley-terry")
     else:
-        kind, data = _load(file, layout, mapping, outcomes, skip_invalid, covariates)
-    result = _fit(kind, data, model_name, reference, prior, npseudo, home_advantage, file, ties,
-                  covariates)
+        kind, data = _load(file, layout, mapping, outcomes, skip_invalid, covariates, rank_by)
+    report = data.report if kind == "pairs" else data[4]
+    try:
+        result = _fit(kind, data, model_name, reference, prior, npseudo, home_advantage, file, ties, covariates)
+    except DataError as error:
+        located = error if error.path is not None else error.at(file)
+        if report.n_skipped:  # say how much --skip-invalid dropped: it is usually why too little is left
+            located = DataError(f"{located.message} (after skipping {report.n_skipped} invalid rows: "
+                                f"{dict(report.skipped)})", path=located.path, line=located.line,
+                                field=located.field, reason=located.reason, hint=located.hint)
+        raise located from None
     if level != result.ci_level:
         from scipy.special import ndtri
 
         z = ndtri(0.5 + level / 2.0)
         result.ci_low, result.ci_high = result.ratings - z * result.se, result.ratings + z * result.se
         result.ci_level = level
-    return result, (data.report if kind == "pairs" else data[4])
+    return result, report
 
 
 # ------------------------------------------------------------------------------------------- output
@@ -203,20 +241,61 @@ def _atomic_write_bytes(path, write):
     return atomic_write(path, write, binary=True)
 
 
+def _parse_anchor(text):
+    if text is None:
+        return None
+    item, sep, value = text.rpartition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not sep or not item or not math.isfinite(number):
+        raise click.BadParameter(f"expected ITEM=VALUE with a finite number, got {text!r}", param_hint="--anchor")
+    return item, number
+
+
+def write_matrices(result, kind, data, path):
+    """Observed win rates (ties count 1/2), predicted win rates on neutral ground and battle counts
+    between every two items, rows and columns in leaderboard order, as one JSON file (atomic; NaN -> null)."""
+    from rankalign._atomic import atomic_write_json
+
+    from .uncertainty import battle_count_matrix, win_rate_matrix
+
+    if kind == "pairs":
+        first, second, outcome, count = data.first, data.second, data.outcome, data.count
+    else:
+        first, second, outcome, count = _rankings_to_pairs(data[1], data[2])
+    n = len(result.items)
+    order = result.order()
+    observed = win_rate_matrix(first, second, outcome, count, n_items=n)[np.ix_(order, order)]
+    battles = battle_count_matrix(first, second, count, n_items=n)[np.ix_(order, order)]
+    predicted = result.win_matrix()[np.ix_(order, order)]
+
+    def plain(matrix):
+        return [[None if not math.isfinite(v) else float(v) for v in row] for row in matrix]
+
+    atomic_write_json(path, {"items": [str(result.items[i]) for i in order], "model": result.model,
+                             "observed_win_rate": plain(observed), "predicted_win_rate": plain(predicted),
+                             "battles": plain(battles),
+                             "note": "row item vs column item; observed: ties count 1/2; predicted: no order effect"})
+
+
 def write_csv(result, path):
     """Write the leaderboard as CSV (best first), atomically."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["rank", "item", "rating", "se", "ci_low", "ci_high", "n"])
-    for rank, i in enumerate(result.order(), start=1):
-        writer.writerow([rank, result.items[i], repr(float(result.ratings[i])), repr(float(result.se[i])),
-                         repr(float(result.ci_low[i])), repr(float(result.ci_high[i])), int(result.n[i])])
+    writer.writerow(["rank", "rank_ub", "item", "rating", "se", "ci_low", "ci_high", "n"])
+    ranks, upper = result.ranks(), result.rank_upper_bounds()
+    for i in result.order():
+        writer.writerow([int(ranks[i]), int(upper[i]), for_csv(str(result.items[i])), repr(float(result.ratings[i])),
+                         repr(float(result.se[i])), repr(float(result.ci_low[i])), repr(float(result.ci_high[i])),
+                         int(result.n[i])])
     _atomic_write_bytes(path, lambda stream: stream.write(buffer.getvalue().encode("utf-8")))
 
 
 def write_plot(result, path, title=None):
     """Ratings with their confidence intervals as horizontal bars, best at the top (PNG, Agg, atomic)."""
-    import matplotlib
+    matplotlib = require("matplotlib", "plot", "--plot")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -232,7 +311,7 @@ def write_plot(result, path, title=None):
                   capsize=3, markersize=4)
     axes.set_yticks(y)
     axes.set_yticklabels([result.items[i] for i in order], fontsize=8)
-    axes.set_xlabel(f"rating ({result.scale} scale; {int(round(result.ci_level * 100))}% {result.ci_method} CI)")
+    axes.set_xlabel(f"rating ({result.scale} scale, {result.gauge()}; {ci_label(result)})")
     axes.set_title(title or f"{result.model} ratings")
     axes.grid(axis="x", alpha=0.3)
     figure.tight_layout()
@@ -261,24 +340,36 @@ def _params_line(result):
     return ", ".join(parts)
 
 
+def ci_label(result) -> str:
+    """E.g. "95% Wald CI" or "95% bootstrap CI": the level and how the interval was made."""
+    return f"{int(round(result.ci_level * 100))}% {'Wald' if result.ci_method == 'wald' else result.ci_method} CI"
+
+
 def _print_table(result, report_notes):
     from rich.console import Console
     from rich.table import Table
 
-    gauge = "mean 0" if result.reference is None else f"{result.reference} = 0"
-    title = f"{result.model} ratings ({result.scale} scale, {gauge})"
-    table = Table(title=title, caption=_params_line(result))
-    for column in ("rank", "item", "rating", "se", f"{int(round(result.ci_level * 100))}% CI", "n"):
+    title = f"{result.model} ratings ({result.scale} scale, {result.gauge()})"
+    table = Table(title=for_terminal(title), caption=_params_line(result))
+    for column in ("rank", "rank (UB)", "item", "rating", "se", ci_label(result), "n"):
         table.add_column(column, justify="left" if column == "item" else "right")
     digits = 1 if result.scale == "elo" else 3
-    for rank, i in enumerate(result.order(), start=1):
+    ranks, upper = result.ranks(), result.rank_upper_bounds()
+    for i in result.order():
         se = result.se[i]
-        table.add_row(str(rank), str(result.items[i]), f"{result.ratings[i]:.{digits}f}",
+        table.add_row(str(ranks[i]), str(upper[i]), for_terminal(result.items[i]), f"{result.ratings[i]:.{digits}f}",
                       "-" if not math.isfinite(se) else f"{se:.{digits}f}",
-                      f"[{result.ci_low[i]:.{digits}f}, {result.ci_high[i]:.{digits}f}]", str(int(result.n[i])))
+                      for_terminal(f"[{result.ci_low[i]:.{digits}f}, {result.ci_high[i]:.{digits}f}]"),
+                      str(int(result.n[i])))
     Console().print(table)
-    for note in report_notes:
-        click.echo(note, err=True)
+    _print_notes(report_notes)
+
+
+def _print_notes(notes):
+    from rich.console import Console
+
+    for note in notes:
+        Console(stderr=True, soft_wrap=True).print(for_terminal(note), highlight=False)
 
 
 # ------------------------------------------------------------------------------------------- command
@@ -287,12 +378,20 @@ def _print_table(result, report_notes):
 @click.option("--model", type=click.Choice(sorted(MODEL_NAMES)), default="bt", show_default=True,
               help="bt: Bradley-Terry (ties = half a win each); thurstone: probit (ties = half); davidson and "
                    "rao-kupper: ties modelled; pl: Plackett-Luce for rankings.")
-@click.option("--reference", default=None, metavar="ITEM", help="Fix ITEM at 0 (default: mean rating 0).")
+@click.option("--reference-item", default=None, metavar="ITEM",
+              help="Gauge: fix ITEM at 0 on the logit scale (default: mean rating 0).")
+@deprecated_option("--reference", "legacy_reference", "--reference-item", metavar="ITEM")
+@click.option("--anchor", default=None, metavar="ITEM=VALUE",
+              help="Shift the reported ratings so that ITEM is rated VALUE on the chosen scale (as LMSYS "
+                   "anchors one model at a fixed Elo); differences and interval widths do not change.")
+@click.option("--matrices", "matrices_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write a JSON file with the observed win rates, the model's predicted win rates and "
+                   "the battle counts between every two items (rows and columns in leaderboard order).")
 @click.option("--bootstrap", "n_boot", type=click.IntRange(min=0), default=0, show_default=True,
               help="Bootstrap replicates for percentile CIs (0: Wald CIs from the observed information).")
 @click.option("--scale", type=click.Choice(["logit", "elo"]), default="logit", show_default=True,
               help="elo = 400/ln(10) * rating + 1000.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object to stdout instead of a table.")
+@json_option
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Also write the table as CSV.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Also write a PNG of the ratings with CI bars.")
@@ -301,7 +400,7 @@ def _print_table(result, report_notes):
 @click.option("--covariate", "covariates", multiple=True, metavar="COLUMN",
               help="A numeric column holding x_first - x_second for each comparison (repeatable): contextual "
                    "Bradley-Terry, logit = theta_a - theta_b + w^T x, as arena style control; w is reported.")
-@click.option("--prior", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
+@click.option("--prior", type=click.FloatRange(min=0.0, max=MAX_PRIOR), default=0.0, show_default=True,
               help="MAP with penalty ALPHA * sum(theta^2) (Gaussian prior with variance 1/(2 ALPHA)).")
 @click.option("--npseudo", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
               help="pl only: pseudo wins and losses against a hypothetical item at 0 (R PlackettLuce's default is 0.5).")
@@ -310,11 +409,11 @@ def _print_table(result, report_notes):
                    "rejects other ties; davidson-luce reads every group as a tie (R PlackettLuce's model).")
 @click.option("--level", type=click.FloatRange(0.5, 0.999), default=0.95, show_default=True,
               help="Confidence level of the intervals.")
-@click.option("--layout", default=None, help="Layout of the file (detected from the columns when omitted).")
-@click.option("--map", "mapping", default=None, metavar="OURS=THEIRS,...",
-              help="Rename the file's columns, e.g. item_a=home,item_b=away,outcome=result.")
-@click.option("--outcomes", default=None, metavar="LABEL=a|b|tie,...", help="Relabel outcomes, e.g. 1=a,0=tie,-1=b.")
-@click.option("--skip-invalid", is_flag=True, help="Skip bad rows (counted) instead of stopping at the first.")
+@layout_option
+@map_option
+@outcomes_option
+@skip_invalid_option
+@rank_by_option
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
 @click.option("--jobs", type=int, default=1, show_default=True, help="Processes for the bootstrap (-1: all cores).")
 @click.option("--by-annotator", is_flag=True,
@@ -327,12 +426,17 @@ def _print_table(result, report_notes):
 @click.option("--weight-by-reliability", is_flag=True,
               help="Weight each judgment by its annotator's reliability (1 - 2 flip rate)^2, the flip rates "
                    "estimated first (rankalign annotators FILE shows them).")
-def rate(file, model, reference, n_boot, scale, as_json, csv_path, plot_path, home_advantage, covariates, prior,
-         npseudo, ties, level, layout, mapping, outcomes, skip_invalid, seed, jobs, by_annotator=False, groups="auto",
-         restarts=4, weight_by_reliability=False):
-    """Fit ratings to the comparisons or rankings in FILE and print a leaderboard with confidence intervals."""
+def rate(file, model, reference_item, legacy_reference, anchor, matrices_path, n_boot, scale, as_json, csv_path,
+         plot_path, home_advantage, covariates, prior, npseudo, ties, level, layout, mapping, outcomes, skip_invalid,
+         rank_by, seed, jobs, by_annotator=False, groups="auto", restarts=4, weight_by_reliability=False):
+    """Fit ratings to the comparisons or rankings in FILE and print a leaderboard with confidence intervals.
+
+    The table and --json list each item's rank and its rank upper bound "rank (UB)": 1 + the number of
+    items whose interval lies entirely above this item's (as LMSYS's leaderboard shows it)."""
     from .uncertainty import bootstrap
 
+    reference = resolve_deprecated(reference_item, legacy_reference, new="--reference-item", old="--reference")
+    anchor = _parse_anchor(anchor)
     model_name = MODEL_NAMES[model]
     if by_annotator or weight_by_reliability:
         from . import annotators_cli
@@ -349,13 +453,13 @@ def rate(file, model, reference, n_boot, scale, as_json, csv_path, plot_path, ho
                 mapping=mapping, outcomes=outcomes, skip_invalid=skip_invalid, seed=seed)
     if npseudo and model_name != "plackett-luce":
         raise click.UsageError("--npseudo applies to --model pl only (use --prior for the pairwise models)")
-    try:
-        result, report = fit_file(file, model=model, reference=reference, prior=prior, npseudo=npseudo,
-                                  home_advantage=home_advantage, ties=ties, level=level, layout=layout,
-                                  mapping=mapping, outcomes=outcomes, skip_invalid=skip_invalid,
-                                  covariates=covariates, weight_by_reliability=weight_by_reliability)
-    except (DataError, ValueError) as error:
-        raise click.ClickException(str(error)) from None
+    if n_boot == 1:
+        raise click.UsageError("--bootstrap needs at least 2 replicates (0: Wald intervals)")
+    result, report = fit_file(file, model=model, reference=reference, prior=prior, npseudo=npseudo,
+                              home_advantage=home_advantage, ties=ties, level=level, layout=layout,
+                              mapping=mapping, outcomes=outcomes, skip_invalid=skip_invalid,
+                              covariates=covariates, weight_by_reliability=weight_by_reliability,
+                              rank_by=rank_by)
     if n_boot:
         if "x" not in result.state:
             raise click.UsageError(f"--bootstrap is not available for the {result.model} model; use the Wald "
@@ -368,12 +472,29 @@ def rate(file, model, reference, n_boot, scale, as_json, csv_path, plot_path, ho
             result = bootstrap(result, n_boot, seed=seed, n_jobs=jobs,
                                progress=lambda done: bar.advance(task, done))
     result = result.to_scale(scale)
+    if anchor is not None:
+        try:
+            result = result.anchored(*anchor)
+        except KeyError:
+            raise click.BadParameter(f"{anchor[0]!r} is not an item of {file}", param_hint="--anchor") from None
     notes = [f"skipped {report.n_skipped} invalid rows: {dict(report.skipped)}"] if report.n_skipped else []
+    failed = result.state.get("bootstrap_failed", 0)
+    if failed:
+        notes.append(f"warning: {failed} of {n_boot} bootstrap replicates have no maximum-likelihood estimate "
+                     "(separation: an item never wins or never loses in the resample) and were left out of the "
+                     "intervals; --prior ALPHA keeps every replicate")
     if csv_path:
         write_csv(result, csv_path)
+        wrote(csv_path, "leaderboard CSV")
     if plot_path:
         write_plot(result, plot_path, title=f"{Path(file).name}: {result.model}")
+        wrote(plot_path, "ratings plot")
+    if matrices_path:
+        kind, data = _load(file, layout, mapping, outcomes, skip_invalid, covariates, rank_by)
+        write_matrices(result, kind, data, matrices_path)
+        wrote(matrices_path, "observed/predicted win rates and battle counts")
     if as_json:
         sys.stdout.write(result.to_json() + "\n")
+        _print_notes(notes)
     else:
         _print_table(result, notes)

@@ -154,7 +154,7 @@ def fit_davidson_luce(rankings, weights=None, *, n_items=None, items=None, prior
                           for i in (level if isinstance(level, (list, tuple, set, frozenset)) else [level]))
     items = [str(i) for i in range(n_items)] if items is None else [str(i) for i in items]
     if n_items < 2:
-        raise ValueError(f"need at least two items to rate, got {n_items}")
+        raise DataError(f"need at least two items to rate, got {n_items}")
     # pseudo-rankings (PlackettLuce's npseudo): each item wins and loses npseudo times against a ghost
     # item at log-worth 0; they are ordinary pair rankings, so with ties (D >= 2) their normaliser has
     # the tie alternative too, as in PlackettLuce
@@ -169,12 +169,7 @@ def fit_davidson_luce(rankings, weights=None, *, n_items=None, items=None, prior
         design, stage_start, chosen, stage_weight = data_design, data_starts, data_chosen, data_weights
     else:
         design, stage_start, chosen, stage_weight, _, _ = _design(fit_rankings, fit_weights, n_fit)
-    if isinstance(reference, (int, np.integer)) or reference is None:
-        ref_index = None if reference is None else int(reference)
-    elif str(reference) in items:
-        ref_index = items.index(str(reference))
-    else:
-        raise ValueError(f"reference item {reference!r} is not among the items")
+    ref_index = _newton.reference_index(reference, items)
     regularised = prior > 0 or ghost is not None
     if check and not regularised:
         winners, losers = [], []
@@ -196,6 +191,10 @@ def fit_davidson_luce(rankings, weights=None, *, n_items=None, items=None, prior
     free = np.delete(np.arange(n_params), [] if fixed is None else [fixed])
     objective = _objective(n_fit, design, stage_start, chosen, stage_weight, prior)
     x, _, _, hessian, iterations = _newton.maximise(objective, np.zeros(n_params), free)
+    names = [f"the rating of {item!r}" for item in items] + (["the ghost item"] if ghost is not None else [])
+    names += [f"log delta{k}, the Davidson-Luce tie parameter (nu) for {k}-way ties" for k in range(2, max_tie + 1)]
+    _newton.require_identified(x, hessian, free, names[:n_params],
+                               {i: "every ranking ties these items" for i in range(n_fit, n_params)})
     data_objective = _objective(n_fit, data_design, data_starts, data_chosen, data_weights, 0.0)
     log_likelihood = data_objective(x, 0)[0]
     se_free = free

@@ -33,6 +33,9 @@ import numpy as np
 from scipy import sparse
 from scipy.special import expit, log_ndtr, ndtri
 
+from rankalign.data.errors import DataError
+from rankalign.errors import UsageError
+
 from . import _newton
 from ._sufficient import PairCounts, check_pair_counts_identifiable, pair_counts
 from .result import RatingResult
@@ -207,7 +210,7 @@ def _pairwise_objective(model, c: PairCounts, extras, has_tau, prior):
 def _initial_tau(model, c: PairCounts):
     share = float(c.ties.sum() / c.total.sum())
     if share <= 0.0:
-        raise ValueError(f"the {model} model needs ties to estimate its tie parameter, and the data has none; "
+        raise DataError(f"the {model} model needs ties to estimate its tie parameter, and the data has none; "
                          "use --model bt")
     share = min(share, 0.99)
     if model == "davidson":  # at d = 0, P(tie) = nu / (2 + nu)
@@ -221,16 +224,14 @@ def fit_pairwise(model, counts: PairCounts, *, items=None, home=False, prior=0.0
     if model not in _TERMS:
         raise ValueError(f"unknown model {model!r}; expected one of {MODELS}")
     if prior < 0:
-        raise ValueError(f"prior must be >= 0, got {prior}")
+        raise UsageError(f"prior must be >= 0, got {prior}")
     n = counts.n_items
     items = [str(i) for i in range(n)] if items is None else [str(i) for i in items]
     if len(items) != n:
         raise ValueError(f"{len(items)} item names for {n} items")
     if n < 2:
-        raise ValueError(f"need at least two items to rate, got {n}")
-    ref_index = None if reference is None else (reference if isinstance(reference, (int, np.integer))
-                                                else items.index(str(reference)) if str(reference) in items
-                                                else _unknown_reference(reference, items))
+        raise DataError(f"need at least two items to rate, got {n}")
+    ref_index = _newton.reference_index(reference, items)
     if check and prior == 0:
         check_pair_counts_identifiable(counts, items)
     extras = _extra_columns(counts, home)
@@ -242,14 +243,32 @@ def fit_pairwise(model, counts: PairCounts, *, items=None, home=False, prior=0.0
     free = None if prior > 0 else np.arange(1, n_params)
     objective = _pairwise_objective(model, counts, extras, has_tau, prior)
     x, _, _, hessian, iterations = _newton.maximise(objective, x0, free)
+    if check:
+        _newton.require_identified(x, hessian, free, *_parameter_names(model, items, home, counts))
     ll = objective(np.concatenate([x[:n], x[n:]]), 0)[0] + prior * float(x[:n] @ x[:n])
     return _package(model, x, hessian, free, counts, items, ref_index, ll, prior, ci_level, home,
                     iterations, compute_se)
 
 
-def _unknown_reference(reference, items):
-    raise ValueError(f"reference item {reference!r} is not among the items ({', '.join(items[:10])}"
-                     + (", ..." if len(items) > 10 else "") + ")")
+def _parameter_names(model, items, home, counts):
+    """Names of the fitted parameters in order (items, home effect, covariate weights, tie parameter),
+    and why each extra one is typically not identified."""
+    names = [f"the rating of {item!r}" for item in items]
+    hints = {}
+    if home:
+        hints[len(names)] = "the first-listed item always wins, or always loses"
+        names.append("the home advantage (order effect)")
+    if counts.features is not None:
+        names.extend(f"covariate weight {k + 1}" for k in range(counts.features.shape[1]))
+    if model == "davidson":
+        hints[len(names)] = "every comparison is a tie" if counts.ties.sum() >= counts.total.sum() else \
+            "too few ties or too few decisive results"
+        names.append("nu, the Davidson tie parameter")
+    elif model == "rao-kupper":
+        hints[len(names)] = "every comparison is a tie" if counts.ties.sum() >= counts.total.sum() else \
+            "too few ties or too few decisive results"
+        names.append("theta, the Rao-Kupper tie parameter")
+    return names, hints
 
 
 def _package(model, x, hessian, free, counts, items, ref_index, ll, prior, ci_level, home, iterations,

@@ -276,15 +276,8 @@ def fit_plackett_luce(rankings, weights=None, *, n_items=None, items=None, prior
     n, groups = rankings_to_arrays(rankings, weights, n_items=n_items)
     items = [str(i) for i in range(n)] if items is None else [str(i) for i in items]
     if n < 2:
-        raise ValueError(f"need at least two items to rate, got {n}")
-    if reference is None:
-        ref_index = None
-    elif isinstance(reference, (int, np.integer)):
-        ref_index = int(reference)
-    elif str(reference) in items:
-        ref_index = items.index(str(reference))
-    else:
-        raise ValueError(f"reference item {reference!r} is not among the items")
+        raise DataError(f"need at least two items to rate, got {n}")
+    ref_index = _newton.reference_index(reference, items)
     regularised = prior > 0 or npseudo > 0
     if check and not regularised:
         winners, losers = _pl_edges(groups)
@@ -293,6 +286,8 @@ def fit_plackett_luce(rankings, weights=None, *, n_items=None, items=None, prior
     objective = _pl_objective(n, groups, prior, npseudo)
     x0 = np.zeros(n) if start is None else np.array(start, dtype=np.float64)
     x, _, _, hessian, iterations = _newton.maximise(objective, x0, free)
+    if check:
+        _newton.require_identified(x, hessian, free, [f"the rating of {item!r}" for item in items])
     log_likelihood = _pl_objective(n, groups, 0.0, 0.0)(x, 0)[0]
     appearances = np.zeros(n)
     for orders, _, w in groups:

@@ -77,6 +77,9 @@ class RatingResult:
         ``theta`` (Rao-Kupper), with their standard errors as ``<name>_se``.
     covariance : float array [n, n], optional
         Covariance of ``ratings`` in the same gauge.
+    anchor : (str, float), optional
+        Set by :meth:`anchored`: that item's rating is fixed at that value on this scale (LMSYS anchors
+        one model at a fixed Elo); the ratings, intervals and differences are otherwise unchanged.
     """
 
     items: list
@@ -95,6 +98,7 @@ class RatingResult:
     params: dict = field(default_factory=dict)
     covariance: np.ndarray | None = None
     iterations: int = 0
+    anchor: tuple | None = None
     # what a refit needs (raw parameter vector, free coordinates, the data): used by the bootstrap
     state: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -149,6 +153,45 @@ class RatingResult:
         """Item indices from best to worst rating."""
         return np.argsort(-self.ratings, kind="stable")
 
+    def anchored(self, item, value: float) -> RatingResult:
+        """The same result shifted so that ``item`` is rated ``value`` on this scale (a change of gauge:
+        differences, standard errors of differences and interval widths are unchanged)."""
+        shift = float(value) - float(self.ratings[self.index(item)])
+        return replace(self, ratings=self.ratings + shift, ci_low=self.ci_low + shift, ci_high=self.ci_high + shift,
+                       anchor=(str(item), float(value)))
+
+    def gauge(self) -> str:
+        """What fixes the origin of the ratings, in the units shown: "mean 0", "mean 1000" (Elo scale),
+        "ITEM = 0" or the anchor "ITEM = VALUE"."""
+        if self.anchor is not None:
+            return f"{self.anchor[0]} = {self.anchor[1]:g}"
+        origin = ELO_OFFSET if self.scale == "elo" else 0.0
+        return f"mean {origin:g}" if self.reference is None else f"{self.reference} = {origin:g}"
+
+    def ranks(self) -> np.ndarray:
+        """Rank of each item by rating (1 best; equal ratings share the better rank)."""
+        ratings = self.ratings
+        return 1 + (ratings[None, :] > ratings[:, None]).sum(axis=1)
+
+    def rank_upper_bounds(self) -> np.ndarray:
+        """The best rank each item can claim from its interval, as LMSYS's arena leaderboard shows it:
+        1 + the number of items whose lower bound is above this item's upper bound (items with
+        overlapping intervals are not ranked apart)."""
+        return 1 + (self.ci_low[None, :] > self.ci_high[:, None]).sum(axis=1)
+
+    def to_dataframe(self):
+        """The leaderboard as a ``pandas.DataFrame`` (best first): item, rank, rank_ub, rating, se,
+        ci_low, ci_high, n. Needs pandas (not a dependency of rankalign)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("RatingResult.to_dataframe needs pandas: pip install pandas") from None
+        order = self.order()
+        ranks, upper = self.ranks(), self.rank_upper_bounds()
+        return pd.DataFrame({"item": [str(self.items[i]) for i in order], "rank": ranks[order],
+                             "rank_ub": upper[order], "rating": self.ratings[order], "se": self.se[order],
+                             "ci_low": self.ci_low[order], "ci_high": self.ci_high[order], "n": self.n[order]})
+
     def to_dict(self) -> dict[str, Any]:
         """The ``--json`` object of DESIGN.md: model, scale, log_likelihood, items (sorted best first, ``rank`` 1 = best)."""
 
@@ -156,15 +199,18 @@ class RatingResult:
             x = float(x)
             return x if math.isfinite(x) else None
 
+        ranks, upper = self.ranks(), self.rank_upper_bounds()
         out: dict[str, Any] = {
             "model": self.model,
             "scale": self.scale,
+            "gauge": self.gauge(),
             "log_likelihood": float(self.log_likelihood),
-            "items": [{"item": str(self.items[i]), "rating": number(self.ratings[i]), "ci_low": number(self.ci_low[i]),
-                       "ci_high": number(self.ci_high[i]), "n": int(self.n[i]), "se": number(self.se[i]),
-                       "rank": rank}
-                      for rank, i in enumerate(self.order(), start=1)],
+            "items": [{"item": str(self.items[i]), "rank": int(ranks[i]), "rank_ub": int(upper[i]),
+                       "rating": number(self.ratings[i]), "ci_low": number(self.ci_low[i]),
+                       "ci_high": number(self.ci_high[i]), "n": int(self.n[i]), "se": number(self.se[i])}
+                      for i in self.order()],
             "reference": self.reference,
+            "anchor": None if self.anchor is None else {"item": self.anchor[0], "rating": self.anchor[1]},
             "prior": self.prior,
             "ci_level": self.ci_level,
             "ci_method": self.ci_method,

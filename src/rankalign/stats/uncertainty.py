@@ -19,10 +19,13 @@ import numpy as np
 import scipy.linalg
 from scipy import sparse
 
+from rankalign.data.errors import DataError
+from rankalign.errors import UsageError
+
 from . import _newton
-from ._sufficient import PairCounts, validate_comparisons
+from ._sufficient import PairCounts, check_identifiable, validate_comparisons
 from .pairwise import _extra_columns, _pairwise_objective
-from .plackett_luce import _pl_objective
+from .plackett_luce import _pl_edges, _pl_objective
 from .result import ELO_OFFSET, ELO_SCALE, RatingResult
 
 
@@ -78,6 +81,21 @@ def _chord_factor(objective, x, free):
         return None
 
 
+def _has_estimate(n_items, winners, losers, estimate) -> bool:
+    """True when a replicate has a finite maximum-likelihood estimate: its win graph is strongly connected
+    (Zermelo/Ford, Hunter 2004; :func:`check_identifiable`) and the refit did not run off (separation in a
+    parameter the graph does not cover, such as the home effect or the tie parameter)."""
+    if not np.all(np.isfinite(estimate)) or np.max(np.abs(estimate)) > _newton.DIVERGED:
+        return False
+    if winners is None:
+        return True
+    try:
+        check_identifiable(n_items, winners, losers)
+    except DataError:
+        return False
+    return True
+
+
 def _pairwise_cells(counts: PairCounts):
     """Unique (row, outcome) cells with positive counts: row index, outcome (0, 1, 2), count."""
     table = np.stack([counts.wins_first, counts.ties, counts.wins_second], axis=1)
@@ -111,6 +129,15 @@ def _bootstrap_pairwise_chunk(model, counts, has_tau, prior, home, x, free, ref_
                 target[cell_rows] = draw[cell_index]  # each (row, outcome) cell is unique
             estimate = _refit(objective, x, free_index, factor)
             out[b] = _newton.apply_gauge(estimate, counts.n_items, ref_index)
+            if prior == 0:
+                a_beats = (work.wins_first + work.ties) > 0
+                b_beats = (work.wins_second + work.ties) > 0
+                winners = np.concatenate([work.first[a_beats], work.second[b_beats]])
+                losers = np.concatenate([work.second[a_beats], work.first[b_beats]])
+            else:  # the prior keeps the item ratings finite; the other parameters can still run off
+                winners = losers = None
+            if not _has_estimate(counts.n_items, winners, losers, estimate):
+                out[b] = np.nan
             if progress is not None:
                 progress(1)
     return out
@@ -139,6 +166,13 @@ def _bootstrap_pl_chunk(groups, prior, npseudo, x, free, ref_index, n_boot, seed
                 weights[:] = draw[bounds[g]:bounds[g + 1]]
             estimate = _refit(objective, x, free_index, factor)
             out[b] = _newton.apply_gauge(estimate, n, ref_index)
+            if prior == 0 and npseudo == 0:
+                drawn = [(orders[w > 0], stages, w[w > 0]) for orders, stages, w in work]
+                winners, losers = _pl_edges([g for g in drawn if len(g[2])])
+            else:
+                winners = losers = None
+            if not _has_estimate(n, winners, losers, estimate):
+                out[b] = np.nan
             if progress is not None:
                 progress(1)
     return out
@@ -170,9 +204,20 @@ def bootstrap(result: RatingResult, n_boot: int = 1000, *, seed: int = 0, n_jobs
         A copy with ``ci_low``/``ci_high`` the percentile interval, ``se`` the bootstrap standard
         deviation and ``ci_method="bootstrap"``; the replicate parameter vectors (gauge applied) are
         kept in ``state["bootstrap_samples"]`` ([n_boot, parameters]).
+
+    Notes
+    -----
+    A resample of sparse data can have no maximum-likelihood estimate: an item that never wins (or never
+    loses) in it has its rating at -inf (+inf), and Newton stops wherever it gives up. Such replicates are
+    detected (the win graph of the resample is not strongly connected, or the refit runs past
+    ``|x| > 35``), **left out** of the percentiles and the standard deviation, and counted in
+    ``state["bootstrap_failed"]`` (their rows of ``bootstrap_samples`` are NaN); the CLI prints a warning.
+    Leaving them out narrows the intervals of items near the edge of the data; a prior (``prior > 0``)
+    keeps every replicate instead. When fewer than 2 replicates (or fewer than half) have an estimate, a
+    :class:`~rankalign.data.errors.DataError` is raised.
     """
     if n_boot < 2:
-        raise ValueError("n_boot must be at least 2")
+        raise UsageError(f"the bootstrap needs at least 2 replicates, got {n_boot}")
     state = result.state
     if "x" not in state:
         raise ValueError("this result does not carry its data; refit with a fit_* function first")
@@ -202,23 +247,37 @@ def bootstrap(result: RatingResult, n_boot: int = 1000, *, seed: int = 0, n_jobs
                     progress(size)
             samples = np.concatenate(parts)
     n = len(result.items)
-    ratings = samples[:, :n]
+    ok = np.all(np.isfinite(samples), axis=1)
+    failed = int(n_boot - ok.sum())
+    if ok.sum() < max(2, n_boot / 2):
+        raise DataError(f"{failed} of {n_boot} bootstrap replicates have no maximum-likelihood estimate "
+                        "(the resampled data separate some item), too many for a bootstrap interval",
+                        reason="not_identified", hint="use the Wald intervals (no --bootstrap) or add --prior ALPHA")
+    ratings = samples[ok, :n]
     if result.scale == "elo":
         ratings = ratings * ELO_SCALE + ELO_OFFSET
     tail = (1.0 - level) / 2.0
     low, high = np.quantile(ratings, [tail, 1.0 - tail], axis=0)
-    new_state = dict(state, bootstrap_samples=samples)
+    new_state = dict(state, bootstrap_samples=samples, bootstrap_failed=failed)
     return replace(result, se=ratings.std(axis=0, ddof=1), ci_low=low, ci_high=high, ci_method="bootstrap",
                    ci_level=level, state=new_state)
+
+
+def battle_count_matrix(first, second, count=None, *, n_items=None) -> np.ndarray:
+    """Games (summed counts) between row and column item, either order; symmetric, 0 on the diagonal."""
+    first, second, _, count, n_items = validate_comparisons(first, second, np.ones(len(first)), count,
+                                                            n_items=n_items)
+    games = np.zeros((n_items, n_items))
+    np.add.at(games, (first, second), count)
+    np.add.at(games, (second, first), count)
+    return games
 
 
 def win_rate_matrix(first, second, outcome, count=None, *, n_items=None) -> np.ndarray:
     """Empirical share of games row item won against column item (a tie counts 1/2); NaN if never met."""
     first, second, outcome, count, n_items = validate_comparisons(first, second, outcome, count, n_items=n_items)
-    games = np.zeros((n_items, n_items))
+    games = battle_count_matrix(first, second, count, n_items=n_items)
     wins = np.zeros((n_items, n_items))
-    np.add.at(games, (first, second), count)
-    np.add.at(games, (second, first), count)
     np.add.at(wins, (first, second), count * outcome)
     np.add.at(wins, (second, first), count * (1.0 - outcome))
     with np.errstate(invalid="ignore", divide="ignore"):

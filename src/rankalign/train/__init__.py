@@ -5,7 +5,15 @@
 Importing this package needs only PyYAML; the trainer pieces import torch/transformers on first use.
 """
 
-from .config import ConfigError, PeftConfig, TrainConfig, apply_override, load_config, save_config
+from .config import (
+    ConfigError,
+    OnlineConfig,
+    PeftConfig,
+    TrainConfig,
+    apply_override,
+    load_config,
+    save_config,
+)
 
 _LAZY = {
     "PreferenceTrainer": "trainer",
@@ -25,5 +33,5 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["TrainConfig", "PeftConfig", "ConfigError", "load_config", "apply_override", "save_config",
+__all__ = ["TrainConfig", "PeftConfig", "OnlineConfig", "ConfigError", "load_config", "apply_override", "save_config",
            *_LAZY]

@@ -1,7 +1,7 @@
-"""Trainer callbacks: the console progress bar, ``metrics.jsonl`` and the checkpoint-complete marker.
+"""Trainer callbacks: the console progress bar (rich), ``metrics.jsonl`` and the checkpoint-complete marker.
 
-:func:`last_complete_checkpoint` finds the newest checkpoint that carries the marker, the one a resume
-may trust.
+:func:`last_complete_checkpoint` (from :mod:`rankalign.train.checkpoints`) finds the newest checkpoint
+that carries the marker and is whole, the one a resume may trust.
 """
 
 from __future__ import annotations
@@ -12,7 +12,12 @@ from pathlib import Path
 
 import transformers
 
-from rankalign._atomic import atomic_write_json, atomic_write_text
+from rankalign._atomic import atomic_write_text
+
+from .checkpoints import CHECKPOINT_MARKER, last_complete_checkpoint, write_marker
+
+__all__ = ["CHECKPOINT_MARKER", "METRICS_FILE", "CheckpointMarkerCallback", "RichProgressCallback",
+           "MetricsFileCallback", "last_complete_checkpoint"]
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -28,23 +33,53 @@ def _append_line(path: Path, line: str) -> None:
         os.close(fd)
 
 
-class CompactProgressCallback(transformers.trainer_callback.ProgressCallback):
-    """The Trainer's progress bar, with the latest key metrics as the bar's postfix.
-
-    The stock callback writes every log dict as a line above the bar (one per step at
-    ``logging_steps=1``); the full metrics already go to ``metrics.jsonl`` and TensorBoard, so the
-    console keeps one bar.
-    """
+class RichProgressCallback(transformers.TrainerCallback):
+    """The training progress bar in rich's style (the one every rankalign command uses), on stderr, with
+    the latest key metrics beside it; replaces the Trainer's tqdm bar and its one-line-per-log output
+    (the full metrics go to ``metrics.jsonl`` and TensorBoard)."""
 
     KEYS = {"loss": "loss", "rewards/accuracy": "reward acc", "rewards/margin": "margin",
             "tokens_per_second": "tok/s"}
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or self.training_bar is None or not logs:
+    def __init__(self):
+        self.progress = None
+        self.task = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
             return
-        shown = {label: logs[key] for key, label in self.KEYS.items() if isinstance(logs.get(key), (int, float))}
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                 TimeRemainingColumn(), TextColumn("{task.fields[metrics]}"),
+                                 console=Console(stderr=True))
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, metrics="")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.progress is None or not logs:
+            return
+        shown = [f"{label} {logs[key]:.4g}" for key, label in self.KEYS.items() if isinstance(logs.get(key), (int, float))]
         if shown:
-            self.training_bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
+            self.progress.update(self.task, metrics=", ".join(shown))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step)
+            self.progress.stop()
+            self.progress = None
 
 
 class MetricsFileCallback(transformers.TrainerCallback):
@@ -79,34 +114,21 @@ class MetricsFileCallback(transformers.TrainerCallback):
         _append_line(self.path, json.dumps(row, default=float))
 
 
-CHECKPOINT_MARKER = "rankalign_checkpoint_complete"
-
-
 class CheckpointMarkerCallback(transformers.TrainerCallback):
     """Mark a checkpoint complete once the Trainer has written all of it (weights, optimiser, RNG, state).
 
     The Trainer writes ``checkpoint-N`` in place, so a process killed while saving leaves a partial
-    directory; :func:`last_complete_checkpoint` only trusts directories that carry this marker.
+    directory; :func:`last_complete_checkpoint` only trusts directories that carry this marker. The marker
+    holds the run's fingerprint (``fingerprint()``, see :mod:`rankalign.train.checkpoints`), so a resume can
+    prove the checkpoint belongs to it.
     """
+
+    def __init__(self, fingerprint=lambda: None):
+        self.fingerprint = fingerprint
 
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
         directory = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if directory.is_dir():
-            atomic_write_json(directory / CHECKPOINT_MARKER, {"global_step": state.global_step})
-
-
-def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
-    """The checkpoint directory with the highest step that was written completely (None if there is none)."""
-    output_dir = Path(output_dir)
-    if not output_dir.is_dir():
-        return None
-    steps = []
-    for path in output_dir.iterdir():
-        if path.is_dir() and path.name.startswith("checkpoint-") and (path / CHECKPOINT_MARKER).exists():
-            try:
-                steps.append((int(path.name.split("-", 1)[1]), path))
-            except ValueError:
-                continue
-    return str(max(steps)[1]) if steps else None
+            write_marker(directory, state.global_step, self.fingerprint())

@@ -21,12 +21,13 @@ from typing import Any
 import yaml
 
 from rankalign._atomic import atomic_write_text
+from rankalign.errors import UsageError
 
 LAYOUTS = ("shared", "duplicated")
 DATA_FORMS = ("lists", "pairs")
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A configuration problem; the message names the source (file or ``--set``) and the key."""
 
 
@@ -43,6 +44,41 @@ class PeftConfig:
     alpha: float = 16.0
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclass
+class OnlineConfig:
+    """The ``online:`` section (:mod:`rankalign.online`): ``enabled: true`` makes ``rankalign train`` run
+    rounds of sample -> judge -> train on the prompts of ``data`` instead of training on the file.
+
+    ``rounds``: sample-judge-train rounds; ``k``: completions sampled per prompt; ``prompts_per_round``:
+    prompts per round, cycling through the prompt set (0: all of them every round); ``max_new_tokens``,
+    ``temperature``, ``top_p``: sampling; ``refresh_reference``: the reference becomes the policy at the
+    start of each round (iterative DPO); ``curriculum`` and ``curriculum_stages``: easy-to-hard pairs;
+    ``judge``: ``"module:attribute"`` of a judge object or of a function returning one (for ``rankalign
+    train``); ``judge_options``: keyword arguments for that function.
+    """
+
+    enabled: bool = False
+    rounds: int = 3
+    k: int = 4
+    prompts_per_round: int = 0
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    refresh_reference: bool = False
+    curriculum: bool = False
+    curriculum_stages: int = 3
+    judge: str | None = None
+    judge_options: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.rounds < 1 or self.k < 2:
+            raise ConfigError(f"online: rounds must be >= 1 and k >= 2, got rounds={self.rounds}, k={self.k}")
+        if self.max_new_tokens < 1 or self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ConfigError("online: need max_new_tokens >= 1, temperature >= 0 and 0 < top_p <= 1")
+        if self.curriculum and self.curriculum_stages < 1:
+            raise ConfigError("online: curriculum_stages must be >= 1")
 
 
 @dataclass
@@ -63,8 +99,11 @@ class TrainConfig:
         ``data``: a data file read by :func:`rankalign.data.read` with ``data_options`` (e.g.
         ``layout``, ``map``); ``data_form``: ``lists`` (keep ranked lists whole) or ``pairs`` (decompose
         with ``pair_strategy``). ``max_records`` keeps the first N records (0 = all). ``eval_split``: the
-        share of distinct prompts held out (0 = none); the split is drawn with ``eval_split_seed`` and
-        written to ``output_dir/split/{train,heldout}.jsonl`` (``rankalign eval --run OUTPUT_DIR``).
+        share of distinct prompts held out (0 = none); the split is drawn on the whole file with
+        ``eval_split_seed`` (``max_records`` then caps the training side only) and written to
+        ``output_dir/split/{train,heldout}.jsonl`` (``rankalign eval --run OUTPUT_DIR``).
+        ``weight_by_reliability: true`` multiplies each record's weight by its annotator's reliability
+        ``(1 - 2 flip rate)^2`` (:func:`rankalign.stats.annotators.weight_by_reliability`).
 
     Objective
         ``objective``: a name in :func:`rankalign.losses.names`; ``loss_params``: its keyword parameters
@@ -93,6 +132,7 @@ class TrainConfig:
     data_form: str = "lists"
     pair_strategy: str = "best_vs_rest"
     max_records: int = 0
+    weight_by_reliability: bool = False
     eval_split: float = 0.0
     eval_split_seed: int = 0
     max_prompt_tokens: int | None = 256
@@ -130,25 +170,73 @@ class TrainConfig:
     # hardware
     bf16: str | bool = "auto"
     peft: PeftConfig = field(default_factory=PeftConfig)
+    online: OnlineConfig = field(default_factory=OnlineConfig)
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` for values that cannot work together."""
-        if self.layout not in LAYOUTS:
-            raise ConfigError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
-        if self.data_form not in DATA_FORMS:
-            raise ConfigError(f"data_form must be one of {DATA_FORMS}, got {self.data_form!r}")
-        if self.on_empty not in ("error", "drop"):
-            raise ConfigError(f"on_empty must be 'error' or 'drop', got {self.on_empty!r}")
-        if self.batch_size < 1 or self.gradient_accumulation < 1:
-            raise ConfigError("batch_size and gradient_accumulation must be >= 1")
-        if self.max_steps <= 0 and self.epochs <= 0:
-            raise ConfigError("set epochs > 0 or max_steps > 0")
-        if self.bf16 not in ("auto", True, False):
-            raise ConfigError(f"bf16 must be auto, true or false, got {self.bf16!r}")
-        if not 0.0 <= self.eval_split < 1.0:
-            raise ConfigError(f"eval_split must be in [0, 1), got {self.eval_split}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        """The one validation step: raise :class:`ConfigError` for any value outside its valid range or
+        values that cannot work together, before any data or model is read.
+
+        Ranges: the objective must be registered and ``loss_params`` must be its parameters, each within
+        the range the losses registry declares (:data:`rankalign.losses.PARAM_RANGES`, e.g. ``beta > 0``,
+        ``label_smoothing`` in [0, 0.5)); ``lr > 0``; ``batch_size``, ``gradient_accumulation``,
+        ``logging_steps``, ``tokenizer_vocab_size`` >= 1; ``max_records``, ``warmup_steps``,
+        ``save_steps``, ``weight_decay``, ``max_grad_norm`` (0: no clipping) >= 0; ``epochs > 0`` or ``max_steps > 0``;
+        token limits >= 1 or null; ``peft.r`` >= 1, ``peft.alpha`` > 0, ``peft.dropout`` in [0, 1);
+        paths that must be folders (``output_dir``, ``reference_cache_dir``) are not files.
+        """
+        import math
+
+        from rankalign.data import PAIR_STRATEGIES
+
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ConfigError(message)
+
+        need(self.layout in LAYOUTS, f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        need(self.data_form in DATA_FORMS, f"data_form must be one of {DATA_FORMS}, got {self.data_form!r}")
+        need(self.pair_strategy in PAIR_STRATEGIES,
+             f"pair_strategy must be one of {', '.join(PAIR_STRATEGIES)}, got {self.pair_strategy!r}")
+        need(self.on_empty in ("error", "drop"), f"on_empty must be 'error' or 'drop', got {self.on_empty!r}")
+        need(self.batch_size >= 1 and self.gradient_accumulation >= 1,
+             "batch_size and gradient_accumulation must be >= 1")
+        need(self.max_steps > 0 or (math.isfinite(self.epochs) and self.epochs > 0), "set epochs > 0 or max_steps > 0")
+        need(self.bf16 in ("auto", True, False), f"bf16 must be auto, true or false, got {self.bf16!r}")
+        need(math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(0.0 <= self.eval_split < 1.0, f"eval_split must be in [0, 1), got {self.eval_split}")
+        need(math.isfinite(self.weight_decay) and self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        need(math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0,
+             f"max_grad_norm must be >= 0 (0 turns clipping off), got {self.max_grad_norm}")
+        for name in ("max_records", "warmup_steps", "save_steps"):
+            need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("logging_steps", "tokenizer_vocab_size"):
+            need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_prompt_tokens", "max_response_tokens", "max_tokens_per_row", "save_total_limit"):
+            value = getattr(self, name)
+            need(value is None or value >= 1, f"{name} must be >= 1 or null, got {value}")
+        need(self.peft.r >= 1, f"peft.r must be >= 1, got {self.peft.r}")
+        need(math.isfinite(self.peft.alpha) and self.peft.alpha > 0, f"peft.alpha must be > 0, got {self.peft.alpha}")
+        need(0 <= self.peft.dropout < 1, f"peft.dropout must be in [0, 1), got {self.peft.dropout}")
+        for name in ("output_dir", "reference_cache_dir"):
+            value = getattr(self, name)
+            need(not value or not Path(value).exists() or Path(value).is_dir(),
+                 f"{name} {value!r} is a file; it must be a folder")
+        if self.online.enabled:
+            self.online.validate()
+        self.validate_objective()
+
+    def validate_objective(self) -> None:
+        """``objective`` is registered (close matches suggested) and ``loss_params`` are its parameters,
+        each within the registry's range."""
+        from rankalign import losses
+
+        try:
+            objective = losses.get(self.objective)
+        except KeyError as error:
+            raise ConfigError(f"objective: {error.args[0]}", hint=getattr(error, "hint", None)) from None
+        try:
+            objective.check_params(self.loss_params, "loss_params")
+        except UsageError as error:
+            raise ConfigError(str(error), hint=error.hint) from None
 
 
 # ------------------------------------------------------------------------------------------ conversion
@@ -179,6 +267,15 @@ def _unknown_key_error(key: str, known, where: str) -> ConfigError:
     return ConfigError(f"{where}: unknown key {key!r}{hint}")
 
 
+def _yaml_value(text: str, where: str):
+    """A ``--set`` value parsed as YAML; a syntax error (an unclosed bracket or quote) is a ConfigError."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{where}: not a valid YAML value ({problem}): {text!r}") from None
+
+
 def _convert(value, annotation, where: str):
     """Convert ``value`` (from YAML or a ``--set`` string) to ``annotation``; raise ConfigError if it does not fit."""
     origin = typing.get_origin(annotation)
@@ -206,14 +303,14 @@ def _convert(value, annotation, where: str):
         (item_type,) = typing.get_args(annotation) or (Any,)
         if isinstance(value, str):
             text = value.strip()
-            parsed = yaml.safe_load(text) if text.startswith("[") else [p.strip() for p in text.split(",") if p.strip()]
+            parsed = _yaml_value(text, where) if text.startswith("[") else [p.strip() for p in text.split(",") if p.strip()]
             value = parsed
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
         return [_convert(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            value = _yaml_value(value, where)
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
         return dict(value)
@@ -302,28 +399,40 @@ def apply_override(config: TrainConfig, assignment: str) -> TrainConfig:
         if isinstance(current, dict):
             # a free-form mapping such as loss_params: the rest of the key is one entry, value parsed as YAML
             entry = ".".join(parts[depth + 1:])
-            current[entry] = yaml.safe_load(raw)
+            current[entry] = _yaml_value(raw, f"--set {key}")
             return config
         raise ConfigError(f"--set {key}: {part!r} is not a section")
     return config
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> TrainConfig:
-    """Read a YAML config (or start from the defaults when ``path`` is None), apply overrides, validate."""
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] = (), *, cls=None):
+    """Read a YAML config (or start from the defaults when ``path`` is None), apply overrides, validate.
+
+    ``cls`` is the config dataclass (default :class:`TrainConfig`; ``rankalign reward train`` passes
+    :class:`rankalign.train.reward.RewardTrainConfig`): the same conversion, ``--set`` and validation for both.
+    Relative paths in the fields named by ``cls.PATH_FIELDS`` are resolved against the config file.
+    """
+    cls = cls or TrainConfig
     if path is None:
-        config = TrainConfig()
+        config = cls()
     else:
         path = Path(path)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
         except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML: {error}") from None
+            mark = getattr(error, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+            problem = getattr(error, "problem", None) or "syntax error"
+            raise ConfigError(f"{where}: not valid YAML: {problem}",
+                              hint="check quotes and brackets on that line") from None
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"{path}: not UTF-8 text ({error.reason})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
-        config = build_dataclass(TrainConfig, data, where=str(path))
+        config = build_dataclass(cls, data, where=str(path))
         base = path.parent
         # relative data/model/tokenizer paths are read relative to the config file when they exist there
-        for name in ("data", "model", "tokenizer", "reference_model"):
+        for name in getattr(cls, "PATH_FIELDS", ("data", "model", "tokenizer", "reference_model")):
             value = getattr(config, name)
             if value and not value.startswith("tiny:") and value != "train" and not os.path.isabs(value):
                 candidate = base / value
@@ -334,15 +443,15 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()
     try:
         config.validate()
     except ConfigError as error:
-        raise ConfigError(f"{path or 'config'}: {error}") from None
+        raise ConfigError(f"{path or 'config'}: {error}", hint=error.hint) from None
     return config
 
 
-def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+def config_to_dict(config) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def save_config(config: TrainConfig, directory: str | os.PathLike, name: str = "train_config.yaml") -> Path:
+def save_config(config, directory: str | os.PathLike, name: str = "train_config.yaml") -> Path:
     """Write the resolved config as YAML into ``directory`` atomically (:func:`rankalign._atomic.atomic_write_text`)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

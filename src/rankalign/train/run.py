@@ -12,16 +12,26 @@ from pathlib import Path
 from .config import TrainConfig, save_config
 
 
-def read_records(config: TrainConfig, *, with_report: bool = False):
-    """The training records of ``config.data``, read by :func:`rankalign.data.read` (which knows the layouts)."""
+def read_records(config: TrainConfig, *, with_report: bool = False, cap: bool = True):
+    """The training records of ``config.data``, read by :func:`rankalign.data.read` (which knows the layouts),
+    the first ``max_records`` of them when ``cap``."""
     from rankalign.data import read
 
+    from .config import ConfigError
+
     if not config.data:
-        raise ValueError("the config has no `data` file")
+        raise ConfigError("the config has no `data` file", hint="set data: PATH in the YAML or --set data=PATH")
+    if not os.path.exists(config.data):
+        raise ConfigError(f"data: no such file or folder: {config.data}",
+                          hint="relative paths are read from the working directory or the config file's folder")
     result = read(config.data, **config.data_options)
     records = list(result.records)
-    if config.max_records > 0:
+    if cap and config.max_records > 0:
         records = records[: config.max_records]
+    if config.weight_by_reliability:
+        from rankalign.stats.annotators import weight_by_reliability
+
+        records = weight_by_reliability(records)
     return (records, result.report) if with_report else records
 
 
@@ -117,38 +127,31 @@ def write_run_source(config: TrainConfig, output_dir: Path, *, heldout: bool) ->
 RUN_SOURCE_FILE = "run_source.json"
 
 
-# keys that may change between a run and its resumption (how long, how often, how it is shown)
-RESUME_MAY_CHANGE = {"progress", "resume", "report_to", "logging_steps", "save_steps", "save_total_limit",
-                     "max_steps", "epochs"}
+def run_config(config: TrainConfig, *, resume: bool | None = None, on_start=None):
+    """Train as ``config`` says; save the final model, tokenizer and resolved config in ``output_dir``.
 
+    The data are read and tokenized first; ``on_start(data_report, truncation_report)`` is called with
+    both before the model trains (``rankalign train`` prints them there). What ``rankalign eval --run``
+    needs is recorded in ``output_dir/run_source.json`` (:func:`write_run_source`).
+    """
+    import warnings
 
-def check_resumable(config: TrainConfig) -> None:
-    """Refuse to resume a checkpoint written under a different config (it would mix two runs silently)."""
-    import yaml
+    from rankalign._atomic import writing
+    from rankalign.errors import RankalignWarning
 
-    from .callbacks import last_complete_checkpoint
-    from .config import ConfigError, config_to_dict
-
-    saved_path = Path(config.output_dir) / "train_config.yaml"
-    if last_complete_checkpoint(config.output_dir) is None or not saved_path.exists():
-        return
-    saved = yaml.safe_load(saved_path.read_text()) or {}
-    current = config_to_dict(config)
-    changed = sorted(k for k in current if k not in RESUME_MAY_CHANGE and saved.get(k) != current[k])
-    if changed:
-        raise ConfigError(f"{config.output_dir} holds a checkpoint of a run with a different config "
-                          f"({', '.join(changed)} changed); use another output_dir or --no-resume")
-
-
-def run_config(config: TrainConfig, *, resume: bool | None = None):
-    """Train as ``config`` says; save the final model, tokenizer and resolved config in ``output_dir``."""
-    from .trainer import train_preference
+    from .checkpoints import clear_run, finished_note, finished_run, mark_finished, precheck, run_fingerprint
+    from .config import config_to_dict
+    from .data import tokenize_training_data
+    from .trainer import TrainResult, train_preference
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # before the slow imports: bad data fails fast. With a held-out split, the split is drawn on the whole
+    # file and max_records caps the training side: the held-out set does not depend on the training budget
+    records, data_report = read_records(config, with_report=True, cap=config.eval_split <= 0)
     import transformers
 
+    transformers.utils.logging.disable_progress_bar()  # no "Writing model shards" bars beside the training bar
     transformers.set_seed(config.seed)
-    records, data_report = read_records(config, with_report=True)
     output_dir = Path(config.output_dir)
     main_process = int(os.environ.get("RANK", "0")) == 0  # under accelerate/torchrun only rank 0 writes files
     heldout = []
@@ -156,24 +159,49 @@ def run_config(config: TrainConfig, *, resume: bool | None = None):
         from rankalign.data import write
 
         records, heldout = split_by_prompt(records, config.eval_split, config.eval_split_seed)
+        if config.max_records > 0:
+            records = records[: config.max_records]
         if main_process:
             write(records, output_dir / "split" / "train.jsonl")
             write(heldout, output_dir / "split" / "heldout.jsonl")
+    resume = config.resume if resume is None else resume
+    # what proves a checkpoint belongs to this run; the model part is completed by train_preference
+    settings = config_to_dict(config)
+    if resume:
+        # a finished run says so (no model is loaded); a foreign or unprovable checkpoint is refused here,
+        # before anything slow, and again by train_preference with the model's part of the fingerprint
+        early = run_fingerprint(settings, records, None, config.model)
+        note = finished_note(output_dir, early, config.max_steps, config.epochs)
+        if note is not None:
+            return TrainResult(history=[], model=None, wall_time=0.0, tokens_per_second=0.0,
+                               output_dir=str(output_dir), global_step=finished_run(output_dir)["global_step"],
+                               data_report=data_report, note=note)
+        precheck(output_dir, early)
+    elif main_process:
+        removed = clear_run(output_dir)
+        folders = [path for path in removed if path.name.startswith("checkpoint-")]
+        if folders:
+            warnings.warn(f"--no-resume: removed {len(folders)} checkpoint(s) of the earlier run in {output_dir} "
+                          "so they cannot be mixed with this one", RankalignWarning, stacklevel=2)
     tokenizer = load_tokenizer(config, records)
+    lists, truncation = tokenize_training_data(tokenizer, records, config)
+    if on_start is not None:
+        on_start(data_report, truncation)
     model = load_model(config.model, tokenizer, config)
     ref_model = load_model(config.reference_model, tokenizer, config) if config.reference_model else None
-    resume = config.resume if resume is None else resume
-    if resume:
-        check_resumable(config)
     if main_process:
         save_config(config, output_dir)
         write_run_source(config, output_dir, heldout=bool(heldout))
     result = train_preference(model, tokenizer, records, config, ref_model=ref_model,
-                              resume_from_checkpoint=True if resume else None)
+                              resume_from_checkpoint=True if resume else None, tokenized=(lists, truncation))
     result.data_report = data_report
+    result.truncation = truncation
     if main_process:
         final_dir = output_dir / "final"
-        result.model.save_pretrained(final_dir)  # safetensors
-        tokenizer.save_pretrained(final_dir)
+        with writing(final_dir):  # a full disk names the folder instead of "basic_ios::clear"
+            result.model.save_pretrained(final_dir)  # safetensors
+            tokenizer.save_pretrained(final_dir)
         save_config(config, final_dir)
+        mark_finished(final_dir, global_step=result.global_step, max_steps=config.max_steps, epochs=config.epochs,
+                      fingerprint=run_fingerprint(settings, records, None, config.model))
     return result

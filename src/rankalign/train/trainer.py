@@ -28,7 +28,7 @@ what is specific to preference learning:
   detached rewards over all processes before its loss, saved as ``rankalign_objective_state.json`` in
   every checkpoint and restored on resume; ``loss_params["delta"]`` fixes it instead;
 * metrics beside the loss: implicit rewards, margins, reward and ranking accuracy
-  (:func:`rankalign.losses._common.preference_metrics`), a per-token log-ratio "KL" estimate and
+  (:func:`rankalign.losses.preference_metrics`), a per-token log-ratio "KL" estimate and
   tokens/s, to the console, TensorBoard and ``output_dir/metrics.jsonl``.
 
 Logged metrics (means over the lists of the logging window, summed over processes first):
@@ -66,18 +66,19 @@ import torch
 import transformers
 
 from rankalign import losses
-from rankalign._atomic import atomic_write_json
-from rankalign.losses._common import preference_metrics
+from rankalign._atomic import atomic_write_json, writing
 from rankalign.losses.unpaired import BCORunningMean
 
 from .callbacks import (
     CHECKPOINT_MARKER,
     METRICS_FILE,
     CheckpointMarkerCallback,
-    CompactProgressCallback,
     MetricsFileCallback,
+    RichProgressCallback,
     last_complete_checkpoint,
 )
+from .checkpoints import run_fingerprint, select_checkpoint, verify_checkpoint
+from .config import config_to_dict
 from .data import (
     EpochShuffleSampler,
     ListDataset,
@@ -86,15 +87,16 @@ from .data import (
     tokenize_training_data,
 )
 
-# objective arguments that come from the batch, never from the config's loss_params
-_BATCH_ARGUMENTS = {"ranks", "lengths", "grades", "labels", "kl_policy_logps", "kl_ref_logps"}
+# the TrainingArguments that change what a run computes (part of PreferenceTrainer's default fingerprint)
+_FINGERPRINT_ARGUMENTS = ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "seed",
+                          "optim", "weight_decay", "lr_scheduler_type", "warmup_steps", "max_grad_norm")
 # per-run objective state (BCO's running reward mean) saved in every checkpoint folder
 OBJECTIVE_STATE_FILE = "rankalign_objective_state.json"
 
 # names that lived in this module before the split into data / callbacks / trainer
 __all__ = ["PreferenceTrainer", "TrainResult", "compute_reference", "make_training_arguments", "maybe_apply_peft",
            "train_preference", "bf16_available", "OBJECTIVE_STATE_FILE", "CHECKPOINT_MARKER", "METRICS_FILE",
-           "CheckpointMarkerCallback", "CompactProgressCallback", "MetricsFileCallback", "last_complete_checkpoint",
+           "CheckpointMarkerCallback", "RichProgressCallback", "MetricsFileCallback", "last_complete_checkpoint",
            "EpochShuffleSampler", "ListDataset", "PreferenceCollator", "mismatched_pairs"]
 
 
@@ -187,11 +189,7 @@ class PreferenceTrainer(transformers.Trainer):
 
         keyword_params = {p.name for p in inspect.signature(self.objective.fn).parameters.values()
                           if p.kind is inspect.Parameter.KEYWORD_ONLY}
-        tunable = keyword_params - _BATCH_ARGUMENTS
-        unknown = set(self.loss_params) - tunable
-        if unknown:
-            raise ValueError(f"objective {objective!r} has no parameter(s) {sorted(unknown)}; "
-                             f"it takes {sorted(tunable)}")
+        self.objective.check_params(self.loss_params, "loss_params")  # names and ranges, from the registry
         self.beta = float(self.loss_params.get("beta", self.objective.params.get("beta", 1.0)))
         self.unpaired = self.objective.family == "unpaired"
         # KTO: z0 estimated per batch from mismatched pairs, unless loss_params fixes z0
@@ -237,12 +235,16 @@ class PreferenceTrainer(transformers.Trainer):
         dataset = ListDataset(train_lists, ref_logps)
         callbacks = list(callbacks or [])
         callbacks.append(MetricsFileCallback(Path(args.output_dir) / METRICS_FILE))
-        callbacks.append(CheckpointMarkerCallback())
+        callbacks.append(CheckpointMarkerCallback(lambda: self.fingerprint))
+        # what proves a checkpoint belongs to this training (train_preference replaces it with the run's)
+        self.fingerprint = run_fingerprint(
+            {"objective": self.objective.name, "loss_params": self.loss_params, "layout": layout,
+             **{key: getattr(args, key, None) for key in _FINGERPRINT_ARGUMENTS}}, train_lists, model)
         super().__init__(model=model, args=args, train_dataset=dataset, data_collator=collator,
                          processing_class=processing_class, callbacks=callbacks)
         if not args.disable_tqdm:
             self.remove_callback(transformers.trainer_callback.ProgressCallback)
-            self.add_callback(CompactProgressCallback)
+            self.add_callback(RichProgressCallback)
         self.loss_is_scaled_for_ga = True
         self._step_weight: torch.Tensor | None = None
         self._metric_sums: dict[str, torch.Tensor] = {}
@@ -397,7 +399,7 @@ class PreferenceTrainer(transformers.Trainer):
         add("lists", per_list.numel())
         add("objective", per_list.double().sum())
         if not self.unpaired:
-            metrics = preference_metrics(policy_logps, ref_logps, ranks=batch.ranks, beta=self.beta)
+            metrics = losses.preference_metrics(policy_logps, ref_logps, ranks=batch.ranks, beta=self.beta)
             has_pairs = (metrics["pairs"] > 0).double()
             add("pair_lists", has_pairs.sum())
             for name in ("margin", "reward_accuracy", "ranking_accuracy"):
@@ -464,11 +466,18 @@ class PreferenceTrainer(transformers.Trainer):
         super().log(logs, start_time)
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
-        """``transformers.Trainer.train``; also restores the objective state saved with the checkpoint."""
+        """``transformers.Trainer.train``; also restores the objective state saved with the checkpoint.
+
+        ``resume_from_checkpoint=True`` uses the rule of :func:`rankalign.train.checkpoints.select_checkpoint`
+        (the newest checkpoint marked complete whose files are whole, carrying this run's fingerprint), the
+        same as ``rankalign train``; a path is checked against the fingerprint too.
+        """
         if resume_from_checkpoint is True:
-            resume_from_checkpoint = transformers.trainer_utils.get_last_checkpoint(self.args.output_dir)
+            resume_from_checkpoint = select_checkpoint(self.args.output_dir, self.fingerprint)
             if resume_from_checkpoint is None:
-                raise ValueError(f"no checkpoint to resume from in {self.args.output_dir}")
+                raise ValueError(f"no complete checkpoint to resume from in {self.args.output_dir}")
+        elif resume_from_checkpoint:
+            verify_checkpoint(resume_from_checkpoint, self.fingerprint)
         if self.bco_running is not None:
             self.bco_running = BCORunningMean(momentum=self.bco_running.momentum)
         if resume_from_checkpoint:
@@ -484,8 +493,10 @@ class PreferenceTrainer(transformers.Trainer):
         return state
 
     def _save_checkpoint(self, model, trial) -> None:
-        """The Trainer's checkpoint, plus ``rankalign_objective_state.json`` (BCO's delta) beside it."""
-        super()._save_checkpoint(model, trial)
+        """The Trainer's checkpoint, plus ``rankalign_objective_state.json`` (BCO's delta) beside it; a failed
+        write (a full disk) is an OutputError naming the checkpoint folder."""
+        with writing(Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"):
+            super()._save_checkpoint(model, trial)
         if self.bco_running is not None and self.args.should_save:
             directory = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
             atomic_write_json(directory / OBJECTIVE_STATE_FILE, self._objective_state())
@@ -541,6 +552,7 @@ class TrainResult:
     truncation: Any = None
     data_report: Any = None
     final_metrics: dict[str, Any] = field(default_factory=dict)
+    note: str | None = None  # set instead of training, e.g. when the run in output_dir already finished
 
 
 def make_training_arguments(config, *, world_size: int = 1) -> transformers.TrainingArguments:
@@ -588,7 +600,8 @@ def maybe_apply_peft(model, config):
 
 
 def train_preference(model, tokenizer, records_or_lists, config, *, ref_model=None,
-                     resume_from_checkpoint: str | bool | None = None, callbacks=None) -> TrainResult:
+                     resume_from_checkpoint: str | bool | None = None, callbacks=None,
+                     tokenized=None) -> TrainResult:
     """Train ``model`` on preference data with the objective and settings of ``config``; one call.
 
     Parameters
@@ -602,7 +615,13 @@ def train_preference(model, tokenizer, records_or_lists, config, *, ref_model=No
     ref_model : PreTrainedModel, optional
         Reference policy; default: a snapshot of ``model`` before training (or the adapter-disabled base).
     resume_from_checkpoint : path or bool, optional
-        ``True`` resumes from the last complete checkpoint in ``output_dir`` when there is one.
+        ``True`` resumes from the last complete checkpoint in ``output_dir`` when there is one; it must
+        carry this run's fingerprint (config without the resume-changeable keys, the records, the model
+        source; :mod:`rankalign.train.checkpoints`) or a ``ResumeError`` is raised. Every checkpoint
+        written here carries that fingerprint.
+    tokenized : (lists, truncation report), optional
+        ``records_or_lists`` already tokenized (by :func:`~rankalign.train.data.tokenize_training_data`
+        with this config), so that a caller that reported the truncation first does not tokenize twice.
 
     Returns
     -------
@@ -611,7 +630,7 @@ def train_preference(model, tokenizer, records_or_lists, config, *, ref_model=No
     """
     config.validate()
     transformers.set_seed(config.seed)
-    lists, report = tokenize_training_data(tokenizer, records_or_lists, config)
+    lists, report = tokenized or tokenize_training_data(tokenizer, records_or_lists, config)
     model = maybe_apply_peft(model, config)
     args = make_training_arguments(config)
     started = time.perf_counter()
@@ -620,8 +639,9 @@ def train_preference(model, tokenizer, records_or_lists, config, *, ref_model=No
         layout=config.layout, reference_cache_dir=config.reference_cache_dir,
         precompute_reference=config.precompute_reference, max_tokens_per_row=config.max_tokens_per_row,
         pad_token_id=getattr(tokenizer, "pad_token_id", None), processing_class=tokenizer, callbacks=callbacks)
-    if resume_from_checkpoint is True:
-        resume_from_checkpoint = last_complete_checkpoint(config.output_dir)
+    trainer.fingerprint = run_fingerprint(config_to_dict(config), records_or_lists, model, config.model)
+    if resume_from_checkpoint is True:  # the newest whole checkpoint of this run, or a fresh start
+        resume_from_checkpoint = select_checkpoint(config.output_dir, trainer.fingerprint)
     output = trainer.train(resume_from_checkpoint=resume_from_checkpoint or None)
     wall = time.perf_counter() - started
     history = [dict(row) for row in trainer.state.log_history]

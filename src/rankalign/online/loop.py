@@ -1,0 +1,377 @@
+"""The online loop: rounds of sample -> judge -> ranked lists -> train, resumable at round and step boundaries.
+
+Each round:
+
+1. **Sample** K completions per prompt from the current policy (:func:`~rankalign.online.sample_groups`,
+   each prompt prefilled once), seeded by ``(seed, round)``.
+2. **Judge**: ``judge.rank(prompt, candidates)`` gives a :class:`~rankalign.data.RankedList` per prompt
+   (the judge's ``id`` as annotator, its scores when it has them). The round's lists are written to
+   ``output_dir/round_NNN/lists.jsonl`` (atomically), a dataset ``rankalign rate``/``eval`` read.
+3. **Train** a copy of the engine's view of those lists (the sampled token ids, so the update scores
+   exactly what was sampled) with any registered pairwise or listwise objective through
+   :func:`rankalign.train.train_preference`, against the reference: the initial policy, or with
+   ``refresh_reference`` the policy at the start of the round (iterative DPO; Xu et al. 2023, "Some
+   things are more CRINGE than others"; Xiong et al. 2024, "Iterative Preference Learning from Human
+   Feedback"). SPPO (``objective: sppo``) takes soft win probabilities from the judge's scores
+   (``P_i = mean_j sigma(s_i - s_j)``, Bradley-Terry) or, for a ranking-only judge, the share of the
+   group each response beats (ties 1/2).
+   With ``curriculum`` the lists become pairs ordered from easy to hard (largest score gap, or rank
+   gap, first) and the round trains on ``curriculum_stages`` slices in that order (Curriculum DPO;
+   Pattnaik et al. 2024, "Curry-DPO").
+4. **Save** the policy (safetensors) to ``round_NNN/policy`` and mark the round done in
+   ``online_state.json`` (atomic).
+
+Resume: a run restarted with the same settings skips finished rounds (loading the last round's
+policy), reuses a round's saved lists instead of sampling again, and resumes its training from the
+last complete trainer checkpoint (``save_steps``), so a run killed anywhere ends where an
+uninterrupted run ends.
+
+A judge is anything with an ``id`` and ``rank(prompt, candidates) -> RankedList``
+(:class:`rankalign.reward.judges.Judge`): the reward-model, ensemble and preference judges of
+:mod:`rankalign.reward.judges`, simulated annotators, or a simulation's gold reward.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._atomic import atomic_write_text
+from ..data.records import RankedList
+from ..engine import TokenizedList
+from ..reward.judges import Judge
+from ..train.config import OnlineConfig
+from .generate import sample_groups
+
+STATE_FILE = "online_state.json"
+
+
+@dataclass
+class OnlineResult:
+    """What :func:`run_online` returns: the final policy, one summary per round and the round records."""
+
+    model: Any
+    rounds: list[dict]
+    records: list[list[RankedList]]
+    output_dir: str
+
+
+# ------------------------------------------------------------------------------------------- pieces
+def _encode_prompt(tokenizer, prompt) -> list[int]:
+    """Prompt ids exactly as :func:`rankalign.engine.tokenize_records` builds them (BOS + text, or the
+    chat template with the generation prompt)."""
+    if isinstance(prompt, str):
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        bos = tokenizer.bos_token_id
+        return ([bos] if bos is not None else []) + list(ids)
+    ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
+    if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
+        ids = ids["input_ids"]
+    return list(ids)
+
+
+def _decode(tokenizer, ids: Sequence[int]) -> str:
+    eos = tokenizer.eos_token_id
+    ids = list(ids)
+    if ids and ids[-1] == eos:
+        ids = ids[:-1]
+    return tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+def win_probabilities(record: RankedList) -> list[float]:
+    """Each candidate's estimated ``P(beats the policy)`` within its group (SPPO's soft labels).
+
+    With scores: the mean over the other candidates of ``sigma(s_i - s_j)`` (Bradley-Terry on the judge's
+    scores). Without: the share of the others ranked below it, ties counting 1/2.
+    """
+    k = record.k
+    scores = record.scores
+    if scores is not None and all(isinstance(s, (int, float)) for s in scores):
+        values = [float(s) for s in scores]
+        return [sum(1.0 / (1.0 + math.exp(values[j] - values[i])) for j in range(k) if j != i) / (k - 1)
+                for i in range(k)]
+    ranks = record.dense_ranks()
+    return [(sum(ranks[j] > ranks[i] for j in range(k)) + 0.5 * sum(ranks[j] == ranks[i] for j in range(k) if j != i))
+            / (k - 1) for i in range(k)]
+
+
+def judged_lists(tokenizer, judge, prompts, prompt_ids, completions, *, round_index: int,
+                 soft_labels: bool = False) -> tuple[list[RankedList], list[TokenizedList]]:
+    """Judge each prompt's K sampled completions; the records (text) and the engine lists (sampled ids).
+
+    Completions that decode to the same text, or to nothing, are kept once (a ranked list holds
+    distinct candidates); a group left with fewer than 2 is skipped. Unranked candidates are dropped
+    from the engine list. ``soft_labels`` puts :func:`win_probabilities` in the grades (SPPO).
+    """
+    records, lists = [], []
+    for index, (prompt, ids, group) in enumerate(zip(prompts, prompt_ids, completions)):
+        texts, kept = [], []
+        for completion in group:
+            text = _decode(tokenizer, completion)
+            if text and text not in texts:
+                texts.append(text)
+                kept.append(list(completion))
+        if len(texts) < 2:
+            continue
+        record = judge.rank(prompt, texts)
+        if list(record.candidates) != texts:
+            raise ValueError(f"judge {getattr(judge, 'id', judge)!r} returned candidates in another order or "
+                             "changed them; a judge must rank the candidates it was given, in place")
+        meta = dict(record.meta or {})
+        meta.update({"round": round_index, "source": "rankalign.online"})
+        record = dataclasses.replace(record, annotator=record.annotator or getattr(judge, "id", None), meta=meta)
+        records.append(record)
+        present = [i for i, r in enumerate(record.ranks) if r is not None]
+        if len(present) < 2:
+            continue
+        dense = record.dense_ranks()
+        grades = None
+        if soft_labels:
+            rates = win_probabilities(record)
+            grades = [rates[i] for i in present]
+        elif record.scores is not None and all(isinstance(record.scores[i], (int, float)) for i in present):
+            grades = [float(record.scores[i]) for i in present]
+        lists.append(TokenizedList(prompt_ids=list(ids), response_ids=[kept[i] for i in present],
+                                   ranks=[dense[i] for i in present], grades=grades, index=index))
+    return records, lists
+
+
+def curriculum_pairs(lists: Sequence[TokenizedList]) -> list[TokenizedList]:
+    """Every ordered pair of every list, easiest first: the largest grade gap (or rank gap without
+    grades) first, ties in the gap broken by list order. A pair is a list of two (winner, loser)."""
+    pairs = []
+    for item in lists:
+        for i in range(item.k):
+            for j in range(item.k):
+                if item.ranks[i] < item.ranks[j]:
+                    gap = (item.grades[i] - item.grades[j]) if item.grades is not None else item.ranks[j] - item.ranks[i]
+                    grades = None if item.grades is None else [item.grades[i], item.grades[j]]
+                    pairs.append((-gap, len(pairs), TokenizedList(
+                        prompt_ids=item.prompt_ids, response_ids=[item.response_ids[i], item.response_ids[j]],
+                        ranks=[0, 1], grades=grades, weight=item.weight, index=item.index)))
+    pairs.sort(key=lambda entry: (entry[0], entry[1]))
+    return [entry[2] for entry in pairs]
+
+
+def _read_state(output_dir: Path) -> dict:
+    path = output_dir / STATE_FILE
+    if not path.exists():
+        return {"rounds_done": 0, "summaries": []}
+    try:
+        state = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error}); delete it to start the run afresh") from None
+    if not isinstance(state.get("rounds_done"), int):
+        raise ValueError(f"{path}: field 'rounds_done' must be an integer")
+    return state
+
+
+def _load_weights(model, directory: Path) -> None:
+    from safetensors.torch import load_file
+
+    state = load_file(str(directory / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    missing = [m for m in missing if m not in tied and "lm_head" not in m]
+    if missing or unexpected:
+        raise ValueError(f"{directory}: checkpoint does not match the model (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]})")
+
+
+def _round_prompts(prompts: Sequence, per_round: int, round_index: int) -> list:
+    """The round's prompts: all of them (``per_round <= 0``), else the next ``per_round`` in a cycle
+    through the prompt set (repeating prompts when ``per_round`` exceeds it)."""
+    if per_round <= 0:
+        return list(prompts)
+    start = (round_index * per_round) % len(prompts)
+    return [prompts[(start + i) % len(prompts)] for i in range(per_round)]
+
+
+# ------------------------------------------------------------------------------------------- the loop
+def run_online(model, tokenizer, prompts: Sequence, judge, train_config, online: OnlineConfig, *,
+               ref_model=None, callback=None) -> OnlineResult:
+    """Run ``online.rounds`` rounds of sample -> judge -> train (module docstring).
+
+    Parameters
+    ----------
+    model : causal LM
+        The policy at the start (trained in place, round after round).
+    tokenizer : the model's tokenizer (prompts are encoded as :func:`rankalign.engine.tokenize_records` does)
+    prompts : sequence of str or chat messages
+    judge : :class:`Judge`
+    train_config : rankalign.train.TrainConfig
+        Objective, optimiser and schedule of each round's training; ``output_dir`` holds the rounds,
+        ``seed`` seeds sampling (with the round number), ``save_steps`` sets the step-level checkpoints.
+    online : OnlineConfig
+    ref_model : causal LM, optional
+        The fixed reference (default: a frozen copy of ``model`` as given). Ignored after round 0 when
+        ``online.refresh_reference``.
+    callback : callable, optional
+        ``callback(round_index, policy, summary)`` after each round (e.g. an evaluation).
+
+    Returns
+    -------
+    OnlineResult
+    """
+    from ..data import write
+    from ..train import train_preference
+
+    online.validate()
+    if isinstance(judge, Judge) is False:
+        raise TypeError(f"{type(judge).__name__} is not a judge: it needs an `id` and `rank(prompt, candidates)`")
+    output_dir = Path(train_config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    state = _read_state(output_dir)
+    reference = ref_model if ref_model is not None else copy.deepcopy(model).eval()
+    initial_reference = reference
+    done = state["rounds_done"]
+    if done > 0:
+        _load_weights(model, output_dir / f"round_{done - 1:03d}" / "policy")
+        if online.refresh_reference:
+            reference = copy.deepcopy(model).eval()
+    soft = train_config.objective == "sppo"
+    summaries = list(state.get("summaries", []))
+    all_records: list[list[RankedList]] = []
+    for round_index in range(done, online.rounds):
+        round_dir = output_dir / f"round_{round_index:03d}"
+        round_dir.mkdir(parents=True, exist_ok=True)
+        round_prompts = _round_prompts(prompts, online.prompts_per_round, round_index)
+        prompt_ids = [_encode_prompt(tokenizer, p) for p in round_prompts]
+        lists_path = round_dir / "lists.jsonl"
+        samples_path = round_dir / "samples.json"
+        if samples_path.exists() and lists_path.exists():
+            completions = json.loads(samples_path.read_text())["completions"]
+        else:
+            generator = torch.Generator(device=next(model.parameters()).device)
+            generator.manual_seed(int(train_config.seed) * 100_003 + round_index)
+            groups = sample_groups(model, prompt_ids, online.k, max_new_tokens=online.max_new_tokens,
+                                   temperature=online.temperature, top_p=online.top_p,
+                                   eos_token_id=tokenizer.eos_token_id,
+                                   pad_token_id=tokenizer.pad_token_id or 0, generator=generator)
+            completions = groups.completion_ids
+        records, lists = judged_lists(tokenizer, judge, round_prompts, prompt_ids, completions,
+                                      round_index=round_index, soft_labels=soft)
+        if not lists:
+            raise RuntimeError(f"round {round_index}: no prompt had two distinct judged completions")
+        if not lists_path.exists():
+            atomic_write_text(samples_path, json.dumps({"completions": completions}))
+            write(records, lists_path)
+        stages = [lists]
+        if online.curriculum:
+            pairs = curriculum_pairs(lists)
+            size = math.ceil(len(pairs) / online.curriculum_stages)
+            stages = [pairs[i:i + size] for i in range(0, len(pairs), size)]
+        history = []
+        for stage_index, stage in enumerate(stages):
+            stage_dir = round_dir / ("train" if len(stages) == 1 else f"train_stage_{stage_index}")
+            config = dataclasses.replace(train_config, output_dir=str(stage_dir), reference_cache_dir=None,
+                                         seed=int(train_config.seed) + round_index)
+            if (stage_dir / "done").exists():
+                _load_weights(model, stage_dir / "policy")
+                continue
+            result = train_preference(model, tokenizer, stage, config, ref_model=reference,
+                                      resume_from_checkpoint=True)
+            model = result.model
+            history.extend(result.history)
+            if len(stages) > 1:
+                model.save_pretrained(stage_dir / "policy")
+                atomic_write_text(stage_dir / "done", "")
+        model.save_pretrained(round_dir / "policy")  # safetensors
+        losses = [row["loss"] for row in history if "loss" in row]
+        rewards = [float(s) for r in records if r.scores is not None for s in r.scores
+                   if isinstance(s, (int, float))]
+        summary = {"round": round_index, "lists": len(lists), "records": len(records),
+                   "mean_judge_score": sum(rewards) / len(rewards) if rewards else None,
+                   "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
+        summaries.append(summary)
+        atomic_write_text(output_dir / STATE_FILE, json.dumps({"rounds_done": round_index + 1,
+                                                               "summaries": summaries}, indent=1))
+        all_records.append(records)
+        if callback is not None:
+            callback(round_index, model, summary)
+        if online.refresh_reference:
+            reference = copy.deepcopy(model).eval()
+    del initial_reference
+    return OnlineResult(model=model, rounds=summaries, records=all_records, output_dir=str(output_dir))
+
+
+# ------------------------------------------------------------------------------ GRPO / RLOO rounds
+def group_rewards(tokenizer, judge, prompt, completions) -> tuple[list[float] | None, list[int]]:
+    """Judge one group of K sampled completions: ``(rewards or None, dense ranks)`` for all K of them.
+
+    The judge sees each distinct non-empty text once; duplicates share its rank and score; an empty
+    completion (EOS at once) ranks below every judged one. Rewards are the judge's numeric scores when
+    it gives them (an empty completion gets the lowest score), else None (rank rewards are used).
+    """
+    texts = [_decode(tokenizer, c) for c in completions]
+    distinct = list(dict.fromkeys(t for t in texts if t))
+    if len(distinct) >= 2:
+        record = judge.rank(prompt, distinct)
+        dense = record.dense_ranks()
+        worst = max(r for r in dense if r is not None) + 1
+        rank_of = {t: (worst if r is None else r) for t, r in zip(distinct, dense)}
+        scores = record.scores
+        numeric = scores is not None and all(isinstance(v, (int, float)) for v in scores)
+        score_of = {t: float(v) for t, v in zip(distinct, scores)} if numeric else None
+    else:  # nothing to compare: every completion ties
+        rank_of, score_of, worst = {t: 0 for t in distinct}, None, 1 if distinct else 0
+    ranks = [rank_of.get(t, worst) for t in texts]
+    if score_of is None:
+        return None, ranks
+    low = min(score_of.values())
+    return [score_of.get(t, low) for t in texts], ranks
+
+
+def run_policy_gradient(model, tokenizer, prompts: Sequence, judge, *, objective: str = "grpo", steps: int = 10,
+                        prompts_per_step: int = 8, k: int = 4, lr: float = 1e-4, beta: float = 0.04,
+                        clip_epsilon: float = 0.2, iterations: int = 1, max_new_tokens: int = 64,
+                        temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, ref_model=None,
+                        max_grad_norm: float = 1.0, callback=None) -> list[dict]:
+    """GRPO or RLOO: ``steps`` rounds of {sample K per prompt -> judge -> ``iterations`` updates}.
+
+    Each step takes the next ``prompts_per_step`` prompts (cycling), samples K completions each
+    (prefilled once), judges them (:func:`group_rewards`: scores, or ranks for a ranking-only judge) and
+    makes ``iterations`` AdamW updates on the group (GRPO's mu; with mu > 1 the later updates use the
+    clipped ratio against the sampling policy's log-probs). The reference for the KL term is
+    ``ref_model`` (default: a frozen copy of ``model`` as given). Returns one metrics dict per step.
+    """
+    from .policy_gradient import policy_gradient_step
+
+    reference = ref_model if ref_model is not None else copy.deepcopy(model).eval()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    generator = torch.Generator(device=next(model.parameters()).device)
+    generator.manual_seed(int(seed))
+    history = []
+    for step in range(steps):
+        step_prompts = _round_prompts(prompts, prompts_per_step, step)
+        prompt_ids = [_encode_prompt(tokenizer, p) for p in step_prompts]
+        groups = sample_groups(model, prompt_ids, k, max_new_tokens=max_new_tokens, temperature=temperature,
+                               top_p=top_p, eos_token_id=tokenizer.eos_token_id,
+                               pad_token_id=tokenizer.pad_token_id or 0, generator=generator)
+        judged = [group_rewards(tokenizer, judge, p, c) for p, c in zip(step_prompts, groups.completion_ids)]
+        if all(r is not None for r, _ in judged):
+            signal = {"rewards": [r for r, _ in judged]}
+        else:
+            signal = {"ranks": [ranks for _, ranks in judged]}
+        metrics = policy_gradient_step(model, optimizer, groups, objective=objective, ref_model=reference, beta=beta,
+                                       clip_epsilon=clip_epsilon, iterations=iterations,
+                                       max_grad_norm=max_grad_norm, pad_token_id=tokenizer.pad_token_id or 0,
+                                       **signal)
+        metrics["step"] = step
+        history.append(metrics)
+        if callback is not None:
+            callback(step, model, metrics)
+    model.eval()
+    return history
+
+
+__all__ = ["Judge", "OnlineConfig", "group_rewards", "run_policy_gradient", "OnlineResult", "run_online", "judged_lists", "win_probabilities",
+           "curriculum_pairs", "STATE_FILE"]

@@ -1,0 +1,326 @@
+"""Checkpoints that prove which run they belong to, and the one rule for which checkpoint a resume uses.
+
+A checkpoint folder is trusted only when
+
+* it carries the completion marker (:data:`CHECKPOINT_MARKER`, written after the Trainer saved all of it),
+* the marker holds the run's **fingerprint** (:func:`run_fingerprint`): a hash of the resolved training
+  config without the fields that may change on resume (:data:`RESUME_MAY_CHANGE`: where and how often to
+  save and log, how long to train), a digest of the training data as it was tokenized, and the model
+  source; and
+* every file in it is whole (:func:`checkpoint_problem`: safetensors headers and sizes, the zip
+  directories of torch's ``.pt``/``.pth``/``.bin`` files, the JSON files).
+
+:func:`select_checkpoint` applies that rule for the CLI, :func:`~rankalign.train.train_preference` and
+``PreferenceTrainer.train(resume_from_checkpoint=True)`` alike: a damaged checkpoint is skipped with a
+warning naming the bad file (the previous complete one is used), and a checkpoint whose fingerprint
+differs from this run's, or that has none, is refused with a :class:`ResumeError` -- resuming it would mix
+two runs. A run whose ``final/`` folder is marked finished (:data:`FINISHED_MARKER`) is not trained again
+unless asked to go further (:func:`finished_note`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import struct
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from rankalign._atomic import atomic_write_json
+from rankalign.errors import RankalignWarning, UsageError
+
+CHECKPOINT_MARKER = "rankalign_checkpoint_complete"
+FINISHED_MARKER = "rankalign_run_finished.json"
+
+#: Config keys that may change between a run and its resumption: where and how often it saves and logs,
+#: how it is shown, and how long it trains (raising max_steps or epochs extends a run). Every other key
+#: is part of the fingerprint.
+RESUME_MAY_CHANGE = frozenset({"output_dir", "progress", "resume", "report_to", "logging_steps", "save_steps",
+                               "save_total_limit", "max_steps", "epochs", "reference_cache_dir",
+                               "precompute_reference"})
+
+
+class ResumeError(UsageError):
+    """A checkpoint that does not belong to this run (or cannot be shown to)."""
+
+
+# ------------------------------------------------------------------------------------------ fingerprint
+def _canonical(value) -> str:
+    return json.dumps(value, sort_keys=True, default=str, ensure_ascii=False, separators=(",", ":"))
+
+
+def data_digest(records) -> dict[str, Any]:
+    """``{"records": n, "sha256": ...}`` of the training records (``to_dict`` of each record, or the fields
+    of a tokenized list), so a changed data file -- or a different list passed to the Python API -- is seen."""
+    digest = hashlib.sha256()
+    count = 0
+    for record in records:
+        if hasattr(record, "to_dict"):
+            value = record.to_dict()
+        elif dataclasses.is_dataclass(record):
+            value = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+        else:
+            value = record
+        digest.update(_canonical(value).encode())
+        digest.update(b"\n")
+        count += 1
+    return {"records": count, "sha256": digest.hexdigest()}
+
+
+def model_source(model=None, spec: str | None = None) -> dict[str, Any]:
+    """Where the policy came from: the config's spec (a local folder resolved to its absolute path) and,
+    for a model object, its class, ``name_or_path`` and parameter count."""
+    out: dict[str, Any] = {}
+    if spec:
+        out["spec"] = spec
+        if not spec.startswith("tiny:") and os.path.isdir(spec):
+            out["path"] = os.path.abspath(spec)
+    if model is not None:
+        base = getattr(model, "base_model", None) if hasattr(model, "peft_config") else None
+        config = getattr(base or model, "config", None)
+        out["class"] = type(model).__name__
+        out["name_or_path"] = getattr(config, "_name_or_path", None) or None
+        try:
+            out["parameters"] = int(sum(p.numel() for p in model.parameters()))
+        except (AttributeError, TypeError):
+            pass
+    return out
+
+
+def run_fingerprint(settings: dict[str, Any], records, model=None, model_spec: str | None = None) -> dict[str, Any]:
+    """The fingerprint a checkpoint carries: ``{"hash", "config", "data", "model"}``.
+
+    ``settings`` is the resolved config as a mapping (``config_to_dict``); keys in
+    :data:`RESUME_MAY_CHANGE` are left out. ``hash`` is the SHA-256 of the other three parts.
+    """
+    kept = {k: v for k, v in settings.items() if k not in RESUME_MAY_CHANGE}
+    parts = {"config": kept, "data": data_digest(records), "model": model_source(model, model_spec)}
+    return {"hash": hashlib.sha256(_canonical(parts).encode()).hexdigest(), **parts}
+
+
+def describe_difference(saved: dict, current: dict) -> str:
+    """What differs between two fingerprints, in words (config keys, data, model)."""
+    changes = []
+    old_config, new_config = saved.get("config") or {}, current.get("config") or {}
+    keys = sorted(k for k in set(old_config) | set(new_config) if old_config.get(k) != new_config.get(k))
+    if keys:
+        changes.append(f"config: {', '.join(keys)} changed")
+    old_data, new_data = saved.get("data") or {}, current.get("data") or {}
+    if old_data != new_data:
+        changes.append(f"data: {old_data.get('records', '?')} records (sha256 {str(old_data.get('sha256'))[:12]}) "
+                       f"then, {new_data.get('records', '?')} records (sha256 {str(new_data.get('sha256'))[:12]}) now")
+    if (saved.get("model") or {}) != (current.get("model") or {}):
+        changes.append(f"model: {saved.get('model')} then, {current.get('model')} now")
+    return "; ".join(changes) or "the fingerprints differ"
+
+
+# ------------------------------------------------------------------------------------------ integrity
+def _safetensors_problem(path: Path) -> str | None:
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            return "shorter than its 8-byte header length"
+        (length,) = struct.unpack("<Q", head)
+        if length > size - 8:
+            return f"header of {length} bytes does not fit in {size} bytes (truncated)"
+        try:
+            header = json.loads(handle.read(length))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return "unreadable header"
+    end = max((entry["data_offsets"][1] for key, entry in header.items()
+               if key != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry), default=0)
+    if 8 + length + end != size:
+        return f"{size} bytes, the header describes {8 + length + end} (truncated or padded)"
+    return None
+
+
+def _zip_problem(path: Path) -> str | None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        return f"not a whole torch archive ({error})"
+    return f"member {bad} fails its CRC check" if bad else None
+
+
+def _json_problem(path: Path) -> str | None:
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return f"not valid JSON ({error})"
+    return None
+
+
+def checkpoint_problem(directory: str | os.PathLike) -> tuple[Path, str] | None:
+    """``(bad file, what is wrong)`` for the first damaged file of a checkpoint folder, or None when every
+    ``.safetensors``, ``.pt``/``.pth``/``.bin`` (torch zip archives) and ``.json`` file in it is whole."""
+    checks = {".safetensors": _safetensors_problem, ".pt": _zip_problem, ".pth": _zip_problem,
+              ".bin": _zip_problem, ".json": _json_problem}
+    directory = Path(directory)
+    for path in sorted(directory.rglob("*")):
+        check = checks.get(path.suffix)
+        if check is None or not path.is_file():
+            continue
+        try:
+            problem = check(path)
+        except OSError as error:
+            problem = f"unreadable ({error.strerror or error})"
+        if problem:
+            return path, problem
+    marker = directory / CHECKPOINT_MARKER
+    if marker.is_file():
+        try:
+            json.loads(marker.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return marker, "not valid JSON"
+    return None
+
+
+# ------------------------------------------------------------------------------------------ selection
+def marked_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """``checkpoint-N`` folders that carry the completion marker, newest (highest N) first."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    steps = []
+    for path in output_dir.iterdir():
+        if path.is_dir() and path.name.startswith("checkpoint-") and (path / CHECKPOINT_MARKER).exists():
+            try:
+                steps.append((int(path.name.split("-", 1)[1]), path))
+            except ValueError:
+                continue
+    return [path for _, path in sorted(steps, reverse=True)]
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike, *, warn: bool = True) -> str | None:
+    """The newest checkpoint that is marked complete and whose files are whole (None if there is none).
+
+    A marked checkpoint with a damaged file (a truncated weights, optimiser or trainer-state file) is
+    skipped with a :class:`~rankalign.errors.RankalignWarning` that names the file.
+    """
+    for path in marked_checkpoints(output_dir):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return str(path)
+        if warn:
+            bad, what = problem
+            warnings.warn(f"{bad}: {what}; skipping {path.name} and resuming from the previous complete "
+                          "checkpoint", RankalignWarning, stacklevel=2)
+    return None
+
+
+def checkpoint_fingerprint(checkpoint: str | os.PathLike) -> dict | None:
+    """The fingerprint stored in a checkpoint's marker (None for a marker without one)."""
+    try:
+        marker = json.loads((Path(checkpoint) / CHECKPOINT_MARKER).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return marker.get("fingerprint") if isinstance(marker, dict) else None
+
+
+def verify_checkpoint(checkpoint: str | os.PathLike, fingerprint: dict | None) -> None:
+    """Raise :class:`ResumeError` unless ``checkpoint`` carries ``fingerprint`` (same hash)."""
+    if fingerprint is None:
+        return
+    saved = checkpoint_fingerprint(checkpoint)
+    name = Path(checkpoint)
+    if saved is None:
+        raise ResumeError(f"{name} carries no run fingerprint, so nothing shows it belongs to this run",
+                          hint="start afresh with --no-resume (resume: false), or use another output_dir")
+    if saved.get("hash") != fingerprint.get("hash"):
+        raise ResumeError(f"{name} belongs to a different run ({describe_difference(saved, fingerprint)})",
+                          hint="use another output_dir, or --no-resume to start this one afresh")
+
+
+def select_checkpoint(output_dir: str | os.PathLike, fingerprint: dict | None) -> str | None:
+    """The checkpoint a resume uses: :func:`last_complete_checkpoint`, verified against ``fingerprint``."""
+    checkpoint = last_complete_checkpoint(output_dir)
+    if checkpoint is not None:
+        verify_checkpoint(checkpoint, fingerprint)
+    return checkpoint
+
+
+def precheck(output_dir: str | os.PathLike, fingerprint: dict) -> None:
+    """Refuse early (before any model is loaded) when the checkpoint a resume would use has no fingerprint
+    or another config or data; ``fingerprint`` may lack the model object's part (compared later)."""
+    checkpoint = last_complete_checkpoint(output_dir, warn=False)
+    if checkpoint is None:
+        return
+    saved = checkpoint_fingerprint(checkpoint)
+    if saved is None:
+        verify_checkpoint(checkpoint, fingerprint)  # raises: no fingerprint
+    then = {key: saved.get(key) for key in ("config", "data")}
+    now = {key: fingerprint.get(key) for key in ("config", "data")}
+    if then != now:
+        raise ResumeError(f"{checkpoint} belongs to a different run ({describe_difference(then, now)})",
+                          hint="use another output_dir, or --no-resume to start this one afresh")
+
+
+def write_marker(checkpoint: str | os.PathLike, global_step: int, fingerprint: dict | None) -> None:
+    """Mark ``checkpoint`` complete, with the run's fingerprint."""
+    atomic_write_json(Path(checkpoint) / CHECKPOINT_MARKER, {"global_step": global_step, "fingerprint": fingerprint})
+
+
+# ------------------------------------------------------------------------------------------ finished runs
+def mark_finished(final_dir: str | os.PathLike, *, global_step: int, max_steps: int, epochs: float,
+                  fingerprint: dict) -> None:
+    """Record in ``final/`` that the run finished (step, length asked for, fingerprint)."""
+    atomic_write_json(Path(final_dir) / FINISHED_MARKER, {"global_step": int(global_step), "max_steps": int(max_steps),
+                                                          "epochs": float(epochs), "fingerprint": fingerprint})
+
+
+def finished_run(output_dir: str | os.PathLike) -> dict | None:
+    """The finished marker of ``output_dir/final`` (None when the run has not finished)."""
+    path = Path(output_dir) / "final" / FINISHED_MARKER
+    try:
+        marker = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def finished_note(output_dir, fingerprint: dict, max_steps: int, epochs: float) -> str | None:
+    """A message when this run already finished in ``output_dir`` and is not asked to go further, else None.
+
+    Going further means a larger ``max_steps`` (or, for a run by epochs, more ``epochs``); then training
+    continues from the last checkpoint, which must exist.
+    """
+    marker = finished_run(output_dir)
+    if marker is None or (marker.get("fingerprint") or {}).get("hash") != fingerprint.get("hash"):
+        return None
+    done = int(marker.get("global_step", 0))
+    if max_steps > 0:
+        longer = max_steps > done
+    else:
+        longer = int(marker.get("max_steps", -1)) <= 0 and epochs > float(marker.get("epochs", 0.0))
+    if not longer:
+        return (f"{output_dir} holds this run, finished at step {done}; nothing to do (raise max_steps, e.g. "
+                f"--set max_steps={done * 2}, to train further, or use --no-resume to start afresh)")
+    if last_complete_checkpoint(output_dir, warn=False) is None:
+        raise ResumeError(f"{output_dir}: the run finished at step {done} without a checkpoint to continue from "
+                          "(save_steps: 0)", hint="use --no-resume to train afresh, or set save_steps > 0")
+    return None
+
+
+def clear_run(output_dir: str | os.PathLike) -> list[Path]:
+    """Before a fresh start in a used folder: remove its ``checkpoint-*`` folders and the finished marker, so
+    neither a later resume nor checkpoint rotation can mix them with the new run. Returns what was removed."""
+    import shutil
+
+    output_dir = Path(output_dir)
+    removed = []
+    if output_dir.is_dir():
+        for path in output_dir.iterdir():
+            if path.is_dir() and path.name.startswith("checkpoint-"):
+                shutil.rmtree(path)
+                removed.append(path)
+    finished = output_dir / "final" / FINISHED_MARKER
+    if finished.exists():
+        finished.unlink()
+        removed.append(finished)
+    return removed

@@ -1,0 +1,179 @@
+"""The online loop: judged rounds saved as readable data, SPPO soft labels, curriculum order, resume."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from online_helpers import one_thread  # noqa: F401  (autouse fixture)
+from rankalign.data import RankedList, read, write
+from rankalign.engine import TokenizedList, tiny_causal_lm
+from rankalign.online import STATE_FILE, curriculum_pairs, judged_lists, run_online, win_probabilities
+from rankalign.sim.text_world import build_text_tokenizer, gold_judge, grammar_ranked_lists, make_text_world
+from rankalign.train import OnlineConfig, TrainConfig
+
+
+def test_win_probabilities_by_hand():
+    scored = RankedList(prompt="p", candidates=["a", "b", "c"], ranks=[0, 1, 1], scores=[1.0, 0.0, 0.0])
+    s = 1 / (1 + math.exp(-1.0))  # sigma(1)
+    assert win_probabilities(scored) == pytest.approx([s, (0.5 + (1 - s)) / 2, (0.5 + (1 - s)) / 2])
+    ranked = RankedList(prompt="p", candidates=["a", "b", "c"], ranks=[0, 1, 1])
+    assert win_probabilities(ranked) == pytest.approx([1.0, 0.25, 0.25])
+
+
+def test_curriculum_orders_pairs_from_easy_to_hard():
+    item = TokenizedList(prompt_ids=[1], response_ids=[[5], [6], [7]], ranks=[0, 1, 2], grades=[3.0, 2.5, 0.0])
+    pairs = curriculum_pairs([item])
+    # gaps: (0,2) 3.0, (1,2) 2.5, (0,1) 0.5
+    assert [p.response_ids for p in pairs] == [[[5], [7]], [[6], [7]], [[5], [6]]]
+    assert all(p.ranks == [0, 1] for p in pairs)
+
+
+class _Judge:
+    id = "test_judge"
+
+    def rank(self, prompt, candidates):
+        return RankedList.from_scores([float(len(c)) for c in candidates], candidates=candidates, prompt=prompt)
+
+
+def test_judged_lists_keep_sampled_ids_and_drop_duplicates():
+    tokenizer = build_text_tokenizer()
+    fish, boat = tokenizer.convert_tokens_to_ids(["fish", "boat"])
+    eos = tokenizer.eos_token_id
+    completions = [[[fish, eos], [fish, eos], [fish, boat, eos], [boat]]]
+    records, lists = judged_lists(tokenizer, _Judge(), ["about sea fish\n"], [[1, 2]], completions, round_index=4)
+    assert list(records[0].candidates) == ["fish", "fish boat", "boat"]
+    assert records[0].annotator == "test_judge" and records[0].meta["round"] == 4
+    assert lists[0].response_ids == [[fish, eos], [fish, boat, eos], [boat]]
+    # the judge scores by length: "fish" and "boat" tie (4 characters), "fish boat" (9) is best
+    assert lists[0].ranks == [1, 0, 1] and lists[0].grades == [4.0, 9.0, 4.0]
+
+
+def _setup(tmp_path, name, rounds, **online):
+    world = make_text_world()
+    tokenizer = build_text_tokenizer()
+    model = tiny_causal_lm(len(tokenizer), hidden_size=32, layers=1, heads=2, seed=5)
+    config = TrainConfig(model="tiny:llama", objective=online.pop("objective", "pl_dpo"),
+                         loss_params={"beta": 0.5}, batch_size=4, epochs=1, lr=0.01, seed=3,
+                         output_dir=str(tmp_path / name), save_steps=2, report_to=[], progress=False, bf16=False)
+    settings = OnlineConfig(enabled=True, rounds=rounds, k=4, max_new_tokens=8, prompts_per_round=8, **online)
+    return model, tokenizer, list(world.prompts), config, settings
+
+
+def _weights(directory):
+    from safetensors.torch import load_file
+
+    return load_file(os.path.join(directory, "model.safetensors"))
+
+
+def test_rounds_write_readable_lists_and_resume_at_round_boundaries(tmp_path):
+    model, tokenizer, prompts, config, settings = _setup(tmp_path, "whole", 2)
+    result = run_online(model, tokenizer, prompts, gold_judge(), config, settings)
+    assert [s["round"] for s in result.rounds] == [0, 1]
+    for r in range(2):
+        data = read(str(tmp_path / "whole" / f"round_{r:03d}" / "lists.jsonl"))
+        records = list(data.records)
+        assert records and all(rec.annotator == "text_world_gold" and rec.meta["round"] == r for rec in records)
+        assert all(len(set(rec.candidates)) == rec.k for rec in records)
+    # the same run in two invocations (1 round, then 2) ends with the same policy
+    model, tokenizer, prompts, config, settings = _setup(tmp_path, "split", 1)
+    run_online(model, tokenizer, prompts, gold_judge(), config, settings)
+    model, tokenizer, prompts, config, settings = _setup(tmp_path, "split", 2)
+    run_online(model, tokenizer, prompts, gold_judge(), config, settings)
+    whole = _weights(tmp_path / "whole" / "round_001" / "policy")
+    split = _weights(tmp_path / "split" / "round_001" / "policy")
+    assert whole.keys() == split.keys()
+    for key in whole:
+        assert torch.equal(whole[key], split[key]), key
+    state = json.loads((tmp_path / "split" / STATE_FILE).read_text())
+    assert state["rounds_done"] == 2
+
+
+def test_sppo_curriculum_and_refresh_run(tmp_path):
+    model, tokenizer, prompts, config, settings = _setup(tmp_path, "sppo", 2, objective="sppo", curriculum=True,
+                                                         curriculum_stages=2, refresh_reference=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = run_online(model, tokenizer, prompts, gold_judge(), config, settings)
+    assert len(result.rounds) == 2 and all(math.isfinite(s["last_loss"]) for s in result.rounds)
+    assert (tmp_path / "sppo" / "round_001" / "train_stage_1" / "done").exists()
+    assert any(not torch.equal(before[k], v) for k, v in result.model.state_dict().items())
+
+
+def test_not_a_judge_is_rejected(tmp_path):
+    model, tokenizer, prompts, config, settings = _setup(tmp_path, "bad", 1)
+    with pytest.raises(TypeError, match="not a judge"):
+        run_online(model, tokenizer, prompts, object(), config, settings)
+
+
+# ------------------------------------------------------------------------------ SIGKILL mid-round
+def _write_config(tmp_path, name):
+    data = tmp_path / "prompts.jsonl"
+    if not data.exists():
+        write(grammar_ranked_lists(24, k=3, seed=0), str(data))
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({
+        "model": "tiny:llama", "tiny_model": {"hidden_size": 32, "layers": 1, "heads": 2},
+        "tokenizer": "train", "tokenizer_vocab_size": 120, "data": str(data), "objective": "pl_dpo",
+        "loss_params": {"beta": 0.5}, "batch_size": 2, "epochs": 1, "lr": 0.01, "seed": 3,
+        "output_dir": str(tmp_path / name), "save_steps": 2, "report_to": [], "progress": False, "bf16": False,
+        "online": {"enabled": True, "rounds": 3, "k": 4, "max_new_tokens": 10, "prompts_per_round": 12,
+                   "judge": "rankalign.sim.text_world:gold_judge"}}))
+    return path
+
+
+@pytest.mark.slow
+def test_sigkill_mid_round_then_resume_matches_an_uninterrupted_run(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "rankalign.cli", "train"]
+    reference = _write_config(tmp_path, "uninterrupted")
+    subprocess.run(command + [str(reference)], check=True, env=env, capture_output=True, timeout=900)
+    killed = _write_config(tmp_path, "killed")
+    process = subprocess.Popen(command + [str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # kill -9 once round 1 has a step checkpoint (mid-round: lists judged, training under way)
+    target = tmp_path / "killed" / "round_001" / "train"
+    deadline = time.time() + 900
+    while time.time() < deadline and process.poll() is None:
+        if target.exists() and any(p.name.startswith("checkpoint-") for p in target.iterdir()):
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be killed mid-round"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    state = json.loads((tmp_path / "killed" / STATE_FILE).read_text())
+    assert state["rounds_done"] == 1
+    subprocess.run(command + [str(killed)], check=True, env=env, capture_output=True, timeout=900)
+    a, b = _weights(tmp_path / "uninterrupted" / "final"), _weights(tmp_path / "killed" / "final")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    for r in range(3):
+        assert (tmp_path / "uninterrupted" / f"round_{r:03d}" / "lists.jsonl").read_text() == \
+            (tmp_path / "killed" / f"round_{r:03d}" / "lists.jsonl").read_text()
+
+
+def test_online_config_section_is_validated(tmp_path):
+    from rankalign.online.run import load_judge
+    from rankalign.train import ConfigError, load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"online": {"enabled": True, "roundz": 2}}))
+    with pytest.raises(ConfigError, match="roundz.*rounds"):
+        load_config(path)
+    path.write_text(yaml.safe_dump({"online": {"enabled": True, "k": 1}}))
+    with pytest.raises(ConfigError, match="k >= 2"):
+        load_config(path)
+    config = load_config(path, ["online.k=4", "online.judge=rankalign.sim.text_world:gold_judge"])
+    assert config.online.k == 4 and load_judge(config.online.judge).id == "text_world_gold"
+    with pytest.raises(ConfigError, match="module:attribute"):
+        load_judge("gold")
+    with pytest.raises(ConfigError, match="cannot load"):
+        load_judge("rankalign.sim.text_world:no_such_judge")
+    with pytest.raises(ConfigError, match="no `id`"):
+        load_judge("rankalign.sim.text_world:make_text_world")
