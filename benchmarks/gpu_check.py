@@ -168,7 +168,8 @@ def main(argv=None) -> int:
     scale = float(results[("shared", "fp32")].abs().mean())
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    lines = [f"# rankalign engine GPU check: SmolLM2-135M-Instruct on {name}", "",
+    title = args.model or f"SmolLM2-135M-Instruct ({GGUF_NAME}, dequantised to float32)"
+    lines = [f"# rankalign engine GPU check: {title} on {name}", "",
              f"data: {data_note}; batch {args.batch_size} lists; best of {args.repeats}; model load {load_seconds:.0f} s",
              f"layout probe: {'accepted' if verdict.accepted else 'REJECTED'}: {verdict.reason}", "",
              "| case | pairs/s | peak memory (MiB) |", "|---|---:|---:|"]

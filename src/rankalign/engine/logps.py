@@ -133,7 +133,10 @@ class _ChunkedTokenLogps(torch.autograd.Function):
             h = hidden[start:stop]
             g = grad_out[start:stop].float()
             if ctx.kept:
-                grad_logits = ctx.kept[number] * (-g[:, None])
+                # in place: the kept softmax is used once (ctx.kept is dropped below, so a second
+                # backward with retain_graph recomputes it instead)
+                grad_logits = ctx.kept[number].mul_(-g[:, None])
+                ctx.kept[number] = None
             else:
                 grad_logits = torch.softmax(F.linear(h, weight, bias).float(), dim=-1).mul_(-g[:, None])
             grad_logits.scatter_add_(1, targets[start:stop, None], g[:, None])
@@ -285,13 +288,13 @@ _FLASH_IMPLEMENTATIONS = ("flash_attention_2", "flash_attention_3", "paged_atten
 _SPECIAL_TOKEN_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id", "sep_token_id",
                          "cls_token_id", "mask_token_id", "decoder_start_token_id")
 
-# Tolerances of the layout probe. Float32 rounding moves a token's log-prob by ~1e-6 and a final hidden
-# state by ~1e-6 of its norm (more on a deep real model: summed over a response, ~3e-4 on SmolLM2); a
-# model that lets a response see another response (an ignored block mask) moves them by 1e-2 to 1 even
-# with random weights. Half precision rounds ~1e4 times more coarsely.
 # The probe list: a prompt and three responses; the second is short and follows a long first one, so a
 # model that lets it see the first response (an ignored mask) changes its values by far more than rounding.
 _PROBE_PROMPT_LENGTH, _PROBE_RESPONSE_LENGTHS = 6, (12, 4, 8)
+# Tolerances of the layout probe. Float32 rounding moves a token's log-prob by ~1e-6 to 1e-5 and a final
+# hidden state by ~1e-6 of its norm (on SmolLM2's real weights: 1.1e-5 and 1.2e-6; summed over a long
+# response, ~3e-4); a model that lets a response see another response (an ignored block mask) moves them
+# by 1e-2 to 1, even with random weights. Half precision rounds ~1e4 times more coarsely.
 PROBE_TOLERANCES = {
     "float32": {"token_atol": 1e-3, "token_rtol": 1e-4, "hidden_rtol": 1e-3},
     "half": {"token_atol": 5e-2, "token_rtol": 1e-2, "hidden_rtol": 1e-1},
