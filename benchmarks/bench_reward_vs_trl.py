@@ -81,11 +81,11 @@ def _pairs(args):
 def _accuracy(scores_w, scores_l):
     import numpy as np
 
-    from rankalign.eval.reward import reward_metrics
     from rankalign.data.records import RankedList
+    from rankalign.eval.reward import reward_metrics
 
     records = [RankedList(candidates=["w", "l"], ranks=[0, 1]) for _ in scores_w]
-    probabilities = [1 / (1 + np.exp(-np.array([[0.0, w - l], [l - w, 0.0]]))) for w, l in zip(scores_w, scores_l)]
+    probabilities = [1 / (1 + np.exp(-np.array([[0.0, w - r], [r - w, 0.0]]))) for w, r in zip(scores_w, scores_l)]
     metrics = reward_metrics(probabilities, records)
     return {k: metrics[k] for k in ("accuracy", "ci_low", "ci_high", "n")}
 
@@ -152,9 +152,9 @@ def run_smollm2(args, layout: str) -> dict:
 
     from rankalign.data import read
     from rankalign.data.records import RankedList
+    from rankalign.engine.sources import load_causal_lm, load_tokenizer
     from rankalign.reward import RewardModel, train_reward_model
     from rankalign.train.config import PeftConfig
-    from rankalign.engine.sources import load_causal_lm, load_tokenizer
     from rankalign.train.reward import RewardTrainConfig, _apply_peft_and_freezing
 
     torch.manual_seed(0)

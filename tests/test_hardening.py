@@ -195,6 +195,15 @@ def test_full_disk_names_the_file(tmp_path, monkeypatch):
     with pytest.raises(OutputError, match=r"no space left on device while writing .*w\.safetensors"):
         _atomic.atomic_write_path(tmp_path / "w.safetensors", cpp)
     assert os.listdir(tmp_path) == []  # no temporary left behind
+    # safetensors raises its own exception type; the Trainer's checkpoint folders are written through writing()
+
+    class SafetensorError(Exception):
+        pass
+
+    monkeypatch.setattr(_atomic, "_disk_full", lambda directory: False)
+    with pytest.raises(OutputError, match=r"no space left on device while writing .*checkpoint-3"):
+        with _atomic.writing(tmp_path / "checkpoint-3"):
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
 
 def test_item_names_are_escaped_on_the_terminal(tmp_path):

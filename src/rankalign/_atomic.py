@@ -58,7 +58,8 @@ def _watch_sigterm() -> None:
 
 
 # what C++ writers (torch's stream writer, safetensors) say when the disk fills up or a write fails
-_CPP_IO_MESSAGES = ("basic_ios", "PytorchStreamWriter", "failed writing", "No space left", "I/O error")
+_CPP_IO_MESSAGES = ("basic_ios", "PytorchStreamWriter", "failed writing", "No space left", "I/O error",
+                    "os error 28")
 
 
 def _disk_full(directory: Path) -> bool:
@@ -74,14 +75,18 @@ def _is_io_failure(error: BaseException, directory: Path) -> bool:
         return False
     if isinstance(error, OSError):
         return True
-    return isinstance(error, RuntimeError) and (any(m in str(error) for m in _CPP_IO_MESSAGES)
-                                                or _disk_full(directory))
+    if not isinstance(error, Exception):  # KeyboardInterrupt, SystemExit: not a write failure
+        return False
+    # the writers of torch and safetensors raise their own types ("SafetensorError: ... I/O error: No
+    # space left on device (os error 28)"); a RuntimeError on a full disk is one too
+    return any(m in str(error) for m in _CPP_IO_MESSAGES) or (isinstance(error, RuntimeError)
+                                                             and _disk_full(directory))
 
 
 def _write_failed(error: BaseException, path: Path, directory: Path) -> OutputError:
     """The one-line form of a failed write that names the file (C++ writers only say "basic_ios::clear")."""
     number = getattr(error, "errno", None)
-    if number == errno.ENOSPC or _disk_full(directory):
+    if number == errno.ENOSPC or "No space left" in str(error) or "os error 28" in str(error) or _disk_full(directory):
         return OutputError(f"no space left on device while writing {path}",
                            hint="free space on that disk or write elsewhere")
     if number in (errno.EACCES, errno.EPERM, errno.EROFS):

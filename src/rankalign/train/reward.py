@@ -25,7 +25,6 @@ on one side) or read from ``eval_data``; the held-out accuracy with its confiden
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -34,7 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, PeftConfig, save_config
+from .config import ConfigError, PeftConfig, config_to_dict, save_config
+from .run import split_by_prompt
 
 __all__ = ["RewardTrainConfig", "run_reward_config", "split_by_prompt", "load_backbone"]
 
@@ -161,25 +161,6 @@ class RewardTrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------- data
-def _prompt_key(prompt) -> str:
-    if prompt is None or isinstance(prompt, str):
-        return prompt or ""
-    return json.dumps(prompt, sort_keys=True)
-
-
-def split_by_prompt(records, eval_fraction: float, seed: int = 0) -> tuple[list, list]:
-    """(train, held-out) with every record of one prompt on the same side.
-
-    A prompt goes to the held-out side when ``sha256(seed, prompt)``, read as a number in [0, 1), is below
-    ``eval_fraction``: deterministic, independent of the record order, and stable when records are added.
-    """
-    train, held_out = [], []
-    for record in records:
-        digest = hashlib.sha256(f"{seed}\0{_prompt_key(record.prompt)}".encode()).digest()
-        (held_out if int.from_bytes(digest[:8], "big") / 2 ** 64 < eval_fraction else train).append(record)
-    return train, held_out
-
-
 def _read(path: str, options: dict, max_records: int = 0):
     from rankalign.data import read
 
@@ -304,14 +285,15 @@ def _optimizer_from_tensors(tensors: dict, meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(model, output_dir: str | os.PathLike, step: int, state: dict) -> Path:
+def save_checkpoint(model, output_dir: str | os.PathLike, step: int, state: dict, fingerprint: dict | None = None
+                    ) -> Path:
     """``output_dir/checkpoint-<step>``: trainable weights, optimiser, scheduler, RNG; marked complete last."""
     import torch
     from safetensors.torch import save_file
 
     from rankalign._atomic import atomic_write_json, atomic_write_path
 
-    from .trainer import CHECKPOINT_MARKER
+    from .checkpoints import CHECKPOINT_MARKER, write_marker
 
     directory = Path(output_dir) / f"checkpoint-{step}"
     directory.mkdir(parents=True, exist_ok=True)
@@ -323,7 +305,7 @@ def save_checkpoint(model, output_dir: str | os.PathLike, step: int, state: dict
     atomic_write_json(directory / "trainer_state.json",
                       {"step": step, "optimizer": meta, "scheduler": state["scheduler"].state_dict(),
                        "history": state["history"]}, default=float)
-    atomic_write_json(directory / CHECKPOINT_MARKER, {"global_step": step})
+    write_marker(directory, step, fingerprint)
     for old in Path(output_dir).glob("checkpoint-*"):  # keep the newest two complete checkpoints
         if old != directory and (old / CHECKPOINT_MARKER).exists():
             steps = sorted(int(p.name.split("-", 1)[1]) for p in Path(output_dir).glob("checkpoint-*")
@@ -393,8 +375,7 @@ def run_reward_config(config: RewardTrainConfig, *, resume: bool | None = None) 
     from rankalign.eval.reward import evaluate_reward_model
     from rankalign.reward.train import train_reward_model
 
-    from .run import check_resumable
-    from .trainer import last_complete_checkpoint
+    from .checkpoints import precheck, run_fingerprint, select_checkpoint
 
     config.validate()
     transformers.set_seed(config.seed)
@@ -405,21 +386,23 @@ def run_reward_config(config: RewardTrainConfig, *, resume: bool | None = None) 
         train_records, held_out = split_by_prompt(records, config.eval_fraction, config.split_seed)
     else:
         train_records, held_out = records, []
-    model, tokenizer = load_backbone(config, train_records)
-    _apply_peft_and_freezing(model, config)
     output_dir = Path(config.output_dir)
     resume = config.resume if resume is None else resume
+    fingerprint = run_fingerprint(config_to_dict(config), train_records, model_spec=config.backbone)
+    if resume:
+        precheck(output_dir, fingerprint)  # a checkpoint of another run is refused before any model loads
+    model, tokenizer = load_backbone(config, train_records)
+    _apply_peft_and_freezing(model, config)
     resume_state, resumed_from = None, None
     if resume:
-        check_resumable(config)
-        resumed_from = last_complete_checkpoint(output_dir)
+        resumed_from = select_checkpoint(output_dir, fingerprint)
         if resumed_from is not None:
             resume_state = load_checkpoint(model, resumed_from)
     save_config(config, output_dir)
 
     def on_step(step, state):
         if (config.save_steps and step % config.save_steps == 0) or state["end_of_epoch"]:
-            save_checkpoint(model, output_dir, step, state)
+            save_checkpoint(model, output_dir, step, state, fingerprint)
 
     started = time.perf_counter()
     history = train_reward_model(
