@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "rankalign"
+# known exceptions, each to be removed: (module, imported layer) -> why it is there
+KNOWN = {("train/reward.py", "eval"): "reward training scores its held-out split with eval.reward's metrics "
+                                      "(lazily); the metric belongs below train or the report above it"}
 ORDER = {"data": 0, "stats": 1, "losses": 2, "engine": 3, "reward": 4, "personal": 4, "train": 5, "online": 6,
          "eval": 7, "sim": 8, "arena": 9}
 
@@ -47,6 +50,8 @@ def test_no_layer_imports_a_higher_one(package):
         if path.name == "cli.py" or path.name.endswith("_cli.py"):
             continue  # the command-line layer
         for imported in imported_subpackages(path, package):
+            if (str(path.relative_to(PACKAGE)), imported) in KNOWN:
+                continue
             assert ORDER[imported] <= ORDER[package], (
                 f"{path.relative_to(PACKAGE)} imports rankalign.{imported}, a higher layer than {package}")
 
@@ -56,3 +61,10 @@ def test_the_scan_sees_relative_and_absolute_imports(tmp_path):
     module.write_text("from .. import eval as e\nfrom ..train.run import X\nimport rankalign.sim.demo\n"
                       "from rankalign.data import read\nfrom . import sibling\n")
     assert imported_subpackages(module, "stats") == {"eval", "train", "sim", "data"}
+
+
+def test_known_exceptions_are_still_real():
+    """An exception that no longer happens must be deleted from KNOWN (so the list only shrinks)."""
+    for (module, imported) in KNOWN:
+        package = module.split("/")[0]
+        assert imported in imported_subpackages(PACKAGE / module, package), f"{module} no longer imports {imported}"
