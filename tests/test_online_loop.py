@@ -156,3 +156,24 @@ def test_sigkill_mid_round_then_resume_matches_an_uninterrupted_run(tmp_path):
     for r in range(3):
         assert (tmp_path / "uninterrupted" / f"round_{r:03d}" / "lists.jsonl").read_text() == \
             (tmp_path / "killed" / f"round_{r:03d}" / "lists.jsonl").read_text()
+
+
+def test_online_config_section_is_validated(tmp_path):
+    from rankalign.online.run import load_judge
+    from rankalign.train import ConfigError, load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"online": {"enabled": True, "roundz": 2}}))
+    with pytest.raises(ConfigError, match="roundz.*rounds"):
+        load_config(path)
+    path.write_text(yaml.safe_dump({"online": {"enabled": True, "k": 1}}))
+    with pytest.raises(ConfigError, match="k >= 2"):
+        load_config(path)
+    config = load_config(path, ["online.k=4", "online.judge=rankalign.sim.text_world:gold_judge"])
+    assert config.online.k == 4 and load_judge(config.online.judge).id == "text_world_gold"
+    with pytest.raises(ConfigError, match="module:attribute"):
+        load_judge("gold")
+    with pytest.raises(ConfigError, match="cannot load"):
+        load_judge("rankalign.sim.text_world:no_such_judge")
+    with pytest.raises(ConfigError, match="no `id`"):
+        load_judge("rankalign.sim.text_world:make_text_world")

@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 
 from click.testing import CliRunner  # noqa: E402
 
-from rankalign.reward.cli import reward  # noqa: E402
+from rankalign.reward_cli import reward  # noqa: E402
 
 WORDS = ["good", "bad", "cat", "dog", "sun", "tree"]
 

@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 from click.testing import CliRunner  # noqa: E402
 
 from rankalign.data.records import RankedList  # noqa: E402
-from rankalign.reward.cli import reward  # noqa: E402
+from rankalign.reward_cli import reward  # noqa: E402
 from rankalign.train.config import ConfigError, load_config  # noqa: E402
 from rankalign.train.reward import RewardTrainConfig, run_reward_config, split_by_prompt  # noqa: E402
 from shared_data import needs_shared_data, shared_path  # noqa: E402
@@ -63,10 +63,12 @@ def test_split_by_prompt_keeps_a_prompt_on_one_side():
 def test_resume_continues_the_same_run(tmp_path):
     """Stopping after epoch 1 and resuming for epoch 2 gives the weights of one uninterrupted 2-epoch run."""
     _write_pairs(tmp_path / "pairs.jsonl", 40)
-    straight = run_reward_config(_config(tmp_path, output_dir=str(tmp_path / "a")))
+    from rankalign.eval.reward import evaluate_reward_model
+
+    straight = run_reward_config(_config(tmp_path, output_dir=str(tmp_path / "a")), evaluate=evaluate_reward_model)
     first = run_reward_config(_config(tmp_path, output_dir=str(tmp_path / "b"), epochs=1))
     assert first.resumed_from is None
-    resumed = run_reward_config(_config(tmp_path, output_dir=str(tmp_path / "b")))
+    resumed = run_reward_config(_config(tmp_path, output_dir=str(tmp_path / "b")), evaluate=evaluate_reward_model)
     assert resumed.resumed_from is not None and resumed.resumed_from.endswith("checkpoint-4")
     assert [h["step"] for h in resumed.history] == list(range(1, 9))
     torch.testing.assert_close(resumed.model.head.weight, straight.model.head.weight, atol=1e-6, rtol=1e-5)

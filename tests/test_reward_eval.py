@@ -66,7 +66,7 @@ def test_reward_eval_cli_json_and_plot(tmp_path):
 
     from rankalign.engine import build_tokenizer, tiny_causal_lm
     from rankalign.reward import RewardModel
-    from rankalign.reward.cli import reward
+    from rankalign.reward_cli import reward
 
     data = tmp_path / "pairs.jsonl"
     rows = [{"prompt": f"p{i}", "chosen": "good " * (1 + i % 3), "rejected": "bad", "subset": "s" + str(i % 2),

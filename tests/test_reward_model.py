@@ -276,3 +276,33 @@ def test_bce_on_judgments(tokenizer):
     labels = torch.tensor([j.label for j in judgments])
     probabilities = torch.sigmoid(scores)
     assert probabilities[labels].min() > probabilities[~labels].max()  # separates thumbs up from down
+
+
+def test_encoder_with_cls_pooling_is_an_exact_bert_sequence_classifier(tokenizer, tmp_path):
+    """pooling="cls" is what BertForSequenceClassification computes: the saved folder scores identically
+    through transformers on encoder_inputs; mean pooling loads every weight too and is exact through load()."""
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertModel
+
+    from rankalign.reward import encoder_inputs, load
+
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, pad_token_id=0)
+    records = gold_lists(3, 3, seed=5)
+    for pooling in ("cls", "mean"):
+        torch.manual_seed(0)
+        model = RewardModel(BertModel(config), pooling=pooling).eval()
+        ours = score_lists(model, tokenizer, records)
+        model.save_pretrained(tmp_path / pooling, tokenizer=tokenizer)
+        classifier, info = AutoModelForSequenceClassification.from_pretrained(tmp_path / pooling,
+                                                                             output_loading_info=True)
+        assert not info["missing_keys"] and not info["unexpected_keys"], info
+        assert type(classifier).__name__ == "BertForSequenceClassification"
+        loaded, _ = load(tmp_path / pooling)
+        for a, b in zip(score_lists(loaded, tokenizer, records), ours):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+        if pooling == "cls":
+            classifier.eval()
+            with torch.no_grad():
+                for record, scores in zip(records, ours):
+                    inputs, _ = encoder_inputs(tokenizer, [record.prompt] * 3, list(record.candidates), 64)
+                    torch.testing.assert_close(classifier(**inputs).logits[:, 0], scores, atol=1e-5, rtol=1e-5)

@@ -19,7 +19,7 @@ COMMANDS: dict[str, str] = {
     "data": "rankalign.data.cli:data",
     "rate": "rankalign.stats.cli:rate",
     "train": "rankalign.train.cli:train",
-    "reward": "rankalign.reward.cli:reward",
+    "reward": "rankalign.reward_cli:reward",
     "eval": "rankalign.eval.cli:eval_command",
     "demo": "rankalign.sim.cli:demo",
     "models": "rankalign.engine.models_cli:models",

@@ -180,8 +180,11 @@ def sample_groups(model, prompts: Sequence[Sequence[int]], k: int, *, max_new_to
         start = time.perf_counter()
         rows = prompts if prefill == "shared" else [p for p in prompts for _ in range(k)]
         input_ids, mask, positions = _left_pad(rows, pad_token_id, device)
-        outputs = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                        logits_to_keep=1)
+        # without padding the model's own causal mask over the cache is the whole story: skip building
+        # (and growing) a padding mask at every step
+        padded = bool((mask == 0).any())
+        outputs = model(input_ids=input_ids, attention_mask=mask if padded else None, position_ids=positions,
+                        use_cache=True, logits_to_keep=1)
         cache = _returned_cache(outputs)
         logits = outputs.logits[:, -1, :]
         if prefill == "shared" and k > 1:
@@ -204,10 +207,12 @@ def sample_groups(model, prompts: Sequence[Sequence[int]], k: int, *, max_new_to
                 done = done | (token == eos_token_id)
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
-            mask = torch.cat([mask, torch.ones((n_rows, 1), dtype=mask.dtype, device=device)], dim=1)
+            if padded:
+                mask = torch.cat([mask, torch.ones((n_rows, 1), dtype=mask.dtype, device=device)], dim=1)
             position = position + 1
-            outputs = model(input_ids=token[:, None], attention_mask=mask, position_ids=position[:, None],
-                            use_cache=True, logits_to_keep=1, **{cache_keyword: cache})
+            outputs = model(input_ids=token[:, None], attention_mask=mask if padded else None,
+                            position_ids=position[:, None], use_cache=True, logits_to_keep=1,
+                            **{cache_keyword: cache})
             cache = _returned_cache(outputs)
             logits = outputs.logits[:, -1, :]
         decode_seconds = time.perf_counter() - start

@@ -26,9 +26,9 @@ policy), reuses a round's saved lists instead of sampling again, and resumes its
 last complete trainer checkpoint (``save_steps``), so a run killed anywhere ends where an
 uninterrupted run ends.
 
-A judge is anything with an ``id`` and ``rank(prompt, candidates) -> RankedList`` (:class:`Judge`):
-the reward-model, ensemble and simulated-annotator judges of :mod:`rankalign.reward`, or a simulation's
-gold reward.
+A judge is anything with an ``id`` and ``rank(prompt, candidates) -> RankedList``
+(:class:`rankalign.reward.judges.Judge`): the reward-model, ensemble and preference judges of
+:mod:`rankalign.reward.judges`, simulated annotators, or a simulation's gold reward.
 """
 
 from __future__ import annotations
@@ -40,26 +40,18 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 
 from .._atomic import atomic_write_text
 from ..data.records import RankedList
 from ..engine import TokenizedList
+from ..reward.judges import Judge
 from ..train.config import OnlineConfig
 from .generate import sample_groups
 
 STATE_FILE = "online_state.json"
-
-
-@runtime_checkable
-class Judge(Protocol):
-    """What the loop needs of a judge: an id (recorded as the annotator) and a ranking of K candidates."""
-
-    id: str
-
-    def rank(self, prompt, candidates: Sequence[str]) -> RankedList: ...
 
 
 @dataclass

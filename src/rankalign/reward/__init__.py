@@ -11,7 +11,7 @@
 * :func:`ensemble_scores` -- mean, spread and ``mean - k std`` of an ensemble of heads (``ensemble_size``).
 * :mod:`rankalign.reward.judges` -- the judge interface (K candidates -> a ranked list with confidence):
   reward-model, ensemble and general-preference judges.
-* ``rankalign reward train|score|eval`` (:mod:`rankalign.reward.cli`).
+* ``rankalign reward train|score|eval`` (:mod:`rankalign.reward_cli`, a top-level command module: it reaches the train and eval layers).
 """
 
 from .general import (

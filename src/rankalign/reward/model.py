@@ -69,15 +69,6 @@ BACKBONE_KINDS = ("causal", "encoder")
 write_file_atomic = atomic_write_path  # ``write(temp_path)``, then moved into place
 
 
-def _base_of(model):
-    """The base transformer of a causal LM (``model.model``, ``model.transformer``), or ``model`` itself."""
-    prefix = getattr(model, "base_model_prefix", "")
-    base = getattr(model, prefix, None) if prefix else None
-    if isinstance(base, nn.Module) and base is not model:
-        return base
-    return model
-
-
 def _detect_kind(backbone) -> str:
     model_type = getattr(getattr(backbone, "config", None), "model_type", None)
     return "encoder" if model_type in ENCODER_MODEL_TYPES else "causal"

@@ -285,7 +285,7 @@ def train_reward_model(model: RewardModel, tokenizer, records: Iterable, *, obje
             start_step = int(resume_state["step"])
             history.extend(resume_state.get("history", []))
             if bar is not None:
-                bar.update(start_step)
+                bar.update(task, advance=start_step)
         model.train()
         step = 0
         for epoch in range(epochs):

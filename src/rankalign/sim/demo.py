@@ -192,7 +192,7 @@ def online_stage(reference, tokenizer, world, population, prompts, budget_lists:
             steps = max(1, budget_lists // settings.pg_prompts_per_step)
             _stage(console, f"training {name}: {steps} steps of {settings.pg_prompts_per_step} prompts x K={settings.k} "
                             "on-policy samples, ranked by the annotator population")
-            every = max(1, steps // 4)
+            every = max(1, steps // 2)  # two evaluation points (each costs a full evaluation)
 
             def step_callback(step, model, metrics, after=after, steps=steps, every=every):
                 if (step + 1) % every == 0 or step + 1 == steps:

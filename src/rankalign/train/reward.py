@@ -19,7 +19,8 @@ Backbones (``backbone``):
 
 The data are split into train and held-out parts *by prompt* (``eval_fraction``; a prompt's pairs all land
 on one side) or read from ``eval_data``; the held-out accuracy with its confidence interval is written to
-``output_dir/eval.json`` by :func:`rankalign.eval.reward.evaluate_reward_model`.
+``output_dir/eval.json`` (``rankalign reward train`` evaluates with
+:func:`rankalign.eval.reward.evaluate_reward_model`).
 """
 
 from __future__ import annotations
@@ -366,14 +367,18 @@ def _pairs(records) -> int:
     return total
 
 
-def run_reward_config(config: RewardTrainConfig, *, resume: bool | None = None) -> RewardRunResult:
+def run_reward_config(config: RewardTrainConfig, *, resume: bool | None = None, evaluate=None) -> RewardRunResult:
     """Train a reward model as ``config`` says; save it (a transformers sequence classifier) to
-    ``output_dir/final`` with its tokenizer and the resolved config, and evaluate the held-out split."""
+    ``output_dir/final`` with its tokenizer and the resolved config, and evaluate the held-out split.
+
+    ``evaluate(model, tokenizer, records, max_length=...) -> dict`` scores the held-out records (the CLI
+    passes :func:`rankalign.eval.reward.evaluate_reward_model`, a higher layer); without it the held-out
+    figure is the pooled pairwise accuracy alone (``{"accuracy", "n"}``).
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers
 
-    from rankalign.eval.reward import evaluate_reward_model
-    from rankalign.reward.train import train_reward_model
+    from rankalign.reward.train import pairwise_accuracy, train_reward_model
 
     from .checkpoints import precheck, run_fingerprint, select_checkpoint
 
@@ -420,8 +425,14 @@ def run_reward_config(config: RewardTrainConfig, *, resume: bool | None = None) 
     model.save_pretrained(final, tokenizer=tokenizer)
     save_config(config, final)
     metrics = None
-    if held_out:
-        metrics = evaluate_reward_model(model, tokenizer, held_out, max_length=config.max_length)
+    if held_out and evaluate is not None:
+        metrics = evaluate(model, tokenizer, held_out, max_length=config.max_length)
+    elif held_out and model.preference_dim is None:
+        from rankalign.reward import score_lists
+
+        scored = score_lists(model, tokenizer, held_out, max_length=config.max_length)
+        metrics = {"accuracy": pairwise_accuracy(scored, held_out), "n": _pairs(held_out)}
+    if metrics is not None:
         from rankalign._atomic import atomic_write_json
 
         atomic_write_json(output_dir / "eval.json", metrics, default=float)

@@ -14,8 +14,8 @@
   with a 95% interval, tie and best-of-K accuracy, per-group accuracy, calibration (ECE, reliability PNG),
   and a per-subset table when the records carry a ``subset`` (:mod:`rankalign.eval.reward`).
 
-This module is a command-line layer (like :mod:`rankalign.cli`): its commands import the training and
-evaluation layers lazily, inside the command; the reward library itself does not.
+This module sits at the top, beside :mod:`rankalign.cli` (not inside the reward layer): its commands reach the
+training and evaluation layers, lazily, inside each command.
 """
 
 from __future__ import annotations
@@ -59,9 +59,9 @@ def _device(device: str) -> str:
 
 def _read(path: str, layout, mapping, outcomes, skip_invalid: bool, file_format, max_records, rank_by):
     """The records of ``path`` read with the shared data options; a data error is a one-line click error."""
-    from ..data import read
-    from ..data.errors import DataError
-    from ..data.summary import rank_by as rank_records
+    from .data import read
+    from .data.errors import DataError
+    from .data.summary import rank_by as rank_records
 
     try:
         result = read(path, layout=layout, mapping=mapping, outcomes=outcomes, skip_invalid=skip_invalid,
@@ -82,7 +82,7 @@ def _read(path: str, layout, mapping, outcomes, skip_invalid: bool, file_format,
 def _load_model(model_dir: str, device: str):
     from pathlib import Path
 
-    from .model import REWARD_CONFIG_NAME, load
+    from .reward.model import REWARD_CONFIG_NAME, load
 
     if not (Path(model_dir) / REWARD_CONFIG_NAME).is_file():
         raise click.ClickException(f"{model_dir}: not a saved reward model (no {REWARD_CONFIG_NAME}); "
@@ -121,8 +121,8 @@ def train_command(config_or_data, overrides, backbone, legacy_model, output, obj
     max_length = resolve_deprecated(max_tokens, legacy_max_length, new="--max-tokens", old="--max-length")
     import yaml
 
-    from ..train.config import ConfigError, config_to_dict, load_config
-    from ..train.reward import RewardTrainConfig
+    from .train.config import ConfigError, config_to_dict, load_config
+    from .train.reward import RewardTrainConfig
 
     is_config = config_or_data.endswith((".yaml", ".yml"))
     shorthands = [f"data={config_or_data}"] if not is_config else []
@@ -141,12 +141,13 @@ def train_command(config_or_data, overrides, backbone, legacy_model, output, obj
     if print_config:
         click.echo(yaml.safe_dump(config_to_dict(config), sort_keys=False), nl=False)
         return
-    from ..data.errors import DataError
-    from ..train.reward import run_reward_config
+    from .data.errors import DataError
+    from .eval.reward import evaluate_reward_model
+    from .train.reward import run_reward_config
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        result = run_reward_config(config, resume=False if no_resume else None)
+        result = run_reward_config(config, resume=False if no_resume else None, evaluate=evaluate_reward_model)
     except (ConfigError, DataError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     summary = {"output_dir": config.output_dir, "model": f"{config.output_dir}/final",
@@ -157,7 +158,7 @@ def train_command(config_or_data, overrides, backbone, legacy_model, output, obj
     if result.eval_metrics is not None:
         summary.update({k: result.eval_metrics[k] for k in ("accuracy", "ci_low", "ci_high", "n")})
     if as_json:
-        from ..eval.report import to_jsonable
+        from .eval.report import to_jsonable
 
         click.echo(json.dumps(to_jsonable(summary)))
     else:
@@ -185,9 +186,9 @@ def score_command(model_dir, data, output, layout, mapping, outcomes, skip_inval
                   device, batch_size, max_tokens, legacy_max_length, conservative_k, as_json):
     """Score every ranked candidate of DATA with the reward model in MODEL_DIR (JSONL, one line per record)."""
     max_length = resolve_deprecated(max_tokens, legacy_max_length, new="--max-tokens", old="--max-length")
-    from ..data.records import RankedList
-    from .model import ensemble_scores, score_lists, write_file_atomic
-    from .train import pairwise_accuracy
+    from .data.records import RankedList
+    from .reward.model import ensemble_scores, score_lists, write_file_atomic
+    from .reward.train import pairwise_accuracy
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     records = _read(data, layout, mapping, outcomes, skip_invalid, file_format, max_records, rank_by)
@@ -245,8 +246,8 @@ def eval_command(model_dir, data, layout, mapping, outcomes, skip_invalid, file_
                  group_by, plot_path, tie_margin, bins, batch_size, max_tokens, legacy_max_length, as_json):
     """Evaluate the reward model in MODEL_DIR on the ranked lists of DATA."""
     max_length = resolve_deprecated(max_tokens, legacy_max_length, new="--max-tokens", old="--max-length")
-    from ..eval.report import plot_reliability_diagram, to_jsonable
-    from ..eval.reward import evaluate_reward_model
+    from .eval.report import plot_reliability_diagram, to_jsonable
+    from .eval.reward import evaluate_reward_model
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     records = _read(data, layout, mapping, outcomes, skip_invalid, file_format, max_records, rank_by)
