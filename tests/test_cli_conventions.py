@@ -15,8 +15,8 @@ from rankalign.cli import main
 from rankalign.data.layouts import LAYOUTS
 from rankalign.stats import RatingResult
 
-REPORTING = ["data inspect", "data convert", "rate", "eval", "reward train", "reward score", "train", "demo",
-             "models list", "annotators"]
+REPORTING = ["data inspect", "data convert", "rate", "eval", "reward train", "reward score", "reward eval", "train",
+             "demo", "models list", "annotators"]
 
 
 def leaves():
@@ -71,10 +71,16 @@ def test_every_reporting_command_takes_json(path):
     assert "--json" in names
 
 
-@pytest.mark.parametrize("path", ["data inspect", "data convert", "eval", "reward train", "reward score"])
+@pytest.mark.parametrize("path", ["data inspect", "data convert", "eval", "reward score", "reward eval"])
 def test_data_reading_commands_share_the_data_options(path):
     names = {opt for option in visible_options(leaves()[path]) for opt in option.opts}
     assert {"--layout", "--map", "--outcomes", "--skip-invalid", "--max-records", "--rank-by"} <= names
+
+
+def test_reward_train_takes_its_data_from_the_config_with_the_shared_shorthands():
+    # config-driven like `train`: data options live in the config (data_options); the CLI keeps shorthands
+    names = {opt for option in visible_options(leaves()["reward train"]) for opt in option.opts}
+    assert {"--set", "--skip-invalid", "--max-records", "-o", "--output", "--json", "--backbone"} <= names
 
 
 # ------------------------------------------------------------------------------------- rate leaderboard

@@ -185,10 +185,10 @@ def run_config(config: TrainConfig, *, resume: bool | None = None, on_start=None
                           "so they cannot be mixed with this one", RankalignWarning, stacklevel=2)
     tokenizer = load_tokenizer(config, records)
     lists, truncation = tokenize_training_data(tokenizer, records, config)
-    if on_start is not None:
-        on_start(data_report, truncation)
     model = load_model(config.model, tokenizer, config)
     ref_model = load_model(config.reference_model, tokenizer, config) if config.reference_model else None
+    if on_start is not None:  # data and truncation summary, once the models load, before the first step
+        on_start(data_report, truncation)
     if main_process:
         save_config(config, output_dir)
         write_run_source(config, output_dir, heldout=bool(heldout))
