@@ -16,7 +16,7 @@ from rankalign.personal import (  # noqa: E402
     gaussian_kl_to_standard,
     pair_outcomes,
 )
-from test_personal_models import data as worlds  # noqa: E402, F401 (the two-group fixture, reused)
+from test_personal_models import data as worlds  # noqa: E402, F401, F811 (the two-group fixture, reused)
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,6 @@ import sys
 
 import click
 
-from rankalign.data.layouts import LAYOUTS
 from rankalign._cli import (
     data_options,
     deprecated_option,
@@ -36,6 +35,7 @@ from rankalign._cli import (
     resolve_deprecated,
     wrote,
 )
+from rankalign.data.layouts import LAYOUTS
 
 
 def _with_read_options(function):

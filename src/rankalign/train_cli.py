@@ -83,7 +83,6 @@ def _train_online(config, no_resume: bool) -> None:
     """The ``online:`` section is on: rounds of sample -> judge -> train (rankalign.online, the layer above;
     imported here, in the command layer, only when asked for)."""
     from rankalign.online.run import run_online_config
-
     from rankalign.train.config import ConfigError
 
     try:
