@@ -125,7 +125,7 @@ def test_home_advantage_not_identified_is_an_error(tmp_path, model):
 
 def test_near_singular_information_names_the_parameter(tmp_path):
     # two identical covariate columns: only their sum is identified (the information matrix is singular)
-    rows = ["winner,loser,x,y"] + [f"{w},{l},{v},{v}" for w, l, v in
+    rows = ["winner,loser,x,y"] + [f"{w},{lo},{v},{v}" for w, lo, v in
                                    [("a", "b", 1), ("b", "a", -1), ("a", "c", 0.5), ("c", "a", 2), ("b", "c", 1),
                                     ("c", "b", -0.5), ("a", "b", 0), ("b", "c", 0.3)]]
     data = write(tmp_path / "cov.csv", "\n".join(rows) + "\n")

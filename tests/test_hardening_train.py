@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import warnings
 import zipfile
 
 import pytest
@@ -83,7 +82,7 @@ def test_checkpoint_without_fingerprint_is_not_resumed(tmp_path):
     cfg = api_config(tmp_path)
     train_preference(tiny_model(), None, lists, cfg)
     for step in (2, 4):  # as written by a rankalign before fingerprints, or by hand
-        (tmp_path / "run" / f"checkpoint-{step}" / CHECKPOINT_MARKER).write_text('{"global_step": %d}' % step)
+        (tmp_path / "run" / f"checkpoint-{step}" / CHECKPOINT_MARKER).write_text(json.dumps({"global_step": step}))
     with pytest.raises(ResumeError, match="carries no run fingerprint"):
         train_preference(tiny_model(), None, lists, cfg, resume_from_checkpoint=True)
 
