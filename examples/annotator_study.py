@@ -11,14 +11,14 @@ group or flip rate in ``meta``) that the command line reads:
   error (RMSE against the true strengths, both centred) of plain Bradley-Terry, reliability-weighted
   Bradley-Terry (``rankalign rate FILE --weight-by-reliability``) and the joint flip-model ratings, over
   several seeds.
-* ``timing``: 1,000 annotators x 50 judgments in two groups, then times
-  ``rankalign rate FILE --by-annotator --groups auto --json`` end to end in a subprocess.
+
+The timing of ``rankalign rate FILE --by-annotator --groups auto`` on 1,000 annotators x 50 judgments is
+``benchmarks/bench_annotators.py``.
 
 Run::
 
     python examples/annotator_study.py groups --out groups.jsonl
     python examples/annotator_study.py flips --out flips.jsonl
-    python examples/annotator_study.py timing --out timing.jsonl
     rankalign rate groups.jsonl --by-annotator --groups auto
     rankalign annotators flips.jsonl --plot flips.png
 
@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -108,8 +106,8 @@ def _rmse(result, truth_of):
 
 
 def study_flips(args):
-    from rankalign.stats.pairwise import fit_pairwise
     from rankalign.stats._sufficient import pair_counts
+    from rankalign.stats.pairwise import fit_pairwise
 
     rows = []
     for seed in range(args.seeds):
@@ -152,39 +150,16 @@ def study_flips(args):
                                   "rmse_flip_model": float(np.mean([r["rmse_flip_model"] for r in rows]))}))
 
 
-def study_timing(args):
-    n_annotators, judgments, n_items = 1000, 50, 20
-    rng = np.random.default_rng(args.seed)
-    base = rng.standard_normal(n_items)
-    truth = (np.arange(n_annotators) % 5 == 0).astype(int)  # a 20 % minority with other tastes
-    other = rng.standard_normal(n_items)
-    raw = simulate([base if g == 0 else other for g in truth], np.zeros(n_annotators), judgments, rng,
-                   n_items=n_items)
-    records = to_records(raw, lambda u: {"group": int(truth[u])})
-    write(records, args.out)
-    command = [sys.executable, "-c", "from rankalign.cli import main; main()", "rate", str(args.out), "--by-annotator", "--groups", "auto",
-               "--json"]
-    started = time.perf_counter()
-    completed = subprocess.run(command, capture_output=True, text=True, check=True)
-    seconds = time.perf_counter() - started
-    out = json.loads(completed.stdout)
-    true_of = {f"annotator{u:04d}": g for u, g in enumerate(truth)}
-    rand = A.rand_index([r["group"] for r in out["annotators"]], [true_of[r["annotator"]] for r in out["annotators"]])
-    print(f"rankalign {' '.join(command[3:])}: {seconds:.1f} s wall (read, fit G = 1.. by BIC, print); "
-          f"{out['n_groups']} groups, Rand index {rand:.4f}, BIC {out['selection']['bic']}")
-    print("RESULT " + json.dumps({"case": "by_annotator_auto_1000x50", "peer": None, "ours": round(seconds, 2),
-                                  "unit": "s", "ratio": None, "groups": out["n_groups"], "rand_index": rand}))
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("study", choices=["groups", "flips", "timing"])
+    parser.add_argument("study", choices=["groups", "flips"])
     parser.add_argument("--out", type=Path, default=None, help="JSONL file for the simulated records")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=10, help="flips: repetitions with different seeds")
     args = parser.parse_args(argv)
-    args.out = args.out or Path(f"{args.study}.jsonl")
-    {"groups": study_groups, "flips": study_flips, "timing": study_timing}[args.study](args)
+    args.out = args.out or Path("runs") / "annotators" / f"{args.study}.jsonl"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    {"groups": study_groups, "flips": study_flips}[args.study](args)
 
 
 if __name__ == "__main__":

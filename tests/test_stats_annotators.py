@@ -241,3 +241,26 @@ def test_annotators_command_reports_a_missing_annotator(tmp_path):
                     '{"candidates": ["a", "b"], "ranks": [1, 0]}\n')
     result = CliRunner().invoke(main, ["annotators", str(path)])
     assert result.exit_code != 0 and "bad.jsonl:2" in result.output and "annotator" in result.output
+
+
+def test_train_config_weights_records_by_reliability(tmp_path):
+    from rankalign.train.config import TrainConfig
+    from rankalign.train.run import read_records
+
+    # prompt/response records: each (prompt, response) is an item; annotator c flips every judgment
+    rng = np.random.default_rng(11)
+    records = []
+    for _ in range(300):
+        p = int(rng.integers(3))
+        i, j = rng.choice(5, size=2, replace=False)
+        for annotator in ("a", "b", "c"):
+            better_first = (i < j) if annotator != "c" else (i > j)
+            records.append(RankedList(prompt=f"prompt {p}", candidates=[f"answer {i}", f"answer {j}"],
+                                      ranks=[0, 1] if better_first else [1, 0], annotator=annotator))
+    path = tmp_path / "text.jsonl"
+    write(records, path)
+    plain = read_records(TrainConfig(data=str(path)))
+    weighted = read_records(TrainConfig(data=str(path), weight_by_reliability=True))
+    assert {r.weight for r in plain} == {1.0}
+    by_annotator = {r.annotator: r.weight for r in weighted}
+    assert by_annotator["c"] < 0.05 and by_annotator["a"] > 0.9 and by_annotator["b"] > 0.9

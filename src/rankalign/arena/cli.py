@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
-
 import click
 
 from rankalign._cli import deprecated_option, output_option, resolve_deprecated
@@ -137,8 +134,8 @@ def export(url, legacy_out, output, form):
 @click.option("--k", type=click.IntRange(2, 8), default=2, show_default=True, help="Items shown per vote.")
 @click.option("--votes", "budget", type=click.IntRange(min=10), default=400, show_default=True,
               help="Votes per simulated run.")
-@click.option("--repeats", type=click.IntRange(min=1), default=30, show_default=True,
-              help="Simulated runs per sampler.")
+@click.option("--repeats", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Independent simulated worlds (the same ones for every sampler).")
 @click.option("--spread", type=click.FloatRange(min=0.0), default=1.0, show_default=True,
               help="Standard deviation of the gold utilities.")
 @click.option("--temperature", type=click.FloatRange(min=1e-6), default=1.0, show_default=True,
@@ -148,7 +145,7 @@ def export(url, legacy_out, output, form):
 @click.option("--exploration", type=click.FloatRange(min=0.0), default=1.0, show_default=True,
               help="c of the ucb sampler's bonus c * sigma.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the simulation.")
-@output_option("study.json, study.csv and study.png (a folder)", file=False, default="arena_study", show_default=True)
+@output_option("study.json, study.md and study.png (a folder)", file=False, default="arena_study", show_default=True)
 @deprecated_option("--out", "legacy_out", "-o/--output", type=click.Path(file_okay=False))
 def simulate(n_items, n_annotators, k, budget, repeats, spread, temperature, targets, samplers, exploration, seed,
              output, legacy_out):
@@ -166,5 +163,5 @@ def simulate(n_items, n_annotators, k, budget, repeats, spread, temperature, tar
                       exploration=exploration)
     paths = save_study(study, out_dir)
     print_table(study)
-    click.echo(json.dumps({"written": [str(p) for p in paths]}), err=False)
-    sys.stdout.flush()
+    for path in paths:
+        click.echo(f"wrote {path.suffix[1:]}: {path}", err=True)

@@ -6,12 +6,19 @@ feature vector ``x`` (``[D]``), sharing structure across annotators so each need
 
 * ``"shared"`` -- one linear reward ``r(x) = w^T x`` for everyone (the baseline).
 * ``"mixture"`` -- M prototype linear rewards and per-annotator mixture weights,
-  ``r_u(x) = sum_m softmax(a_u)_m w_m^T x``: annotators are soft members of a few preference types. This is
-  the mixture model of PAL (Chen et al. 2024, "PAL: Pluralistic Alignment Framework for Learning from
-  Heterogeneous Preferences", model A's mixture of prototypes), with linear prototypes on fixed features.
-* ``"ideal_point"`` -- an ideal point per annotator in a learned embedding, ``r_u(x) = -||A x - p_u||^2``:
-  a response is better the closer it lies to what the annotator wants (the classical ideal-point model of
-  spatial voting, Coombs 1950; PAL's model B places users and items in one such space).
+  ``r_u(x) = sum_m softmax(a_u)_m w_m^T x``: annotators are soft members of a few preference types (a
+  mixture of prototype *reward functions*, the structure of PAL-B in Chen et al. 2024, "PAL: Pluralistic
+  Alignment Framework for Learning from Heterogeneous Preferences", where the user's point is a convex
+  combination of K prompt-conditioned prototype maps; here, linear prototypes on fixed features).
+* ``"pal"`` -- PAL-A, the ideal-point model as published (Chen et al. 2024, model A): K shared prototypes
+  ``p_k`` in a learned preference space, each user's ideal point a convex combination of them,
+  ``a_u = sum_k w_uk p_k`` with ``w_u = softmax(logits_u)`` on the simplex, the response mapped by a
+  learned projection ``f`` (linear, or a one-hidden-layer MLP), and ``r_u(x) = -||f(x) - a_u||^2``. A new
+  user is fitted from a few comparisons by optimising only their K weight logits
+  (:func:`adapt_annotator`), the prototypes and ``f`` fixed.
+* ``"ideal_point"`` -- a free ideal point per annotator in a learned embedding, ``r_u(x) = -||A x - p_u||^2``
+  (the classical ideal-point model of spatial voting, Coombs 1950; PAL-A without the prototype
+  constraint, so a new user has ``d`` free coordinates instead of K - 1 weights).
 * ``"user_latent"`` -- a latent vector per annotator that conditions a small reward network,
   ``r_u(x) = MLP([x, z_u])`` with a standard normal prior on ``z_u`` (MAP: an L2 penalty). VPL (Poddar et
   al. 2024, "Personalizing Reinforcement Learning from Human Feedback with Variational Preference
@@ -42,9 +49,9 @@ from ..data.records import RankedList
 
 __all__ = ["PERSONAL_MODELS", "PersonalRewardModel", "fit_personal_reward", "adapt_annotator", "pair_outcomes",
            "save_personal_reward", "load_personal_reward",
-           "SharedLinearReward", "MixtureReward", "IdealPointReward", "UserLatentReward"]
+           "SharedLinearReward", "MixtureReward", "PALIdealPointReward", "IdealPointReward", "UserLatentReward"]
 
-PERSONAL_MODELS = ("shared", "mixture", "ideal_point", "user_latent")
+PERSONAL_MODELS = ("shared", "mixture", "pal", "ideal_point", "user_latent")
 
 
 # ---------------------------------------------------------------------------------------------- modules
@@ -72,7 +79,7 @@ def _user_rows(table: Tensor, users: Tensor) -> Tensor:
 
 
 class MixtureReward(nn.Module):
-    """PAL-style mixture: ``r_u(x) = sum_m softmax(a_u)_m w_m^T x`` (M linear prototypes).
+    """Mixture of prototype rewards: ``r_u(x) = sum_m softmax(a_u)_m w_m^T x`` (M linear prototypes; PAL-B's structure).
 
     The per-annotator table holds the logits ``a_u``; an unseen annotator gets the mean *weights*
     ``mean_u softmax(a_u)`` (the population's mixture), not the softmax of the mean logits.
@@ -91,6 +98,39 @@ class MixtureReward(nn.Module):
         per_prototype = features @ self.prototypes.T                    # [..., M]
         weights = self.mixture_weights(users.reshape(-1), user_table).reshape(*users.shape, -1)
         return (per_prototype * weights).sum(-1)
+
+    def penalty(self) -> Tensor:
+        return self.prototypes.new_zeros(())
+
+
+class PALIdealPointReward(nn.Module):
+    """PAL-A (Chen et al. 2024): ``r_u(x) = -||f(x) - sum_k softmax(l_u)_k p_k||^2``.
+
+    ``prototypes`` ``[K, d]`` are shared, the per-annotator table holds the weight logits ``l_u`` ``[K]``,
+    and ``f`` maps a response's features ``[D]`` into the preference space ``[d]`` (linear, or
+    ``W2 tanh(W1 x)`` when ``hidden_size > 0``). An unseen annotator gets the population's mean weights.
+    """
+
+    def __init__(self, feature_dim: int, num_annotators: int, num_prototypes: int = 2, embedding_dim: int = 8,
+                 hidden_size: int = 0):
+        super().__init__()
+        if hidden_size > 0:
+            self.projection = nn.Sequential(nn.Linear(feature_dim, hidden_size), nn.Tanh(),
+                                            nn.Linear(hidden_size, embedding_dim)).to(torch.float64)
+        else:
+            self.projection = nn.Linear(feature_dim, embedding_dim, bias=False).to(torch.float64)
+        self.prototypes = nn.Parameter(torch.randn(num_prototypes, embedding_dim, dtype=torch.float64))
+        self.user_table = nn.Parameter(torch.randn(num_annotators, num_prototypes, dtype=torch.float64) * 0.1)
+
+    def ideal_points(self, users: Tensor, user_table: Tensor | None = None) -> Tensor:
+        """``a_u = w_u @ P`` for each user (the mean weights for -1)."""
+        table = self.user_table if user_table is None else user_table
+        return _user_rows(torch.softmax(table, dim=-1), users) @ self.prototypes
+
+    def forward(self, features: Tensor, users: Tensor, user_table: Tensor | None = None) -> Tensor:
+        embedded = self.projection(features)                            # [..., d]
+        ideal = self.ideal_points(users.reshape(-1), user_table).reshape(*users.shape, -1)
+        return -((embedded - ideal) ** 2).sum(-1)
 
     def penalty(self) -> Tensor:
         return self.prototypes.new_zeros(())
@@ -139,6 +179,9 @@ def _build_module(kind: str, feature_dim: int, num_annotators: int, settings: Ma
         return SharedLinearReward(feature_dim, num_annotators)
     if kind == "mixture":
         return MixtureReward(feature_dim, num_annotators, int(settings.get("num_prototypes", 2)))
+    if kind == "pal":
+        return PALIdealPointReward(feature_dim, num_annotators, int(settings.get("num_prototypes", 2)),
+                                   int(settings.get("embedding_dim", 8)), int(settings.get("hidden_size", 0)))
     if kind == "ideal_point":
         return IdealPointReward(feature_dim, num_annotators, int(settings.get("embedding_dim", 2)))
     if kind == "user_latent":
@@ -319,8 +362,8 @@ def fit_personal_reward(records: Iterable, features: FeatureSource, *, model: st
     prior_weight : float
         Weight of the user-latent model's N(0, I) prior (the MAP penalty), added once per epoch.
     **sizes
-        ``num_prototypes`` (mixture, default 2), ``embedding_dim`` (ideal point, 2), ``latent_dim`` and
-        ``hidden_size`` (user latent, 2 and 16).
+        ``num_prototypes`` (mixture and pal, default 2), ``embedding_dim`` (ideal point 2, pal 8),
+        ``hidden_size`` (pal's projection, 0 = linear), ``latent_dim`` and ``hidden_size`` (user latent, 2 and 16).
 
     Returns
     -------
@@ -351,7 +394,8 @@ def adapt_annotator(model: PersonalRewardModel, annotator: str, records: Iterabl
     """Add (or refit) one annotator's row from their own records, everything else fixed.
 
     The new row starts at the population mean (the mean row) and is fitted by maximum a posteriori with
-    the model's prior (user latent) or by maximum likelihood (mixture logits, ideal point). This is the
+    the model's prior (user latent) or by maximum likelihood (mixture and PAL weight logits, ideal point):
+    for ``"pal"`` this is PAL's few-shot step, only the user's K simplex weights move. This is the
     few-shot step that VPL's encoder amortises. Returns a new model; ``model`` is not changed.
     """
     import copy
@@ -479,4 +523,7 @@ def _feature_dim(module: nn.Module) -> int:
         return module.prototypes.shape[1]
     if isinstance(module, IdealPointReward):
         return module.projection.shape[1]
+    if isinstance(module, PALIdealPointReward):
+        first = module.projection[0] if isinstance(module.projection, nn.Sequential) else module.projection
+        return first.in_features
     return module.network[0].in_features - module.user_table.shape[1]

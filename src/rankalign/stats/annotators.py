@@ -43,7 +43,7 @@ from rankalign.data.errors import DataError
 
 from . import _newton
 from ._sufficient import PairCounts, pair_counts
-from .pairwise import fit_pairwise
+from .pairwise import _pairwise_objective, fit_pairwise
 from .plackett_luce import _pl_objective, _suffix_logsumexp, fit_plackett_luce, rankings_to_arrays
 from .result import RatingResult
 
@@ -91,8 +91,9 @@ class AnnotatedRankings:
 def annotated_rankings(records: Iterable, *, path=None, lines: Sequence[int] | None = None) -> AnnotatedRankings:
     """Collect item-level rankings and their annotators from :class:`~rankalign.data.RankedList` records.
 
-    Candidates must be item ids (strings; ``prompt`` is ignored), unranked candidates (rank None) are
-    left out, and every record needs an ``annotator``. A record with fewer than two ranked candidates
+    Without a prompt, candidates are item ids (strings); with one, each (prompt, response) is an item of its
+    own (named ``repr((prompt, response))``). Unranked candidates (rank None) are left out, and every record
+    needs an ``annotator``. A record with fewer than two ranked candidates
     carries no comparison and is skipped. Raises :class:`DataError` naming the line and field otherwise.
     """
     from rankalign.data.records import RankedList
@@ -112,10 +113,14 @@ def annotated_rankings(records: Iterable, *, path=None, lines: Sequence[int] | N
         for position, (rank, candidate) in enumerate(zip(record.ranks, record.candidates)):
             if rank is None:
                 continue
-            if not isinstance(candidate, str):
+            if record.prompt is not None:  # a response is an item of its own prompt
+                name = repr((_plain(record.prompt), _plain(candidate)))
+            elif isinstance(candidate, str):
+                name = candidate
+            else:
                 raise DataError("candidates must be item ids (strings) to be rated", path=path, line=line,
                                 field=f"candidates[{position}]", reason="bad_type")
-            levels.setdefault(rank, []).append(item_index.setdefault(candidate, len(item_index)))
+            levels.setdefault(rank, []).append(item_index.setdefault(name, len(item_index)))
         if sum(len(level) for level in levels.values()) < 2:
             continue
         rankings.append([levels[r] if len(levels[r]) > 1 else levels[r][0] for r in sorted(levels)])
@@ -127,6 +132,11 @@ def annotated_rankings(records: Iterable, *, path=None, lines: Sequence[int] | N
     return AnnotatedRankings(items=list(item_index), annotators=list(annotator_index), rankings=rankings,
                              annotator=np.asarray(owners, dtype=np.int64),
                              weight=np.asarray(weights, dtype=np.float64), lines=positions)
+
+
+def _plain(text):
+    """A prompt or candidate as a hashable plain value (chat messages as (role, content) tuples)."""
+    return text if isinstance(text, str) else tuple((m["role"], m["content"]) for m in text)
 
 
 def _levels(ranking) -> list[list[int]]:
@@ -229,10 +239,20 @@ class _PairBackend:
         return result.state["x"][:self.n]
 
     def fit_group(self, responsibility, data, *, prior, start=None) -> np.ndarray:
-        """Ratings of a group whose annotators carry weights ``responsibility [U]``."""
-        result = fit_pairwise(self.model, self._group_counts(responsibility), prior=prior, check=False,
-                              start=start, compute_se=False)
-        return result.state["x"][:self.n]
+        """Ratings of a group whose annotators carry weights ``responsibility [U]``.
+
+        Inside EM the M-step need not be solved to rounding: Newton (the same objective and solver as
+        :func:`rankalign.stats.fit_pairwise`) stops once the remaining gain is below 1e-10 of the
+        log-likelihood, one or two steps from the previous iterate. The reported fits are exact.
+        """
+        counts = self._group_counts(responsibility)
+        if prior <= 0:
+            return fit_pairwise(self.model, counts, prior=prior, check=False, start=start,
+                                compute_se=False).state["x"][:self.n]
+        objective = _pairwise_objective(self.model, counts, np.zeros((len(counts.first), 0)), False, prior)
+        start = np.zeros(self.n) if start is None else start
+        x, *_ = _newton.maximise(objective, np.asarray(start, dtype=np.float64), None, tol=1e-10)
+        return x
 
     def group_result(self, responsibility, data, *, prior, reference=None, ci_level=0.95) -> RatingResult:
         return fit_pairwise(self.model, self._group_counts(responsibility), items=self.items, prior=prior,
@@ -403,7 +423,7 @@ def _em(backend, data, n_groups, rng, prior, max_iter, tol):
     log_pi = np.full(n_groups, -math.log(n_groups))
     previous = -np.inf
     iterations = 0
-    for iterations in range(1, max_iter + 1):
+    for iterations in range(1, max_iter + 1):  # noqa: B007 (the count is returned)
         resp, ll = _e_step(backend, theta, log_pi, data)
         if ll - previous < tol * max(1.0, abs(ll)):
             break
@@ -417,7 +437,7 @@ def _em(backend, data, n_groups, rng, prior, max_iter, tol):
 
 def fit_annotator_mixture(data: AnnotatedRankings, n_groups: int, *, model: str = "bradley-terry",
                           restarts: int = 4, prior: float = DEFAULT_PRIOR, seed: int = 0, max_iter: int = 200,
-                          tol: float = 1e-8, reference=None, ci_level: float = 0.95) -> AnnotatorMixture:
+                          tol: float = 1e-7, reference=None, ci_level: float = 0.95) -> AnnotatorMixture:
     """EM for a mixture of rating models over annotators.
 
     Model: annotator ``u`` belongs to group ``g`` with probability ``pi_g``; given the group, each of their
@@ -498,7 +518,7 @@ def choose_groups(data: AnnotatedRankings, *, max_groups: int = 4, model: str = 
     fits, rises = [], 0
     for n_groups in range(1, max_groups + 1):
         fit = _fit_mixture(backend, data, n_groups, restarts=restarts, prior=prior, seed=seed,
-                           max_iter=kwargs.get("max_iter", 200), tol=kwargs.get("tol", 1e-8),
+                           max_iter=kwargs.get("max_iter", 200), tol=kwargs.get("tol", 1e-7),
                            reference=kwargs.get("reference"), ci_level=kwargs.get("ci_level", 0.95))
         rises = rises + 1 if fits and fit.bic > min(f.bic for f in fits) else 0
         fits.append(fit)
@@ -627,7 +647,7 @@ def fit_annotator_reliability(data: AnnotatedRankings, *, model: str = "bradley-
     previous = -np.inf
     iterations = 0
     converged = False
-    for iterations in range(1, max_iter + 1):
+    for iterations in range(1, max_iter + 1):  # noqa: B007 (the count is returned)
         forward = backend.log_likelihoods(theta[None])[0]
         backward = backend.log_likelihoods(theta[None], reverse=True)[0]
         e = np.clip(eps[owner], 1e-12, 0.5)
@@ -664,16 +684,18 @@ def weight_by_reliability(records: Iterable, reliability: AnnotatorReliability |
                           model: str = "bradley-terry", prior: float = DEFAULT_PRIOR) -> list:
     """Records with ``weight`` multiplied by their annotator's reliability weight ``(1 - 2 eps_u)^2``.
 
-    ``reliability`` defaults to :func:`fit_annotator_reliability` on the records themselves (item-level
-    records: candidates are item ids). Records of annotators the fit has not seen, or without an annotator,
-    keep their weight. This is how ``data.weight_by_reliability: true`` in a train config and
+    ``reliability`` defaults to :func:`fit_annotator_reliability` on the records themselves. Records of
+    annotators the fit has not seen, or without an annotator, keep their weight. The flip rates are only
+    identified where the same items (or the same prompt's responses) are judged by several annotators; with
+    one judgment per pair (most text preference data) a flip cannot be told from a close call. This is how ``data.weight_by_reliability: true`` in a train config and
     ``rankalign rate --weight-by-reliability`` weight their data.
     """
     from dataclasses import replace
 
     records = list(records)
     if reliability is None:
-        reliability = fit_annotator_reliability(annotated_rankings(records), model=model, prior=prior)
+        annotated = [r for r in records if getattr(r, "annotator", None) is not None and hasattr(r, "ranks")]
+        reliability = fit_annotator_reliability(annotated_rankings(annotated), model=model, prior=prior)
     weights = reliability.annotator_weight()
     return [replace(r, weight=r.weight * weights[r.annotator]) if getattr(r, "annotator", None) in weights
             else r for r in records]

@@ -27,14 +27,45 @@ from . import annotators as A
 
 
 def _read_annotated(path, layout, mapping, outcomes, skip_invalid):
-    """Records of ``path`` -> (AnnotatedRankings, ReadReport)."""
-    from rankalign.data import read
+    """Records of ``path`` -> (AnnotatedRankings, ReadReport).
+
+    Two-item comparisons with an ``annotator`` column take the columnar reader
+    (:func:`rankalign.data.read_comparisons`, arrays, no object per row); everything else (rankings, an
+    annotator under another name such as an arena's ``judge``, missing ids to report) the record reader.
+    """
+    from rankalign.data import _sources, read, read_comparisons
 
     from .cli import _line_of_row
 
+    if _sources.detect_format(path) != "preflib" and layout not in ("rankedlist_lists", "lists"):
+        try:
+            pairs = read_comparisons(path, layout=layout, mapping=mapping, outcomes=outcomes,
+                                     skip_invalid=skip_invalid, keep=("annotator",))
+        except DataError as error:
+            if error.reason not in ("unknown_layout", "not_a_pair", "missing_field"):
+                raise
+        else:
+            owners = pairs.extra["annotator"]
+            if owners.dtype.kind in "fiu":
+                owners = np.array([repr(v) if not float(v).is_integer() else str(int(v)) for v in owners.tolist()],
+                                  dtype=object) if not np.isnan(owners).any() else None
+            if owners is not None and all(isinstance(o, str) and o for o in owners.tolist()):
+                return _from_comparisons(pairs, owners, path), pairs.report
     result = read(path, layout=layout, mapping=mapping, outcomes=outcomes, skip_invalid=skip_invalid)
     lines = [_line_of_row(path, i) for i in range(len(result.records))]
     return A.annotated_rankings(result.records, path=path, lines=lines), result.report
+
+
+def _from_comparisons(pairs, owners, path):
+    """AnnotatedRankings from columnar comparisons (a pair is a ranking of two, a tie one level of two)."""
+    from .cli import _line_of_row
+
+    names, owner = np.unique(np.asarray(owners, dtype=str), return_inverse=True)
+    first, second, outcome = pairs.first.tolist(), pairs.second.tolist(), pairs.outcome.tolist()
+    rankings = [[a, b] if o == 1.0 else [b, a] if o == 0.0 else [[a, b]] for a, b, o in zip(first, second, outcome)]
+    return A.AnnotatedRankings(items=list(pairs.items), annotators=[str(n) for n in names], rankings=rankings,
+                               annotator=owner.ravel().astype(np.int64), weight=np.asarray(pairs.count, dtype=np.float64),
+                               lines=[_line_of_row(path, i) for i in range(len(rankings))])
 
 
 def reliability_weighted_rankings(path, layout, mapping, outcomes, skip_invalid, model="bradley-terry", prior=None):
@@ -107,6 +138,8 @@ def rate_by_annotator(file, *, model, groups, restarts, reference, prior, scale,
         f"{len(group_results)} groups (fixed), BIC {mixture.bic:.1f}"
     click.echo(f"{len(data.annotators)} annotators, {len(data)} judgments, {len(data.items)} items; "
                f"mixture of {mixture.model} models, {chosen}; log-likelihood {mixture.log_likelihood:.3f}")
+    click.echo(f"pooled fit (one group, for comparison): ratings from {pooled_result.ratings.min():.3f} to "
+               f"{pooled_result.ratings.max():.3f}, log-likelihood {pooled_result.log_likelihood:.3f}")
     for g, result in enumerate(group_results):
         click.echo(f"\n{_group_label(g)}: {counts[g]} annotators, proportion {mixture.proportions[g]:.3f}")
         _print_table(result, [])

@@ -102,6 +102,8 @@ class TrainConfig:
         share of distinct prompts held out (0 = none); the split is drawn on the whole file with
         ``eval_split_seed`` (``max_records`` then caps the training side only) and written to
         ``output_dir/split/{train,heldout}.jsonl`` (``rankalign eval --run OUTPUT_DIR``).
+        ``weight_by_reliability: true`` multiplies each record's weight by its annotator's reliability
+        ``(1 - 2 flip rate)^2`` (:func:`rankalign.stats.annotators.weight_by_reliability`).
 
     Objective
         ``objective``: a name in :func:`rankalign.losses.names`; ``loss_params``: its keyword parameters
@@ -130,6 +132,7 @@ class TrainConfig:
     data_form: str = "lists"
     pair_strategy: str = "best_vs_rest"
     max_records: int = 0
+    weight_by_reliability: bool = False
     eval_split: float = 0.0
     eval_split_seed: int = 0
     max_prompt_tokens: int | None = 256

@@ -28,6 +28,10 @@ def read_records(config: TrainConfig, *, with_report: bool = False, cap: bool = 
     records = list(result.records)
     if cap and config.max_records > 0:
         records = records[: config.max_records]
+    if config.weight_by_reliability:
+        from rankalign.stats.annotators import weight_by_reliability
+
+        records = weight_by_reliability(records)
     return (records, result.report) if with_report else records
 
 
