@@ -158,10 +158,12 @@ def train(*args):
 
 
 def one_line_error(result, code):
+    """Exit code, and the error as the last stderr line (train may first print its data summary), once."""
     assert result.exit_code == code, result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output, result.stderr
-    return lines[0]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in result.output, result.stderr
+    return errors[0]
 
 
 def test_nonpositive_beta_is_rejected_when_the_config_is_loaded(tmp_path):
