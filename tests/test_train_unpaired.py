@@ -30,7 +30,6 @@ from rankalign.train.data import PreferenceCollator, mismatched_pairs  # noqa: E
 from rankalign.train.trainer import (  # noqa: E402
     OBJECTIVE_STATE_FILE,
     PreferenceTrainer,
-    _forward_through_wrapper,
     make_training_arguments,
     train_preference,
 )
@@ -225,14 +224,16 @@ class _Wrapper(torch.nn.Module):
         return self.module()
 
 
-def test_forward_through_wrapper_restores_an_instance_forward():
+def test_call_as_forward_restores_an_instance_forward():
+    from rankalign.engine import call_as_forward
+
     inner = torch.nn.Linear(2, 2)
     installed = lambda *args, **kwargs: "accelerate's forward"  # noqa: E731
     inner.forward = installed
-    assert _forward_through_wrapper(_Wrapper(inner), inner, lambda: 7) == 7
+    assert call_as_forward(inner, lambda: 7, wrapper=_Wrapper(inner)) == 7
     assert inner.__dict__["forward"] is installed
     plain = torch.nn.Linear(2, 2)
-    assert _forward_through_wrapper(_Wrapper(plain), plain, lambda: 8) == 8
+    assert call_as_forward(plain, lambda: 8, wrapper=_Wrapper(plain)) == 8
     assert "forward" not in plain.__dict__
 
 
