@@ -609,6 +609,11 @@ def _check_requested_backend(trainer) -> None:
 
     if not trainer.accelerator.is_main_process:
         return
+    if trainer.accelerator.num_processes > 1:
+        from rankalign.engine.logps import _announce
+
+        _announce(f"processes: {trainer.accelerator.num_processes}, backend: "
+                  f"{trainer.accelerator.distributed_type.value}")
     for backend, enabled in (("FSDP", trainer.is_fsdp_enabled), ("DEEPSPEED", trainer.is_deepspeed_enabled)):
         if _launched_with(backend) and not enabled:
             warnings.warn(f"the accelerate config asks for {backend} but accelerate runs "
