@@ -269,7 +269,7 @@ def main(argv=None) -> None:
     print(f"\nreference pass, SmolLM2 architecture (2 layers, random weights), {args.reference_lists} lists of 3, "
           f"1 thread per process: 1 process {walls[1]:.2f} s, 2 processes {walls[2]:.2f} s "
           f"({walls[1] / walls[2]:.2f}x); caches: max |difference| {same}")
-    for model, backend, state, one_losses, two_losses, gap, weight_gap in results:
+    for model, backend, _state, one_losses, two_losses, gap, _weight_gap in results:
         print("RESULT " + json.dumps({"case": f"{model} {backend} 2 processes vs 1", "peer": one_losses,
                                       "ours": two_losses, "unit": "loss per step", "max_abs_diff": gap}))
     print("RESULT " + json.dumps({"case": "reference pass 2 processes vs 1", "peer": walls[1], "ours": walls[2],

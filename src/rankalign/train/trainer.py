@@ -18,7 +18,9 @@ what is specific to preference learning:
 * KTO's reference point z0 (Ethayarajh et al. 2024) is estimated for every micro-batch, as TRL's
   ``KTOTrainer`` does: prompt i with the response of example (i + 1) mod B (:func:`mismatched_pairs`,
   packed by the collator beside the batch), policy and reference log-probs of those pairs without
-  gradient, their mean log-ratio averaged over processes, clamped at 0 by the objective. These
+  gradient, their mean log-ratio summed over processes, clamped at 0 by the objective. Unlike TRL, under
+  several processes the pairs are built over the *global* micro-batch (every process's lists, gathered
+  in rank order), so 2 processes of B lists estimate the z0 of 1 process of 2B lists. These
   reference log-probs are not cached: they depend on which examples share a batch (batch size,
   process count). The reference for them is ``ref_model``, the adapter-disabled base of a PEFT model,
   or -- with neither -- a frozen copy of the policy taken when the trainer is built (one extra copy of
@@ -144,8 +146,9 @@ class PreferenceTrainer(transformers.Trainer):
     -----
     KTO without ``loss_params["z0"]`` estimates z0 per micro-batch from mismatched pairs and BCO
     without ``loss_params["delta"]`` keeps a running reward mean (module docstring). With gradient
-    accumulation both work per micro-batch, so a run's z0 values depend on the micro-batch size, and
-    KTO's mismatched pairs are built inside each process's batch.
+    accumulation both work per micro-batch, so a run's z0 values depend on the micro-batch size; KTO's
+    mismatched pairs span the global micro-batch (all processes), so they do not depend on the number
+    of processes.
     """
 
     def __init__(self, model, args: transformers.TrainingArguments, train_lists, *, objective: str = "dpo",
