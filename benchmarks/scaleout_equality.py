@@ -94,6 +94,23 @@ def training_lists(count: int, objective: str):
     return lists
 
 
+def full_weights(model, limit: int = 4096) -> dict:
+    """The first ``limit`` values of every parameter, whole (FSDP2 shards and ZeRO-3 partitions gathered:
+    a collective, so every process calls it)."""
+    named = list(model.named_parameters())
+
+    def values(tensor):
+        return tensor.detach().float().flatten()[:limit].tolist()
+
+    if any(hasattr(parameter, "ds_id") for _, parameter in named):  # ZeRO-3 partitions
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([parameter for _, parameter in named]):
+            return {name: values(parameter) for name, parameter in named}
+    return {name: values(parameter.full_tensor() if hasattr(parameter, "full_tensor") else parameter)
+            for name, parameter in named}
+
+
 def worker(argv) -> None:
     """One training run (in each process of a launch): losses, metrics and weights to OUT/result.json."""
     parser = argparse.ArgumentParser(prog="scaleout_equality.py worker")
@@ -123,11 +140,8 @@ def worker(argv) -> None:
     steps = [row for row in result.history if "loss" in row]
     metrics = {name: [row.get(name) for row in steps] for name in ("kl", "z0", "bco_delta")}
     Path(args.out, f"metrics-rank{rank}.json").write_text(json.dumps(metrics))
-    weights = {}
     model = result.model
-    for name, parameter in model.named_parameters():  # FSDP2 parameters are shards: gather the full tensor
-        full = parameter.full_tensor() if hasattr(parameter, "full_tensor") else parameter
-        weights[name] = full.detach().float().flatten()[:4096].tolist()
+    weights = full_weights(model)
     if rank == 0:
         backend = AcceleratorState().distributed_type.value if AcceleratorState._shared_state else "NO"
         Path(args.out, "result.json").write_text(json.dumps({

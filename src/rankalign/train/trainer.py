@@ -638,7 +638,7 @@ def maybe_apply_peft(model, config):
 
 def train_preference(model, tokenizer, records_or_lists, config, *, ref_model=None,
                      resume_from_checkpoint: str | bool | None = None, callbacks=None,
-                     tokenized=None) -> TrainResult:
+                     tokenized=None, final_dir: str | os.PathLike | None = None) -> TrainResult:
     """Train ``model`` on preference data with the objective and settings of ``config``; one call.
 
     Parameters
@@ -659,6 +659,10 @@ def train_preference(model, tokenizer, records_or_lists, config, *, ref_model=No
     tokenized : (lists, truncation report), optional
         ``records_or_lists`` already tokenized (by :func:`~rankalign.train.data.tokenize_training_data`
         with this config), so that a caller that reported the truncation first does not tokenize twice.
+    final_dir : path, optional
+        Save the trained weights there (safetensors). Under FSDP or DeepSpeed the full weights are
+        gathered from every process (``Trainer.save_model``, which every process calls); otherwise the
+        first process saves ``model.save_pretrained``.
 
     Returns
     -------
@@ -681,6 +685,12 @@ def train_preference(model, tokenizer, records_or_lists, config, *, ref_model=No
         resume_from_checkpoint = select_checkpoint(config.output_dir, trainer.fingerprint)
     output = trainer.train(resume_from_checkpoint=resume_from_checkpoint or None)
     wall = time.perf_counter() - started
+    if final_dir is not None:
+        with writing(final_dir):  # a full disk names the folder instead of "basic_ios::clear"
+            if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+                trainer.save_model(str(final_dir))  # a collective: the shards are gathered
+            elif trainer.accelerator.is_main_process:
+                trainer.accelerator.unwrap_model(trainer.model).save_pretrained(final_dir)
     history = [dict(row) for row in trainer.state.log_history]
     tokens = torch.tensor(trainer._tokens_total, dtype=torch.float64, device=trainer.args.device)
     if trainer.accelerator.num_processes > 1:
