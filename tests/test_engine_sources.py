@@ -308,15 +308,16 @@ def test_smollm2_fetch_load_and_answer():
 
 def test_eval_takes_a_model_spec_and_names_a_missing_one(home, gguf_file, tmp_path):
     from rankalign.data import RankedList, write
-    from rankalign.eval.cli import eval_command
 
     path, _ = gguf_file
     write([RankedList(prompt="the hat", candidates=[" tea", " hot at"], ranks=[0, 1]),
            RankedList(prompt="hot tea", candidates=[" at the", " hat"], ranks=[1, 0])], tmp_path / "p.jsonl")
-    result = CliRunner().invoke(eval_command, ["--model", str(path), "--reference", str(path),
-                                               "--data", str(tmp_path / "p.jsonl"), "--json"])
+    from rankalign.cli import main  # through the CLI, as a user runs it (stdout: the JSON object only)
+
+    result = CliRunner().invoke(main, ["eval", "--model", str(path), "--reference", str(path),
+                                       "--data", str(tmp_path / "p.jsonl"), "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["pairs"] == 2 and report["margin"]["value"] == 0.0  # policy = reference: every margin is 0
-    missing = CliRunner().invoke(eval_command, ["--model", "smollm2-135m", "--data", str(tmp_path / "p.jsonl")])
-    assert missing.exit_code != 0 and "rankalign models fetch smollm2-135m" in missing.output
+    missing = CliRunner().invoke(main, ["eval", "--model", "smollm2-135m", "--data", str(tmp_path / "p.jsonl")])
+    assert missing.exit_code == 1 and "rankalign models fetch smollm2-135m" in missing.output

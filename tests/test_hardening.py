@@ -360,3 +360,25 @@ def test_eval_errors_reach_the_boundary_with_their_hint(tmp_path):
     bad = write(tmp_path / "bad.jsonl", '{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": \n')
     line = one_line_error(cli("eval", "--policy", "tiny:llama", "--data", bad), 1)
     assert "bad.jsonl:2:" in line and "malformed JSON" in line
+
+
+def test_a_library_logger_writing_to_stdout_is_sent_to_stderr(capsys):
+    """DeepSpeed's logger has a stdout handler; after the CLI's setup its records go to stderr only, so
+    `--json` output on stdout stays one JSON object."""
+    import logging
+    import sys
+
+    from rankalign.cli import STDOUT_LOGGERS, _library_logs_to_stderr
+
+    logger = logging.getLogger(STDOUT_LOGGERS[0])
+    handler = logging.StreamHandler(stream=sys.stdout)  # what the library adds when it is imported
+    logger.addHandler(handler)
+    try:
+        _library_logs_to_stderr()
+        _library_logs_to_stderr()  # idempotent: one filter, one line per record
+        logger.warning("Setting accelerator to CPU.")
+        out, err = capsys.readouterr()
+        assert out == ""
+        assert err.count("Setting accelerator to CPU.") == 1
+    finally:
+        logger.removeHandler(handler)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import errno
 import importlib
+import logging
 import os
+import sys
 
 import click
 
@@ -146,6 +148,39 @@ def one_line_error(error: BaseException, ctx=None) -> tuple[str, int]:
 def main(debug):
     """rankalign: learn from human preference feedback, with the ranking as the native unit."""
     _one_line_warnings()
+    _library_logs_to_stderr()
+
+
+# Loggers of libraries that rankalign's commands import indirectly and that write to *stdout* (DeepSpeed
+# adds a stdout handler to its "DeepSpeed" logger when transformers or accelerate import it, and warns
+# "Setting accelerator to CPU" on a machine without a GPU): their lines would corrupt `--json` output.
+STDOUT_LOGGERS = ("DeepSpeed",)
+
+
+class _ToStderr(logging.Filter):
+    """A logger filter that writes each record to stderr and stops it reaching the logger's own handlers."""
+
+    _rankalign = True
+
+    def __init__(self):
+        super().__init__()
+        self.formatter = logging.Formatter("%(name)s: %(levelname)s: %(message)s")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        print(self.formatter.format(record), file=sys.stderr)
+        return False
+
+
+def _library_logs_to_stderr() -> None:
+    """Keep stdout for the command's output: the :data:`STDOUT_LOGGERS` log to stderr instead (once each).
+
+    A filter on the logger itself runs before any handler the library adds later, so this works when
+    it runs before the library is imported (the commands import torch and friends lazily).
+    """
+    for name in STDOUT_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(getattr(existing, "_rankalign", False) for existing in logger.filters):
+            logger.addFilter(_ToStderr())
 
 
 def _one_line_warnings() -> None:

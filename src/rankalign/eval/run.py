@@ -336,7 +336,7 @@ def evaluate_policy(policy: str | None, data, *, reference: str | None = None, r
                                                              local_files_only=True)
     except (OSError, ValueError) as error:
         if isinstance(error, ModelNotFound | PermissionError):
-            raise EvalError(str(error)) from None
+            raise EvalError(str(error), hint=getattr(error, "hint", None)) from None
         raise EvalError(f"cannot load a tokenizer from {tokenizer or policy}: {error}") from None
     try:
         lists, truncation = tokenize_records(tokenizer_object, ranked, max_prompt_tokens=max_prompt_tokens,
@@ -384,7 +384,7 @@ def evaluate_policy(policy: str | None, data, *, reference: str | None = None, r
             ref_logps = scores(reference_model, "reference", **cache)
             del reference_model
     except (ModelNotFound, PermissionError) as error:
-        raise EvalError(str(error)) from None
+        raise EvalError(str(error), hint=getattr(error, "hint", None)) from None
     except (OSError, ValueError) as error:
         raise EvalError(f"cannot evaluate with the model at {policy}"
                         f"{'' if reference is None else ' / ' + str(reference)}: {error}") from None
