@@ -179,12 +179,17 @@ def run_smollm2(args, layout: str) -> dict:
 
 
 def _child(side: str, argv: list[str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--side", side, *argv], capture_output=True, text=True,
+    # the child's stderr (warnings, tracebacks) goes straight to ours, so a failing or killed side is visible
+    print(f"[bench] running {side} ...", file=sys.stderr, flush=True)
+    out = subprocess.run([sys.executable, __file__, "--side", side, *argv], stdout=subprocess.PIPE, text=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     for line in out.stdout.splitlines():
         if line.startswith("CHILD "):
-            return json.loads(line[6:])
-    raise SystemExit(f"{side} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+            result = json.loads(line[6:])
+            print(f"[bench] {side}: {json.dumps(result)}", file=sys.stderr, flush=True)
+            return result
+    how = f"killed by signal {-out.returncode}" if out.returncode < 0 else f"exit status {out.returncode}"
+    raise SystemExit(f"{side} failed ({how}); its stdout:\n{out.stdout[-3000:]}")
 
 
 def main() -> None:

@@ -20,7 +20,8 @@ Backbones (``backbone``):
 The data are split into train and held-out parts *by prompt* (``eval_fraction``; a prompt's pairs all land
 on one side) or read from ``eval_data``; the held-out accuracy with its confidence interval is written to
 ``output_dir/eval.json`` (``rankalign reward train`` evaluates with
-:func:`rankalign.eval.reward.evaluate_reward_model`).
+:func:`rankalign.eval.reward.evaluate_reward_model`); the split itself is written to
+``output_dir/split/train.jsonl`` and ``output_dir/split/heldout.jsonl``.
 """
 
 from __future__ import annotations
@@ -394,6 +395,12 @@ def run_reward_config(config: RewardTrainConfig, *, resume: bool | None = None, 
     else:
         train_records, held_out = records, []
     output_dir = Path(config.output_dir)
+    if held_out and not config.eval_data:
+        from rankalign.data import write
+
+        # the split itself, so `reward eval` (or any other tool) can score exactly the held-out prompts
+        write(train_records, output_dir / "split" / "train.jsonl")
+        write(held_out, output_dir / "split" / "heldout.jsonl")
     resume = config.resume if resume is None else resume
     fingerprint = run_fingerprint(config_to_dict(config), train_records, model_spec=config.backbone)
     if resume:
