@@ -119,3 +119,16 @@ def test_accuracy_curves_take_styles_and_many_curves(tmp_path):
               for i in range(3) for part in ("held-out", "train")}
     width, height = _png_size(plot_accuracy_curves(curves, tmp_path / "many.png"))
     assert height > 600  # the taller figure that leaves room for the legend below the axes
+
+
+def test_table_notes_are_separate_lines_and_escaped():
+    """Each note is its own caption line (not a visible ``\\x0a``); control characters inside a note are escaped."""
+    from rich.console import Console
+
+    report = EvalReport("t", rows=[{"metric": "a", "value": 1.0}], notes=["first note", "second \x1b[31m note"])
+    console = Console(width=120, record=True, color_system=None)
+    console.print(report.to_table())
+    lines = console.export_text().splitlines()
+    assert any(line.strip() == "first note" for line in lines)
+    assert any(line.startswith("second \\x1b[31m") for line in lines)  # the caption wraps at the table's width
+    assert not any("\\x0a" in line for line in lines)

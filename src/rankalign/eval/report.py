@@ -156,7 +156,7 @@ class EvalReport:
         """A :class:`rich.table.Table` (text left-aligned, numbers right-aligned)."""
         from rich.table import Table
 
-        table = Table(title=for_terminal(self.title), caption=for_terminal("\n".join(self.notes)) or None,
+        table = Table(title=for_terminal(self.title), caption="\n".join(for_terminal(note) for note in self.notes) or None,
                       caption_justify="left")
         columns = self.column_names()
         for name in columns:
