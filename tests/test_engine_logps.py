@@ -348,3 +348,73 @@ def test_accelerate_mixed_precision_autocast_is_honoured(monkeypatch):
     monkeypatch.setattr(logps_module, "_accelerate_mixed_precision", lambda: "no")
     with torch.no_grad():
         torch.testing.assert_close(sequence_logps(model, batch), full_precision, atol=0, rtol=0)
+
+
+# ------------------------------------------------------------------------------ distributed wrappers
+def test_head_weight_is_read_inside_the_heads_own_forward():
+    # ZeRO-3 and FSDP2 hold a sharded weight outside a module's forward and gather it in a forward
+    # pre-hook; here the head's weight exists only between its pre- and post-forward hooks (an empty
+    # placeholder otherwise), and log-probs and gradients must be the plain model's
+    model = tiny_causal_lm(VOCAB)
+    batch = pack_lists(_lists())
+    expected_logps = sequence_logps(model, batch)
+    expected = _grads(model, expected_logps)
+    head = model.lm_head
+    real = head.weight
+    placeholder = torch.nn.Parameter(torch.empty(0), requires_grad=False)
+    calls = []
+
+    def gather(module, args):
+        calls.append(tuple(a.shape for a in args))
+        module.weight = real
+
+    def release(module, args, output):
+        module.weight = placeholder
+
+    head.weight = placeholder
+    head.register_forward_pre_hook(gather)
+    head.register_forward_hook(release)
+    model.zero_grad()
+    real.grad = None
+    logps = sequence_logps(model, batch)
+    torch.testing.assert_close(logps, expected_logps, atol=0, rtol=0)
+    weights = torch.arange(1, logps.numel() + 1, dtype=torch.float32).view_as(logps)
+    (logps * weights).sum().backward()
+    hidden_size = model.config.hidden_size
+    assert calls == [(torch.Size([batch.target_ids.numel(), hidden_size]), batch.target_ids.shape)]  # one call
+    torch.testing.assert_close(real.grad, expected["lm_head.weight"], atol=1e-6, rtol=1e-6)
+    for name, parameter in model.named_parameters():
+        if name != "lm_head.weight":
+            torch.testing.assert_close(parameter.grad, expected[name], atol=1e-6, rtol=1e-6)
+
+
+class _UnknownWrapper(torch.nn.Module):
+    """A wrapper the split forward does not know (as DataParallel or FSDP1 would be)."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+
+def test_unknown_wrapper_falls_back_to_the_models_own_forward_with_one_warning():
+    from rankalign.engine import distributed_backend
+
+    model = tiny_causal_lm(VOCAB)
+    batch = pack_lists(_lists())
+    expected = _grads(model, sequence_logps(model, batch))
+    wrapped = _UnknownWrapper(model)
+    assert distributed_backend(model) == ("none", None)
+    assert distributed_backend(wrapped) == ("wrapper:_UnknownWrapper", wrapped)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got_logps = sequence_logps(wrapped, batch)
+        sequence_logps(wrapped, batch)  # said once per model
+    messages = [str(w.message) for w in caught if "split forward" in str(w.message)]
+    assert len(messages) == 1 and "wrapper:_UnknownWrapper" in messages[0] and "own forward" in messages[0]
+    torch.testing.assert_close(got_logps, sequence_logps(model, batch), atol=1e-5, rtol=1e-5)
+    got = _grads(model, got_logps)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], atol=1e-5, rtol=1e-5)

@@ -168,18 +168,20 @@ def test_eval_ranked_lists_table_and_plot(world):
 
 
 def test_eval_errors_name_the_problem(world, tmp_path):
+    from rankalign.cli import main  # the CLI boundary: one line on stderr, exit 1 (data) or 2 (usage)
+
     root = world["root"]
-    result = CliRunner().invoke(eval_command, ["--policy", str(root / "policy"), "--data", str(world["pairs_path"]),
-                                               "--alpha", "0.7"])
+    result = CliRunner().invoke(main, ["eval", "--policy", str(root / "policy"), "--data", str(world["pairs_path"]),
+                                       "--alpha", "0.7"])
     assert result.exit_code != 0 and "--reference" in result.output
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}) + "\n" + "{not json\n")
-    result = CliRunner().invoke(eval_command, ["--policy", str(root / "policy"), "--data", str(bad)])
+    result = CliRunner().invoke(main, ["eval", "--policy", str(root / "policy"), "--data", str(bad)])
     assert result.exit_code == 1 and "bad.jsonl:2" in result.output
     # a directory without safetensors weights is refused (no pickle loading)
     no_weights = tmp_path / "model"
     no_weights.mkdir()
     world["tokenizer"].save_pretrained(no_weights)
     world["policy"].config.save_pretrained(no_weights)
-    result = CliRunner().invoke(eval_command, ["--policy", str(no_weights), "--data", str(world["pairs_path"])])
+    result = CliRunner().invoke(main, ["eval", "--policy", str(no_weights), "--data", str(world["pairs_path"])])
     assert result.exit_code == 1 and "safetensors" in result.output

@@ -347,3 +347,16 @@ def test_sigterm_leaves_no_hidden_tmp(tmp_path):
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == -signal.SIGTERM  # still ends as SIGTERM would
     assert sorted(os.listdir(tmp_path)) == ["ready"]
+
+
+def test_eval_errors_reach_the_boundary_with_their_hint(tmp_path):
+    """`rankalign eval` on a folder that is not a training run, and on a bad data file: the boundary's one
+    line (exit 1, no traceback), naming the folder, and the file and line."""
+    not_a_run = tmp_path / "not_a_run"
+    not_a_run.mkdir()
+    data = write(tmp_path / "pairs.jsonl", '{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    line = one_line_error(cli("eval", "--run", not_a_run, "--data", data), 1)
+    assert "run_source.json" in line and str(not_a_run) in line
+    bad = write(tmp_path / "bad.jsonl", '{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": \n')
+    line = one_line_error(cli("eval", "--policy", "tiny:llama", "--data", bad), 1)
+    assert "bad.jsonl:2:" in line and "malformed JSON" in line

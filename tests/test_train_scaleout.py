@@ -1,80 +1,36 @@
-"""Scale-out: the same run under `accelerate launch --multi_gpu --num_processes 2` on CPU (gloo) and in one process.
+"""Scale-out: the same run in 1 process and in 2 (gloo, CPU) under DDP, FSDP2 and DeepSpeed ZeRO-3.
 
 Same global batch (4 lists per step: 1 process x 4 lists, or 2 processes x 2 lists), same seed, same
-data order; the per-step losses must agree to float32 rounding, and so must the final weights. Slow
-(two process launches), run with `pytest -m slow`.
+data order, shared layout; the per-step losses must agree to float32 rounding, and so must the final
+weights. The launches use the accelerate configs of ``examples/accelerate/`` through the worker in
+``benchmarks/scaleout_equality.py`` (which also prints the tables). Slow (process launches): ``pytest -m slow``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
-import textwrap
+import time
+from pathlib import Path
 
 import pytest
+import yaml
 
-SCRIPT = textwrap.dedent('''
-    import json, os, sys
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    import torch
-    from rankalign.engine import TokenizedList, tiny_causal_lm
-    from rankalign.train import TrainConfig
-    from rankalign.train.trainer import train_preference
+ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("scaleout_equality", ROOT / "benchmarks" / "scaleout_equality.py")
+scaleout = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(scaleout)
 
-    out, batch_size, objective = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    generator = torch.Generator().manual_seed(0)
-    def ids(n):
-        return torch.randint(3, 48, (n,), generator=generator).tolist()
-    lists = [TokenizedList(prompt_ids=ids(4 + i % 3), response_ids=[ids(3) + [2], ids(2 + i % 2) + [2], ids(3) + [2]],
-                           ranks=[0, 1, 2], weight=1.0 + (i % 4), index=i) for i in range(16)]
-    if objective in ("kto", "bco"):  # unpaired: one response per prompt with a label
-        lists = [TokenizedList(prompt_ids=t.prompt_ids, response_ids=t.response_ids[:1], ranks=[0],
-                               label=bool(i % 3), weight=t.weight, index=i) for i, t in enumerate(lists)]
-    config = TrainConfig(objective=objective, batch_size=batch_size, max_steps=3, lr=1e-2, seed=0,
-                         output_dir=os.path.join(out, "run"), report_to=[], progress=False,
-                         loss_params={"beta": 0.5})
-    result = train_preference(tiny_causal_lm(48, hidden_size=32, layers=1, heads=2), None, lists, config)
-    rank = int(os.environ.get("RANK", "0"))
-    steps = [row for row in result.history if "loss" in row]
-    metrics = {name: [row.get(name) for row in steps] for name in ("kl", "z0", "bco_delta")}
-    with open(os.path.join(out, f"metrics-rank{rank}.json"), "w") as f:
-        json.dump(metrics, f)  # every rank: the reduced metrics must agree across ranks
-    if rank == 0:
-        losses = [row["loss"] for row in steps]
-        weights = {n: p.detach().flatten().tolist() for n, p in result.model.named_parameters()}
-        with open(os.path.join(out, "result.json"), "w") as f:
-            json.dump({"losses": losses, "weights": weights, **metrics,
-                       "world": int(os.environ.get("WORLD_SIZE", "1"))}, f)
-''')
+needs_deepspeed = pytest.mark.skipif(scaleout.deepspeed_status() is not None,
+                                     reason=f"deepspeed does not import: {scaleout.deepspeed_status()}")
 
 
-def run(tmp_path, name, processes, objective="pl_dpo"):
-    out = tmp_path / name
-    out.mkdir()
-    script = tmp_path / "scaleout_run.py"
-    script.write_text(SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    if processes == 1:
-        command = [sys.executable, str(script), str(out), "4", objective]
-    else:
-        # `--multi_gpu` starts the processes with torch.distributed.run; on a machine without CUDA the
-        # Trainer's use_cpu=True makes accelerate pick MULTI_CPU with gloo. (`accelerate launch --cpu` with
-        # --num_processes > 1 and no mpirun hostfile starts a single process in accelerate 1.15.)
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-                   str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   str(script), str(out), str(4 // processes), objective]
-    completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-6000:]
-    return json.loads((out / "result.json").read_text())
-
-
-@pytest.mark.slow
-def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
-    single = run(tmp_path, "single", 1)
-    double = run(tmp_path, "double", 2)
+def assert_same_run(single, double, *, weight_tolerance=1e-4):
     assert single["world"] == 1 and double["world"] == 2
     assert len(single["losses"]) == 3
     assert double["losses"] == pytest.approx(single["losses"], rel=1e-5, abs=1e-6)
@@ -82,16 +38,44 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     # order can move a near-zero-gradient weight by a few lr-sized steps' rounding; 1e-4 is 1% of lr.
     for name, value in single["weights"].items():
         difference = max(abs(a - b) for a, b in zip(double["weights"][name], value))
-        assert difference < 1e-4, (name, difference)
+        assert difference < weight_tolerance, (name, difference)
+
+
+@pytest.fixture(scope="module")
+def single_runs(tmp_path_factory):
+    """The one-process runs every backend is compared with, once per model."""
+    work = tmp_path_factory.mktemp("single")
+    cache = {}
+
+    def get(model, objective="pl_dpo"):
+        if (model, objective) not in cache:
+            cache[model, objective] = scaleout.run_training(work / f"{model}-{objective}", None, 1, model=model,
+                                                            objective=objective)
+        return cache[model, objective]
+
+    return get
 
 
 @pytest.mark.slow
-def test_bco_running_mean_is_shared_by_two_processes(tmp_path):
+@pytest.mark.parametrize("model", ["tiny", "smollm2"])
+@pytest.mark.parametrize("backend", ["ddp", "fsdp2", pytest.param("zero3", marks=needs_deepspeed)])
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, single_runs, backend, model):
+    double = scaleout.run_training(tmp_path / backend, backend, 2, model=model)
+    expected_state = {"ddp": "MULTI_CPU", "fsdp2": "FSDP", "zero3": "DEEPSPEED"}[backend]
+    assert double["backend"] == expected_state, double["backend"]
+    if backend == "fsdp2":
+        assert double["model_class"].startswith("FSDP"), double["model_class"]  # fully_shard ran on the root
+    assert "layout: shared" in double["log"]
+    assert "not one the split forward supports" not in double["log"]  # no fallback to the plain forward
+    assert_same_run(single_runs(model), double)
+
+
+@pytest.mark.slow
+def test_bco_running_mean_is_shared_by_two_processes(tmp_path, single_runs):
     # delta is updated with the rewards of the whole global batch (summed over processes), so two
     # processes of 2 judgments keep the delta, and give the losses, of one process of 4
-    single = run(tmp_path, "single", 1, "bco")
-    double = run(tmp_path, "double", 2, "bco")
-    assert double["world"] == 2
+    single = single_runs("tiny", "bco")
+    double = scaleout.run_training(tmp_path / "double", "ddp", 2, objective="bco")
     assert double["losses"] == pytest.approx(single["losses"], rel=1e-5, abs=1e-6)
     assert double["bco_delta"] == pytest.approx(single["bco_delta"], rel=1e-5, abs=1e-6)
     assert abs(single["bco_delta"][-1]) > 1e-4
@@ -100,14 +84,113 @@ def test_bco_running_mean_is_shared_by_two_processes(tmp_path):
 
 
 @pytest.mark.slow
-def test_kto_z0_is_averaged_over_processes(tmp_path):
-    # each process builds mismatched pairs inside its own 2 judgments; the KL estimate is averaged over
-    # processes (TRL gathers it), so both ranks log, and train with, the same z0
-    double = run(tmp_path, "double", 2, "kto")
+def test_kto_mismatched_pairs_span_the_global_batch_so_two_processes_match_one(tmp_path, single_runs):
+    # the mismatched pairs are built over the global micro-batch (prompt i with response i + 1 across the
+    # process boundary), so z0 -- and with it the loss -- is the one-process value
+    single = single_runs("tiny", "kto")
+    double = scaleout.run_training(tmp_path / "double", "ddp", 2, objective="kto")
     other = json.loads((tmp_path / "double" / "metrics-rank1.json").read_text())
     assert double["world"] == 2 and len(double["kl"]) == 3
     assert other["kl"] == pytest.approx(double["kl"], rel=1e-9, abs=1e-12)
     assert double["kl"][0] == pytest.approx(0.0, abs=1e-6)  # the reference is the policy before training
-    assert any(abs(kl) > 1e-4 for kl in double["kl"][1:])  # then the policy moves and the estimate with it
+    assert any(abs(kl) > 1e-4 for kl in single["kl"][1:])  # then the policy moves and the estimate with it
+    assert double["kl"] == pytest.approx(single["kl"], rel=1e-5, abs=1e-6)
     assert double["z0"] == pytest.approx([max(0.0, kl) for kl in double["kl"]], abs=1e-9)
+    assert double["losses"] == pytest.approx(single["losses"], rel=1e-5, abs=1e-6)
     assert all(math.isfinite(loss) for loss in double["losses"])
+
+
+@pytest.mark.slow
+def test_reference_pass_split_over_two_processes_writes_the_cache_of_one(tmp_path):
+    from safetensors.torch import load_file
+
+    caches = {}
+    for processes in (1, 2):
+        out = tmp_path / f"reference-{processes}"
+        out.mkdir()
+        command = scaleout.launch_command("ddp" if processes > 1 else None, processes, "reference", str(out),
+                                          "--model", "tiny", "--lists", "24")
+        completed = subprocess.run(command, capture_output=True, text=True, env=scaleout.environment(), timeout=600)
+        assert completed.returncode == 0, completed.stderr[-4000:]
+        caches[processes] = (json.loads((out / "reference_logps.json").read_text()),
+                             load_file(str(out / "reference_logps.safetensors")))
+    (manifest_1, tensors_1), (manifest_2, tensors_2) = caches[1], caches[2]
+    assert manifest_2["key"] == manifest_1["key"] and manifest_2["ks"] == manifest_1["ks"] == [3] * 24
+    assert tensors_2["offsets"].tolist() == tensors_1["offsets"].tolist()
+    # each batch is packed as in one process, so the values agree to float32 rounding (in practice exactly)
+    assert (tensors_2["logps"] - tensors_1["logps"]).abs().max().item() <= 1e-6
+    assert bool((tensors_1["logps"] < 0).all())
+
+
+def _resume_config(tmp_path, name):
+    data = tmp_path / "lists.jsonl"
+    if not data.exists():
+        from rankalign.data.records import RankedList
+
+        words = "red green blue small large quick slow bright dark warm cold soft round flat".split()
+        with open(data, "w") as stream:
+            for i in range(24):
+                prompt = f"item {i} " + " ".join(words[(i * 5 + j) % len(words)] for j in range(6))
+                candidates = [" ".join(words[(i * 7 + j * 3 + c) % len(words)] for j in range(4)) + f" {c}"
+                              for c in range(3)]
+                stream.write(json.dumps(RankedList(prompt=prompt, candidates=candidates, ranks=[0, 1, 2]).to_dict())
+                             + "\n")
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": "tiny:llama", "tiny_model": {"hidden_size": 32, "layers": 2, "heads": 2},
+        "tokenizer": "train", "tokenizer_vocab_size": 200, "data": str(data), "objective": "pl_dpo",
+        "loss_params": {"beta": 0.5}, "batch_size": 2, "max_steps": 8, "lr": 0.01, "seed": 7,
+        "output_dir": str(tmp_path / name), "save_steps": 4, "save_total_limit": 2, "report_to": [],
+        "progress": False, "reference_cache_dir": str(tmp_path / f"{name}-ref"),
+    }))
+    return config
+
+
+def _final_state(output_dir):
+    from safetensors.torch import load_file
+
+    rows = [json.loads(line) for line in open(os.path.join(output_dir, "metrics.jsonl"))]
+    losses = {row["step"]: row["loss"] for row in rows if "loss" in row}
+    return losses, load_file(os.path.join(output_dir, "final", "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_fsdp2_resume_after_sigkill_ends_where_an_uninterrupted_run_ends(tmp_path):
+    def command(config):
+        return scaleout.launch_command("fsdp2", 2, "cli", "train", str(config))
+
+    env = scaleout.environment()
+    uninterrupted = _resume_config(tmp_path, "uninterrupted")
+    completed = subprocess.run(command(uninterrupted), env=env, capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, completed.stderr[-6000:]
+    assert "processes: 2, backend: FSDP" in completed.stderr
+    assert (tmp_path / "uninterrupted" / "checkpoint-4" / "model.safetensors").exists()  # full state dict
+
+    config = _resume_config(tmp_path, "killed")
+    marker = tmp_path / "killed" / "checkpoint-4" / "rankalign_checkpoint_complete"
+    process = subprocess.Popen(command(config), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.time() + 900
+    while not marker.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)  # the launcher and both training processes
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (tmp_path / "killed" / "final").exists()
+    assert (tmp_path / "killed-ref" / "reference_logps.json").exists()  # the split reference pass's cache
+
+    completed = subprocess.run(command(config), env=env, capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, completed.stderr[-6000:]
+    expected_losses, expected_weights = _final_state(tmp_path / "uninterrupted")
+    losses, weights = _final_state(tmp_path / "killed")
+    assert sorted(expected_losses) == list(range(1, 9))
+    assert sorted(losses) == sorted(expected_losses)
+    for step, value in expected_losses.items():
+        assert losses[step] == pytest.approx(value, rel=1e-4, abs=1e-6), step
+    assert sorted(weights) == sorted(expected_weights)
+    for name, tensor in expected_weights.items():
+        assert (weights[name] - tensor).abs().max().item() <= 1e-4, name
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-m", "slow", "-v"]))

@@ -30,7 +30,6 @@ from rankalign.train.data import PreferenceCollator, mismatched_pairs  # noqa: E
 from rankalign.train.trainer import (  # noqa: E402
     OBJECTIVE_STATE_FILE,
     PreferenceTrainer,
-    _forward_through_wrapper,
     make_training_arguments,
     train_preference,
 )
@@ -225,14 +224,16 @@ class _Wrapper(torch.nn.Module):
         return self.module()
 
 
-def test_forward_through_wrapper_restores_an_instance_forward():
+def test_call_as_forward_restores_an_instance_forward():
+    from rankalign.engine import call_as_forward
+
     inner = torch.nn.Linear(2, 2)
     installed = lambda *args, **kwargs: "accelerate's forward"  # noqa: E731
     inner.forward = installed
-    assert _forward_through_wrapper(_Wrapper(inner), inner, lambda: 7) == 7
+    assert call_as_forward(inner, lambda: 7, wrapper=_Wrapper(inner)) == 7
     assert inner.__dict__["forward"] is installed
     plain = torch.nn.Linear(2, 2)
-    assert _forward_through_wrapper(_Wrapper(plain), plain, lambda: 8) == 8
+    assert call_as_forward(plain, lambda: 8, wrapper=_Wrapper(plain)) == 8
     assert "forward" not in plain.__dict__
 
 
@@ -279,3 +280,28 @@ def test_bco_pair_delta_is_the_running_mean_of_chosen_and_rejected_rewards(tmp_p
     assert abs(batch_means[-1]) > 1e-3
     for t, row in enumerate(logs, start=1):
         assert row["bco_delta"] == pytest.approx(sum(batch_means[:t]) / t, abs=1e-6)
+
+
+def test_mismatched_pairs_span_the_global_batch_across_processes(tmp_path, monkeypatch):
+    # two processes of 2 judgments: rank 1 holds x2, x3 and must pair them with y3 and y0 (y0 lives on
+    # rank 0), the pairs one process of all 4 builds; the other ranks' lists arrive through gather_object
+    import types
+
+    import accelerate.utils
+
+    from rankalign.engine import PackedBatch, pack_lists
+
+    items = judgments([True, False, True, False])
+    trainer = PreferenceTrainer(tiny_model(), make_training_arguments(config(tmp_path)), items, objective="kto",
+                                loss_params={"beta": 0.5})
+    per_rank = [items[:2], items[2:]]
+    monkeypatch.setattr(accelerate.utils, "gather_object", lambda local: per_rank)
+    for rank, local in enumerate(per_rank):
+        monkeypatch.setattr(trainer, "accelerator", types.SimpleNamespace(num_processes=2, process_index=rank))
+        fields = trainer.data_collator([(item, None) for item in local])
+        batch = PackedBatch(**{k: v for k, v in fields.items() if k not in ("kl_batch", "ref_logps")})
+        kl_batch = trainer._global_mismatched_pairs(batch, fields["kl_batch"])
+        expected = [(items[2 * rank + j].prompt_ids, items[(2 * rank + j + 1) % 4].response_ids[0]) for j in range(2)]
+        assert [(pair.prompt_ids, pair.response_ids[0]) for pair in kl_batch.source] == expected
+        reference = pack_lists(kl_batch.source, layout=trainer.data_collator.layout)
+        assert kl_batch.input_ids.tolist() == reference.input_ids.tolist()

@@ -66,6 +66,128 @@ def decoder_and_head(model):
     return base_model_of(model), head
 
 
+# ---------------------------------------------------------------------------------------- distributed wrappers
+# Backends under which the engine's split forward (decoder once, head at response positions only) is
+# known to compute what a single process computes (tests/test_train_scaleout.py holds them to it).
+SPLIT_FORWARD_BACKENDS = ("none", "ddp", "fsdp2", "deepspeed")
+
+
+def call_as_forward(module, fn, *args, wrapper=None, **kwargs):
+    """``fn(*args, **kwargs)`` run as ``module``'s forward, through ``(wrapper or module)(*args, **kwargs)``.
+
+    Distributed training does its work in hooks around a module's forward: DistributedDataParallel
+    prepares its gradient reducer in its forward; FSDP2 (``fully_shard``) all-gathers a shard unit's
+    parameters in the unit's forward pre-hook and registers the backward's re-gather and reduce-scatter
+    on the forward's outputs; DeepSpeed ZeRO-3 does the same for every submodule. The engine calls the
+    decoder and the output head itself, so it runs that computation as the forward of the module the
+    hooks belong to. ``module.forward`` is pointed at ``fn`` for exactly one call (restored before
+    ``fn`` runs, so ``fn`` may call the real forward); an instance ``forward`` that was there before
+    (accelerate's mixed-precision wrapper) is put back, not deleted.
+    """
+    saved = module.__dict__.get("forward")
+
+    def restore():
+        if saved is None:
+            module.__dict__.pop("forward", None)
+        else:
+            module.forward = saved
+
+    def once(*call_args, **call_kwargs):
+        restore()
+        return fn(*call_args, **call_kwargs)
+
+    module.forward = once
+    try:
+        return (module if wrapper is None else wrapper)(*args, **kwargs)
+    finally:
+        restore()
+
+
+def _fsdp2_class():
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch without FSDP2
+        return None
+    return FSDPModule
+
+
+def _own_class(module) -> type:
+    """The class a module was built as: ``fully_shard`` swaps in ``FSDP<Class>(FSDPModule, Class)``."""
+    cls, fsdp_module = type(module), _fsdp2_class()
+    if fsdp_module is not None and issubclass(cls, fsdp_module):
+        return next(base for base in cls.__bases__ if not issubclass(base, fsdp_module))
+    return cls
+
+
+def _wrapper_chain(model):
+    """``model`` and every module :func:`unwrap_model` steps through on the way to the causal LM."""
+    chain = [model]
+    while True:
+        current = chain[-1]
+        if hasattr(current, "get_base_model") and callable(current.get_base_model) \
+                and current.get_base_model() is not current:
+            nxt = current.get_base_model()
+        elif hasattr(current, "module") and isinstance(current.module, torch.nn.Module):
+            nxt = current.module
+        else:
+            return chain
+        if nxt in chain:
+            return chain
+        chain.append(nxt)
+
+
+def distributed_backend(model) -> tuple[str, torch.nn.Module | None]:
+    """``(backend, module whose forward must see the computation)`` for ``model``.
+
+    Backends: ``"none"`` (a plain module, nothing to route), ``"ddp"`` (DistributedDataParallel),
+    ``"deepspeed"`` (a DeepSpeed engine, any ZeRO stage), ``"fsdp2"`` (``fully_shard``: the outermost
+    sharded module of the wrapper chain, PEFT included), ``"fsdp1"`` (FullyShardedDataParallel) and
+    ``"wrapper:<Class>"`` for any other module wrapper with a ``.module``.
+    """
+    fsdp_module = _fsdp2_class()
+    for current in _wrapper_chain(model):
+        if fsdp_module is not None and isinstance(current, fsdp_module):
+            return "fsdp2", current
+        inner = getattr(current, "module", None)
+        if not isinstance(inner, torch.nn.Module) or hasattr(current, "get_base_model"):
+            continue
+        name = type(current).__name__
+        if isinstance(current, torch.nn.parallel.DistributedDataParallel):
+            return "ddp", current
+        if type(current).__module__.startswith("deepspeed"):
+            return "deepspeed", current
+        if name == "FullyShardedDataParallel":
+            return "fsdp1", current
+        return f"wrapper:{name}", current
+    return "none", None
+
+
+def _in_backend_forward(model, compute):
+    """``compute()`` run inside the forward of the module the distributed backend hooks (see
+    :func:`call_as_forward`); directly when there is none. ``compute`` must not route again."""
+    backend, owner = distributed_backend(model)
+    if owner is None:
+        return compute()
+    if backend == "fsdp2":
+        return call_as_forward(owner, compute)
+    return call_as_forward(owner.module, compute, wrapper=owner)
+
+
+def _announce_fallback(model, backend: str) -> None:
+    """Say once per model that the engine falls back to the model's own forward, and why."""
+    inner = unwrap_model(model)
+    if getattr(inner, "_rankalign_fallback_announced", None) == backend:
+        return
+    warnings.warn(f"engine: backend {backend} is not one the split forward supports "
+                  f"({', '.join(SPLIT_FORWARD_BACKENDS)}); log-probs come from the model's own forward (the "
+                  "output head at every position: [tokens, vocab] logits in memory), layout unchanged",
+                  stacklevel=3)
+    try:
+        inner._rankalign_fallback_announced = backend
+    except AttributeError:
+        pass
+
+
 def _logit_transform(model):
     """Scaling/capping some architectures apply to logits after the head (None when there is none)."""
     config = unwrap_model(model).config
@@ -180,25 +302,32 @@ def gather_token_logps(hidden: Tensor, head: torch.nn.Module, targets: Tensor, *
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    is_linear = type(head) is torch.nn.Linear
-    weight, bias = head.weight, head.bias if is_linear else None
-    if recompute_head is None:
-        recompute_head = torch.is_grad_enabled() and hidden.shape[0] * weight.shape[0] > RECOMPUTE_ABOVE_LOGITS
-    if is_linear and transform is None:
-        if not torch.is_grad_enabled() or not (hidden.requires_grad or weight.requires_grad):
-            recompute_head = True  # nothing will be saved anyway
-        return _ChunkedTokenLogps.apply(hidden, weight, bias, targets, chunk_size, bool(recompute_head))
-    pieces = []
-    for start in range(0, hidden.shape[0], chunk_size):
-        h, t = hidden[start:start + chunk_size], targets[start:start + chunk_size]
-        if is_linear:
-            pieces.append(_chunk_logps(h, weight, bias, t, transform))
-        else:  # any other module (e.g. a LoRA-wrapped lm_head): call it rather than reading its weight
-            logits = head(h).float()
+    if _own_class(head) is not torch.nn.Linear:
+        # any other module (e.g. a LoRA-wrapped lm_head): call it rather than reading its weight
+        pieces = []
+        for start in range(0, hidden.shape[0], chunk_size):
+            logits = head(hidden[start:start + chunk_size]).float()
             if transform is not None:
                 logits = transform(logits)
+            t = targets[start:start + chunk_size]
             pieces.append(logits.gather(1, t[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1))
-    return torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+        return torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+
+    def gather(hidden, targets):
+        # head.weight is read inside the head's own forward, where FSDP2 and ZeRO-3 have gathered it
+        weight, bias = head.weight, head.bias
+        recompute = recompute_head
+        if recompute is None:
+            recompute = torch.is_grad_enabled() and hidden.shape[0] * weight.shape[0] > RECOMPUTE_ABOVE_LOGITS
+        if transform is None:
+            if not torch.is_grad_enabled() or not (hidden.requires_grad or weight.requires_grad):
+                recompute = True  # nothing will be saved anyway
+            return _ChunkedTokenLogps.apply(hidden, weight, bias, targets, chunk_size, bool(recompute))
+        pieces = [_chunk_logps(hidden[start:start + chunk_size], weight, bias, targets[start:start + chunk_size],
+                               transform) for start in range(0, hidden.shape[0], chunk_size)]
+        return torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+
+    return call_as_forward(head, gather, hidden, targets)
 
 
 # ---------------------------------------------------------------------------------------- the base forward
@@ -234,43 +363,50 @@ def attention_mask_for(model, batch: PackedBatch) -> Tensor:
     return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
-def _run_base(model, base, **inputs):
-    """Run the base transformer; through a DistributedDataParallel wrapper when there is one.
-
-    DDP must see the forward call (it prepares its gradient reducer there), so its inner module's
-    ``forward`` is pointed at the base transformer for the duration of the call.
-    """
-    if not isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        return base(**inputs)
-    inner = model.module
-    saved = inner.__dict__.get("forward")
-    inner.forward = lambda **kwargs: base(**kwargs)
-    try:
-        return model(**inputs)
-    finally:
-        if saved is None:
-            del inner.forward
-        else:
-            inner.forward = saved
+def _hidden_states(model, batch: PackedBatch, base=None) -> Tensor:
+    base = base_model_of(model) if base is None else base
+    outputs = base(input_ids=batch.input_ids, attention_mask=attention_mask_for(model, batch),
+                   position_ids=batch.position_ids, use_cache=False)
+    return outputs[0] if not hasattr(outputs, "last_hidden_state") else outputs.last_hidden_state
 
 
 def base_hidden_states(model, batch: PackedBatch, base=None) -> Tensor:
-    """``[R, T, H]`` final hidden states of the base transformer of ``model`` over a packed batch."""
-    base = base_model_of(model) if base is None else base
-    outputs = _run_base(model, base, input_ids=batch.input_ids, attention_mask=attention_mask_for(model, batch),
-                        position_ids=batch.position_ids, use_cache=False)
-    return outputs[0] if not hasattr(outputs, "last_hidden_state") else outputs.last_hidden_state
+    """``[R, T, H]`` final hidden states of the base transformer of ``model`` over a packed batch.
+
+    Under a distributed wrapper (DDP, FSDP2, DeepSpeed) the call runs inside the wrapper's forward
+    (:func:`call_as_forward`).
+    """
+    return _in_backend_forward(model, lambda: _hidden_states(model, batch, base))
 
 
 def _token_logps(model, batch: PackedBatch, chunk_size: int, recompute_head: bool | None,
                  hidden: Tensor | None = None) -> Tensor:
-    """``[N]`` log-probability of every response token of the batch (``batch.target_ids``)."""
+    """``[N]`` log-probability of every response token of the batch (``batch.target_ids``); no routing."""
     base, head = decoder_and_head(model)
     if hidden is None:
-        hidden = base_hidden_states(model, batch, base)
+        hidden = _hidden_states(model, batch, base)
     hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.target_index)
     return gather_token_logps(hidden, head, batch.target_ids, chunk_size=chunk_size,
                               recompute_head=recompute_head, transform=_logit_transform(model))
+
+
+def _own_forward_token_logps(owner, model, batch: PackedBatch) -> Tensor:
+    """``[N]`` response-token log-probs from the wrapped model's own forward (logits at every position)."""
+    outputs = owner(input_ids=batch.input_ids, attention_mask=attention_mask_for(model, batch),
+                    position_ids=batch.position_ids, use_cache=False)
+    logits = outputs.logits if hasattr(outputs, "logits") else outputs[0]
+    flat = logits.reshape(-1, logits.shape[-1]).index_select(0, batch.target_index).float()
+    return flat.gather(1, batch.target_ids[:, None]).squeeze(1) - torch.logsumexp(flat, dim=-1)
+
+
+def _routed_token_logps(model, batch: PackedBatch, chunk_size: int, recompute_head: bool | None) -> Tensor:
+    """:func:`_token_logps` inside the distributed backend's forward; for a backend the split forward
+    does not support, the model's own forward, said once (:func:`_announce_fallback`)."""
+    backend, owner = distributed_backend(model)
+    if backend in SPLIT_FORWARD_BACKENDS:
+        return _in_backend_forward(model, lambda: _token_logps(model, batch, chunk_size, recompute_head))
+    _announce_fallback(model, backend)
+    return _own_forward_token_logps(owner, model, batch)
 
 
 def _sum_per_response(batch: PackedBatch, token_logps: Tensor) -> Tensor:
@@ -280,7 +416,7 @@ def _sum_per_response(batch: PackedBatch, token_logps: Tensor) -> Tensor:
 
 
 def _forward_logps(model, batch: PackedBatch, chunk_size: int, recompute_head: bool | None) -> Tensor:
-    return _sum_per_response(batch, _token_logps(model, batch, chunk_size, recompute_head))
+    return _sum_per_response(batch, _routed_token_logps(model, batch, chunk_size, recompute_head))
 
 
 # ---------------------------------------------------------------------------------------- layout support
@@ -398,10 +534,14 @@ def _probe_shared_layout(model) -> LayoutProbe:
             results = {}
             for layout in ("shared", "duplicated"):
                 batch = pack_lists([probe], layout=layout).to(device)
-                hidden = base_hidden_states(model, batch)
-                flat = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.target_index).float()
-                logps = _token_logps(model, batch, 1024, False, hidden=hidden).float() if has_head else None
-                results[layout] = (flat, logps)
+
+                def both(batch=batch):
+                    hidden = _hidden_states(model, batch)
+                    flat = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.target_index).float()
+                    logps = _token_logps(model, batch, 1024, False, hidden=hidden).float() if has_head else None
+                    return flat, logps
+
+                results[layout] = _in_backend_forward(model, both)
     except Exception as error:  # a model that rejects 4D masks outright
         return LayoutProbe(False, f"{name} raised {type(error).__name__} when given a 4D attention mask: "
                                   f"{str(error).splitlines()[0] if str(error) else ''}".rstrip(": "))
@@ -631,4 +771,4 @@ def token_logps(model, batch: PackedBatch, *, chunk_size: int = 1024, recompute_
     """
     batch = _usable_batch(model, batch)
     with autocast_context(model, precision):
-        return _token_logps(model, batch, chunk_size, recompute_head)
+        return _routed_token_logps(model, batch, chunk_size, recompute_head)

@@ -163,7 +163,7 @@ class ReferenceCache:
 def compute_reference_logps(model, lists: Sequence[TokenizedList], *, batch_size: int = 8, cache_dir=None,
                             settings: Mapping | None = None, progress: bool = True, tokenizer=None,
                             layout: str | None = None, max_tokens_per_row: int | None = None,
-                            chunk_size: int = 1024) -> list[Tensor]:
+                            chunk_size: int = 1024, split_across_processes: bool = False) -> list[Tensor]:
     """Summed log-probs of every response under the reference model, ``[K_b]`` per list, cached.
 
     :func:`~rankalign.engine.score_lists` with a cache, in the precision the model runs in (no autocast
@@ -188,6 +188,9 @@ def compute_reference_logps(model, lists: Sequence[TokenizedList], *, batch_size
         Default: shared when the model supports it.
     max_tokens_per_row, chunk_size
         As in :func:`pack_lists` and :func:`sequence_logps`.
+    split_across_processes : bool
+        Under torch.distributed, every process scores a share of the batches and all get every list's
+        log-probs; the first process writes the cache (see :func:`~rankalign.engine.score_lists`).
 
     Returns
     -------
@@ -199,7 +202,7 @@ def compute_reference_logps(model, lists: Sequence[TokenizedList], *, batch_size
     return score_lists(model, lists, batch_size=batch_size, layout=layout or "auto",
                        max_tokens_per_row=max_tokens_per_row, chunk_size=chunk_size, precision=None,
                        cache_dir=cache_dir, settings=settings, tokenizer=tokenizer, progress=progress,
-                       description="reference log-probs").logps
+                       description="reference log-probs", split_across_processes=split_across_processes).logps
 
 
 # ------------------------------------------------------------------------------------------------ PEFT

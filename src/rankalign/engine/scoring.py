@@ -114,11 +114,50 @@ def _autocast_setting(model, precision: str | None) -> str | None:
     return None
 
 
+def _process_group() -> tuple[int, int]:
+    """``(rank, world size)`` of the default torch.distributed group; ``(0, 1)`` without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_processes(flag: bool) -> bool:
+    """Whether ``flag`` holds on every process (one all-reduce; the flag itself without a group)."""
+    import torch.distributed as dist
+
+    if _process_group()[1] == 1:
+        return flag
+    value = torch.tensor([1 if flag else 0], dtype=torch.int64)
+    if dist.get_backend() == "nccl":
+        value = value.cuda()
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
+def _gather_scores(mine: dict[int, Tensor], size: int) -> list[Tensor]:
+    """Every process's ``{list index: [K] log-probs}`` merged into one list in the input order."""
+    import torch.distributed as dist
+
+    parts: list = [None] * _process_group()[1]
+    dist.all_gather_object(parts, {i: values.tolist() for i, values in mine.items()})
+    results: list[Tensor | None] = [None] * size
+    for part in parts:
+        for i, values in part.items():
+            results[i] = torch.tensor(values, dtype=torch.float32)
+    missing = [i for i, values in enumerate(results) if values is None]
+    if missing:
+        raise RuntimeError(f"split scoring: no process scored lists {missing[:5]}")
+    return results
+
+
 def score_lists(model, lists: Sequence[TokenizedList], *, batch_size: int = 8, layout: str = "auto",
                 max_tokens_per_batch: int | None = None, max_tokens_per_row: int | None = None,
                 pad_token_id: int = 0, chunk_size: int = 1024, precision: str | None = "auto", cache_dir=None,
                 settings: Mapping | None = None, tokenizer=None, progress: bool = True,
-                description: str = "log-probs", announce: bool = True) -> ListScores:
+                description: str = "log-probs", announce: bool = True,
+                split_across_processes: bool = False) -> ListScores:
     """Summed log-probability ``log pi(y_k | x) = sum_t log pi(y_k,t | x, y_k,<t)`` of every response.
 
     Parameters
@@ -154,6 +193,13 @@ def score_lists(model, lists: Sequence[TokenizedList], *, batch_size: int = 8, l
         The progress bar's label.
     announce : bool
         Print (once per model) which layout is used and why.
+    split_across_processes : bool
+        Under torch.distributed (``accelerate launch``), every process must call this with the same
+        lists: the batches are dealt out round-robin (batch j to process j mod P), each process scores
+        its share, and the scores are gathered so that every process returns all of them; the first
+        process writes the cache while the others wait. A batch is packed exactly as in one process,
+        so the scores, and the cache, are those of one process. A cache valid on every process is
+        loaded without scoring anything.
 
     Returns
     -------
@@ -162,6 +208,8 @@ def score_lists(model, lists: Sequence[TokenizedList], *, batch_size: int = 8, l
     """
     lists = list(lists)
     lengths = [torch.tensor([len(r) for r in item.response_ids], dtype=torch.long) for item in lists]
+    rank, world = _process_group() if split_across_processes else (0, 1)
+    split = world > 1
     cache = key = None
     if cache_dir is not None:
         key_settings = dict(settings or {})
@@ -171,9 +219,11 @@ def score_lists(model, lists: Sequence[TokenizedList], *, batch_size: int = 8, l
         cache = ReferenceCache(cache_dir)
         key = reference_cache_key(model, lists, tokenizer=tokenizer, settings=key_settings)
         cached = cache.load(key, [item.k for item in lists])
+        if split and not _all_processes(cached is not None):  # all load, or all compute
+            cached = None
         if cached is not None:
             return ListScores(cached, lengths, "cache")
-        if cache.last_miss_reason != "missing":
+        if cache.last_miss_reason not in ("missing", None):
             warnings.warn(f"reference cache {cache.manifest_path} not used: {cache.last_miss_reason}; recomputing",
                           stacklevel=2)
     if not lists:
@@ -181,11 +231,12 @@ def score_lists(model, lists: Sequence[TokenizedList], *, batch_size: int = 8, l
     layout = choose_layout(model, layout, announce=announce)
     device = _device(model)
     batches = length_batches([_footprint(item, layout) for item in lists], batch_size, max_tokens_per_batch)
+    batches = batches[rank::world]  # this process's share (all of them in one process)
     results: list[Tensor | None] = [None] * len(lists)
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), _progress(progress, len(lists), description) as advance:
+        with torch.no_grad(), _progress(progress and rank == 0, sum(map(len, batches)), description) as advance:
             for indices in batches:
                 batch = pack_lists([lists[i] for i in indices], layout=layout, pad_token_id=pad_token_id,
                                    max_tokens_per_row=max_tokens_per_row if layout == "shared" else None)
@@ -196,7 +247,14 @@ def score_lists(model, lists: Sequence[TokenizedList], *, batch_size: int = 8, l
                 advance(len(indices))
     finally:
         model.train(was_training)
-    if cache is not None:
+    if split:
+        import torch.distributed as dist
+
+        results = _gather_scores({i: values for i, values in enumerate(results) if values is not None}, len(lists))
+        if cache is not None and rank == 0:
+            cache.save(key, results, settings=settings)
+        dist.barrier()  # the cache is whole before any process moves on (and reads it on a resume)
+    elif cache is not None:
         cache.save(key, results, settings=settings)
     return ListScores(results, lengths, layout)
 

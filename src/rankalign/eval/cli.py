@@ -21,7 +21,7 @@ from rankalign._cli import (
 )
 
 from .report import to_jsonable, write_json_atomic
-from .run import EvalError, evaluate_policy, report_of
+from .run import evaluate_policy, report_of
 
 
 @click.command("eval")
@@ -77,15 +77,13 @@ def eval_command(policy_path, legacy_model, reference_path, run_dir, tokenizer_p
         raise click.UsageError("--alpha needs --reference (the idealised accuracy is defined by π_ref)")
     read_options = {"layout": layout, "mapping": mapping, "outcomes": outcomes, "skip_invalid": skip_invalid,
                     "format": file_format}
-    try:
-        result = evaluate_policy(policy_path, data_path, reference=reference_path, run_dir=run_dir,
-                                 tokenizer=tokenizer_path, allow_bin=allow_bin, beta=beta, alpha_field=alpha_field,
-                                 alpha=alpha_constant, read_options=read_options, max_records=max_records,
-                                 rank_by=rank_by, batch_size=batch_size, max_prompt_tokens=max_prompt_tokens,
-                                 max_response_tokens=max_response_tokens, device=device, precision=precision, n_bins=n_bins,
-                                 group_by=group_by, cache_dir=cache_dir, generations=generations)
-    except EvalError as error:
-        raise click.ClickException(str(error)) from None
+    # an EvalError (a RankalignError) reaches the CLI boundary, which prints it with its hint
+    result = evaluate_policy(policy_path, data_path, reference=reference_path, run_dir=run_dir,
+                             tokenizer=tokenizer_path, allow_bin=allow_bin, beta=beta, alpha_field=alpha_field,
+                             alpha=alpha_constant, read_options=read_options, max_records=max_records,
+                             rank_by=rank_by, batch_size=batch_size, max_prompt_tokens=max_prompt_tokens,
+                             max_response_tokens=max_response_tokens, device=device, precision=precision, n_bins=n_bins,
+                             group_by=group_by, cache_dir=cache_dir, generations=generations)
 
     if plot_path:
         if "calibration" not in result:

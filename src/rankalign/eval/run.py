@@ -20,12 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import RankalignError
 from .policy import evaluate_logps, pair_rates_from_shares
 from .report import EvalReport
 
 
-class EvalError(ValueError):
-    """An evaluation that cannot run as asked (bad data, a model that does not load); one-line message."""
+class EvalError(RankalignError, ValueError):
+    """An evaluation that cannot run as asked (bad data, a model that does not load); one-line message.
+
+    A :class:`~rankalign.errors.RankalignError`, so the CLI prints it as ``error: ... (hint: ...)``.
+    """
 
 
 # ------------------------------------------------------------------------------------ preference rates
@@ -303,7 +307,7 @@ def evaluate_policy(policy: str | None, data, *, reference: str | None = None, r
         read_result = read(data, **dict(read_options or {}))
         records = list(rank_records(read_result.records, rank_by))
     except DataError as error:
-        raise EvalError(str(error)) from None
+        raise EvalError(str(error), hint=error.hint) from None
     skipped = Counter(dict(read_result.report.skipped))
     if max_records is not None:
         records = records[:max_records]

@@ -192,14 +192,14 @@ def run_config(config: TrainConfig, *, resume: bool | None = None, on_start=None
     if main_process:
         save_config(config, output_dir)
         write_run_source(config, output_dir, heldout=bool(heldout))
+    final_dir = output_dir / "final"
     result = train_preference(model, tokenizer, records, config, ref_model=ref_model,
-                              resume_from_checkpoint=True if resume else None, tokenized=(lists, truncation))
+                              resume_from_checkpoint=True if resume else None, tokenized=(lists, truncation),
+                              final_dir=final_dir)
     result.data_report = data_report
     result.truncation = truncation
     if main_process:
-        final_dir = output_dir / "final"
         with writing(final_dir):  # a full disk names the folder instead of "basic_ios::clear"
-            result.model.save_pretrained(final_dir)  # safetensors
             tokenizer.save_pretrained(final_dir)
         save_config(config, final_dir)
         mark_finished(final_dir, global_step=result.global_step, max_steps=config.max_steps, epochs=config.epochs,

@@ -18,7 +18,9 @@ what is specific to preference learning:
 * KTO's reference point z0 (Ethayarajh et al. 2024) is estimated for every micro-batch, as TRL's
   ``KTOTrainer`` does: prompt i with the response of example (i + 1) mod B (:func:`mismatched_pairs`,
   packed by the collator beside the batch), policy and reference log-probs of those pairs without
-  gradient, their mean log-ratio averaged over processes, clamped at 0 by the objective. These
+  gradient, their mean log-ratio summed over processes, clamped at 0 by the objective. Unlike TRL, under
+  several processes the pairs are built over the *global* micro-batch (every process's lists, gathered
+  in rank order), so 2 processes of B lists estimate the z0 of 1 process of 2B lists. These
   reference log-probs are not cached: they depend on which examples share a batch (batch size,
   process count). The reference for them is ``ref_model``, the adapter-disabled base of a PEFT model,
   or -- with neither -- a frozen copy of the policy taken when the trainer is built (one extra copy of
@@ -108,33 +110,6 @@ def _engine_model(model):
     return model
 
 
-def _forward_through_wrapper(wrapped, inner, compute):
-    """Run ``compute()`` as ``wrapped``'s forward (DDP needs its forward called to synchronise gradients).
-
-    ``inner.forward`` is replaced by a one-shot function for a single call: DistributedDataParallel's
-    forward calls ``inner(...)`` which runs ``compute`` with the original forward restored. An instance
-    attribute ``forward`` that was there before (accelerate's mixed-precision wrapper) is put back
-    afterwards, not deleted (as :func:`rankalign.engine.logps._run_base` does).
-    """
-    saved = inner.__dict__.get("forward")  # accelerate installs an instance forward for mixed precision
-
-    def restore():
-        if saved is None:
-            inner.__dict__.pop("forward", None)
-        else:
-            inner.forward = saved
-
-    def forward_once(*args, **kwargs):
-        restore()
-        return compute()
-
-    inner.forward = forward_once
-    try:
-        return wrapped()
-    finally:
-        restore()
-
-
 def bf16_available() -> bool:
     """True where the hardware computes in bfloat16 natively (a CUDA device that supports it)."""
     return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
@@ -171,8 +146,9 @@ class PreferenceTrainer(transformers.Trainer):
     -----
     KTO without ``loss_params["z0"]`` estimates z0 per micro-batch from mismatched pairs and BCO
     without ``loss_params["delta"]`` keeps a running reward mean (module docstring). With gradient
-    accumulation both work per micro-batch, so a run's z0 values depend on the micro-batch size, and
-    KTO's mismatched pairs are built inside each process's batch.
+    accumulation both work per micro-batch, so a run's z0 values depend on the micro-batch size; KTO's
+    mismatched pairs span the global micro-batch (all processes), so they do not depend on the number
+    of processes.
     """
 
     def __init__(self, model, args: transformers.TrainingArguments, train_lists, *, objective: str = "dpo",
@@ -242,6 +218,7 @@ class PreferenceTrainer(transformers.Trainer):
              **{key: getattr(args, key, None) for key in _FINGERPRINT_ARGUMENTS}}, train_lists, model)
         super().__init__(model=model, args=args, train_dataset=dataset, data_collator=collator,
                          processing_class=processing_class, callbacks=callbacks)
+        _check_requested_backend(self)
         if not args.disable_tqdm:
             self.remove_callback(transformers.trainer_callback.ProgressCallback)
             self.add_callback(RichProgressCallback)
@@ -286,11 +263,8 @@ class PreferenceTrainer(transformers.Trainer):
         batch = PackedBatch(**inputs)
         num_tokens = batch.num_tokens
 
-        inner = self.accelerator.unwrap_model(model)
-        if inner is model:
-            policy_logps = sequence_logps(_engine_model(model), batch)
-        else:
-            policy_logps = _forward_through_wrapper(model, inner, lambda: sequence_logps(_engine_model(inner), batch))
+        # the engine runs inside the wrapper's forward (DDP, FSDP2, DeepSpeed: rankalign.engine.call_as_forward)
+        policy_logps = sequence_logps(model, batch)
 
         if ref_logps is None and self.ref_model is not None:
             with torch.no_grad():
@@ -302,7 +276,7 @@ class PreferenceTrainer(transformers.Trainer):
         if self.estimate_z0:
             if kl_inputs is None:
                 raise ValueError("KTO's z0 estimate needs the collator's mismatched pairs (kl_batch)")
-            step_params["z0"] = self._kto_kl_estimate(model, PackedBatch(**kl_inputs))
+            step_params["z0"] = self._kto_kl_estimate(model, self._global_mismatched_pairs(batch, kl_inputs))
         if self.bco_running is not None:
             if model.training:
                 self._update_bco_running_mean(policy_logps.detach(), ref_logps, batch)
@@ -334,6 +308,31 @@ class PreferenceTrainer(transformers.Trainer):
             values = self.accelerator.reduce(values, reduction="sum")
         return values
 
+    def _global_mismatched_pairs(self, batch, kl_inputs):
+        """KTO's mismatched pairs of this process's lists, built over the *global* micro-batch.
+
+        One process: the collator's pairs (prompt i with the response of (i + 1) mod B). Several: every
+        process's lists are gathered in rank order -- the order of the one-process batch of the same global
+        size, since process r gets the r-th per-device batch of each step -- and this process keeps the
+        pairs of its own prompts, so the estimate equals one process's. TRL's ``KTOTrainer`` pairs inside
+        each process's batch instead; we do not keep that, because then z0, and the loss, change with the
+        number of processes.
+        """
+        from accelerate.utils import gather_object
+
+        from rankalign.engine import PackedBatch
+
+        if self.accelerator.num_processes == 1:
+            return PackedBatch(**kl_inputs)
+        if batch.source is None:
+            raise ValueError("KTO's mismatched pairs over several processes need the batch's source lists")
+        gathered = gather_object([list(batch.source)])
+        start = sum(len(lists) for lists in gathered[:self.accelerator.process_index])
+        pairs = mismatched_pairs([item for lists in gathered for item in lists])[start:start + len(batch.source)]
+        fields = self.data_collator._pack(pairs)
+        return PackedBatch(**{name: value.to(self.args.device) if torch.is_tensor(value) else value
+                              for name, value in fields.items()})
+
     @torch.no_grad()
     def _kto_kl_estimate(self, model, kl_batch) -> torch.Tensor:
         """KTO's KL estimate (Ethayarajh et al. 2024) on the batch's mismatched pairs, over all processes.
@@ -348,7 +347,7 @@ class PreferenceTrainer(transformers.Trainer):
         from rankalign.engine import peft_reference_logps, sequence_logps
 
         inner = self.accelerator.unwrap_model(model)
-        policy = sequence_logps(_engine_model(inner), kl_batch)[:, 0].double()
+        policy = sequence_logps(model, kl_batch)[:, 0].double()
         if self.objective.reference_free:
             reference = torch.zeros_like(policy)
         elif self._kl_reference is not None:
@@ -523,12 +522,18 @@ def compute_reference(model, lists, *, ref_model=None, cache_dir=None, batch_siz
     The reference is ``ref_model`` when given; else, for a PEFT model, the base model with the adapter
     disabled; else a frozen copy of the policy as it is now (before training), which is DPO's
     π_ref = π_SFT when the policy starts from the SFT model.
+
+    Under several processes (``accelerate launch``) the pass is split: each process scores a share of the
+    batches, the shares are gathered so every process holds all lists' log-probs, and the first process
+    writes the cache, which a resumed run loads on every process without scoring again. The numbers, and
+    the cache, are those of one process.
     """
     from rankalign.engine import adapter_disabled, compute_reference_logps
 
     def run(reference, settings):
         return compute_reference_logps(reference, lists, batch_size=batch_size, cache_dir=cache_dir,
-                                       settings=settings, progress=progress, layout=layout)
+                                       settings=settings, progress=progress, layout=layout,
+                                       split_across_processes=True)
 
     if ref_model is not None:
         return run(ref_model, {"layout": layout, "reference": "ref_model"})
@@ -584,8 +589,40 @@ def make_training_arguments(config, *, world_size: int = 1) -> transformers.Trai
         bf16=bf16,
         disable_tqdm=not config.progress,
         dataloader_num_workers=0,
-        use_cpu=not torch.cuda.is_available(),
+        # DeepSpeed through accelerate needs use_cpu=False; without a GPU it runs on its CPU accelerator (gloo)
+        use_cpu=not torch.cuda.is_available() and not _launched_with("DEEPSPEED"),
     )
+
+
+def _launched_with(backend: str) -> bool:
+    """Whether ``accelerate launch`` was given a config for ``backend`` ("FSDP" or "DEEPSPEED")."""
+    return os.environ.get(f"ACCELERATE_USE_{backend}", "false").lower() == "true"
+
+
+def _check_requested_backend(trainer) -> None:
+    """Say once, before training, when accelerate runs another backend than its config asked for.
+
+    accelerate (1.15) turns an FSDP config into FSDP only on accelerators (GPUs): on a machine without
+    one the processes run as DDP over gloo, each holding the whole model. The losses are the same; the
+    memory is not.
+    """
+    import warnings
+
+    from rankalign.errors import RankalignWarning
+
+    if not trainer.accelerator.is_main_process:
+        return
+    if trainer.accelerator.num_processes > 1:
+        from rankalign.engine.logps import _announce
+
+        _announce(f"processes: {trainer.accelerator.num_processes}, backend: "
+                  f"{trainer.accelerator.distributed_type.value}")
+    for backend, enabled in (("FSDP", trainer.is_fsdp_enabled), ("DEEPSPEED", trainer.is_deepspeed_enabled)):
+        if _launched_with(backend) and not enabled:
+            warnings.warn(f"the accelerate config asks for {backend} but accelerate runs "
+                          f"{trainer.accelerator.distributed_type.value} here (FSDP needs a GPU in accelerate); "
+                          "every process holds the whole model, the per-step losses are unchanged",
+                          RankalignWarning, stacklevel=3)
 
 
 def maybe_apply_peft(model, config):
@@ -601,7 +638,7 @@ def maybe_apply_peft(model, config):
 
 def train_preference(model, tokenizer, records_or_lists, config, *, ref_model=None,
                      resume_from_checkpoint: str | bool | None = None, callbacks=None,
-                     tokenized=None) -> TrainResult:
+                     tokenized=None, final_dir: str | os.PathLike | None = None) -> TrainResult:
     """Train ``model`` on preference data with the objective and settings of ``config``; one call.
 
     Parameters
@@ -622,6 +659,10 @@ def train_preference(model, tokenizer, records_or_lists, config, *, ref_model=No
     tokenized : (lists, truncation report), optional
         ``records_or_lists`` already tokenized (by :func:`~rankalign.train.data.tokenize_training_data`
         with this config), so that a caller that reported the truncation first does not tokenize twice.
+    final_dir : path, optional
+        Save the trained weights there (safetensors). Under FSDP or DeepSpeed the full weights are
+        gathered from every process (``Trainer.save_model``, which every process calls); otherwise the
+        first process saves ``model.save_pretrained``.
 
     Returns
     -------
@@ -644,6 +685,12 @@ def train_preference(model, tokenizer, records_or_lists, config, *, ref_model=No
         resume_from_checkpoint = select_checkpoint(config.output_dir, trainer.fingerprint)
     output = trainer.train(resume_from_checkpoint=resume_from_checkpoint or None)
     wall = time.perf_counter() - started
+    if final_dir is not None:
+        with writing(final_dir):  # a full disk names the folder instead of "basic_ios::clear"
+            if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+                trainer.save_model(str(final_dir))  # a collective: the shards are gathered
+            elif trainer.accelerator.is_main_process:
+                trainer.accelerator.unwrap_model(trainer.model).save_pretrained(final_dir)
     history = [dict(row) for row in trainer.state.log_history]
     tokens = torch.tensor(trainer._tokens_total, dtype=torch.float64, device=trainer.args.device)
     if trainer.accelerator.num_processes > 1:
