@@ -79,9 +79,8 @@ def main() -> None:
     for parameter in backbone.parameters():  # frozen: both heads share one encoder
         parameter.requires_grad_(False)
     ensemble = RewardModel(backbone, ensemble_size=5, seed=0)
-    # as tests/test_reward_ensemble_judges.py: the frozen encoder's dropout stays on while the heads train
     train_reward_model(ensemble, tokenizer, train[:args.train], epochs=3, lr=3e-3, batch_size=32, seed=0,
-                       max_length=128, objective_params={"center_rewards_coefficient": 0.01}, disable_dropout=False)
+                       max_length=128, objective_params={"center_rewards_coefficient": 0.01})
     general = RewardModel(backbone, preference_dim=4, seed=1)
     train_reward_model(general, tokenizer, train[:args.train], objective="general_preference", epochs=3, lr=3e-3,
                        batch_size=32, seed=0, max_length=128)

@@ -151,10 +151,8 @@ def test_ensemble_spread_rises_out_of_distribution():
     model = RewardModel(AutoModel.from_pretrained(path), ensemble_size=5, seed=0)
     for parameter in model.backbone.parameters():
         parameter.requires_grad_(False)
-    # the frozen encoder's dropout stays on while the heads train: noisy features as augmentation, as when
-    # this test was written (training disables dropout by default since)
     train_reward_model(model, tokenizer, train[:300], epochs=3, lr=3e-3, batch_size=32, seed=0, max_length=128,
-                       objective_params={"center_rewards_coefficient": 0.01}, disable_dropout=False)
+                       objective_params={"center_rewards_coefficient": 0.01})
     in_dist = ensemble_scores(model, tokenizer, held_out[:60], max_length=128)
     rng = np.random.default_rng(0)
     alphabet = list("abcdefghijklmnopqrstuvwxyz0123456789{}[]();=<>")
