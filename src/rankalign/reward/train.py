@@ -106,6 +106,13 @@ def _batch_loss(model, tokenizer, chunk, objective, params, layout, max_length,
     return total / len(columns)
 
 
+def _disable_dropout(model: torch.nn.Module) -> None:
+    """Dropout probability 0 in every ``nn.Dropout`` of ``model`` (attention layers read their ``p`` too)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
 def _list_length(item) -> int:
     """Tokens (causal lists: prompt + responses) or characters (encoder lists: prompt + longest response)."""
     if hasattr(item, "response_ids"):
@@ -172,7 +179,7 @@ def train_reward_model(model: RewardModel, tokenizer, records: Iterable, *, obje
                        eval_records: Iterable | None = None, progress: bool = False,
                        bootstrap: bool = True, lr_scheduler: str = "constant", warmup_ratio: float = 0.0,
                        resume_state: Mapping | None = None, on_step=None,
-                       group_by_length: bool = False) -> list[dict]:
+                       group_by_length: bool = False, disable_dropout: bool = True) -> list[dict]:
     """Fit ``model`` on ranked lists with a registered reward objective (AdamW, shuffled mini-batches).
 
     Parameters
@@ -217,6 +224,11 @@ def train_reward_model(model: RewardModel, tokenizer, records: Iterable, *, obje
     group_by_length : bool
         Batch lists of similar length together (within shuffled windows of 50 batches, batches then
         shuffled; as ``group_by_length`` of transformers' Trainer): less padding, the same data per epoch.
+    disable_dropout : bool
+        Set every dropout probability of the model to 0 before training (default, as TRL's RewardTrainer
+        does): the chosen and rejected responses of a pair would otherwise be scored under different dropout
+        masks, which adds noise to the very reward difference the loss is about; it also lets PyTorch's
+        fused attention run without materialising the attention matrix (less memory, faster on CPU).
     bootstrap : bool
         Ensembles (``model.ensemble_size > 1``): weight each head's loss on each list by a Poisson(1) draw
         (:func:`bootstrap_head_weights`), so the heads differ by data as well as by initialisation.
@@ -246,6 +258,8 @@ def train_reward_model(model: RewardModel, tokenizer, records: Iterable, *, obje
         raise ValueError("eval_records needs a scalar reward model (pairwise accuracy of rewards)")
     if not lists:
         raise ValueError("no ranked list to train on")
+    if disable_dropout:
+        _disable_dropout(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     head_weights = (bootstrap_head_weights(len(lists), model.ensemble_size, seed)
                     if model.ensemble_size > 1 and bootstrap else None)

@@ -20,7 +20,8 @@ Backbones (``backbone``):
 The data are split into train and held-out parts *by prompt* (``eval_fraction``; a prompt's pairs all land
 on one side) or read from ``eval_data``; the held-out accuracy with its confidence interval is written to
 ``output_dir/eval.json`` (``rankalign reward train`` evaluates with
-:func:`rankalign.eval.reward.evaluate_reward_model`).
+:func:`rankalign.eval.reward.evaluate_reward_model`); the split itself is written to
+``output_dir/split/train.jsonl`` and ``output_dir/split/heldout.jsonl``.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ class RewardTrainConfig:
     Optimisation
         ``objective`` (a reward objective of :mod:`rankalign.losses`, or ``general_preference``),
         ``loss_params``, ``epochs``, ``batch_size`` (lists per step), ``group_by_length`` (batches of
-        similar lengths, less padding), ``lr``, ``lr_scheduler``
+        similar lengths, less padding), ``disable_dropout`` (default true, as TRL: no dropout noise in
+        the reward differences), ``lr``, ``lr_scheduler``
         (``constant``/``linear``), ``warmup_ratio``, ``weight_decay``, ``max_grad_norm``, ``seed``;
         ``layout``/``max_tokens_per_row``: causal backbones' packing (prompt once per list).
     Output
@@ -101,6 +103,7 @@ class RewardTrainConfig:
     epochs: int = 1
     batch_size: int = 8
     group_by_length: bool = True
+    disable_dropout: bool = True
     lr: float = 1e-4
     lr_scheduler: str = "constant"
     warmup_ratio: float = 0.0
@@ -394,6 +397,12 @@ def run_reward_config(config: RewardTrainConfig, *, resume: bool | None = None, 
     else:
         train_records, held_out = records, []
     output_dir = Path(config.output_dir)
+    if held_out and not config.eval_data:
+        from rankalign.data import write
+
+        # the split itself, so `reward eval` (or any other tool) can score exactly the held-out prompts
+        write(train_records, output_dir / "split" / "train.jsonl")
+        write(held_out, output_dir / "split" / "heldout.jsonl")
     resume = config.resume if resume is None else resume
     fingerprint = run_fingerprint(config_to_dict(config), train_records, model_spec=config.backbone)
     if resume:
@@ -418,7 +427,7 @@ def run_reward_config(config: RewardTrainConfig, *, resume: bool | None = None, 
         max_length=config.max_length, layout=config.layout, objective_params=config.loss_params,
         max_grad_norm=config.max_grad_norm, progress=config.progress, bootstrap=config.bootstrap,
         lr_scheduler=config.lr_scheduler, warmup_ratio=config.warmup_ratio, resume_state=resume_state,
-        on_step=on_step, group_by_length=config.group_by_length, eval_records=held_out if config.eval_each_epoch and held_out and model.preference_dim is None
+        on_step=on_step, group_by_length=config.group_by_length, disable_dropout=config.disable_dropout, eval_records=held_out if config.eval_each_epoch and held_out and model.preference_dim is None
         else None)
     wall = time.perf_counter() - started
     steps_run = len(history) - (len(resume_state["history"]) if resume_state else 0)
