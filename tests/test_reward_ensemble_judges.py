@@ -132,6 +132,8 @@ def test_simulated_annotators_are_judges():
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason="issue 12, not met yet: measured 2026-11-30, the mean spread on random "
+                   "character strings (0.104) stays below the in-distribution spread (0.127); code snippets: 0.176")
 def test_ensemble_spread_rises_out_of_distribution():
     """Heads of a MiniLM ensemble (frozen encoder, bootstrap-trained heads) disagree more on text unlike the
     training dialogues than on held-out dialogues of the same kind."""
