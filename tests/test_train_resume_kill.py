@@ -20,16 +20,21 @@ from rankalign.data.records import RankedList
 WORDS = "red green blue small large quick slow bright dark warm cold soft round flat".split()
 
 
+def write_word_lists(path, count: int) -> None:
+    """``count`` deterministic ranked lists of 3 word responses (also used by test_train_scaleout.py)."""
+    with open(path, "w") as stream:
+        for i in range(count):
+            prompt = f"item {i} " + " ".join(WORDS[(i * 5 + j) % len(WORDS)] for j in range(6))
+            candidates = [" ".join(WORDS[(i * 7 + j * 3 + c) % len(WORDS)] for j in range(4)) + f" {c}"
+                          for c in range(3)]
+            stream.write(json.dumps(RankedList(prompt=prompt, candidates=candidates, ranks=[0, 1, 2]).to_dict())
+                         + "\n")
+
+
 def write_config(tmp_path, name):
     data = tmp_path / "lists.jsonl"
     if not data.exists():
-        with open(data, "w") as stream:
-            for i in range(40):
-                prompt = f"item {i} " + " ".join(WORDS[(i * 5 + j) % len(WORDS)] for j in range(6))
-                candidates = [" ".join(WORDS[(i * 7 + j * 3 + c) % len(WORDS)] for j in range(4)) + f" {c}"
-                              for c in range(3)]
-                stream.write(json.dumps(RankedList(prompt=prompt, candidates=candidates, ranks=[0, 1, 2]).to_dict())
-                             + "\n")
+        write_word_lists(data, 40)
     config = tmp_path / f"{name}.yaml"
     config.write_text(yaml.safe_dump({
         "model": "tiny:llama", "tiny_model": {"hidden_size": 32, "layers": 1, "heads": 2},

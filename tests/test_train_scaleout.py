@@ -125,16 +125,9 @@ def test_reference_pass_split_over_two_processes_writes_the_cache_of_one(tmp_pat
 def _resume_config(tmp_path, name):
     data = tmp_path / "lists.jsonl"
     if not data.exists():
-        from rankalign.data.records import RankedList
+        from test_train_resume_kill import write_word_lists
 
-        words = "red green blue small large quick slow bright dark warm cold soft round flat".split()
-        with open(data, "w") as stream:
-            for i in range(24):
-                prompt = f"item {i} " + " ".join(words[(i * 5 + j) % len(words)] for j in range(6))
-                candidates = [" ".join(words[(i * 7 + j * 3 + c) % len(words)] for j in range(4)) + f" {c}"
-                              for c in range(3)]
-                stream.write(json.dumps(RankedList(prompt=prompt, candidates=candidates, ranks=[0, 1, 2]).to_dict())
-                             + "\n")
+        write_word_lists(data, 24)
     config = tmp_path / f"{name}.yaml"
     config.write_text(yaml.safe_dump({
         "model": "tiny:llama", "tiny_model": {"hidden_size": 32, "layers": 2, "heads": 2},
