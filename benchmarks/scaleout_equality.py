@@ -1,4 +1,4 @@
-"""Scale-out equality: the same training run in 1 process and in 2 processes under DDP, FSDP2 and ZeRO-3.
+"""Scale-out equality: the same training run in 1 process and in 2 processes under DDP, FSDP2 and ZeRO-2/3.
 
 Each case trains the same model (the tiny config, or SmolLM2-135M's architecture with random weights and
 fewer layers) on the same 16 ranked lists for a few steps with the same global batch (1 x 4 lists, or
@@ -31,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "examples" / "accelerate"
-BACKENDS = {"ddp": "ddp.yaml", "fsdp2": "fsdp2.yaml", "zero3": "zero3.yaml"}
+BACKENDS = {"ddp": "ddp.yaml", "fsdp2": "fsdp2.yaml", "zero2": "zero2.yaml", "zero3": "zero3.yaml"}
 # SmolLM2-135M-Instruct's architecture (its GGUF's config), as overrides of rankalign's tiny Llama
 SMOLLM2_ARCHITECTURE = dict(hidden_size=576, heads=9, num_key_value_heads=3, head_dim=64, intermediate_size=1536,
                             tie_word_embeddings=True, rope_theta=100000.0, rms_norm_eps=1e-5,
@@ -141,12 +141,22 @@ def worker(argv) -> None:
     metrics = {name: [row.get(name) for row in steps] for name in ("kl", "z0", "bco_delta")}
     Path(args.out, f"metrics-rank{rank}.json").write_text(json.dumps(metrics))
     model = result.model
+    # the share of the parameters' elements this process owns: its FSDP2 shards (DTensor's local part) or
+    # its ZeRO-3 partition (``ds_tensor``; DeepSpeed may keep a small model's gathered copies alive between
+    # steps, up to stage3_max_live_parameters); 1.0 under DDP and ZeRO-2, which replicate the parameters
+    parameters = list(model.parameters())
+
+    def owned(p):
+        return p.ds_tensor.numel() if hasattr(p, "ds_tensor") else (p.to_local() if hasattr(p, "to_local") else p).numel()
+
+    resident = sum(owned(p) for p in parameters) / sum(getattr(p, "ds_numel", p.numel()) for p in parameters)
     weights = full_weights(model)
     if rank == 0:
         backend = AcceleratorState().distributed_type.value if AcceleratorState._shared_state else "NO"
         Path(args.out, "result.json").write_text(json.dumps({
             "losses": [row["loss"] for row in steps], "weights": weights, **metrics, "backend": backend,
-            "model_class": type(model).__name__, "world": int(os.environ.get("WORLD_SIZE", "1"))}))
+            "model_class": type(model).__name__, "owned_fraction": resident,
+            "world": int(os.environ.get("WORLD_SIZE", "1"))}))
     torch.distributed.barrier() if torch.distributed.is_initialized() else None
 
 
@@ -237,7 +247,7 @@ def max_difference(a, b) -> float:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backends", default="ddp,fsdp2,zero3")
+    parser.add_argument("--backends", default="ddp,fsdp2,zero2,zero3")
     parser.add_argument("--models", default="tiny,smollm2")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--reference-lists", type=int, default=64)
@@ -249,20 +259,21 @@ def main(argv=None) -> None:
         layers = 2
         single = run_training(work / f"{model}-single", None, 1, model=model, steps=args.steps, layers=layers)
         for backend in args.backends.split(","):
-            if backend == "zero3" and deepspeed_status() is not None:
-                print(f"| {model} | zero3 | not run: deepspeed does not import ({deepspeed_status()}) |")
+            if backend.startswith("zero") and deepspeed_status() is not None:
+                print(f"| {model} | {backend} | not run: deepspeed does not import ({deepspeed_status()}) |")
                 continue
             double = run_training(work / f"{model}-{backend}", backend, 2, model=model, steps=args.steps,
                                   layers=layers)
             gap = max_difference(single["losses"], double["losses"])
             weight_gap = max(max_difference(single["weights"][n], double["weights"][n]) for n in single["weights"])
-            results.append((model, backend, double["backend"], single["losses"], double["losses"], gap, weight_gap))
+            results.append((model, backend, double["backend"], single["losses"], double["losses"], gap, weight_gap,
+                            double["owned_fraction"]))
     print("\n| model | backend (accelerate) | step losses, 1 process | step losses, 2 processes | max |diff| "
-          "| max |weight diff| |")
-    print("|---|---|---|---|---|---|")
-    for model, backend, state, one, two, gap, weight_gap in results:
+          "| max |weight diff| | parameters owned per process |")
+    print("|---|---|---|---|---|---|---|")
+    for model, backend, state, one, two, gap, weight_gap, owned in results:
         print(f"| {model} | {backend} ({state}) | {', '.join(f'{v:.7f}' for v in one)} | "
-              f"{', '.join(f'{v:.7f}' for v in two)} | {gap:.2e} | {weight_gap:.2e} |")
+              f"{', '.join(f'{v:.7f}' for v in two)} | {gap:.2e} | {weight_gap:.2e} | {owned:.3f} |")
     walls = {}
     for processes in (1, 2):
         out = work / f"reference-{processes}"
@@ -283,7 +294,7 @@ def main(argv=None) -> None:
     print(f"\nreference pass, SmolLM2 architecture (2 layers, random weights), {args.reference_lists} lists of 3, "
           f"1 thread per process: 1 process {walls[1]:.2f} s, 2 processes {walls[2]:.2f} s "
           f"({walls[1] / walls[2]:.2f}x); caches: max |difference| {same}")
-    for model, backend, _state, one_losses, two_losses, gap, _weight_gap in results:
+    for model, backend, _state, one_losses, two_losses, gap, _weight_gap, _owned in results:
         print("RESULT " + json.dumps({"case": f"{model} {backend} 2 processes vs 1", "peer": one_losses,
                                       "ours": two_losses, "unit": "loss per step", "max_abs_diff": gap}))
     print("RESULT " + json.dumps({"case": "reference pass 2 processes vs 1", "peer": walls[1], "ours": walls[2],

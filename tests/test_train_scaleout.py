@@ -58,13 +58,18 @@ def single_runs(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["tiny", "smollm2"])
-@pytest.mark.parametrize("backend", ["ddp", "fsdp2", pytest.param("zero3", marks=needs_deepspeed)])
+@pytest.mark.parametrize("backend", ["ddp", "fsdp2", pytest.param("zero2", marks=needs_deepspeed),
+                                     pytest.param("zero3", marks=needs_deepspeed)])
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, single_runs, backend, model):
     double = scaleout.run_training(tmp_path / backend, backend, 2, model=model)
-    expected_state = {"ddp": "MULTI_CPU", "fsdp2": "FSDP", "zero3": "DEEPSPEED"}[backend]
+    expected_state = {"ddp": "MULTI_CPU", "fsdp2": "FSDP", "zero2": "DEEPSPEED", "zero3": "DEEPSPEED"}[backend]
     assert double["backend"] == expected_state, double["backend"]
     if backend == "fsdp2":
         assert double["model_class"].startswith("FSDP"), double["model_class"]  # fully_shard ran on the root
+    if backend in ("fsdp2", "zero3"):  # sharded: each process owns about half of every parameter
+        assert 0.45 < double["owned_fraction"] < 0.6, double["owned_fraction"]
+    else:  # DDP and ZeRO-2 replicate the parameters
+        assert double["owned_fraction"] == 1.0, double["owned_fraction"]
     assert "layout: shared" in double["log"]
     assert "not one the split forward supports" not in double["log"]  # no fallback to the plain forward
     assert_same_run(single_runs(model), double)
@@ -148,15 +153,16 @@ def _final_state(output_dir):
 
 
 @pytest.mark.slow
-def test_fsdp2_resume_after_sigkill_ends_where_an_uninterrupted_run_ends(tmp_path):
+@pytest.mark.parametrize("backend", ["fsdp2", pytest.param("zero3", marks=needs_deepspeed)])
+def test_resume_after_sigkill_ends_where_an_uninterrupted_run_ends(tmp_path, backend):
     def command(config):
-        return scaleout.launch_command("fsdp2", 2, "cli", "train", str(config))
+        return scaleout.launch_command(backend, 2, "cli", "train", str(config))
 
     env = scaleout.environment()
     uninterrupted = _resume_config(tmp_path, "uninterrupted")
     completed = subprocess.run(command(uninterrupted), env=env, capture_output=True, text=True, timeout=900)
     assert completed.returncode == 0, completed.stderr[-6000:]
-    assert "processes: 2, backend: FSDP" in completed.stderr
+    assert f"processes: 2, backend: {'FSDP' if backend == 'fsdp2' else 'DEEPSPEED'}" in completed.stderr
     assert (tmp_path / "uninterrupted" / "checkpoint-4" / "model.safetensors").exists()  # full state dict
 
     config = _resume_config(tmp_path, "killed")
@@ -183,6 +189,25 @@ def test_fsdp2_resume_after_sigkill_ends_where_an_uninterrupted_run_ends(tmp_pat
     assert sorted(weights) == sorted(expected_weights)
     for name, tensor in expected_weights.items():
         assert (weights[name] - tensor).abs().max().item() <= 1e-4, name
+
+
+def test_a_build_lock_left_by_a_killed_process_is_an_error_not_a_silent_wait(tmp_path, monkeypatch):
+    # torch's JIT builder waits forever on <TORCH_EXTENSIONS_DIR>/<name>/lock; DeepSpeed on CPU builds its
+    # shm op there at every start, so a lock a killed build left would hang every later run without a word
+    from rankalign.errors import RankalignError
+    from rankalign.train.trainer import check_extension_lock
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    check_extension_lock("deepspeed_shm_comm")  # no folder, no lock
+    lock = tmp_path / "deepspeed_shm_comm" / "lock"
+    lock.parent.mkdir(exist_ok=True)
+    lock.touch()
+    check_extension_lock("deepspeed_shm_comm")  # a build in progress (a fresh lock) is waited for
+    an_hour_ago = time.time() - 3600
+    os.utime(lock, (an_hour_ago, an_hour_ago))
+    with pytest.raises(RankalignError, match="60 min") as raised:
+        check_extension_lock("deepspeed_shm_comm")
+    assert str(lock) in str(raised.value) and str(lock) in raised.value.hint
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -563,6 +563,9 @@ class TrainResult:
 def make_training_arguments(config, *, world_size: int = 1) -> transformers.TrainingArguments:
     """``TrainingArguments`` for a :class:`~rankalign.train.config.TrainConfig`."""
     bf16 = bf16_available() if config.bf16 == "auto" else bool(config.bf16)
+    cpu_deepspeed = _launched_with("DEEPSPEED") and not torch.cuda.is_available()
+    if cpu_deepspeed:
+        check_extension_lock("deepspeed_shm_comm")
     tensorboard_dir = str(Path(config.output_dir) / "tensorboard")
     if "tensorboard" in config.report_to:
         os.environ["TENSORBOARD_LOGGING_DIR"] = tensorboard_dir
@@ -589,9 +592,45 @@ def make_training_arguments(config, *, world_size: int = 1) -> transformers.Trai
         bf16=bf16,
         disable_tqdm=not config.progress,
         dataloader_num_workers=0,
-        # DeepSpeed through accelerate needs use_cpu=False; without a GPU it runs on its CPU accelerator (gloo)
-        use_cpu=not torch.cuda.is_available() and not _launched_with("DEEPSPEED"),
+        # DeepSpeed through accelerate needs use_cpu=False; without a GPU it runs on its CPU accelerator over
+        # gloo, which must then be named: accelerate finds no backend for a non-CPU state on a machine without
+        # an accelerator and would count each process as a world of one (DeepSpeed's batch check then fails)
+        use_cpu=not cpu_deepspeed and not torch.cuda.is_available(),
+        ddp_backend="gloo" if cpu_deepspeed else None,
+        dataloader_pin_memory=torch.cuda.is_available(),
     )
+
+
+STALE_LOCK_SECONDS = 600  # building DeepSpeed's CPU communication op takes about a minute on 2 cores
+
+
+def check_extension_lock(name: str, *, stale_after: float = STALE_LOCK_SECONDS) -> None:
+    """Raise instead of waiting forever on a build lock that a killed process left behind.
+
+    DeepSpeed on its CPU accelerator compiles a C++ op (``deepspeed_shm_comm``) with torch's JIT builder the
+    first time it starts. The builder holds ``<torch_extensions>/<name>/lock`` while it compiles; a process
+    killed meanwhile leaves the file, and every later start waits on it without a message or an end. A lock
+    older than ``stale_after`` seconds is such a leftover (the builder takes the lock even when the op was
+    built before, so it blocks a start either way).
+    """
+    from torch.utils import cpp_extension
+
+    from rankalign.errors import RankalignError
+
+    try:
+        folder = Path(cpp_extension._get_build_directory(name, False))
+    except Exception:  # a private torch helper; without it there is nothing to check
+        return
+    lock = folder / "lock"
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return
+    if age > stale_after:
+        raise RankalignError(
+            f"{lock} has been there for {age / 60:.0f} min: a build of DeepSpeed's {name} op was killed and "
+            "left its lock, and DeepSpeed would wait on it forever",
+            hint=f"delete {lock} (no other process is building it) and start again")
 
 
 def _launched_with(backend: str) -> bool:
