@@ -59,19 +59,25 @@ def _ranks(chunk, max_k: int) -> Tensor:
     return ranks
 
 
-def _weighted_mean(per_list: Tensor, weights: Tensor) -> Tensor:
-    return (per_list * weights).sum() / weights.sum().clamp_min(torch.finfo(per_list.dtype).tiny)
+def _weighted_mean(per_list: Tensor, weights: Tensor, total: Tensor | None = None) -> Tensor:
+    """``sum w l / sum w``; with ``total`` (the whole batch's ``sum w``) a micro-batch's share of that mean."""
+    total = weights.sum() if total is None else total
+    return (per_list * weights).sum() / total.to(per_list).clamp_min(torch.finfo(per_list.dtype).tiny)
 
 
 def _batch_loss(model, tokenizer, chunk, objective, params, layout, max_length,
-                head_weights: Tensor | None = None) -> Tensor:
+                head_weights: Tensor | None = None, totals: Tensor | None = None) -> Tensor:
+    """The weighted-mean loss of the lists in ``chunk``; ``totals`` (one weight sum per head or attribute
+    column, or one for a single reward) are the whole batch's when ``chunk`` is one of its micro-batches, so
+    that the micro-batches' losses add up to the batch's."""
     rewards, attributes, eigenvalues = reward_scores(model, tokenizer, chunk, layout=layout, max_length=max_length,
                                                      return_eigenvalues=True)
     max_k = attributes.shape[1]
     ranks = _ranks(chunk, max_k).to(attributes.device)
     weights = torch.tensor([item.weight for item in chunk], dtype=attributes.dtype, device=attributes.device)
     if objective == GENERAL_PREFERENCE:
-        return _weighted_mean(general_preference_loss(attributes, ranks=ranks, eigenvalues=eigenvalues), weights)
+        return _weighted_mean(general_preference_loss(attributes, ranks=ranks, eigenvalues=eigenvalues), weights,
+                              None if totals is None else totals[0])
     columns = None  # (scores [B, K], ranks, grades) per head or attribute, averaged
     if objective.name in _GRADE_OBJECTIVES and model.num_attributes > 1 and model.ensemble_size == 1:
         # one target per attribute (HelpSteer-style ratings): the objective runs on each attribute column
@@ -97,12 +103,14 @@ def _batch_loss(model, tokenizer, chunk, objective, params, layout, max_length,
             # every head fits the data on its own (bootstrap-weighted), not their mean
             columns = [(attributes[..., e], ranks, grades) for e in range(model.ensemble_size)]
         else:
-            return _weighted_mean(objective(rewards, ranks=ranks, grades=grades, **params), weights)
+            return _weighted_mean(objective(rewards, ranks=ranks, grades=grades, **params), weights,
+                                  None if totals is None else totals[0])
     total = 0.0
     for c, (scores, column_ranks, column_grades) in enumerate(columns):
         per_list = objective(scores, ranks=column_ranks, grades=column_grades, **params)
         column_weights = weights if head_weights is None else weights * head_weights[:, c].to(weights)
-        total = total + _weighted_mean(per_list, column_weights)
+        column_total = None if totals is None else totals[c if head_weights is not None else 0]
+        total = total + _weighted_mean(per_list, column_weights, column_total)
     return total / len(columns)
 
 
@@ -128,6 +136,51 @@ def _length_grouped_batches(order: list[int], lists, batch_size: int, generator)
         batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
     shuffled = torch.randperm(len(batches), generator=generator).tolist()
     return [batches[i] for i in shuffled]
+
+
+def _row_shapes(model: RewardModel, tokenizer, lists, layout: str, max_length: int | None) -> list[tuple[int, int]]:
+    """(rows, tokens per row) of each list as the forward pass lays it out: an encoder's k (prompt, response)
+    pairs, a causal list packed into one row (shared layout) or k prompt + response rows (duplicated)."""
+    if model.kind == "encoder":
+        limit = max_length or getattr(model.backbone.config, "max_position_embeddings", None) or 10 ** 9
+        prompts = [item.prompt for item in lists for _ in item.responses]
+        responses = [r for item in lists for r in item.responses]
+        if all(p is None for p in prompts):
+            lengths = [len(ids) for ids in tokenizer(responses)["input_ids"]]
+        else:
+            lengths = [len(ids) for ids in tokenizer([p or "" for p in prompts], responses)["input_ids"]]
+        shapes, start = [], 0
+        for item in lists:
+            shapes.append((item.k, min(limit, max(lengths[start:start + item.k], default=1))))
+            start += item.k
+        return shapes
+    if layout == "shared":
+        return [(1, len(item.prompt_ids) + sum(len(r) for r in item.response_ids)) for item in lists]
+    return [(item.k, len(item.prompt_ids) + max((len(r) for r in item.response_ids), default=0)) for item in lists]
+
+
+def _weight_totals(chunk, head_weights: Tensor | None) -> Tensor:
+    """A batch's weight sums, one per ensemble head (list weight x bootstrap count) or one in all."""
+    weights = torch.tensor([item.weight for item in chunk], dtype=torch.float64)
+    if head_weights is None:
+        return weights.sum().reshape(1)
+    return (weights[:, None] * head_weights.to(weights)).sum(0)
+
+
+def _micro_batches(batch_order: list[int], shapes: list[tuple[int, int]], budget: int | None) -> list[list[int]]:
+    """Split a batch, in order, into runs whose padded size (rows x longest row) stays within ``budget``
+    tokens (a list larger than the budget is a micro-batch of its own)."""
+    if budget is None:
+        return [batch_order]
+    out, current, rows, longest = [], [], 0, 0
+    for i in batch_order:
+        k, length = shapes[i]
+        if current and (rows + k) * max(longest, length) > budget:
+            out.append(current)
+            current, rows, longest = [], 0, 0
+        current.append(i)
+        rows, longest = rows + k, max(longest, length)
+    return out + [current] if current else out
 
 
 def bootstrap_head_weights(n_lists: int, heads: int, seed: int) -> Tensor:
@@ -179,7 +232,8 @@ def train_reward_model(model: RewardModel, tokenizer, records: Iterable, *, obje
                        eval_records: Iterable | None = None, progress: bool = False,
                        bootstrap: bool = True, lr_scheduler: str = "constant", warmup_ratio: float = 0.0,
                        resume_state: Mapping | None = None, on_step=None,
-                       group_by_length: bool = False, disable_dropout: bool = True) -> list[dict]:
+                       group_by_length: bool = False, disable_dropout: bool = True,
+                       micro_batch_tokens: int | None = 4096) -> list[dict]:
     """Fit ``model`` on ranked lists with a registered reward objective (AdamW, shuffled mini-batches).
 
     Parameters
@@ -229,6 +283,12 @@ def train_reward_model(model: RewardModel, tokenizer, records: Iterable, *, obje
         does): the chosen and rejected responses of a pair would otherwise be scored under different dropout
         masks, which adds noise to the very reward difference the loss is about; it also lets PyTorch's
         fused attention run without materialising the attention matrix (less memory, faster on CPU).
+    micro_batch_tokens : int or None
+        Run each batch's forward and backward in micro-batches of at most this many padded tokens (rows x
+        longest row), accumulating their gradients before the one optimiser step: each micro-batch's loss
+        is its share of the batch's weighted mean, so the loss and the gradient are the batch's (up to float
+        rounding) while the activations held for the backward pass are bounded by the budget instead of by
+        the batch's longest lists. None: the whole batch at once.
     bootstrap : bool
         Ensembles (``model.ensemble_size > 1``): weight each head's loss on each list by a Poisson(1) draw
         (:func:`bootstrap_head_weights`), so the heads differ by data as well as by initialisation.
@@ -263,6 +323,9 @@ def train_reward_model(model: RewardModel, tokenizer, records: Iterable, *, obje
     trainable = [p for p in model.parameters() if p.requires_grad]
     head_weights = (bootstrap_head_weights(len(lists), model.ensemble_size, seed)
                     if model.ensemble_size > 1 and bootstrap else None)
+    if micro_batch_tokens is not None and micro_batch_tokens < 1:
+        raise ValueError(f"micro_batch_tokens must be >= 1 or None, got {micro_batch_tokens}")
+    shapes = None if micro_batch_tokens is None else _row_shapes(model, tokenizer, lists, layout, max_length)
     history: list[dict] = []
     steps_per_epoch = math.ceil(len(lists) / batch_size)
     bar = task = None
@@ -316,16 +379,23 @@ def train_reward_model(model: RewardModel, tokenizer, records: Iterable, *, obje
                     step += 1
                     continue
                 chunk = [lists[i] for i in batch_order]
-                loss = _batch_loss(model, tokenizer, chunk, fn, params, layout, max_length,
-                                   None if head_weights is None else head_weights[batch_order])
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                micro = _micro_batches(batch_order, shapes, micro_batch_tokens)
+                totals = None if len(micro) == 1 else _weight_totals(chunk, None if head_weights is None
+                                                                     else head_weights[batch_order])
+                loss = 0.0
+                for part in micro:
+                    part_loss = _batch_loss(model, tokenizer, [lists[i] for i in part], fn, params, layout,
+                                            max_length, None if head_weights is None else head_weights[part],
+                                            totals)
+                    part_loss.backward()
+                    loss = loss + part_loss.detach()
                 if max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 step += 1
-                history.append({"epoch": epoch, "step": step, "loss": float(loss.detach()),
+                history.append({"epoch": epoch, "step": step, "loss": float(loss),
                                 "lr": scheduler.get_last_lr()[0], "lists": len(chunk)})
                 if bar is not None:
                     bar.update(task, advance=1, loss=f"loss {history[-1]['loss']:.4f}")

@@ -63,7 +63,9 @@ class RewardTrainConfig:
     Optimisation
         ``objective`` (a reward objective of :mod:`rankalign.losses`, or ``general_preference``),
         ``loss_params``, ``epochs``, ``batch_size`` (lists per step), ``group_by_length`` (batches of
-        similar lengths, less padding), ``disable_dropout`` (default true, as TRL: no dropout noise in
+        similar lengths, less padding), ``micro_batch_tokens`` (forward and backward in micro-batches of at
+        most this many padded tokens, gradients accumulated: the batch's loss and gradient with bounded
+        activation memory; null: whole batches), ``disable_dropout`` (default true, as TRL: no dropout noise in
         the reward differences), ``lr``, ``lr_scheduler``
         (``constant``/``linear``), ``warmup_ratio``, ``weight_decay``, ``max_grad_norm``, ``seed``;
         ``layout``/``max_tokens_per_row``: causal backbones' packing (prompt once per list).
@@ -103,6 +105,7 @@ class RewardTrainConfig:
     epochs: int = 1
     batch_size: int = 8
     group_by_length: bool = True
+    micro_batch_tokens: int | None = 4096
     disable_dropout: bool = True
     lr: float = 1e-4
     lr_scheduler: str = "constant"
@@ -129,6 +132,8 @@ class RewardTrainConfig:
             raise ConfigError("set eval_fraction or eval_data, not both")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("epochs and batch_size must be >= 1")
+        if self.micro_batch_tokens is not None and self.micro_batch_tokens < 1:
+            raise ConfigError(f"micro_batch_tokens must be >= 1 or null, got {self.micro_batch_tokens}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.lr_scheduler not in ("constant", "linear"):
@@ -427,7 +432,8 @@ def run_reward_config(config: RewardTrainConfig, *, resume: bool | None = None, 
         max_length=config.max_length, layout=config.layout, objective_params=config.loss_params,
         max_grad_norm=config.max_grad_norm, progress=config.progress, bootstrap=config.bootstrap,
         lr_scheduler=config.lr_scheduler, warmup_ratio=config.warmup_ratio, resume_state=resume_state,
-        on_step=on_step, group_by_length=config.group_by_length, disable_dropout=config.disable_dropout, eval_records=held_out if config.eval_each_epoch and held_out and model.preference_dim is None
+        on_step=on_step, group_by_length=config.group_by_length,
+        micro_batch_tokens=config.micro_batch_tokens, disable_dropout=config.disable_dropout, eval_records=held_out if config.eval_each_epoch and held_out and model.preference_dim is None
         else None)
     wall = time.perf_counter() - started
     steps_run = len(history) - (len(resume_state["history"]) if resume_state else 0)
