@@ -15,15 +15,23 @@ Repeated over seeds; the claim is on the paired difference of worst-group gold w
 its mean and standard error over seeds.
 
 ``text`` (slower, stochastic): the text world's tiny LM. Annotators in two groups (80 % want the gold
-reward, 20 % want long responses and do not mind repetition) compare sampled responses; a personal mixture
+reward; 20 % want the other topics' nouns and not this one's with ``--minority opposed``, the default, or
+long responses with repetition allowed with ``--minority aligned``) compare sampled responses; a personal mixture
 reward (:func:`rankalign.personal.fit_personal_reward`, two prototypes on the text's reward components) gives
 each group's reward; the policy is trained by MaxMin-RLHF's loop (:func:`rankalign.sim.maxmin.train_group_policy`)
 and by the pooled reward, and evaluated by gold win rate against reference samples per group.
+
+``text-online``: the same annotations and fitted rewards, but the policies are trained by rankalign's
+online loop (:func:`rankalign.online.run_online`: K = 4 samples per prompt, ranked by a judge, Plackett-Luce
+DPO on the ranked lists, round after round); the MaxMin policy's judge is
+:class:`rankalign.sim.maxmin.MaxMinJudge` (ranks by the worst-served group's reward gain, the group
+re-chosen after each round), the pooled policy's the same judge over the pooled reward.
 
 Run::
 
     python examples/maxmin_study.py tabular --seeds 10
     python examples/maxmin_study.py text
+    python examples/maxmin_study.py text-online
 """
 
 from __future__ import annotations
@@ -103,13 +111,20 @@ def study_tabular(args):
                                   "se": se, "z": float(diff.mean() / se), **{k: v["worst_mean"] for k, v in summary.items()}}))
 
 
-def study_text(args):
+# the minority's weights on the text world's components (on_topic, off_topic, repeats, words); the majority's
+# are the gold weights (1, -1, -0.5, 0.05). "aligned": long responses, repeats are fine, which on-topic long
+# responses also give (the pooled policy serves both groups); "opposed": other topics wanted, this one not
+# (the majority's taste reversed on the topic components, as the tabular world's minority is mostly opposed)
+MINORITY_WEIGHTS = {"aligned": np.array([0.2, -0.2, 0.0, 0.6]), "opposed": np.array([-0.5, 0.8, 0.0, 0.0])}
+
+
+def _text_setup(args):
+    """The text world, its reference policy, annotations by two groups, and the rewards fitted from them."""
     import torch
     from scipy.special import expit
 
     from rankalign.data import RankedList
     from rankalign.personal import fit_personal_reward
-    from rankalign.sim.maxmin import train_group_policy
     from rankalign.sim.text_world import (
         GOLD_WEIGHTS,
         build_text_tokenizer,
@@ -124,7 +139,7 @@ def study_text(args):
     world = make_text_world()
     tokenizer = build_text_tokenizer()
     reference = train_reference_policy(world, tokenizer, steps=args.sft_steps, seed=args.seed)
-    weights = {"A": GOLD_WEIGHTS, "B": np.array([0.2, -0.2, 0.0, 0.6])}   # B: long responses, repeats are fine
+    weights = {"A": GOLD_WEIGHTS, "B": MINORITY_WEIGHTS[args.minority]}
     rng = np.random.default_rng(args.seed)
     prompts = list(world.prompts)
     candidates = sample_responses(reference, tokenizer, prompts * 6, 4, seed=args.seed)
@@ -155,17 +170,24 @@ def study_text(args):
     pooled_weight = shared.module.weight.detach().numpy()
     pooled_reward = [lambda p, y: float(reward_components(p, y) @ pooled_weight)]
     print(f"groups from the mixture: {len(group_weights)} (sizes {np.bincount(assignment).tolist()})")
-    policies = {"pooled": train_group_policy(reference, tokenizer, prompts, pooled_reward, rule="utilitarian",
-                                             steps=args.rl_steps, seed=args.seed)[0],
-                "maxmin": train_group_policy(reference, tokenizer, prompts, group_rewards, rule="maxmin",
-                                             steps=args.rl_steps, seed=args.seed)[0]}
+    return {"world": world, "tokenizer": tokenizer, "reference": reference, "prompts": prompts, "weights": weights,
+            "group_rewards": group_rewards, "pooled_reward": pooled_reward}
+
+
+def _text_evaluate(setup, policies, args, case):
+    """Each policy's gold win rate against reference samples under each group's TRUE utility; the claim is
+    on the worst group (maxmin - pooled, with its standard error)."""
+    from rankalign.sim.text_world import reward_components, sample_responses
+
+    tokenizer, prompts = setup["tokenizer"], setup["prompts"]
     eval_prompts = prompts * 4
-    ref_samples = sample_responses(reference, tokenizer, eval_prompts, 4, seed=10_000 + args.seed, distinct=False)
+    ref_samples = sample_responses(setup["reference"], tokenizer, eval_prompts, 4, seed=10_000 + args.seed,
+                                   distinct=False)
     out = {}
     for name, policy in policies.items():
         samples = sample_responses(policy, tokenizer, eval_prompts, 4, seed=20_000 + args.seed, distinct=False)
         rates = {}
-        for group, w in weights.items():
+        for group, w in setup["weights"].items():
             wins = []
             for prompt, ys, rs in zip(eval_prompts, samples, ref_samples):
                 for y, r in zip(ys, rs):
@@ -179,20 +201,82 @@ def study_text(args):
     diff = worst["maxmin"][0] - worst["pooled"][0]
     se = float(np.hypot(worst["maxmin"][1], worst["pooled"][1]))
     print(f"maxmin - pooled, worst group: {diff:+.4f} +- {se:.4f} SE")
-    print("RESULT " + json.dumps({"case": "maxmin_text_minority20", "difference": diff, "se": se,
+    print("RESULT " + json.dumps({"case": case, "difference": diff, "se": se,
                                   "pooled": out["pooled"], "maxmin": out["maxmin"]}))
+
+
+def study_text(args):
+    from rankalign.sim.maxmin import train_group_policy
+
+    setup = _text_setup(args)
+    reference, tokenizer, prompts = setup["reference"], setup["tokenizer"], setup["prompts"]
+    policies = {"pooled": train_group_policy(reference, tokenizer, prompts, setup["pooled_reward"], rule="utilitarian",
+                                             steps=args.rl_steps, seed=args.seed)[0],
+                "maxmin": train_group_policy(reference, tokenizer, prompts, setup["group_rewards"], rule="maxmin",
+                                             steps=args.rl_steps, seed=args.seed)[0]}
+    _text_evaluate(setup, policies, args, f"maxmin_text_minority20_{args.minority}")
+
+
+def study_text_online(args):
+    """MaxMin-RLHF through rankalign's online loop (``run_online``: sample K per prompt, judge, train on the
+    ranked lists with Plackett-Luce DPO, round after round): the judge is :class:`MaxMinJudge` over the two
+    fitted group rewards, against the same loop judged by the pooled reward."""
+    import copy
+    import os
+    import tempfile
+
+    from rankalign.online import run_online
+    from rankalign.sim.maxmin import MaxMinJudge
+    from rankalign.sim.text_world import sample_responses
+    from rankalign.train import OnlineConfig, TrainConfig
+
+    setup = _text_setup(args)
+    reference, tokenizer, prompts = setup["reference"], setup["tokenizer"], setup["prompts"]
+    baseline = sample_responses(reference, tokenizer, prompts, 8, seed=30_000 + args.seed, distinct=False)
+
+    def means(rewards):
+        return {p: [float(np.mean([r(p, y) for y in ys])) for r in rewards] for p, ys in zip(prompts, baseline)}
+
+    judges = {"pooled": MaxMinJudge(setup["pooled_reward"], means(setup["pooled_reward"]), id="pooled"),
+              "maxmin": MaxMinJudge(setup["group_rewards"], means(setup["group_rewards"]), id="maxmin",
+                                    step_size=args.step_size)}
+    policies = {}
+    with tempfile.TemporaryDirectory() as runs:
+        for name, judge in judges.items():
+            config = TrainConfig(model="tiny:llama", objective="pl_dpo", loss_params={"beta": 0.1}, lr=2e-4,
+                                 epochs=3, batch_size=8, seed=args.seed, output_dir=os.path.join(runs, name),
+                                 report_to=[], save_steps=0, progress=False, logging_steps=1, resume=False, bf16=False)
+            online = OnlineConfig(enabled=True, rounds=args.online_rounds, k=4,
+                                  prompts_per_round=args.prompts_per_round, max_new_tokens=40)
+            policy = copy.deepcopy(reference)
+            run_online(policy, tokenizer, prompts, judge, config, online, ref_model=reference,
+                       callback=lambda index, model, summary, judge=judge: judge.end_round())
+            if name == "maxmin":  # round 1 ranks by each candidate's smallest gain; then the worst group's
+                chosen = [h["next_group"] for h in judge.history[:-1]]
+                gains = [" / ".join(f"{g:+.3f}" for g in h["gains"]) for h in judge.history]
+                weights = [" / ".join(f"{w:.2f}" for w in h["weights"]) for h in judge.history]
+                print(f"maxmin: worst group after each round: {chosen}; mean gains per round (groups in mixture "
+                      f"order): {gains}; weights after each round: {weights}")
+            policies[name] = policy.eval()
+    _text_evaluate(setup, policies, args, f"maxmin_text_online_minority20_{args.minority}")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("world", choices=["tabular", "text"])
+    parser.add_argument("world", choices=["tabular", "text", "text-online"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=10, help="tabular: repetitions")
     parser.add_argument("--beta", type=float, default=0.5, help="tabular: KL weight")
     parser.add_argument("--sft-steps", type=int, default=300, help="text: reference SFT steps")
     parser.add_argument("--rl-steps", type=int, default=60, help="text: policy-gradient steps per policy")
+    parser.add_argument("--minority", choices=sorted(MINORITY_WEIGHTS), default="opposed",
+                        help="text worlds: the minority's taste")
+    parser.add_argument("--online-rounds", type=int, default=4, help="text-online: rounds of the online loop")
+    parser.add_argument("--step-size", type=float, default=None,
+                        help="text-online: exponentiated-gradient group weights (default: one group per round)")
+    parser.add_argument("--prompts-per-round", type=int, default=48, help="text-online: judged lists per round")
     args = parser.parse_args(argv)
-    (study_tabular if args.world == "tabular" else study_text)(args)
+    {"tabular": study_tabular, "text": study_text, "text-online": study_text_online}[args.world](args)
 
 
 if __name__ == "__main__":

@@ -128,3 +128,57 @@ def test_maxmin_on_a_log_linear_policy_beats_fixed_weights():
     for lam in (0.0, 0.25, 0.75, 1.0):
         other = utilitarian_policy(world, rewards, [lam, 1 - lam], beta=0.5)
         assert other.gains.min() - 0.5 * other.kl <= objective + 1e-3
+
+
+def test_maxmin_judge_ranks_by_the_worst_served_groups_gain():
+    from rankalign.online.loop import Judge
+    from rankalign.sim.maxmin import MaxMinJudge
+
+    def words(prompt, response):
+        return float(len(response.split()))
+
+    def fewer_words(prompt, response):
+        return -float(len(response.split()))
+
+    judge = MaxMinJudge([words, fewer_words], {"p": [2.0, -2.0]})
+    assert isinstance(judge, Judge)
+    candidates = ["a b c d", "a", "a b"]  # 4, 1, 2 words
+    # gains by hand: group 0: 4-2, 1-2, 2-2 = 2, -1, 0; group 1: -4+2, -1+2, -2+2 = -2, 1, 0
+    # round 1 (no group known yet): each candidate's smallest gain: -2, -1, 0
+    first = judge.rank("p", candidates)
+    assert first.scores == pytest.approx([-2.0, -1.0, 0.0]) and list(first.ranks) == [2, 1, 0]
+    assert first.annotator == "maxmin"
+    # mean gains this round: group 0 (2 - 1 + 0) / 3 = 1/3, group 1 -1/3: group 1 is served worst
+    assert judge.end_round() == 1
+    assert judge.history[0]["gains"] == pytest.approx([1 / 3, -1 / 3])
+    second = judge.rank("p", candidates)
+    assert second.scores == pytest.approx([-2.0, 1.0, 0.0]) and list(second.ranks) == [2, 0, 1]
+    # a prompt without reference means is measured against the means over all prompts (here the same)
+    assert judge.rank("q", candidates).scores == pytest.approx([-2.0, 1.0, 0.0])
+    # one group: the pooled reward's ranking
+    pooled = MaxMinJudge([words], {"p": [2.0]})
+    assert list(pooled.rank("p", candidates).ranks) == [0, 2, 1]
+    with pytest.raises(ValueError, match="2 means per prompt"):
+        MaxMinJudge([words, fewer_words], {"p": [1.0]})
+
+
+def test_maxmin_judge_with_a_step_size_moves_simplex_weights_to_the_worst_group():
+    from rankalign.sim.maxmin import MaxMinJudge
+
+    def words(prompt, response):
+        return float(len(response.split()))
+
+    def fewer_words(prompt, response):
+        return -float(len(response.split()))
+
+    judge = MaxMinJudge([words, fewer_words], {"p": [2.0, -2.0]}, step_size=1.5)
+    candidates = ["a b c d", "a", "a b"]
+    # equal weights first: 0.5 * (2, -1, 0) + 0.5 * (-2, 1, 0) = 0 for every candidate (a three-way tie)
+    assert judge.rank("p", candidates).scores == pytest.approx([0.0, 0.0, 0.0])
+    judge.end_round()  # mean gains (1/3, -1/3): lambda ~ (exp(-0.5), exp(0.5)), normalised
+    expected = np.exp([-0.5, 0.5]) / np.exp([-0.5, 0.5]).sum()
+    np.testing.assert_allclose(judge.weights, expected)
+    scores = judge.rank("p", candidates).scores
+    assert scores == pytest.approx(list(expected @ np.array([[2.0, -1.0, 0.0], [-2.0, 1.0, 0.0]])))
+    with pytest.raises(ValueError, match="step_size"):
+        MaxMinJudge([words], {"p": [0.0]}, step_size=0.0)

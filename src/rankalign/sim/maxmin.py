@@ -22,8 +22,8 @@ fully expressive policy, where ``pi_lambda = pi_ref exp(sum_g lambda_g r_g / bet
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -240,6 +240,97 @@ def train_group_policy(model, tokenizer, prompts: Sequence[str], group_rewards: 
         if progress is not None:
             progress(step + 1, steps, gains)
     return policy.eval(), history
+
+
+# ------------------------------------------------------------------------------------------- online loop
+@dataclass
+class MaxMinJudge:
+    """MaxMin-RLHF through the online loop: a judge that ranks candidates by the worst-served group's reward.
+
+    :func:`rankalign.online.run_online` samples K responses per prompt from the current policy, asks a
+    judge to rank them and trains on the ranked lists, round after round. This judge scores each candidate
+    with every group's reward ``r_g(prompt, response)`` as a *gain* over the reference policy
+    (``r_g - m_g(prompt)``, ``m_g`` the group's mean reward of reference samples for that prompt, given as
+    ``reference_means``), ranks by the gain of the group whose mean gain was lowest, and records every
+    group's mean gain over the candidates it judged. :meth:`end_round` (call it from ``run_online``'s
+    ``callback``) makes the group with the lowest mean gain this round the group of the next round: MaxMin-RLHF's
+    iteration (Chakraborty et al. 2024, Algorithm 1: optimise for the worst group at each step), one round
+    late, since a round's lists are judged one prompt at a time. The first round, before any gain is known,
+    ranks by each candidate's smallest gain over the groups. With one group it is the pooled reward's judge
+    (the ranking of ``r - m(prompt)`` is that of ``r``).
+
+    A round of the online loop is a large step (epochs over the round's lists), so switching the whole
+    round to one group can overshoot and oscillate between groups. With ``step_size`` the judge instead
+    keeps weights ``lambda`` on the simplex over the groups, ranks by ``sum_g lambda_g gain_g`` and after
+    each round moves them by exponentiated gradient, ``lambda_g <- lambda_g exp(-step_size * gain_g)``,
+    renormalised: mirror descent on the dual of ``max_pi min_g R_g(pi)``, as :func:`maxmin_policy` solves
+    it in the tabular world (the worst-served group gains weight); the first round uses equal weights.
+
+    Parameters
+    ----------
+    group_rewards : sequence of callables ``(prompt, response) -> float``
+    reference_means : mapping prompt -> one mean reward per group (prompts not in it use the groups'
+        means over all prompts given)
+    id : str
+        The annotator of the records the judge returns.
+    step_size : float, optional
+        Exponentiated-gradient weights instead of one group per round (None: MaxMin-RLHF's one-hot choice).
+    """
+
+    group_rewards: Sequence[Callable[[str, str], float]]
+    reference_means: Mapping[str, Sequence[float]]
+    id: str = "maxmin"
+    step_size: float | None = None
+    worst: int | None = None
+    history: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.group_rewards:
+            raise ValueError("MaxMinJudge needs at least one group reward")
+        means = np.asarray(list(self.reference_means.values()), dtype=np.float64)
+        if means.ndim != 2 or means.shape[1] != len(self.group_rewards):
+            raise ValueError(f"reference_means must give {len(self.group_rewards)} means per prompt")
+        self._overall = means.mean(axis=0)
+        self._sums = np.zeros(len(self.group_rewards))
+        self._count = 0
+        if self.step_size is not None and not self.step_size > 0:
+            raise ValueError(f"step_size must be > 0 or None, got {self.step_size}")
+        self.weights = np.full(len(self.group_rewards), 1.0 / len(self.group_rewards))
+
+    def gains(self, prompt: str, candidates: Sequence[str]) -> np.ndarray:
+        """``[G, K]`` reward gains of the candidates over the reference, per group."""
+        rewards = np.array([[float(r(prompt, c)) for c in candidates] for r in self.group_rewards])
+        base = np.asarray(self.reference_means.get(prompt, self._overall), dtype=np.float64)
+        return rewards - base[:, None]
+
+    def rank(self, prompt: str, candidates: Sequence[str]):
+        from ..data.records import RankedList
+
+        gains = self.gains(prompt, candidates)
+        self._sums += gains.sum(axis=1)
+        self._count += gains.shape[1]
+        if self.step_size is not None:
+            scores = self.weights @ gains
+        else:
+            scores = gains.min(axis=0) if self.worst is None else gains[self.worst]
+        return RankedList.from_scores([float(v) for v in scores], candidates=list(candidates), prompt=prompt,
+                                      annotator=self.id, meta={"maxmin_group": self.worst})
+
+    def end_round(self) -> int:
+        """Choose the next round's group (the lowest mean gain over this round's candidates); returns it."""
+        if self._count == 0:
+            raise ValueError("end_round before any candidate was judged")
+        mean_gains = self._sums / self._count
+        self.worst = int(np.argmin(mean_gains))
+        if self.step_size is not None:
+            logits = np.log(self.weights) - self.step_size * mean_gains
+            self.weights = np.exp(logits - logits.max())
+            self.weights /= self.weights.sum()
+        self.history.append({"gains": mean_gains.tolist(), "next_group": self.worst, "candidates": self._count,
+                             "weights": self.weights.tolist()})
+        self._sums[:] = 0.0
+        self._count = 0
+        return self.worst
 
 
 def _sequence_logps(net, input_ids, attention, target):
