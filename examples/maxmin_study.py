@@ -232,7 +232,11 @@ def study_text_online(args):
 
     setup = _text_setup(args)
     reference, tokenizer, prompts = setup["reference"], setup["tokenizer"], setup["prompts"]
-    baseline = sample_responses(reference, tokenizer, prompts, 8, seed=30_000 + args.seed, distinct=False)
+    # the reference's gains baseline, drawn as the loop draws its lists: K = 4 distinct non-empty responses
+    # (a judged list keeps each text once), several draws per prompt
+    baseline = [sum(draws, []) for draws in zip(*[
+        sample_responses(reference, tokenizer, prompts, 4, seed=30_000 + 97 * d + args.seed, distinct=True)
+        for d in range(4)])]
 
     def means(rewards):
         return {p: [float(np.mean([r(p, y) for y in ys])) for r in rewards] for p, ys in zip(prompts, baseline)}
@@ -244,7 +248,7 @@ def study_text_online(args):
     with tempfile.TemporaryDirectory() as runs:
         for name, judge in judges.items():
             config = TrainConfig(model="tiny:llama", objective="pl_dpo", loss_params={"beta": 0.1}, lr=2e-4,
-                                 epochs=3, batch_size=8, seed=args.seed, output_dir=os.path.join(runs, name),
+                                 epochs=args.epochs, batch_size=8, seed=args.seed, output_dir=os.path.join(runs, name),
                                  report_to=[], save_steps=0, progress=False, logging_steps=1, resume=False, bf16=False)
             online = OnlineConfig(enabled=True, rounds=args.online_rounds, k=4,
                                   prompts_per_round=args.prompts_per_round, max_new_tokens=40)
@@ -272,6 +276,7 @@ def main(argv=None):
     parser.add_argument("--minority", choices=sorted(MINORITY_WEIGHTS), default="opposed",
                         help="text worlds: the minority's taste")
     parser.add_argument("--online-rounds", type=int, default=4, help="text-online: rounds of the online loop")
+    parser.add_argument("--epochs", type=float, default=3.0, help="text-online: epochs over each round's lists")
     parser.add_argument("--step-size", type=float, default=None,
                         help="text-online: exponentiated-gradient group weights (default: one group per round)")
     parser.add_argument("--prompts-per-round", type=int, default=48, help="text-online: judged lists per round")

@@ -365,3 +365,20 @@ def test_micro_batches_give_the_whole_batch_training_run(tokenizer, layout, ense
     # by summation order move a weight by up to a few lr-sized rounding steps: 1e-4 is 1% of lr
     for name, value in whole_state.items():
         assert (micro_state[name] - value).abs().max().item() < 1e-4, (name, (micro_state[name] - value).abs().max())
+
+
+def test_a_prompt_longer_than_max_length_keeps_its_end_and_leaves_the_responses_half(tokenizer):
+    # the HH failure: a 389-token dialogue with max_length 384 left its responses "budget -5"; now the
+    # prompt keeps its last ceil(max_length / 2) tokens (the latest turns) and every response its share
+    from rankalign.reward.model import prepare_lists
+
+    model = tiny_reward_model(tokenizer)
+    prompt = " ".join(["cat"] * 30 + ["dog", "sun", "tree"])  # 33 words, one token each
+    record = RankedList(prompt=prompt, candidates=["good good good good", "bad bad"], ranks=[0, 1])
+    [item] = prepare_lists(model, tokenizer, [record], max_length=16)
+    assert len(item.prompt_ids) == 8  # ceil(16 / 2), a leading BOS included when the tokenizer has one
+    tail = tokenizer.convert_ids_to_tokens(item.prompt_ids[-3:])
+    assert tail == ["dog", "sun", "tree"]  # the end of the prompt survives
+    assert all(0 < len(r) <= 16 - 8 for r in item.response_ids)
+    history = train_reward_model(model, tokenizer, [record] * 4, epochs=1, batch_size=2, max_length=16)
+    assert len(history) == 2 and all(row["loss"] > 0 for row in history)

@@ -503,12 +503,17 @@ def prepare_lists(model: RewardModel, tokenizer, records: Iterable, *, max_lengt
     """Records -> the per-list inputs :func:`reward_scores` takes (token lists, or text lists for encoders).
 
     Causal backbones use :func:`rankalign.engine.tokenize_records` (prompt tokens once, BOS/EOS added,
-    truncation explicit); unranked candidates are left out, as there.
+    truncation explicit); unranked candidates are left out, as there. With ``max_length``, a prompt keeps
+    at most its last ``ceil(max_length / 2)`` tokens, so no response is left without tokens.
     """
     records = list(records)
     if model.kind == "encoder":
         return _encoder_lists(records)
-    lists, report = tokenize_records(tokenizer, records, max_length=max_length)
+    # a prompt longer than half of max_length keeps its last half (a dialogue's latest turns), so every
+    # response keeps at least half of the budget, as the encoder path guarantees; without this cut a prompt
+    # of max_length tokens would leave its responses nothing
+    max_prompt = None if max_length is None else max(1, max_length - max_length // 2)
+    lists, report = tokenize_records(tokenizer, records, max_length=max_length, max_prompt_tokens=max_prompt)
     if report.prompts_truncated or report.responses_truncated or report.dropped:
         warnings.warn(f"reward model inputs: {report}", stacklevel=3)
     # keep per-attribute scores (tokenize_records averages mappings into one grade per response)
