@@ -25,7 +25,7 @@ and by the pooled reward, and evaluated by gold win rate against reference sampl
 online loop (:func:`rankalign.online.run_online`: K = 4 samples per prompt, ranked by a judge, Plackett-Luce
 DPO on the ranked lists, round after round); the MaxMin policy's judge is
 :class:`rankalign.sim.maxmin.MaxMinJudge` (ranks by the worst-served group's reward gain, the group
-re-chosen after each round), the pooled policy's the same judge over the pooled reward.
+re-chosen each round from that round's samples), the pooled policy's the same judge over the pooled reward.
 
 Run::
 
@@ -253,14 +253,13 @@ def study_text_online(args):
             online = OnlineConfig(enabled=True, rounds=args.online_rounds, k=4,
                                   prompts_per_round=args.prompts_per_round, max_new_tokens=40)
             policy = copy.deepcopy(reference)
-            run_online(policy, tokenizer, prompts, judge, config, online, ref_model=reference,
-                       callback=lambda index, model, summary, judge=judge: judge.end_round())
-            if name == "maxmin":  # round 1 ranks by each candidate's smallest gain; then the worst group's
-                chosen = [h["next_group"] for h in judge.history[:-1]]
+            run_online(policy, tokenizer, prompts, judge, config, online, ref_model=reference)
+            if name == "maxmin":
+                chosen = [h["worst"] for h in judge.history]
                 gains = [" / ".join(f"{g:+.3f}" for g in h["gains"]) for h in judge.history]
                 weights = [" / ".join(f"{w:.2f}" for w in h["weights"]) for h in judge.history]
-                print(f"maxmin: worst group after each round: {chosen}; mean gains per round (groups in mixture "
-                      f"order): {gains}; weights after each round: {weights}")
+                print(f"maxmin: worst group each round: {chosen}; mean gains per round (groups in mixture order): "
+                      f"{gains}; weights: {weights}")
             policies[name] = policy.eval()
     _text_evaluate(setup, policies, args, f"maxmin_text_online_minority20_{args.minority}")
 

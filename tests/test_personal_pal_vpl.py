@@ -130,55 +130,93 @@ def test_maxmin_on_a_log_linear_policy_beats_fixed_weights():
         assert other.gains.min() - 0.5 * other.kl <= objective + 1e-3
 
 
-def test_maxmin_judge_ranks_by_the_worst_served_groups_gain():
-    from rankalign.online.loop import Judge
-    from rankalign.sim.maxmin import MaxMinJudge
-
+def _word_rewards():
     def words(prompt, response):
         return float(len(response.split()))
 
     def fewer_words(prompt, response):
         return -float(len(response.split()))
 
-    judge = MaxMinJudge([words, fewer_words], {"p": [2.0, -2.0]})
+    return words, fewer_words
+
+
+def test_maxmin_judge_ranks_a_round_by_its_worst_served_group():
+    from rankalign.online.loop import Judge
+    from rankalign.sim.maxmin import MaxMinJudge
+
+    words, fewer_words = _word_rewards()
+    judge = MaxMinJudge([words, fewer_words], {"p": [2.0, -2.0], "q": [1.0, -1.0]})
     assert isinstance(judge, Judge)
-    candidates = ["a b c d", "a", "a b"]  # 4, 1, 2 words
-    # gains by hand: group 0: 4-2, 1-2, 2-2 = 2, -1, 0; group 1: -4+2, -1+2, -2+2 = -2, 1, 0
-    # round 1 (no group known yet): each candidate's smallest gain: -2, -1, 0
-    first = judge.rank("p", candidates)
-    assert first.scores == pytest.approx([-2.0, -1.0, 0.0]) and list(first.ranks) == [2, 1, 0]
-    assert first.annotator == "maxmin"
-    # mean gains this round: group 0 (2 - 1 + 0) / 3 = 1/3, group 1 -1/3: group 1 is served worst
-    assert judge.end_round() == 1
-    assert judge.history[0]["gains"] == pytest.approx([1 / 3, -1 / 3])
-    second = judge.rank("p", candidates)
-    assert second.scores == pytest.approx([-2.0, 1.0, 0.0]) and list(second.ranks) == [2, 0, 1]
-    # a prompt without reference means is measured against the means over all prompts (here the same)
-    assert judge.rank("q", candidates).scores == pytest.approx([-2.0, 1.0, 0.0])
+    # gains by hand, "p" (means 2, -2): ["a b c d", "a", "a b"] -> group 0: 2, -1, 0; group 1: -2, 1, 0
+    #                 "q" (means 1, -1): ["a", "a b c"]         -> group 0: 0, 2;     group 1: 0, -2
+    # round means over the 5 candidates: group 0 (1 + 2) / 5 = 0.6, group 1 (-1 - 2) / 5 = -0.6: group 1
+    first, second = judge.rank_many(["p", "q"], [["a b c d", "a", "a b"], ["a", "a b c"]])
+    assert judge.worst == 1 and judge.history[0]["gains"] == pytest.approx([0.6, -0.6])
+    assert first.scores == pytest.approx([-2.0, 1.0, 0.0]) and list(first.ranks) == [2, 0, 1]
+    assert second.scores == pytest.approx([0.0, -2.0]) and list(second.ranks) == [0, 1]
+    assert first.annotator == "maxmin" and first.meta["maxmin_group"] == 1
     # one group: the pooled reward's ranking
     pooled = MaxMinJudge([words], {"p": [2.0]})
-    assert list(pooled.rank("p", candidates).ranks) == [0, 2, 1]
+    assert list(pooled.rank_many(["p"], [["a b c d", "a", "a b"]])[0].ranks) == [0, 2, 1]
     with pytest.raises(ValueError, match="2 means per prompt"):
         MaxMinJudge([words, fewer_words], {"p": [1.0]})
+
+
+def test_maxmin_judge_asked_one_prompt_at_a_time_uses_the_last_rounds_group():
+    from rankalign.sim.maxmin import MaxMinJudge
+
+    words, fewer_words = _word_rewards()
+    judge = MaxMinJudge([words, fewer_words], {"p": [2.0, -2.0]})
+    candidates = ["a b c d", "a", "a b"]
+    # before any round: each candidate's smallest gain, min((2, -1, 0), (-2, 1, 0)) = (-2, -1, 0)
+    first = judge.rank("p", candidates)
+    assert first.scores == pytest.approx([-2.0, -1.0, 0.0]) and list(first.ranks) == [2, 1, 0]
+    assert judge.end_round() == 1  # mean gains (1/3, -1/3)
+    assert judge.history[0]["gains"] == pytest.approx([1 / 3, -1 / 3])
+    assert judge.rank("p", candidates).scores == pytest.approx([-2.0, 1.0, 0.0])
+    # a prompt without reference means is measured against the means over all prompts (here the same)
+    assert judge.rank("q", candidates).scores == pytest.approx([-2.0, 1.0, 0.0])
 
 
 def test_maxmin_judge_with_a_step_size_moves_simplex_weights_to_the_worst_group():
     from rankalign.sim.maxmin import MaxMinJudge
 
-    def words(prompt, response):
-        return float(len(response.split()))
-
-    def fewer_words(prompt, response):
-        return -float(len(response.split()))
-
+    words, fewer_words = _word_rewards()
     judge = MaxMinJudge([words, fewer_words], {"p": [2.0, -2.0]}, step_size=1.5)
     candidates = ["a b c d", "a", "a b"]
-    # equal weights first: 0.5 * (2, -1, 0) + 0.5 * (-2, 1, 0) = 0 for every candidate (a three-way tie)
-    assert judge.rank("p", candidates).scores == pytest.approx([0.0, 0.0, 0.0])
-    judge.end_round()  # mean gains (1/3, -1/3): lambda ~ (exp(-0.5), exp(0.5)), normalised
+    # the round's mean gains (1/3, -1/3) move the weights from (1/2, 1/2) to ~ (exp(-0.5), exp(0.5)) before
+    # the round is ranked by lambda . gains
+    [ranked] = judge.rank_many(["p"], [candidates])
     expected = np.exp([-0.5, 0.5]) / np.exp([-0.5, 0.5]).sum()
     np.testing.assert_allclose(judge.weights, expected)
-    scores = judge.rank("p", candidates).scores
-    assert scores == pytest.approx(list(expected @ np.array([[2.0, -1.0, 0.0], [-2.0, 1.0, 0.0]])))
+    assert ranked.scores == pytest.approx(list(expected @ np.array([[2.0, -1.0, 0.0], [-2.0, 1.0, 0.0]])))
     with pytest.raises(ValueError, match="step_size"):
         MaxMinJudge([words], {"p": [0.0]}, step_size=0.0)
+
+
+def test_the_online_loop_hands_a_judge_with_rank_many_the_whole_round():
+    from rankalign.engine import build_tokenizer
+    from rankalign.online.loop import judged_lists
+
+    tokenizer = build_tokenizer(["a b c d"], vocab_size=16, kind="word")
+    calls = []
+
+    class RoundJudge:
+        id = "round"
+
+        def rank(self, prompt, candidates):  # pragma: no cover - must not be used
+            raise AssertionError("rank_many should be used")
+
+        def rank_many(self, prompts, candidate_lists):
+            from rankalign.data import RankedList
+
+            calls.append((list(prompts), [list(c) for c in candidate_lists]))
+            return [RankedList(prompt=p, candidates=list(c), ranks=list(range(len(c))))
+                    for p, c in zip(prompts, candidate_lists)]
+
+    ids = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in ("a", "b", "c")]
+    completions = [[ids[0], ids[1]], [ids[2], ids[2]], [ids[1], ids[2]]]  # the middle group has 1 distinct text
+    records, lists = judged_lists(tokenizer, RoundJudge(), ["x", "y", "z"], [[1], [1], [1]], completions,
+                                  round_index=0)
+    assert calls == [(["x", "z"], [["a", "b"], ["b", "c"]])]  # one call, the groups with 2+ distinct texts
+    assert [r.prompt for r in records] == ["x", "z"] and [item.index for item in lists] == [0, 2]

@@ -109,9 +109,13 @@ def judged_lists(tokenizer, judge, prompts, prompt_ids, completions, *, round_in
 
     Completions that decode to the same text, or to nothing, are kept once (a ranked list holds
     distinct candidates); a group left with fewer than 2 is skipped. Unranked candidates are dropped
-    from the engine list. ``soft_labels`` puts :func:`win_probabilities` in the grades (SPPO).
+    from the engine list. ``soft_labels`` puts :func:`win_probabilities` in the grades (SPPO). A judge
+    with a ``rank_many(prompts, candidate_lists)`` method gets the whole round in one call (one ranking
+    per group, in order), for judges that decide from all of a round's samples at once
+    (:class:`rankalign.sim.maxmin.MaxMinJudge`); other judges are asked one prompt at a time.
     """
     records, lists = [], []
+    groups = []  # (index, prompt, ids, texts, kept) of every group with at least 2 distinct texts
     for index, (prompt, ids, group) in enumerate(zip(prompts, prompt_ids, completions)):
         texts, kept = [], []
         for completion in group:
@@ -119,9 +123,16 @@ def judged_lists(tokenizer, judge, prompts, prompt_ids, completions, *, round_in
             if text and text not in texts:
                 texts.append(text)
                 kept.append(list(completion))
-        if len(texts) < 2:
-            continue
-        record = judge.rank(prompt, texts)
+        if len(texts) >= 2:
+            groups.append((index, prompt, ids, texts, kept))
+    if hasattr(judge, "rank_many"):  # a judge that decides from the whole round (rankalign.sim.maxmin.MaxMinJudge)
+        ranked = list(judge.rank_many([g[1] for g in groups], [g[3] for g in groups]))
+        if len(ranked) != len(groups):
+            raise ValueError(f"judge {getattr(judge, 'id', judge)!r} returned {len(ranked)} rankings for "
+                             f"{len(groups)} groups")
+    else:
+        ranked = [judge.rank(prompt, texts) for _, prompt, _, texts, _ in groups]
+    for (index, _prompt, ids, texts, kept), record in zip(groups, ranked):
         if list(record.candidates) != texts:
             raise ValueError(f"judge {getattr(judge, 'id', judge)!r} returned candidates in another order or "
                              "changed them; a judge must rank the candidates it was given, in place")

@@ -247,24 +247,26 @@ def train_group_policy(model, tokenizer, prompts: Sequence[str], group_rewards: 
 class MaxMinJudge:
     """MaxMin-RLHF through the online loop: a judge that ranks candidates by the worst-served group's reward.
 
-    :func:`rankalign.online.run_online` samples K responses per prompt from the current policy, asks a
-    judge to rank them and trains on the ranked lists, round after round. This judge scores each candidate
-    with every group's reward ``r_g(prompt, response)`` as a *gain* over the reference policy
-    (``r_g - m_g(prompt)``, ``m_g`` the group's mean reward of reference samples for that prompt, given as
-    ``reference_means``), ranks by the gain of the group whose mean gain was lowest, and records every
-    group's mean gain over the candidates it judged. :meth:`end_round` (call it from ``run_online``'s
-    ``callback``) makes the group with the lowest mean gain this round the group of the next round: MaxMin-RLHF's
-    iteration (Chakraborty et al. 2024, Algorithm 1: optimise for the worst group at each step), one round
-    late, since a round's lists are judged one prompt at a time. The first round, before any gain is known,
-    ranks by each candidate's smallest gain over the groups. With one group it is the pooled reward's judge
-    (the ranking of ``r - m(prompt)`` is that of ``r``).
+    :func:`rankalign.online.run_online` samples K responses per prompt from the current policy, has a judge
+    rank them and trains on the ranked lists, round after round. This judge scores each candidate with every
+    group's reward ``r_g(prompt, response)`` as a *gain* over the reference policy (``r_g - m_g(prompt)``,
+    ``m_g`` the group's mean reward of reference samples for that prompt, given as ``reference_means``).
+    The loop hands it a whole round at once (:meth:`rank_many`): it takes every group's mean gain over the
+    round's samples -- the current policy's ``R_g(pi)`` -- and ranks all of the round's candidates by the
+    gain of the group whose mean gain is lowest: MaxMin-RLHF's iteration (Chakraborty et al. 2024,
+    Algorithm 1: optimise for the worst group at each step), with a round of the loop as the step. With one
+    group it is the pooled reward's judge (the ranking of ``r - m(prompt)`` is that of ``r``).
 
-    A round of the online loop is a large step (epochs over the round's lists), so switching the whole
-    round to one group can overshoot and oscillate between groups. With ``step_size`` the judge instead
-    keeps weights ``lambda`` on the simplex over the groups, ranks by ``sum_g lambda_g gain_g`` and after
-    each round moves them by exponentiated gradient, ``lambda_g <- lambda_g exp(-step_size * gain_g)``,
-    renormalised: mirror descent on the dual of ``max_pi min_g R_g(pi)``, as :func:`maxmin_policy` solves
-    it in the tabular world (the worst-served group gains weight); the first round uses equal weights.
+    A round is a large step (epochs over the round's lists), so giving a whole round to one group can
+    overshoot. With ``step_size`` the judge instead keeps weights ``lambda`` on the simplex over the groups,
+    moves them each round by exponentiated gradient on the round's mean gains,
+    ``lambda_g <- lambda_g exp(-step_size * gain_g)`` renormalised (mirror descent on the dual of
+    ``max_pi min_g R_g(pi)``, as :func:`maxmin_policy` solves it in the tabular world: the worst-served group
+    gains weight), and ranks by ``sum_g lambda_g gain_g``.
+
+    Asked one prompt at a time (:meth:`rank`), the judge cannot see the round: it ranks by the group chosen
+    at the last :meth:`end_round` (call it from ``run_online``'s ``callback``; before the first, each
+    candidate's smallest gain over the groups).
 
     Parameters
     ----------
@@ -290,11 +292,11 @@ class MaxMinJudge:
         means = np.asarray(list(self.reference_means.values()), dtype=np.float64)
         if means.ndim != 2 or means.shape[1] != len(self.group_rewards):
             raise ValueError(f"reference_means must give {len(self.group_rewards)} means per prompt")
+        if self.step_size is not None and not self.step_size > 0:
+            raise ValueError(f"step_size must be > 0 or None, got {self.step_size}")
         self._overall = means.mean(axis=0)
         self._sums = np.zeros(len(self.group_rewards))
         self._count = 0
-        if self.step_size is not None and not self.step_size > 0:
-            raise ValueError(f"step_size must be > 0 or None, got {self.step_size}")
         self.weights = np.full(len(self.group_rewards), 1.0 / len(self.group_rewards))
 
     def gains(self, prompt: str, candidates: Sequence[str]) -> np.ndarray:
@@ -303,31 +305,50 @@ class MaxMinJudge:
         base = np.asarray(self.reference_means.get(prompt, self._overall), dtype=np.float64)
         return rewards - base[:, None]
 
-    def rank(self, prompt: str, candidates: Sequence[str]):
+    def _scores(self, gains: np.ndarray, *, started: bool) -> np.ndarray:
+        if self.step_size is not None:
+            return self.weights @ gains
+        return gains[self.worst] if started else gains.min(axis=0)
+
+    def _ranked(self, prompt: str, candidates: Sequence[str], scores: np.ndarray):
         from ..data.records import RankedList
 
-        gains = self.gains(prompt, candidates)
-        self._sums += gains.sum(axis=1)
-        self._count += gains.shape[1]
-        if self.step_size is not None:
-            scores = self.weights @ gains
-        else:
-            scores = gains.min(axis=0) if self.worst is None else gains[self.worst]
         return RankedList.from_scores([float(v) for v in scores], candidates=list(candidates), prompt=prompt,
-                                      annotator=self.id, meta={"maxmin_group": self.worst})
+                                      annotator=self.id, meta={"maxmin_group": self.worst,
+                                                               "maxmin_weights": self.weights.tolist()})
 
-    def end_round(self) -> int:
-        """Choose the next round's group (the lowest mean gain over this round's candidates); returns it."""
-        if self._count == 0:
-            raise ValueError("end_round before any candidate was judged")
-        mean_gains = self._sums / self._count
+    def _choose(self, mean_gains: np.ndarray, count: int) -> None:
         self.worst = int(np.argmin(mean_gains))
         if self.step_size is not None:
             logits = np.log(self.weights) - self.step_size * mean_gains
             self.weights = np.exp(logits - logits.max())
             self.weights /= self.weights.sum()
-        self.history.append({"gains": mean_gains.tolist(), "next_group": self.worst, "candidates": self._count,
-                             "weights": self.weights.tolist()})
+        self.history.append({"gains": mean_gains.tolist(), "worst": self.worst, "weights": self.weights.tolist(),
+                             "candidates": count})
+
+    def rank_many(self, prompts: Sequence[str], candidate_lists: Sequence[Sequence[str]]) -> list:
+        """Rank a whole round: the group (or the weights) from this round's mean gains, then every list."""
+        gains = [self.gains(p, c) for p, c in zip(prompts, candidate_lists)]
+        if not gains:
+            return []
+        count = sum(g.shape[1] for g in gains)
+        self._choose(sum(g.sum(axis=1) for g in gains) / count, count)
+        return [self._ranked(p, c, self._scores(g, started=True)) for p, c, g in zip(prompts, candidate_lists, gains)]
+
+    def rank(self, prompt: str, candidates: Sequence[str]):
+        """Rank one list by the group (or weights) of the last :meth:`end_round`; its gains count towards
+        the next."""
+        gains = self.gains(prompt, candidates)
+        self._sums += gains.sum(axis=1)
+        self._count += gains.shape[1]
+        return self._ranked(prompt, candidates, self._scores(gains, started=bool(self.history)))
+
+    def end_round(self) -> int:
+        """After judging a round one prompt at a time: choose the next round's group (the lowest mean gain
+        over the candidates judged since the last call; the weights move too); returns it."""
+        if self._count == 0:
+            raise ValueError("end_round before any candidate was judged")
+        self._choose(self._sums / self._count, self._count)
         self._sums[:] = 0.0
         self._count = 0
         return self.worst
