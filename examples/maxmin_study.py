@@ -196,7 +196,11 @@ def _text_evaluate(setup, policies, args, case):
             wins = np.array(wins)
             rates[group] = (float(wins.mean()), float(wins.std(ddof=1) / np.sqrt(len(wins))))
         out[name] = rates
-        print(f"{name:>7}: " + ", ".join(f"group {g} gold win rate {m:.3f} +- {s:.3f}" for g, (m, s) in rates.items()))
+        flat = [y for ys in samples for y in ys]
+        empty = sum(1 for y in flat if not y.strip()) / len(flat)
+        words = float(np.mean([len(y.split()) for y in flat]))
+        print(f"{name:>7}: " + ", ".join(f"group {g} gold win rate {m:.3f} +- {s:.3f}" for g, (m, s) in rates.items())
+              + f" (empty responses {empty:.1%}, mean words {words:.1f})")
     worst = {name: min(r.values()) for name, r in out.items()}
     diff = worst["maxmin"][0] - worst["pooled"][0]
     se = float(np.hypot(worst["maxmin"][1], worst["pooled"][1]))
@@ -232,18 +236,14 @@ def study_text_online(args):
 
     setup = _text_setup(args)
     reference, tokenizer, prompts = setup["reference"], setup["tokenizer"], setup["prompts"]
-    # the reference's gains baseline, drawn as the loop draws its lists: K = 4 distinct non-empty responses
-    # (a judged list keeps each text once), several draws per prompt
+    # the reference's samples the judge measures gains against, drawn as the loop draws its lists: K = 4
+    # distinct non-empty responses (a judged list keeps each text once), 4 draws per prompt
     baseline = [sum(draws, []) for draws in zip(*[
         sample_responses(reference, tokenizer, prompts, 4, seed=30_000 + 97 * d + args.seed, distinct=True)
         for d in range(4)])]
-
-    def means(rewards):
-        return {p: [float(np.mean([r(p, y) for y in ys])) for r in rewards] for p, ys in zip(prompts, baseline)}
-
-    judges = {"pooled": MaxMinJudge(setup["pooled_reward"], means(setup["pooled_reward"]), id="pooled"),
-              "maxmin": MaxMinJudge(setup["group_rewards"], means(setup["group_rewards"]), id="maxmin",
-                                    step_size=args.step_size)}
+    samples = dict(zip(prompts, baseline))
+    judges = {"pooled": MaxMinJudge(setup["pooled_reward"], samples, id="pooled"),
+              "maxmin": MaxMinJudge(setup["group_rewards"], samples, id="maxmin", step_size=args.step_size)}
     policies = {}
     with tempfile.TemporaryDirectory() as runs:
         for name, judge in judges.items():
@@ -258,7 +258,7 @@ def study_text_online(args):
                 chosen = [h["worst"] for h in judge.history]
                 gains = [" / ".join(f"{g:+.3f}" for g in h["gains"]) for h in judge.history]
                 weights = [" / ".join(f"{w:.2f}" for w in h["weights"]) for h in judge.history]
-                print(f"maxmin: worst group each round: {chosen}; mean gains per round (groups in mixture order): "
+                print(f"maxmin: worst group each round: {chosen}; win-rate gains per round (groups in mixture order): "
                       f"{gains}; weights: {weights}")
             policies[name] = policy.eval()
     _text_evaluate(setup, policies, args, f"maxmin_text_online_minority20_{args.minority}")

@@ -140,58 +140,64 @@ def _word_rewards():
     return words, fewer_words
 
 
+# the reference samples of the MaxMinJudge tests: 2 and 3 words, so "words" has mean 2.5 and spread 0.5
+REFERENCE = {"p": ["a b", "a b c"]}
+CANDIDATES = ["a b c d", "a", "a b"]  # 4, 1, 2 words
+# by hand: z (reward minus the reference mean, over the spread): words (3, -3, -1), fewer_words (-3, 3, 1);
+# win-rate gains P[beats a reference sample] - 1/2 (ties 1/2): words (0.5, -0.5, -0.25),
+# fewer_words (-0.5, 0.5, 0.25)
+
+
 def test_maxmin_judge_ranks_a_round_by_its_worst_served_group():
     from rankalign.online.loop import Judge
     from rankalign.sim.maxmin import MaxMinJudge
 
     words, fewer_words = _word_rewards()
-    judge = MaxMinJudge([words, fewer_words], {"p": [2.0, -2.0], "q": [1.0, -1.0]})
+    judge = MaxMinJudge([words, fewer_words], REFERENCE)
     assert isinstance(judge, Judge)
-    # gains by hand, "p" (means 2, -2): ["a b c d", "a", "a b"] -> group 0: 2, -1, 0; group 1: -2, 1, 0
-    #                 "q" (means 1, -1): ["a", "a b c"]         -> group 0: 0, 2;     group 1: 0, -2
-    # round means over the 5 candidates: group 0 (1 + 2) / 5 = 0.6, group 1 (-1 - 2) / 5 = -0.6: group 1
-    first, second = judge.rank_many(["p", "q"], [["a b c d", "a", "a b"], ["a", "a b c"]])
-    assert judge.worst == 1 and judge.history[0]["gains"] == pytest.approx([0.6, -0.6])
-    assert first.scores == pytest.approx([-2.0, 1.0, 0.0]) and list(first.ranks) == [2, 0, 1]
-    assert second.scores == pytest.approx([0.0, -2.0]) and list(second.ranks) == [0, 1]
-    assert first.annotator == "maxmin" and first.meta["maxmin_group"] == 1
+    z, wins = judge.measure("p", CANDIDATES)
+    np.testing.assert_allclose(z, [[3, -3, -1], [-3, 3, 1]])
+    np.testing.assert_allclose(wins, [[0.5, -0.5, -0.25], [-0.5, 0.5, 0.25]])
+    # "q" has no samples of its own: all the samples are its reference. ["a", "a b c"]: words wins
+    # (-0.5, 0.25), fewer_words (0.5, -0.25). Round gains over 5 candidates: words -0.5 / 5, fewer +0.5 / 5
+    first, second = judge.rank_many(["p", "q"], [CANDIDATES, ["a", "a b c"]])
+    assert judge.worst == 0 and judge.history[0]["gains"] == pytest.approx([-0.1, 0.1])
+    assert first.scores == pytest.approx([3.0, -3.0, -1.0]) and list(first.ranks) == [0, 2, 1]
+    assert second.scores == pytest.approx([-3.0, 1.0]) and list(second.ranks) == [1, 0]
+    assert first.annotator == "maxmin" and first.meta["maxmin_group"] == 0
     # one group: the pooled reward's ranking
-    pooled = MaxMinJudge([words], {"p": [2.0]})
-    assert list(pooled.rank_many(["p"], [["a b c d", "a", "a b"]])[0].ranks) == [0, 2, 1]
-    with pytest.raises(ValueError, match="2 means per prompt"):
-        MaxMinJudge([words, fewer_words], {"p": [1.0]})
+    pooled = MaxMinJudge([fewer_words], REFERENCE)
+    assert list(pooled.rank_many(["p"], [CANDIDATES])[0].ranks) == [2, 0, 1]
+    with pytest.raises(ValueError, match="at least one reference response"):
+        MaxMinJudge([words], {"p": []})
 
 
 def test_maxmin_judge_asked_one_prompt_at_a_time_uses_the_last_rounds_group():
     from rankalign.sim.maxmin import MaxMinJudge
 
     words, fewer_words = _word_rewards()
-    judge = MaxMinJudge([words, fewer_words], {"p": [2.0, -2.0]})
-    candidates = ["a b c d", "a", "a b"]
-    # before any round: each candidate's smallest gain, min((2, -1, 0), (-2, 1, 0)) = (-2, -1, 0)
-    first = judge.rank("p", candidates)
-    assert first.scores == pytest.approx([-2.0, -1.0, 0.0]) and list(first.ranks) == [2, 1, 0]
-    assert judge.end_round() == 1  # mean gains (1/3, -1/3)
-    assert judge.history[0]["gains"] == pytest.approx([1 / 3, -1 / 3])
-    assert judge.rank("p", candidates).scores == pytest.approx([-2.0, 1.0, 0.0])
-    # a prompt without reference means is measured against the means over all prompts (here the same)
-    assert judge.rank("q", candidates).scores == pytest.approx([-2.0, 1.0, 0.0])
+    judge = MaxMinJudge([words, fewer_words], REFERENCE)
+    # before any round: each candidate's smallest z over the groups, (-3, -3, -1)
+    first = judge.rank("p", CANDIDATES)
+    assert first.scores == pytest.approx([-3.0, -3.0, -1.0]) and list(first.ranks) == [1, 1, 0]
+    assert judge.end_round() == 0  # win-rate gains (-1/12, 1/12)
+    assert judge.history[0]["gains"] == pytest.approx([-1 / 12, 1 / 12])
+    assert judge.rank("p", CANDIDATES).scores == pytest.approx([3.0, -3.0, -1.0])
 
 
 def test_maxmin_judge_with_a_step_size_moves_simplex_weights_to_the_worst_group():
     from rankalign.sim.maxmin import MaxMinJudge
 
     words, fewer_words = _word_rewards()
-    judge = MaxMinJudge([words, fewer_words], {"p": [2.0, -2.0]}, step_size=1.5)
-    candidates = ["a b c d", "a", "a b"]
-    # the round's mean gains (1/3, -1/3) move the weights from (1/2, 1/2) to ~ (exp(-0.5), exp(0.5)) before
-    # the round is ranked by lambda . gains
-    [ranked] = judge.rank_many(["p"], [candidates])
-    expected = np.exp([-0.5, 0.5]) / np.exp([-0.5, 0.5]).sum()
+    judge = MaxMinJudge([words, fewer_words], REFERENCE, step_size=1.5)
+    # the round's gains (-1/12, 1/12) move the weights from (1/2, 1/2) to ~ (exp(0.125), exp(-0.125)) before
+    # the round is ranked by lambda . z
+    [ranked] = judge.rank_many(["p"], [CANDIDATES])
+    expected = np.exp([0.125, -0.125]) / np.exp([0.125, -0.125]).sum()
     np.testing.assert_allclose(judge.weights, expected)
-    assert ranked.scores == pytest.approx(list(expected @ np.array([[2.0, -1.0, 0.0], [-2.0, 1.0, 0.0]])))
+    assert ranked.scores == pytest.approx(list(expected @ np.array([[3.0, -3.0, -1.0], [-3.0, 3.0, 1.0]])))
     with pytest.raises(ValueError, match="step_size"):
-        MaxMinJudge([words], {"p": [0.0]}, step_size=0.0)
+        MaxMinJudge([words], REFERENCE, step_size=0.0)
 
 
 def test_the_online_loop_hands_a_judge_with_rank_many_the_whole_round():

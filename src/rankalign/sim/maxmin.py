@@ -248,31 +248,33 @@ class MaxMinJudge:
     """MaxMin-RLHF through the online loop: a judge that ranks candidates by the worst-served group's reward.
 
     :func:`rankalign.online.run_online` samples K responses per prompt from the current policy, has a judge
-    rank them and trains on the ranked lists, round after round. This judge scores each candidate with every
-    group's reward ``r_g(prompt, response)`` as a *gain* over the reference policy (``r_g - m_g(prompt)``,
-    ``m_g`` the group's mean reward of reference samples for that prompt, given as ``reference_means``).
-    The loop hands it a whole round at once (:meth:`rank_many`): it takes every group's mean gain over the
-    round's samples -- the current policy's ``R_g(pi)`` -- and ranks all of the round's candidates by the
-    gain of the group whose mean gain is lowest: MaxMin-RLHF's iteration (Chakraborty et al. 2024,
+    rank them and trains on the ranked lists, round after round. The loop hands this judge a whole round at
+    once (:meth:`rank_many`). It measures how well the current policy serves each group g on the round's
+    samples: the *win-rate gain* over the reference policy, the mean over candidates y of
+    ``P_s[r_g(x, y) > r_g(x, s)] - 1/2`` for reference samples s of the same prompt (ties count 1/2), which
+    is free of each group reward's scale (rewards fitted per group are not on one scale, so their raw gains
+    cannot be compared) and is the quantity a gold win rate measures. Then it ranks every list of the round
+    by the reward of the group whose gain is lowest: MaxMin-RLHF's iteration (Chakraborty et al. 2024,
     Algorithm 1: optimise for the worst group at each step), with a round of the loop as the step. With one
-    group it is the pooled reward's judge (the ranking of ``r - m(prompt)`` is that of ``r``).
+    group it is the pooled reward's judge.
 
     A round is a large step (epochs over the round's lists), so giving a whole round to one group can
     overshoot. With ``step_size`` the judge instead keeps weights ``lambda`` on the simplex over the groups,
-    moves them each round by exponentiated gradient on the round's mean gains,
+    moves them each round by exponentiated gradient on the win-rate gains,
     ``lambda_g <- lambda_g exp(-step_size * gain_g)`` renormalised (mirror descent on the dual of
     ``max_pi min_g R_g(pi)``, as :func:`maxmin_policy` solves it in the tabular world: the worst-served group
-    gains weight), and ranks by ``sum_g lambda_g gain_g``.
+    gains weight), and ranks by ``sum_g lambda_g z_g``, ``z_g`` the group's reward standardised on the
+    reference samples.
 
     Asked one prompt at a time (:meth:`rank`), the judge cannot see the round: it ranks by the group chosen
-    at the last :meth:`end_round` (call it from ``run_online``'s ``callback``; before the first, each
-    candidate's smallest gain over the groups).
+    at the last :meth:`end_round` (call it from ``run_online``'s ``callback``; before the first, by each
+    candidate's smallest standardised reward over the groups).
 
     Parameters
     ----------
     group_rewards : sequence of callables ``(prompt, response) -> float``
-    reference_means : mapping prompt -> one mean reward per group (prompts not in it use the groups'
-        means over all prompts given)
+    reference_samples : mapping prompt -> responses of the reference policy to that prompt (prompts not in
+        it are compared with all the samples given)
     id : str
         The annotator of the records the judge returns.
     step_size : float, optional
@@ -280,7 +282,7 @@ class MaxMinJudge:
     """
 
     group_rewards: Sequence[Callable[[str, str], float]]
-    reference_means: Mapping[str, Sequence[float]]
+    reference_samples: Mapping[str, Sequence[str]]
     id: str = "maxmin"
     step_size: float | None = None
     worst: int | None = None
@@ -289,26 +291,33 @@ class MaxMinJudge:
     def __post_init__(self):
         if not self.group_rewards:
             raise ValueError("MaxMinJudge needs at least one group reward")
-        means = np.asarray(list(self.reference_means.values()), dtype=np.float64)
-        if means.ndim != 2 or means.shape[1] != len(self.group_rewards):
-            raise ValueError(f"reference_means must give {len(self.group_rewards)} means per prompt")
+        if not self.reference_samples or not all(len(v) for v in self.reference_samples.values()):
+            raise ValueError("reference_samples must give at least one reference response per prompt")
         if self.step_size is not None and not self.step_size > 0:
             raise ValueError(f"step_size must be > 0 or None, got {self.step_size}")
-        self._overall = means.mean(axis=0)
+        self._reference = {p: np.array([[float(r(p, y)) for y in ys] for r in self.group_rewards])
+                           for p, ys in self.reference_samples.items()}          # prompt -> [G, S]
+        every = np.concatenate(list(self._reference.values()), axis=1)
+        self._scale = np.where(every.std(axis=1) > 0, every.std(axis=1), 1.0)
+        self._fallback = every
         self._sums = np.zeros(len(self.group_rewards))
         self._count = 0
         self.weights = np.full(len(self.group_rewards), 1.0 / len(self.group_rewards))
 
-    def gains(self, prompt: str, candidates: Sequence[str]) -> np.ndarray:
-        """``[G, K]`` reward gains of the candidates over the reference, per group."""
+    def measure(self, prompt: str, candidates: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``(z, wins)``, both ``[G, K]``: each candidate's reward standardised on the reference samples
+        (minus their mean for the prompt, over their spread for the group) and its win-rate gain."""
         rewards = np.array([[float(r(prompt, c)) for c in candidates] for r in self.group_rewards])
-        base = np.asarray(self.reference_means.get(prompt, self._overall), dtype=np.float64)
-        return rewards - base[:, None]
+        reference = self._reference.get(prompt, self._fallback)                 # [G, S]
+        z = (rewards - reference.mean(axis=1, keepdims=True)) / self._scale[:, None]
+        diff = rewards[:, :, None] - reference[:, None, :]
+        wins = (diff > 0).mean(axis=2) + 0.5 * (diff == 0).mean(axis=2) - 0.5
+        return z, wins
 
-    def _scores(self, gains: np.ndarray, *, started: bool) -> np.ndarray:
+    def _scores(self, z: np.ndarray, *, started: bool) -> np.ndarray:
         if self.step_size is not None:
-            return self.weights @ gains
-        return gains[self.worst] if started else gains.min(axis=0)
+            return self.weights @ z
+        return z[self.worst] if started else z.min(axis=0)
 
     def _ranked(self, prompt: str, candidates: Sequence[str], scores: np.ndarray):
         from ..data.records import RankedList
@@ -317,35 +326,36 @@ class MaxMinJudge:
                                       annotator=self.id, meta={"maxmin_group": self.worst,
                                                                "maxmin_weights": self.weights.tolist()})
 
-    def _choose(self, mean_gains: np.ndarray, count: int) -> None:
-        self.worst = int(np.argmin(mean_gains))
+    def _choose(self, gains: np.ndarray, count: int) -> None:
+        self.worst = int(np.argmin(gains))
         if self.step_size is not None:
-            logits = np.log(self.weights) - self.step_size * mean_gains
+            logits = np.log(self.weights) - self.step_size * gains
             self.weights = np.exp(logits - logits.max())
             self.weights /= self.weights.sum()
-        self.history.append({"gains": mean_gains.tolist(), "worst": self.worst, "weights": self.weights.tolist(),
+        self.history.append({"gains": gains.tolist(), "worst": self.worst, "weights": self.weights.tolist(),
                              "candidates": count})
 
     def rank_many(self, prompts: Sequence[str], candidate_lists: Sequence[Sequence[str]]) -> list:
-        """Rank a whole round: the group (or the weights) from this round's mean gains, then every list."""
-        gains = [self.gains(p, c) for p, c in zip(prompts, candidate_lists)]
-        if not gains:
+        """Rank a whole round: the group (or the weights) from this round's win-rate gains, then every list."""
+        measured = [self.measure(p, c) for p, c in zip(prompts, candidate_lists)]
+        if not measured:
             return []
-        count = sum(g.shape[1] for g in gains)
-        self._choose(sum(g.sum(axis=1) for g in gains) / count, count)
-        return [self._ranked(p, c, self._scores(g, started=True)) for p, c, g in zip(prompts, candidate_lists, gains)]
+        count = sum(w.shape[1] for _, w in measured)
+        self._choose(sum(w.sum(axis=1) for _, w in measured) / count, count)
+        return [self._ranked(p, c, self._scores(z, started=True))
+                for p, c, (z, _) in zip(prompts, candidate_lists, measured)]
 
     def rank(self, prompt: str, candidates: Sequence[str]):
         """Rank one list by the group (or weights) of the last :meth:`end_round`; its gains count towards
         the next."""
-        gains = self.gains(prompt, candidates)
-        self._sums += gains.sum(axis=1)
-        self._count += gains.shape[1]
-        return self._ranked(prompt, candidates, self._scores(gains, started=bool(self.history)))
+        z, wins = self.measure(prompt, candidates)
+        self._sums += wins.sum(axis=1)
+        self._count += wins.shape[1]
+        return self._ranked(prompt, candidates, self._scores(z, started=bool(self.history)))
 
     def end_round(self) -> int:
-        """After judging a round one prompt at a time: choose the next round's group (the lowest mean gain
-        over the candidates judged since the last call; the weights move too); returns it."""
+        """After judging a round one prompt at a time: choose the next round's group (the lowest win-rate
+        gain over the candidates judged since the last call; the weights move too); returns it."""
         if self._count == 0:
             raise ValueError("end_round before any candidate was judged")
         self._choose(self._sums / self._count, self._count)
