@@ -169,7 +169,9 @@ def _text_setup(args):
     group_rewards = [lambda p, y, w=w: float(reward_components(p, y) @ w) for w in group_weights]
     pooled_weight = shared.module.weight.detach().numpy()
     pooled_reward = [lambda p, y: float(reward_components(p, y) @ pooled_weight)]
-    print(f"groups from the mixture: {len(group_weights)} (sizes {np.bincount(assignment).tolist()})")
+    print(f"groups from the mixture: {len(group_weights)} (sizes {np.bincount(assignment).tolist()}); fitted weights "
+          f"on (on_topic, off_topic, repeats, words): " + "; ".join(np.array2string(w, precision=2) for w in group_weights)
+          + f"; pooled {np.array2string(pooled_weight.ravel(), precision=2)}; true: A {weights['A']}, B {weights['B']}")
     return {"world": world, "tokenizer": tokenizer, "reference": reference, "prompts": prompts, "weights": weights,
             "group_rewards": group_rewards, "pooled_reward": pooled_reward}
 
