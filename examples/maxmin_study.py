@@ -209,9 +209,32 @@ def _text_evaluate(setup, policies, args, case):
     print(f"maxmin - pooled, worst group: {diff:+.4f} +- {se:.4f} SE")
     print("RESULT " + json.dumps({"case": case, "difference": diff, "se": se,
                                   "pooled": out["pooled"], "maxmin": out["maxmin"]}))
+    return diff
+
+
+def _over_seeds(args, run_one, case):
+    """``run_one`` for seeds seed .. seed + repeat - 1; with several, the mean worst-group difference and its
+    standard error over seeds (one line, ``RESULT`` with ``"seeds"``)."""
+    import copy
+
+    diffs = []
+    for offset in range(args.repeat):
+        seeded = copy.copy(args)
+        seeded.seed = args.seed + offset
+        print(f"-- seed {seeded.seed}")
+        diffs.append(run_one(seeded))
+    if len(diffs) > 1:
+        mean, se = float(np.mean(diffs)), float(np.std(diffs, ddof=1) / np.sqrt(len(diffs)))
+        print(f"over {len(diffs)} seeds: maxmin - pooled, worst group {mean:+.4f} +- {se:.4f} SE "
+              f"(per seed {', '.join(f'{d:+.3f}' for d in diffs)})")
+        print("RESULT " + json.dumps({"case": case + "_seeds", "difference": mean, "se": se, "per_seed": diffs}))
 
 
 def study_text(args):
+    _over_seeds(args, _study_text_one, f"maxmin_text_minority20_{args.minority}")
+
+
+def _study_text_one(args):
     from rankalign.sim.maxmin import train_group_policy
 
     setup = _text_setup(args)
@@ -220,10 +243,14 @@ def study_text(args):
                                              steps=args.rl_steps, seed=args.seed)[0],
                 "maxmin": train_group_policy(reference, tokenizer, prompts, setup["group_rewards"], rule="maxmin",
                                              steps=args.rl_steps, seed=args.seed)[0]}
-    _text_evaluate(setup, policies, args, f"maxmin_text_minority20_{args.minority}")
+    return _text_evaluate(setup, policies, args, f"maxmin_text_minority20_{args.minority}")
 
 
 def study_text_online(args):
+    _over_seeds(args, _study_text_online_one, f"maxmin_text_online_minority20_{args.minority}")
+
+
+def _study_text_online_one(args):
     """MaxMin-RLHF through rankalign's online loop (``run_online``: sample K per prompt, judge, train on the
     ranked lists with Plackett-Luce DPO, round after round): the judge is :class:`MaxMinJudge` over the two
     fitted group rewards, against the same loop judged by the pooled reward."""
@@ -263,7 +290,7 @@ def study_text_online(args):
                 print(f"maxmin: worst group each round: {chosen}; win-rate gains per round (groups in mixture order): "
                       f"{gains}; weights: {weights}")
             policies[name] = policy.eval()
-    _text_evaluate(setup, policies, args, f"maxmin_text_online_minority20_{args.minority}")
+    return _text_evaluate(setup, policies, args, f"maxmin_text_online_minority20_{args.minority}")
 
 
 def main(argv=None):
@@ -271,6 +298,7 @@ def main(argv=None):
     parser.add_argument("world", choices=["tabular", "text", "text-online"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=10, help="tabular: repetitions")
+    parser.add_argument("--repeat", type=int, default=1, help="text worlds: seeds seed .. seed + repeat - 1")
     parser.add_argument("--beta", type=float, default=0.5, help="tabular: KL weight")
     parser.add_argument("--sft-steps", type=int, default=300, help="text: reference SFT steps")
     parser.add_argument("--rl-steps", type=int, default=60, help="text: policy-gradient steps per policy")
