@@ -251,7 +251,7 @@ def main(argv=None) -> None:
     parser.add_argument("--models", default="tiny,smollm2")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--reference-lists", type=int, default=64)
-    parser.add_argument("--work", default="scaleout_work")
+    parser.add_argument("--work", default="runs/scaleout_equality")
     args = parser.parse_args(argv)
     work = Path(args.work)
     results = []
