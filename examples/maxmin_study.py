@@ -272,7 +272,8 @@ def _study_text_online_one(args):
         for d in range(4)])]
     samples = dict(zip(prompts, baseline))
     judges = {"pooled": MaxMinJudge(setup["pooled_reward"], samples, id="pooled"),
-              "maxmin": MaxMinJudge(setup["group_rewards"], samples, id="maxmin", step_size=args.step_size)}
+              "maxmin": MaxMinJudge(setup["group_rewards"], samples, id="maxmin",
+                                    step_size=None if args.one_hot else args.step_size)}
     policies = {}
     with tempfile.TemporaryDirectory() as runs:
         for name, judge in judges.items():
@@ -304,11 +305,13 @@ def main(argv=None):
     parser.add_argument("--rl-steps", type=int, default=60, help="text: policy-gradient steps per policy")
     parser.add_argument("--minority", choices=sorted(MINORITY_WEIGHTS), default="opposed",
                         help="text worlds: the minority's taste")
-    parser.add_argument("--online-rounds", type=int, default=4, help="text-online: rounds of the online loop")
-    parser.add_argument("--epochs", type=float, default=3.0, help="text-online: epochs over each round's lists")
-    parser.add_argument("--step-size", type=float, default=None,
-                        help="text-online: exponentiated-gradient group weights (default: one group per round)")
-    parser.add_argument("--prompts-per-round", type=int, default=48, help="text-online: judged lists per round")
+    parser.add_argument("--online-rounds", type=int, default=16, help="text-online: rounds of the online loop")
+    parser.add_argument("--epochs", type=float, default=1.0, help="text-online: epochs over each round's lists")
+    parser.add_argument("--step-size", type=float, default=10.0,
+                        help="text-online: step of the exponentiated-gradient group weights")
+    parser.add_argument("--one-hot", action="store_true",
+                        help="text-online: one group per round (MaxMin-RLHF's choice) instead of weights")
+    parser.add_argument("--prompts-per-round", type=int, default=24, help="text-online: judged lists per round")
     args = parser.parse_args(argv)
     {"tabular": study_tabular, "text": study_text, "text-online": study_text_online}[args.world](args)
 
