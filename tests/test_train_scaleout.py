@@ -210,5 +210,32 @@ def test_a_build_lock_left_by_a_killed_process_is_an_error_not_a_silent_wait(tmp
     assert str(lock) in str(raised.value) and str(lock) in raised.value.hint
 
 
+def test_what_deepspeed_prints_while_it_starts_on_cpu_goes_to_stderr(tmp_path, monkeypatch, capsys):
+    # DeepSpeed announces its CPU op with a bare print() while TrainingArguments builds the distributed
+    # state; `rankalign train --json` must keep stdout for its JSON
+    from rankalign.train import TrainConfig
+    from rankalign.train import trainer as trainer_module
+
+    class PrintingArguments:
+        def __init__(self, **kwargs):
+            print("DeepSpeed deepspeed.ops.comm.deepspeed_shm_comm_op built successfully")
+            self.kwargs = kwargs
+
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(trainer_module.torch.cuda, "is_available", lambda: False)
+    # patched on the module object the trainer holds (sys.modules["transformers"] may be another by now)
+    monkeypatch.setattr(trainer_module.transformers, "TrainingArguments", PrintingArguments)
+    config = TrainConfig(output_dir=str(tmp_path / "run"), report_to=[])
+    arguments = trainer_module.make_training_arguments(config)
+    captured = capsys.readouterr()
+    assert captured.out == "" and "built successfully" in captured.err
+    assert arguments.kwargs["ddp_backend"] == "gloo" and arguments.kwargs["use_cpu"] is False
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    arguments = trainer_module.make_training_arguments(config)  # no DeepSpeed: nothing is redirected
+    assert "built successfully" in capsys.readouterr().out
+    assert arguments.kwargs["ddp_backend"] is None and arguments.kwargs["use_cpu"] is True
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-m", "slow", "-v"]))

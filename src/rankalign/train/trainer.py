@@ -55,10 +55,12 @@ tokens the model ran over (prompt once per list in the shared layout, padding ex
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -569,6 +571,14 @@ def make_training_arguments(config, *, world_size: int = 1) -> transformers.Trai
     tensorboard_dir = str(Path(config.output_dir) / "tensorboard")
     if "tensorboard" in config.report_to:
         os.environ["TENSORBOARD_LOGGING_DIR"] = tensorboard_dir
+    # DeepSpeed's CPU start loads its C++ op with a bare print() ("DeepSpeed ... built successfully"), which
+    # would land in `rankalign train --json`'s stdout: send what is printed while the arguments (and with
+    # them the distributed state) are built to stderr
+    with contextlib.redirect_stdout(sys.stderr) if cpu_deepspeed else contextlib.nullcontext():
+        return _training_arguments(config, bf16, cpu_deepspeed)
+
+
+def _training_arguments(config, bf16: bool, cpu_deepspeed: bool) -> transformers.TrainingArguments:
     return transformers.TrainingArguments(
         output_dir=config.output_dir,
         per_device_train_batch_size=config.batch_size,
