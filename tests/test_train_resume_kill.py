@@ -21,7 +21,7 @@ WORDS = "red green blue small large quick slow bright dark warm cold soft round 
 
 
 def write_word_lists(path, count: int) -> None:
-    """``count`` deterministic ranked lists of 3 word responses (also used by test_train_scaleout.py)."""
+    """``count`` deterministic ranked lists of 3 word responses."""
     with open(path, "w") as stream:
         for i in range(count):
             prompt = f"item {i} " + " ".join(WORDS[(i * 5 + j) % len(WORDS)] for j in range(6))
@@ -31,18 +31,21 @@ def write_word_lists(path, count: int) -> None:
                          + "\n")
 
 
-def write_config(tmp_path, name):
+def write_config(tmp_path, name, *, lists: int = 40, layers: int = 1, **overrides):
+    """A training config over ``lists`` word lists in ``tmp_path`` (also used by test_train_scaleout.py);
+    ``overrides`` replace keys, and a key set to None is left out."""
     data = tmp_path / "lists.jsonl"
     if not data.exists():
-        write_word_lists(data, 40)
-    config = tmp_path / f"{name}.yaml"
-    config.write_text(yaml.safe_dump({
-        "model": "tiny:llama", "tiny_model": {"hidden_size": 32, "layers": 1, "heads": 2},
+        write_word_lists(data, lists)
+    settings = {
+        "model": "tiny:llama", "tiny_model": {"hidden_size": 32, "layers": layers, "heads": 2},
         "tokenizer": "train", "tokenizer_vocab_size": 200, "data": str(data), "objective": "pl_dpo",
         "loss_params": {"beta": 0.5}, "batch_size": 2, "epochs": 2, "lr": 0.01, "seed": 7,
         "output_dir": str(tmp_path / name), "save_steps": 5, "save_total_limit": 2, "report_to": [],
-        "progress": False, "reference_cache_dir": str(tmp_path / "ref_cache"),
-    }))
+        "progress": False, "reference_cache_dir": str(tmp_path / "ref_cache"), **overrides,
+    }
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(yaml.safe_dump({key: value for key, value in settings.items() if value is not None}))
     return config
 
 

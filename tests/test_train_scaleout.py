@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("scaleout_equality", ROOT / "benchmarks" / "scaleout_equality.py")
@@ -128,20 +127,10 @@ def test_reference_pass_split_over_two_processes_writes_the_cache_of_one(tmp_pat
 
 
 def _resume_config(tmp_path, name):
-    data = tmp_path / "lists.jsonl"
-    if not data.exists():
-        from test_train_resume_kill import write_word_lists
+    from test_train_resume_kill import write_config
 
-        write_word_lists(data, 24)
-    config = tmp_path / f"{name}.yaml"
-    config.write_text(yaml.safe_dump({
-        "model": "tiny:llama", "tiny_model": {"hidden_size": 32, "layers": 2, "heads": 2},
-        "tokenizer": "train", "tokenizer_vocab_size": 200, "data": str(data), "objective": "pl_dpo",
-        "loss_params": {"beta": 0.5}, "batch_size": 2, "max_steps": 8, "lr": 0.01, "seed": 7,
-        "output_dir": str(tmp_path / name), "save_steps": 4, "save_total_limit": 2, "report_to": [],
-        "progress": False, "reference_cache_dir": str(tmp_path / f"{name}-ref"),
-    }))
-    return config
+    return write_config(tmp_path, name, lists=24, layers=2, epochs=None, max_steps=8, save_steps=4,
+                        reference_cache_dir=str(tmp_path / f"{name}-ref"))
 
 
 def _final_state(output_dir):
