@@ -177,3 +177,43 @@ def test_online_config_section_is_validated(tmp_path):
         load_judge("rankalign.sim.text_world:no_such_judge")
     with pytest.raises(ConfigError, match="no `id`"):
         load_judge("rankalign.sim.text_world:make_text_world")
+
+
+class _Stop(Exception):
+    pass
+
+
+def _pg_run(tmp_path, name, objective, stop_after=None, **options):
+    world = make_text_world()
+    tokenizer = build_text_tokenizer()
+    model = tiny_causal_lm(len(tokenizer), hidden_size=32, layers=1, heads=2, seed=5)
+
+    def stop(step, policy, metrics):
+        if stop_after is not None and step + 1 == stop_after:
+            raise _Stop  # a crash right after step `stop_after` (its checkpoint may or may not be written)
+
+    settings = dict(objective=objective, steps=4, prompts_per_step=3, k=4, lr=0.05, max_new_tokens=6, seed=2,
+                    iterations=2, output_dir=tmp_path / name, callback=stop)
+    settings.update(options)
+    from rankalign.online import run_policy_gradient
+
+    return model, run_policy_gradient(model, tokenizer, list(world.prompts), gold_judge(), **settings)
+
+
+@pytest.mark.parametrize("objective", ["grpo", "rloo"])
+def test_policy_gradient_run_resumes_from_its_checkpoint_and_ends_where_an_uninterrupted_run_ends(tmp_path,
+                                                                                                   objective):
+    whole, history = _pg_run(tmp_path, "whole", objective)
+    assert [row["step"] for row in history] == [0, 1, 2, 3]
+    with pytest.raises(_Stop):  # checkpoints every 2 steps: the crash after step 3 loses step 3's work
+        _pg_run(tmp_path, "split", objective, stop_after=3, save_steps=2)
+    assert sorted(p.name for p in (tmp_path / "split").glob("checkpoint-*")) == ["checkpoint-2"]
+    resumed, resumed_history = _pg_run(tmp_path, "split", objective, save_steps=2)
+    assert [row["step"] for row in resumed_history] == [0, 1, 2, 3]
+    assert [row["loss"] for row in resumed_history] == pytest.approx([row["loss"] for row in history], abs=1e-6)
+    for (name, a), (_, b) in zip(whole.named_parameters(), resumed.named_parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
+    from rankalign.train.checkpoints import ResumeError
+
+    with pytest.raises(ResumeError, match="different run"):  # other settings, same folder
+        _pg_run(tmp_path, "split", objective, save_steps=2, lr=0.01)

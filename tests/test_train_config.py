@@ -93,3 +93,18 @@ def test_resolved_config_round_trips(tmp_path):
     assert data["objective"] == "lipo_lambda" and data["seed"] == 3 and data["loss_params"] == {"beta": 0.3}
     assert load_config(saved) == config
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("assignment, message", [
+    ("peft.top_layers=0", "peft.top_layers must be >= 1 or null, got 0"),
+    ("peft.r=0", "peft.r must be >= 1, got 0"),
+    ("peft.target_modules=[]", "peft.target_modules must name at least one module"),
+])
+def test_peft_options_are_checked_for_policy_and_reward_configs(tmp_path, assignment, message):
+    from rankalign.train.reward import RewardTrainConfig
+
+    policy = write(tmp_path, "data: x.jsonl\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(policy, [assignment])
+    with pytest.raises(ConfigError, match=message):
+        load_config(policy, [assignment], cls=RewardTrainConfig)

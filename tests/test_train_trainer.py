@@ -198,3 +198,24 @@ def test_unpaired_kto_on_judgments(tmp_path):
     assert losses[0] == pytest.approx(0.5, abs=1e-6)
     assert losses[-1] < losses[0]
     assert "rewards/desirable" in result.history[0]
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook")
+def test_lora_top_layers_adapts_only_the_last_layers_and_backward_stops_below_them(tmp_path):
+    from rankalign.train.config import ConfigError, PeftConfig
+    from rankalign.train.trainer import maybe_apply_peft
+
+    peft = PeftConfig(enabled=True, r=4, alpha=8.0, target_modules=["q_proj", "v_proj"], top_layers=1)
+    model = maybe_apply_peft(tiny_causal_lm(VOCAB, hidden_size=32, layers=3, heads=2, seed=0),
+                             TrainConfig(peft=peft))
+    lora = [n for n, p in model.named_parameters() if "lora_" in n]
+    assert lora and all(".layers.2." in n for n in lora)  # 3 layers, the top one is index 2
+    reached = []
+    for index, layer in enumerate(model.base_model.model.model.layers):
+        layer.register_full_backward_hook(lambda module, gin, gout, index=index: reached.append(index))
+    ids = torch.tensor([[5, 6, 7, 8]])
+    model(input_ids=ids).logits.sum().backward()
+    assert sorted(set(reached)) == [2]  # nothing below the adapted layer needs a gradient
+    with pytest.raises(ConfigError, match="top_layers is 4 but the model has 3 layers"):
+        maybe_apply_peft(tiny_causal_lm(VOCAB, hidden_size=32, layers=3, heads=2, seed=0),
+                         TrainConfig(peft=PeftConfig(enabled=True, top_layers=4)))

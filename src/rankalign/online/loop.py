@@ -345,7 +345,8 @@ def run_policy_gradient(model, tokenizer, prompts: Sequence, judge, *, objective
                         prompts_per_step: int = 8, k: int = 4, lr: float = 1e-4, beta: float = 0.04,
                         clip_epsilon: float = 0.2, iterations: int = 1, max_new_tokens: int = 64,
                         temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, ref_model=None,
-                        max_grad_norm: float = 1.0, callback=None) -> list[dict]:
+                        max_grad_norm: float = 1.0, callback=None, output_dir: str | Path | None = None,
+                        save_steps: int = 1, resume: bool = True) -> list[dict]:
     """GRPO or RLOO: ``steps`` rounds of {sample K per prompt -> judge -> ``iterations`` updates}.
 
     Each step takes the next ``prompts_per_step`` prompts (cycling), samples K completions each
@@ -353,15 +354,50 @@ def run_policy_gradient(model, tokenizer, prompts: Sequence, judge, *, objective
     makes ``iterations`` AdamW updates on the group (GRPO's mu; with mu > 1 the later updates use the
     clipped ratio against the sampling policy's log-probs). The reference for the KL term is
     ``ref_model`` (default: a frozen copy of ``model`` as given). Returns one metrics dict per step.
+
+    With ``output_dir``, every ``save_steps`` steps (and after the last) the trainable weights, the
+    optimiser, the sampling generator, the torch RNG and the history go to ``output_dir/checkpoint-N``
+    (safetensors and JSON, written atomically, marked complete last, with a fingerprint of the settings,
+    prompts and model). Called again with the same arguments and the *initial* model (it is the reference
+    and the starting point), the run continues from the newest complete checkpoint and ends where an
+    uninterrupted run ends; a checkpoint of other settings or prompts is refused
+    (:class:`~rankalign.train.checkpoints.ResumeError`). ``resume=False`` with an existing checkpoint is an error.
     """
+    from ..train.checkpoints import marked_checkpoints, precheck, run_fingerprint, select_checkpoint
+    from ..train.reward import load_checkpoint, save_checkpoint
     from .policy_gradient import policy_gradient_step
 
+    if save_steps < 1:
+        raise ValueError(f"save_steps must be >= 1, got {save_steps}")
     reference = ref_model if ref_model is not None else copy.deepcopy(model).eval()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)  # constant; kept for checkpoints
     generator = torch.Generator(device=next(model.parameters()).device)
     generator.manual_seed(int(seed))
-    history = []
-    for step in range(steps):
+    history: list[dict] = []
+    start = 0
+    fingerprint = None
+    if output_dir is not None:
+        output_dir = Path(output_dir)
+        # `steps` and `save_steps` may change between invocations (a run can be extended), nothing else
+        settings = {"objective": objective, "prompts_per_step": prompts_per_step, "k": k,
+                    "lr": lr, "beta": beta, "clip_epsilon": clip_epsilon, "iterations": iterations,
+                    "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
+                    "max_grad_norm": max_grad_norm, "judge": getattr(judge, "id", None)}
+        fingerprint = run_fingerprint(settings, [{"prompt": p} for p in prompts], model=model)
+        if not resume and marked_checkpoints(output_dir):
+            raise ValueError(f"{output_dir} holds checkpoints of a policy-gradient run; resume it or use "
+                             "another output_dir")
+        precheck(output_dir, fingerprint)
+        checkpoint = select_checkpoint(output_dir, fingerprint)
+        if checkpoint is not None:
+            state = load_checkpoint(model, checkpoint)
+            optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["rng"])
+            generator.set_state(state["extra"]["generator"])
+            history = list(state["history"])
+            start = int(state["step"])
+    for step in range(start, steps):
         step_prompts = _round_prompts(prompts, prompts_per_step, step)
         prompt_ids = [_encode_prompt(tokenizer, p) for p in step_prompts]
         groups = sample_groups(model, prompt_ids, k, max_new_tokens=max_new_tokens, temperature=temperature,
@@ -378,6 +414,10 @@ def run_policy_gradient(model, tokenizer, prompts: Sequence, judge, *, objective
                                        **signal)
         metrics["step"] = step
         history.append(metrics)
+        if output_dir is not None and ((step + 1) % save_steps == 0 or step + 1 == steps):
+            save_checkpoint(model, output_dir, step + 1, {"optimizer": optimizer, "scheduler": scheduler,
+                                                          "history": history}, fingerprint,
+                            extra_tensors={"generator": generator.get_state()})
         if callback is not None:
             callback(step, model, metrics)
     model.eval()

@@ -31,6 +31,7 @@ from .judges import (
 from .model import (
     ENCODER_MODEL_TYPES,
     RewardModel,
+    center_ensemble_heads,
     encoder_inputs,
     ensemble_scores,
     load,
@@ -43,7 +44,7 @@ from .train import attribute_names_from, pairwise_accuracy, train_reward_model
 
 __all__ = [
     "RewardModel", "score_lists", "reward_scores", "preference_probabilities", "prepare_lists", "ENCODER_MODEL_TYPES",
-    "load", "encoder_inputs", "ensemble_scores", "attribute_names_from",
+    "load", "encoder_inputs", "ensemble_scores", "center_ensemble_heads", "attribute_names_from",
     "Judge", "RewardModelJudge", "EnsembleJudge", "PreferenceJudge", "aggregate_pairwise", "ranking_from_scores",
     "train_reward_model", "pairwise_accuracy",
     "GeneralPreferenceHead", "general_preference_logits", "general_preference_loss", "skew_symmetric_operator",

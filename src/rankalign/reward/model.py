@@ -50,7 +50,7 @@ from ..engine.packing import PackedBatch, pack_lists
 from ..engine.tokenize import TokenizedList, tokenize_records
 
 __all__ = ["RewardModel", "score_lists", "reward_scores", "preference_probabilities", "ENCODER_MODEL_TYPES", "REWARD_CONFIG_NAME",
-           "write_file_atomic", "load", "encoder_inputs", "ensemble_scores", "sequence_classification_class"]
+           "write_file_atomic", "load", "encoder_inputs", "ensemble_scores", "center_ensemble_heads", "sequence_classification_class"]
 
 REWARD_CONFIG_NAME = "reward_config.json"
 REWARD_EXTRA_NAME = "reward_extra.safetensors"
@@ -763,6 +763,37 @@ def preference_probabilities(model: RewardModel, tokenizer, records: Iterable, *
 
 
 @torch.no_grad()
+def center_ensemble_heads(model: RewardModel, tokenizer, records: Iterable, *, limit: int | None = 512,
+                          batch_size: int = 16, layout: str = "shared", max_length: int | None = None) -> Tensor:
+    """Shift each ensemble head's bias so that its mean reward over ``records``' candidates is 0.
+
+    A Bradley-Terry (or Plackett-Luce) head is identified only up to an additive constant: the loss sees
+    reward differences, so two heads that rank every candidate alike may still differ by an arbitrary
+    offset, and that offset would count as disagreement in the ensemble's spread everywhere. Centring
+    each head on the training candidates (Coste et al. 2024, "Reward Model Ensembles Help Mitigate
+    Overoptimization", normalise each member on the training data) removes it: no ranking of any head or
+    of the mean changes, and the spread measures how the heads disagree about *differences* from the
+    training distribution. ``limit``: at most this many records (the first ones) are scored.
+
+    Returns the ``[E]`` offsets subtracted. Heads without a bias (the causal sequence-classification
+    layout, ``score`` with no bias) cannot hold an offset: a ValueError says so.
+    """
+    if model.ensemble_size < 2:
+        raise ValueError("center_ensemble_heads needs a model with ensemble_size >= 2")
+    if model.head.bias is None:
+        raise ValueError("this ensemble's head has no bias (causal sequence-classification layout), so its "
+                         "heads cannot be centred; use bootstrap=True and a larger ensemble instead")
+    records = list(records)[:limit]
+    heads = [v for v in score_lists(model, tokenizer, records, batch_size=batch_size, layout=layout,
+                                    max_length=max_length, return_attributes=True) if v.numel()]
+    if not heads:
+        raise ValueError("no ranked candidate to centre the ensemble's heads on")
+    offsets = torch.cat(heads).double().mean(0)
+    model.head.bias.sub_(offsets.to(model.head.bias))
+    return offsets
+
+
+@torch.no_grad()
 def ensemble_scores(model: RewardModel, tokenizer, records: Iterable, *, k: float = 1.0, batch_size: int = 16,
                     layout: str = "shared", max_length: int | None = None) -> list[dict[str, Tensor]]:
     """Mean, spread and conservative score of an ensemble's heads for every record's ranked candidates.
@@ -771,6 +802,10 @@ def ensemble_scores(model: RewardModel, tokenizer, records: Iterable, *, k: floa
     deviation over heads (``E - 1`` in the denominator), ``conservative = mean - k std`` (a lower confidence
     bound: a candidate the heads disagree on is trusted less, the usual guard against reward hacking;
     Coste et al. 2024, "Reward Model Ensembles Help Mitigate Overoptimization", arXiv:2310.02743).
+
+    The spread is meaningful once each head is centred on the training candidates
+    (:func:`center_ensemble_heads`, which :func:`~rankalign.reward.train_reward_model` applies to every
+    ensemble it trains, ``center_heads=True``).
 
     Returns one dict per record with ``heads`` ``[K, E]`` and ``mean``, ``std``, ``conservative`` ``[K]``.
     """

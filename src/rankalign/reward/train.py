@@ -9,14 +9,16 @@ with the records' weights. For larger runs use ``rankalign.train``.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Mapping
 
 import torch
 from torch import Tensor
 
 from .. import losses
+from ..errors import RankalignWarning
 from .general import general_preference_loss
-from .model import RewardModel, prepare_lists, reward_scores, score_lists
+from .model import RewardModel, center_ensemble_heads, prepare_lists, reward_scores, score_lists
 
 __all__ = ["train_reward_model", "pairwise_accuracy", "attribute_names_from", "bootstrap_head_weights"]
 
@@ -233,7 +235,7 @@ def train_reward_model(model: RewardModel, tokenizer, records: Iterable, *, obje
                        bootstrap: bool = True, lr_scheduler: str = "constant", warmup_ratio: float = 0.0,
                        resume_state: Mapping | None = None, on_step=None,
                        group_by_length: bool = False, disable_dropout: bool = True,
-                       micro_batch_tokens: int | None = 4096) -> list[dict]:
+                       micro_batch_tokens: int | None = 4096, center_heads: bool = True) -> list[dict]:
     """Fit ``model`` on ranked lists with a registered reward objective (AdamW, shuffled mini-batches).
 
     Parameters
@@ -292,6 +294,11 @@ def train_reward_model(model: RewardModel, tokenizer, records: Iterable, *, obje
     bootstrap : bool
         Ensembles (``model.ensemble_size > 1``): weight each head's loss on each list by a Poisson(1) draw
         (:func:`bootstrap_head_weights`), so the heads differ by data as well as by initialisation.
+    center_heads : bool
+        Ensembles: after training, shift each head so that its mean reward over (up to 512 of) the
+        training lists' candidates is 0 (:func:`~rankalign.reward.center_ensemble_heads`; idempotent), so
+        the heads' spread does not include the arbitrary constant each Bradley-Terry head is free to
+        carry. Heads without a bias (causal backbones) are left as trained, with a warning.
 
     Returns
     -------
@@ -310,6 +317,7 @@ def train_reward_model(model: RewardModel, tokenizer, records: Iterable, *, obje
             raise ValueError(f"{objective!r} is a {fn.family} objective; reward models take one of "
                              f"{', '.join(n for n in losses.names() if losses.get(n).family == 'reward')}")
     params = dict(objective_params or {})
+    records = list(records)
     if epochs < 1 or batch_size < 1:
         raise ValueError("epochs and batch_size must be >= 1")
     lists = prepare_lists(model, tokenizer, records, max_length=max_length)
@@ -409,4 +417,11 @@ def train_reward_model(model: RewardModel, tokenizer, records: Iterable, *, obje
     if bar is not None:
         bar.stop()
     model.eval()
+    if center_heads and model.ensemble_size > 1:
+        if model.head.bias is None:
+            warnings.warn("the ensemble's heads have no bias (causal sequence-classification layout) and are "
+                          "not centred; their spread includes each head's arbitrary offset", RankalignWarning,
+                          stacklevel=2)
+        else:
+            center_ensemble_heads(model, tokenizer, records, layout=layout, max_length=max_length)
     return history

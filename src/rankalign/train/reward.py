@@ -150,6 +150,7 @@ class RewardTrainConfig:
             raise ConfigError("an ensemble has scalar heads: num_attributes 1 and no preference_dim")
         if (self.objective == "general_preference") != (self.preference_dim is not None):
             raise ConfigError("objective general_preference goes with preference_dim (and only it)")
+        self.peft.validate()
         if self.prompt_gate and self.preference_dim is None:
             raise ConfigError("prompt_gate needs preference_dim (a general preference model)")
         if self.attribute_names is not None and len(self.attribute_names) != self.num_attributes:
@@ -255,11 +256,9 @@ def _apply_peft_and_freezing(model, config: RewardTrainConfig) -> None:
     if model.kind != "causal":
         raise ConfigError("peft (LoRA) is set up for causal backbones; use freeze_backbone or full training "
                           "for encoders")
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    lora = LoraConfig(r=config.peft.r, lora_alpha=config.peft.alpha, lora_dropout=config.peft.dropout,
-                      target_modules=list(config.peft.target_modules))
-    model.backbone = get_peft_model(model.backbone, lora)
+    model.backbone = get_peft_model(model.backbone, config.peft.lora_config(model.backbone))
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
@@ -296,9 +295,10 @@ def _optimizer_from_tensors(tensors: dict, meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(model, output_dir: str | os.PathLike, step: int, state: dict, fingerprint: dict | None = None
-                    ) -> Path:
-    """``output_dir/checkpoint-<step>``: trainable weights, optimiser, scheduler, RNG; marked complete last."""
+def save_checkpoint(model, output_dir: str | os.PathLike, step: int, state: dict, fingerprint: dict | None = None,
+                    extra_tensors: dict | None = None) -> Path:
+    """``output_dir/checkpoint-<step>``: trainable weights, optimiser, scheduler, RNG (and ``extra_tensors``,
+    e.g. a sampling generator's state, stored beside the optimiser as ``extra.<name>``); marked complete last."""
     import torch
     from safetensors.torch import save_file
 
@@ -312,6 +312,8 @@ def save_checkpoint(model, output_dir: str | os.PathLike, step: int, state: dict
     atomic_write_path(directory / "trainable.safetensors", lambda t: save_file(weights, t))
     tensors, meta = _optimizer_tensors(state["optimizer"])
     tensors["rng"] = torch.get_rng_state()
+    for name, value in (extra_tensors or {}).items():
+        tensors[f"extra.{name}"] = value.detach().contiguous().cpu()
     atomic_write_path(directory / "optimizer.safetensors", lambda t: save_file(tensors, t))
     atomic_write_json(directory / "trainer_state.json",
                       {"step": step, "optimizer": meta, "scheduler": state["scheduler"].state_dict(),
@@ -344,9 +346,10 @@ def load_checkpoint(model, directory: str | os.PathLike) -> dict:
             parameters[name].copy_(value)
     tensors = load_file(directory / "optimizer.safetensors")
     rng = tensors.pop("rng")
+    extra = {name[len("extra."):]: tensors.pop(name) for name in list(tensors) if name.startswith("extra.")}
     meta = json.loads((directory / "trainer_state.json").read_text())
     return {"step": meta["step"], "optimizer": _optimizer_from_tensors(tensors, meta["optimizer"]),
-            "scheduler": meta["scheduler"], "rng": rng, "history": meta["history"]}
+            "scheduler": meta["scheduler"], "rng": rng, "history": meta["history"], "extra": extra}
 
 
 # ---------------------------------------------------------------------------------------------- run

@@ -678,11 +678,9 @@ def maybe_apply_peft(model, config):
     """Wrap ``model`` in a LoRA adapter when ``config.peft.enabled``."""
     if not config.peft.enabled:
         return model
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    lora = LoraConfig(r=config.peft.r, lora_alpha=config.peft.alpha, lora_dropout=config.peft.dropout,
-                      target_modules=list(config.peft.target_modules), task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
+    return get_peft_model(model, config.peft.lora_config(model, task_type="CAUSAL_LM"))
 
 
 def train_preference(model, tokenizer, records_or_lists, config, *, ref_model=None,
