@@ -216,6 +216,12 @@ def test_lora_top_layers_adapts_only_the_last_layers_and_backward_stops_below_th
     ids = torch.tensor([[5, 6, 7, 8]])
     model(input_ids=ids).logits.sum().backward()
     assert sorted(set(reached)) == [2]  # nothing below the adapted layer needs a gradient
+    from peft import get_peft_model
+
+    bare = tiny_causal_lm(VOCAB, hidden_size=32, layers=3, heads=2, seed=0).model  # a reward model's decoder
+    adapted = get_peft_model(bare, peft.lora_config(bare))
+    lora = [n for n, p in adapted.named_parameters() if "lora_" in n]
+    assert lora and all(".layers.2." in n for n in lora)
     with pytest.raises(ConfigError, match="top_layers is 4 but the model has 3 layers"):
         maybe_apply_peft(tiny_causal_lm(VOCAB, hidden_size=32, layers=3, heads=2, seed=0),
                          TrainConfig(peft=PeftConfig(enabled=True, top_layers=4)))

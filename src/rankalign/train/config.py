@@ -71,8 +71,10 @@ class PeftConfig:
         sizes ``top_layers``)."""
         from peft import LoraConfig
 
-        layers = None
+        layers = pattern = None
         if self.top_layers is not None:
+            import torch
+
             total = getattr(getattr(model, "config", None), "num_hidden_layers", None)
             if not isinstance(total, int):
                 raise ConfigError(f"peft.top_layers: {type(model).__name__} has no config.num_hidden_layers; "
@@ -80,8 +82,15 @@ class PeftConfig:
             if self.top_layers > total:
                 raise ConfigError(f"peft.top_layers is {self.top_layers} but the model has {total} layers")
             layers = list(range(total - self.top_layers, total))
+            # the list of decoder blocks ("layers" in Llama, "h" in GPT-2): PEFT needs its name to find a
+            # module's layer index when the model has no prefix before it (a bare decoder, as reward models use)
+            pattern = next((name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                            if isinstance(module, torch.nn.ModuleList) and len(module) == total and name), None)
+            if pattern is None:
+                raise ConfigError(f"peft.top_layers: no list of {total} layers found in {type(model).__name__}")
         return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                          target_modules=list(self.target_modules), layers_to_transform=layers, **extra)
+                          target_modules=list(self.target_modules), layers_to_transform=layers,
+                          layers_pattern=pattern, **extra)
 
 
 @dataclass
