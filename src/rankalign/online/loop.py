@@ -346,7 +346,7 @@ def run_policy_gradient(model, tokenizer, prompts: Sequence, judge, *, objective
                         clip_epsilon: float = 0.2, iterations: int = 1, max_new_tokens: int = 64,
                         temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, ref_model=None,
                         max_grad_norm: float = 1.0, callback=None, output_dir: str | Path | None = None,
-                        save_steps: int = 1, resume: bool = True) -> list[dict]:
+                        save_steps: int = 10, resume: bool = True) -> list[dict]:
     """GRPO or RLOO: ``steps`` rounds of {sample K per prompt -> judge -> ``iterations`` updates}.
 
     Each step takes the next ``prompts_per_step`` prompts (cycling), samples K completions each
@@ -356,14 +356,19 @@ def run_policy_gradient(model, tokenizer, prompts: Sequence, judge, *, objective
     ``ref_model`` (default: a frozen copy of ``model`` as given). Returns one metrics dict per step.
 
     With ``output_dir``, every ``save_steps`` steps (and after the last) the trainable weights, the
-    optimiser, the sampling generator, the torch RNG and the history go to ``output_dir/checkpoint-N``
-    (safetensors and JSON, written atomically, marked complete last, with a fingerprint of the settings,
-    prompts and model). Called again with the same arguments and the *initial* model (it is the reference
-    and the starting point), the run continues from the newest complete checkpoint and ends where an
-    uninterrupted run ends; a checkpoint of other settings or prompts is refused
-    (:class:`~rankalign.train.checkpoints.ResumeError`). ``resume=False`` with an existing checkpoint is an error.
+    optimiser, the sampling generator, the torch (CPU) RNG and the history go to ``output_dir/checkpoint-N``
+    (safetensors and JSON, written atomically, marked complete last, after ``callback``), with a
+    fingerprint of the settings, the prompts and the model *as given*, its weights included. Called again
+    with the same arguments and the initial model (it is the reference and the starting point; a model
+    already trained in place is refused, since its weights differ), the run continues from the newest
+    complete checkpoint. On the CPU, with a judge that keeps no random state of its own (a reward model,
+    a simulation's gold reward), it then ends where an uninterrupted run ends; a noisy simulated annotator
+    draws anew, and on a GPU the CUDA RNG (dropout) is not restored. A checkpoint of other settings,
+    prompts or initial weights is refused (:class:`~rankalign.train.checkpoints.ResumeError`);
+    ``resume=False`` removes the folder's checkpoints and starts afresh. ``steps`` and ``save_steps`` may
+    change between invocations.
     """
-    from ..train.checkpoints import marked_checkpoints, precheck, run_fingerprint, select_checkpoint
+    from ..train.checkpoints import ResumeError, clear_run, precheck, run_fingerprint, select_checkpoint
     from ..train.reward import load_checkpoint, save_checkpoint
     from .policy_gradient import policy_gradient_step
 
@@ -383,20 +388,28 @@ def run_policy_gradient(model, tokenizer, prompts: Sequence, judge, *, objective
         settings = {"objective": objective, "prompts_per_step": prompts_per_step, "k": k,
                     "lr": lr, "beta": beta, "clip_epsilon": clip_epsilon, "iterations": iterations,
                     "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
-                    "max_grad_norm": max_grad_norm, "judge": getattr(judge, "id", None)}
+                    "max_grad_norm": max_grad_norm, "judge": getattr(judge, "id", None),
+                    "initial_weights": _weights_digest(model)}
         fingerprint = run_fingerprint(settings, [{"prompt": p} for p in prompts], model=model)
-        if not resume and marked_checkpoints(output_dir):
-            raise ValueError(f"{output_dir} holds checkpoints of a policy-gradient run; resume it or use "
-                             "another output_dir")
+        if not resume:
+            clear_run(output_dir)
         precheck(output_dir, fingerprint)
         checkpoint = select_checkpoint(output_dir, fingerprint)
         if checkpoint is not None:
             state = load_checkpoint(model, checkpoint)
+            start = int(state["step"])
+            if start > steps:
+                raise ResumeError(f"{checkpoint} is at step {start}, beyond steps={steps}",
+                                  hint="raise steps, or use another output_dir")
             optimizer.load_state_dict(state["optimizer"])
             torch.set_rng_state(state["rng"])
-            generator.set_state(state["extra"]["generator"])
+            try:
+                generator.set_state(state["extra"]["generator"])
+            except (KeyError, RuntimeError) as error:
+                raise ResumeError(f"{checkpoint}: its sampling generator state does not fit a generator on "
+                                  f"{generator.device} ({error})",
+                                  hint="resume on the device the run started on") from None
             history = list(state["history"])
-            start = int(state["step"])
     for step in range(start, steps):
         step_prompts = _round_prompts(prompts, prompts_per_step, step)
         prompt_ids = [_encode_prompt(tokenizer, p) for p in step_prompts]
@@ -414,14 +427,26 @@ def run_policy_gradient(model, tokenizer, prompts: Sequence, judge, *, objective
                                        **signal)
         metrics["step"] = step
         history.append(metrics)
+        if callback is not None:
+            callback(step, model, metrics)
         if output_dir is not None and ((step + 1) % save_steps == 0 or step + 1 == steps):
             save_checkpoint(model, output_dir, step + 1, {"optimizer": optimizer, "scheduler": scheduler,
                                                           "history": history}, fingerprint,
                             extra_tensors={"generator": generator.get_state()})
-        if callback is not None:
-            callback(step, model, metrics)
     model.eval()
     return history
+
+
+def _weights_digest(model) -> str:
+    """SHA-256 of a model's parameters and buffers (names, dtypes, shapes and bytes)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 __all__ = ["Judge", "OnlineConfig", "group_rewards", "run_policy_gradient", "OnlineResult", "run_online", "judged_lists", "win_probabilities",

@@ -782,7 +782,7 @@ def center_ensemble_heads(model: RewardModel, tokenizer, records: Iterable, *, l
         raise ValueError("center_ensemble_heads needs a model with ensemble_size >= 2")
     if model.head.bias is None:
         raise ValueError("this ensemble's head has no bias (causal sequence-classification layout), so its "
-                         "heads cannot be centred; use bootstrap=True and a larger ensemble instead")
+                         "heads cannot hold an offset and cannot be centred")
     records = list(records)[:limit]
     heads = [v for v in score_lists(model, tokenizer, records, batch_size=batch_size, layout=layout,
                                     max_length=max_length, return_attributes=True) if v.numel()]
@@ -805,7 +805,8 @@ def ensemble_scores(model: RewardModel, tokenizer, records: Iterable, *, k: floa
 
     The spread is meaningful once each head is centred on the training candidates
     (:func:`center_ensemble_heads`, which :func:`~rankalign.reward.train_reward_model` applies to every
-    ensemble it trains, ``center_heads=True``).
+    ensemble it trains whose head has a bias, ``center_heads=True``; a causal backbone's bias-free head is
+    left as trained, so its spread includes each head's offset).
 
     Returns one dict per record with ``heads`` ``[K, E]`` and ``mean``, ``std``, ``conservative`` ``[K]``.
     """
