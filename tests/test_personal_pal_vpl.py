@@ -226,3 +226,14 @@ def test_the_online_loop_hands_a_judge_with_rank_many_the_whole_round():
                                   round_index=0)
     assert calls == [(["x", "z"], [["a", "b"], ["b", "c"]])]  # one call, the groups with 2+ distinct texts
     assert [r.prompt for r in records] == ["x", "z"] and [item.index for item in lists] == [0, 2]
+
+
+def test_exponentiated_gradient_step_by_hand():
+    from rankalign.sim.maxmin import exponentiated_gradient_step
+
+    # lambda (1/2, 1/2), gains (1, 0), step ln 2: weights ∝ (e^{-ln2}, 1) = (1/2, 1) -> (1/3, 2/3)
+    np.testing.assert_allclose(exponentiated_gradient_step(np.array([0.5, 0.5]), np.array([1.0, 0.0]), np.log(2)),
+                               [1 / 3, 2 / 3], rtol=1e-12)
+    # a zero weight stays zero; huge gains do not overflow
+    out = exponentiated_gradient_step(np.array([0.0, 0.3, 0.7]), np.array([0.0, 1e6, -1e6]), 1.0)
+    assert np.all(np.isfinite(out)) and out[0] == 0.0 and out[2] == pytest.approx(1.0)

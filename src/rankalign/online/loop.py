@@ -368,15 +368,22 @@ def run_policy_gradient(model, tokenizer, prompts: Sequence, judge, *, objective
     ``resume=False`` removes the folder's checkpoints and starts afresh. ``steps`` and ``save_steps`` may
     change between invocations.
     """
-    from ..train.checkpoints import ResumeError, clear_run, precheck, run_fingerprint, select_checkpoint
-    from ..train.reward import load_checkpoint, save_checkpoint
+    from ..train.checkpoints import (
+        ResumeError,
+        clear_run,
+        load_checkpoint,
+        precheck,
+        run_fingerprint,
+        save_checkpoint,
+        select_checkpoint,
+        weights_digest,
+    )
     from .policy_gradient import policy_gradient_step
 
     if save_steps < 1:
         raise ValueError(f"save_steps must be >= 1, got {save_steps}")
     reference = ref_model if ref_model is not None else copy.deepcopy(model).eval()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)  # constant; kept for checkpoints
     generator = torch.Generator(device=next(model.parameters()).device)
     generator.manual_seed(int(seed))
     history: list[dict] = []
@@ -389,7 +396,7 @@ def run_policy_gradient(model, tokenizer, prompts: Sequence, judge, *, objective
                     "lr": lr, "beta": beta, "clip_epsilon": clip_epsilon, "iterations": iterations,
                     "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
                     "max_grad_norm": max_grad_norm, "judge": getattr(judge, "id", None),
-                    "initial_weights": _weights_digest(model)}
+                    "initial_weights": weights_digest(model)}
         fingerprint = run_fingerprint(settings, [{"prompt": p} for p in prompts], model=model)
         if not resume:
             clear_run(output_dir)
@@ -430,23 +437,10 @@ def run_policy_gradient(model, tokenizer, prompts: Sequence, judge, *, objective
         if callback is not None:
             callback(step, model, metrics)
         if output_dir is not None and ((step + 1) % save_steps == 0 or step + 1 == steps):
-            save_checkpoint(model, output_dir, step + 1, {"optimizer": optimizer, "scheduler": scheduler,
-                                                          "history": history}, fingerprint,
+            save_checkpoint(model, output_dir, step + 1, {"optimizer": optimizer, "history": history}, fingerprint,
                             extra_tensors={"generator": generator.get_state()})
     model.eval()
     return history
-
-
-def _weights_digest(model) -> str:
-    """SHA-256 of a model's parameters and buffers (names, dtypes, shapes and bytes)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 __all__ = ["Judge", "OnlineConfig", "group_rewards", "run_policy_gradient", "OnlineResult", "run_online", "judged_lists", "win_probabilities",

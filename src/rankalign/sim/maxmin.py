@@ -108,6 +108,16 @@ def utilitarian_policy(world: TabularWorld, group_rewards, weights, *, beta: flo
                        kl=kl_table(log_probs, ref), theta=theta, rule="utilitarian")
 
 
+def exponentiated_gradient_step(weights: np.ndarray, gains: np.ndarray, step: float) -> np.ndarray:
+    """One mirror-descent step on the simplex towards the worst-served groups:
+    ``lambda_g <- lambda_g exp(-step * gain_g) / Z`` (in log space; the gains are centred first, which leaves
+    the result unchanged and keeps the exponent small)."""
+    gains = np.asarray(gains, dtype=np.float64)
+    logits = np.log(np.maximum(weights, 1e-300)) - step * (gains - gains.mean())
+    out = np.exp(logits - logits.max())
+    return out / out.sum()
+
+
 def maxmin_policy(world: TabularWorld, group_rewards, *, beta: float = 0.5, iterations: int = 300,
                   step: float = 2.0, tol: float = 1e-7) -> GroupPolicy:
     """MaxMin policy ``argmax_pi min_g R_g(pi) - beta KL(pi || pi_ref)`` in the tabular world (module docstring).
@@ -134,9 +144,7 @@ def maxmin_policy(world: TabularWorld, group_rewards, *, beta: float = 0.5, iter
             best = (dual, weights.copy(), log_probs, gains, kl, theta)
         if gains.max() - gains.min() < tol:
             break
-        logits = np.log(np.maximum(weights, 1e-300)) - step / np.sqrt(t) * (gains - gains.mean())
-        weights = np.exp(logits - logits.max())
-        weights /= weights.sum()
+        weights = exponentiated_gradient_step(weights, gains, step / np.sqrt(t))
     _, weights, log_probs, gains, kl, theta = best
     return GroupPolicy(log_probs=log_probs, weights=weights, gains=gains, kl=kl, theta=theta, rule="maxmin",
                        iterations=t)
@@ -329,9 +337,7 @@ class MaxMinJudge:
     def _choose(self, gains: np.ndarray, count: int) -> None:
         self.worst = int(np.argmin(gains))
         if self.step_size is not None:
-            logits = np.log(self.weights) - self.step_size * gains
-            self.weights = np.exp(logits - logits.max())
-            self.weights /= self.weights.sum()
+            self.weights = exponentiated_gradient_step(self.weights, gains, self.step_size)
         self.history.append({"gains": gains.tolist(), "worst": self.worst, "weights": self.weights.tolist(),
                              "candidates": count})
 
@@ -375,5 +381,6 @@ def _sequence_logps(net, input_ids, attention, target):
     return (picked * mask).sum(-1)
 
 
-__all__ = ["group_gains", "GroupPolicy", "utilitarian_policy", "maxmin_policy", "item_level_records",
+__all__ = ["group_gains", "GroupPolicy", "utilitarian_policy", "maxmin_policy", "exponentiated_gradient_step",
+           "MaxMinJudge", "item_level_records",
            "reward_tables", "train_group_policy"]

@@ -27,7 +27,6 @@ on one side) or read from ``eval_data``; the held-out accuracy with its confiden
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -261,97 +260,6 @@ def _apply_peft_and_freezing(model, config: RewardTrainConfig) -> None:
     model.backbone = get_peft_model(model.backbone, config.peft.lora_config(model.backbone))
 
 
-# ---------------------------------------------------------------------------------------------- checkpoints
-def _trainable_state(model) -> dict:
-    return {name: p.detach().contiguous().cpu() for name, p in model.named_parameters() if p.requires_grad}
-
-
-def _optimizer_tensors(optimizer) -> tuple[dict, dict]:
-    """An optimizer's state as flat tensors (``state.<param>.<key>``) plus JSON for the rest."""
-    state = optimizer.state_dict()
-    tensors, scalars = {}, {}
-    for index, entries in state["state"].items():
-        for key, value in entries.items():
-            if hasattr(value, "detach"):
-                tensors[f"state.{index}.{key}"] = value.detach().contiguous().cpu()
-            else:
-                scalars[f"{index}.{key}"] = value
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
-
-
-def _optimizer_from_tensors(tensors: dict, meta: dict) -> dict:
-    import torch
-
-    state: dict[int, dict] = {}
-    for name, value in tensors.items():
-        _, index, key = name.split(".", 2)
-        state.setdefault(int(index), {})[key] = value
-    for name, value in meta.get("scalars", {}).items():
-        index, key = name.split(".", 1)
-        state.setdefault(int(index), {})[key] = value
-    for entries in state.values():
-        if "step" in entries and not hasattr(entries["step"], "detach"):
-            entries["step"] = torch.tensor(float(entries["step"]))
-    return {"state": state, "param_groups": meta["param_groups"]}
-
-
-def save_checkpoint(model, output_dir: str | os.PathLike, step: int, state: dict, fingerprint: dict | None = None,
-                    extra_tensors: dict | None = None) -> Path:
-    """``output_dir/checkpoint-<step>``: trainable weights, optimiser, scheduler, RNG (and ``extra_tensors``,
-    e.g. a sampling generator's state, stored beside the optimiser as ``extra.<name>``); marked complete last."""
-    import torch
-    from safetensors.torch import save_file
-
-    from rankalign._atomic import atomic_write_json, atomic_write_path
-
-    from .checkpoints import CHECKPOINT_MARKER, write_marker
-
-    directory = Path(output_dir) / f"checkpoint-{step}"
-    directory.mkdir(parents=True, exist_ok=True)
-    weights = _trainable_state(model)
-    atomic_write_path(directory / "trainable.safetensors", lambda t: save_file(weights, t))
-    tensors, meta = _optimizer_tensors(state["optimizer"])
-    tensors["rng"] = torch.get_rng_state()
-    for name, value in (extra_tensors or {}).items():
-        tensors[f"extra.{name}"] = value.detach().contiguous().cpu()
-    atomic_write_path(directory / "optimizer.safetensors", lambda t: save_file(tensors, t))
-    atomic_write_json(directory / "trainer_state.json",
-                      {"step": step, "optimizer": meta, "scheduler": state["scheduler"].state_dict(),
-                       "history": state["history"]}, default=float)
-    write_marker(directory, step, fingerprint)
-    for old in Path(output_dir).glob("checkpoint-*"):  # keep the newest two complete checkpoints
-        if old != directory and (old / CHECKPOINT_MARKER).exists():
-            steps = sorted(int(p.name.split("-", 1)[1]) for p in Path(output_dir).glob("checkpoint-*")
-                           if (p / CHECKPOINT_MARKER).exists() and p.name.split("-", 1)[1].isdigit())
-            if int(old.name.split("-", 1)[1]) < steps[-2]:
-                import shutil
-
-                shutil.rmtree(old, ignore_errors=True)
-    return directory
-
-
-def load_checkpoint(model, directory: str | os.PathLike) -> dict:
-    """Restore the trainable weights of ``model`` and return the ``resume_state`` for the training loop."""
-    import torch
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    weights = load_file(directory / "trainable.safetensors")
-    parameters = dict(model.named_parameters())
-    missing = sorted(set(weights) - set(parameters))
-    if missing:
-        raise ConfigError(f"{directory}: checkpoint weights {missing[:3]} do not fit this model")
-    with torch.no_grad():
-        for name, value in weights.items():
-            parameters[name].copy_(value)
-    tensors = load_file(directory / "optimizer.safetensors")
-    rng = tensors.pop("rng")
-    extra = {name[len("extra."):]: tensors.pop(name) for name in list(tensors) if name.startswith("extra.")}
-    meta = json.loads((directory / "trainer_state.json").read_text())
-    return {"step": meta["step"], "optimizer": _optimizer_from_tensors(tensors, meta["optimizer"]),
-            "scheduler": meta["scheduler"], "rng": rng, "history": meta["history"], "extra": extra}
-
-
 # ---------------------------------------------------------------------------------------------- run
 @dataclass
 class RewardRunResult:
@@ -393,7 +301,7 @@ def run_reward_config(config: RewardTrainConfig, *, resume: bool | None = None, 
 
     from rankalign.reward.train import pairwise_accuracy, train_reward_model
 
-    from .checkpoints import precheck, run_fingerprint, select_checkpoint
+    from .checkpoints import load_checkpoint, precheck, run_fingerprint, save_checkpoint, select_checkpoint
 
     config.validate()
     transformers.set_seed(config.seed)
