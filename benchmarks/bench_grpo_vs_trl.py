@@ -2,7 +2,8 @@
 
 Both sides run the same GRPO step on the same model, prompts and reward function: sample K = 8
 completions (up to 64 new tokens, temperature 1, top-p 1, stop at EOS) for each prompt of 256 tokens,
-score them, standardise the rewards within the group, and take one AdamW step on the clipped-ratio
+score them, standardise the rewards within the group, and take one AdamW step (the fused kernel on both
+sides: transformers' default ``adamw_torch_fused`` for TRL) on the clipped-ratio
 objective with a k3 KL term to a frozen reference (beta = 0.04, epsilon = 0.2, TRL ``loss_type="grpo"``:
 per-sequence token mean, then the mean over the group), float32 on the CPU, no bf16, no gradient
 checkpointing, one group per step.
@@ -163,6 +164,7 @@ def run_ours(model_dir: str, args) -> dict:
 
     import torch
 
+    from rankalign._optim import adamw
     from rankalign.online import policy_gradient_step, sample_groups
 
     model, tokenizer = load(model_dir)
@@ -171,7 +173,7 @@ def run_ours(model_dir: str, args) -> dict:
     reference = copy.deepcopy(model).eval()
     for parameter in reference.parameters():
         parameter.requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.0)
+    optimizer = adamw(model.parameters(), lr=LEARNING_RATE)  # fused, as transformers.Trainer's default (TRL's side)
     generator = torch.Generator().manual_seed(0)
     timings = {"step": [], "generate": []}
     for step in range(steps):

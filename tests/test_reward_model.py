@@ -354,6 +354,11 @@ def test_micro_batches_give_the_whole_batch_training_run(tokenizer, layout, ense
     runs = []
     for budget in (None, 1):
         model = tiny_reward_model(tokenizer, ensemble_size=ensemble, seed=1)
+        # the block-mask attention, which sums each row the same way here whatever the batch: the structured
+        # attention pads each response's keys to the batch's longest prompt, so another batch composition
+        # sums in another order (~1e-7), which Adam at lr 1e-2 grows past this test's rounding tolerances
+        # (tests/test_engine_attention.py checks that path against the mask)
+        model.backbone.rankalign_structured_attention = False
         history = train_reward_model(model, tokenizer, lists, objective="pl_reward", epochs=2, lr=1e-2,
                                      batch_size=5, seed=0, layout=layout, micro_batch_tokens=budget)
         runs.append((history, {k: v.clone() for k, v in model.state_dict().items()}))

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .attention import describe_attention, structured_attention
 from .packing import PackedBatch, pack_lists
 from .tokenize import TokenizedList
 
@@ -363,10 +364,16 @@ def attention_mask_for(model, batch: PackedBatch) -> Tensor:
     return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
+def _structured_attention_enabled(model) -> bool:
+    """False when the model opted out of :mod:`rankalign.engine.attention` (``rankalign_structured_attention``)."""
+    return getattr(unwrap_model(model), "rankalign_structured_attention", True) is not False
+
+
 def _hidden_states(model, batch: PackedBatch, base=None) -> Tensor:
     base = base_model_of(model) if base is None else base
-    outputs = base(input_ids=batch.input_ids, attention_mask=attention_mask_for(model, batch),
-                   position_ids=batch.position_ids, use_cache=False)
+    with structured_attention(base, batch, enabled=_structured_attention_enabled(model)):
+        outputs = base(input_ids=batch.input_ids, attention_mask=attention_mask_for(model, batch),
+                       position_ids=batch.position_ids, use_cache=False)
     return outputs[0] if not hasattr(outputs, "last_hidden_state") else outputs.last_hidden_state
 
 
@@ -638,6 +645,8 @@ def choose_layout(model, layout: str = "auto", *, announce: bool = True) -> str:
         chosen = "shared" if verdict.accepted else "duplicated"
         reason = verdict.reason
     if announce and getattr(inner, "_rankalign_announced_layout", None) != chosen:
+        if chosen == "shared":
+            reason = f"{reason}; {describe_attention(base_model_of(model), _structured_attention_enabled(model))}"
         _announce(f"layout: {chosen} ({reason})")
         try:
             inner._rankalign_announced_layout = chosen

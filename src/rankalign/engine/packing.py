@@ -56,6 +56,11 @@ class PackedBatch:
     labels : Tensor [B] float or None (Judgment labels; NaN where a list has none)
     list_index : Tensor [B] long
     layout : str
+    prompt_spans : Tensor [B, 2] long or None
+        Shared layout: each list's prompt as (flat start ``row * T + t``, length); with ``response_spans``
+        what :mod:`rankalign.engine.attention` computes the attention from (None: the masked path only).
+    response_spans : Tensor [C, 3] long or None
+        Shared layout: each response as (flat start, length, list b), in packing order.
     source : tuple of TokenizedList or None
         The lists themselves (kept on the host), so a batch can be repacked in the other layout.
     num_tokens : int
@@ -77,6 +82,8 @@ class PackedBatch:
     layout: str
     source: tuple | None = None
     num_tokens: int = 0
+    prompt_spans: Tensor | None = None
+    response_spans: Tensor | None = None
 
     @property
     def num_lists(self) -> int:
@@ -209,6 +216,8 @@ def _pack_shared(lists, max_tokens_per_row, pad_token_id, pad_to_multiple_of, ma
     longest = max(max(len(item.prompt_ids), *(len(r) for r in item.response_ids)) for item in lists)
     causal = _causal_block(longest, blocked)
     target_index, target_ids, target_segment = [], [], []
+    prompt_spans = np.zeros((len(lists), 2), dtype=np.int64)
+    response_spans = []
     for r, row in enumerate(rows):
         start = 0
         for b in row:
@@ -218,6 +227,7 @@ def _pack_shared(lists, max_tokens_per_row, pad_token_id, pad_to_multiple_of, ma
             stop = start + sum(len(p) for p in pieces)
             input_ids[r, start:stop] = np.concatenate([np.asarray(p, dtype=np.int64) for p in pieces])
             position_ids[r, start:start + prompt_len] = np.arange(prompt_len)
+            prompt_spans[b] = (r * length + start, prompt_len)
             mask[r, start:start + prompt_len, start:start + prompt_len] = causal[:prompt_len, :prompt_len]
             last_prompt = r * length + start + prompt_len - 1
             offset = start + prompt_len
@@ -232,12 +242,15 @@ def _pack_shared(lists, max_tokens_per_row, pad_token_id, pad_to_multiple_of, ma
                 target_index.append(predict)
                 target_ids.append(np.asarray(response, dtype=np.int64))
                 target_segment.append(np.full(size, b * max_k + k, dtype=np.int64))
+                response_spans.append((r * length + offset, size, b))
                 offset += size
             start = stop
         padding = np.arange(start, length)
         mask[r, padding, padding] = 0.0  # a padding query attends to itself only (no empty softmax rows)
+    spans = {"prompt_spans": torch.from_numpy(prompt_spans),
+             "response_spans": torch.tensor(response_spans, dtype=torch.long).view(-1, 3)}
     return (torch.from_numpy(input_ids), torch.from_numpy(position_ids), torch.from_numpy(mask).unsqueeze(1),
-            target_index, target_ids, target_segment)
+            target_index, target_ids, target_segment, spans)
 
 
 def _pack_duplicated(lists, pad_token_id, pad_to_multiple_of, max_k):
@@ -300,9 +313,9 @@ def pack_lists(lists: Sequence[TokenizedList], *, layout: str = "shared", max_to
             raise ValueError(f"list {item.index}: every list needs at least one non-empty response")
     max_k = max(item.k for item in lists)
     if layout == "shared":
-        packed = _pack_shared(lists, max_tokens_per_row, pad_token_id, pad_to_multiple_of, max_k)
+        *packed, spans = _pack_shared(lists, max_tokens_per_row, pad_token_id, pad_to_multiple_of, max_k)
     else:
-        packed = _pack_duplicated(lists, pad_token_id, pad_to_multiple_of, max_k)
+        packed, spans = _pack_duplicated(lists, pad_token_id, pad_to_multiple_of, max_k), {}
     input_ids, position_ids, attention_mask, target_index, target_ids, target_segment = packed
     ranks, lengths, weights, grades, labels, list_index = _list_fields(lists, max_k)
     return PackedBatch(
@@ -313,6 +326,7 @@ def pack_lists(lists: Sequence[TokenizedList], *, layout: str = "shared", max_to
         ranks=ranks, lengths=lengths, weights=weights, grades=grades, labels=labels, list_index=list_index,
         layout=layout, source=tuple(lists),
         num_tokens=sum(item.shared_length if layout == "shared" else item.duplicated_length for item in lists),
+        **spans,
     )
 
 

@@ -368,6 +368,7 @@ def run_policy_gradient(model, tokenizer, prompts: Sequence, judge, *, objective
     ``resume=False`` removes the folder's checkpoints and starts afresh. ``steps`` and ``save_steps`` may
     change between invocations.
     """
+    from .._optim import adamw
     from ..train.checkpoints import (
         ResumeError,
         clear_run,
@@ -383,7 +384,7 @@ def run_policy_gradient(model, tokenizer, prompts: Sequence, judge, *, objective
     if save_steps < 1:
         raise ValueError(f"save_steps must be >= 1, got {save_steps}")
     reference = ref_model if ref_model is not None else copy.deepcopy(model).eval()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    optimizer = adamw(model.parameters(), lr=lr)
     generator = torch.Generator(device=next(model.parameters()).device)
     generator.manual_seed(int(seed))
     history: list[dict] = []
