@@ -237,12 +237,15 @@ def test_resume_refuses_a_checkpoint_of_a_different_config(tmp_path):
 
 def test_an_option_added_later_leaves_the_fingerprint_of_runs_that_do_not_set_it_unchanged():
     from rankalign.train.checkpoints import run_fingerprint
-    from rankalign.train.config import PeftConfig, config_to_dict
+    from rankalign.train.config import OnlineConfig, PeftConfig, config_to_dict
 
     records = [{"prompt": "p", "candidates": ["a", "b"], "ranks": [0, 1]}]
     now = config_to_dict(TrainConfig(objective="dpo"))
     before = json.loads(json.dumps(now))
     del before["peft"]["top_layers"]  # the config as a version without `peft.top_layers` wrote it
+    del before["online"]["replay"]  # ... and without `online.replay`
     assert run_fingerprint(now, records)["hash"] == run_fingerprint(before, records)["hash"]
     used = config_to_dict(TrainConfig(objective="dpo", peft=PeftConfig(top_layers=4)))
     assert run_fingerprint(used, records)["hash"] != run_fingerprint(now, records)["hash"]
+    replaying = config_to_dict(TrainConfig(objective="dpo", online=OnlineConfig(replay=True)))
+    assert run_fingerprint(replaying, records)["hash"] != run_fingerprint(now, records)["hash"]

@@ -230,3 +230,51 @@ def test_policy_gradient_run_resumes_from_its_checkpoint_and_ends_where_an_unint
     seen = []
     _pg_run(tmp_path, "split", objective, save_steps=2, seen=seen, resume=False)  # starts afresh
     assert seen == [0, 1, 2, 3]
+
+
+def test_replay_trains_each_round_on_every_round_so_far_and_resumes_without_re_judging(tmp_path, monkeypatch):
+    import rankalign.train as train
+
+    sizes = []
+    original = train.train_preference
+
+    def spy(model, tokenizer, data, config, **kwargs):
+        sizes.append((os.path.basename(os.path.dirname(config.output_dir)), len(data)))
+        return original(model, tokenizer, data, config, **kwargs)
+
+    monkeypatch.setattr(train, "train_preference", spy)
+    model, tokenizer, prompts, config, settings = _setup(tmp_path, "whole", 3, replay=True)
+    run_online(model, tokenizer, prompts, gold_judge(), config, settings)
+    own = [len(list(read(str(tmp_path / "whole" / f"round_{r:03d}" / "lists.jsonl")).records)) for r in range(3)]
+    assert all(n >= 2 for n in own)
+    # round r trains on the lists of rounds 0..r (each judged group with two or more ranked candidates)
+    assert sizes == [("round_000", own[0]), ("round_001", own[0] + own[1]), ("round_002", sum(own))]
+
+    # killed after round 1 was judged but before it was trained, then resumed with a judge that would rank
+    # everything the other way round: round 1 trains on its saved rankings (read back, not re-judged), plus
+    # round 0's (replayed), and ends with the policy of the uninterrupted run
+    import shutil
+
+    sizes.clear()
+    model, tokenizer, prompts, config, settings = _setup(tmp_path, "split", 2, replay=True)
+    run_online(model, tokenizer, prompts, gold_judge(), config, settings)
+    shutil.rmtree(tmp_path / "split" / "round_001" / "train")
+    shutil.rmtree(tmp_path / "split" / "round_001" / "policy")
+    state = json.loads((tmp_path / "split" / STATE_FILE).read_text())
+    (tmp_path / "split" / STATE_FILE).write_text(json.dumps({"rounds_done": 1, "summaries": state["summaries"][:1]}))
+
+    class Reversed:
+        id = "reversed"
+
+        def rank(self, prompt, candidates):
+            raise AssertionError("a resumed round must not ask the judge again")
+
+    sizes.clear()
+    model, tokenizer, prompts, config, settings = _setup(tmp_path, "split", 2, replay=True)
+    run_online(model, tokenizer, prompts, Reversed(), config, settings)
+    assert sizes == [("round_001", own[0] + own[1])]
+    split_round1 = _weights(tmp_path / "split" / "round_001" / "policy")
+    whole_round1 = _weights(tmp_path / "whole" / "round_001" / "policy")
+    assert whole_round1.keys() == split_round1.keys()
+    for key in whole_round1:
+        assert torch.equal(whole_round1[key], split_round1[key]), key

@@ -103,19 +103,10 @@ def win_probabilities(record: RankedList) -> list[float]:
             / (k - 1) for i in range(k)]
 
 
-def judged_lists(tokenizer, judge, prompts, prompt_ids, completions, *, round_index: int,
-                 soft_labels: bool = False) -> tuple[list[RankedList], list[TokenizedList]]:
-    """Judge each prompt's K sampled completions; the records (text) and the engine lists (sampled ids).
-
-    Completions that decode to the same text, or to nothing, are kept once (a ranked list holds
-    distinct candidates); a group left with fewer than 2 is skipped. Unranked candidates are dropped
-    from the engine list. ``soft_labels`` puts :func:`win_probabilities` in the grades (SPPO). A judge
-    with a ``rank_many(prompts, candidate_lists)`` method gets the whole round in one call (one ranking
-    per group, in order), for judges that decide from all of a round's samples at once
-    (:class:`rankalign.sim.maxmin.MaxMinJudge`); other judges are asked one prompt at a time.
-    """
-    records, lists = [], []
-    groups = []  # (index, prompt, ids, texts, kept) of every group with at least 2 distinct texts
+def _distinct_groups(tokenizer, prompts, prompt_ids, completions) -> list[tuple]:
+    """``(index, prompt, prompt ids, texts, kept ids)`` of every group with at least 2 distinct, non-empty
+    decoded completions (a duplicate text keeps its first sample)."""
+    groups = []
     for index, (prompt, ids, group) in enumerate(zip(prompts, prompt_ids, completions)):
         texts, kept = [], []
         for completion in group:
@@ -125,21 +116,14 @@ def judged_lists(tokenizer, judge, prompts, prompt_ids, completions, *, round_in
                 kept.append(list(completion))
         if len(texts) >= 2:
             groups.append((index, prompt, ids, texts, kept))
-    if hasattr(judge, "rank_many"):  # a judge that decides from the whole round (rankalign.sim.maxmin.MaxMinJudge)
-        ranked = list(judge.rank_many([g[1] for g in groups], [g[3] for g in groups]))
-        if len(ranked) != len(groups):
-            raise ValueError(f"judge {getattr(judge, 'id', judge)!r} returned {len(ranked)} rankings for "
-                             f"{len(groups)} groups")
-    else:
-        ranked = [judge.rank(prompt, texts) for _, prompt, _, texts, _ in groups]
-    for (index, _prompt, ids, texts, kept), record in zip(groups, ranked):
-        if list(record.candidates) != texts:
-            raise ValueError(f"judge {getattr(judge, 'id', judge)!r} returned candidates in another order or "
-                             "changed them; a judge must rank the candidates it was given, in place")
-        meta = dict(record.meta or {})
-        meta.update({"round": round_index, "source": "rankalign.online"})
-        record = dataclasses.replace(record, annotator=record.annotator or getattr(judge, "id", None), meta=meta)
-        records.append(record)
+    return groups
+
+
+def _engine_lists(groups, records, soft_labels: bool) -> list[TokenizedList]:
+    """The engine lists of judged groups (one record per group, in order): the sampled ids of the ranked
+    candidates, dense ranks, and grades (SPPO's win probabilities, or the judge's scores)."""
+    lists = []
+    for (index, _prompt, ids, _texts, kept), record in zip(groups, records):
         present = [i for i, r in enumerate(record.ranks) if r is not None]
         if len(present) < 2:
             continue
@@ -152,7 +136,56 @@ def judged_lists(tokenizer, judge, prompts, prompt_ids, completions, *, round_in
             grades = [float(record.scores[i]) for i in present]
         lists.append(TokenizedList(prompt_ids=list(ids), response_ids=[kept[i] for i in present],
                                    ranks=[dense[i] for i in present], grades=grades, index=index))
-    return records, lists
+    return lists
+
+
+def judged_lists(tokenizer, judge, prompts, prompt_ids, completions, *, round_index: int,
+                 soft_labels: bool = False) -> tuple[list[RankedList], list[TokenizedList]]:
+    """Judge each prompt's K sampled completions; the records (text) and the engine lists (sampled ids).
+
+    Completions that decode to the same text, or to nothing, are kept once (a ranked list holds
+    distinct candidates); a group left with fewer than 2 is skipped. Unranked candidates are dropped
+    from the engine list. ``soft_labels`` puts :func:`win_probabilities` in the grades (SPPO). A judge
+    with a ``rank_many(prompts, candidate_lists)`` method gets the whole round in one call (one ranking
+    per group, in order), for judges that decide from all of a round's samples at once
+    (:class:`rankalign.sim.maxmin.MaxMinJudge`); other judges are asked one prompt at a time.
+    """
+    groups = _distinct_groups(tokenizer, prompts, prompt_ids, completions)
+    if hasattr(judge, "rank_many"):  # a judge that decides from the whole round (rankalign.sim.maxmin.MaxMinJudge)
+        ranked = list(judge.rank_many([g[1] for g in groups], [g[3] for g in groups]))
+        if len(ranked) != len(groups):
+            raise ValueError(f"judge {getattr(judge, 'id', judge)!r} returned {len(ranked)} rankings for "
+                             f"{len(groups)} groups")
+    else:
+        ranked = [judge.rank(prompt, texts) for _, prompt, _, texts, _ in groups]
+    records = []
+    for (_index, _prompt, _ids, texts, _kept), record in zip(groups, ranked):
+        if list(record.candidates) != texts:
+            raise ValueError(f"judge {getattr(judge, 'id', judge)!r} returned candidates in another order or "
+                             "changed them; a judge must rank the candidates it was given, in place")
+        meta = dict(record.meta or {})
+        meta.update({"round": round_index, "source": "rankalign.online"})
+        records.append(dataclasses.replace(record, annotator=record.annotator or getattr(judge, "id", None),
+                                           meta=meta))
+    return records, _engine_lists(groups, records, soft_labels)
+
+
+def saved_round_lists(tokenizer, round_dir, prompts, prompt_ids, *, soft_labels: bool = False
+                      ) -> tuple[list[RankedList], list[TokenizedList]]:
+    """A finished sampling-and-judging step read back from ``round_dir`` (``samples.json`` and
+    ``lists.jsonl``) without asking the judge again: a resumed or replayed round trains on exactly the
+    rankings it was given the first time, whatever the judge's randomness."""
+    from ..data import read
+    from ..train.checkpoints import ResumeError
+
+    round_dir = Path(round_dir)
+    completions = json.loads((round_dir / "samples.json").read_text())["completions"]
+    records = list(read(str(round_dir / "lists.jsonl")).records)
+    groups = _distinct_groups(tokenizer, prompts, prompt_ids, completions)
+    if len(records) != len(groups) or any(list(r.candidates) != g[3] for r, g in zip(records, groups)):
+        raise ResumeError(f"{round_dir}: lists.jsonl does not hold one ranking of each sampled group of "
+                          "samples.json in order; it was changed, or written by another tokenizer or prompt set")
+    return records, _engine_lists(groups, records, soft_labels)
 
 
 def curriculum_pairs(lists: Sequence[TokenizedList]) -> list[TokenizedList]:
@@ -251,33 +284,46 @@ def run_online(model, tokenizer, prompts: Sequence, judge, train_config, online:
     soft = train_config.objective == "sppo"
     summaries = list(state.get("summaries", []))
     all_records: list[list[RankedList]] = []
+
+    def round_inputs(round_index):
+        round_prompts = _round_prompts(prompts, online.prompts_per_round, round_index)
+        return round_prompts, [_encode_prompt(tokenizer, p) for p in round_prompts]
+
+    replayed: list[TokenizedList] = []  # online.replay: the lists of the rounds before this one
+    if online.replay:
+        for earlier in range(done):
+            replayed.extend(saved_round_lists(tokenizer, output_dir / f"round_{earlier:03d}", *round_inputs(earlier),
+                                              soft_labels=soft)[1])
     for round_index in range(done, online.rounds):
         round_dir = output_dir / f"round_{round_index:03d}"
         round_dir.mkdir(parents=True, exist_ok=True)
-        round_prompts = _round_prompts(prompts, online.prompts_per_round, round_index)
-        prompt_ids = [_encode_prompt(tokenizer, p) for p in round_prompts]
+        round_prompts, prompt_ids = round_inputs(round_index)
         lists_path = round_dir / "lists.jsonl"
         samples_path = round_dir / "samples.json"
-        if samples_path.exists() and lists_path.exists():
-            completions = json.loads(samples_path.read_text())["completions"]
+        if samples_path.exists() and lists_path.exists():  # resumed after judging: the same rankings again
+            records, lists = saved_round_lists(tokenizer, round_dir, round_prompts, prompt_ids, soft_labels=soft)
         else:
-            generator = torch.Generator(device=next(model.parameters()).device)
-            generator.manual_seed(int(train_config.seed) * 100_003 + round_index)
-            groups = sample_groups(model, prompt_ids, online.k, max_new_tokens=online.max_new_tokens,
-                                   temperature=online.temperature, top_p=online.top_p,
-                                   eos_token_id=tokenizer.eos_token_id,
-                                   pad_token_id=tokenizer.pad_token_id or 0, generator=generator)
-            completions = groups.completion_ids
-        records, lists = judged_lists(tokenizer, judge, round_prompts, prompt_ids, completions,
-                                      round_index=round_index, soft_labels=soft)
+            if samples_path.exists():  # killed between writing the samples and their rankings
+                completions = json.loads(samples_path.read_text())["completions"]
+            else:
+                generator = torch.Generator(device=next(model.parameters()).device)
+                generator.manual_seed(int(train_config.seed) * 100_003 + round_index)
+                groups = sample_groups(model, prompt_ids, online.k, max_new_tokens=online.max_new_tokens,
+                                       temperature=online.temperature, top_p=online.top_p,
+                                       eos_token_id=tokenizer.eos_token_id,
+                                       pad_token_id=tokenizer.pad_token_id or 0, generator=generator)
+                completions = groups.completion_ids
+                atomic_write_text(samples_path, json.dumps({"completions": completions}))
+            records, lists = judged_lists(tokenizer, judge, round_prompts, prompt_ids, completions,
+                                          round_index=round_index, soft_labels=soft)
+            if lists:
+                write(records, lists_path)
         if not lists:
             raise RuntimeError(f"round {round_index}: no prompt had two distinct judged completions")
-        if not lists_path.exists():
-            atomic_write_text(samples_path, json.dumps({"completions": completions}))
-            write(records, lists_path)
-        stages = [lists]
+        training = replayed + lists if online.replay else lists
+        stages = [training]
         if online.curriculum:
-            pairs = curriculum_pairs(lists)
+            pairs = curriculum_pairs(training)
             size = math.ceil(len(pairs) / online.curriculum_stages)
             stages = [pairs[i:i + size] for i in range(0, len(pairs), size)]
         history = []
@@ -310,6 +356,8 @@ def run_online(model, tokenizer, prompts: Sequence, judge, train_config, online:
             callback(round_index, model, summary)
         if online.refresh_reference:
             reference = copy.deepcopy(model).eval()
+        if online.replay:
+            replayed.extend(lists)
     del initial_reference
     return OnlineResult(model=model, rounds=summaries, records=all_records, output_dir=str(output_dir))
 

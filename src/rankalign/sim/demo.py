@@ -79,6 +79,10 @@ class DemoSettings:
     temperature: float = 1.0     # annotators' Bradley-Terry / Plackett-Luce temperature
     num_prompts: int = 24        # the first N of the world's 24 prompts (fewer only for smoke tests)
     online_rounds: int = 3       # online Plackett-Luce DPO: rounds (the judged budget split evenly)
+    online_epochs: float | None = None         # epochs per round (None: ``epochs``)
+    online_learning_rate: float | None = None  # (None: ``learning_rate``)
+    online_replay: bool = False  # each round trains on every round's lists so far (OnlineConfig.replay)
+    online_refresh_reference: bool = False  # iterative DPO (OnlineConfig.refresh_reference)
     pg_prompts_per_step: int = 8  # GRPO / RLOO: groups per step (steps = judged groups / this)
     pg_iterations: int = 4       # GRPO / RLOO: updates per sampled batch (GRPO's mu)
     pg_learning_rate: float = 1e-4
@@ -159,10 +163,11 @@ class PopulationJudge:
 
 
 def online_stage(reference, tokenizer, world, population, prompts, budget_lists: int, settings, evaluate, runs: str,
-                 console, progress: bool) -> list[dict]:
+                 console, progress: bool, methods=ONLINE_METHODS) -> list[dict]:
     """The on-policy rows: online Plackett-Luce DPO (``online_rounds`` rounds) and GRPO and RLOO, each from
     ``budget_lists`` judged groups of K samples (the offline rows' annotation budget), judged by the
-    same simulated population. Returns ``{"name", "row", "rewards", "trajectory", "history"}`` per row.
+    same simulated population. Returns ``{"name", "row", "rewards", "trajectory", "history"}`` per row
+    (``methods``: ``(name, objective)`` pairs, a subset of :data:`ONLINE_METHODS` by default all).
     """
     import torch
 
@@ -170,7 +175,7 @@ def online_stage(reference, tokenizer, world, population, prompts, budget_lists:
     from ..train import OnlineConfig, TrainConfig
 
     out = []
-    for name, objective in ONLINE_METHODS:
+    for name, objective in methods:
         judge = PopulationJudge(world, population, np.random.default_rng([settings.seed, 11]))
         policy = copy.deepcopy(reference)
         points = []
@@ -208,12 +213,15 @@ def online_stage(reference, tokenizer, world, population, prompts, budget_lists:
             per_round = max(1, budget_lists // settings.online_rounds)
             _stage(console, f"training {name}: {settings.online_rounds} rounds of {per_round} on-policy lists "
                             f"(K={settings.k}), ranked by the annotator population")
+            lr = settings.learning_rate if settings.online_learning_rate is None else settings.online_learning_rate
+            epochs = settings.epochs if settings.online_epochs is None else settings.online_epochs
             config = TrainConfig(model="tiny:llama", objective=objective, loss_params={"beta": settings.beta},
-                                 lr=settings.learning_rate, epochs=settings.epochs, batch_size=settings.batch_size,
+                                 lr=lr, epochs=epochs, batch_size=settings.batch_size,
                                  seed=settings.seed, output_dir=os.path.join(runs, "online_" + objective), report_to=[],
                                  save_steps=0, progress=progress, logging_steps=1, resume=False, bf16=False)
             online = OnlineConfig(enabled=True, rounds=settings.online_rounds, k=settings.k,
-                                  prompts_per_round=per_round, max_new_tokens=40)
+                                  prompts_per_round=per_round, max_new_tokens=40, replay=settings.online_replay,
+                                  refresh_reference=settings.online_refresh_reference)
             result = run_online(policy, tokenizer, prompts, judge, config, online, ref_model=reference, callback=after)
             history = result.rounds
             unit = "round"
@@ -373,39 +381,45 @@ def evaluate_demo_policy(state: DemoState, policy, name: str, wall: float):
     return row, rewards
 
 
+def offline_row(state: DemoState, runs: str, name: str, objective: str, form: str) -> dict:
+    """Align a copy of the reference with ``objective`` on the annotated lists (``form="lists"``) or their
+    (best, worst) pairs, evaluating after every epoch; the row (also appended to ``state.rows``)."""
+    from ..train import TrainConfig, train_preference
+
+    settings = state.settings
+    data = state.train_pairs if form == "pairs" else state.train_lists
+    _stage(state.console, f"training {name}: {len(data)} {'pairs' if form == 'pairs' else 'lists'}")
+    config = TrainConfig(model="tiny:llama", objective=objective, loss_params={"beta": settings.beta},
+                         lr=settings.learning_rate, epochs=settings.epochs, batch_size=settings.batch_size,
+                         seed=settings.seed, output_dir=os.path.join(runs, objective), report_to=[],
+                         save_steps=0, progress=state.progress, logging_steps=1, resume=False, bf16=False)
+    policy = copy.deepcopy(state.reference)
+    epochs = _EpochEvaluation(lambda model, name=name: evaluate_demo_policy(state, model, name, math.nan))
+    result = train_preference(policy, state.tokenizer, data, config, ref_model=state.reference, callbacks=[epochs])
+    state.histories[name] = result.history
+    if not epochs.points:
+        raise RuntimeError(f"{name}: training ended without completing an epoch")
+    row, state.all_rewards[name] = epochs.points[-1]["row"], epochs.points[-1]["rewards"]
+    row["train s"] = result.wall_time - epochs.seconds
+    state.rows.append(row)
+    state.trajectories[name] = [{"epoch": 0.0, "row": state.rows[0]}] + [
+        {"epoch": p["epoch"], "row": p["row"]} for p in epochs.points]
+    if state.progress:
+        state.console.print(f"   {name}: gold win rate {row['gold win rate'][0]:.3f}, KL {row['KL'][0]:.2f}")
+    return row
+
+
 def align_stage(state: DemoState) -> None:
     """3. Evaluate the reference, then align a copy of it three ways from the same annotation budget,
     evaluating at the end of every epoch; 3b. the on-policy rows (:func:`online_stage`) from the same budget
     of judged samples."""
-    from ..train import TrainConfig, train_preference
-
     settings = state.settings
     _stage(state.console, "evaluating the reference policy")
     row, state.all_rewards["reference"] = evaluate_demo_policy(state, state.reference, "reference", state.sft_seconds)
     state.rows.append(row)
     with tempfile.TemporaryDirectory(prefix=".runs-", dir=state.out_dir) as runs:
         for name, objective, form in METHODS:
-            data = state.train_pairs if form == "pairs" else state.train_lists
-            _stage(state.console, f"training {name}: {len(data)} {'pairs' if form == 'pairs' else 'lists'}")
-            config = TrainConfig(model="tiny:llama", objective=objective, loss_params={"beta": settings.beta},
-                                 lr=settings.learning_rate, epochs=settings.epochs, batch_size=settings.batch_size,
-                                 seed=settings.seed, output_dir=os.path.join(runs, objective), report_to=[],
-                                 save_steps=0, progress=state.progress, logging_steps=1, resume=False, bf16=False)
-            policy = copy.deepcopy(state.reference)
-            epochs = _EpochEvaluation(lambda model, name=name: evaluate_demo_policy(state, model, name, math.nan))
-            result = train_preference(policy, state.tokenizer, data, config, ref_model=state.reference,
-                                      callbacks=[epochs])
-            state.histories[name] = result.history
-            if not epochs.points:
-                raise RuntimeError(f"{name}: training ended without completing an epoch")
-            row, state.all_rewards[name] = epochs.points[-1]["row"], epochs.points[-1]["rewards"]
-            row["train s"] = result.wall_time - epochs.seconds
-            state.rows.append(row)
-            state.trajectories[name] = [{"epoch": 0.0, "row": state.rows[0]}] + [
-                {"epoch": p["epoch"], "row": p["row"]} for p in epochs.points]
-            if state.progress:
-                state.console.print(f"   {name}: gold win rate {row['gold win rate'][0]:.3f}, KL {row['KL'][0]:.2f}")
-            del policy
+            offline_row(state, runs, name, objective, form)
         # 3b. on-policy rows from the same budget of judged samples (rankalign.online)
         evaluate = lambda model, name, wall: evaluate_demo_policy(state, model, name, wall)  # noqa: E731
         for entry in online_stage(state.reference, state.tokenizer, state.world, state.population, state.prompts,

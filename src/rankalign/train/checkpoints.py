@@ -104,8 +104,8 @@ def model_source(model=None, spec: str | None = None) -> dict[str, Any]:
     return out
 
 
-# (section, key) of options added after runs were checkpointed, whose default is None
-ADDED_WITH_DEFAULT_NONE = (("peft", "top_layers"),)
+# (section, key, default) of options added after runs were checkpointed
+ADDED_LATER = (("peft", "top_layers", None), ("online", "replay", False))
 
 
 def run_fingerprint(settings: dict[str, Any], records, model=None, model_spec: str | None = None) -> dict[str, Any]:
@@ -115,9 +115,9 @@ def run_fingerprint(settings: dict[str, Any], records, model=None, model_spec: s
     :data:`RESUME_MAY_CHANGE` are left out. ``hash`` is the SHA-256 of the other three parts.
     """
     kept = {k: v for k, v in settings.items() if k not in RESUME_MAY_CHANGE}
-    # an option added later is left out while unset, so a run checkpointed before it existed still resumes
-    for section, key in ADDED_WITH_DEFAULT_NONE:
-        if isinstance(kept.get(section), dict) and key in kept[section] and kept[section][key] is None:
+    # an option added later is left out while at its default, so a run checkpointed before it existed resumes
+    for section, key, default in ADDED_LATER:
+        if isinstance(kept.get(section), dict) and key in kept[section] and kept[section][key] == default:
             kept[section] = {k: v for k, v in kept[section].items() if k != key}
     parts = {"config": kept, "data": data_digest(records), "model": model_source(model, model_spec)}
     return {"hash": hashlib.sha256(_canonical(parts).encode()).hexdigest(), **parts}

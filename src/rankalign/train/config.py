@@ -106,7 +106,9 @@ class OnlineConfig:
     ``rounds``: sample-judge-train rounds; ``k``: completions sampled per prompt; ``prompts_per_round``:
     prompts per round, cycling through the prompt set (0: all of them every round); ``max_new_tokens``,
     ``temperature``, ``top_p``: sampling; ``refresh_reference``: the reference becomes the policy at the
-    start of each round (iterative DPO); ``curriculum`` and ``curriculum_stages``: easy-to-hard pairs;
+    start of each round (iterative DPO); ``replay``: each round trains on the lists of every round so far
+    (read back from the round folders, never re-judged), not only its own; ``curriculum`` and
+    ``curriculum_stages``: easy-to-hard pairs;
     ``judge``: ``"module:attribute"`` of a judge object or of a function returning one (for ``rankalign
     train``); ``judge_options``: keyword arguments for that function.
     """
@@ -119,6 +121,7 @@ class OnlineConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     refresh_reference: bool = False
+    replay: bool = False
     curriculum: bool = False
     curriculum_stages: int = 3
     judge: str | None = None
