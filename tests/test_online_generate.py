@@ -113,3 +113,30 @@ def test_bad_arguments():
 def test_vllm_guard_is_false_without_gpu():
     if not torch.cuda.is_available():
         assert vllm_available() is False
+
+
+def test_preallocated_cache_writes_in_place_and_concatenates_past_its_room():
+    from transformers.cache_utils import DynamicCache
+
+    from rankalign.online.generate import _PreallocatedLayer, _preallocate
+
+    model = tiny_causal_lm(60, seed=1)
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(input_ids=torch.tensor([[1, 5, 6, 7]]), use_cache=True, past_key_values=cache)
+    layer = cache.layers[0]
+    expected_k, expected_v = layer.keys.clone(), layer.values.clone()
+    _preallocate(cache, 2)
+    assert type(layer) is _PreallocatedLayer
+    buffer = layer._room[0]
+    g = torch.Generator().manual_seed(0)
+    for step in range(3):  # room for two: the third concatenates
+        new_k = torch.randn(expected_k.shape[:-2] + (1, expected_k.shape[-1]), generator=g)
+        new_v = torch.randn(expected_v.shape[:-2] + (1, expected_v.shape[-1]), generator=g)
+        keys, values = layer.update(new_k, new_v)
+        expected_k, expected_v = torch.cat([expected_k, new_k], -2), torch.cat([expected_v, new_v], -2)
+        assert torch.equal(keys, expected_k) and torch.equal(values, expected_v)
+        assert layer.get_seq_length() == 5 + step
+        if step < 2:
+            assert keys.data_ptr() == buffer.data_ptr()  # a view of the buffer: written in place
+    assert type(layer) is not _PreallocatedLayer  # out of room: an ordinary layer again

@@ -69,6 +69,53 @@ def vllm_available() -> bool:
     return True
 
 
+def _preallocate(cache, extra: int) -> None:
+    """Give every layer of a transformers ``DynamicCache`` room for ``extra`` more positions, so that each
+    decoding step writes its key and value in place instead of concatenating the whole cache again
+    (``torch.cat`` per layer per step: a quarter of the decode time of a small model). Any other cache
+    (sliding-window, quantised, static) is left as it is."""
+    try:
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:  # an older transformers: its default cache keeps concatenating
+        return
+    layers = getattr(cache, "layers", None)
+    if not layers or any(type(layer) is not DynamicLayer or not layer.is_initialized for layer in layers):
+        return
+    for layer in layers:
+        layer.__class__ = _PreallocatedLayer
+        layer.reserve(extra)
+
+
+try:
+    from transformers.cache_utils import DynamicLayer as _DynamicLayer
+except ImportError:  # pragma: no cover - transformers < 4.56 has no cache layers
+    _DynamicLayer = object
+
+
+class _PreallocatedLayer(_DynamicLayer):
+    """A ``DynamicLayer`` whose keys and values are views of buffers with room to grow (:func:`_preallocate`)."""
+
+    def reserve(self, extra: int) -> None:
+        length = self.keys.shape[-2]
+        keys = self.keys.new_empty(*self.keys.shape[:-2], length + extra, self.keys.shape[-1])
+        values = self.values.new_empty(*self.values.shape[:-2], length + extra, self.values.shape[-1])
+        keys[..., :length, :] = self.keys
+        values[..., :length, :] = self.values
+        self._room = (keys, values)
+        self.keys, self.values = keys[..., :length, :], values[..., :length, :]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        keys, values = self._room
+        start, stop = self.keys.shape[-2], self.keys.shape[-2] + key_states.shape[-2]
+        if stop > keys.shape[-2] or key_states.shape[:-2] != keys.shape[:-2]:  # out of room: concatenate
+            self.__class__ = _DynamicLayer
+            return _DynamicLayer.update(self, key_states, value_states, *args, **kwargs)
+        keys[..., start:stop, :] = key_states
+        values[..., start:stop, :] = value_states
+        self.keys, self.values = keys[..., :stop, :], values[..., :stop, :]
+        return self.keys, self.values
+
+
 def _cache_keyword(model) -> str:
     """The keyword a model's forward takes its key/value cache under (``cache`` in transformers >= 5.x)."""
     parameters = inspect.signature(model.forward).parameters
@@ -192,6 +239,7 @@ def sample_groups(model, prompts: Sequence[Sequence[int]], k: int, *, max_new_to
             logits = logits.repeat_interleave(k, dim=0)
             mask = mask.repeat_interleave(k, dim=0)
             positions = positions.repeat_interleave(k, dim=0)
+        _preallocate(cache, max_new_tokens)
         prefill_seconds = time.perf_counter() - start
         start = time.perf_counter()
         n_rows = logits.shape[0]
