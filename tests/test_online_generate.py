@@ -118,7 +118,7 @@ def test_vllm_guard_is_false_without_gpu():
 def test_preallocated_cache_writes_in_place_and_concatenates_past_its_room():
     from transformers.cache_utils import DynamicCache
 
-    from rankalign.online.generate import _PreallocatedLayer, _preallocate
+    from rankalign.online.generate import _preallocate, _PreallocatedLayer
 
     model = tiny_causal_lm(60, seed=1)
     cache = DynamicCache(config=model.config)
