@@ -10,12 +10,13 @@ each from the same 192 judged groups and judged by the same population:
 * ``refresh``: the reference becomes the policy each round (iterative DPO);
 * ``6 rounds``: 6 rounds of 32 lists; ``6 epochs``: 6 epochs per round; ``lr 4e-4``;
 * ``replay``: each round trains on every round's lists so far (``OnlineConfig.replay``); with 6 rounds;
-* ``6 rounds, 6 epochs``.
+* ``6 rounds, 6 epochs``;
+* online DPO (all ordered pairs of each judged list): as the demo's row, and with ``replay`` over 6 rounds.
 
 Prints one row per policy (gold win rate against the reference's samples ± SE over prompts, KL(pi || pi_ref)
 ± SE, mean length, training seconds) and ``RESULT`` lines: ``online_minus_offline`` is the best online
 variant's win rate minus offline PL-DPO's, in units of their combined SE, among the variants whose KL is
-at most the DPO (pairs) row's. Deterministic for a seed (one thread); about 5 minutes here.
+at most the DPO (pairs) row's. Deterministic for a seed (one thread); about 8 minutes here.
 
 Run: ``.venv/bin/python benchmarks/study_online.py [--seed 0] [--quick]``.
 """
@@ -33,15 +34,17 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-VARIANTS = (
-    ("online", {}),
-    ("refresh", {"online_refresh_reference": True}),
-    ("6 rounds", {"online_rounds": 6}),
-    ("6 epochs", {"online_epochs": 6.0}),
-    ("lr 4e-4", {"online_learning_rate": 4e-4}),
-    ("replay", {"online_replay": True}),
-    ("replay, 6 rounds", {"online_replay": True, "online_rounds": 6}),
-    ("6 rounds, 6 epochs", {"online_rounds": 6, "online_epochs": 6.0}),
+VARIANTS = (  # (objective, label, DemoSettings overrides)
+    ("pl_dpo", "online", {}),
+    ("pl_dpo", "refresh", {"online_refresh_reference": True}),
+    ("pl_dpo", "6 rounds", {"online_rounds": 6}),
+    ("pl_dpo", "6 epochs", {"online_epochs": 6.0}),
+    ("pl_dpo", "lr 4e-4", {"online_learning_rate": 4e-4}),
+    ("pl_dpo", "replay", {"online_replay": True}),
+    ("pl_dpo", "replay, 6 rounds", {"online_replay": True, "online_rounds": 6}),
+    ("pl_dpo", "6 rounds, 6 epochs", {"online_rounds": 6, "online_epochs": 6.0}),
+    ("dpo", "online", {}),
+    ("dpo", "replay, 6 rounds", {"online_replay": True, "online_rounds": 6}),
 )
 
 
@@ -68,18 +71,18 @@ def main(argv=None) -> None:
         with tempfile.TemporaryDirectory(dir=out_dir) as runs:
             for name, objective, form in demo.METHODS[:2]:  # dpo (pairs), pl_dpo (lists)
                 rows.append((name, demo.offline_row(state, runs, name, objective, form)))
-            for label, overrides in VARIANTS:
+            for objective, label, overrides in VARIANTS:
                 variant = dataclasses.replace(settings, **overrides)
-                console.print(f"» online pl_dpo: {label}")
+                console.print(f"» online {objective}: {label}")
                 entry = demo.online_stage(state.reference, state.tokenizer, state.world, state.population,
                                           state.prompts, len(state.train_lists), variant, evaluate,
                                           os.path.join(runs, f"v{len(rows)}"), console, False,
-                                          methods=((f"online pl_dpo ({label})", "pl_dpo"),))[0]
+                                          methods=((f"online {objective} ({label})", objective),))[0]
                 rows.append((entry["name"], entry["row"]))
-    print(f"{'policy':<36} {'gold win rate':>16} {'KL':>14} {'words':>6} {'train s':>8}")
+    print(f"{'policy':<40} {'gold win rate':>16} {'KL':>14} {'words':>6} {'train s':>8}")
     for name, row in rows:
         win, kl = row["gold win rate"], row["KL"]
-        print(f"{name:<36} {win[0]:>8.3f} ± {win[1]:.3f} {kl[0]:>7.2f} ± {kl[1]:.2f} {row['words']:>6.1f} "
+        print(f"{name:<40} {win[0]:>8.3f} ± {win[1]:.3f} {kl[0]:>7.2f} ± {kl[1]:.2f} {row['words']:>6.1f} "
               f"{row['train s']:>8.1f}")
     by_name = dict(rows)
     dpo, offline = by_name["dpo (pairs)"], by_name["pl_dpo (lists)"]
