@@ -25,6 +25,10 @@ Figure: groups/s over the whole step (generation included) after ``--warmup`` st
 between generation and the rest of the step (scoring, reference and policy forward, backward, optimiser
 step) printed for both sides; peak RSS per side (each side in its own subprocess, ``ru_maxrss``).
 Run heavy: ``flock /tmp/rankalign-heavy.lock .venv/bin/python benchmarks/bench_grpo_vs_trl.py``.
+The tiny case runs 12 timed steps per side, each side twice in turn (TRL, rankalign, rankalign, TRL) and
+pooled, so that a change in the machine's load reaches both sides alike; SmolLM2 runs 3 steps, once per side
+(``--steps``, ``--rounds``). rankalign's side reports whether its decoding ran on the lean Llama step
+(:mod:`rankalign.online.lean_decode`, checked against the model's forward on each call) or on transformers.
 Ends with one ``RESULT {...}`` line per case (ratio > 1: rankalign is better).
 """
 
@@ -189,6 +193,7 @@ def run_ours(model_dir: str, args) -> dict:
                              beta=BETA, clip_epsilon=EPSILON, pad_token_id=tokenizer.pad_token_id, max_grad_norm=1.0)
         timings["generate"].append(generated - start)
         timings["step"].append(time.perf_counter() - start)
+        timings["decoder"] = groups.decoder
     return timings
 
 
@@ -202,11 +207,11 @@ def worker_main(args) -> None:
     generate = sum(timings["generate"][timed]) / len(timings["generate"][timed])
     print("WORKER " + json.dumps({"groups_per_s": 1.0 / step, "step_s": step, "generate_s": generate,
                                   "update_s": step - generate, "peak_rss_mb": peak_rss_mb(),
-                                  "steps": timings["step"]}))
+                                  "steps": timings["step"], "decoder": timings.get("decoder", "transformers")}))
 
 
 def spawn(side: str, case: str, model_dir: str, args) -> dict:
-    command = [sys.executable, __file__, "--worker", side, "--model-dir", model_dir, "--steps", str(args.steps),
+    command = [sys.executable, __file__, "--worker", side, "--model-dir", model_dir, "--steps", str(steps_for(case, args)),
                "--warmup", str(args.warmup), "--threads", str(args.threads), "--workdir", args.workdir]
     completed = subprocess.run(command, capture_output=True, text=True)
     lines = [line for line in completed.stdout.splitlines() if line.startswith("WORKER ")]
@@ -215,10 +220,42 @@ def spawn(side: str, case: str, model_dir: str, args) -> dict:
     return json.loads(lines[-1][len("WORKER "):])
 
 
+# the tiny case's steps take a fraction of a second: more of them, and each side run twice in turn
+# (TRL, rankalign, rankalign, TRL), so that a change in the machine's load reaches both sides alike
+DEFAULT_STEPS = {"grpo_k8": 12, "grpo_k8_smollm2": 3}
+DEFAULT_ROUNDS = {"grpo_k8": 2, "grpo_k8_smollm2": 1}
+
+
+def steps_for(case: str, args) -> int:
+    return args.steps if args.steps is not None else DEFAULT_STEPS[case]
+
+
+def pooled(runs: list[dict]) -> dict:
+    """One side's figures over its runs: mean step and generation time over all timed steps, peak of peaks."""
+    step = sum(r["step_s"] for r in runs) / len(runs)
+    generate = sum(r["generate_s"] for r in runs) / len(runs)
+    return {"groups_per_s": 1.0 / step, "step_s": step, "generate_s": generate, "update_s": step - generate,
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "decoder": runs[-1].get("decoder", "transformers"),
+            "runs": [round(1.0 / r["step_s"], 4) for r in runs]}
+
+
+def measure(case: str, model_dir: str, args) -> tuple[dict, dict]:
+    rounds = args.rounds if args.rounds is not None else DEFAULT_ROUNDS[case]
+    order = [("trl", "ours"), ("ours", "trl")]
+    runs = {"trl": [], "ours": []}
+    for r in range(rounds):
+        for side in order[r % 2]:
+            runs[side].append(spawn(side, case, model_dir, args))
+    return pooled(runs["trl"]), pooled(runs["ours"])
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", default=",".join(CASES))
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per side (one group each)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed steps per side and run, one group each (default: 12 for grpo_k8, 3 for SmolLM2)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="runs per side, in turn (default: 2 for grpo_k8, 1 for SmolLM2)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per side (1: robust on a shared, loaded machine)")
@@ -235,13 +272,13 @@ def main(argv=None) -> None:
         args.workdir = workdir
         for case in args.cases.split(","):
             model_dir = prepare_model(case, os.path.join(workdir, case))
-            peer = spawn("trl", case, model_dir, args)
-            ours = spawn("ours", case, model_dir, args)
+            peer, ours = measure(case, model_dir, args)
             results[case] = (peer, ours)
             print(f"{case}: TRL {peer['groups_per_s']:.4f} groups/s (generation {peer['generate_s']:.2f} s + update "
                   f"{peer['update_s']:.2f} s per step, peak RSS {peer['peak_rss_mb']:.0f} MB) | rankalign "
                   f"{ours['groups_per_s']:.4f} groups/s (generation {ours['generate_s']:.2f} s + update "
-                  f"{ours['update_s']:.2f} s, peak RSS {ours['peak_rss_mb']:.0f} MB)", flush=True)
+                  f"{ours['update_s']:.2f} s, peak RSS {ours['peak_rss_mb']:.0f} MB, {ours['decoder']} decoding); "
+                  f"groups/s per run: TRL {peer['runs']}, rankalign {ours['runs']}", flush=True)
     print()
     print("| case | TRL groups/s | rankalign groups/s | ratio | TRL gen + update (s) | rankalign gen + update (s) "
           "| TRL peak RSS (MB) | rankalign peak RSS (MB) |")

@@ -140,3 +140,69 @@ def test_preallocated_cache_writes_in_place_and_concatenates_past_its_room():
         if step < 2:
             assert keys.data_ptr() == buffer.data_ptr()  # a view of the buffer: written in place
     assert type(layer) is not _PreallocatedLayer  # out of room: an ordinary layer again
+
+
+def _llama_family(model_type: str):
+    """Tiny Llama-family models from their transformers configs (random weights): grouped-query attention,
+    and Qwen2's q/k/v biases (made non-zero so that they matter)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    fields = dict(vocab_size=60, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=64, eos_token_id=2, pad_token_id=0)
+    torch.manual_seed(4)
+    if model_type == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**fields))
+        with torch.no_grad():
+            for layer in model.model.layers:
+                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    proj.bias.normal_(0, 0.5)
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**fields, rope_scaling={"rope_type": "linear", "factor": 2.0}))
+    return model.eval()
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
+@pytest.mark.parametrize("prompts", [PROMPTS, [[1, 5, 6], [1, 9, 8]]], ids=["left-padded", "equal-lengths"])
+def test_lean_decoding_equals_the_models_forward(model_type, prompts):
+    """The lean decoding step samples the same tokens with the same log-probs as the model's forward."""
+    model = _llama_family(model_type)
+    lean = sample_groups(model, prompts, 3, max_new_tokens=10, eos_token_id=2, seed=7)
+    plain = sample_groups(model, prompts, 3, max_new_tokens=10, eos_token_id=2, seed=7, decoder="transformers")
+    assert lean.decoder == "lean" and plain.decoder == "transformers"
+    assert lean.completion_ids == plain.completion_ids
+    assert max(len(c) for g in lean.completion_ids for c in g) > 2  # more than the checked first step
+    for group_a, group_b in zip(lean.token_logps, plain.token_logps):
+        for row_a, row_b in zip(group_a, group_b):
+            assert row_a == pytest.approx(row_b, abs=1e-5)
+
+
+def test_lean_decoding_is_not_used_where_it_does_not_apply():
+    gpt2 = tiny_causal_lm(60, arch="gpt2", seed=1)
+    assert sample_groups(gpt2, PROMPTS, 2, max_new_tokens=4, seed=0).decoder == "transformers"
+    from peft import LoraConfig, get_peft_model
+
+    adapted = get_peft_model(tiny_causal_lm(60, seed=1), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    assert sample_groups(adapted, PROMPTS, 2, max_new_tokens=4, seed=0).decoder == "transformers"
+
+
+def test_a_lean_step_that_disagrees_falls_back_with_a_warning(monkeypatch):
+    """A wrong lean step is caught on the first decoding step: a warning, and the completions are the
+    model's own (the slot the wrong step wrote is rewritten by the model's step)."""
+    from rankalign.online import generate, lean_decode
+
+    model = _llama_family("llama")
+    expected = sample_groups(model, PROMPTS, 2, max_new_tokens=8, eos_token_id=2, seed=1, decoder="transformers")
+    real_step = lean_decode.LeanDecoder.step
+
+    def wrong_step(self, token, position):
+        for keys, values in self.buffers:  # scribble over the slot as well
+            values[:, :, self.length] = -7.0
+            keys[:, :, self.length] = 7.0
+        return real_step(self, token, position) + 0.5 * torch.arange(60.0)
+
+    monkeypatch.setattr(lean_decode.LeanDecoder, "step", wrong_step)
+    monkeypatch.setattr(generate, "_WARNED", set())
+    with pytest.warns(UserWarning, match="lean decoding step differs"):
+        got = sample_groups(model, PROMPTS, 2, max_new_tokens=8, eos_token_id=2, seed=1)
+    assert got.decoder == "transformers"
+    assert got.completion_ids == expected.completion_ids

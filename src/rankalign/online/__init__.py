@@ -1,6 +1,8 @@
 """rankalign.online: on-policy learning (sample K per prompt -> judge -> ranked lists -> train; GRPO, RLOO).
 
-* :func:`sample_groups`: K completions per prompt, each prompt prefilled once (key/value cache repeated).
+* :func:`sample_groups`: K completions per prompt, each prompt prefilled once (key/value cache repeated);
+  Llama-family models decode with :class:`~rankalign.online.lean_decode.LeanDecoder` (the step computed
+  straight from the weights, checked against the model's forward on every call).
 * :func:`policy_gradient_step` / :func:`policy_gradient_loss`: GRPO or RLOO on sampled groups, each group
   packed prefix-shared (prompt once, K responses).
 * :func:`run_online`: rounds of sample -> judge -> ranked lists (saved as JSONL) -> train with any
@@ -8,7 +10,15 @@
   resumable. ``rankalign train`` runs it when the config's ``online:`` section is enabled.
 """
 
-from .generate import PREFILLS, SampledGroups, filter_top_p, next_tokens, sample_groups, vllm_available
+from .generate import (
+    DECODERS,
+    PREFILLS,
+    SampledGroups,
+    filter_top_p,
+    next_tokens,
+    sample_groups,
+    vllm_available,
+)
 from .loop import (
     STATE_FILE,
     Judge,
@@ -28,7 +38,7 @@ from .policy_gradient import (
     token_grid,
 )
 
-__all__ = ["PREFILLS", "SampledGroups", "sample_groups", "next_tokens", "filter_top_p", "vllm_available",
+__all__ = ["DECODERS", "PREFILLS", "SampledGroups", "sample_groups", "next_tokens", "filter_top_p", "vllm_available",
            "POLICY_GRADIENT_OBJECTIVES", "groups_to_lists", "token_grid", "policy_gradient_loss",
            "policy_gradient_step", "Judge", "OnlineResult", "run_online", "judged_lists", "win_probabilities",
            "curriculum_pairs", "STATE_FILE", "group_rewards", "run_policy_gradient"]

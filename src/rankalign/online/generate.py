@@ -19,6 +19,7 @@ CUDA device; the transformers path here is the default and the tested one.
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -26,6 +27,7 @@ import torch
 from torch import Tensor
 
 PREFILLS = ("shared", "repeated")
+DECODERS = ("auto", "transformers")
 
 
 @dataclass
@@ -45,6 +47,9 @@ class SampledGroups:
         Whether the completion ended with EOS (False: cut at ``max_new_tokens``).
     seconds : dict
         Wall time of the ``prefill`` and of the ``decode`` loop.
+    decoder : str
+        What ran the decoding steps: ``"lean"`` (:class:`rankalign.online.lean_decode.LeanDecoder`) or
+        ``"transformers"`` (the model's forward).
     """
 
     prompt_ids: list[list[int]]
@@ -52,6 +57,7 @@ class SampledGroups:
     token_logps: list[list[list[float]]]
     finished: list[list[bool]]
     seconds: dict = field(default_factory=dict)
+    decoder: str = "transformers"
 
     @property
     def k(self) -> int:
@@ -172,7 +178,7 @@ def _left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int, device) -> tu
 def sample_groups(model, prompts: Sequence[Sequence[int]], k: int, *, max_new_tokens: int = 64,
                   temperature: float = 1.0, top_p: float = 1.0, eos_token_id: int | None = None,
                   pad_token_id: int = 0, seed: int | None = None, generator: torch.Generator | None = None,
-                  prefill: str = "shared") -> SampledGroups:
+                  prefill: str = "shared", decoder: str = "auto") -> SampledGroups:
     """Sample ``k`` completions for each prompt from a causal LM.
 
     Parameters
@@ -197,6 +203,11 @@ def sample_groups(model, prompts: Sequence[Sequence[int]], k: int, *, max_new_to
     prefill : {"shared", "repeated"}
         ``"shared"``: prefill each prompt once and repeat its key/value cache ``k`` times.
         ``"repeated"``: repeat each prompt ``k`` times, then prefill (the usual layout; for checks).
+    decoder : {"auto", "transformers"}
+        ``"auto"``: decode with :class:`~rankalign.online.lean_decode.LeanDecoder` (the step computed
+        straight from the weights) when the model is a Llama-family one it handles and its first step
+        agrees with the model's own forward (checked on every call; otherwise a warning and the
+        transformers step). ``"transformers"``: always the model's forward.
 
     Returns
     -------
@@ -206,6 +217,8 @@ def sample_groups(model, prompts: Sequence[Sequence[int]], k: int, *, max_new_to
 
     if prefill not in PREFILLS:
         raise ValueError(f"unknown prefill {prefill!r}; choose one of {', '.join(PREFILLS)}")
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}")
     if k < 1 or max_new_tokens < 1:
         raise ValueError(f"k and max_new_tokens must be >= 1, got k={k}, max_new_tokens={max_new_tokens}")
     prompts = [list(p) for p in prompts]
@@ -240,6 +253,12 @@ def sample_groups(model, prompts: Sequence[Sequence[int]], k: int, *, max_new_to
             mask = mask.repeat_interleave(k, dim=0)
             positions = positions.repeat_interleave(k, dim=0)
         _preallocate(cache, max_new_tokens)
+        lean = None
+        if decoder == "auto" and max_new_tokens > 1:
+            from rankalign.online.lean_decode import LeanDecoder
+
+            lean = LeanDecoder.build(model, cache, mask if padded else None, max_new_tokens)
+        used = "transformers"
         prefill_seconds = time.perf_counter() - start
         start = time.perf_counter()
         n_rows = logits.shape[0]
@@ -258,11 +277,19 @@ def sample_groups(model, prompts: Sequence[Sequence[int]], k: int, *, max_new_to
             if padded:
                 mask = torch.cat([mask, torch.ones((n_rows, 1), dtype=mask.dtype, device=device)], dim=1)
             position = position + 1
+            if lean is not None and used == "lean":
+                logits = lean.step(token, position)
+                continue
+            # the first step: the lean step runs first, then the model's own step overwrites the cache slot
+            # the lean one wrote, so a lean step that disagrees leaves nothing behind
+            candidate = lean.step(token, position) if lean is not None else None
             outputs = model(input_ids=token[:, None], attention_mask=mask if padded else None,
                             position_ids=position[:, None], use_cache=True, logits_to_keep=1,
                             **{cache_keyword: cache})
             cache = _returned_cache(outputs)
             logits = outputs.logits[:, -1, :]
+            if candidate is not None:
+                used, lean = _check_lean(lean, model, candidate, logits)
         decode_seconds = time.perf_counter() - start
     finally:
         model.train(was_training)
@@ -281,7 +308,27 @@ def sample_groups(model, prompts: Sequence[Sequence[int]], k: int, *, max_new_to
         completion_logps.append(group_logps)
         finished.append(group_finished)
     return SampledGroups(prompt_ids=prompts, completion_ids=completions, token_logps=completion_logps,
-                         finished=finished, seconds={"prefill": prefill_seconds, "decode": decode_seconds})
+                         finished=finished, seconds={"prefill": prefill_seconds, "decode": decode_seconds},
+                         decoder=used)
 
 
-__all__ = ["PREFILLS", "SampledGroups", "sample_groups", "next_tokens", "filter_top_p", "vllm_available"]
+_WARNED: set = set()
+
+
+def _check_lean(lean, model, candidate, reference):
+    """``("lean", lean)`` when the lean step's logits ``candidate`` match the transformers step's
+    ``reference``, else a warning (once per model class) and ``("transformers", None)``."""
+    from rankalign.online.lean_decode import agrees
+
+    ok, difference = agrees(candidate, reference)
+    if ok:
+        return "lean", lean
+    name = type(model).__name__
+    if name not in _WARNED:
+        _WARNED.add(name)
+        warnings.warn(f"{name}: the lean decoding step differs from the model's forward by {difference:.3g} "
+                      "in the logits; decoding with the model's forward", stacklevel=3)
+    return "transformers", None
+
+
+__all__ = ["DECODERS", "PREFILLS", "SampledGroups", "sample_groups", "next_tokens", "filter_top_p", "vllm_available"]
