@@ -11,12 +11,16 @@ each from the same 192 judged groups and judged by the same population:
 * ``6 rounds``: 6 rounds of 32 lists; ``6 epochs``: 6 epochs per round; ``lr 4e-4``;
 * ``replay``: each round trains on every round's lists so far (``OnlineConfig.replay``); with 6 rounds;
 * ``6 rounds, 6 epochs``;
-* online DPO (all ordered pairs of each judged list): as the demo's row, and with ``replay`` over 6 rounds.
+* online DPO (all ordered pairs of each judged list): as the demo's row; with ``replay`` over 6 rounds,
+  over 8 rounds, and over 6 rounds with a learning rate of 4e-4 or 6 epochs per round.
 
 Prints one row per policy (gold win rate against the reference's samples ± SE over prompts, KL(pi || pi_ref)
-± SE, mean length, training seconds) and ``RESULT`` lines: ``online_minus_offline`` is the best online
-variant's win rate minus offline PL-DPO's, in units of their combined SE, among the variants whose KL is
-at most the DPO (pairs) row's. Deterministic for a seed (one thread); about 8 minutes here.
+± SE, mean length, training seconds, and its win rate minus offline PL-DPO's paired by prompt ± the SE of
+that difference, :func:`rankalign.eval.paired_win_rate_difference`) and ``RESULT`` lines:
+``online_minus_offline`` is the best online variant's win rate minus offline PL-DPO's, among the variants
+whose KL is at most the DPO (pairs) row's, in units of their combined SE (``hypot`` of the two rows' SEs,
+as if the rows were independent) and of the paired SE (both rows are judged on the same prompts against
+the same reference samples, so the prompts' difficulty is shared). Deterministic for a seed (one thread); about 8 minutes here.
 
 Run: ``.venv/bin/python benchmarks/study_online.py [--seed 0] [--quick]``.
 """
@@ -45,6 +49,9 @@ VARIANTS = (  # (objective, label, DemoSettings overrides)
     ("pl_dpo", "6 rounds, 6 epochs", {"online_rounds": 6, "online_epochs": 6.0}),
     ("dpo", "online", {}),
     ("dpo", "replay, 6 rounds", {"online_replay": True, "online_rounds": 6}),
+    ("dpo", "replay, 8 rounds", {"online_replay": True, "online_rounds": 8}),
+    ("dpo", "replay, 6 rounds, lr 4e-4", {"online_replay": True, "online_rounds": 6, "online_learning_rate": 4e-4}),
+    ("dpo", "replay, 6 rounds, 6 epochs", {"online_replay": True, "online_rounds": 6, "online_epochs": 6.0}),
 )
 
 
@@ -52,6 +59,7 @@ def main(argv=None) -> None:
     import torch
     from rich.console import Console
 
+    from rankalign import eval as evaluation
     from rankalign.sim import demo
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -69,8 +77,10 @@ def main(argv=None) -> None:
         evaluate = lambda model, name, wall: demo.evaluate_demo_policy(state, model, name, wall)  # noqa: E731
         rows = []
         with tempfile.TemporaryDirectory(dir=out_dir) as runs:
+            rewards = {}
             for name, objective, form in demo.METHODS[:2]:  # dpo (pairs), pl_dpo (lists)
                 rows.append((name, demo.offline_row(state, runs, name, objective, form)))
+                rewards[name] = state.all_rewards[name]
             for objective, label, overrides in VARIANTS:
                 variant = dataclasses.replace(settings, **overrides)
                 console.print(f"» online {objective}: {label}")
@@ -79,24 +89,33 @@ def main(argv=None) -> None:
                                           os.path.join(runs, f"v{len(rows)}"), console, False,
                                           methods=((f"online {objective} ({label})", objective),))[0]
                 rows.append((entry["name"], entry["row"]))
-    print(f"{'policy':<40} {'gold win rate':>16} {'KL':>14} {'words':>6} {'train s':>8}")
+                rewards[entry["name"]] = entry["rewards"]
+    offline_name = "pl_dpo (lists)"
+    paired = {name: evaluation.paired_win_rate_difference(rewards[name], rewards[offline_name],
+                                                          state.reference_rewards)
+              for name, _ in rows if name != offline_name}
+    print(f"{'policy':<40} {'gold win rate':>16} {'KL':>14} {'words':>6} {'train s':>8} {'vs PL-DPO, paired':>18}")
     for name, row in rows:
         win, kl = row["gold win rate"], row["KL"]
+        versus = f"{paired[name][0]:+.3f} ± {paired[name][1]:.3f}" if name in paired else ""
         print(f"{name:<40} {win[0]:>8.3f} ± {win[1]:.3f} {kl[0]:>7.2f} ± {kl[1]:.2f} {row['words']:>6.1f} "
-              f"{row['train s']:>8.1f}")
+              f"{row['train s']:>8.1f} {versus:>18}")
     by_name = dict(rows)
     dpo, offline = by_name["dpo (pairs)"], by_name["pl_dpo (lists)"]
     allowed = [(name, row) for name, row in rows if name.startswith("online") and row["KL"][0] <= dpo["KL"][0]]
     best_name, best = max(allowed, key=lambda item: item[1]["gold win rate"][0])
     gap = best["gold win rate"][0] - offline["gold win rate"][0]
     se = math.hypot(best["gold win rate"][1], offline["gold win rate"][1])
+    paired_gap, paired_se = paired[best_name]
     print(f"best online variant at KL <= {dpo['KL'][0]:.2f} (DPO pairs): {best_name}, "
-          f"{gap:+.3f} against offline PL-DPO = {gap / se:+.2f} combined SE (goal > 2)")
+          f"{gap:+.3f} against offline PL-DPO = {gap / se:+.2f} combined SE (goal > 2); paired over the "
+          f"prompts: {paired_gap:+.3f} ± {paired_se:.3f} = {paired_gap / paired_se:+.2f} SE of the difference")
     print("RESULT " + json.dumps({"case": "online_minus_offline", "best": best_name,
                                   "online": round(best["gold win rate"][0], 4),
                                   "offline": round(offline["gold win rate"][0], 4),
-                                  "difference_in_se": round(gap / se, 2), "kl_online": round(best["KL"][0], 2),
-                                  "kl_dpo_pairs": round(dpo["KL"][0], 2)}))
+                                  "difference_in_se": round(gap / se, 2),
+                                  "paired_difference_in_se": round(paired_gap / paired_se, 2),
+                                  "kl_online": round(best["KL"][0], 2), "kl_dpo_pairs": round(dpo["KL"][0], 2)}))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from rankalign.eval import (
     listwise_reward_accuracy,
     mean_kendall_tau,
     mean_with_se,
+    paired_win_rate_difference,
     preference_calibration,
     ranking_accuracy,
     reward_accuracy,
@@ -105,6 +106,27 @@ def test_gold_win_rate_se_closed_form_and_simulation():
         rates.append(r)
         ses.append(s)
     assert np.std(rates) == pytest.approx(np.mean(ses), rel=0.1)
+
+
+def test_paired_win_rate_difference_by_hand():
+    reference = [1.0, 2.0, 2.0, 4.0]
+    first = [3.0, 1.0, 2.0, 5.0]   # outcomes 1, 0, 0.5, 1
+    second = [0.0, 3.0, 1.0, 5.0]  # outcomes 0, 1, 0, 1
+    # differences 1, -1, 0.5, 0 -> mean 0.125; deviations .875, -1.125, .375, -.125
+    # squares .765625 + 1.265625 + .140625 + .015625 = 2.1875, /3, /4 -> se = sqrt(2.1875 / 12)
+    difference, se = paired_win_rate_difference(first, second, reference)
+    assert difference == pytest.approx(0.125)
+    assert se == pytest.approx(math.sqrt(2.1875 / 12))
+    # the difference of the two unpaired rates, with a smaller SE when prompts share their difficulty
+    rng = np.random.default_rng(3)
+    difficulty = rng.normal(0, 2.0, size=(40, 1))
+    reference = rng.normal(0, 1.0, size=(40, 4))
+    first = difficulty + rng.normal(0.3, 1.0, size=(40, 4))
+    second = difficulty + rng.normal(0.0, 1.0, size=(40, 4))
+    (rate_1, se_1), (rate_2, se_2) = gold_win_rate(first, reference), gold_win_rate(second, reference)
+    difference, se = paired_win_rate_difference(first, second, reference)
+    assert difference == pytest.approx(rate_1 - rate_2)
+    assert se < math.hypot(se_1, se_2)
 
 
 def test_gold_win_rate_rejects_mismatch():

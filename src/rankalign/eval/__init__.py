@@ -1,7 +1,8 @@
 """rankalign.eval: metrics and reports for preference learning (see DESIGN.md).
 
 * :mod:`~rankalign.eval.metrics` (NumPy only): ``mean_with_se``, ``clustered_mean_with_se``,
-  ``gold_win_rate``, ``gold_summary``, ``kl_estimate`` (k1 / k3), ``ranking_accuracy`` and
+  ``gold_win_rate``, ``paired_win_rate_difference``, ``gold_summary``, ``kl_estimate`` (k1 / k3),
+  ``ranking_accuracy`` and
   ``listwise_ranking_accuracy``, ``idealised_ranking_accuracy`` and ``alignment_gap`` (Chen et al. 2024),
   ``likelihood_displacement`` (Razin et al. 2024), ``reward_accuracy`` / ``listwise_reward_accuracy``,
   ``kendall_tau`` (tau-b) / ``mean_kendall_tau``, ``expected_calibration_error`` /
@@ -31,6 +32,7 @@ from .metrics import (
     mean_kendall_tau,
     mean_with_se,
     ordered_pair_indices,
+    paired_win_rate_difference,
     preference_calibration,
     ranking_accuracy,
     reward_accuracy,
@@ -63,6 +65,7 @@ __all__ = [
     "expected_calibration_error",
     "gold_summary",
     "gold_win_rate",
+    "paired_win_rate_difference",
     "group_metrics",
     "idealised_ranking_accuracy",
     "kendall_tau",

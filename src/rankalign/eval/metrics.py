@@ -237,6 +237,13 @@ def gold_win_rate(policy_rewards, reference_rewards, ties: str = "half") -> tupl
     -------
     (rate, se) : tuple of float
     """
+    outcomes, keep = _win_outcomes(policy_rewards, reference_rewards, ties)
+    return mean_with_se(outcomes[keep])
+
+
+def _win_outcomes(policy_rewards, reference_rewards, ties: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-prompt outcomes ``o_i`` of :func:`gold_win_rate` (NaN where undefined) and the mask of prompts
+    that have one."""
     policy = _as_float_array(policy_rewards, "policy_rewards", ndim=(1, 2))
     reference = _as_float_array(reference_rewards, "reference_rewards", ndim=(1, 2))
     policy = policy[:, None] if policy.ndim == 1 else policy
@@ -258,8 +265,30 @@ def gold_win_rate(policy_rewards, reference_rewards, ties: str = "half") -> tupl
     else:
         score = wins + tie_credit[ties] * tied
     keep = total > 0
-    outcomes = score[keep] / total[keep]
-    return mean_with_se(outcomes)
+    outcomes = np.full(len(total), np.nan)
+    outcomes[keep] = score[keep] / total[keep]
+    return outcomes, keep
+
+
+def paired_win_rate_difference(first_rewards, second_rewards, reference_rewards,
+                               ties: str = "half") -> tuple[float, float]:
+    """Difference of two policies' gold win rates against the same reference samples, paired by prompt.
+
+    Both policies answer the same prompts and are compared with the same reference responses, so their
+    per-prompt outcomes ``o_i`` (:func:`gold_win_rate`) share each prompt's difficulty. The difference is
+    ``mean_i (o1_i - o2_i)`` with SE ``std(o1 - o2, ddof=1) / sqrt(n)`` over the prompts both have: the
+    paired comparison (a paired t statistic is the ratio). Treating the two rates as independent (SE
+    ``hypot(se1, se2)``) ignores that shared difficulty and overstates the uncertainty of the difference
+    when the outcomes are positively correlated across prompts.
+
+    Returns
+    -------
+    (difference, se) : tuple of float
+    """
+    first, keep_first = _win_outcomes(first_rewards, reference_rewards, ties)
+    second, keep_second = _win_outcomes(second_rewards, reference_rewards, ties)
+    keep = keep_first & keep_second
+    return mean_with_se(first[keep] - second[keep])
 
 
 def kl_estimate(policy_logps, ref_logps, *, estimator: str = "k1") -> tuple[float, float]:
