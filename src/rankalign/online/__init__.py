@@ -3,6 +3,8 @@
 * :func:`sample_groups`: K completions per prompt, each prompt prefilled once (key/value cache repeated);
   Llama-family models decode with :class:`~rankalign.online.lean_decode.LeanDecoder` (the step computed
   straight from the weights, checked against the model's forward on every call).
+  :class:`~rankalign.online.vllm_backend.VLLMSampler` is the optional vLLM backend (a GPU and the vllm
+  package; ``online.backend: vllm``).
 * :func:`policy_gradient_step` / :func:`policy_gradient_loss`: GRPO or RLOO on sampled groups, each group
   packed prefix-shared (prompt once, K responses).
 * :func:`run_online`: rounds of sample -> judge -> ranked lists (saved as JSONL) -> train with any

@@ -12,8 +12,8 @@ Text Degeneration"), one multinomial draw per row from a seeded ``torch.Generato
 is greedy (argmax). A row stops after it samples ``eos_token_id`` (the EOS is kept in its completion)
 or after ``max_new_tokens`` tokens.
 
-:func:`vllm_available` is the guard for an optional vLLM backend: it needs the ``vllm`` package and a
-CUDA device; the transformers path here is the default and the tested one.
+:func:`vllm_available` is the guard for the optional vLLM backend (:mod:`rankalign.online.vllm_backend`):
+it needs the ``vllm`` package and a CUDA device; the transformers path here is the default and the tested one.
 """
 
 from __future__ import annotations

@@ -240,6 +240,19 @@ def _round_prompts(prompts: Sequence, per_round: int, round_index: int) -> list:
 
 
 # ------------------------------------------------------------------------------------------- the loop
+def _sample(model, sampler, tokenizer, prompt_ids, k: int, *, max_new_tokens: int, temperature: float,
+            top_p: float, generator, seed: int):
+    """K completions per prompt from the current policy: :func:`sample_groups` (transformers), or
+    ``sampler`` (another backend) after copying the policy's weights into it."""
+    if sampler is None:
+        return sample_groups(model, prompt_ids, k, max_new_tokens=max_new_tokens, temperature=temperature,
+                             top_p=top_p, eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.pad_token_id or 0, generator=generator)
+    sampler.sync(model)
+    return sampler.sample(prompt_ids, k, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                          eos_token_id=tokenizer.eos_token_id, seed=seed)
+
+
 def run_online(model, tokenizer, prompts: Sequence, judge, train_config, online: OnlineConfig, *,
                ref_model=None, callback=None) -> OnlineResult:
     """Run ``online.rounds`` rounds of sample -> judge -> train (module docstring).
@@ -294,6 +307,7 @@ def run_online(model, tokenizer, prompts: Sequence, judge, train_config, online:
         for earlier in range(done):
             replayed.extend(saved_round_lists(tokenizer, output_dir / f"round_{earlier:03d}", *round_inputs(earlier),
                                               soft_labels=soft)[1])
+    sampler = None  # online.backend == "vllm": made when a round first samples
     for round_index in range(done, online.rounds):
         round_dir = output_dir / f"round_{round_index:03d}"
         round_dir.mkdir(parents=True, exist_ok=True)
@@ -307,11 +321,15 @@ def run_online(model, tokenizer, prompts: Sequence, judge, train_config, online:
                 completions = json.loads(samples_path.read_text())["completions"]
             else:
                 generator = torch.Generator(device=next(model.parameters()).device)
-                generator.manual_seed(int(train_config.seed) * 100_003 + round_index)
-                groups = sample_groups(model, prompt_ids, online.k, max_new_tokens=online.max_new_tokens,
-                                       temperature=online.temperature, top_p=online.top_p,
-                                       eos_token_id=tokenizer.eos_token_id,
-                                       pad_token_id=tokenizer.pad_token_id or 0, generator=generator)
+                round_seed = int(train_config.seed) * 100_003 + round_index
+                generator.manual_seed(round_seed)
+                if online.backend == "vllm" and sampler is None:
+                    from .vllm_backend import make_vllm_sampler
+
+                    sampler = make_vllm_sampler(model, output_dir / "vllm_policy", **online.vllm_options)
+                groups = _sample(model, sampler, tokenizer, prompt_ids, online.k,
+                                 max_new_tokens=online.max_new_tokens, temperature=online.temperature,
+                                 top_p=online.top_p, generator=generator, seed=round_seed)
                 completions = groups.completion_ids
                 atomic_write_text(samples_path, json.dumps({"completions": completions}))
             records, lists = judged_lists(tokenizer, judge, round_prompts, prompt_ids, completions,
@@ -394,7 +412,7 @@ def run_policy_gradient(model, tokenizer, prompts: Sequence, judge, *, objective
                         clip_epsilon: float = 0.2, iterations: int = 1, max_new_tokens: int = 64,
                         temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, ref_model=None,
                         max_grad_norm: float = 1.0, callback=None, output_dir: str | Path | None = None,
-                        save_steps: int = 10, resume: bool = True) -> list[dict]:
+                        save_steps: int = 10, resume: bool = True, sampler=None) -> list[dict]:
     """GRPO or RLOO: ``steps`` rounds of {sample K per prompt -> judge -> ``iterations`` updates}.
 
     Each step takes the next ``prompts_per_step`` prompts (cycling), samples K completions each
@@ -415,6 +433,9 @@ def run_policy_gradient(model, tokenizer, prompts: Sequence, judge, *, objective
     prompts or initial weights is refused (:class:`~rankalign.train.checkpoints.ResumeError`);
     ``resume=False`` removes the folder's checkpoints and starts afresh. ``steps`` and ``save_steps`` may
     change between invocations.
+
+    ``sampler``: another generation backend, e.g. :class:`~rankalign.online.vllm_backend.VLLMSampler`
+    (its ``sync(model)`` is called before each step's ``sample``; its draws are seeded per step).
     """
     from .._optim import adamw
     from ..train.checkpoints import (
@@ -469,9 +490,8 @@ def run_policy_gradient(model, tokenizer, prompts: Sequence, judge, *, objective
     for step in range(start, steps):
         step_prompts = _round_prompts(prompts, prompts_per_step, step)
         prompt_ids = [_encode_prompt(tokenizer, p) for p in step_prompts]
-        groups = sample_groups(model, prompt_ids, k, max_new_tokens=max_new_tokens, temperature=temperature,
-                               top_p=top_p, eos_token_id=tokenizer.eos_token_id,
-                               pad_token_id=tokenizer.pad_token_id or 0, generator=generator)
+        groups = _sample(model, sampler, tokenizer, prompt_ids, k, max_new_tokens=max_new_tokens,
+                         temperature=temperature, top_p=top_p, generator=generator, seed=seed * 100_003 + step)
         judged = [group_rewards(tokenizer, judge, p, c) for p, c in zip(step_prompts, groups.completion_ids)]
         if all(r is not None for r, _ in judged):
             signal = {"rewards": [r for r, _ in judged]}

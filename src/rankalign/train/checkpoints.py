@@ -105,7 +105,8 @@ def model_source(model=None, spec: str | None = None) -> dict[str, Any]:
 
 
 # (section, key, default) of options added after runs were checkpointed
-ADDED_LATER = (("peft", "top_layers", None), ("online", "replay", False))
+ADDED_LATER = (("peft", "top_layers", None), ("online", "replay", False), ("online", "backend", "transformers"),
+               ("online", "vllm_options", {}))
 
 
 def run_fingerprint(settings: dict[str, Any], records, model=None, model_spec: str | None = None) -> dict[str, Any]:

@@ -98,6 +98,9 @@ class PeftConfig:
                           **extra)
 
 
+ONLINE_BACKENDS = ("transformers", "vllm")
+
+
 @dataclass
 class OnlineConfig:
     """The ``online:`` section (:mod:`rankalign.online`): ``enabled: true`` makes ``rankalign train`` run
@@ -110,7 +113,9 @@ class OnlineConfig:
     (read back from the round folders, never re-judged), not only its own; ``curriculum`` and
     ``curriculum_stages``: easy-to-hard pairs;
     ``judge``: ``"module:attribute"`` of a judge object or of a function returning one (for ``rankalign
-    train``); ``judge_options``: keyword arguments for that function.
+    train``); ``judge_options``: keyword arguments for that function. ``backend``: ``"transformers"``
+    (default) or ``"vllm"`` (:class:`rankalign.online.vllm_backend.VLLMSampler`, needs the vllm package
+    and a GPU), with ``vllm_options`` passed to it (``gpu_memory_utilization``, ``dtype`` ...).
     """
 
     enabled: bool = False
@@ -126,6 +131,8 @@ class OnlineConfig:
     curriculum_stages: int = 3
     judge: str | None = None
     judge_options: dict[str, Any] = field(default_factory=dict)
+    backend: str = "transformers"
+    vllm_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.rounds < 1 or self.k < 2:
@@ -134,6 +141,8 @@ class OnlineConfig:
             raise ConfigError("online: need max_new_tokens >= 1, temperature >= 0 and 0 < top_p <= 1")
         if self.curriculum and self.curriculum_stages < 1:
             raise ConfigError("online: curriculum_stages must be >= 1")
+        if self.backend not in ONLINE_BACKENDS:
+            raise ConfigError(f"online: backend must be one of {', '.join(ONLINE_BACKENDS)}, got {self.backend!r}")
 
 
 @dataclass
