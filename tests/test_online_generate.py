@@ -150,6 +150,8 @@ def _llama_family(model_type: str):
     fields = dict(vocab_size=60, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=64, eos_token_id=2, pad_token_id=0)
     torch.manual_seed(4)
+    if model_type == "llama-bf16":  # half precision: the norms as transformers computes them
+        return tiny_causal_lm(60, seed=1).to(torch.bfloat16).eval()
     if model_type == "qwen2":
         model = Qwen2ForCausalLM(Qwen2Config(**fields))
         with torch.no_grad():
@@ -161,7 +163,7 @@ def _llama_family(model_type: str):
     return model.eval()
 
 
-@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "llama-bf16"])
 @pytest.mark.parametrize("prompts", [PROMPTS, [[1, 5, 6], [1, 9, 8]]], ids=["left-padded", "equal-lengths"])
 def test_lean_decoding_equals_the_models_forward(model_type, prompts):
     """The lean decoding step samples the same tokens with the same log-probs as the model's forward."""

@@ -72,6 +72,15 @@ def _unsupported_reason(model, total_length: int) -> str | None:
     return None
 
 
+def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """Llama's RMSNorm: ``weight * (x / sqrt(mean(x^2) + eps))``, normalised in float32 and cast back
+    before the weight (as transformers computes it) for half-precision inputs."""
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
+    x32 = x.float()
+    return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
 def _cat_bias(*linears) -> Tensor | None:
     biases = [linear.bias for linear in linears]
     if all(b is None for b in biases):
@@ -95,7 +104,6 @@ class LeanDecoder:
         self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
         first = base.layers[0].self_attn
         self.head_dim = first.q_proj.out_features // self.heads
-        self.hidden = config.hidden_size
         self.buffers = buffers
         self.allowed = allowed
         self.length = length
@@ -153,7 +161,7 @@ class LeanDecoder:
         mask = None if self.allowed is None else self.allowed[:, None, None, :slot + 1]
         for (w_in, eps_in, w_qkv, b_qkv, w_o, b_o, w_post, eps_post, w_gu, b_gu, w_down, b_down, inter, scale), \
                 (keys, values) in zip(self.layers, self.buffers):
-            x = F.rms_norm(hidden, (self.hidden,), w_in, eps_in)
+            x = _rms_norm(hidden, w_in, eps_in)
             qkv = F.linear(x, w_qkv, b_qkv).view(rows, heads + 2 * kv_heads, head_dim)
             qk = qkv[:, :heads + kv_heads]
             qk = qk * cos + qk.roll(head_dim // 2, dims=-1) * sin
@@ -162,11 +170,11 @@ class LeanDecoder:
             out = F.scaled_dot_product_attention(qk[:, :heads, None], keys[:, :, :slot + 1], values[:, :, :slot + 1],
                                                  attn_mask=mask, scale=scale, enable_gqa=heads != kv_heads)
             hidden = hidden + F.linear(out.reshape(rows, heads * head_dim), w_o, b_o)
-            x = F.rms_norm(hidden, (self.hidden,), w_post, eps_post)
+            x = _rms_norm(hidden, w_post, eps_post)
             gate_up = F.linear(x, w_gu, b_gu)
             hidden = hidden + F.linear(self.act(gate_up[:, :inter]) * gate_up[:, inter:], w_down, b_down)
         self.length = slot + 1
-        return F.linear(F.rms_norm(hidden, (self.hidden,), *self.norm), *self.head)
+        return F.linear(_rms_norm(hidden, *self.norm), *self.head)
 
 
 def agrees(lean: Tensor, reference: Tensor) -> tuple[bool, float]:
