@@ -20,7 +20,8 @@ that difference, :func:`rankalign.eval.paired_win_rate_difference`) and ``RESULT
 ``online_minus_offline`` is the best online variant's win rate minus offline PL-DPO's, among the variants
 whose KL is at most the DPO (pairs) row's, in units of their combined SE (``hypot`` of the two rows' SEs,
 as if the rows were independent) and of the paired SE (both rows are judged on the same prompts against
-the same reference samples, so the prompts' difficulty is shared). Deterministic for a seed (one thread); about 9 minutes here.
+the same reference samples, so the prompts' difficulty is shared). Deterministic for a seed (one thread);
+about 9 minutes here.
 
 Run: ``.venv/bin/python benchmarks/study_online.py [--seed 0] [--quick]``.
 """
