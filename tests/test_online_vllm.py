@@ -195,12 +195,31 @@ def test_online_rounds_sample_through_vllm_with_the_policy_of_each_round(tmp_pat
     assert any(not torch.equal(synced[0][n], synced[1][n]) for n in after_round_0)
 
 
+def test_an_online_run_asking_for_vllm_without_it_is_a_config_error(tmp_path, monkeypatch):
+    from rankalign.online import run_online
+    from rankalign.sim.text_world import build_text_tokenizer, gold_judge, make_text_world
+    from rankalign.train import OnlineConfig, TrainConfig
+    from rankalign.train.config import ConfigError
+
+    monkeypatch.setattr(vllm_backend, "vllm_available", lambda: False)
+    tokenizer = build_text_tokenizer()
+    model = tiny_causal_lm(len(tokenizer), hidden_size=32, layers=1, heads=2, seed=5)
+    config = TrainConfig(model="tiny:llama", objective="pl_dpo", output_dir=str(tmp_path / "run"), report_to=[],
+                         progress=False, bf16=False)
+    with pytest.raises(ConfigError, match="needs the vllm package and a CUDA device"):
+        run_online(model, tokenizer, list(make_text_world().prompts), gold_judge(), config,
+                   OnlineConfig(enabled=True, rounds=1, backend="vllm"))
+    assert not (tmp_path / "run" / "round_000").exists()
+
+
 def test_the_backend_option_is_validated():
     from rankalign.train import OnlineConfig
     from rankalign.train.config import ConfigError
 
     with pytest.raises(ConfigError, match="backend"):
         OnlineConfig(enabled=True, backend="sglang").validate()
+    with pytest.raises(ConfigError, match="vllm_options must be a mapping"):
+        OnlineConfig(enabled=True, backend="vllm", vllm_options=["gpu_memory_utilization", 0.3]).validate()
 
 
 def test_policy_gradient_steps_sample_through_a_given_sampler(tmp_path, fake_vllm):

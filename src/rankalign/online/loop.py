@@ -282,6 +282,14 @@ def run_online(model, tokenizer, prompts: Sequence, judge, train_config, online:
     from ..train import train_preference
 
     online.validate()
+    if online.backend == "vllm":
+        from . import vllm_backend
+
+        if not vllm_backend.vllm_available():
+            from ..train.config import ConfigError
+
+            raise ConfigError("online: backend 'vllm' needs the vllm package and a CUDA device, and this machine "
+                              "lacks one or both; use backend: transformers (the default)")
     if isinstance(judge, Judge) is False:
         raise TypeError(f"{type(judge).__name__} is not a judge: it needs an `id` and `rank(prompt, candidates)`")
     output_dir = Path(train_config.output_dir)

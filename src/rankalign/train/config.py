@@ -143,6 +143,9 @@ class OnlineConfig:
             raise ConfigError("online: curriculum_stages must be >= 1")
         if self.backend not in ONLINE_BACKENDS:
             raise ConfigError(f"online: backend must be one of {', '.join(ONLINE_BACKENDS)}, got {self.backend!r}")
+        if not isinstance(self.vllm_options, dict):
+            raise ConfigError(f"online: vllm_options must be a mapping of vllm.LLM arguments, got "
+                              f"{type(self.vllm_options).__name__}")
 
 
 @dataclass
