@@ -235,7 +235,8 @@ def pooled(runs: list[dict]) -> dict:
     step = sum(r["step_s"] for r in runs) / len(runs)
     generate = sum(r["generate_s"] for r in runs) / len(runs)
     return {"groups_per_s": 1.0 / step, "step_s": step, "generate_s": generate, "update_s": step - generate,
-            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "decoder": runs[-1].get("decoder", "transformers"),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+            "decoder": "/".join(sorted({r.get("decoder", "transformers") for r in runs})),
             "runs": [round(1.0 / r["step_s"], 4) for r in runs]}
 
 

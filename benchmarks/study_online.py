@@ -108,14 +108,19 @@ def main(argv=None) -> None:
     gap = best["gold win rate"][0] - offline["gold win rate"][0]
     se = math.hypot(best["gold win rate"][1], offline["gold win rate"][1])
     paired_gap, paired_se = paired[best_name]
+
+    def in_se(difference, se):
+        return difference / se if se > 0 else math.copysign(math.inf, difference) if difference else 0.0
+
     print(f"best online variant at KL <= {dpo['KL'][0]:.2f} (DPO pairs): {best_name}, "
-          f"{gap:+.3f} against offline PL-DPO = {gap / se:+.2f} combined SE (goal > 2); paired over the "
-          f"prompts: {paired_gap:+.3f} ± {paired_se:.3f} = {paired_gap / paired_se:+.2f} SE of the difference")
+          f"{gap:+.3f} against offline PL-DPO = {in_se(gap, se):+.2f} combined SE (goal > 2); paired over the "
+          f"prompts: {paired_gap:+.3f} ± {paired_se:.3f} = {in_se(paired_gap, paired_se):+.2f} SE of the difference "
+          f"(the best of {len(allowed)} online variants on one seed: a winner's pick, to confirm on another seed)")
     print("RESULT " + json.dumps({"case": "online_minus_offline", "best": best_name,
                                   "online": round(best["gold win rate"][0], 4),
                                   "offline": round(offline["gold win rate"][0], 4),
-                                  "difference_in_se": round(gap / se, 2),
-                                  "paired_difference_in_se": round(paired_gap / paired_se, 2),
+                                  "difference_in_se": round(in_se(gap, se), 2),
+                                  "paired_difference_in_se": round(in_se(paired_gap, paired_se), 2),
                                   "kl_online": round(best["KL"][0], 2), "kl_dpo_pairs": round(dpo["KL"][0], 2)}))
 
 

@@ -197,10 +197,12 @@ def test_a_lean_step_that_disagrees_falls_back_with_a_warning(monkeypatch):
     real_step = lean_decode.LeanDecoder.step
 
     def wrong_step(self, token, position):
-        for keys, values in self.buffers:  # scribble over the slot as well
-            values[:, :, self.length] = -7.0
-            keys[:, :, self.length] = 7.0
-        return real_step(self, token, position) + 0.5 * torch.arange(60.0)
+        slot = self.length
+        logits = real_step(self, token, position)
+        for keys, values in self.buffers:  # and a corrupted cache slot, which the model's step must rewrite
+            keys[:, :, slot] = 7.0
+            values[:, :, slot] = -7.0
+        return logits + 0.5 * torch.arange(60.0)
 
     monkeypatch.setattr(lean_decode.LeanDecoder, "step", wrong_step)
     monkeypatch.setattr(generate, "_WARNED", set())
@@ -259,3 +261,51 @@ def test_lean_decoding_on_smollm2s_real_weights():
     assert "Paris" in tokenizer.decode(greedy.completion_ids[0][0])
     _same_samples(model, prompts, max_new_tokens=12, temperature=1.0, eos_token_id=tokenizer.eos_token_id,
                   pad_token_id=tokenizer.pad_token_id or 0, seed=3)
+
+
+def test_a_slightly_wrong_lean_step_is_caught_too(monkeypatch):
+    """The check's float32 tolerance is rounding-sized: a 1e-3 shift of the logits is refused."""
+    from rankalign.online import generate, lean_decode
+
+    model = _llama_family("llama")
+    real_step = lean_decode.LeanDecoder.step
+    monkeypatch.setattr(lean_decode.LeanDecoder, "step", lambda self, t, p: real_step(self, t, p) + 1e-3)
+    monkeypatch.setattr(generate, "_WARNED", set())
+    with pytest.warns(UserWarning, match="differs from the model's forward by 0.001"):
+        assert sample_groups(model, PROMPTS, 2, max_new_tokens=4, seed=1).decoder == "transformers"
+
+
+def test_unfused_projections_decode_the_same(monkeypatch):
+    """Models above FUSE_BELOW_BYTES keep one matrix product per projection (no weight copies)."""
+    from rankalign.online import lean_decode
+
+    monkeypatch.setattr(lean_decode, "FUSE_BELOW_BYTES", 0)
+    for model_type in ("llama", "qwen2"):
+        model = _llama_family(model_type)
+        lean = sample_groups(model, PROMPTS, 3, max_new_tokens=8, eos_token_id=2, seed=2)
+        plain = sample_groups(model, PROMPTS, 3, max_new_tokens=8, eos_token_id=2, seed=2, decoder="transformers")
+        assert lean.decoder == "lean" and lean.completion_ids == plain.completion_ids
+
+
+def test_length_dependent_rope_and_a_failing_setup_fall_back(monkeypatch):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rankalign.online import generate, lean_decode
+
+    torch.manual_seed(0)
+    dynamic = LlamaForCausalLM(LlamaConfig(vocab_size=60, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                           num_attention_heads=4, max_position_embeddings=8,
+                                           rope_scaling={"rope_type": "dynamic", "factor": 2.0})).eval()
+    got = sample_groups(dynamic, PROMPTS, 2, max_new_tokens=12, seed=0)  # 6 + 12 positions > 8: the table grows
+    assert got.decoder == "transformers"
+    assert got.completion_ids == sample_groups(dynamic, PROMPTS, 2, max_new_tokens=12, seed=0,
+                                               decoder="transformers").completion_ids
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel for this")
+
+    monkeypatch.setattr(lean_decode.LeanDecoder, "build", classmethod(broken))
+    monkeypatch.setattr(generate, "_WARNED", set())
+    model = _llama_family("llama")
+    with pytest.warns(UserWarning, match="could not be set up .RuntimeError: no kernel for this."):
+        assert sample_groups(model, PROMPTS, 2, max_new_tokens=4, seed=1).decoder == "transformers"

@@ -61,9 +61,12 @@ class FakeLLM:
         self.resets += 1
 
     def generate(self, requests, params, use_tqdm=True):
-        self.params.append(params)
+        per_request = params if isinstance(params, list) else [params] * len(requests)
+        assert len(per_request) == len(requests)
+        self.params.append(per_request)
         outputs = []
-        for request in requests:
+        for request, params in zip(requests, per_request):
+            assert params.ignore_eos or not params.stop_token_ids  # no stop but the given one
             eos = params.stop_token_ids[0] if params.stop_token_ids else None
             groups = sample_groups(self.model, [request["prompt_token_ids"]], params.n, max_new_tokens=params.max_tokens,
                                    temperature=params.temperature, top_p=params.top_p, eos_token_id=eos,
@@ -78,8 +81,19 @@ class FakeLLM:
         return outputs
 
 
+# vllm.SamplingParams's fields (vLLM 0.6-0.11 documentation); an argument outside them is a misuse
+SAMPLING_FIELDS = {"n", "best_of", "presence_penalty", "frequency_penalty", "repetition_penalty", "temperature",
+                   "top_p", "top_k", "min_p", "seed", "stop", "stop_token_ids", "bad_words", "ignore_eos",
+                   "max_tokens", "min_tokens", "logprobs", "prompt_logprobs", "detokenize", "skip_special_tokens",
+                   "spaces_between_special_tokens", "include_stop_str_in_output", "logits_processors",
+                   "truncate_prompt_tokens", "output_kind", "guided_decoding", "logit_bias", "allowed_token_ids",
+                   "extra_args"}
+
+
 class FakeSamplingParams:
     def __init__(self, **kwargs):
+        unknown = set(kwargs) - SAMPLING_FIELDS
+        assert not unknown, f"not SamplingParams fields: {unknown}"
         self.__dict__.update(kwargs)
 
 
@@ -102,7 +116,7 @@ def test_without_vllm_the_sampler_says_so():
             VLLMSampler("anything")
 
 
-def test_samples_become_sampled_groups_like_the_transformers_backend(tmp_path, fake_vllm):
+def test_vllm_outputs_become_sampled_groups_in_sample_order(tmp_path, fake_vllm):
     model = tiny_causal_lm(60, seed=1)
     sampler = VLLMSampler(save_for_vllm(model, tmp_path / "start"), gpu_memory_utilization=0.5)
     llm = FakeLLM.instances[-1]
@@ -111,13 +125,16 @@ def test_samples_become_sampled_groups_like_the_transformers_backend(tmp_path, f
     for name, tensor in model.state_dict().items():  # the saved checkpoint is the model's
         torch.testing.assert_close(llm.model.state_dict()[name], tensor, msg=name)
     groups = sampler.sample(PROMPTS, 3, max_new_tokens=6, eos_token_id=2, seed=4, temperature=1.0)
-    params = llm.params[-1]
-    assert (params.n, params.max_tokens, params.logprobs, params.seed, params.stop_token_ids) == (3, 6, 0, 4, [2])
-    assert params.ignore_eos is False and params.detokenize is False
+    requests = llm.params[-1]
+    seeds = [params.seed for params in requests]
+    assert seeds == vllm_backend.request_seeds(4, 3) and len(set(seeds)) == 3  # one stream per prompt
+    for params in requests:
+        assert (params.n, params.max_tokens, params.logprobs, params.stop_token_ids) == (3, 6, 0, [2])
+        assert params.ignore_eos is True and params.detokenize is False
     assert groups.decoder == "vllm" and groups.k == 3 and groups.prompt_ids == PROMPTS
-    for prompt, group, group_logps, group_finished in zip(PROMPTS, groups.completion_ids, groups.token_logps,
-                                                          groups.finished):
-        expected = sample_groups(model, [prompt], 3, max_new_tokens=6, eos_token_id=2, seed=4)
+    for prompt, group, group_logps, group_finished, seed in zip(PROMPTS, groups.completion_ids, groups.token_logps,
+                                                                groups.finished, seeds):
+        expected = sample_groups(model, [prompt], 3, max_new_tokens=6, eos_token_id=2, seed=seed)
         assert group == expected.completion_ids[0]  # in index order, as sampled
         for got, want in zip(group_logps, expected.token_logps[0]):
             assert got == pytest.approx(want, abs=1e-6)
@@ -158,6 +175,31 @@ def test_peft_weights_reach_vllm_merged_under_plain_names(tmp_path, fake_vllm):
     assert not any(getattr(m, "merged", False) for m in adapted.modules())  # unmerged again after the copy
 
 
+def test_a_module_trained_in_full_reaches_vllm_under_its_plain_name():
+    """PEFT's ``modules_to_save`` copy (trained) replaces the frozen original under the plain name."""
+    from peft import LoraConfig, get_peft_model
+
+    plain = tiny_causal_lm(60, seed=1)
+    adapted = get_peft_model(tiny_causal_lm(60, seed=1),
+                             LoraConfig(r=2, target_modules=["q_proj"], modules_to_save=["post_attention_layernorm"]))
+    trained = [m for name, m in adapted.named_modules() if name.endswith("modules_to_save.default")]
+    assert trained
+    with torch.no_grad():
+        for module in trained:
+            module.weight.fill_(3.0)
+    weights = dict(policy_weights(adapted))
+    assert sorted(weights) == sorted(plain.state_dict())
+    assert torch.equal(weights["model.layers.0.post_attention_layernorm.weight"], torch.full_like(
+        plain.state_dict()["model.layers.0.post_attention_layernorm.weight"], 3.0))
+
+
+def test_request_seeds_are_spread():
+    seeds = [s for base in range(5) for s in vllm_backend.request_seeds(base, 8)]
+    assert len(set(seeds)) == 40 and all(0 <= s < 2**31 for s in seeds)
+    assert vllm_backend.request_seeds(None, 2) == [None, None]
+    assert vllm_backend.request_seeds(7, 3) == vllm_backend.request_seeds(7, 3)
+
+
 def test_online_rounds_sample_through_vllm_with_the_policy_of_each_round(tmp_path, fake_vllm):
     from rankalign.online import run_online
     from rankalign.sim.text_world import build_text_tokenizer, gold_judge, make_text_world
@@ -186,7 +228,8 @@ def test_online_rounds_sample_through_vllm_with_the_policy_of_each_round(tmp_pat
     assert len(FakeLLM.instances) == 1 and FakeLLM.instances[0].kwargs["gpu_memory_utilization"] == 0.4
     llm = FakeLLM.instances[0]
     assert llm.runner.loads == 2 and len(llm.params) == 2  # the weights copied before each round's sampling
-    assert [p.seed for p in llm.params] == [3 * 100_003, 3 * 100_003 + 1]
+    assert [[p.seed for p in call] for call in llm.params] == [vllm_backend.request_seeds(3 * 100_003 + r, 6)
+                                                              for r in range(2)]
     from safetensors.torch import load_file
 
     after_round_0 = load_file(str(tmp_path / "run" / "round_000" / "policy" / "model.safetensors"))
@@ -234,4 +277,6 @@ def test_policy_gradient_steps_sample_through_a_given_sampler(tmp_path, fake_vll
                                   sampler=sampler)
     llm = FakeLLM.instances[-1]
     assert [row["step"] for row in history] == [0, 1]
-    assert llm.runner.loads == 2 and [p.seed for p in llm.params] == [2 * 100_003, 2 * 100_003 + 1]
+    assert llm.runner.loads == 2
+    assert [[p.seed for p in call] for call in llm.params] == [vllm_backend.request_seeds(2 * 100_003 + s, 2)
+                                                              for s in range(2)]

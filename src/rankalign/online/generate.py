@@ -257,7 +257,10 @@ def sample_groups(model, prompts: Sequence[Sequence[int]], k: int, *, max_new_to
         if decoder == "auto" and max_new_tokens > 1:
             from rankalign.online.lean_decode import LeanDecoder
 
-            lean = LeanDecoder.build(model, cache, mask if padded else None, max_new_tokens)
+            try:
+                lean = LeanDecoder.build(model, cache, mask if padded else None, max_new_tokens)
+            except Exception as error:  # noqa: BLE001 - any failure means: the model's own forward
+                _warn_lean(model, f"the lean decoding step could not be set up ({type(error).__name__}: {error})")
         used = "transformers"
         prefill_seconds = time.perf_counter() - start
         start = time.perf_counter()
@@ -282,7 +285,13 @@ def sample_groups(model, prompts: Sequence[Sequence[int]], k: int, *, max_new_to
                 continue
             # the first step: the lean step runs first, then the model's own step overwrites the cache slot
             # the lean one wrote, so a lean step that disagrees leaves nothing behind
-            candidate = lean.step(token, position) if lean is not None else None
+            candidate = None
+            if lean is not None:
+                try:
+                    candidate = lean.step(token, position)
+                except Exception as error:  # noqa: BLE001 - the model's step below rewrites the slot
+                    _warn_lean(model, f"the lean decoding step failed ({type(error).__name__}: {error})")
+                    lean = None
             outputs = model(input_ids=token[:, None], attention_mask=mask if padded else None,
                             position_ids=position[:, None], use_cache=True, logits_to_keep=1,
                             **{cache_keyword: cache})
@@ -323,12 +332,16 @@ def _check_lean(lean, model, candidate, reference):
     ok, difference = agrees(candidate, reference)
     if ok:
         return "lean", lean
+    _warn_lean(model, f"the lean decoding step differs from the model's forward by {difference:.3g} in the logits")
+    return "transformers", None
+
+
+def _warn_lean(model, why: str) -> None:
+    """Say once per model class why decoding falls back to the model's forward."""
     name = type(model).__name__
     if name not in _WARNED:
         _WARNED.add(name)
-        warnings.warn(f"{name}: the lean decoding step differs from the model's forward by {difference:.3g} "
-                      "in the logits; decoding with the model's forward", stacklevel=3)
-    return "transformers", None
+        warnings.warn(f"{name}: {why}; decoding with the model's forward", stacklevel=4)
 
 
 __all__ = ["DECODERS", "PREFILLS", "SampledGroups", "sample_groups", "next_tokens", "filter_top_p", "vllm_available"]

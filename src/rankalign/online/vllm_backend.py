@@ -12,8 +12,16 @@ in-process engine (``load_weights`` with the transformers parameter names; PEFT 
 the copy and unmerged after). vLLM's engine runs in a separate process by default in recent versions; set
 ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` so that the engine, and its model, live in this process.
 
-Sampled-token log-probabilities are vLLM's ``logprobs=0`` output: the chosen token's log-probability under
-the model's raw distribution (vLLM's default ``logprobs_mode``), as :func:`sample_groups` reports them.
+Sampled-token log-probabilities are vLLM's ``logprobs=0`` output: the chosen token's log-probability. vLLM's
+V1 engine (the default since 0.8) reports it under the model's raw distribution (its default
+``logprobs_mode``), as :func:`sample_groups` does; the older V0 engine reports it after temperature and
+top-p. vLLM's ``dtype="auto"`` runs a float32 checkpoint in 16 bits; pass ``dtype="float32"`` for the
+training precision.
+
+Each prompt is its own request with its own seed (drawn from the call's ``seed`` and the prompt's place),
+so that prompts, and calls with consecutive seeds, do not share random streams. A completion stops at
+``eos_token_id`` only (``ignore_eos=True`` with ``stop_token_ids=[eos_token_id]``), as in
+:func:`sample_groups`, not at other end-of-sequence ids a checkpoint's generation config may list.
 
 This module is written against vLLM's documented ``LLM`` / ``SamplingParams`` API and tested here with a
 stand-in for the ``vllm`` package (this project's machines have no GPU); the transformers backend is the
@@ -49,17 +57,44 @@ def _in_process_model(llm):
                        "version keeps it elsewhere")
 
 
+def _adapter_parameter_names(model) -> set[str]:
+    """The attribute names PEFT's tuner layers keep their adapter weights under (``lora_A``, ``ia3_l`` ...)."""
+    names = set()
+    for module in model.modules():
+        names.update(getattr(module, "adapter_layer_names", ()) or ())
+    names.discard("modules_to_save")  # a trained copy of a whole module, kept (policy_weights)
+    return names
+
+
 def policy_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
-    """``(name, tensor)`` of every weight of ``model`` under the transformers checkpoint names vLLM loads:
-    for a PEFT model (adapters merged by the caller) the base model's names without PEFT's prefixes and
-    ``base_layer`` infixes, adapter tensors left out."""
+    """``(name, tensor)`` of every weight of ``model`` under the transformers checkpoint names vLLM loads.
+
+    For a PEFT model (adapters merged by the caller): the base model's names without PEFT's
+    ``base_model.model.`` prefix and ``base_layer`` infixes; adapter tensors left out; a module trained in
+    full (``modules_to_save``) under its plain name with its trained copy's weights, the frozen original
+    left out."""
     peft = hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+    adapters = _adapter_parameter_names(model) if peft else set()
     for name, tensor in model.state_dict().items():
         if peft:
-            if "lora_" in name or ".modules_to_save." in name or "original_module" in name:
+            parts = name.removeprefix("base_model.model.").split(".")
+            if "original_module" in parts or any(part in adapters for part in parts):
                 continue
-            name = name.removeprefix("base_model.model.").replace(".base_layer", "")
+            if "modules_to_save" in parts:  # X.modules_to_save.<adapter>.W -> X.W
+                at = parts.index("modules_to_save")
+                parts = parts[:at] + parts[at + 2:]
+            name = ".".join(part for part in parts if part != "base_layer")
         yield name, tensor
+
+
+def request_seeds(seed: int | None, count: int) -> list[int | None]:
+    """One seed per request: 31-bit numbers drawn from ``numpy.random.SeedSequence((seed, i))``, so that
+    requests of one call, and calls with nearby seeds, get unrelated streams (``None``: unseeded)."""
+    if seed is None:
+        return [None] * count
+    import numpy as np
+
+    return [int(np.random.SeedSequence((int(seed) % 2**64, i)).generate_state(1)[0] >> 1) for i in range(count)]
 
 
 class VLLMSampler:
@@ -127,9 +162,10 @@ class VLLMSampler:
         for i, p in enumerate(prompts):
             if not p:
                 raise ValueError(f"prompt {i} is empty (the first token needs a context)")
-        params = SamplingParams(n=k, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, logprobs=0,
-                                seed=seed, stop_token_ids=None if eos_token_id is None else [int(eos_token_id)],
-                                ignore_eos=eos_token_id is None, detokenize=False)
+        params = [SamplingParams(n=k, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, logprobs=0,
+                                 seed=request_seed, stop_token_ids=None if eos_token_id is None else [int(eos_token_id)],
+                                 ignore_eos=True, detokenize=False)
+                  for request_seed in request_seeds(seed, len(prompts))]
         start = time.perf_counter()
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         seconds = time.perf_counter() - start
@@ -180,4 +216,4 @@ def make_vllm_sampler(model, folder, **options) -> VLLMSampler:
     return VLLMSampler(save_for_vllm(model, folder), **options)
 
 
-__all__ = ["VLLMSampler", "make_vllm_sampler", "policy_weights", "save_for_vllm"]
+__all__ = ["VLLMSampler", "make_vllm_sampler", "policy_weights", "request_seeds", "save_for_vllm"]
