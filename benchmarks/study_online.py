@@ -11,8 +11,9 @@ each from the same 192 judged groups and judged by the same population:
 * ``6 rounds``: 6 rounds of 32 lists; ``6 epochs``: 6 epochs per round; ``lr 4e-4``;
 * ``replay``: each round trains on every round's lists so far (``OnlineConfig.replay``); with 6 rounds;
 * ``6 rounds, 6 epochs``;
+* ``K = 8, replay, 6 rounds``: lists of 8 samples, half as many (the same 768 judged samples);
 * online DPO (all ordered pairs of each judged list): as the demo's row; with ``replay`` over 6 rounds,
-  over 8 rounds, and over 6 rounds with a learning rate of 4e-4 or 6 epochs per round.
+  over 8 rounds, over 6 rounds with a learning rate of 4e-4 or 6 epochs per round, and with K = 8.
 
 Prints one row per policy (gold win rate against the reference's samples ± SE over prompts, KL(pi || pi_ref)
 ± SE, mean length, training seconds, and its win rate minus offline PL-DPO's paired by prompt ± the SE of
@@ -48,11 +49,13 @@ VARIANTS = (  # (objective, label, DemoSettings overrides)
     ("pl_dpo", "replay", {"online_replay": True}),
     ("pl_dpo", "replay, 6 rounds", {"online_replay": True, "online_rounds": 6}),
     ("pl_dpo", "6 rounds, 6 epochs", {"online_rounds": 6, "online_epochs": 6.0}),
+    ("pl_dpo", "K = 8, replay, 6 rounds", {"online_k": 8, "online_replay": True, "online_rounds": 6}),
     ("dpo", "online", {}),
     ("dpo", "replay, 6 rounds", {"online_replay": True, "online_rounds": 6}),
     ("dpo", "replay, 8 rounds", {"online_replay": True, "online_rounds": 8}),
     ("dpo", "replay, 6 rounds, lr 4e-4", {"online_replay": True, "online_rounds": 6, "online_learning_rate": 4e-4}),
     ("dpo", "replay, 6 rounds, 6 epochs", {"online_replay": True, "online_rounds": 6, "online_epochs": 6.0}),
+    ("dpo", "K = 8, replay, 6 rounds", {"online_k": 8, "online_replay": True, "online_rounds": 6}),
 )
 
 

@@ -146,3 +146,35 @@ def test_full_demo_aligned_policies_beat_the_reference(tmp_path):
         win = row["gold win rate"]
         assert win["value"] - 3 * win["se"] > 0.5
         assert row["KL"]["value"] > 0
+
+
+def test_online_k_keeps_the_judged_sample_budget(tmp_path, monkeypatch):
+    """``online_k`` judges groups of that size, and as many samples as the offline rows' lists x k."""
+    import io
+    import types
+
+    from rich.console import Console
+
+    from rankalign import online
+    from rankalign.engine import tiny_causal_lm
+    from rankalign.sim import demo
+
+    seen = []
+
+    def fake_run_online(policy, tokenizer, prompts, judge, config, settings, ref_model=None, callback=None):
+        seen.append((settings.k, settings.prompts_per_round, settings.rounds))
+        callback(0, policy, {})
+        return types.SimpleNamespace(rounds=[])
+
+    monkeypatch.setattr(online, "run_online", fake_run_online)
+    world = make_text_world()
+    model = tiny_causal_lm(40, hidden_size=16, layers=1, heads=2)
+
+    def evaluate(policy, name, wall):
+        return {"gold win rate": (0.5, 0.1)}, np.zeros(2)
+
+    for online_k, expected in ((None, (4, 64, 3)), (8, (8, 32, 3)), (6, (6, 42, 3))):
+        settings = demo.DemoSettings(k=4, online_k=online_k, online_rounds=3)
+        demo.online_stage(model, None, world, demo.annotator_population(world, 1.0), [], 192, settings, evaluate,
+                          str(tmp_path), Console(file=io.StringIO()), False, methods=(("online pl_dpo", "pl_dpo"),))
+        assert seen[-1] == expected  # 192 lists x 4 = 768 judged samples: 3 x 64 x 4, 3 x 32 x 8, 3 x 42 x 6 (756)

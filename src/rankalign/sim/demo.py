@@ -83,6 +83,8 @@ class DemoSettings:
     online_learning_rate: float | None = None  # (None: ``learning_rate``)
     online_replay: bool = False  # each round trains on every round's lists so far (OnlineConfig.replay)
     online_refresh_reference: bool = False  # iterative DPO (OnlineConfig.refresh_reference)
+    online_k: int | None = None  # online DPO rows: completions per prompt (None: ``k``); the judged-sample
+    #                              budget stays the offline rows' (lists x k), so K = 8 judges half the lists
     pg_prompts_per_step: int = 8  # GRPO / RLOO: groups per step (steps = judged groups / this)
     pg_iterations: int = 4       # GRPO / RLOO: updates per sampled batch (GRPO's mu)
     pg_learning_rate: float = 1e-4
@@ -165,8 +167,9 @@ class PopulationJudge:
 def online_stage(reference, tokenizer, world, population, prompts, budget_lists: int, settings, evaluate, runs: str,
                  console, progress: bool, methods=ONLINE_METHODS) -> list[dict]:
     """The on-policy rows: online Plackett-Luce DPO (``online_rounds`` rounds) and GRPO and RLOO, each from
-    ``budget_lists`` judged groups of K samples (the offline rows' annotation budget), judged by the
-    same simulated population. Returns ``{"name", "row", "rewards", "trajectory", "history"}`` per row
+    ``budget_lists`` judged groups of K samples (the offline rows' annotation budget; with ``online_k``
+    the same number of judged samples in groups of ``online_k``), judged by the same simulated population.
+    Returns ``{"name", "row", "rewards", "trajectory", "history"}`` per row
     (``methods``: ``(name, objective)`` pairs, a subset of :data:`ONLINE_METHODS` by default all).
     """
     import torch
@@ -210,16 +213,17 @@ def online_stage(reference, tokenizer, world, population, prompts, budget_lists:
                 ref_model=reference, callback=step_callback)
             unit = "step"
         else:
-            per_round = max(1, budget_lists // settings.online_rounds)
+            k = settings.online_k or settings.k
+            per_round = max(1, budget_lists * settings.k // k // settings.online_rounds)
             _stage(console, f"training {name}: {settings.online_rounds} rounds of {per_round} on-policy lists "
-                            f"(K={settings.k}), ranked by the annotator population")
+                            f"(K={k}), ranked by the annotator population")
             lr = settings.learning_rate if settings.online_learning_rate is None else settings.online_learning_rate
             epochs = settings.epochs if settings.online_epochs is None else settings.online_epochs
             config = TrainConfig(model="tiny:llama", objective=objective, loss_params={"beta": settings.beta},
                                  lr=lr, epochs=epochs, batch_size=settings.batch_size,
                                  seed=settings.seed, output_dir=os.path.join(runs, "online_" + objective), report_to=[],
                                  save_steps=0, progress=progress, logging_steps=1, resume=False, bf16=False)
-            online = OnlineConfig(enabled=True, rounds=settings.online_rounds, k=settings.k,
+            online = OnlineConfig(enabled=True, rounds=settings.online_rounds, k=k,
                                   prompts_per_round=per_round, max_new_tokens=40, replay=settings.online_replay,
                                   refresh_reference=settings.online_refresh_reference)
             result = run_online(policy, tokenizer, prompts, judge, config, online, ref_model=reference, callback=after)
