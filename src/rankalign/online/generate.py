@@ -163,6 +163,18 @@ def next_tokens(logits: Tensor, *, temperature: float, top_p: float, generator: 
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
+def checked_request(prompts: Sequence[Sequence[int]], k: int, max_new_tokens: int) -> list[list[int]]:
+    """The prompts as lists, after checking a sampling request (``k`` and ``max_new_tokens`` >= 1, no empty
+    prompt): shared by every generation backend."""
+    if k < 1 or max_new_tokens < 1:
+        raise ValueError(f"k and max_new_tokens must be >= 1, got k={k}, max_new_tokens={max_new_tokens}")
+    prompts = [list(p) for p in prompts]
+    for i, p in enumerate(prompts):
+        if not p:
+            raise ValueError(f"prompt {i} is empty (the first token needs a context)")
+    return prompts
+
+
 def _left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int, device) -> tuple[Tensor, Tensor, Tensor]:
     width = max(len(p) for p in prompts)
     input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
@@ -219,12 +231,7 @@ def sample_groups(model, prompts: Sequence[Sequence[int]], k: int, *, max_new_to
         raise ValueError(f"unknown prefill {prefill!r}; choose one of {', '.join(PREFILLS)}")
     if decoder not in DECODERS:
         raise ValueError(f"unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}")
-    if k < 1 or max_new_tokens < 1:
-        raise ValueError(f"k and max_new_tokens must be >= 1, got k={k}, max_new_tokens={max_new_tokens}")
-    prompts = [list(p) for p in prompts]
-    for i, p in enumerate(prompts):
-        if not p:
-            raise ValueError(f"prompt {i} is empty (the first token needs a context)")
+    prompts = checked_request(prompts, k, max_new_tokens)
     if eos_token_id is None:
         eos_token_id = getattr(model.config, "eos_token_id", None)
         if isinstance(eos_token_id, (list, tuple)):

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from .generate import SampledGroups, vllm_available
+from .generate import SampledGroups, checked_request, vllm_available
 
 
 def _in_process_model(llm):
@@ -156,12 +156,7 @@ class VLLMSampler:
         """
         from vllm import SamplingParams
 
-        if k < 1 or max_new_tokens < 1:
-            raise ValueError(f"k and max_new_tokens must be >= 1, got k={k}, max_new_tokens={max_new_tokens}")
-        prompts = [list(p) for p in prompts]
-        for i, p in enumerate(prompts):
-            if not p:
-                raise ValueError(f"prompt {i} is empty (the first token needs a context)")
+        prompts = checked_request(prompts, k, max_new_tokens)
         params = [SamplingParams(n=k, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, logprobs=0,
                                  seed=request_seed, stop_token_ids=None if eos_token_id is None else [int(eos_token_id)],
                                  ignore_eos=True, detokenize=False)
