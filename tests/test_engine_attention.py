@@ -10,6 +10,7 @@ import types
 import pytest
 import torch
 
+from engine_helpers import random_list
 from rankalign.engine import TokenizedList, pack_lists, sequence_logps, supports_shared_layout, tiny_causal_lm
 from rankalign.engine.attention import (
     _PLAN,
@@ -25,14 +26,8 @@ VOCAB = 97
 
 def _lists(seed=0):
     g = torch.Generator().manual_seed(seed)
-
-    def one(prompt_len, response_lens, index):
-        return TokenizedList(prompt_ids=torch.randint(4, VOCAB, (prompt_len,), generator=g).tolist(),
-                             response_ids=[torch.randint(4, VOCAB, (n,), generator=g).tolist() for n in response_lens],
-                             ranks=list(range(len(response_lens))), index=index)
-
-    # uneven prompts (1 to 11 tokens), uneven responses, K from 1 to 4
-    return [one(7, [3, 9, 1], 0), one(11, [5, 2], 1), one(1, [4], 2), one(4, [2, 6, 3, 5], 3)]
+    shapes = [(7, [3, 9, 1]), (11, [5, 2]), (1, [4]), (4, [2, 6, 3, 5])]  # uneven prompts and responses, K 1-4
+    return [random_list(g, p, r, i, vocab=VOCAB, bos=None) for i, (p, r) in enumerate(shapes)]
 
 
 def _spy(monkeypatch):

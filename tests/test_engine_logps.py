@@ -10,6 +10,7 @@ import warnings
 import pytest
 import torch
 
+from engine_helpers import random_list
 from rankalign.engine import (
     TokenizedList,
     gather_token_logps,
@@ -23,10 +24,7 @@ VOCAB = 97
 
 
 def _random_list(generator, prompt_len, response_lens, index=-1):
-    prompt = [1] + torch.randint(4, VOCAB, (prompt_len - 1,), generator=generator).tolist()
-    responses = [torch.randint(4, VOCAB, (n,), generator=generator).tolist() for n in response_lens]
-    return TokenizedList(prompt_ids=prompt, response_ids=responses, ranks=list(range(len(responses))),
-                         index=index)
+    return random_list(generator, prompt_len, response_lens, index, vocab=VOCAB)
 
 
 def _lists():

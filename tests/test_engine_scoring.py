@@ -12,6 +12,7 @@ import warnings
 import pytest
 import torch
 
+from engine_helpers import random_list
 from rankalign.engine import (
     TokenizedList,
     attention_mask_for,
@@ -30,15 +31,10 @@ VOCAB = 97
 def _lists(seed=3):
     g = torch.Generator().manual_seed(seed)
 
-    def make(prompt_len, response_lens, index):
-        prompt = [1] + torch.randint(4, VOCAB, (prompt_len - 1,), generator=g).tolist()
-        responses = [torch.randint(4, VOCAB, (n,), generator=g).tolist() for n in response_lens]
-        return TokenizedList(prompt_ids=prompt, response_ids=responses, ranks=list(range(len(responses))), index=index)
-
     # K = 1..4 mixed in one data set; lengths not sorted, so batching by length reorders them
     shapes = [(6, [3]), (2, [2, 5]), (9, [4, 1, 7]), (3, [2, 6, 3, 5]), (12, [1, 1]), (1, [8, 2, 2]), (5, [9]),
               (4, [1, 2, 3, 4])]
-    return [make(p, r, i) for i, (p, r) in enumerate(shapes)]
+    return [random_list(g, p, r, i, vocab=VOCAB) for i, (p, r) in enumerate(shapes)]
 
 
 def _brute_force(model, item):
