@@ -205,9 +205,6 @@ def save_for_vllm(model, folder) -> Path:
 
 def make_vllm_sampler(model, folder, **options) -> VLLMSampler:
     """A :class:`VLLMSampler` started from ``model`` as it is now (:func:`save_for_vllm` into ``folder``)."""
-    if not vllm_available():
-        raise RuntimeError("online.backend 'vllm' needs the vllm package and a CUDA device; use the default "
-                           "'transformers' backend here")
     return VLLMSampler(save_for_vllm(model, folder), **options)
 
 
