@@ -170,6 +170,11 @@ class StepTimer:
         start = ends[warmup - 1] if warmup else self.begin
         return (ends[-1] - start) / (len(ends) - warmup)
 
+    def step_seconds(self) -> list[float]:
+        """Wall time of every step, warm-up included (the first from the start of training)."""
+        marks = [self.begin] + self.ends
+        return [round(b - a, 2) for a, b in zip(marks, marks[1:])]
+
 
 def common_training_arguments(output_dir: str, args, batch: int) -> dict:
     return dict(output_dir=output_dir, per_device_train_batch_size=batch, gradient_accumulation_steps=1,
@@ -221,7 +226,8 @@ def run_trl(case: str, args, model_dir: str, workdir: str) -> dict:
                 params=sum(p.numel() for p in model.parameters()), steps=len(timer.ends),
                 response_tokens_per_step=(len(first["chosen_ids"]) + len(first["rejected_ids"])) * shape["trl_batch"],
                 batch=f"{shape['trl_batch']} pairs", tokens_per_pair=tokens_per_pair,
-                gradient_checkpointing=bool(getattr(trainer.model, "is_gradient_checkpointing", False)))
+                gradient_checkpointing=bool(getattr(trainer.model, "is_gradient_checkpointing", False)),
+                step_seconds=timer.step_seconds())
 
 
 def run_ours(case: str, args, model_dir: str, workdir: str) -> dict:
@@ -261,7 +267,8 @@ def run_ours(case: str, args, model_dir: str, workdir: str) -> dict:
                 tokens_per_s=tokens_per_list * shape["ours_batch"] / step, end_to_end_s=end_to_end,
                 params=sum(p.numel() for p in model.parameters()), steps=len(timer.ends),
                 response_tokens_per_step=sum(len(r) for r in lists[0].response_ids) * shape["ours_batch"],
-                batch=f"{shape['ours_batch']} lists", tokens_per_list=tokens_per_list, layout=trainer.layout)
+                batch=f"{shape['ours_batch']} lists", tokens_per_list=tokens_per_list, layout=trainer.layout,
+                step_seconds=timer.step_seconds())
 
 
 def worker_main(args) -> None:
@@ -408,6 +415,11 @@ def main(argv=None) -> None:
             print(f"{case:<17} {row['side']:<10} {row['batch']:<9} {row['samples_per_s']:>10.3f} "
                   f"{row['seconds_per_step']:>8.2f} {row['end_to_end_s']:>13.1f} {row['tokens_per_s']:>9.0f} "
                   f"{row['peak_rss_mb']:>12.0f} {row['compute_efficiency']:>12.1%} {row['useful_efficiency']:>7.1%}")
+    print()
+    print(f"seconds per step, the first {args.warmup} untimed:")
+    for case, peer, ours in results:
+        for row in (peer, ours):
+            print(f"  {case:<17} {row['side']:<10} " + " ".join(f"{s:.2f}" for s in row["step_seconds"]))
     print()
     for case, peer, ours in results:
         ratio = ours["samples_per_s"] / peer["samples_per_s"]
