@@ -35,7 +35,8 @@ RESULT lines then also carry each side's useful share, peak memory and the layou
 allocated; FLOP/s share against a bf16 matmul); see ``benchmarks/gpu_bench.sh``.
 
 Run: ``.venv/bin/python benchmarks/bench_train_vs_trl.py`` (default: 1 warm-up + 4 timed steps per side
-and case). Ends with one ``RESULT {...}`` line per case (ratio > 1: rankalign is better).
+and case; ``--rounds 2`` runs each side twice in turn, TRL, rankalign, rankalign, TRL, and pools them, since
+this machine's speed drifts by 20-30% over minutes and the two sides do not feel it alike). Ends with one ``RESULT {...}`` line per case (ratio > 1: rankalign is better).
 """
 
 from __future__ import annotations
@@ -336,11 +337,30 @@ def spawn(side: str, case: str, args, model_dir: str) -> dict:
     return result
 
 
+def pooled(runs: list[dict]) -> dict:
+    """One side's figures over its runs (each the same number of timed steps): mean seconds per step and
+    end-to-end time, the largest peak memory, every run's step times."""
+    if len(runs) == 1:
+        return runs[0]
+    row = dict(runs[0])
+    row["seconds_per_step"] = sum(r["seconds_per_step"] for r in runs) / len(runs)
+    row["samples_per_s"] = row["samples_per_s"] * runs[0]["seconds_per_step"] / row["seconds_per_step"]
+    row["tokens_per_s"] = row["tokens_per_step"] / row["seconds_per_step"]
+    row["end_to_end_s"] = sum(r["end_to_end_s"] for r in runs) / len(runs)
+    row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    row["step_seconds"] = [s for r in runs for s in r["step_seconds"]]
+    row["run_samples_per_s"] = [round(r["samples_per_s"], 4) for r in runs]
+    return row
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--steps", type=int, default=4, help="timed optimiser steps per side and case")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before the timed ones")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="runs per side and case, in turn (TRL, rankalign, rankalign, TRL, ...), pooled, so "
+                             "that a change in the machine's speed reaches both sides alike")
     parser.add_argument("--pairs-batch", type=int, default=4, help="pairs per step in the pairs case")
     parser.add_argument("--lists-batch", type=int, default=2, help="lists of 4 per step in lists_k4 (TRL: x3 pairs)")
     parser.add_argument("--threads", type=int, default=max(1, min(os.cpu_count() or 1, 16)))
@@ -394,9 +414,11 @@ def main(argv=None) -> None:
         del model
         print(f"model: {description}, {params / 1e6:.1f} M parameters{', tied head' if tied else ''}, float32")
         for case in cases:
-            peer = spawn("trl", case, args, model_dir)
-            ours = spawn("ours", case, args, model_dir)
-            results.append((case + tag, peer, ours))
+            runs = {"trl": [], "ours": []}
+            for number in range(args.rounds):  # in turn: TRL, rankalign, rankalign, TRL, ...
+                for side in (("trl", "ours"), ("ours", "trl"))[number % 2]:
+                    runs[side].append(spawn(side, case, args, model_dir))
+            results.append((case + tag, pooled(runs["trl"]), pooled(runs["ours"])))
 
     unit = {"pairs": "pairs/s", "lists_k4": "lists/s"}
     header = (f"{'case':<17} {'side':<10} {'batch':<9} {'samples/s':>10} {'s/step':>8} {'end-to-end s':>13} "
@@ -416,10 +438,14 @@ def main(argv=None) -> None:
                   f"{row['seconds_per_step']:>8.2f} {row['end_to_end_s']:>13.1f} {row['tokens_per_s']:>9.0f} "
                   f"{row['peak_rss_mb']:>12.0f} {row['compute_efficiency']:>12.1%} {row['useful_efficiency']:>7.1%}")
     print()
-    print(f"seconds per step, the first {args.warmup} untimed:")
+    print(f"seconds per step, the first {args.warmup} of each run untimed:")
     for case, peer, ours in results:
         for row in (peer, ours):
             print(f"  {case:<17} {row['side']:<10} " + " ".join(f"{s:.2f}" for s in row["step_seconds"]))
+    if args.rounds > 1:
+        print("samples/s per run (in turn):")
+        for case, peer, ours in results:
+            print(f"  {case:<17} TRL {peer['run_samples_per_s']}, rankalign {ours['run_samples_per_s']}")
     print()
     for case, peer, ours in results:
         ratio = ours["samples_per_s"] / peer["samples_per_s"]
@@ -435,7 +461,7 @@ def main(argv=None) -> None:
                         ours_useful_share=round(ours["useful_efficiency"], 3),
                         peer_peak_mb=round(peer["peak_rss_mb"]), ours_peak_mb=round(ours["peak_rss_mb"]),
                         memory_share=round(ours["peak_rss_mb"] / peer["peak_rss_mb"], 3),
-                        layout=ours.get("layout"), declared_shared=bool(args.declare_shared),
+                        layout=ours.get("layout"), declared_shared=bool(args.declare_shared), rounds=args.rounds,
                         device=args.device, precision=precision)
         print("RESULT " + json.dumps(line))
 
