@@ -24,7 +24,10 @@ as if the rows were independent) and of the paired SE (both rows are judged on t
 the same reference samples, so the prompts' difficulty is shared). Deterministic for a seed (one thread);
 about 9 minutes here.
 
-Run: ``.venv/bin/python benchmarks/study_online.py [--seed 0] [--quick]``.
+``--offline-k 8`` gives the offline rows lists of 8 (half as many, the same judged samples), so that they
+and the online rows judge lists of one size; ``--variants`` runs a subset of the online rows.
+
+Run: ``.venv/bin/python benchmarks/study_online.py [--seed 0] [--quick] [--offline-k 8] [--variants 'pl_dpo (K = 8']``.
 """
 
 from __future__ import annotations
@@ -69,10 +72,28 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="smoke sizes (seconds; the numbers mean little)")
+    parser.add_argument("--offline-k", type=int, default=None,
+                        help="the offline rows judge lists of this size (default: the demo's 4); the lists per "
+                             "prompt shrink so that the judged samples stay the same, and the online rows without "
+                             "a K of their own judge lists of this size too")
+    parser.add_argument("--variants", default=None,
+                        help="run only the online variants whose label contains one of these comma-separated "
+                             "strings (default: all)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     console = Console(stderr=True)
     settings = demo.DemoSettings.quick(args.seed) if args.quick else demo.DemoSettings(seed=args.seed)
+    if args.offline_k is not None:
+        samples = settings.rounds * settings.k
+        if args.offline_k < 2 or samples % args.offline_k:
+            parser.error(f"--offline-k must be at least 2 and divide the {samples} judged samples per prompt")
+        settings = dataclasses.replace(settings, k=args.offline_k, rounds=samples // args.offline_k)
+    variants = VARIANTS
+    if args.variants:
+        wanted = [w.strip() for w in args.variants.split(",") if w.strip()]
+        variants = [v for v in VARIANTS if any(w in f"{v[0]} ({v[1]})" for w in wanted)]
+        if not variants:
+            parser.error(f"no variant matches {args.variants!r}")
     with tempfile.TemporaryDirectory(prefix="study-online-") as out_dir:
         state = demo.DemoState(out_dir=out_dir, settings=settings, console=console, progress=False)
         state.started = time.perf_counter()
@@ -85,7 +106,7 @@ def main(argv=None) -> None:
             for name, objective, form in demo.METHODS[:2]:  # dpo (pairs), pl_dpo (lists)
                 rows.append((name, demo.offline_row(state, runs, name, objective, form)))
                 rewards[name] = state.all_rewards[name]
-            for objective, label, overrides in VARIANTS:
+            for objective, label, overrides in variants:
                 variant = dataclasses.replace(settings, **overrides)
                 console.print(f"» online {objective}: {label}")
                 entry = demo.online_stage(state.reference, state.tokenizer, state.world, state.population,
@@ -107,6 +128,12 @@ def main(argv=None) -> None:
     by_name = dict(rows)
     dpo, offline = by_name["dpo (pairs)"], by_name["pl_dpo (lists)"]
     allowed = [(name, row) for name, row in rows if name.startswith("online") and row["KL"][0] <= dpo["KL"][0]]
+    if not allowed:
+        print(f"no online variant has a KL at most the DPO (pairs) row's {dpo['KL'][0]:.2f}")
+        print("RESULT " + json.dumps({"case": "online_minus_offline", "best": None,
+                                      "offline": round(offline["gold win rate"][0], 4),
+                                      "kl_dpo_pairs": round(dpo["KL"][0], 2)}))
+        return
     best_name, best = max(allowed, key=lambda item: item[1]["gold win rate"][0])
     gap = best["gold win rate"][0] - offline["gold win rate"][0]
     se = math.hypot(best["gold win rate"][1], offline["gold win rate"][1])
