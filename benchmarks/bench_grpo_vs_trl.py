@@ -264,6 +264,8 @@ def main(argv=None) -> None:
     parser.add_argument("--model-dir")
     parser.add_argument("--workdir")
     args = parser.parse_args(argv)
+    if args.rounds is not None and args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
     if args.worker:
         args.side = args.worker
         worker_main(args)

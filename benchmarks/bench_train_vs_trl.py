@@ -36,7 +36,8 @@ allocated; FLOP/s share against a bf16 matmul); see ``benchmarks/gpu_bench.sh``.
 
 Run: ``.venv/bin/python benchmarks/bench_train_vs_trl.py`` (default: 1 warm-up + 4 timed steps per side
 and case; ``--rounds 2`` runs each side twice in turn, TRL, rankalign, rankalign, TRL, and pools them, since
-this machine's speed drifts by 20-30% over minutes and the two sides do not feel it alike). Ends with one ``RESULT {...}`` line per case (ratio > 1: rankalign is better).
+this machine's speed drifts by 20-30% over minutes and the two sides do not feel it alike). Ends with one
+``RESULT {...}`` line per case (ratio > 1: rankalign is better).
 """
 
 from __future__ import annotations
@@ -343,8 +344,9 @@ def pooled(runs: list[dict]) -> dict:
     if len(runs) == 1:
         return runs[0]
     row = dict(runs[0])
+    samples_per_step = runs[0]["samples_per_s"] * runs[0]["seconds_per_step"]  # the same in every run
     row["seconds_per_step"] = sum(r["seconds_per_step"] for r in runs) / len(runs)
-    row["samples_per_s"] = row["samples_per_s"] * runs[0]["seconds_per_step"] / row["seconds_per_step"]
+    row["samples_per_s"] = samples_per_step / row["seconds_per_step"]
     row["tokens_per_s"] = row["tokens_per_step"] / row["seconds_per_step"]
     row["end_to_end_s"] = sum(r["end_to_end_s"] for r in runs) / len(runs)
     row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
@@ -376,6 +378,8 @@ def main(argv=None) -> None:
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--result-file", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
     if args.worker:
         worker_main(args)
         return

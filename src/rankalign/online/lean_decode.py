@@ -19,9 +19,10 @@ embeddings (Su et al. 2021), grouped-query attention, a gated MLP; ``llama``, ``
 (which adds biases to the q/k/v projections) in transformers. :meth:`LeanDecoder.build` returns ``None``
 for anything else: another architecture, adapters (PEFT) wrapped around the projections, a sliding window
 shorter than the sequence, per-head query/key norms, RoPE whose table changes with the length (dynamic
-NTK, LongRoPE), parameters sharded, offloaded or spread over devices, torch older than 2.5. And :func:`rankalign.online.sample_groups` checks the
-first decoding step of every call against the transformers step before it trusts this one (the logits
-must agree to float rounding), falling back to transformers with a warning when they do not.
+NTK, LongRoPE), parameters sharded, offloaded or spread over devices, torch older than 2.5. And
+:func:`rankalign.online.sample_groups` checks the first decoding step of every call against the
+transformers step before it trusts this one (the logits must agree to float rounding), falling back to
+transformers with a warning when they do not.
 """
 
 from __future__ import annotations
