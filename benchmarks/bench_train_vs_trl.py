@@ -13,7 +13,10 @@ Both sides get the same batch in pairs (``pairs``: 4 pairs; ``lists_k4``: 2 list
 pairs for TRL), the same optimiser settings, no bf16, no gradient checkpointing, and a reference that is
 computed once before training (TRL ``precompute_ref_log_probs=True``; rankalign's reference cache,
 empty at the start so its cost is in the end-to-end time). Each side runs in its own subprocess so that
-its peak RSS (``ru_maxrss``) is its own.
+its peak RSS (``ru_maxrss``) is its own. Each side runs as it ships: on the CPU rankalign's trainer tells
+glibc to keep freed memory (:mod:`rankalign.engine.cpu_memory`, no page faults per step) and TRL does not;
+``--peer-retain-memory`` gives TRL the same setting, ``RANKALIGN_CPU_MALLOC=default`` takes it from
+rankalign.
 
 Reported per side: steady-state samples/s (the steps after ``--warmup``), end-to-end time (trainer
 construction, reference pass and training), tokens/s (tokens the model actually runs, steady state),
@@ -276,10 +279,15 @@ def run_ours(case: str, args, model_dir: str, workdir: str) -> dict:
 def worker_main(args) -> None:
     import torch
 
+    from rankalign.engine import cpu_memory
+
     torch.set_num_threads(args.threads)
+    if args.worker == "trl" and args.peer_retain_memory:
+        cpu_memory.retain_freed_memory()  # what rankalign's trainer does by itself on the CPU
     with tempfile.TemporaryDirectory(prefix=f"bench_{args.worker}_") as workdir:
         run = run_trl if args.worker == "trl" else run_ours
         result = run(args.case, args, args.model_dir, workdir)
+    result["retains_memory"] = bool(cpu_memory._applied)
     if args.device == "cpu":
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     else:  # the GPU's memory is the one that limits: peak allocated by torch
@@ -329,6 +337,8 @@ def spawn(side: str, case: str, args, model_dir: str) -> dict:
         command.append("--bf16")
     if args.declare_shared:
         command.append("--declare-shared")
+    if args.peer_retain_memory:
+        command.append("--peer-retain-memory")
     completed = subprocess.run(command, capture_output=True, text=True)
     if completed.returncode != 0:
         sys.stderr.write(completed.stdout[-4000:] + completed.stderr[-8000:])
@@ -373,6 +383,9 @@ def main(argv=None) -> None:
     parser.add_argument("--declare-shared", action="store_true",
                         help="diagnosis only: declare the shared layout (model.rankalign_shared_layout) instead "
                              "of letting the engine's probe decide; the reported ratios are without it")
+    parser.add_argument("--peer-retain-memory", action="store_true",
+                        help="TRL's worker also keeps freed memory (rankalign.engine.retain_freed_memory), as "
+                             "rankalign's trainer does by itself on the CPU")
     parser.add_argument("--worker", choices=("trl", "ours"), help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
@@ -442,6 +455,10 @@ def main(argv=None) -> None:
                   f"{row['seconds_per_step']:>8.2f} {row['end_to_end_s']:>13.1f} {row['tokens_per_s']:>9.0f} "
                   f"{row['peak_rss_mb']:>12.0f} {row['compute_efficiency']:>12.1%} {row['useful_efficiency']:>7.1%}")
     print()
+    for case, peer, ours in results:
+        print(f"{case}: glibc malloc keeps freed memory: TRL {'yes' if peer['retains_memory'] else 'no'}, "
+              f"rankalign {'yes' if ours['retains_memory'] else 'no'} (rankalign.engine.cpu_memory; "
+              f"RANKALIGN_CPU_MALLOC=default turns it off, --peer-retain-memory turns it on for TRL)")
     print(f"seconds per step, the first {args.warmup} of each run untimed:")
     for case, peer, ours in results:
         for row in (peer, ours):
@@ -466,6 +483,7 @@ def main(argv=None) -> None:
                         peer_peak_mb=round(peer["peak_rss_mb"]), ours_peak_mb=round(ours["peak_rss_mb"]),
                         memory_share=round(ours["peak_rss_mb"] / peer["peak_rss_mb"], 3),
                         layout=ours.get("layout"), declared_shared=bool(args.declare_shared), rounds=args.rounds,
+                        peer_retains_memory=peer["retains_memory"], ours_retains_memory=ours["retains_memory"],
                         device=args.device, precision=precision)
         print("RESULT " + json.dumps(line))
 

@@ -9,6 +9,8 @@ See DESIGN.md ("Engine principles"). The pieces, in the order data flows through
   when :func:`probe_shared_layout` accepts the model, progress bar, optional cache); :func:`compute_reference_logps`
   is it with a :class:`ReferenceCache`
 * :func:`build_tokenizer`, :func:`tiny_causal_lm`: local tiny tokenizers and models
+* :func:`retain_freed_memory`: glibc malloc keeps freed memory for reuse (the CPU loops call it; no page
+  faults per step)
 * :func:`resolve_model` / :func:`load_causal_lm`: model sources (folder, .gguf, fetched name such as
   ``smollm2-135m``, HF-cache id, ``tiny:``), :func:`fetch_model`, :func:`list_models`
 
@@ -29,6 +31,7 @@ Example::
     scores = score_lists(model, lists, batch_size=16)   # ListScores: .logps, .lengths, .padded()
 """
 
+from .cpu_memory import retain_freed_memory
 from .logps import (
     LayoutProbe,
     attention_mask_for,
@@ -75,6 +78,6 @@ __all__ = [
     "score_lists", "ListScores", "length_batches", "token_logps",
     "ReferenceCache", "compute_reference_logps", "reference_cache_key", "adapter_disabled",
     "peft_reference_logps",
-    "build_tokenizer", "tiny_causal_lm", "CHAT_TEMPLATE",
+    "build_tokenizer", "tiny_causal_lm", "CHAT_TEMPLATE", "retain_freed_memory",
     "resolve_model", "load_causal_lm", "load_tokenizer", "fetch_model", "list_models", "ModelSource", "ModelNotFound",
 ]

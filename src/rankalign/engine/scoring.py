@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .cpu_memory import retain_if_cpu
 from .logps import _device, autocast_context, choose_layout, sequence_logps
 from .packing import pack_lists
 from .reference import ReferenceCache, reference_cache_key
@@ -230,6 +231,7 @@ def score_lists(model, lists: Sequence[TokenizedList], *, batch_size: int = 8, l
         return ListScores([], [], "shared" if layout == "auto" else layout)
     layout = choose_layout(model, layout, announce=announce)
     device = _device(model)
+    retain_if_cpu(device)  # no page faults per batch on the CPU (engine/cpu_memory.py)
     batches = length_batches([_footprint(item, layout) for item in lists], batch_size, max_tokens_per_batch)
     batches = batches[rank::world]  # this process's share (all of them in one process)
     results: list[Tensor | None] = [None] * len(lists)

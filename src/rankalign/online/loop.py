@@ -47,6 +47,7 @@ import torch
 from .._atomic import atomic_write_text
 from ..data.records import RankedList
 from ..engine import TokenizedList
+from ..engine.cpu_memory import retain_if_cpu
 from ..reward.judges import Judge
 from ..train.config import OnlineConfig
 from .generate import sample_groups
@@ -460,6 +461,7 @@ def run_policy_gradient(model, tokenizer, prompts: Sequence, judge, *, objective
 
     if save_steps < 1:
         raise ValueError(f"save_steps must be >= 1, got {save_steps}")
+    retain_if_cpu(model)  # no page faults per step on the CPU (engine/cpu_memory.py)
     reference = ref_model if ref_model is not None else copy.deepcopy(model).eval()
     optimizer = adamw(model.parameters(), lr=lr)
     generator = torch.Generator(device=next(model.parameters()).device)

@@ -71,6 +71,7 @@ import transformers
 
 from rankalign import losses
 from rankalign._atomic import atomic_write_json, writing
+from rankalign.engine.cpu_memory import retain_if_cpu
 from rankalign.losses.unpaired import BCORunningMean
 
 from .callbacks import (
@@ -483,6 +484,7 @@ class PreferenceTrainer(transformers.Trainer):
             self.bco_running = BCORunningMean(momentum=self.bco_running.momentum)
         if resume_from_checkpoint:
             self._load_objective_state(resume_from_checkpoint)
+        retain_if_cpu(self.args.device)  # no page faults per step on the CPU (engine/cpu_memory.py)
         self._last_log_time = time.perf_counter()
         return super().train(resume_from_checkpoint or None, *args, **kwargs)
 
