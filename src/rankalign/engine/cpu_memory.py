@@ -7,7 +7,7 @@ free. A training step frees its activations and allocates the same sizes again i
 step the kernel maps and zero-fills those pages anew. On SmolLM2-135M (a DPO step over four pairs with
 prompts of 256 and responses of 64 tokens, 2 CPU cores) that is about 190,000 minor page faults and 1-2 s
 of kernel time in a 13 s step; with the settings below, none after the first two steps, and the step is
-about 7% faster (README, "Tests and benchmarks").
+about 7% faster (README, "Benchmarks on the real model").
 
 :func:`retain_freed_memory` sets, through ``mallopt(3)``:
 
