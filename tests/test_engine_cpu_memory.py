@@ -19,7 +19,8 @@ import pytest
 from rankalign.engine import cpu_memory
 
 PAGES = (64 << 20) // 4096  # pages in one 64 MiB block
-ROUNDS = 10
+ROUNDS = 12
+STEADY = 6  # the last rounds, once the heap has grown to hold the block
 
 CHILD = f"""
 import json, resource, sys
@@ -28,12 +29,12 @@ from rankalign.engine import cpu_memory
 applied = cpu_memory.retain_if_cpu(torch.device("cpu")) if sys.argv[1] == "retain" else None
 def touch():
     torch.empty({PAGES * 1024}, dtype=torch.float32).fill_(1.0)  # allocate, write every page, free
-touch(); touch()  # warm-up: the heap grows once
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+per_round = []
 for _ in range({ROUNDS}):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     touch()
-faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-print(json.dumps({{"applied": applied, "faults": faults}}))
+    per_round.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({{"applied": applied, "faults": per_round}}))
 """
 
 glibc_linux = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
@@ -54,16 +55,21 @@ def test_retained_memory_stops_the_page_faults_of_a_repeated_large_block():
     plain = _child("plain")
     retained = _child("retain")
     # glibc's default: every round maps the block anew and faults (nearly) all of its pages
-    assert plain["faults"] >= ROUNDS * PAGES * 0.9, plain
+    assert min(plain["faults"]) >= PAGES * 0.9, plain
     assert retained["applied"] is True
-    assert retained["faults"] < PAGES * 0.1, retained  # the block is reused: under a tenth of one round's faults
+    # Kept in the heap, the block faults when the heap first grows to hold it. That can happen more than once
+    # in the first rounds: a small allocation from another thread may land in the freed block and push the
+    # next one past the heap's top (seen in 13 of 30 runs, never more than twice). Once the heap holds it, the
+    # block is reused: the steady rounds fault under a tenth of one round, against a whole round each by default.
+    assert sum(retained["faults"]) <= 3.05 * PAGES, retained
+    assert sum(retained["faults"][-STEADY:]) < PAGES * 0.1, retained
 
 
 @glibc_linux
 def test_environment_variable_default_leaves_malloc_alone():
     result = _child("retain", **{cpu_memory.ENV_VARIABLE: "default"})
     assert result["applied"] is False
-    assert result["faults"] >= ROUNDS * PAGES * 0.9, result
+    assert min(result["faults"]) >= PAGES * 0.9, result
 
 
 def test_unknown_environment_value_is_refused(monkeypatch):
