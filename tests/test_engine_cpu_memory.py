@@ -120,3 +120,105 @@ def test_cpu_training_and_scoring_loops_ask_for_it(tmp_path, monkeypatch):
                                                      output_dir=str(tmp_path / "run"), report_to=[],
                                                      progress=False, seed=0))
     assert asked.count("cpu") >= 2 and set(asked) == {"cpu"}  # the reference pass scores, then train() asks
+
+
+# ------------------------------------------------------------------ Adam's state before the first step
+def _steps(optimizer, parameters, seed: int, steps: int = 3):
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        for p in parameters:
+            p.grad = torch.randn(p.shape, generator=generator)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("name, options", [
+    ("AdamW", {"fused": True, "weight_decay": 0.1}),
+    ("AdamW", {"foreach": True, "weight_decay": 0.1, "amsgrad": True}),
+    ("AdamW", {"foreach": False}),
+    ("Adam", {"weight_decay": 0.05}),  # Adam's decay enters the gradient: a zero-gradient step must not see it
+    ("Adam", {"fused": True, "maximize": True}),
+])
+def test_preallocated_state_trains_bit_for_bit_like_the_lazy_one(name, options):
+    import torch
+
+    def make():
+        torch.manual_seed(0)
+        parameters = [torch.nn.Parameter(torch.randn(7, 5)), torch.nn.Parameter(torch.randn(5))]
+        groups = [{"params": parameters[:1]}, {"params": parameters[1:], "lr": 3e-2}]
+        return parameters, getattr(torch.optim, name)(groups, lr=1e-2, **options)
+
+    lazy_parameters, lazy = make()
+    eager_parameters, eager = make()
+    before = [p.detach().clone() for p in eager_parameters]
+    assert cpu_memory.preallocate_optimizer_state(eager) is True
+    # the state exists now: zero moments, step 0, the parameters untouched and without gradients
+    for p, original in zip(eager_parameters, before):
+        assert torch.equal(p, original) and p.grad is None
+        state = eager.state[p]
+        assert float(state["step"]) == 0.0
+        assert not state["exp_avg"].any() and not state["exp_avg_sq"].any()
+    assert [g["lr"] for g in eager.param_groups] == [1e-2, 3e-2]
+    assert all(g["weight_decay"] == options.get("weight_decay", 0.01 if name == "AdamW" else 0) for g in eager.param_groups)
+    _steps(lazy, lazy_parameters, seed=1)
+    _steps(eager, eager_parameters, seed=1)
+    for a, b in zip(lazy_parameters, eager_parameters):
+        assert torch.equal(a, b)
+        for key, value in lazy.state[a].items():
+            other = eager.state[b][key]
+            assert torch.equal(value, other) and value.dtype == other.dtype and value.device == other.device, key
+
+
+def test_preallocation_leaves_other_optimizers_and_resumed_state_alone():
+    import torch
+
+    parameter = torch.nn.Parameter(torch.ones(3))
+    sgd = torch.optim.SGD([parameter], lr=0.1, momentum=0.9)  # its momentum starts from the first gradient
+    assert cpu_memory.preallocate_optimizer_state(sgd) is False and not sgd.state
+    adam = torch.optim.AdamW([parameter], lr=0.1)
+    _steps(adam, [parameter], seed=0, steps=1)
+    state = {key: value.clone() for key, value in adam.state[parameter].items()}
+    assert cpu_memory.preallocate_optimizer_state(adam) is False  # a resumed run's state is kept as loaded
+    assert all(torch.equal(state[key], adam.state[parameter][key]) for key in state)
+    fresh = torch.optim.AdamW([parameter], lr=0.1)
+    parameter.grad = torch.ones(3)
+    assert cpu_memory.preallocate_optimizer_state(fresh) is False and not fresh.state  # a gradient is pending
+    assert torch.equal(parameter.grad, torch.ones(3))
+
+
+def test_trainer_creates_the_state_up_front_and_trains_the_same(tmp_path, monkeypatch):
+    """The preference trainer preallocates on the CPU (state present when training begins, a resumed run
+    excepted) and its weights after training equal those of a run without it."""
+    import torch
+    import transformers
+
+    from rankalign.engine import TokenizedList, tiny_causal_lm
+    from rankalign.train import TrainConfig, trainer
+    from rankalign.train.trainer import train_preference
+
+    seen = []
+
+    class Probe(transformers.TrainerCallback):
+        def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+            seen.append(len(optimizer.state))
+
+    generator = torch.Generator().manual_seed(0)
+    lists = [TokenizedList(prompt_ids=torch.randint(3, 40, (5,), generator=generator).tolist(),
+                           response_ids=[[7, 8, 2], [9, 2], [11, 12, 13, 2]], ranks=[0, 1, 2], index=i)
+             for i in range(6)]
+
+    def run(name, **extra):
+        model = tiny_causal_lm(48, hidden_size=32, layers=2, heads=2, seed=0)
+        config = TrainConfig(objective="pl_dpo", batch_size=2, max_steps=3, lr=1e-2, output_dir=str(tmp_path / name),
+                             report_to=[], progress=False, seed=0, **extra)
+        train_preference(model, None, lists, config, callbacks=[Probe()])
+        return {key: value.clone() for key, value in model.state_dict().items()}
+
+    eager = run("eager")
+    assert seen[-1] > 0
+    monkeypatch.setattr(trainer, "preallocate_optimizer_state", lambda optimizer: False)
+    lazy = run("lazy")
+    assert seen[-1] == 0
+    assert eager.keys() == lazy.keys() and all(torch.equal(eager[key], lazy[key]) for key in eager)

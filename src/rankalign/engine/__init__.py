@@ -31,7 +31,7 @@ Example::
     scores = score_lists(model, lists, batch_size=16)   # ListScores: .logps, .lengths, .padded()
 """
 
-from .cpu_memory import retain_freed_memory
+from .cpu_memory import preallocate_optimizer_state, retain_freed_memory
 from .logps import (
     LayoutProbe,
     attention_mask_for,
@@ -78,6 +78,6 @@ __all__ = [
     "score_lists", "ListScores", "length_batches", "token_logps",
     "ReferenceCache", "compute_reference_logps", "reference_cache_key", "adapter_disabled",
     "peft_reference_logps",
-    "build_tokenizer", "tiny_causal_lm", "CHAT_TEMPLATE", "retain_freed_memory",
+    "build_tokenizer", "tiny_causal_lm", "CHAT_TEMPLATE", "retain_freed_memory", "preallocate_optimizer_state",
     "resolve_model", "load_causal_lm", "load_tokenizer", "fetch_model", "list_models", "ModelSource", "ModelNotFound",
 ]

@@ -47,7 +47,7 @@ import torch
 from .._atomic import atomic_write_text
 from ..data.records import RankedList
 from ..engine import TokenizedList
-from ..engine.cpu_memory import retain_if_cpu
+from ..engine.cpu_memory import prepare_cpu_training, retain_if_cpu
 from ..reward.judges import Judge
 from ..train.config import OnlineConfig
 from .generate import sample_groups
@@ -497,6 +497,7 @@ def run_policy_gradient(model, tokenizer, prompts: Sequence, judge, *, objective
                                   f"{generator.device} ({error})",
                                   hint="resume on the device the run started on") from None
             history = list(state["history"])
+    prepare_cpu_training(optimizer, model)  # Adam's state before the first step, unless resumed (cpu_memory)
     for step in range(start, steps):
         step_prompts = _round_prompts(prompts, prompts_per_step, step)
         prompt_ids = [_encode_prompt(tokenizer, p) for p in step_prompts]

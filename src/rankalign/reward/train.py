@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .. import losses
 from .._optim import adamw
-from ..engine.cpu_memory import retain_if_cpu
+from ..engine.cpu_memory import prepare_cpu_training, retain_if_cpu
 from ..errors import RankalignWarning
 from .general import general_preference_loss
 from .model import RewardModel, center_ensemble_heads, prepare_lists, reward_scores, score_lists
@@ -374,6 +374,7 @@ def train_reward_model(model: RewardModel, tokenizer, records: Iterable, *, obje
             history.extend(resume_state.get("history", []))
             if bar is not None:
                 bar.update(task, advance=start_step)
+        prepare_cpu_training(optimizer, model)  # Adam's state before the first step, unless resumed (cpu_memory)
         model.train()
         step = 0
         for epoch in range(epochs):

@@ -71,7 +71,7 @@ import transformers
 
 from rankalign import losses
 from rankalign._atomic import atomic_write_json, writing
-from rankalign.engine.cpu_memory import retain_if_cpu
+from rankalign.engine.cpu_memory import preallocate_optimizer_state, retain_if_cpu
 from rankalign.losses.unpaired import BCORunningMean
 
 from .callbacks import (
@@ -484,9 +484,19 @@ class PreferenceTrainer(transformers.Trainer):
             self.bco_running = BCORunningMean(momentum=self.bco_running.momentum)
         if resume_from_checkpoint:
             self._load_objective_state(resume_from_checkpoint)
-        retain_if_cpu(self.args.device)  # no page faults per step on the CPU (engine/cpu_memory.py)
+        # no page faults per step on the CPU (engine/cpu_memory.py); a resumed run loads its optimizer state
+        self._preallocate_state = retain_if_cpu(self.args.device) and not resume_from_checkpoint
         self._last_log_time = time.perf_counter()
         return super().train(resume_from_checkpoint or None, *args, **kwargs)
+
+    def create_optimizer(self, *args, **kwargs):
+        """``transformers.Trainer.create_optimizer``; on the CPU, Adam's state is created before the first step
+        (:func:`rankalign.engine.cpu_memory.preallocate_optimizer_state`: training is unchanged, the second
+        step stops page-faulting)."""
+        optimizer = super().create_optimizer(*args, **kwargs)
+        if getattr(self, "_preallocate_state", False) and not (self.is_deepspeed_enabled or self.is_fsdp_enabled):
+            preallocate_optimizer_state(optimizer)
+        return optimizer
 
     # ----------------------------------------------------------------------------- checkpoints
     def _objective_state(self) -> dict[str, Any]:
