@@ -14,6 +14,8 @@ each from the same 192 judged groups and judged by the same population:
 * ``K = 8, replay, 6 rounds``: lists of 8 samples, half as many (the same 768 judged samples);
 * online DPO (all ordered pairs of each judged list): as the demo's row; with ``replay`` over 6 rounds,
   over 8 rounds, over 6 rounds with a learning rate of 4e-4 or 6 epochs per round, and with K = 8.
+* GRPO and RLOO (the demo's rows, 24 steps of 8 groups of K = 4) at learning rates 3e-4 and 1e-3 (the
+  demo's: 1e-4).
 
 Prints one row per policy (gold win rate against the reference's samples ± SE over prompts, KL(pi || pi_ref)
 ± SE, mean length, training seconds, and its win rate minus offline PL-DPO's paired by prompt ± the SE of
@@ -59,6 +61,10 @@ VARIANTS = (  # (objective, label, DemoSettings overrides)
     ("dpo", "replay, 6 rounds, lr 4e-4", {"online_replay": True, "online_rounds": 6, "online_learning_rate": 4e-4}),
     ("dpo", "replay, 6 rounds, 6 epochs", {"online_replay": True, "online_rounds": 6, "online_epochs": 6.0}),
     ("dpo", "K = 8, replay, 6 rounds", {"online_k": 8, "online_replay": True, "online_rounds": 6}),
+    ("grpo", "lr 3e-4", {"pg_learning_rate": 3e-4}),
+    ("grpo", "lr 1e-3", {"pg_learning_rate": 1e-3}),
+    ("rloo", "lr 3e-4", {"pg_learning_rate": 3e-4}),
+    ("rloo", "lr 1e-3", {"pg_learning_rate": 1e-3}),
 )
 
 
