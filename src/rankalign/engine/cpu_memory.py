@@ -133,6 +133,9 @@ def preallocate_optimizer_state(optimizer) -> bool:
         for p in parameters:
             p.grad = torch.zeros_like(p)
         optimizer.step()
+    except BaseException:
+        optimizer.state.clear()  # no half-made state: the first real step creates it as usual
+        raise
     finally:
         for group, (lr, weight_decay) in zip(optimizer.param_groups, saved):
             group["lr"], group["weight_decay"] = lr, weight_decay
@@ -147,13 +150,4 @@ def preallocate_optimizer_state(optimizer) -> bool:
     return True
 
 
-def prepare_cpu_training(optimizer, device) -> bool:
-    """On the CPU, :func:`retain_freed_memory` and then :func:`preallocate_optimizer_state` (in that order:
-    the state is then allocated under the settings); elsewhere nothing. True when the state was created."""
-    if not retain_if_cpu(device):
-        return False
-    return preallocate_optimizer_state(optimizer)
-
-
-__all__ = ["ENV_VARIABLE", "retain_freed_memory", "retain_if_cpu", "preallocate_optimizer_state",
-           "prepare_cpu_training"]
+__all__ = ["ENV_VARIABLE", "retain_freed_memory", "retain_if_cpu", "preallocate_optimizer_state"]

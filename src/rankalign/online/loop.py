@@ -47,7 +47,7 @@ import torch
 from .._atomic import atomic_write_text
 from ..data.records import RankedList
 from ..engine import TokenizedList
-from ..engine.cpu_memory import prepare_cpu_training, retain_if_cpu
+from ..engine.cpu_memory import preallocate_optimizer_state, retain_if_cpu
 from ..reward.judges import Judge
 from ..train.config import OnlineConfig
 from .generate import sample_groups
@@ -461,7 +461,7 @@ def run_policy_gradient(model, tokenizer, prompts: Sequence, judge, *, objective
 
     if save_steps < 1:
         raise ValueError(f"save_steps must be >= 1, got {save_steps}")
-    retain_if_cpu(model)  # no page faults per step on the CPU (engine/cpu_memory.py)
+    retained = retain_if_cpu(model)  # no page faults per step on the CPU (engine/cpu_memory.py)
     reference = ref_model if ref_model is not None else copy.deepcopy(model).eval()
     optimizer = adamw(model.parameters(), lr=lr)
     generator = torch.Generator(device=next(model.parameters()).device)
@@ -497,7 +497,8 @@ def run_policy_gradient(model, tokenizer, prompts: Sequence, judge, *, objective
                                   f"{generator.device} ({error})",
                                   hint="resume on the device the run started on") from None
             history = list(state["history"])
-    prepare_cpu_training(optimizer, model)  # Adam's state before the first step, unless resumed (cpu_memory)
+    if retained:  # Adam's state before the first step, unless resumed (engine/cpu_memory.py)
+        preallocate_optimizer_state(optimizer)
     for step in range(start, steps):
         step_prompts = _round_prompts(prompts, prompts_per_step, step)
         prompt_ids = [_encode_prompt(tokenizer, p) for p in step_prompts]

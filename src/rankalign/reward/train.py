@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .. import losses
 from .._optim import adamw
-from ..engine.cpu_memory import prepare_cpu_training, retain_if_cpu
+from ..engine.cpu_memory import preallocate_optimizer_state, retain_if_cpu
 from ..errors import RankalignWarning
 from .general import general_preference_loss
 from .model import RewardModel, center_ensemble_heads, prepare_lists, reward_scores, score_lists
@@ -308,7 +308,7 @@ def train_reward_model(model: RewardModel, tokenizer, records: Iterable, *, obje
         One entry per optimiser step: ``{"epoch", "step", "loss", "lr", "lists"}`` (and ``"eval_accuracy"`` at the end of
         each epoch when ``eval_records`` is given).
     """
-    retain_if_cpu(model)  # no page faults per step on the CPU (engine/cpu_memory.py)
+    retained = retain_if_cpu(model)  # no page faults per step on the CPU (engine/cpu_memory.py)
     if (objective == GENERAL_PREFERENCE) != (model.preference_dim is not None):
         raise ValueError("a general preference model (preference_dim set) trains with "
                          "objective='general_preference', and only such a model does")
@@ -374,7 +374,8 @@ def train_reward_model(model: RewardModel, tokenizer, records: Iterable, *, obje
             history.extend(resume_state.get("history", []))
             if bar is not None:
                 bar.update(task, advance=start_step)
-        prepare_cpu_training(optimizer, model)  # Adam's state before the first step, unless resumed (cpu_memory)
+        if retained:  # Adam's state before the first step, unless resumed (engine/cpu_memory.py)
+            preallocate_optimizer_state(optimizer)
         model.train()
         step = 0
         for epoch in range(epochs):
