@@ -179,3 +179,72 @@ def test_the_implementation_is_switched_only_inside_the_forward():
     with pytest.raises(RuntimeError), structured_attention(model.model, batch):
         raise RuntimeError("a failing forward restores the implementation too")
     assert model.config._attn_implementation == "sdpa" and _PLAN.get() is None
+
+
+def _equal_lists(n, prompt=5, k=3, width=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [random_list(g, prompt, [width] * k, i, vocab=VOCAB, bos=None) for i in range(n)]
+
+
+def test_regular_blocks_are_recognised_only_when_the_lists_lie_end_to_end():
+    one_per_row = attention_plan(pack_lists(_equal_lists(3), layout="shared", max_tokens_per_row=17))
+    assert (one_per_row.rows, one_per_row.length, one_per_row.regular) == (3, 17, (5, 3, 4))  # 5 + 3 x 4 = 17
+    two_per_row = attention_plan(pack_lists(_equal_lists(4), layout="shared", max_tokens_per_row=34))
+    assert (two_per_row.rows, two_per_row.length, two_per_row.regular) == (2, 34, (5, 3, 4))
+    # padding at the end of the rows, an uneven response, a list with fewer responses: the gather path
+    assert attention_plan(pack_lists(_equal_lists(2), layout="shared", pad_to_multiple_of=8)).regular is None
+    uneven = _equal_lists(2)
+    uneven[1].response_ids[2] = uneven[1].response_ids[2][:3]
+    assert attention_plan(pack_lists(uneven, layout="shared")).regular is None
+    short = _equal_lists(2)
+    short[0] = TokenizedList(prompt_ids=short[0].prompt_ids, response_ids=short[0].response_ids[:2], ranks=[0, 1])
+    assert attention_plan(pack_lists(short, layout="shared")).regular is None
+    assert attention_plan(pack_lists(_lists(), layout="shared")).regular is None
+
+
+@pytest.mark.parametrize("kv_heads,per_row", [(6, 1), (2, 1), (2, 2)])
+def test_regular_blocks_take_views_and_equal_masked_sdpa(kv_heads, per_row):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    batch = pack_lists(_equal_lists(4, seed=kv_heads), layout="shared", max_tokens_per_row=17 * per_row)
+    plan = attention_plan(batch)
+    assert plan.regular == (5, 3, 4)
+    rows, length = batch.input_ids.shape
+    g = torch.Generator().manual_seed(4)
+    q = torch.randn(rows, 6, length, 8, generator=g, requires_grad=True)
+    k = torch.randn(rows, kv_heads, length, 8, generator=g, requires_grad=True)
+    v = torch.randn(rows, kv_heads, length, 8, generator=g, requires_grad=True)
+    module = types.SimpleNamespace(num_key_value_groups=6 // kv_heads, is_causal=True)
+    reference = sdpa_attention_forward(module, q, k, v, batch.attention_mask, scaling=0.3)[0]
+    token = _PLAN.set(plan)
+    try:
+        out = structured_attention_forward(module, q, k, v, batch.attention_mask, scaling=0.3)[0]
+    finally:
+        _PLAN.reset(token)
+    assert out.shape == reference.shape == (rows, length, 6, 8)
+    torch.testing.assert_close(out, reference, atol=2e-6, rtol=1e-5)  # no padding: every position is real
+    weight = torch.randn(out.shape, generator=g)
+    grads = torch.autograd.grad((out * weight).sum(), (q, k, v))
+    expected = torch.autograd.grad((reference * weight).sum(), (q, k, v))
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
+
+
+def test_engine_on_equal_lists_equals_the_duplicated_layout(monkeypatch):
+    import rankalign.engine.attention as attention
+
+    model = tiny_causal_lm(VOCAB, heads=4, num_key_value_heads=2, seed=3)
+    regular_calls = []
+    original = attention._regular_attention
+    monkeypatch.setattr(attention, "_regular_attention",
+                        lambda *a, **kw: regular_calls.append(1) or original(*a, **kw))
+    lists = _equal_lists(4, seed=9)
+    logps = sequence_logps(model, pack_lists(lists, layout="shared", max_tokens_per_row=34))
+    assert len(regular_calls) == 2  # both layers took the views
+    duplicated = sequence_logps(model, pack_lists(lists, layout="duplicated"))
+    torch.testing.assert_close(logps, duplicated, atol=1e-4, rtol=1e-5)
+    weights = torch.randn(logps.shape, generator=torch.Generator().manual_seed(1))
+    grads = torch.autograd.grad((logps * weights).sum(), list(model.parameters()))
+    expected = torch.autograd.grad((duplicated * weights).sum(), list(model.parameters()))
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

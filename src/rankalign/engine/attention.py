@@ -62,6 +62,10 @@ class AttentionPlan:
         Which of ``[prompt keys ; own keys]`` each response query sees.
     destination, source : Tensor [N] long
         Real tokens only: ``out[destination] = cat(prompt outputs, response outputs)[source]``.
+    regular : (P, K, L) or None
+        Set when the batch is B equal blocks laid end to end, each a prompt of P tokens then K responses of L
+        (no padding, lists in order, ``R * T == B * (P + K L)``: a benchmark's or a bucketed batch). The
+        prompts and responses are then views of the ``[R, H, T, d]`` projections, with no gather or scatter.
     """
 
     rows: int
@@ -72,6 +76,7 @@ class AttentionPlan:
     allowed: Tensor
     destination: Tensor
     source: Tensor
+    regular: tuple[int, int, int] | None = None
     _masks: dict = field(default_factory=dict, repr=False)
 
     def additive_mask(self, dtype: torch.dtype) -> Tensor:
@@ -115,7 +120,25 @@ def attention_plan(batch) -> AttentionPlan | None:
     destination = torch.cat([prompt_index[prompt_valid], response_index[response_valid]])
     source = torch.cat([prompt_slots[prompt_valid], response_slots[response_valid]])
     return AttentionPlan(rows=rows, length=length, prompt_index=prompt_index, response_index=response_index,
-                         response_list=response_list, allowed=allowed, destination=destination, source=source)
+                         response_list=response_list, allowed=allowed, destination=destination, source=source,
+                         regular=_regular_blocks(rows * length, prompt_spans, response_spans))
+
+
+def _regular_blocks(flat_length: int, prompt_spans: Tensor, response_spans: Tensor) -> tuple[int, int, int] | None:
+    """``(P, K, L)`` when the flat batch is its B lists laid end to end in order, each a prompt of P tokens then
+    K responses of L tokens with nothing between or after them; else None."""
+    lists, responses = len(prompt_spans), len(response_spans)
+    if responses % lists:
+        return None
+    prompt, k, width = int(prompt_spans[0, 1]), responses // lists, int(response_spans[0, 1])
+    block = prompt + k * width
+    if lists * block != flat_length or not (prompt_spans[:, 1] == prompt).all() or not (response_spans[:, 1] == width).all():
+        return None
+    starts = torch.arange(lists, device=prompt_spans.device) * block
+    response_starts = (starts[:, None] + prompt + width * torch.arange(k, device=starts.device)[None, :]).reshape(-1)
+    in_order = ((prompt_spans[:, 0] == starts).all() and (response_spans[:, 0] == response_starts).all()
+                and (response_spans[:, 2] == torch.arange(lists, device=starts.device).repeat_interleave(k)).all())
+    return (prompt, k, width) if in_order else None
 
 
 def _gather(flat: Tensor, index: Tensor) -> Tensor:
@@ -172,6 +195,8 @@ def structured_attention_forward(module, query: Tensor, key: Tensor, value: Tens
                                       **kwargs)
     rows, heads, length, _ = query.shape
     groups = heads // key.shape[1]
+    if plan.regular is not None:
+        return _regular_attention(plan, query, key, value, groups, dropout, scaling), None
     flat_q = query.transpose(1, 2).reshape(rows * length, heads, query.shape[-1])
     flat_k = key.transpose(1, 2).reshape(rows * length, key.shape[1], key.shape[-1])
     flat_v = value.transpose(1, 2).reshape(rows * length, value.shape[1], value.shape[-1])
@@ -188,6 +213,37 @@ def structured_attention_forward(module, query: Tensor, key: Tensor, value: Tens
     placed = outputs.new_zeros(rows * length, heads, width).index_copy(0, plan.destination,
                                                                        outputs.index_select(0, plan.source))
     return placed.view(rows, length, heads, width), None
+
+
+def _regular_attention(plan: AttentionPlan, query: Tensor, key: Tensor, value: Tensor, groups: int, dropout: float,
+                       scaling: float | None) -> Tensor:
+    """The same attention for a batch of equal blocks (``plan.regular``): slices and views instead of gathers."""
+    prompt, k, width = plan.regular
+    rows, heads, length, _ = query.shape
+    block = prompt + k * width
+    lists = rows * length // block
+
+    def blocks(x: Tensor) -> Tensor:  # [R, h, T, d] -> [B, h, S, d] (a view when each row holds one list)
+        return x.unflatten(2, (length // block, block)).transpose(1, 2).flatten(0, 1)
+
+    def responses(x: Tensor) -> Tensor:  # [B, h, S, d] -> [B, K, h, L, d]
+        return x[:, :, prompt:].unflatten(2, (k, width)).transpose(1, 2)
+
+    q, key_blocks, value_blocks = blocks(query), blocks(key), blocks(value)
+    prompt_k, prompt_v = key_blocks[:, :, :prompt], value_blocks[:, :, :prompt]
+    prompt_out = _sdpa(q[:, :, :prompt], prompt_k, prompt_v, groups, None, dropout, scaling)
+
+    def with_prompt(prompt_part: Tensor, x: Tensor) -> Tensor:  # [B * K, h, P + L, d]
+        expanded = prompt_part[:, None].expand(-1, k, -1, -1, -1)
+        return torch.cat([expanded, responses(x)], 3).flatten(0, 1)
+
+    mask = plan.additive_mask(query.dtype)[:1]  # every response sees its whole prompt: one mask for all
+    response_out = _sdpa(responses(q).flatten(0, 1), with_prompt(prompt_k, key_blocks),
+                         with_prompt(prompt_v, value_blocks), groups, mask, dropout, scaling)
+    width_v = value.shape[-1]
+    response_out = response_out.unflatten(0, (lists, k)).permute(0, 1, 3, 2, 4).reshape(lists, k * width, heads, width_v)
+    out = torch.cat([prompt_out.transpose(1, 2), response_out], 1)  # [B, S, H, d]
+    return out.reshape(rows, length, heads, width_v)
 
 
 _registered = False
