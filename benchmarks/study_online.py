@@ -65,6 +65,14 @@ VARIANTS = (  # (objective, label, DemoSettings overrides)
     ("grpo", "lr 1e-3", {"pg_learning_rate": 1e-3}),
     ("rloo", "lr 3e-4", {"pg_learning_rate": 3e-4}),
     ("rloo", "lr 1e-3", {"pg_learning_rate": 1e-3}),
+    # judged by a reward model fitted on the 192 annotated lists (no human labels beyond the offline rows')
+    ("pl_dpo", "RM judge", {"online_judge": "reward_model"}),
+    ("pl_dpo", "RM judge, replay, 6 rounds", {"online_judge": "reward_model", "online_replay": True, "online_rounds": 6}),
+    ("pl_dpo", "RM judge, K = 8, replay, 6 rounds",
+     {"online_judge": "reward_model", "online_k": 8, "online_replay": True, "online_rounds": 6}),
+    ("dpo", "RM judge, replay, 6 rounds", {"online_judge": "reward_model", "online_replay": True, "online_rounds": 6}),
+    ("grpo", "RM judge", {"online_judge": "reward_model"}),
+    ("rloo", "RM judge", {"online_judge": "reward_model"}),
 )
 
 
@@ -118,7 +126,8 @@ def main(argv=None) -> None:
                 entry = demo.online_stage(state.reference, state.tokenizer, state.world, state.population,
                                           state.prompts, len(state.train_lists), variant, evaluate,
                                           os.path.join(runs, f"v{len(rows)}"), console, False,
-                                          methods=((f"online {objective} ({label})", objective),))[0]
+                                          methods=((f"online {objective} ({label})", objective),),
+                                          judge_lists=state.train_lists)[0]
                 rows.append((entry["name"], entry["row"]))
                 rewards[entry["name"]] = entry["rewards"]
     offline_name = "pl_dpo (lists)"

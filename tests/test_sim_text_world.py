@@ -178,3 +178,62 @@ def test_online_k_keeps_the_judged_sample_budget(tmp_path, monkeypatch):
         demo.online_stage(model, None, world, demo.annotator_population(world, 1.0), [], 192, settings, evaluate,
                           str(tmp_path), Console(file=io.StringIO()), False, methods=(("online pl_dpo", "pl_dpo"),))
         assert seen[-1] == expected  # 192 lists x 4 = 768 judged samples: 3 x 64 x 4, 3 x 32 x 8, 3 x 42 x 6 (756)
+
+
+def test_reward_model_judge_learns_the_annotators_ranking_and_judges_online_rows(tmp_path, monkeypatch):
+    """``online_judge="reward_model"``: a reward model fitted on the annotated lists ranks held-out lists
+    by gold reward better than chance (its labels come only from the annotators), and the online rows are
+    judged by it (records carry its id and its scores)."""
+    import io
+    import types
+
+    import torch
+    from rich.console import Console
+
+    from rankalign import online
+    from rankalign.reward import pairwise_accuracy
+    from rankalign.sim import demo
+
+    world = make_text_world()
+    tokenizer = build_text_tokenizer()
+    prompts = list(world.prompts)
+    reference = train_reference_policy(world, tokenizer, steps=300, seed=0)
+    population = demo.annotator_population(world, 1.0)
+    rng = np.random.default_rng(0)
+    train_prompts = prompts * 8  # the demo's 192 annotated lists
+    lists = demo.annotate_lists(world, population, train_prompts,
+                                sample_responses(reference, tokenizer, train_prompts, 4, seed=1), rng)
+    judge = demo.fit_reward_judge(reference, tokenizer, lists, demo.DemoSettings())
+    held_out = sample_responses(reference, tokenizer, prompts * 2, 4, seed=2)
+    scores, gold_ranked = [], []
+    for prompt, group in zip(prompts * 2, held_out):
+        record = judge.rank(prompt, group)
+        assert record.annotator == "rm:annotated_lists" and len(record.scores) == len(group)
+        scores.append(np.asarray(record.scores, dtype=float))
+        gold = world.gold_rewards(prompt, group)
+        order = np.argsort(-gold, kind="stable")
+        ranks = np.empty(len(group), dtype=int)
+        ranks[order] = np.arange(len(group))
+        gold_ranked.append(types.SimpleNamespace(dense_ranks=lambda ranks=ranks: list(ranks)))
+    accuracy = pairwise_accuracy([torch.as_tensor(s) for s in scores], gold_ranked)
+    assert accuracy > 0.6, accuracy  # an unfitted head orders pairs at chance (0.5)
+
+    seen = []
+
+    def fake_run_online(policy, tokenizer_, prompts_, judge_, config, online_settings, ref_model=None, callback=None):
+        seen.append(judge_)
+        callback(0, policy, {})
+        return types.SimpleNamespace(rounds=[])
+
+    def evaluate(policy, name, wall):
+        return {"gold win rate": (0.5, 0.1)}, np.zeros(2)
+
+    monkeypatch.setattr(online, "run_online", fake_run_online)
+    rm_settings = demo.DemoSettings(online_judge="reward_model", rm_epochs=1)
+    stage = dict(methods=(("online pl_dpo", "pl_dpo"),))
+    demo.online_stage(reference, tokenizer, world, population, prompts, 16, rm_settings, evaluate, str(tmp_path),
+                      Console(file=io.StringIO()), False, judge_lists=lists[:16], **stage)
+    assert seen[-1].id == "rm:annotated_lists"
+    with pytest.raises(ValueError, match="judge_lists"):
+        demo.online_stage(reference, tokenizer, world, population, prompts, 16, rm_settings, evaluate, str(tmp_path),
+                          Console(file=io.StringIO()), False, **stage)

@@ -89,6 +89,10 @@ class DemoSettings:
     pg_iterations: int = 4       # GRPO / RLOO: updates per sampled batch (GRPO's mu)
     pg_learning_rate: float = 1e-4
     pg_beta: float = 0.04        # GRPO: k3 KL weight; RLOO: KL-shaped reward weight
+    online_judge: str = "population"  # the on-policy rows' judge: "population" (the annotators themselves) or
+    #                                   "reward_model" (fitted on the annotated lists: no more human labels)
+    rm_epochs: int = 8           # reward-model judge: Plackett-Luce epochs over the annotated lists
+    rm_learning_rate: float = 3e-4
 
     @classmethod
     def quick(cls, seed: int = 0) -> DemoSettings:
@@ -164,11 +168,27 @@ class PopulationJudge:
                         gold_weights=self.world.gold_weights)
 
 
+def fit_reward_judge(reference, tokenizer, lists: list[RankedList], settings):
+    """A reward-model judge for the on-policy rows: a scalar reward head on a copy of the reference policy's
+    backbone, fitted by Plackett-Luce (``pl_reward``) on the annotated lists, the offline rows' data. It
+    ranks on-policy samples by its score, so the rows it judges use no human labels beyond the offline
+    rows' (the usual RLHF recipe: preferences -> reward model -> on-policy optimisation against it)."""
+    from ..reward import RewardModel, RewardModelJudge, train_reward_model
+
+    model = RewardModel(copy.deepcopy(reference), seed=settings.seed)
+    train_reward_model(model, tokenizer, lists, objective="pl_reward", epochs=settings.rm_epochs,
+                       lr=settings.rm_learning_rate, batch_size=settings.batch_size, seed=settings.seed)
+    return RewardModelJudge(model.eval(), tokenizer, id="rm:annotated_lists")
+
+
 def online_stage(reference, tokenizer, world, population, prompts, budget_lists: int, settings, evaluate, runs: str,
-                 console, progress: bool, methods=ONLINE_METHODS) -> list[dict]:
+                 console, progress: bool, methods=ONLINE_METHODS, judge_lists: list[RankedList] | None = None
+                 ) -> list[dict]:
     """The on-policy rows: online Plackett-Luce DPO (``online_rounds`` rounds) and GRPO and RLOO, each from
     ``budget_lists`` judged groups of K samples (the offline rows' annotation budget; with ``online_k``
-    the same number of judged samples in groups of ``online_k``), judged by the same simulated population.
+    the same number of judged samples in groups of ``online_k``), judged by the same simulated population
+    or, with ``settings.online_judge == "reward_model"``, by a reward model fitted on ``judge_lists`` (the
+    annotated lists, :func:`fit_reward_judge`).
     Returns ``{"name", "row", "rewards", "trajectory", "history"}`` per row
     (``methods``: ``(name, objective)`` pairs, a subset of :data:`ONLINE_METHODS` by default all).
     """
@@ -177,9 +197,17 @@ def online_stage(reference, tokenizer, world, population, prompts, budget_lists:
     from ..online import run_online, run_policy_gradient
     from ..train import OnlineConfig, TrainConfig
 
+    if settings.online_judge not in ("population", "reward_model"):
+        raise ValueError(f"online_judge must be 'population' or 'reward_model', got {settings.online_judge!r}")
+    reward_judge = None
+    if settings.online_judge == "reward_model":
+        if not judge_lists:
+            raise ValueError("online_judge='reward_model' needs the annotated lists (judge_lists)")
+        reward_judge = fit_reward_judge(reference, tokenizer, judge_lists, settings)
+    judged_by = "the annotator population" if reward_judge is None else "a reward model fitted on the annotated lists"
     out = []
     for name, objective in methods:
-        judge = PopulationJudge(world, population, np.random.default_rng([settings.seed, 11]))
+        judge = reward_judge or PopulationJudge(world, population, np.random.default_rng([settings.seed, 11]))
         policy = copy.deepcopy(reference)
         points = []
         started = time.perf_counter()
@@ -199,7 +227,7 @@ def online_stage(reference, tokenizer, world, population, prompts, budget_lists:
         if objective == "grpo" or objective == "rloo":
             steps = max(1, budget_lists // settings.pg_prompts_per_step)
             _stage(console, f"training {name}: {steps} steps of {settings.pg_prompts_per_step} prompts x K={settings.k} "
-                            "on-policy samples, ranked by the annotator population")
+                            f"on-policy samples, ranked by {judged_by}")
             every = max(1, steps // 2)  # two evaluation points (each costs a full evaluation)
 
             def step_callback(step, model, metrics, after=after, steps=steps, every=every):
@@ -216,7 +244,7 @@ def online_stage(reference, tokenizer, world, population, prompts, budget_lists:
             k = settings.online_k or settings.k
             per_round = max(1, budget_lists * settings.k // k // settings.online_rounds)
             _stage(console, f"training {name}: {settings.online_rounds} rounds of {per_round} on-policy lists "
-                            f"(K={k}), ranked by the annotator population")
+                            f"(K={k}), ranked by {judged_by}")
             lr = settings.learning_rate if settings.online_learning_rate is None else settings.online_learning_rate
             epochs = settings.epochs if settings.online_epochs is None else settings.online_epochs
             config = TrainConfig(model="tiny:llama", objective=objective, loss_params={"beta": settings.beta},
@@ -427,7 +455,8 @@ def align_stage(state: DemoState) -> None:
         # 3b. on-policy rows from the same budget of judged samples (rankalign.online)
         evaluate = lambda model, name, wall: evaluate_demo_policy(state, model, name, wall)  # noqa: E731
         for entry in online_stage(state.reference, state.tokenizer, state.world, state.population, state.prompts,
-                                  len(state.train_lists), settings, evaluate, runs, state.console, state.progress):
+                                  len(state.train_lists), settings, evaluate, runs, state.console, state.progress,
+                                  judge_lists=state.train_lists):
             state.rows.append(entry["row"])
             state.all_rewards[entry["name"]] = entry["rewards"]
             state.histories[entry["name"]] = entry["history"]
