@@ -16,6 +16,10 @@ each from the same 192 judged groups and judged by the same population:
   over 8 rounds, over 6 rounds with a learning rate of 4e-4 or 6 epochs per round, and with K = 8.
 * GRPO and RLOO (the demo's rows, 24 steps of 8 groups of K = 4) at learning rates 3e-4 and 1e-3 (the
   demo's: 1e-4).
+* ``RM judge``: online PL-DPO (3 rounds; ``replay`` over 6 rounds; K = 8 with ``replay``), online DPO
+  (``replay``, 6 rounds), GRPO and RLOO judged by a reward model fitted on the 192 annotated lists
+  (:func:`rankalign.sim.demo.fit_reward_judge`) instead of the annotators: no human labels beyond the
+  offline rows'.
 
 Prints one row per policy (gold win rate against the reference's samples ± SE over prompts, KL(pi || pi_ref)
 ± SE, mean length, training seconds, and its win rate minus offline PL-DPO's paired by prompt ± the SE of

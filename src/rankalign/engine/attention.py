@@ -12,6 +12,11 @@ from the list structure instead, with ``torch.nn.functional.scaled_dot_product_a
   ``[its prompt's P keys ; its own L keys]`` through one ``[C, 1, L, P + L]`` mask: a prompt key j is
   visible while j < the prompt's length, an own key j while j <= the query's index.
 
+When the batch is its lists laid end to end, each a prompt of P tokens then K responses of L tokens (equal
+lengths, no padding: :attr:`AttentionPlan.regular`), the prompts and responses are slices and views of the
+projections instead of gathers, and the output is one concatenation instead of a scatter (forward + backward
+of one SmolLM2 layer at two lists of K = 4, 2 threads: 34 -> 28 ms).
+
 A query sees the same keys with the same scores as under the block mask, so the outputs are equal up to
 float rounding (the layout probe, :func:`rankalign.engine.probe_shared_layout`, compares the shared layout
 against the duplicated one on each model, through this path when it is active). Padding positions of the

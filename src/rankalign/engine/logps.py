@@ -249,7 +249,7 @@ class _ChunkedTokenLogps(torch.autograd.Function):
         hidden, weight, bias, targets = ctx.saved_tensors
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
+        grad_weight = None  # the first chunk's product allocates it (no zero fill of a vocab x hidden matrix)
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if (need_bias and bias is not None) else None
         for number, start in enumerate(range(0, hidden.shape[0], ctx.chunk_size)):
             stop = start + ctx.chunk_size
@@ -266,10 +266,15 @@ class _ChunkedTokenLogps(torch.autograd.Function):
             if need_hidden:
                 grad_hidden[start:stop] = (grad_logits.to(weight.dtype) @ weight).to(hidden.dtype)
             if need_weight:
-                grad_weight.addmm_(grad_logits.t(), h.float())
+                if grad_weight is None:
+                    grad_weight = grad_logits.t() @ h.float()
+                else:
+                    grad_weight.addmm_(grad_logits.t(), h.float())
             if grad_bias is not None:
                 grad_bias += grad_logits.sum(0)
         ctx.kept = None
+        if need_weight and grad_weight is None:  # no rows
+            grad_weight = torch.zeros_like(weight)
         if grad_weight is not None:
             grad_weight = grad_weight.to(weight.dtype)
         if grad_bias is not None:
