@@ -207,7 +207,8 @@ def online_stage(reference, tokenizer, world, population, prompts, budget_lists:
     judged_by = "the annotator population" if reward_judge is None else "a reward model fitted on the annotated lists"
     out = []
     for name, objective in methods:
-        judge = reward_judge or PopulationJudge(world, population, np.random.default_rng([settings.seed, 11]))
+        judge = reward_judge if reward_judge is not None else PopulationJudge(
+            world, population, np.random.default_rng([settings.seed, 11]))
         policy = copy.deepcopy(reference)
         points = []
         started = time.perf_counter()
