@@ -137,7 +137,7 @@ def _regular_blocks(flat_length: int, prompt_spans: Tensor, response_spans: Tens
         return None
     prompt, k, width = int(prompt_spans[0, 1]), responses // lists, int(response_spans[0, 1])
     block = prompt + k * width
-    if lists * block != flat_length or not (prompt_spans[:, 1] == prompt).all() or not (response_spans[:, 1] == width).all():
+    if prompt < 1 or width < 1 or lists * block != flat_length or not (prompt_spans[:, 1] == prompt).all() or not (response_spans[:, 1] == width).all():
         return None
     starts = torch.arange(lists, device=prompt_spans.device) * block
     response_starts = (starts[:, None] + prompt + width * torch.arange(k, device=starts.device)[None, :]).reshape(-1)
