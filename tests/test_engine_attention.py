@@ -47,6 +47,36 @@ def _spy(monkeypatch):
     return calls
 
 
+def _assert_same_logps_and_gradients(model, logps, duplicated, seed):
+    """The shared layout's log-probs and every parameter gradient (of a random weighting) equal the duplicated's."""
+    torch.testing.assert_close(logps, duplicated, atol=1e-4, rtol=1e-5)
+    weights = torch.randn(logps.shape, generator=torch.Generator().manual_seed(seed))
+    grads = torch.autograd.grad((logps * weights).sum(), list(model.parameters()))
+    expected = torch.autograd.grad((duplicated * weights).sum(), list(model.parameters()))
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def _structured_and_masked(batch, kv_heads, g):
+    """Random ``[R, 6, T, 8]`` queries (``kv_heads`` key/value heads) through the structured path and through
+    transformers' ``sdpa`` with the batch's block mask: ``(out, reference, (q, k, v))``."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    rows, length = batch.input_ids.shape
+    q = torch.randn(rows, 6, length, 8, generator=g, requires_grad=True)
+    k = torch.randn(rows, kv_heads, length, 8, generator=g, requires_grad=True)
+    v = torch.randn(rows, kv_heads, length, 8, generator=g, requires_grad=True)
+    module = types.SimpleNamespace(num_key_value_groups=6 // kv_heads, is_causal=True)
+    reference = sdpa_attention_forward(module, q, k, v, batch.attention_mask, scaling=0.3)[0]
+    token = _PLAN.set(attention_plan(batch))
+    try:
+        out = structured_attention_forward(module, q, k, v, batch.attention_mask, scaling=0.3)[0]
+    finally:
+        _PLAN.reset(token)
+    assert out.shape == reference.shape == (rows, length, 6, 8)
+    return out, reference, (q, k, v)
+
+
 def test_plan_indices_by_hand():
     # one list: prompt [a b c], responses [d e] and [f]; second list in its own row: prompt [g], response [h i]
     lists = [TokenizedList(prompt_ids=[10, 11, 12], response_ids=[[13, 14], [15]], ranks=[0, 1]),
@@ -69,23 +99,11 @@ def test_plan_indices_by_hand():
 
 @pytest.mark.parametrize("kv_heads", [6, 2])  # plain and grouped-query attention
 def test_structured_attention_equals_masked_sdpa_at_every_real_position(kv_heads):
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     batch = pack_lists(_lists(), layout="shared", max_tokens_per_row=40)  # several lists per row
     rows, length = batch.input_ids.shape
     assert rows < 4
     g = torch.Generator().manual_seed(3)
-    q = torch.randn(rows, 6, length, 8, generator=g, requires_grad=True)
-    k = torch.randn(rows, kv_heads, length, 8, generator=g, requires_grad=True)
-    v = torch.randn(rows, kv_heads, length, 8, generator=g, requires_grad=True)
-    module = types.SimpleNamespace(num_key_value_groups=6 // kv_heads, is_causal=True)
-    reference = sdpa_attention_forward(module, q, k, v, batch.attention_mask, scaling=0.3)[0]
-    token = _PLAN.set(attention_plan(batch))
-    try:
-        out = structured_attention_forward(module, q, k, v, batch.attention_mask, scaling=0.3)[0]
-    finally:
-        _PLAN.reset(token)
-    assert out.shape == reference.shape == (rows, length, 6, 8)
+    out, reference, (q, k, v) = _structured_and_masked(batch, kv_heads, g)
     real = torch.zeros(rows * length, dtype=torch.bool)
     real[attention_plan(batch).destination] = True
     flat_out, flat_ref = out.reshape(rows * length, -1), reference.reshape(rows * length, -1)
@@ -119,13 +137,7 @@ def test_engine_takes_the_structured_path_and_equals_the_duplicated_layout(arch,
     assert calls["structured"] == calls["all"] == 4  # both layers, structured
     assert model.config._attn_implementation == "sdpa"  # restored after the forward
     duplicated = sequence_logps(model, pack_lists(lists, layout="duplicated"))
-    torch.testing.assert_close(logps, duplicated, atol=1e-4, rtol=1e-5)
-    # gradients too
-    weights = torch.randn(logps.shape, generator=torch.Generator().manual_seed(0))
-    grads = torch.autograd.grad((logps * weights).sum(), list(model.parameters()))
-    expected = torch.autograd.grad((duplicated * weights).sum(), list(model.parameters()))
-    for got, want in zip(grads, expected):
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    _assert_same_logps_and_gradients(model, logps, duplicated, seed=0)
 
 
 def test_fallbacks_take_the_masked_path_and_stay_exact(monkeypatch):
@@ -204,24 +216,11 @@ def test_regular_blocks_are_recognised_only_when_the_lists_lie_end_to_end():
 
 @pytest.mark.parametrize("kv_heads,per_row", [(6, 1), (2, 1), (2, 2)])
 def test_regular_blocks_take_views_and_equal_masked_sdpa(kv_heads, per_row):
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     batch = pack_lists(_equal_lists(4, seed=kv_heads), layout="shared", max_tokens_per_row=17 * per_row)
     plan = attention_plan(batch)
     assert plan.regular == (5, 3, 4)
-    rows, length = batch.input_ids.shape
     g = torch.Generator().manual_seed(4)
-    q = torch.randn(rows, 6, length, 8, generator=g, requires_grad=True)
-    k = torch.randn(rows, kv_heads, length, 8, generator=g, requires_grad=True)
-    v = torch.randn(rows, kv_heads, length, 8, generator=g, requires_grad=True)
-    module = types.SimpleNamespace(num_key_value_groups=6 // kv_heads, is_causal=True)
-    reference = sdpa_attention_forward(module, q, k, v, batch.attention_mask, scaling=0.3)[0]
-    token = _PLAN.set(plan)
-    try:
-        out = structured_attention_forward(module, q, k, v, batch.attention_mask, scaling=0.3)[0]
-    finally:
-        _PLAN.reset(token)
-    assert out.shape == reference.shape == (rows, length, 6, 8)
+    out, reference, (q, k, v) = _structured_and_masked(batch, kv_heads, g)
     torch.testing.assert_close(out, reference, atol=2e-6, rtol=1e-5)  # no padding: every position is real
     weight = torch.randn(out.shape, generator=g)
     grads = torch.autograd.grad((out * weight).sum(), (q, k, v))
@@ -242,9 +241,4 @@ def test_engine_on_equal_lists_equals_the_duplicated_layout(monkeypatch):
     logps = sequence_logps(model, pack_lists(lists, layout="shared", max_tokens_per_row=34))
     assert len(regular_calls) == 2  # both layers took the views
     duplicated = sequence_logps(model, pack_lists(lists, layout="duplicated"))
-    torch.testing.assert_close(logps, duplicated, atol=1e-4, rtol=1e-5)
-    weights = torch.randn(logps.shape, generator=torch.Generator().manual_seed(1))
-    grads = torch.autograd.grad((logps * weights).sum(), list(model.parameters()))
-    expected = torch.autograd.grad((duplicated * weights).sum(), list(model.parameters()))
-    for got, want in zip(grads, expected):
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    _assert_same_logps_and_gradients(model, logps, duplicated, seed=1)
