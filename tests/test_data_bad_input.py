@@ -148,3 +148,165 @@ def test_unknown_extension_asks_for_a_format(tmp_path):
     with pytest.raises(DataError, match="format="):
         read(path)
     assert read(path, format="csv").records[0].candidates == ("a", "b")
+
+
+# ------------------------------------------------------------------ a second battery (2026-12-01 audit)
+def _pair_with(**extra):
+    return json.dumps({"prompt": "p", "chosen": "a", "rejected": "b", **extra}) + "\n"
+
+
+@pytest.mark.parametrize("field,value", [("weight", "NaN"), ("count", "NaN"), ("weight", "Infinity")])
+def test_an_explicit_nan_weight_is_refused_not_read_as_absent(tmp_path, field, value):
+    # json.dumps cannot write NaN as a value we choose the spelling of, so the line is written by hand
+    path = jsonl(tmp_path / "w.jsonl", [_pair_with(), f'{{"prompt": "p", "chosen": "a", "rejected": "b", "{field}": {value}}}\n'])
+    error = error_of(path)
+    assert (error.line, error.field, error.reason) == (2, field, "non_finite")
+
+
+@pytest.mark.parametrize("row,field", [
+    ({"prompt": "p", "chosen": "a", "rejected": "b", "weight": True}, "weight"),
+    ({"winner": "a", "loser": "b", "count": False}, "count"),
+    ({"prompt": "p", "completions": [{"response": "a", "score": True}, {"response": "b", "score": 1}]},
+     "completions[0].score"),
+])
+def test_a_boolean_is_not_a_number(tmp_path, row, field):
+    error = error_of(jsonl(tmp_path / "b.jsonl", [row]))
+    assert (error.line, error.field, error.reason[:4]) == (1, field, "bad_")
+
+
+def test_a_boolean_count_is_refused_by_the_comparison_reader_too(tmp_path):
+    from rankalign.data import read_comparisons
+
+    path = jsonl(tmp_path / "c.jsonl", [{"winner": "a", "loser": "b", "count": 2},
+                                        {"winner": "a", "loser": "c", "count": False}])
+    with pytest.raises(DataError) as caught:
+        read_comparisons(path)
+    assert (caught.value.line, caught.value.reason) == (2, "bad_count")
+
+
+@pytest.mark.parametrize("row,field", [
+    ({"prompt": 5, "chosen": "a", "rejected": "b"}, "prompt"),
+    ({"prompt": "p", "chosen": 5, "rejected": "b"}, "chosen"),
+    ({"prompt": "p", "chosen": "a", "rejected": "b", "annotator": {"id": 3}}, "annotator"),
+    ({"winner": True, "loser": "b"}, "winner"),
+    ({"prompt": "p", "candidates": ["a", 7], "ranks": [0, 1]}, "candidates[1]"),
+])
+def test_a_number_or_an_object_where_text_belongs_is_a_type_error(tmp_path, row, field):
+    error = error_of(jsonl(tmp_path / "t.jsonl", [row]))
+    assert (error.line, error.field, error.reason) == (1, field, "bad_type")
+
+
+def test_integer_item_ids_and_annotators_are_still_text(tmp_path):
+    (first,) = read(jsonl(tmp_path / "ids.jsonl", [{"candidates": [17, 4], "ranks": [0, 1], "annotator": 7}])).records
+    (second,) = read(jsonl(tmp_path / "pair.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b",
+                                                      "annotator": 12}])).records
+    assert (first.candidates, first.annotator, second.annotator) == (("17", "4"), "7", "12")
+
+
+@pytest.mark.parametrize("row", [{"prompt": "", "candidates": ["a", "b"], "ranks": [0, 1]},
+                                 {"prompt": "  ", "chosen": "a", "rejected": "b"}])
+def test_an_explicit_empty_prompt_is_an_error_not_an_item_comparison(tmp_path, row):
+    error = error_of(jsonl(tmp_path / "e.jsonl", [row]))
+    assert (error.line, error.field, error.reason) == (1, "prompt", "empty_text")
+
+
+def test_an_empty_csv_prompt_cell_still_means_no_prompt(tmp_path):
+    path = tmp_path / "items.csv"
+    path.write_text('prompt,candidates,ranks\n,"[""x"", ""y""]","[0, 1]"\n', encoding="utf-8")
+    (record,) = read(path).records
+    assert record.prompt is None and record.candidates == ("x", "y")
+
+
+@pytest.mark.parametrize("row,field", [
+    ({"prompt": "p", "chosen": "a", "rejected": "b", "weight": 10**400}, "weight"),
+    ({"winner": "a", "loser": "b", "count": 10**400}, "count"),
+    ({"candidates": ["a", "b"], "ranks": [0, 1], "scores": [1, 10**400]}, "scores[1]"),
+])
+def test_an_integer_beyond_float_range_is_a_counted_row_error(tmp_path, row, field):
+    path = jsonl(tmp_path / "o.jsonl", [row, _pair_with() if "chosen" in row else row | {"count": 1}
+                                        if "winner" in row else row | {"scores": [1, 2]}])
+    error = error_of(path)
+    assert (error.line, error.field, error.reason) == (1, field, "non_finite")
+    assert read(path, skip_invalid=True).report.skipped == {"non_finite": 1}
+
+
+def test_a_completion_that_is_not_an_object_is_a_row_error(tmp_path):
+    rows = [{"prompt": "p", "completions": [42, {"response": "b", "score": 1}]},
+            {"prompt": "q", "completions": [{"response": "a", "score": 2}, {"response": "b", "score": 1}]}]
+    path = jsonl(tmp_path / "r.jsonl", rows)
+    error = error_of(path)
+    assert (error.line, error.field, error.reason) == (1, "completions[0]", "bad_type")
+    assert len(read(path, skip_invalid=True).records) == 1
+
+
+@pytest.mark.parametrize("content", [b"not parquet at all", b"PAR1" + b"\0" * 40])
+def test_a_file_that_is_not_parquet(tmp_path, content):
+    pytest.importorskip("pyarrow")
+    path = tmp_path / "x.parquet"
+    path.write_bytes(content)
+    error = error_of(path)
+    assert (error.path, error.reason) == (str(path), "bad_format")
+
+
+def test_a_truncated_parquet_file(tmp_path):
+    pytest.importorskip("pyarrow")
+    from rankalign.data import write
+
+    path = tmp_path / "full.parquet"
+    write([RankedList(prompt=f"p{i}", candidates=[f"a{i}", f"b{i}"], ranks=[0, 1]) for i in range(50)], path)
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert error_of(cut).reason == "bad_format"
+
+
+def test_a_csv_cell_longer_than_the_csv_modules_default_limit(tmp_path):
+    long_prompt = "x" * 200_000  # the csv module refuses cells over 131,072 characters by default
+    path = tmp_path / "long.csv"
+    path.write_text(f"prompt,chosen,rejected\n{long_prompt},a,b\n", encoding="utf-8")
+    (record,) = read(path).records
+    assert len(record.prompt) == 200_000
+
+
+def test_old_mac_line_endings_name_the_file_and_line(tmp_path):
+    from rankalign.data import read_comparisons
+
+    path = tmp_path / "cr.csv"
+    path.write_bytes(b"winner,loser\ra,b\rb,c\r")
+    for reader in (read, read_comparisons):
+        with pytest.raises(DataError) as caught:
+            reader(path)
+        assert (caught.value.path, caught.value.reason) == (str(path), "bad_format")
+        assert "line" in str(caught.value) or ":1:" in str(caught.value)
+
+
+def test_a_preflib_header_with_a_non_numeric_voter_count(tmp_path):
+    path = tmp_path / "v.soc"
+    path.write_text("# NUMBER ALTERNATIVES: 2\n# NUMBER VOTERS: many\n1: 1,2\n", encoding="utf-8")
+    error = error_of(path)
+    assert (error.field, error.reason) == ("NUMBER VOTERS", "bad_header")
+
+
+def test_bytes_are_not_a_list_of_chat_messages():
+    with pytest.raises(DataError) as caught:
+        RankedList(prompt="p", candidates=[b"ab", "c"], ranks=[0, 1])
+    assert (caught.value.field, caught.value.reason) == ("candidates[0]", "bad_type")
+
+
+def test_a_layout_one_column_short_is_named(tmp_path):
+    path = tmp_path / "short.csv"
+    path.write_text("prompt,chosen\np,a\n", encoding="utf-8")
+    error = error_of(path)
+    assert error.reason == "unknown_layout"
+    assert "layout 'pairs' lacks column 'rejected'" in str(error)
+
+
+def test_a_semicolon_separated_file_gets_a_hint(tmp_path):
+    path = tmp_path / "semi.csv"
+    path.write_text("prompt;chosen;rejected\np;a;b\n", encoding="utf-8")
+    assert "separated by ';'" in str(error_of(path))
+
+
+def test_a_string_where_a_list_belongs_says_so(tmp_path):
+    error = error_of(jsonl(tmp_path / "s.jsonl", [{"prompt": "p", "candidates": ["a", "b", "c"], "ranks": "0,1,2"}]))
+    assert (error.field, error.reason) == ("ranks", "malformed_json")
+    assert "expected a list" in str(error) and "'0,1,2'" in str(error)

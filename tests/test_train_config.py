@@ -108,3 +108,20 @@ def test_peft_options_are_checked_for_policy_and_reward_configs(tmp_path, assign
         load_config(policy, [assignment])
     with pytest.raises(ConfigError, match=message):
         load_config(policy, [assignment], cls=RewardTrainConfig)
+
+
+def test_wrapping_in_lora_does_not_pass_on_peft_s_deprecation_warning():
+    import warnings
+
+    pytest.importorskip("peft")
+    from rankalign.engine import tiny_causal_lm
+    from rankalign.train.config import PeftConfig
+
+    options = PeftConfig(enabled=True, r=2, target_modules=["q_proj", "v_proj"], top_layers=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = options.wrap(tiny_causal_lm(32, layers=2), task_type="CAUSAL_LM")
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
+    adapted = sorted({name.split(".layers.")[1].split(".")[0] for name, p in model.named_parameters()
+                      if p.requires_grad})
+    assert adapted == ["1"]  # top_layers=1 of 2: only the last block carries the adapter

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -152,9 +153,10 @@ def iter_csv(path: str, *, skip_invalid: bool = False) -> Iterator[tuple[int, di
 
     A line with invalid UTF-8 is reported with its line number (and skipped under ``skip_invalid``).
     """
+    _allow_long_csv_cells()
     with open(path, "rb") as handle:
         counter = _LineCounter(path, handle, skip_invalid)
-        reader = csv.reader(counter)
+        reader = _CsvRows(csv.reader(counter), counter, path)
         try:
             header = next(reader)
         except StopIteration:
@@ -180,6 +182,35 @@ def iter_csv(path: str, *, skip_invalid: bool = False) -> Iterator[tuple[int, di
             yield line, dict(zip(header, cells))
         for error in counter.take_errors():
             yield error.line, BadRow(error)
+
+
+def _allow_long_csv_cells() -> None:
+    """Lift the csv module's 128 KiB cell limit (a long chat transcript exceeds it); process-wide, raised only."""
+    limit = sys.maxsize
+    while limit > csv.field_size_limit():
+        try:
+            csv.field_size_limit(limit)
+            return
+        except OverflowError:  # a C long narrower than Py_ssize_t (Windows)
+            limit //= 2
+
+
+class _CsvRows:
+    """``csv.reader`` whose own errors (a newline inside an unquoted cell, e.g. from old Mac ``\r`` line
+    endings; an unterminated quote at the end of the file) become :class:`DataError` with the line."""
+
+    def __init__(self, reader, counter, path):
+        self.reader, self.counter, self.path = reader, counter, path
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            return next(self.reader)
+        except csv.Error as error:
+            raise DataError(f"unreadable CSV: {error}", path=self.path, line=self.counter.line,
+                            reason="bad_format") from None
 
 
 def _check_header(header: list[str], path: str):
@@ -221,11 +252,21 @@ class _LineCounter:
 def iter_parquet(path: str) -> Iterator[tuple[int, dict]]:
     """Parquet, read in record batches (needs ``pyarrow``: ``pip install 'rankalign[parquet]'``)."""
     pq = need_pyarrow()
+    import pyarrow as pa
+
     row_number = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=16384):
-        for row in batch.to_pylist():
-            row_number += 1
-            yield row_number, row
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=16384)
+        for batch in batches:
+            for row in batch.to_pylist():
+                row_number += 1
+                yield row_number, row
+    except (pa.ArrowException, OSError) as error:  # not Parquet, truncated, or a corrupt page
+        if isinstance(error, (FileNotFoundError, IsADirectoryError, PermissionError)):
+            raise
+        where = f" after row {row_number}" if row_number else ""
+        raise DataError(f"not a readable Parquet file{where}: {error}", path=path,
+                        line=row_number + 1 if row_number else None, reason="bad_format") from None
 
 
 def load_dataset_dir(path: str):

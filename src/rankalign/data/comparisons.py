@@ -159,12 +159,16 @@ def _item_name(value):
 
 
 def _parse_count(value) -> tuple[float, str | None]:
-    if _is_missing(value):
-        return 1.0, None
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return 1.0, None  # absent; an explicit NaN is refused as non-finite below
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return math.nan, "bad_count"  # True / False are not counts
     try:
         number = float(value)
     except (TypeError, ValueError):
         return math.nan, "bad_count"
+    except OverflowError:
+        return math.nan, "non_finite"
     if not math.isfinite(number):
         return math.nan, "non_finite"
     if number < 0:
@@ -347,7 +351,7 @@ def _comparison_columns(table: _Table, layout: str, context):
         if column not in table.factorized:
             continue
         uniques, codes = table.factorized[column]
-        if all(_is_missing(u) for u in uniques):
+        if all(u is None or (isinstance(u, str) and not u.strip()) for u in uniques):
             continue  # an empty column: no counts given (the record reader falls back the same way)
         parsed = [_parse_count(u) for u in uniques]
         values = np.array([p[0] for p in parsed], dtype=np.float64)
@@ -473,15 +477,19 @@ def _csv_table_split(text: str, path: str) -> _Table | None:
 
 def _csv_table_module(text: str, path: str) -> _Table:
     """Any CSV the ``csv`` module reads (quoted commas, multi-line cells, blank lines, ragged rows)."""
+    _sources._allow_long_csv_cells()
     reader = csv.reader(io.StringIO(text))
     try:
         header = [h.strip() for h in next(reader)]
+        _sources._check_header(header, path)
+        rows = list(reader)
+        starts = _csv_line_numbers(text)
     except StopIteration:
         raise DataError("no records: the file is empty", path=path, reason="empty_file") from None
-    _sources._check_header(header, path)
-    rows = list(reader)
+    except csv.Error as error:  # a newline in an unquoted cell (old Mac line endings), a bad quote
+        raise DataError(f"unreadable CSV: {error}", path=path, line=reader.line_num or None,
+                        reason="bad_format") from None
     width = len(header)
-    starts = _csv_line_numbers(text)
     good, lines, bad_rows = [], [], []
     for row, line in zip(rows, starts.tolist()):
         if len(row) == width:

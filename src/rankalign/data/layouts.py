@@ -200,7 +200,19 @@ def detect_layout(columns, *, path=None) -> str:
         if required <= found:
             return name
     accepted = "; ".join(f"{name}: {LAYOUT_COLUMNS[name]}" for name in LAYOUTS)
-    raise DataError(f"unknown layout: found columns {sorted(found)}; accepted layouts are {accepted}. "
+    hints = []
+    near = [(name, sorted(required - found)) for name, required in _REQUIRED
+            if len(required - found) == 1 and len(required) > 1]
+    if near:  # one column short of a layout: most likely a typo or a column left out
+        hints.append("; ".join(f"layout {name!r} lacks column {missing[0]!r}" for name, missing in near))
+    if len(found) == 1:
+        (only,) = found
+        separator = next((s for s in (";", "\t", "|") if s in only), None)
+        if separator is not None:
+            hints.append(f"the header is one column {only!r}: is the file separated by {separator!r} rather "
+                         "than commas?")
+    hint = f" ({'; '.join(hints)})" if hints else ""
+    raise DataError(f"unknown layout{hint}: found columns {sorted(found)}; accepted layouts are {accepted}. "
                     "Name your columns with mapping= / --map (e.g. item_a=home,item_b=away,outcome=result) "
                     "or pass layout= / --layout", path=path, reason="unknown_layout")
 
@@ -225,8 +237,12 @@ def apply_mapping(row: dict, mapping: Mapping[str, str]) -> dict:
 class RowContext:
     """What a row converter needs besides the row: names for messages, the outcome table, counters."""
 
-    def __init__(self, layout: str, mapping=None, outcomes=None):
+    def __init__(self, layout: str, mapping=None, outcomes=None, *, text_cells: bool = True):
         self.layout = layout
+        # True where an empty cell means "no value": CSV, and the CSV-like Parquet files `write` makes (None
+        # as an empty cell); in JSON, JSONL and a Dataset an explicit "" is a value, so an empty prompt is an
+        # error there rather than an absent one
+        self.text_cells = text_cells
         self.mapping = dict(mapping or {})
         self.outcomes = parse_outcomes(outcomes)
         self.table = outcome_table(layout, self.outcomes) if layout in DEFAULT_OUTCOMES else {}
@@ -255,6 +271,13 @@ def _require(row, column, ctx, *, text=False):
     return value
 
 
+def _number(value) -> float:
+    """``float(value)`` for a number or numeric text; a boolean is not a number here (TypeError)."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        raise TypeError("a boolean is not a number")
+    return float(value)
+
+
 def _optional(row, column):
     value = row.get(column)
     return None if _missing(value) else value
@@ -263,13 +286,15 @@ def _optional(row, column):
 def _weight(row, ctx) -> float:
     for column in ("count", "weight"):
         value = row.get(column)
-        if _missing(value):
-            continue
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue  # absent (an explicit NaN is not: it is refused below as non-finite)
         try:
-            number = float(value)
+            number = _number(value)
         except (TypeError, ValueError):
             raise DataError(f"{column} {value!r} is not a number", field=ctx.name(column),
                             reason="bad_count") from None
+        except OverflowError:
+            raise DataError(f"{column} is out of range", field=ctx.name(column), reason="non_finite") from None
         if not math.isfinite(number):
             raise DataError(f"{column} must be finite, got {value!r}", field=ctx.name(column), reason="non_finite")
         if number < 0:
@@ -283,7 +308,7 @@ def _item(row, column, ctx) -> str:
     value = _require(row, column, ctx)
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if isinstance(value, (dict, list)):
+    if isinstance(value, (dict, list, bool)):
         raise DataError(f"an item id must be a string or an integer, got {type(value).__name__}",
                         field=ctx.name(column), reason="bad_type")
     return str(value)
@@ -293,6 +318,9 @@ def _annotator(row, *columns):
     for column in columns:
         value = _optional(row, column)
         if value is not None:
+            if isinstance(value, (dict, list, bool)):
+                raise DataError(f"an annotator id must be a string or an integer, got {type(value).__name__}",
+                                field=column, reason="bad_type")
             return str(value)
     return None
 
@@ -307,7 +335,9 @@ def _decode_json_field(value, field: str):
         try:
             return json.loads(value)
         except json.JSONDecodeError as error:
-            raise DataError(f"expected JSON here: {error.msg}", field=field, reason="malformed_json") from None
+            shown = value if len(value) <= 40 else value[:37] + "..."
+            raise DataError(f"expected a list (or, in a CSV cell, its JSON text), got the string {shown!r} "
+                            f"({error.msg})", field=field, reason="malformed_json") from None
         except RecursionError:
             raise DataError("JSON nested too deeply to read", field=field, reason="too_deep") from None
     return value
@@ -435,6 +465,8 @@ def _pairs(row, ctx):
     chosen = _maybe_messages(_require(row, "chosen", ctx, text=True))
     rejected = _maybe_messages(_require(row, "rejected", ctx, text=True))
     prompt = _maybe_messages(_optional(row, "prompt"))
+    if prompt is None and not ctx.text_cells and isinstance(row.get("prompt"), str):
+        raise DataError("empty text", field=ctx.name("prompt"), reason="empty_text")
     if prompt is None:
         if isinstance(chosen, str) and isinstance(rejected, str):
             prompt, chosen, rejected, early = split_transcripts(chosen, rejected)
@@ -540,16 +572,16 @@ def _completion_scores(completion: dict, field: str):
                 if value is None or (isinstance(value, str) and value.strip().upper() in ("", "N/A", "NA")):
                     continue
                 try:
-                    out[str(attribute)] = float(value)
-                except (TypeError, ValueError):
+                    out[str(attribute)] = _number(value)
+                except (TypeError, ValueError, OverflowError):
                     raise DataError(f"rating {value!r} is not a number", field=f"{field}.{key}.{attribute}",
                                     reason="bad_type") from None
             return out, key
     for key in _SCORE_KEYS:
         if key in completion and completion[key] is not None:
             try:
-                return float(completion[key]), key
-            except (TypeError, ValueError):
+                return _number(completion[key]), key
+            except (TypeError, ValueError, OverflowError):
                 raise DataError(f"score {completion[key]!r} is not a number", field=f"{field}.{key}",
                                 reason="bad_type") from None
     return None, None
@@ -563,7 +595,7 @@ def _ratings(row, ctx):
     texts, scores, extras = [], [], []
     for i, completion in enumerate(completions):
         field = f"{ctx.name('completions')}[{i}]"
-        if isinstance(completion, str):
+        if not isinstance(completion, Mapping):
             raise DataError("a completion must be an object with a response and ratings", field=field,
                             reason="bad_type")
         text_key = next((k for k in _RESPONSE_KEYS if k in completion), None)
@@ -617,11 +649,11 @@ def _unpaired(row, ctx):
         raise
 
 
-def _native_fields(row, allowed_json):
+def _native_fields(row, allowed_json, ctx):
     data = {}
     for key, value in row.items():
-        if value is None or (isinstance(value, str) and value == ""):
-            continue
+        if value is None or (ctx.text_cells and isinstance(value, str) and value == ""):
+            continue  # an empty CSV cell is no value; an explicit "" elsewhere is checked as one
         if key in allowed_json:
             value = _decode_json_field(value, key)
         elif key in ("prompt", "response"):
@@ -638,13 +670,13 @@ def _native_fields(row, allowed_json):
 def _rankedlist(row, ctx):
     if "candidates" not in row and "response" in row:  # a JSONL file may mix the two native forms
         return _judgment(row, ctx)
-    return RankedList.from_dict(_native_fields(row, ("candidates", "ranks", "scores", "meta")))
+    return RankedList.from_dict(_native_fields(row, ("candidates", "ranks", "scores", "meta"), ctx))
 
 
 def _judgment(row, ctx):
     if "response" not in row and "candidates" in row:
         return _rankedlist(row, ctx)
-    data = _native_fields(row, ("meta",))
+    data = _native_fields(row, ("meta",), ctx)
     if "label" in data:
         data["label"] = parse_label(data["label"], ctx)
     return Judgment.from_dict(data)

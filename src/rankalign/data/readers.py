@@ -160,7 +160,7 @@ class RecordStream:
         if self.layout == "preflib":
             raise DataError("layout 'preflib' needs a PrefLib file (.soc/.soi/.toc/.toi or format='preflib')",
                             path=self.path, reason="unknown_layout")
-        context = RowContext(self.layout, self.mapping, self.outcomes)
+        context = RowContext(self.layout, self.mapping, self.outcomes, text_cells=self.format in ("csv", "parquet"))
         report = self.report
         seen_any = False
         for line, row in _chain(buffered, rows):
@@ -206,7 +206,12 @@ class RecordStream:
             yield record
         self.report.notes["voters"] = voters
         declared = header.get("NUMBER VOTERS")
-        if declared is not None and not bad and float(declared) != voters:
+        try:
+            declared_number = None if declared is None else float(declared)
+        except ValueError:
+            raise DataError(f"NUMBER VOTERS must be a number, got {declared!r}", path=self.path,
+                            field="NUMBER VOTERS", reason="bad_header") from None
+        if declared_number is not None and not bad and declared_number != voters:
             self.report.problems.append(f"{self.path}: the header declares {declared} voters but the counts "
                                         f"sum to {voters:g}")
 

@@ -52,11 +52,13 @@ def _freeze_messages(value, field_name: str) -> tuple[Message, ...]:
     return tuple(frozen)
 
 
-def _normalise_text(value, field_name: str, *, allow_none: bool, allow_empty: bool = False) -> Text | None:
+def _normalise_text(value, field_name: str, *, allow_none: bool, allow_empty: bool = False,
+                    item_id: bool = False) -> Text | None:
     """Return ``value`` as a str or a frozen message tuple; reject empties unless ``allow_empty``.
 
     Responses may be empty (real data has them: an assistant turn with nothing in it); prompts and item
-    ids may not.
+    ids may not. An integer is accepted only as an item id (``item_id``: 17 is stored as "17"); a number
+    where a prompt or a response belongs is a type error, not text.
     """
     if value is None:
         if allow_none:
@@ -66,9 +68,9 @@ def _normalise_text(value, field_name: str, *, allow_none: bool, allow_empty: bo
         if not value.strip() and not allow_empty:
             raise DataError("empty text", field=field_name, reason="empty_text")
         return value
-    if isinstance(value, (int,)) and not isinstance(value, bool):
+    if item_id and isinstance(value, int) and not isinstance(value, bool):
         return str(value)  # item ids such as 17 are stored as "17"
-    if isinstance(value, Sequence):
+    if isinstance(value, Sequence) and not isinstance(value, (bytes, bytearray)):
         messages = _freeze_messages(value, field_name)
         if not allow_empty and not any(m["content"].strip() for m in messages):
             raise DataError("all messages are empty", field=field_name, reason="empty_text")
@@ -84,11 +86,31 @@ def _finite_float(value, field_name: str) -> float:
         if not (isinstance(value, np.generic) and np.issubdtype(type(value), np.number)):
             raise DataError(f"expected a number, got {type(value).__name__}", field=field_name,
                             reason="bad_type")
+    try:
         value = float(value)
-    value = float(value)
+    except OverflowError:  # an integer beyond float's range (hundreds of digits)
+        raise DataError(f"number out of range: {str(value)[:20]}...", field=field_name, reason="non_finite") from None
     if not math.isfinite(value):
         raise DataError(f"must be finite, got {value}", field=field_name, reason="non_finite")
     return value
+
+
+def _annotator_id(value) -> str | None:
+    """An annotator id as text: a string, or an integer (``7`` -> ``"7"``, also ``7.0`` from a float column);
+    a mapping, a list or a boolean is refused rather than stored as its repr."""
+    if value is None or isinstance(value, str):
+        return value
+    import numpy as np
+
+    if isinstance(value, (bool, np.bool_)):
+        raise DataError("an annotator id must be a string or an integer, got bool", field="annotator",
+                        reason="bad_type")
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+        return str(int(value))
+    raise DataError(f"an annotator id must be a string or an integer, got {type(value).__name__}",
+                    field="annotator", reason="bad_type")
 
 
 def _text_key(value: Text):
@@ -145,8 +167,8 @@ class RankedList:
         if len(candidates) == 0:
             raise DataError("no candidates", field="candidates", reason="empty_list")
         responses = self.prompt is not None  # candidates are responses (may be empty), not item ids
-        normalised = tuple(_normalise_text(c, f"candidates[{i}]", allow_none=False, allow_empty=responses)
-                           for i, c in enumerate(candidates))
+        normalised = tuple(_normalise_text(c, f"candidates[{i}]", allow_none=False, allow_empty=responses,
+                                           item_id=not responses) for i, c in enumerate(candidates))
         seen: dict = {}
         for i, c in enumerate(normalised):
             key = _text_key(c)
@@ -201,9 +223,7 @@ class RankedList:
                     clean_scores.append(_finite_float(s, f"scores[{i}]"))
             scores = tuple(clean_scores)
 
-        annotator = self.annotator
-        if annotator is not None and not isinstance(annotator, str):
-            annotator = str(annotator)
+        annotator = _annotator_id(self.annotator)
         weight = _finite_float(self.weight, "weight")
         if weight < 0:
             raise DataError(f"weight must be >= 0, got {weight}", field="weight", reason="negative_weight")
@@ -413,7 +433,7 @@ class Judgment:
         weight = _finite_float(self.weight, "weight")
         if weight < 0:
             raise DataError(f"weight must be >= 0, got {weight}", field="weight", reason="negative_weight")
-        annotator = None if self.annotator is None else str(self.annotator)
+        annotator = _annotator_id(self.annotator)
         if not isinstance(self.meta, Mapping):
             raise DataError("meta must be a mapping", field="meta", reason="bad_type")
         set_ = object.__setattr__

@@ -97,6 +97,20 @@ class PeftConfig:
         return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=targets,
                           **extra)
 
+    def wrap(self, model, **extra):
+        """``model`` wrapped in the LoRA adapter of :meth:`lora_config` (``peft.get_peft_model``). PEFT asks
+        the model for ``is_gradient_checkpointing``, a name transformers 5 deprecates with a FutureWarning
+        on every run; that one warning is silenced here, not rankalign's own or any other."""
+        import warnings
+
+        from peft import get_peft_model
+
+        lora = self.lora_config(model, **extra)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated",
+                                    category=FutureWarning)
+            return get_peft_model(model, lora)
+
 
 ONLINE_BACKENDS = ("transformers", "vllm")
 

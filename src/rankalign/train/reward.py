@@ -255,9 +255,7 @@ def _apply_peft_and_freezing(model, config: RewardTrainConfig) -> None:
     if model.kind != "causal":
         raise ConfigError("peft (LoRA) is set up for causal backbones; use freeze_backbone or full training "
                           "for encoders")
-    from peft import get_peft_model
-
-    model.backbone = get_peft_model(model.backbone, config.peft.lora_config(model.backbone))
+    model.backbone = config.peft.wrap(model.backbone)
 
 
 # ---------------------------------------------------------------------------------------------- run

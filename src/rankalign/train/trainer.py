@@ -690,9 +690,7 @@ def maybe_apply_peft(model, config):
     """Wrap ``model`` in a LoRA adapter when ``config.peft.enabled``."""
     if not config.peft.enabled:
         return model
-    from peft import get_peft_model
-
-    return get_peft_model(model, config.peft.lora_config(model, task_type="CAUSAL_LM"))
+    return config.peft.wrap(model, task_type="CAUSAL_LM")
 
 
 def train_preference(model, tokenizer, records_or_lists, config, *, ref_model=None,
