@@ -310,3 +310,10 @@ def test_a_string_where_a_list_belongs_says_so(tmp_path):
     error = error_of(jsonl(tmp_path / "s.jsonl", [{"prompt": "p", "candidates": ["a", "b", "c"], "ranks": "0,1,2"}]))
     assert (error.field, error.reason) == ("ranks", "malformed_json")
     assert "expected a list" in str(error) and "'0,1,2'" in str(error)
+
+
+def test_an_integer_annotator_reads_the_same_from_every_layout(tmp_path):
+    # a float column (Parquet, pandas) holds 7 as 7.0: the id is "7" in the native layout and in pairs alike
+    (native,) = read(jsonl(tmp_path / "n.jsonl", [{"candidates": ["a", "b"], "ranks": [0, 1], "annotator": 7.0}])).records
+    (pair,) = read(jsonl(tmp_path / "p.jsonl", [_pair_with(annotator=7.0).strip()])).records
+    assert native.annotator == pair.annotator == "7"

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from rankalign.errors import UsageError
 
 from .errors import DataError
-from .records import Judgment, RankedList
+from .records import Judgment, RankedList, _annotator_id
 
 LAYOUTS = (
     "pairs", "arena", "winner_loser", "item_outcome", "ranked_responses", "item_ranking", "ratings",
@@ -318,10 +318,10 @@ def _annotator(row, *columns):
     for column in columns:
         value = _optional(row, column)
         if value is not None:
-            if isinstance(value, (dict, list, bool)):
-                raise DataError(f"an annotator id must be a string or an integer, got {type(value).__name__}",
-                                field=column, reason="bad_type")
-            return str(value)
+            try:
+                return _annotator_id(value)  # the record model's rule: text, or an integer (7.0 -> "7")
+            except DataError as error:
+                raise DataError(error.message, field=column, reason=error.reason) from None
     return None
 
 
