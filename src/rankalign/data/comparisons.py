@@ -27,6 +27,7 @@ from .layouts import (
     COMPARISON_LAYOUTS,
     OUTCOME_VALUE,
     RowContext,
+    _number,
     check_layout,
     check_mapped_columns,
     detect_layout,
@@ -161,10 +162,8 @@ def _item_name(value):
 def _parse_count(value) -> tuple[float, str | None]:
     if value is None or (isinstance(value, str) and not value.strip()):
         return 1.0, None  # absent; an explicit NaN is refused as non-finite below
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
-        return math.nan, "bad_count"  # True / False are not counts
     try:
-        number = float(value)
+        number = _number(value)  # True / False are not counts
     except (TypeError, ValueError):
         return math.nan, "bad_count"
     except OverflowError:
