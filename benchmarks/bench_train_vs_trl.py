@@ -37,10 +37,12 @@ RESULT lines then also carry each side's useful share, peak memory and the layou
 ``--device cuda --bf16`` runs both sides on a GPU in bf16 autocast (peak memory: ``torch.cuda`` peak
 allocated; FLOP/s share against a bf16 matmul); see ``benchmarks/gpu_bench.sh``.
 
-Run: ``.venv/bin/python benchmarks/bench_train_vs_trl.py`` (default: 1 warm-up + 4 timed steps per side
-and case; ``--rounds 2`` runs each side twice in turn, TRL, rankalign, rankalign, TRL, and pools them, since
-this machine's speed drifts by 20-30% over minutes and the two sides do not feel it alike). Ends with one
-``RESULT {...}`` line per case (ratio > 1: rankalign is better).
+Run: ``.venv/bin/python benchmarks/bench_train_vs_trl.py``. Default: 1 warm-up step, then at least 4 timed
+steps per run, more (over the same lists again, at most 32) until the timed steps span 60 s
+(``--min-seconds``), so that the faster side's mean is not taken over a few seconds while the other's spans
+minutes; 2 rounds (``--rounds``): each side runs twice in turn, TRL, rankalign, rankalign, TRL, and the runs
+are pooled, since this machine's speed drifts by 20-30% over minutes and the two sides do not feel it alike.
+Ends with one ``RESULT {...}`` line per case (ratio > 1: rankalign is better).
 """
 
 from __future__ import annotations
@@ -150,9 +152,14 @@ def case_shape(case: str, args) -> dict:
 
 
 class StepTimer:
-    """A TrainerCallback recording the wall time at the end of every optimiser step."""
+    """A TrainerCallback recording the wall time at the end of every optimiser step.
 
-    def __init__(self):
+    It stops training once ``steps`` timed steps (after ``warmup``) have run **and** they span at least
+    ``min_seconds``: a side whose step is short keeps stepping (over the same lists again; the trainer's
+    ``max_steps`` is only the cap) until its timed window is as long as that, so that its mean is not
+    taken over a few seconds of this machine's drifting speed while the other side's spans minutes."""
+
+    def __init__(self, warmup: int = 0, steps: int = 0, min_seconds: float = 0.0):
         import transformers
 
         outer = self
@@ -163,17 +170,27 @@ class StepTimer:
 
             def on_step_end(self, args, state, control, **kwargs):
                 outer.ends.append(time.perf_counter())
+                if outer.enough():
+                    control.should_training_stop = True
 
         self.callback = _Callback()
         self.ends: list[float] = []
         self.begin = None
+        self.warmup, self.steps, self.min_seconds = warmup, steps, min_seconds
+
+    def _window_start(self, warmup: int) -> float:
+        return self.ends[warmup - 1] if warmup else self.begin
+
+    def enough(self) -> bool:
+        """Whether the timed steps are at least ``steps`` and span at least ``min_seconds``."""
+        timed = len(self.ends) - self.warmup
+        return timed >= max(self.steps, 1) and self.ends[-1] - self._window_start(self.warmup) >= self.min_seconds
 
     def steady_seconds_per_step(self, warmup: int) -> float:
         ends = self.ends
         if len(ends) <= warmup:
             raise RuntimeError(f"only {len(ends)} steps ran, need more than warmup={warmup}")
-        start = ends[warmup - 1] if warmup else self.begin
-        return (ends[-1] - start) / (len(ends) - warmup)
+        return (ends[-1] - self._window_start(warmup)) / (len(ends) - warmup)
 
     def step_seconds(self) -> list[float]:
         """Wall time of every step, warm-up included (the first from the start of training)."""
@@ -183,7 +200,8 @@ class StepTimer:
 
 def common_training_arguments(output_dir: str, args, batch: int) -> dict:
     return dict(output_dir=output_dir, per_device_train_batch_size=batch, gradient_accumulation_steps=1,
-                learning_rate=1e-5, max_steps=args.warmup + args.steps, lr_scheduler_type="constant",
+                learning_rate=1e-5, max_steps=args.warmup + max(args.steps, args.max_timed_steps),
+                lr_scheduler_type="constant",
                 warmup_steps=0, logging_steps=1000, save_strategy="no", report_to="none", bf16=bool(args.bf16),
                 fp16=False, gradient_checkpointing=False, disable_tqdm=True, dataloader_num_workers=0,
                 seed=0, use_cpu=args.device == "cpu", remove_unused_columns=False)
@@ -216,7 +234,7 @@ def run_trl(case: str, args, model_dir: str, workdir: str) -> dict:
     config = DPOConfig(**common_training_arguments(workdir, args, shape["trl_batch"]), beta=0.1,
                        loss_type=["sigmoid"], precompute_ref_log_probs=True, max_length=None,
                        precompute_ref_batch_size=shape["trl_batch"])
-    timer = StepTimer()
+    timer = StepTimer(args.warmup, args.steps, args.min_seconds)
     trainer = DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                          callbacks=[timer.callback])
     first = trainer.train_dataset[0]
@@ -228,7 +246,7 @@ def run_trl(case: str, args, model_dir: str, workdir: str) -> dict:
     return dict(side="trl", case=case, seconds_per_step=step, samples_per_s=lists_per_step / step,
                 tokens_per_step=tokens_per_pair * shape["trl_batch"],
                 tokens_per_s=tokens_per_pair * shape["trl_batch"] / step, end_to_end_s=end_to_end,
-                params=sum(p.numel() for p in model.parameters()), steps=len(timer.ends),
+                params=sum(p.numel() for p in model.parameters()), steps=len(timer.ends), warmup=args.warmup,
                 response_tokens_per_step=(len(first["chosen_ids"]) + len(first["rejected_ids"])) * shape["trl_batch"],
                 batch=f"{shape['trl_batch']} pairs", tokens_per_pair=tokens_per_pair,
                 gradient_checkpointing=bool(getattr(trainer.model, "is_gradient_checkpointing", False)),
@@ -258,7 +276,7 @@ def run_ours(case: str, args, model_dir: str, workdir: str) -> dict:
     if args.declare_shared:  # diagnosis only: the engine's documented declaration, skipping its probe
         model.rankalign_shared_layout = True
     training_args = transformers.TrainingArguments(**common_training_arguments(workdir, args, shape["ours_batch"]))
-    timer = StepTimer()
+    timer = StepTimer(args.warmup, args.steps, args.min_seconds)
     objective = "dpo" if case.startswith("pairs") else "pl_dpo"
     trainer = PreferenceTrainer(model, training_args, lists, objective=objective, loss_params={"beta": 0.1},
                                 layout="shared", reference_cache_dir=str(Path(workdir) / "ref_cache"),
@@ -270,7 +288,7 @@ def run_ours(case: str, args, model_dir: str, workdir: str) -> dict:
     return dict(side="rankalign", case=case, seconds_per_step=step, samples_per_s=shape["ours_batch"] / step,
                 tokens_per_step=tokens_per_list * shape["ours_batch"],
                 tokens_per_s=tokens_per_list * shape["ours_batch"] / step, end_to_end_s=end_to_end,
-                params=sum(p.numel() for p in model.parameters()), steps=len(timer.ends),
+                params=sum(p.numel() for p in model.parameters()), steps=len(timer.ends), warmup=args.warmup,
                 response_tokens_per_step=sum(len(r) for r in lists[0].response_ids) * shape["ours_batch"],
                 batch=f"{shape['ours_batch']} lists", tokens_per_list=tokens_per_list, layout=trainer.layout,
                 step_seconds=timer.step_seconds())
@@ -329,6 +347,7 @@ def spawn(side: str, case: str, args, model_dir: str) -> dict:
         result_file = handle.name
     command = [sys.executable, __file__, "--worker", side, "--case", case, "--model-dir", model_dir,
                "--result-file", result_file, "--steps", str(args.steps), "--warmup", str(args.warmup),
+               "--min-seconds", str(args.min_seconds), "--max-timed-steps", str(args.max_timed_steps),
                "--pairs-batch", str(args.pairs_batch), "--lists-batch", str(args.lists_batch),
                "--threads", str(args.threads), "--device", args.device]
     if args.model:
@@ -349,11 +368,12 @@ def spawn(side: str, case: str, args, model_dir: str) -> dict:
 
 
 def pooled(runs: list[dict]) -> dict:
-    """One side's figures over its runs (each the same number of timed steps): mean seconds per step and
-    end-to-end time, the largest peak memory, every run's step times."""
-    if len(runs) == 1:
-        return runs[0]
+    """One side's figures over its runs: the mean of the runs' seconds per step (each run's over its own
+    timed window) and end-to-end times, the largest peak memory, every run's step times."""
     row = dict(runs[0])
+    row["run_timed_steps"] = [r["steps"] - r["warmup"] for r in runs]
+    if len(runs) == 1:
+        return row
     samples_per_step = runs[0]["samples_per_s"] * runs[0]["seconds_per_step"]  # the same in every run
     row["seconds_per_step"] = sum(r["seconds_per_step"] for r in runs) / len(runs)
     row["samples_per_s"] = samples_per_step / row["seconds_per_step"]
@@ -370,7 +390,11 @@ def main(argv=None) -> None:
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--steps", type=int, default=4, help="timed optimiser steps per side and case")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before the timed ones")
-    parser.add_argument("--rounds", type=int, default=1,
+    parser.add_argument("--min-seconds", type=float, default=60.0,
+                        help="a side keeps stepping (over the same lists again) until its timed steps span at "
+                             "least this long, up to --max-timed-steps; 0: exactly --steps")
+    parser.add_argument("--max-timed-steps", type=int, default=32, help="cap on the timed steps of one run")
+    parser.add_argument("--rounds", type=int, default=2,
                         help="runs per side and case, in turn (TRL, rankalign, rankalign, TRL, ...), pooled, so "
                              "that a change in the machine's speed reaches both sides alike")
     parser.add_argument("--pairs-batch", type=int, default=4, help="pairs per step in the pairs case")
@@ -393,6 +417,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error(f"--rounds must be >= 1, got {args.rounds}")
+    if args.steps < 1 or args.max_timed_steps < 1 or args.min_seconds < 0:
+        parser.error("--steps and --max-timed-steps must be >= 1 and --min-seconds >= 0")
     if args.worker:
         worker_main(args)
         return
@@ -405,7 +431,9 @@ def main(argv=None) -> None:
     precision = "bf16" if args.bf16 else "float32"
     print(f"machine: {os.cpu_count()} CPUs, {args.threads} torch threads, device {args.device}; {precision} "
           f"matmul {peak_flops / 1e9:.1f} GFLOP/s (torch.matmul)")
-    print(f"steps per side and case: {args.warmup} warm-up + {args.steps} timed; prompt {PROMPT_TOKENS} tokens, "
+    print(f"steps per side and case: {args.warmup} warm-up + {args.steps} timed or more, until the timed steps span "
+          f"{args.min_seconds:g} s (at most {max(args.steps, args.max_timed_steps)}); {args.rounds} round(s); "
+          f"prompt {PROMPT_TOKENS} tokens, "
           f"responses {RESPONSE_TOKENS} tokens")
     results = []
     tag = ""
@@ -463,6 +491,9 @@ def main(argv=None) -> None:
     for case, peer, ours in results:
         for row in (peer, ours):
             print(f"  {case:<17} {row['side']:<10} " + " ".join(f"{s:.2f}" for s in row["step_seconds"]))
+    print("timed steps per run (in turn):")
+    for case, peer, ours in results:
+        print(f"  {case:<17} TRL {peer['run_timed_steps']}, rankalign {ours['run_timed_steps']}")
     if args.rounds > 1:
         print("samples/s per run (in turn):")
         for case, peer, ours in results:

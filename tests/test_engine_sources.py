@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -268,9 +269,12 @@ def test_train_from_a_gguf_with_a_held_out_split_then_eval_the_run(home, gguf_fi
     assert record["reference"]["kind"] == "adapter_disabled"
     assert record["source"]["kind"] == "gguf" and record["beta"] == 0.2
 
-    result = CliRunner().invoke(eval_command, ["--run", str(run), "--data", str(run / "split" / "heldout.jsonl"),
-                                               "--json", "--generations", "1"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = CliRunner().invoke(eval_command, ["--run", str(run), "--data", str(run / "split" / "heldout.jsonl"),
+                                                   "--json", "--generations", "1"])
     assert result.exit_code == 0, result.output
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]  # loading the adapter is quiet
     report = json.loads(result.stdout)
     assert report["beta"] == 0.2 and report["pairs"] == len(heldout)
     assert report["reference_ranking_accuracy"] is not None and "likelihood_displacement" in report

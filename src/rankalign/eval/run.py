@@ -129,7 +129,10 @@ def load_run(run_dir: str, device: str):
     if record["policy"]["adapter"]:
         from peft import PeftModel
 
-        policy = PeftModel.from_pretrained(base(), str(final)).to(device).eval()
+        from rankalign.train.config import peft_quietly
+
+        with peft_quietly():
+            policy = PeftModel.from_pretrained(base(), str(final)).to(device).eval()
     else:
         policy = load_source(str(final), allow_bin=allow_bin).to(device).eval()
     kind = record["reference"]["kind"]

@@ -9,6 +9,7 @@ Unknown keys are errors that name the key, where it was found, and the closest k
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import os
@@ -101,15 +102,22 @@ class PeftConfig:
         """``model`` wrapped in the LoRA adapter of :meth:`lora_config` (``peft.get_peft_model``). PEFT asks
         the model for ``is_gradient_checkpointing``, a name transformers 5 deprecates with a FutureWarning
         on every run; that one warning is silenced here, not rankalign's own or any other."""
-        import warnings
-
         from peft import get_peft_model
 
         lora = self.lora_config(model, **extra)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated",
-                                    category=FutureWarning)
+        with peft_quietly():
             return get_peft_model(model, lora)
+
+
+@contextlib.contextmanager
+def peft_quietly():
+    """Silence the one FutureWarning PEFT triggers on transformers 5 by reading the deprecated
+    ``is_gradient_checkpointing`` (when it wraps a model or loads an adapter); every other warning passes."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 ONLINE_BACKENDS = ("transformers", "vllm")
