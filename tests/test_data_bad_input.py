@@ -317,3 +317,39 @@ def test_an_integer_annotator_reads_the_same_from_every_layout(tmp_path):
     (native,) = read(jsonl(tmp_path / "n.jsonl", [{"candidates": ["a", "b"], "ranks": [0, 1], "annotator": 7.0}])).records
     (pair,) = read(jsonl(tmp_path / "p.jsonl", [_pair_with(annotator=7.0).strip()])).records
     assert native.annotator == pair.annotator == "7"
+
+
+def test_a_key_named_twice_in_a_jsonl_object_is_an_error_naming_it(tmp_path):
+    # json would keep the last value silently: this row would be read as chosen "b" with no sign of "a"
+    path = jsonl(tmp_path / "d.jsonl", [good_pair(0), '{"prompt": "q", "chosen": "a", "rejected": "r", "chosen": "b"}\n'])
+    error = error_of(path)
+    assert (error.path, error.line, error.field, error.reason) == (str(path), 2, "chosen", "duplicate_key")
+    assert "'chosen' appears twice" in str(error)
+    # nested objects are checked too, and the row is counted, not read, under skip_invalid
+    nested = jsonl(tmp_path / "n.jsonl", [good_pair(0), '{"prompt": "q", "chosen": "a", "rejected": "r", '
+                                          '"meta": {"src": 1, "src": 2}}\n', good_pair(2)])
+    result = read(nested, skip_invalid=True)
+    assert len(result) == 2 and dict(result.report.skipped) == {"duplicate_key": 1}
+    assert result.report.problems[0].startswith(f"{nested}:2:")
+
+
+def test_a_key_named_twice_in_a_json_document_row_names_the_row(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text('[{"prompt": "q", "chosen": "a", "rejected": "r"},\n'
+                    ' {"prompt": "q", "chosen": "a", "rejected": "r", "rejected": "s"}]', encoding="utf-8")
+    error = error_of(path)
+    assert (error.line, error.field, error.reason) == (2, "rejected", "duplicate_key")
+    assert len(read(path, skip_invalid=True)) == 1
+    wrapper = tmp_path / "w.json"
+    wrapper.write_text('{"data": [], "data": [{"prompt": "q", "chosen": "a", "rejected": "r"}]}', encoding="utf-8")
+    assert error_of(wrapper, skip_invalid=True).reason == "duplicate_key"  # the document itself is ambiguous
+
+
+def test_a_key_named_twice_in_a_csv_cells_json_names_the_column(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text('prompt,completions\n'
+                    'p,"[{""response"": ""a"", ""score"": 1, ""score"": 5}, {""response"": ""b"", ""score"": 2}]"\n',
+                    encoding="utf-8")
+    error = error_of(path)
+    assert (error.line, error.field, error.reason) == (2, "completions", "duplicate_key")
+    assert "'score' appears twice" in str(error)

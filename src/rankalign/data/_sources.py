@@ -81,11 +81,71 @@ def _decode_line(raw: bytes, path: str, line: int) -> str:
                         path=path, line=line, reason="bad_encoding") from None
 
 
-def loads_json(text: str, path=None, line=None, field=None):
-    """``json.loads`` whose failures are :class:`DataError`: malformed JSON, or nesting too deep to parse
-    (``reason="too_deep"``, instead of a RecursionError that ``--skip-invalid`` could not count)."""
+class _DuplicateKey(Exception):
+    def __init__(self, key: str):
+        self.key = key
+
+
+def _first_repeated(pairs) -> str:
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            return key
+        seen.add(key)
+    raise AssertionError("no repeated key")  # pragma: no cover - only called when there is one
+
+
+def _unique_object(pairs) -> dict:
+    """``object_pairs_hook`` that refuses an object naming a key twice (``json`` would keep the last
+    value silently, so a row could say two things and be read as one)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _DuplicateKey(_first_repeated(pairs))
+    return obj
+
+
+class _MarkedObject(dict):
+    """An object that named a key twice, kept (last value wins) so that the row it is in can be reported."""
+
+    __slots__ = ("repeated",)
+
+
+def _marking_object(pairs) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        obj = _MarkedObject(obj)
+        obj.repeated = _first_repeated(pairs)
+    return obj
+
+
+def _repeated_key(value) -> str | None:
+    """The first key repeated in ``value`` (a document parsed with :func:`_marking_object`), or None."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _MarkedObject):
+            return item.repeated
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
+
+def duplicate_key_error(key: str, path=None, line=None, field=None) -> DataError:
+    """The error for an object naming ``key`` twice; ``field`` (default: the key) is where it was found."""
+    return DataError(f"key {key!r} appears twice in one JSON object (which value is meant is ambiguous)",
+                     path=path, line=line, field=key if field is None else field, reason="duplicate_key")
+
+
+def loads_json(text: str, path=None, line=None, field=None, *, _hook=_unique_object):
+    """``json.loads`` whose failures are :class:`DataError`: malformed JSON, an object that names a key
+    twice (``reason="duplicate_key"``), or nesting too deep to parse (``reason="too_deep"``, instead of a
+    RecursionError that ``--skip-invalid`` could not count)."""
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_hook)
+    except _DuplicateKey as error:
+        raise duplicate_key_error(error.key, path, line, field) from None
     except json.JSONDecodeError as error:
         raise DataError(f"malformed JSON: {error.msg} (column {error.colno})", path=path,
                         line=line if line is not None or path is None else error.lineno, field=field,
@@ -129,7 +189,9 @@ def _read_text(path: str) -> str:
 def iter_json(path: str) -> Iterator[tuple[int, dict | BadRow]]:
     """A JSON document: a list of objects, or an object holding one under ``"data"`` or ``"records"``."""
     text = _read_text(path)
-    document = loads_json(text, path)
+    document = loads_json(text, path, _hook=_marking_object)
+    if isinstance(document, _MarkedObject):
+        raise duplicate_key_error(document.repeated, path)
     if isinstance(document, dict):
         for key in ("data", "records", "rows"):
             if isinstance(document.get(key), list):
@@ -144,6 +206,8 @@ def iter_json(path: str) -> Iterator[tuple[int, dict | BadRow]]:
         if not isinstance(row, dict):
             yield row_number, BadRow(DataError(f"expected an object, got {type(row).__name__}", path=path,
                                                line=row_number, reason="bad_type"))
+        elif (repeated := _repeated_key(row)) is not None:
+            yield row_number, BadRow(duplicate_key_error(repeated, path, row_number))
         else:
             yield row_number, row
 

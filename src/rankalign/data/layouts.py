@@ -21,6 +21,7 @@ from collections.abc import Mapping
 
 from rankalign.errors import UsageError
 
+from ._sources import _DuplicateKey, _unique_object, duplicate_key_error
 from .errors import DataError
 from .records import Judgment, RankedList, _annotator_id
 
@@ -333,7 +334,9 @@ def _decode_json_field(value, field: str):
     """Nested values arrive as JSON text from CSV (and from our own Parquet files)."""
     if isinstance(value, str):
         try:
-            return json.loads(value)
+            return json.loads(value, object_pairs_hook=_unique_object)
+        except _DuplicateKey as error:
+            raise duplicate_key_error(error.key, field=field) from None
         except json.JSONDecodeError as error:
             shown = value if len(value) <= 40 else value[:37] + "..."
             raise DataError(f"expected a list (or, in a CSV cell, its JSON text), got the string {shown!r} "
