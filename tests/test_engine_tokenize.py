@@ -85,6 +85,23 @@ def test_all_unranked_record_is_dropped_and_counted(words):
     assert lists == [] and report.rows_dropped == {"no_ranked_candidates": 1} and report.candidates_unranked == 2
 
 
+def test_lists_without_a_strictly_ordered_pair_are_kept_and_counted(words):
+    records = [
+        RankedList(prompt="one", candidates=["yes", "no"], ranks=[0, 1]),
+        RankedList(prompt="one", candidates=["yes"], ranks=[0]),                       # nothing to compare
+        RankedList(prompt="one", candidates=["yes", "no", "one"], ranks=[1, 1, 1]),    # all tied
+        RankedList(prompt="one", candidates=["yes", "no"], ranks=[0, None]),           # one ranked candidate
+        RankedList(prompt="one", candidates=["yes", "no", "one"], ranks=[0, None, 0]),  # ranked ones tied
+    ]
+    lists, report = tokenize_records(words, records)
+    assert len(lists) == 5 and report.dropped == 0
+    assert report.unordered_lists == {"one_candidate": 2, "all_tied": 2}
+    assert "4 lists hold no strictly ordered pair (2 all tied, 2 one candidate)" in str(report)
+    assert report.to_dict()["unordered_lists"] == {"one_candidate": 2, "all_tied": 2}
+    _, ordered = tokenize_records(words, records[:1])
+    assert ordered.unordered_lists == {} and "strictly ordered" not in str(ordered)
+
+
 def test_chat_template_boundary_and_eos(bpe):
     prompt = [{"role": "system", "content": "alpha"}, {"role": "user", "content": "one two"}]
     record = RankedList(prompt=prompt, candidates=["three four", [{"role": "assistant", "content": "yes"}]],

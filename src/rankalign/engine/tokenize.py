@@ -92,6 +92,11 @@ class TruncationReport:
         Plain-text responses whose first token would merge with the prompt when encoded together.
     rows_dropped : Counter
         Dropped records by reason (``"empty_response"``, ``"no_ranked_candidates"``).
+    unordered_lists : Counter
+        Lists kept although no two of their ranked candidates are strictly ordered (``"one_candidate"``,
+        ``"all_tied"``). They are trained on (they still cost a forward pass), but objectives built on strictly
+        ordered pairs (``dpo`` and the pairwise family, ``pl_dpo``, ``lipo_lambda``) give them zero loss; tie-
+        and score-aware ones (``listnet``, ``sppo``, ``pro``, ``davidson_reward``) do learn from tied lists.
     """
 
     rows_seen: int = 0
@@ -103,6 +108,7 @@ class TruncationReport:
     candidates_unranked: int = 0
     boundary_merges: int = 0
     rows_dropped: Counter = field(default_factory=Counter)
+    unordered_lists: Counter = field(default_factory=Counter)
 
     @property
     def dropped(self) -> int:
@@ -114,6 +120,7 @@ class TruncationReport:
                                              "responses_truncated", "prompt_tokens_cut", "response_tokens_cut",
                                              "candidates_unranked", "boundary_merges")}
         out["rows_dropped"] = dict(self.rows_dropped)
+        out["unordered_lists"] = dict(self.unordered_lists)
         return out
 
     def __str__(self) -> str:
@@ -128,6 +135,10 @@ class TruncationReport:
             lines.append(f"  {count} records dropped: {reason}")
         if self.candidates_unranked:
             lines.append(f"  {self.candidates_unranked} unranked candidates left out")
+        if self.unordered_lists:
+            parts = ", ".join(f"{count} {reason.replace('_', ' ')}" for reason, count in sorted(self.unordered_lists.items()))
+            lines.append(f"  {sum(self.unordered_lists.values())} lists hold no strictly ordered pair ({parts}): "
+                         "pair-based objectives such as dpo and pl_dpo give them zero loss")
         if self.boundary_merges:
             lines.append(f"  {self.boundary_merges} responses would merge with the prompt at the boundary "
                          "(encoded separately)")
@@ -318,6 +329,8 @@ def tokenize_records(tokenizer, records: Iterable, *, max_prompt_tokens: int | N
             ranks = [dense[i] for i in keep]
             scores = None if record.scores is None else [_grade(record.scores[i]) for i in keep]
             label = None
+            if len(set(ranks)) < 2:
+                report.unordered_lists["one_candidate" if len(ranks) == 1 else "all_tied"] += 1
             names = [f"candidates[{i}]" for i in keep]
         plan = _plan_record(tokenizer, record, index, candidates, names, encoder, check_boundary)
         pending.append((index, record, names, ranks, scores, label, plan))
