@@ -319,6 +319,15 @@ def test_an_integer_annotator_reads_the_same_from_every_layout(tmp_path):
     assert native.annotator == pair.annotator == "7"
 
 
+@pytest.mark.parametrize("blank", ["", "   "])
+def test_a_blank_annotator_is_no_annotator_in_every_layout(tmp_path, blank):
+    # not a distinct annotator named "" that every unlabelled row would share
+    (native,) = read(jsonl(tmp_path / "n.jsonl", [{"candidates": ["a", "b"], "ranks": [0, 1], "annotator": blank}])).records
+    (pair,) = read(jsonl(tmp_path / "p.jsonl", [_pair_with(annotator=blank).strip()])).records
+    assert native.annotator is None and pair.annotator is None
+    assert RankedList(candidates=["a", "b"], ranks=[0, 1], annotator=blank).annotator is None
+
+
 def test_a_key_named_twice_in_a_jsonl_object_is_an_error_naming_it(tmp_path):
     # json would keep the last value silently: this row would be read as chosen "b" with no sign of "a"
     path = jsonl(tmp_path / "d.jsonl", [good_pair(0), '{"prompt": "q", "chosen": "a", "rejected": "r", "chosen": "b"}\n'])

@@ -97,9 +97,10 @@ def _finite_float(value, field_name: str) -> float:
 
 def _annotator_id(value) -> str | None:
     """An annotator id as text: a string, or an integer (``7`` -> ``"7"``, also ``7.0`` from a float column);
-    a mapping, a list or a boolean is refused rather than stored as its repr."""
+    a blank string is no annotator (as an empty CSV cell is, in every layout); a mapping, a list or a
+    boolean is refused rather than stored as its repr."""
     if value is None or isinstance(value, str):
-        return value
+        return value if value is None or value.strip() else None
     import numpy as np
 
     if isinstance(value, (bool, np.bool_)):
