@@ -125,3 +125,48 @@ def test_wrapping_in_lora_does_not_pass_on_peft_s_deprecation_warning():
     adapted = sorted({name.split(".layers.")[1].split(".")[0] for name, p in model.named_parameters()
                       if p.requires_grad})
     assert adapted == ["1"]  # top_layers=1 of 2: only the last block carries the adapter
+
+
+@pytest.mark.parametrize("assignment, message", [
+    ("seed=-1", r"seed must be in \[0, 2\*\*32\), got -1"),
+    ("seed=4294967296", r"seed must be in \[0, 2\*\*32\)"),
+    ("lr=nan", "lr must be > 0, got nan"),
+    ("weight_decay=-0.1", "weight_decay must be >= 0"),
+    ("max_grad_norm=-1", "max_grad_norm must be >= 0"),
+    ("max_records=-4", "max_records must be >= 0, got -4"),
+    ("save_steps=-1", "save_steps must be >= 0"),
+    ("max_tokens_per_row=0", "max_tokens_per_row must be >= 1 or null, got 0"),
+])
+def test_shared_optimisation_settings_are_checked_for_policy_and_reward_configs(tmp_path, assignment, message):
+    # before: the reward config took these and failed later inside torch (or not at all: a negative
+    # max_grad_norm trained without clipping)
+    from rankalign.train.reward import RewardTrainConfig
+
+    path = write(tmp_path, "data: x.jsonl\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(path, [assignment])
+    with pytest.raises(ConfigError, match=message):
+        load_config(path, [assignment], cls=RewardTrainConfig)
+
+
+@pytest.mark.parametrize("assignment, message", [
+    ("lr_scheduler=cosine_with_restart", "lr_scheduler: unknown name 'cosine_with_restart'"),
+    ("optimizer=adamw", "optimizer: unknown name 'adamw'"),
+    ("max_steps=-3", "max_steps must be > 0, or -1"),
+    ("epochs=-1", "epochs must be >= 0"),
+    ("eval_split_seed=-2", r"eval_split_seed must be in \[0, 2\*\*32\)"),
+])
+def test_policy_schedule_and_optimiser_names_are_checked_before_training(tmp_path, assignment, message):
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_config(write(tmp_path, "data: x.jsonl\nmax_steps: 4\n"), [assignment])
+    if "cosine_with_restart" in assignment:
+        assert caught.value.hint == "did you mean 'cosine_with_restarts'?"
+    for good in ("lr_scheduler=cosine_with_min_lr", "optimizer=adamw_torch_fused", "max_steps=-1", "seed=4294967295"):
+        load_config(write(tmp_path, "data: x.jsonl\nmax_steps: 4\n"), [good])
+
+
+def test_reward_loss_params_are_checked_against_the_objective(tmp_path):
+    from rankalign.train.reward import RewardTrainConfig
+
+    with pytest.raises(ConfigError, match="objective 'bt_reward' has no parameter 'nope'"):
+        load_config(write(tmp_path, "data: x.jsonl\n"), ["loss_params.nope=1"], cls=RewardTrainConfig)

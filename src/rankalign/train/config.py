@@ -289,17 +289,18 @@ class TrainConfig:
         need(self.batch_size >= 1 and self.gradient_accumulation >= 1,
              "batch_size and gradient_accumulation must be >= 1")
         need(self.max_steps > 0 or (math.isfinite(self.epochs) and self.epochs > 0), "set epochs > 0 or max_steps > 0")
+        need(self.max_steps >= -1, f"max_steps must be > 0, or -1 to train for `epochs`, got {self.max_steps}")
+        need(math.isfinite(self.epochs) and self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}")
+        _check_transformers_name("lr_scheduler", self.lr_scheduler, _SCHEDULERS, "SchedulerType")
+        _check_transformers_name("optimizer", self.optimizer, _OPTIMIZERS, "OptimizerNames")
         need(self.bf16 in ("auto", True, False), f"bf16 must be auto, true or false, got {self.bf16!r}")
-        need(math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr}")
         need(0.0 <= self.eval_split < 1.0, f"eval_split must be in [0, 1), got {self.eval_split}")
-        need(math.isfinite(self.weight_decay) and self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
-        need(math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0,
-             f"max_grad_norm must be >= 0 (0 turns clipping off), got {self.max_grad_norm}")
-        for name in ("max_records", "warmup_steps", "save_steps"):
+        check_optimisation(self)
+        for name in ("warmup_steps",):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("logging_steps", "tokenizer_vocab_size"):
             need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_prompt_tokens", "max_response_tokens", "max_tokens_per_row", "save_total_limit"):
+        for name in ("max_prompt_tokens", "max_response_tokens", "save_total_limit"):
             value = getattr(self, name)
             need(value is None or value >= 1, f"{name} must be >= 1 or null, got {value}")
         self.peft.validate()
@@ -324,6 +325,67 @@ class TrainConfig:
             objective.check_params(self.loss_params, "loss_params")
         except UsageError as error:
             raise ConfigError(str(error), hint=error.hint) from None
+
+
+def check_optimisation(config) -> None:
+    """The settings a policy run (:class:`TrainConfig`) and a reward run share, each in its range, or a
+    :class:`ConfigError` naming it: ``lr`` > 0 and finite; ``weight_decay`` and ``max_grad_norm`` (0 or null:
+    no clipping) >= 0 and finite; ``seed`` (and ``split_seed``) in [0, 2**32), the range torch and numpy
+    seed with; ``max_records`` and ``save_steps`` >= 0; ``max_tokens_per_row`` >= 1 or null."""
+    import math
+
+    def number(name):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        return value
+
+    lr = number("lr")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"lr must be > 0, got {lr}")
+    if not (math.isfinite(number("weight_decay")) and config.weight_decay >= 0):
+        raise ConfigError(f"weight_decay must be >= 0, got {config.weight_decay}")
+    clip = config.max_grad_norm
+    if clip is not None and not (math.isfinite(number("max_grad_norm")) and clip >= 0):
+        raise ConfigError(f"max_grad_norm must be >= 0 (0 turns clipping off), got {clip}")
+    for name in ("seed", "split_seed", "eval_split_seed"):
+        value = getattr(config, name, 0)
+        if not 0 <= value < 2**32:
+            raise ConfigError(f"{name} must be in [0, 2**32), got {value}")
+    for name in ("max_records", "save_steps"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{name} must be >= 0, got {getattr(config, name)}")
+    rows = config.max_tokens_per_row
+    if rows is not None and rows < 1:
+        raise ConfigError(f"max_tokens_per_row must be >= 1 or null, got {rows}")
+
+
+# The names transformers' TrainingArguments took when this was written; a name outside them is looked up in
+# the installed transformers (whose import takes seconds) before it is refused.
+_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+               "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay")
+_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adagrad", "rmsprop", "adamw_8bit",
+               "adamw_bnb_8bit", "lion_8bit", "lion_32bit", "paged_adamw_32bit", "paged_adamw_8bit")
+
+
+def _check_transformers_name(key: str, value: str, known: tuple[str, ...], enum_name: str) -> None:
+    """``value`` is a name of transformers' ``enum_name`` (``SchedulerType``, ``OptimizerNames``), or a
+    :class:`ConfigError` naming ``key`` with the close matches."""
+    if value in known:
+        return
+    names = list(known)
+    try:
+        from transformers import trainer_utils, training_args
+
+        enum = getattr(trainer_utils, enum_name, None) or getattr(training_args, enum_name)
+        names = [member.value for member in enum]
+    except (ImportError, AttributeError):  # pragma: no cover - transformers is a core dependency
+        pass
+    if value in names:
+        return
+    close = difflib.get_close_matches(str(value), names, n=3)
+    raise ConfigError(f"{key}: unknown name {value!r}; known: {', '.join(names)}",
+                      hint=f"did you mean {close[0]!r}?" if close else None)
 
 
 # ------------------------------------------------------------------------------------------ conversion

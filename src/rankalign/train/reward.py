@@ -34,7 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, PeftConfig, config_to_dict, save_config
+from rankalign.errors import UsageError
+
+from .config import ConfigError, PeftConfig, check_optimisation, config_to_dict, save_config
 from .run import split_by_prompt
 
 __all__ = ["RewardTrainConfig", "run_reward_config", "split_by_prompt", "load_backbone"]
@@ -133,8 +135,7 @@ class RewardTrainConfig:
             raise ConfigError("epochs and batch_size must be >= 1")
         if self.micro_batch_tokens is not None and self.micro_batch_tokens < 1:
             raise ConfigError(f"micro_batch_tokens must be >= 1 or null, got {self.micro_batch_tokens}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        check_optimisation(self)
         if self.lr_scheduler not in ("constant", "linear"):
             raise ConfigError(f"lr_scheduler must be constant or linear, got {self.lr_scheduler!r}")
         if not 0.0 <= self.warmup_ratio < 1.0:
@@ -168,6 +169,10 @@ class RewardTrainConfig:
                 raise ConfigError(f"objective {self.objective!r} is a {family} objective; reward models take "
                                   f"{', '.join(n for n in losses.names() if losses.get(n).family == 'reward')}"
                                   " or general_preference")
+            try:
+                losses.get(self.objective).check_params(self.loss_params, "loss_params")
+            except UsageError as error:
+                raise ConfigError(str(error), hint=error.hint) from None
 
 
 # ---------------------------------------------------------------------------------------------- data
