@@ -124,6 +124,15 @@ def test_malformed_json_and_wrong_content_type(arena):
     big = client.post("/api/votes", content=b"{" + b" " * 70_000 + b"}",
                       headers={**auth(tokens["alice"]), "Content-Type": "application/json"})
     assert big.status_code == 413
+    headers = {**auth(tokens["alice"]), "Content-Type": "application/json"}
+    # nested deeper than json can parse (within the size limit): a 422, not a server error
+    deep = client.post("/api/votes", content=b"[" * 30_000 + b"]" * 30_000, headers=headers)
+    assert deep.status_code == 422 and "nested too deeply" in deep.text
+    # a key named twice would let the last "ranks" win silently
+    twice = client.post("/api/votes", headers=headers, content=json.dumps(
+        {"prompt": PROMPTS[0], "candidates": ["model-a", "model-b"], "ranks": [0, 1]})[:-1].encode() + b', "ranks": [1, 0]}')
+    assert twice.status_code == 422 and twice.json()["field"] == "ranks"
+    assert client.get("/api/health").json()["votes"] == 0
 
 
 def test_quota(arena):

@@ -33,6 +33,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from rankalign.data._sources import loads_json
 from rankalign.data.errors import DataError
 from rankalign.data.readers import write
 from rankalign.data.records import RankedList
@@ -327,9 +328,11 @@ async def post_vote(request: Request):
     if len(body) > MAX_BODY:
         return _error(413, f"body larger than {MAX_BODY} bytes")
     try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        payload = loads_json(body.decode("utf-8"))
+    except UnicodeDecodeError as error:
         return _error(422, f"malformed JSON: {error}")
+    except DataError as error:  # malformed, nested too deeply, or a key named twice
+        return _error(422, error.message, error.field)
     try:
         vote = validate_vote(payload, arena.content)
     except VoteError as error:
