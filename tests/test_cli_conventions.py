@@ -54,6 +54,23 @@ def test_layout_has_the_same_choices_everywhere():
     assert found >= 7
 
 
+def test_every_float_option_refuses_nan_and_inf(tmp_path):
+    # click's FloatRange lets nan through any bound; a NaN prior reached the fit as a FloatingPointError
+    floats = [(path, option) for path, command in leaves().items() for option in command.params
+              if isinstance(option.type, click.types.FloatParamType)]
+    assert len(floats) >= 10
+    for _, option in floats:
+        with pytest.raises(click.BadParameter, match="not a finite number"):
+            option.type.convert("nan", option, None)
+        for bad in ("inf", "-inf"):  # out of a bounded range, or not finite
+            with pytest.raises(click.BadParameter):
+                option.type.convert(bad, option, None)
+    data = tmp_path / "w.csv"
+    data.write_text("winner,loser\na,b\nb,c\nc,a\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["rate", str(data), "--prior", "nan"])
+    assert result.exit_code == 2 and "'nan' is not a finite number" in result.output
+
+
 def test_one_output_convention_and_no_ambiguous_model_option():
     for path, command in leaves().items():
         names = {opt for option in visible_options(command) for opt in option.opts}

@@ -10,6 +10,7 @@ spelling, one help text and one set of choices everywhere:
 * reports: ``--json`` prints one JSON object to stdout instead of a table;
 * truncation: ``--max-prompt-tokens`` (cut from the left) and ``--max-response-tokens`` (cut from the
   right), in tokens;
+* numbers: :class:`FiniteFloat` (a ``click.FloatRange`` that also refuses ``nan`` and ``inf``);
 * a renamed option keeps its old spelling as a hidden alias that still works and warns
   (:func:`deprecated_option`, :func:`resolve_deprecated`).
 
@@ -18,11 +19,24 @@ Importing this module needs only click (no torch).
 
 from __future__ import annotations
 
+import math
+
 import click
 
 from rankalign.data.layouts import LAYOUTS
 
 FORMATS = ("jsonl", "json", "csv", "parquet", "preflib", "dataset_dir")
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option within an optional range that must also be finite: ``click.FloatRange`` alone lets
+    ``nan`` through every bound (no comparison with NaN is true) and ``inf`` through an open upper end."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 def layout_option(f):

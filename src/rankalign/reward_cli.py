@@ -27,6 +27,7 @@ import sys
 import click
 
 from rankalign._cli import (
+    FiniteFloat,
     data_options,
     deprecated_option,
     device_option,
@@ -128,7 +129,7 @@ def reward():
 @output_option("the run folder (shorthand for --set output_dir=...; the model goes to OUTPUT/final)", file=False)
 @click.option("--objective", default=None, help="Shorthand for --set objective=...")
 @click.option("--epochs", default=None, type=click.IntRange(min=1), help="Shorthand for --set epochs=...")
-@click.option("--lr", default=None, type=float, help="Shorthand for --set lr=...")
+@click.option("--lr", default=None, type=FiniteFloat(min=0.0, min_open=True), help="Shorthand for --set lr=...")
 @click.option("--batch-size", default=None, type=click.IntRange(min=1), help="Shorthand for --set batch_size=...")
 @_max_tokens_options
 @click.option("--skip-invalid", is_flag=True, help="Shorthand for --set data_options.skip_invalid=true.")
@@ -211,7 +212,7 @@ def train_command(config_or_data, overrides, backbone, legacy_model, output, obj
 @_with_read_options
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1), help="Lists per forward pass.")
 @_max_tokens_options
-@click.option("--conservative-k", default=1.0, show_default=True, type=float,
+@click.option("--conservative-k", default=1.0, show_default=True, type=FiniteFloat(),
               help="Ensembles: the conservative score is mean - k * std.")
 @json_option
 def score_command(model_dir, data, output, layout, mapping, outcomes, skip_invalid, file_format, max_records, rank_by,
@@ -269,7 +270,7 @@ def score_command(model_dir, data, output, layout, mapping, outcomes, skip_inval
               help="Per-group accuracy by annotator or by a meta field.")
 @click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
               help="Write the reliability diagram (PNG).")
-@click.option("--tie-margin", default=0.1, show_default=True, type=float,
+@click.option("--tie-margin", default=0.1, show_default=True, type=FiniteFloat(min=0.0, max=0.5),
               help="A data tie counts as right when |P(i > j) - 1/2| < this.")
 @click.option("--bins", default=10, show_default=True, type=click.IntRange(min=1), help="Calibration bins.")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1), help="Lists per forward pass.")

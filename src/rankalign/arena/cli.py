@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from rankalign._cli import deprecated_option, output_option, resolve_deprecated
+from rankalign._cli import FiniteFloat, deprecated_option, output_option, resolve_deprecated
 from rankalign.data.errors import DataError
 
 from .sampling import SAMPLERS
@@ -78,9 +78,9 @@ def add_annotator_command(name, url, admin, quota):
               help="info: expected information gain; ucb: K-Sort-style UCB match-making; uniform: at random.")
 @click.option("--k", type=click.IntRange(2, 8), default=2, show_default=True,
               help="Candidates per task by default (the vote page and /api/next?k= can ask for others).")
-@click.option("--prior", type=click.FloatRange(min=0.0), default=0.01, show_default=True,
+@click.option("--prior", type=FiniteFloat(min=0.0), default=0.01, show_default=True,
               help="Leaderboard prior: the same numbers as `rankalign rate EXPORT --prior ALPHA --json`.")
-@click.option("--rate-limit", "per_minute", type=click.FloatRange(min=0.0), default=120.0, show_default=True,
+@click.option("--rate-limit", "per_minute", type=FiniteFloat(min=0.0), default=120.0, show_default=True,
               help="Requests per minute per token (0: no limit).")
 @click.option("--burst", type=click.IntRange(min=1), default=60, show_default=True,
               help="Requests a token may make at once before the rate limit applies.")
@@ -136,13 +136,13 @@ def export(url, legacy_out, output, form):
               help="Votes per simulated run.")
 @click.option("--repeats", type=click.IntRange(min=1), default=20, show_default=True,
               help="Independent simulated worlds (the same ones for every sampler).")
-@click.option("--spread", type=click.FloatRange(min=0.0), default=1.0, show_default=True,
+@click.option("--spread", type=FiniteFloat(min=0.0), default=1.0, show_default=True,
               help="Standard deviation of the gold utilities.")
-@click.option("--temperature", type=click.FloatRange(min=1e-6), default=1.0, show_default=True,
+@click.option("--temperature", type=FiniteFloat(min=1e-6), default=1.0, show_default=True,
               help="Annotator noise: the temperature of the Plackett-Luce choice.")
 @click.option("--targets", default="0.8,0.9", show_default=True, help="Kendall tau levels to report.")
 @click.option("--samplers", default=",".join(SAMPLERS), show_default=True, help="Comma-separated samplers to compare.")
-@click.option("--exploration", type=click.FloatRange(min=0.0), default=1.0, show_default=True,
+@click.option("--exploration", type=FiniteFloat(min=0.0), default=1.0, show_default=True,
               help="c of the ucb sampler's bonus c * sigma.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the simulation.")
 @output_option("study.json, study.md and study.png (a folder)", file=False, default="arena_study", show_default=True)

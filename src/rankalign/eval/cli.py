@@ -10,6 +10,7 @@ import json
 import click
 
 from rankalign._cli import (
+    FiniteFloat,
     data_options,
     deprecated_option,
     device_option,
@@ -41,10 +42,10 @@ from .run import evaluate_policy, report_of
 @click.option("--data", "data_path", required=True, type=click.Path(exists=True),
               help="Preference file (JSONL, JSON, CSV, Parquet; any layout rankalign reads).")
 @data_options
-@click.option("--beta", default=None, type=float,
+@click.option("--beta", default=None, type=FiniteFloat(min=0.0, min_open=True),
               help="KL coefficient the policy was trained with [default: 0.1, or the run's].")
 @click.option("--alpha-field", help="Record meta field (or per-candidate score attribute) with the true preference rate.")
-@click.option("--alpha", "alpha_constant", type=click.FloatRange(0.0, 1.0),
+@click.option("--alpha", "alpha_constant", type=FiniteFloat(0.0, 1.0),
               help="One true preference rate for every pair (when the data has none).")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Lists per forward pass.")
 @truncation_options

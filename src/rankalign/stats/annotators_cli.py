@@ -19,7 +19,14 @@ import click
 import numpy as np
 
 from rankalign._atomic import atomic_write
-from rankalign._cli import json_option, layout_option, map_option, outcomes_option, skip_invalid_option
+from rankalign._cli import (
+    FiniteFloat,
+    json_option,
+    layout_option,
+    map_option,
+    outcomes_option,
+    skip_invalid_option,
+)
 from rankalign._escape import for_csv, for_terminal
 from rankalign.data.errors import DataError
 
@@ -207,7 +214,7 @@ def _write_report_plot(report, path, title):
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--model", type=click.Choice(["bt", "pl"]), default="bt", show_default=True,
               help="Rating model under the flip noise: bt (every pair a judgment implies) or pl (rankings).")
-@click.option("--prior", type=click.FloatRange(min=0.0), default=A.DEFAULT_PRIOR, show_default=True,
+@click.option("--prior", type=FiniteFloat(min=0.0), default=A.DEFAULT_PRIOR, show_default=True,
               help="MAP penalty ALPHA * sum(theta^2) of the item ratings.")
 @click.option("--flip-prior", default="0,0", show_default=True, metavar="FLIPS,KEEPS",
               help="Pseudo-counts added to every annotator's flipped and kept judgments (MAP under a Beta prior); "

@@ -20,6 +20,7 @@ import numpy as np
 
 from rankalign._atomic import atomic_write
 from rankalign._cli import (
+    FiniteFloat,
     deprecated_option,
     json_option,
     layout_option,
@@ -400,14 +401,14 @@ def _print_notes(notes):
 @click.option("--covariate", "covariates", multiple=True, metavar="COLUMN",
               help="A numeric column holding x_first - x_second for each comparison (repeatable): contextual "
                    "Bradley-Terry, logit = theta_a - theta_b + w^T x, as arena style control; w is reported.")
-@click.option("--prior", type=click.FloatRange(min=0.0, max=MAX_PRIOR), default=0.0, show_default=True,
+@click.option("--prior", type=FiniteFloat(min=0.0, max=MAX_PRIOR), default=0.0, show_default=True,
               help="MAP with penalty ALPHA * sum(theta^2) (Gaussian prior with variance 1/(2 ALPHA)).")
-@click.option("--npseudo", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
+@click.option("--npseudo", type=FiniteFloat(min=0.0), default=0.0, show_default=True,
               help="pl only: pseudo wins and losses against a hypothetical item at 0 (R PlackettLuce's default is 0.5).")
 @click.option("--ties", type=click.Choice(["top-k", "davidson-luce"]), default="top-k", show_default=True,
               help="pl only: top-k reads a bottom group of several items as unordered (a best-of-K choice) and "
                    "rejects other ties; davidson-luce reads every group as a tie (R PlackettLuce's model).")
-@click.option("--level", type=click.FloatRange(0.5, 0.999), default=0.95, show_default=True,
+@click.option("--level", type=FiniteFloat(0.5, 0.999), default=0.95, show_default=True,
               help="Confidence level of the intervals.")
 @layout_option
 @map_option
