@@ -204,7 +204,9 @@ class TrainConfig:
     Optimisation
         ``batch_size``: lists per device per micro-step; ``gradient_accumulation``: micro-steps per
         optimiser step (the global batch is ``batch_size * gradient_accumulation * processes`` lists);
-        ``lr``, ``optimizer`` (a TrainingArguments ``optim`` name), ``weight_decay``, ``warmup_steps``, ``lr_scheduler``, ``max_grad_norm``;
+        ``lr``, ``optimizer`` (a TrainingArguments ``optim`` name of :data:`OPTIMIZERS`, or of bitsandbytes
+        when it is installed), ``weight_decay``, ``warmup_steps``, ``lr_scheduler`` (one of :data:`SCHEDULERS`),
+        ``max_grad_norm``;
         ``epochs`` or ``max_steps`` (> 0 wins); ``seed`` fixes initialisation and the data order.
     """
 
@@ -291,8 +293,8 @@ class TrainConfig:
         need(self.max_steps > 0 or (math.isfinite(self.epochs) and self.epochs > 0), "set epochs > 0 or max_steps > 0")
         need(self.max_steps >= -1, f"max_steps must be > 0, or -1 to train for `epochs`, got {self.max_steps}")
         need(math.isfinite(self.epochs) and self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}")
-        _check_transformers_name("lr_scheduler", self.lr_scheduler, _SCHEDULERS, "SchedulerType")
-        _check_transformers_name("optimizer", self.optimizer, _OPTIMIZERS, "OptimizerNames")
+        _check_name("lr_scheduler", self.lr_scheduler, SCHEDULERS)
+        _check_optimizer(self.optimizer)
         need(self.bf16 in ("auto", True, False), f"bf16 must be auto, true or false, got {self.bf16!r}")
         need(0.0 <= self.eval_split < 1.0, f"eval_split must be in [0, 1), got {self.eval_split}")
         check_optimisation(self)
@@ -360,32 +362,35 @@ def check_optimisation(config) -> None:
         raise ConfigError(f"max_tokens_per_row must be >= 1 or null, got {rows}")
 
 
-# The names transformers' TrainingArguments took when this was written; a name outside them is looked up in
-# the installed transformers (whose import takes seconds) before it is refused.
-_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
-               "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay")
-_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adagrad", "rmsprop", "adamw_8bit",
-               "adamw_bnb_8bit", "lion_8bit", "lion_32bit", "paged_adamw_32bit", "paged_adamw_8bit")
+# transformers' schedules that run from max_steps and warmup_steps alone (others need an eval loop, as
+# reduce_lr_on_plateau, or extra arguments, as cosine_with_min_lr and warmup_stable_decay)
+SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
+              "inverse_sqrt")
+# transformers' optimisers that need nothing beyond torch; those of bitsandbytes need that package
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adagrad", "rmsprop")
+BITSANDBYTES_OPTIMIZERS = ("adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "lion_8bit",
+                           "lion_32bit", "paged_lion_8bit", "paged_lion_32bit")
 
 
-def _check_transformers_name(key: str, value: str, known: tuple[str, ...], enum_name: str) -> None:
-    """``value`` is a name of transformers' ``enum_name`` (``SchedulerType``, ``OptimizerNames``), or a
+def _check_name(key: str, value, known: tuple[str, ...], extra: tuple[str, ...] = ()) -> None:
+    """``value`` is one of ``known`` (or of ``extra``, listed only in the message), else a
     :class:`ConfigError` naming ``key`` with the close matches."""
-    if value in known:
+    if value in known or value in extra:
         return
-    names = list(known)
-    try:
-        from transformers import trainer_utils, training_args
-
-        enum = getattr(trainer_utils, enum_name, None) or getattr(training_args, enum_name)
-        names = [member.value for member in enum]
-    except (ImportError, AttributeError):  # pragma: no cover - transformers is a core dependency
-        pass
-    if value in names:
-        return
-    close = difflib.get_close_matches(str(value), names, n=3)
-    raise ConfigError(f"{key}: unknown name {value!r}; known: {', '.join(names)}",
+    names = known + extra
+    close = difflib.get_close_matches(str(value), names, n=1)
+    raise ConfigError(f"{key}: {value!r} is not one of {', '.join(names)}",
                       hint=f"did you mean {close[0]!r}?" if close else None)
+
+
+def _check_optimizer(value) -> None:
+    _check_name("optimizer", value, OPTIMIZERS, BITSANDBYTES_OPTIMIZERS)
+    if value in BITSANDBYTES_OPTIMIZERS:
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ConfigError(f"optimizer {value!r} needs the bitsandbytes package, which is not installed",
+                              hint="pip install bitsandbytes (a GPU package), or use adamw_torch")
 
 
 # ------------------------------------------------------------------------------------------ conversion
