@@ -362,3 +362,13 @@ def test_a_key_named_twice_in_a_csv_cells_json_names_the_column(tmp_path):
     error = error_of(path)
     assert (error.line, error.field, error.reason) == (2, "completions", "duplicate_key")
     assert "'score' appears twice" in str(error)
+
+
+def test_a_row_of_another_layout_says_the_file_mixes_layouts(tmp_path):
+    rows = [{"prompt": "p", "candidates": ["a", "b"], "ranks": [0, 1]}, good_pair(1)]
+    error = error_of(jsonl(tmp_path / "m.jsonl", rows))
+    assert (error.line, error.field, error.reason) == (2, "chosen", "unknown_field")
+    assert "this row has the columns of the 'pairs' layout, while the file is read as 'rankedlist'" in str(error)
+    # a row that fits no layout keeps the plain message
+    error = error_of(jsonl(tmp_path / "p.jsonl", [good_pair(0), {"prompt": "q", "chosen": "only one"}]))
+    assert "layout" not in error.message and error.reason == "missing_field"

@@ -260,6 +260,23 @@ def row_to_record(row: dict, ctx: RowContext):
         return _CONVERTERS[ctx.layout](row, ctx)
     except RecursionError:  # a value nested thousands deep (hostile input): a counted, skippable row error
         raise DataError("a value is nested too deeply to read", reason="too_deep") from None
+    except DataError as error:
+        if error.reason not in ("unknown_field", "missing_field"):
+            raise
+        own = _row_layout(row)
+        if own is None or own == ctx.layout:
+            raise
+        raise DataError(f"{error.message} (this row has the columns of the {own!r} layout, while the file is read "
+                        f"as {ctx.layout!r}: a file holds one layout)", field=error.field, reason=error.reason,
+                        hint=error.hint) from None
+
+
+def _row_layout(row: dict) -> str | None:
+    """The layout one row's present columns fit on their own, or None."""
+    try:
+        return detect_layout([key for key, value in row.items() if not _missing(value)])
+    except DataError:
+        return None
 
 
 def _require(row, column, ctx, *, text=False):
