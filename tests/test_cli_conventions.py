@@ -192,3 +192,27 @@ def test_rank_by_an_attribute_or_the_overall_score(tmp_path):
                                            "--rank-by", key])
         assert result.exit_code == 0, result.output
         assert json.loads(out.read_text())["chosen"] == chosen, key
+
+
+def test_no_command_writes_over_its_input_file(tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"q{i}", "chosen": f"a{i}", "rejected": f"b{i}"}) + "\n"
+                            for i in range(3)), encoding="utf-8")
+    comparisons = tmp_path / "w.csv"
+    comparisons.write_text("winner,loser\na,b\nb,c\nc,a\n", encoding="utf-8")
+    before = {path: path.read_bytes() for path in (data, comparisons)}
+    calls = [
+        ["data", "convert", str(data), "-o", str(data), "--to", "lists"],
+        ["rate", str(comparisons), "--csv", str(comparisons)],
+        ["annotators", str(comparisons), "--csv", str(comparisons)],
+        ["eval", "--policy", "tiny:llama", "--data", str(data), "-o", str(data)],
+        ["reward", "score", str(tmp_path), str(data), "-o", str(data)],
+    ]
+    for args in calls:
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "is the input file" in result.output, (args, result.output)
+    assert {path: path.read_bytes() for path in before} == before
+    # another path is fine
+    assert CliRunner().invoke(main, ["data", "convert", str(data), "-o", str(tmp_path / "lists.jsonl"),
+                                     "--to", "lists"]).exit_code == 0

@@ -125,6 +125,19 @@ def resolve_deprecated(new_value, old_value, *, new: str, old: str, new_default=
     return old_value
 
 
+def refuse_overwriting_inputs(inputs, *outputs) -> None:
+    """A usage error when an output path names an input file: it would be replaced (atomically, but replaced)
+    before anyone sees the result. ``inputs`` and ``outputs`` are paths or None (not given)."""
+    import os
+
+    for output in outputs:
+        if output is None or not os.path.exists(output):
+            continue
+        for source in inputs if isinstance(inputs, (list, tuple)) else [inputs]:
+            if source is not None and os.path.isfile(source) and os.path.samefile(output, source):
+                raise click.UsageError(f"the output {output} is the input file {source}; write it elsewhere")
+
+
 def wrote(path, what: str) -> None:
     """Say on stderr where a file was written (every command that writes a file does)."""
     click.echo(f"wrote {what}: {path}", err=True)

@@ -10,6 +10,7 @@ from rankalign._cli import (
     data_options,
     json_option,
     output_option,
+    refuse_overwriting_inputs,
     resolve_deprecated,
     wrote,
 )
@@ -116,6 +117,7 @@ def convert(in_file, legacy_out, output, target, strategy, as_json, layout, mapp
     output = resolve_deprecated(output, legacy_out, new="-o/--output", old="the positional OUT")
     if output is None:
         raise click.UsageError("give the output file with -o/--output PATH")
+    refuse_overwriting_inputs(in_file, output)
     records, stream = _stream(in_file, layout, mapping, outcomes, skip_invalid, file_format, max_records, rank_by)
     if target == "pairs":
         converted, report = to_pairs(records, strategy)

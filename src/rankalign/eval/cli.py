@@ -16,6 +16,7 @@ from rankalign._cli import (
     device_option,
     json_option,
     output_option,
+    refuse_overwriting_inputs,
     resolve_deprecated,
     truncation_options,
     wrote,
@@ -66,6 +67,7 @@ def eval_command(policy_path, legacy_model, reference_path, run_dir, tokenizer_p
     """Evaluate a trained policy on a preference file: ranking accuracy, idealised ranking accuracy where
     preference rates are known, implicit-reward margins and calibration (with --reference or --run)."""
     policy_path = resolve_deprecated(policy_path, legacy_model, new="--policy", old="--model")
+    refuse_overwriting_inputs(data_path, output, plot_path)
     if run_dir is not None and (policy_path or reference_path or tokenizer_path):
         raise click.UsageError("--run names the policy, reference and tokenizer; drop --policy/--reference/--tokenizer")
     if run_dir is None and not policy_path:

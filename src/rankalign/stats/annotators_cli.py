@@ -25,6 +25,7 @@ from rankalign._cli import (
     layout_option,
     map_option,
     outcomes_option,
+    refuse_overwriting_inputs,
     skip_invalid_option,
 )
 from rankalign._escape import for_csv, for_terminal
@@ -237,6 +238,7 @@ def annotators(file, model, prior, flip_prior, min_overlap, top, as_json, csv_pa
     """Annotator quality report for FILE: each annotator's flip rate (a Dawid-Skene-style model fitted jointly
     with the item ratings), reliability weight (1 - 2 flip)^2, agreement with the fitted ratings, and the
     agreement statistics (Fleiss' and mean Cohen's kappa on pairs, Krippendorff's ordinal alpha on ranks)."""
+    refuse_overwriting_inputs(file, csv_path, plot_path)
     try:
         pseudo = tuple(float(v) for v in flip_prior.split(","))
         if len(pseudo) != 2:

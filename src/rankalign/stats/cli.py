@@ -27,6 +27,7 @@ from rankalign._cli import (
     map_option,
     outcomes_option,
     rank_by_option,
+    refuse_overwriting_inputs,
     resolve_deprecated,
     skip_invalid_option,
     wrote,
@@ -436,6 +437,7 @@ def rate(file, model, reference_item, legacy_reference, anchor, matrices_path, n
     items whose interval lies entirely above this item's (as LMSYS's leaderboard shows it)."""
     from .uncertainty import bootstrap
 
+    refuse_overwriting_inputs(file, csv_path, plot_path, matrices_path)
     reference = resolve_deprecated(reference_item, legacy_reference, new="--reference-item", old="--reference")
     anchor = _parse_anchor(anchor)
     model_name = MODEL_NAMES[model]
