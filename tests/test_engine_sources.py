@@ -325,3 +325,18 @@ def test_eval_takes_a_model_spec_and_names_a_missing_one(home, gguf_file, tmp_pa
     assert report["pairs"] == 2 and report["margin"]["value"] == 0.0  # policy = reference: every margin is 0
     missing = CliRunner().invoke(main, ["eval", "--model", "smollm2-135m", "--data", str(tmp_path / "p.jsonl")])
     assert missing.exit_code == 1 and "rankalign models fetch smollm2-135m" in missing.output
+
+
+def test_a_file_that_is_not_a_readable_gguf_is_an_error_naming_it(home, gguf_file, tmp_path):
+    # before: "unexpected ValueError" from deep inside the gguf package; no cache folder is left behind
+    fake = tmp_path / "fake.gguf"
+    fake.write_bytes(b"not a model at all")
+    with pytest.raises(sources.UnreadableModel, match=f"{fake}: not a GGUF file"):
+        sources.resolve_model(str(fake))
+    cut = tmp_path / "cut.gguf"
+    whole = gguf_file[0].read_bytes()
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(sources.UnreadableModel, match=f"{cut}: transformers cannot read this GGUF file"):
+        sources.resolve_model(str(cut))
+    folder = home / "models" / "gguf"
+    assert not folder.exists() or all(not name.startswith(".") for name in os.listdir(folder))

@@ -60,6 +60,7 @@ from .scoring import ListScores, length_batches, score_lists
 from .sources import (
     ModelNotFound,
     ModelSource,
+    UnreadableModel,
     fetch_model,
     list_models,
     load_causal_lm,
@@ -79,5 +80,5 @@ __all__ = [
     "ReferenceCache", "compute_reference_logps", "reference_cache_key", "adapter_disabled",
     "peft_reference_logps",
     "build_tokenizer", "tiny_causal_lm", "CHAT_TEMPLATE", "retain_freed_memory", "preallocate_optimizer_state",
-    "resolve_model", "load_causal_lm", "load_tokenizer", "fetch_model", "list_models", "ModelSource", "ModelNotFound",
+    "resolve_model", "load_causal_lm", "load_tokenizer", "fetch_model", "list_models", "ModelSource", "ModelNotFound", "UnreadableModel",
 ]

@@ -89,6 +89,11 @@ class ModelNotFound(RankalignError, FileNotFoundError):
     """A spec that names no model available on this machine; the message says what would make it work."""
 
 
+class UnreadableModel(RankalignError, ValueError):
+    """A model file that exists but cannot be read as what it claims to be (a ``.gguf`` that is not one, or
+    is cut short); the message names the file."""
+
+
 # ------------------------------------------------------------------------------------------ locations
 def models_home() -> Path:
     """The model cache: ``$RANKALIGN_HOME/models``, else ``~/.cache/rankalign/models``."""
@@ -150,6 +155,8 @@ def convert_gguf(path: str | os.PathLike, *, progress=None) -> Path:
     the tokenizer (and its chat template). The folder is keyed by the file's sha256, written under a
     temporary name and renamed into place.
     """
+    import struct
+
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -166,6 +173,9 @@ def convert_gguf(path: str | os.PathLike, *, progress=None) -> Path:
     except ImportError:
         raise ImportError("reading a .gguf file needs the `gguf` package: pip install gguf "
                           "(or pip install 'rankalign[models]')") from None
+    with open(path, "rb") as handle:
+        if handle.read(4) != b"GGUF":
+            raise UnreadableModel(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes)")
     say(f"converting {path.name} (sha256 {sha256[:12]}...) to float32 safetensors in {target}")
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -173,11 +183,15 @@ def convert_gguf(path: str | os.PathLike, *, progress=None) -> Path:
     os.umask(umask)
     os.chmod(temporary, 0o777 & ~umask)  # mkdtemp creates 0700; the cache is an ordinary folder
     try:
-        loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                      dtype=torch.float32, trust_remote_code=False,
-                                                      local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, trust_remote_code=False,
-                                                  local_files_only=True)
+        try:
+            loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                          dtype=torch.float32, trust_remote_code=False,
+                                                          local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                      trust_remote_code=False, local_files_only=True)
+        except (ValueError, KeyError, IndexError, EOFError, OSError, struct.error) as error:  # cut short, unknown layout
+            raise UnreadableModel(f"{path}: transformers cannot read this GGUF file "
+                                  f"({type(error).__name__}: {str(error)[:300]})") from None
         config = loaded.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config
@@ -188,7 +202,7 @@ def convert_gguf(path: str | os.PathLike, *, progress=None) -> Path:
         tied = set(getattr(model, "_tied_weights_keys", None) or ())
         missing = [key for key in missing if key not in tied and not _is_tied(model, key)]
         if missing or unexpected:
-            raise ValueError(f"{path}: the dequantised weights do not fit the model built from its config "
+            raise UnreadableModel(f"{path}: the dequantised weights do not fit the model built from its config "
                              f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
         model.save_pretrained(temporary, safe_serialization=True)
         tokenizer.save_pretrained(temporary)
