@@ -136,6 +136,7 @@ def test_wrapping_in_lora_does_not_pass_on_peft_s_deprecation_warning():
     ("max_records=-4", "max_records must be >= 0, got -4"),
     ("save_steps=-1", "save_steps must be >= 0"),
     ("max_tokens_per_row=0", "max_tokens_per_row must be >= 1 or null, got 0"),
+    ("data_options.skip_invlid=true", "data_options: unknown option.s. skip_invlid; known: layout"),
 ])
 def test_shared_optimisation_settings_are_checked_for_policy_and_reward_configs(tmp_path, assignment, message):
     # before: the reward config took these and failed later inside torch (or not at all: a negative

@@ -333,7 +333,8 @@ def check_optimisation(config) -> None:
     """The settings a policy run (:class:`TrainConfig`) and a reward run share, each in its range, or a
     :class:`ConfigError` naming it: ``lr`` > 0 and finite; ``weight_decay`` and ``max_grad_norm`` (0 or null:
     no clipping) >= 0 and finite; ``seed`` (and ``split_seed``) in [0, 2**32), the range torch and numpy
-    seed with; ``max_records`` and ``save_steps`` >= 0; ``max_tokens_per_row`` >= 1 or null."""
+    seed with; ``max_records`` and ``save_steps`` >= 0; ``max_tokens_per_row`` >= 1 or null; ``data_options``
+    as :func:`check_data_options` says."""
     import math
 
     def number(name):
@@ -360,6 +361,25 @@ def check_optimisation(config) -> None:
     rows = config.max_tokens_per_row
     if rows is not None and rows < 1:
         raise ConfigError(f"max_tokens_per_row must be >= 1 or null, got {rows}")
+    check_data_options(config.data_options)
+
+
+def check_data_options(options) -> None:
+    """``data_options`` are keyword arguments of :func:`rankalign.data.read` (``layout``, ``mapping``,
+    ``outcomes``, ``skip_invalid``, ``format``), or a :class:`ConfigError` naming the unknown ones."""
+    import inspect
+
+    from rankalign.data import read
+
+    if not isinstance(options, dict):
+        raise ConfigError(f"data_options must be a mapping, got {type(options).__name__}")
+    known = [name for name, parameter in inspect.signature(read).parameters.items()
+             if parameter.kind is inspect.Parameter.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        raise ConfigError(f"data_options: unknown option(s) {', '.join(unknown)}; known: {', '.join(known)}",
+                          hint=f"did you mean {close[0]!r}?" if close else None)
 
 
 # transformers' schedules that run from max_steps and warmup_steps alone (others need an eval loop, as
