@@ -216,3 +216,12 @@ def test_no_command_writes_over_its_input_file(tmp_path):
     # another path is fine
     assert CliRunner().invoke(main, ["data", "convert", str(data), "-o", str(tmp_path / "lists.jsonl"),
                                      "--to", "lists"]).exit_code == 0
+
+
+def test_config_errors_keep_their_hint_in_both_trainers(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("data: x.jsonl\ndata_options: {skip_invlid: true}\n", encoding="utf-8")
+    for command in (["train", str(config), "--print-config"], ["reward", "train", str(config), "--print-config"]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 2, (command, result.output)
+        assert "(hint: did you mean 'skip_invalid'?)" in result.output, (command, result.output)

@@ -170,8 +170,8 @@ def train_command(config_or_data, overrides, backbone, legacy_model, output, obj
     try:
         config = load_config(config_or_data if is_config else None, shorthands + list(overrides),
                              cls=RewardTrainConfig)
-    except ConfigError as error:
-        raise click.UsageError(str(error)) from None
+    except ConfigError:
+        raise  # the CLI's error boundary prints it with its hint (close matches), exit code 2
     if print_config:
         click.echo(yaml.safe_dump(config_to_dict(config), sort_keys=False), nl=False)
         return
