@@ -95,21 +95,6 @@ def test_resolved_config_round_trips(tmp_path):
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
 
 
-@pytest.mark.parametrize("assignment, message", [
-    ("peft.top_layers=0", "peft.top_layers must be >= 1 or null, got 0"),
-    ("peft.r=0", "peft.r must be >= 1, got 0"),
-    ("peft.target_modules=[]", "peft.target_modules must name at least one module"),
-])
-def test_peft_options_are_checked_for_policy_and_reward_configs(tmp_path, assignment, message):
-    from rankalign.train.reward import RewardTrainConfig
-
-    policy = write(tmp_path, "data: x.jsonl\n")
-    with pytest.raises(ConfigError, match=message):
-        load_config(policy, [assignment])
-    with pytest.raises(ConfigError, match=message):
-        load_config(policy, [assignment], cls=RewardTrainConfig)
-
-
 def test_wrapping_in_lora_does_not_pass_on_peft_s_deprecation_warning():
     import warnings
 
@@ -137,10 +122,13 @@ def test_wrapping_in_lora_does_not_pass_on_peft_s_deprecation_warning():
     ("save_steps=-1", "save_steps must be >= 0"),
     ("max_tokens_per_row=0", "max_tokens_per_row must be >= 1 or null, got 0"),
     ("data_options.skip_invlid=true", "data_options: unknown option.s. skip_invlid; known: layout"),
+    ("peft.top_layers=0", "peft.top_layers must be >= 1 or null, got 0"),
+    ("peft.r=0", "peft.r must be >= 1, got 0"),
+    ("peft.target_modules=[]", "peft.target_modules must name at least one module"),
 ])
-def test_shared_optimisation_settings_are_checked_for_policy_and_reward_configs(tmp_path, assignment, message):
-    # before: the reward config took these and failed later inside torch (or not at all: a negative
-    # max_grad_norm trained without clipping)
+def test_shared_settings_are_checked_for_policy_and_reward_configs(tmp_path, assignment, message):
+    # before this round the reward config took the optimisation settings and failed later inside torch
+    # (or not at all: a negative max_grad_norm trained without clipping)
     from rankalign.train.reward import RewardTrainConfig
 
     path = write(tmp_path, "data: x.jsonl\n")

@@ -125,17 +125,16 @@ def resolve_deprecated(new_value, old_value, *, new: str, old: str, new_default=
     return old_value
 
 
-def refuse_overwriting_inputs(inputs, *outputs) -> None:
-    """A usage error when an output path names an input file: it would be replaced (atomically, but replaced)
-    before anyone sees the result. ``inputs`` and ``outputs`` are paths or None (not given)."""
+def refuse_overwriting_inputs(source, *outputs) -> None:
+    """A usage error when an output path names the input file ``source``: it would be replaced (atomically,
+    but replaced) before anyone sees the result. Outputs that are None were not given."""
     import os
 
+    if source is None or not os.path.isfile(source):
+        return
     for output in outputs:
-        if output is None or not os.path.exists(output):
-            continue
-        for source in inputs if isinstance(inputs, (list, tuple)) else [inputs]:
-            if source is not None and os.path.isfile(source) and os.path.samefile(output, source):
-                raise click.UsageError(f"the output {output} is the input file {source}; write it elsewhere")
+        if output is not None and os.path.exists(output) and os.path.samefile(output, source):
+            raise click.UsageError(f"the output {output} is the input file {source}; write it elsewhere")
 
 
 def wrote(path, what: str) -> None:
