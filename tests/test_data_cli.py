@@ -143,3 +143,15 @@ def test_inspect_counts_empty_responses(tmp_path):
                     + json.dumps({"prompt": "q", "chosen": "a", "rejected": " "}) + "\n", encoding="utf-8")
     summary = json.loads(invoke("inspect", path, "--json").output)
     assert summary["empty_responses"] == 2 and summary["records"] == 2
+
+
+def test_convert_refuses_an_output_it_cannot_write_before_reading(tmp_path):
+    # TRL rows are JSONL/JSON only; records are JSONL/JSON/CSV/Parquet; the check comes before any reading,
+    # so an unreadable input is not even opened
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("{not json\n", encoding="utf-8")
+    for target, name in [("trl", "rows.csv"), ("trl-kto", "rows.parquet"), ("pairs", "rows.txt"), ("lists", "rows")]:
+        result = CliRunner().invoke(main, ["data", "convert", str(broken), "-o", str(tmp_path / name), "--to", target])
+        assert result.exit_code == 2, result.output
+        assert "cannot write" in result.output and "-o/--output" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.jsonl"]

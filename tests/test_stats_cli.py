@@ -155,3 +155,80 @@ def test_covariate_column_contextual_bt(tmp_path):
     assert payload["weights"][0] == pytest.approx(expected.params["weights"][0], abs=1e-8)
     ratings = {entry["item"]: entry["rating"] for entry in payload["items"]}
     assert ratings["m2"] == pytest.approx(expected.ratings[2], abs=1e-8)
+
+
+def test_thurstone_ratings_stay_on_the_probit_scale(tmp_path):
+    # a beats b 3 times in 4: Phi(theta_a - theta_b) = 3/4, so the difference is the normal quantile of 0.75
+    # (0.6745); mean-zero gauge, so a = +0.3372 and b = -0.3372
+    data = write(tmp_path / "pairs.csv", "winner,loser\na,b\na,b\na,b\nb,a\n")
+    result = run(data, "--model", "thurstone", "--json")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["scale"] == "probit"
+    ratings = {entry["item"]: entry["rating"] for entry in payload["items"]}
+    assert ratings["a"] == pytest.approx(0.6744898 / 2, abs=1e-6)
+    assert ratings["b"] == pytest.approx(-0.6744898 / 2, abs=1e-6)
+    refused = run(data, "--model", "thurstone", "--scale", "elo")
+    assert refused.exit_code == 2 and "probit" in refused.output
+
+
+def test_covariate_is_refused_under_plackett_luce(tmp_path):
+    data = write(tmp_path / "battles.csv", "model_a,model_b,winner,len\nx,y,model_a,1\ny,x,model_a,2\n")
+    result = run(data, "--model", "pl", "--covariate", "len")
+    assert result.exit_code == 2 and "--covariate applies to the pairwise models" in result.output
+
+
+@pytest.mark.parametrize("text, layout, missing, fits", [
+    ("winner,loser\na,b\nb,c\n", "arena", "model_a", "winner_loser"),
+    ("item_a,item_b,outcome\na,b,win\n", "winner_loser", "loser", "item_outcome"),
+])
+def test_a_layout_the_file_does_not_have_names_the_missing_column(tmp_path, text, layout, missing, fits):
+    from rankalign.data import DataError, read_comparisons
+
+    data = write(tmp_path / "c.csv", text)
+    result = run(data, "--layout", layout)
+    assert result.exit_code != 0
+    assert f"c.csv:2: field '{missing}': no column '{missing}'" in result.output and fits in result.output
+    assert "unexpected" not in result.output
+    with pytest.raises(DataError, match=f"no column '{missing}'"):
+        read_comparisons(data, layout=layout)
+
+
+ANNOTATED = ('{"candidates": ["a", "b"], "ranks": [0, 1], "annotator": "x"}\n'
+             '{"candidates": ["b", "c"], "ranks": [0, 1], "annotator": "x"}\n'
+             '{"candidates": ["a", "c"], "ranks": [1, 0], "annotator": "x"}\n')
+
+
+@pytest.mark.parametrize("command, options, expected", [
+    ("rate", ["--seed", "-1", "--bootstrap", "5"], "--seed"),
+    ("rate", ["--jobs", "0"], "--jobs"),
+    ("rate", ["--jobs", "-5"], "--jobs"),
+    ("rate", ["--by-annotator", "--groups", "5"], "5 groups for the 1 annotator"),
+    ("rate", ["--csv", "{tmp}/same.csv", "--plot", "{tmp}/same.csv"], "two outputs name the same file"),
+    ("rate", ["--csv", ""], "an output path is empty"),
+    ("annotators", ["--flip-prior", "-1,4"], "--flip-prior"),
+    ("annotators", ["--flip-prior", "nan,1"], "--flip-prior"),
+    ("annotators", ["--flip-prior", "1e308,1e308"], "--flip-prior"),
+    ("annotators", ["--prior", "1e9"], "--prior"),
+])
+def test_bad_options_are_usage_errors(tmp_path, command, options, expected):
+    data = write(tmp_path / "annotated.jsonl", ANNOTATED)
+    options = [o.replace("{tmp}", str(tmp_path)) for o in options]
+    result = CliRunner().invoke(main, [command, str(data), *options], catch_exceptions=False)
+    assert result.exit_code == 2, result.output
+    assert expected in result.output and "unexpected" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["annotated.jsonl"]
+
+
+def test_annotators_json_is_strict_json(tmp_path):
+    # one annotator who judged every pair: the flip rate's standard error is not determined (NaN), and
+    # strict JSON has no NaN, so it is written as null
+    data = write(tmp_path / "annotated.jsonl", ANNOTATED)
+    result = CliRunner().invoke(main, ["annotators", str(data), "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    payload = json.loads(result.stdout, parse_constant=refuse)
+    assert payload["n_annotators"] == 1

@@ -376,3 +376,19 @@ def test_davidson_luce_derivatives_and_likelihood_by_hand():
     value = _objective(2, design, starts, chosen, weights, 0.0)(np.array([theta0, theta1, log_delta]), 0)[0]
     tie = math.exp(log_delta + (theta0 + theta1) / 2)
     assert value == pytest.approx(math.log(tie / (math.exp(theta0) + math.exp(theta1) + tie)), abs=1e-12)
+
+
+def test_scale_conversions_are_exact_or_refused():
+    thurstone = fit_thurstone(*two_items(6, 2, 2))
+    assert thurstone.scale == "probit" and thurstone.to_scale("natural") is thurstone
+    for scale in ("logit", "elo"):
+        with pytest.raises(ValueError, match="probit"):
+            thurstone.to_scale(scale)
+    bt = fit_bradley_terry(*two_items(6, 2, 2))
+    with pytest.raises(ValueError, match="probit"):
+        bt.to_scale("probit")
+    # Elo = 400 / ln 10 * theta + 1000; an anchor moves with the ratings
+    elo = bt.anchored(bt.items[1], 0.5).to_scale("elo")
+    assert elo.ratings[1] == pytest.approx(400 / math.log(10) * 0.5 + 1000, abs=1e-9)
+    assert elo.anchor == (bt.items[1], pytest.approx(400 / math.log(10) * 0.5 + 1000))
+    assert elo.to_scale("logit").ratings == pytest.approx(bt.anchored(bt.items[1], 0.5).ratings, abs=1e-9)

@@ -1,9 +1,11 @@
 """Atomic file writes: the one implementation every layer uses.
 
-A file is written to a temporary name in the target directory, flushed to disk, given the permissions an
-ordinary ``open(path, "w")`` would give it, and only then moved over the target with ``os.replace``
-(atomic on POSIX and Windows). A crash or an exception at any point leaves the previous file intact and
-no temporary file behind.
+A file is written to a temporary name in the target directory, flushed to disk, given the permissions of
+the file it replaces (or those an ordinary ``open(path, "w")`` would give a new one), and only then moved
+over the target with ``os.replace`` (atomic on POSIX and Windows). A crash or an exception at any point
+leaves the previous file intact and no temporary file behind. A symbolic link is followed (the file it
+names is replaced, the link stays); a device, FIFO or socket (``/dev/stdout``, ``/dev/null``) is written
+through directly, since it cannot be replaced.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import tempfile
 import threading
 from collections.abc import Callable
@@ -117,22 +120,41 @@ def atomic_write_path(path: str | os.PathLike, write: Callable[[str], Any]) -> P
     :class:`~rankalign.errors.OutputError` that names ``path``; the previous file stays intact and no
     temporary is left behind, also when the process is ended by SIGTERM during the write.
     """
-    path = Path(path)
+    shown = path = Path(path)
+    try:
+        existing = os.stat(path)  # follows symbolic links
+    except OSError:
+        existing = None
+    if existing is not None and not stat.S_ISREG(existing.st_mode) and not stat.S_ISDIR(existing.st_mode):
+        # a device, a FIFO or a socket (``-o /dev/stdout``, ``/dev/null``): written through, never replaced
+        try:
+            write(str(path))
+        except BaseException as error:
+            if _is_io_failure(error, path.parent):
+                raise _write_failed(error, shown, path.parent) from error
+            raise
+        return shown
+    if path.is_symlink():  # replace the file the link names, not the link
+        path = Path(os.path.realpath(path))
     directory = path.parent if str(path.parent) else Path(".")
     try:
         directory.mkdir(parents=True, exist_ok=True)
         if path.is_dir():
-            raise IsADirectoryError(errno.EISDIR, "is a directory", str(path))
+            raise IsADirectoryError(errno.EISDIR, "is a directory", str(shown))
         descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     except OSError as error:
-        raise _write_failed(error, path, directory) from error
+        raise _write_failed(error, shown, directory) from error
     _watch_sigterm()
     _PENDING.add(temporary)
     os.close(descriptor)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600
+        if existing is not None:  # keep the permissions of the file being replaced
+            mode = stat.S_IMODE(existing.st_mode)
+        else:  # what open(path, "w") would give; mkstemp creates 0600
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(temporary, mode)
         write(temporary)
         with open(temporary, "rb") as handle:
             os.fsync(handle.fileno())
@@ -141,11 +163,11 @@ def atomic_write_path(path: str | os.PathLike, write: Callable[[str], Any]) -> P
         if os.path.exists(temporary):
             os.unlink(temporary)
         if _is_io_failure(error, directory):
-            raise _write_failed(error, path, directory) from error
+            raise _write_failed(error, shown, directory) from error
         raise
     finally:
         _PENDING.discard(temporary)
-    return path
+    return shown
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], Any], *, binary: bool = False) -> Path:

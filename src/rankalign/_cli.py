@@ -126,14 +126,25 @@ def resolve_deprecated(new_value, old_value, *, new: str, old: str, new_default=
 
 
 def refuse_overwriting_inputs(source, *outputs) -> None:
-    """A usage error when an output path names the input file ``source``: it would be replaced (atomically,
-    but replaced) before anyone sees the result. Outputs that are None were not given."""
+    """A usage error when an output path names the input file ``source`` (it would be replaced, atomically
+    but replaced, before anyone sees the result), when two outputs name the same file (the second would
+    replace the first), or when an output path is empty. Outputs that are None were not given."""
     import os
 
+    given = [output for output in outputs if output is not None]
+    if any(not str(output).strip() for output in given):
+        raise click.UsageError("an output path is empty")
+    seen = {}
+    for output in given:
+        key = os.path.realpath(output)
+        if key in seen:
+            raise click.UsageError(f"two outputs name the same file ({seen[key]} and {output}); the second "
+                                   "would replace the first")
+        seen[key] = output
     if source is None or not os.path.isfile(source):
         return
-    for output in outputs:
-        if output is not None and os.path.exists(output) and os.path.samefile(output, source):
+    for output in given:
+        if os.path.exists(output) and os.path.samefile(output, source):
             raise click.UsageError(f"the output {output} is the input file {source}; write it elsewhere")
 
 

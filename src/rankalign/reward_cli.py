@@ -26,6 +26,7 @@ import sys
 
 import click
 
+from rankalign import _json as strict_json
 from rankalign._cli import (
     FiniteFloat,
     data_options,
@@ -249,13 +250,13 @@ def score_command(model_dir, data, output, layout, mapping, outcomes, skip_inval
                 if ensemble is not None:
                     row["std"] = [float(v) for v in ensemble[index]["std"]]
                     row["conservative"] = [float(v) for v in ensemble[index]["conservative"]]
-                handle.write(json.dumps(row) + "\n")
+                handle.write(strict_json.dumps(row) + "\n")
 
     write_file_atomic(output, write)
     ranked = [(s, r) for s, r in zip(scores, records) if isinstance(r, RankedList) and s.numel() > 1]
     accuracy = pairwise_accuracy([s for s, _ in ranked], [r for _, r in ranked]) if ranked else None
     if as_json:
-        click.echo(json.dumps({"records": len(records), "output": str(output), "pairwise_accuracy": accuracy}))
+        click.echo(strict_json.dumps({"records": len(records), "output": str(output), "pairwise_accuracy": accuracy}))
     else:
         message = f"scored {len(records)} records"
         if accuracy is not None:

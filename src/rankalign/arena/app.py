@@ -228,7 +228,7 @@ class Arena:
                     write(records, path)
                     try:
                         result, _ = fit_file(path, model=model, prior=prior, reference=reference)
-                        board = result.to_scale(scale).to_dict()
+                        board = result.to_scale("natural" if scale == "logit" else scale).to_dict()
                     except (DataError, ValueError) as error:
                         board = {"model": None, "scale": scale, "items": [],
                                  "error": str(error).replace(str(path) + ": ", "")}

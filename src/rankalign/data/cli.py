@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -16,6 +17,7 @@ from rankalign._cli import (
 )
 from rankalign._escape import for_terminal
 
+from .errors import DataError
 from .readers import iter_records, write
 from .records import PAIR_STRATEGIES
 from .summary import rank_by as rank_records
@@ -96,6 +98,22 @@ def inspect(file, as_json, layout, mapping, outcomes, skip_invalid, file_format,
         console.print(f"[yellow]problem[/yellow] {for_terminal(problem)}", markup=True, highlight=False)
 
 
+def _check_output_format(output, target: str) -> None:
+    """A usage error, before anything is read, when OUTPUT's extension names no format ``target`` writes."""
+    from . import _sources
+
+    writable = ("jsonl", "json") if target in TRL_TARGETS else ("jsonl", "json", "csv", "parquet")
+    suffix = Path(output).suffix or "(none)"
+    try:
+        fmt = _sources.detect_format(output)
+    except DataError:
+        fmt = None
+    if fmt not in writable:
+        what = "TRL rows" if target in TRL_TARGETS else "records"
+        raise click.BadParameter(f"cannot write {what} to {output} (extension {suffix}); name the output "
+                                 f"{' or '.join('.' + f for f in writable)}", param_hint="-o/--output")
+
+
 @data.command()
 @click.argument("in_file", metavar="IN", type=click.Path(exists=True))
 @click.argument("legacy_out", metavar="[OUT]", required=False, type=click.Path(dir_okay=False))
@@ -118,6 +136,7 @@ def convert(in_file, legacy_out, output, target, strategy, as_json, layout, mapp
     if output is None:
         raise click.UsageError("give the output file with -o/--output PATH")
     refuse_overwriting_inputs(in_file, output)
+    _check_output_format(output, target)
     records, stream = _stream(in_file, layout, mapping, outcomes, skip_invalid, file_format, max_records, rank_by)
     if target == "pairs":
         converted, report = to_pairs(records, strategy)

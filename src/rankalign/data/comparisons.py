@@ -28,6 +28,7 @@ from .layouts import (
     OUTCOME_VALUE,
     RowContext,
     _number,
+    check_columns,
     check_layout,
     check_mapped_columns,
     detect_layout,
@@ -247,6 +248,8 @@ def read_comparisons(source, *, layout: str | None = None, mapping=None, outcome
     if layout not in COMPARISON_LAYOUTS:
         raise DataError(f"layout {layout!r} is not a two-item comparison layout ({', '.join(COMPARISON_LAYOUTS)}); "
                         "read it with rankalign.data.read()", path=path, reason="unknown_layout")
+    if n and layout in _COLUMNS:  # e.g. --layout arena on a winner/loser file
+        check_columns(layout, table.factorized.keys(), path=path, line=table.line_of(0))
     report.layout = layout
     context = RowContext(layout, mapping, outcomes)
     if layout == "rankedlist":

@@ -218,6 +218,22 @@ def detect_layout(columns, *, path=None) -> str:
                     "or pass layout= / --layout", path=path, reason="unknown_layout")
 
 
+def check_columns(layout: str, columns, *, path=None, line=None) -> None:
+    """Raise :class:`DataError` (reason ``missing_field``) when ``columns`` lack a column that ``layout``
+    needs, e.g. ``--layout arena`` on a winner/loser file; names the layout the columns do fit, if any."""
+    found = set(columns)
+    required = dict(_REQUIRED).get(layout, set())
+    missing = sorted(required - found)
+    if not missing:
+        return
+    fits = next((name for name, needed in _REQUIRED if needed <= found), None)
+    fit = f"; they fit layout {fits!r}" if fits else ""
+    raise DataError(f"no column {missing[0]!r}, which layout {layout!r} needs ({', '.join(sorted(required))}); "
+                    f"the columns are {sorted(found)}{fit}", path=path, line=line, field=missing[0],
+                    reason="missing_field", hint="pass the layout the file has (or none: it is detected), or "
+                    "name the columns with --map")
+
+
 def check_layout(layout: str):
     if layout not in LAYOUTS:
         raise UsageError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")

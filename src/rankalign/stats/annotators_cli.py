@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from rankalign import _json as strict_json
 from rankalign._atomic import atomic_write
 from rankalign._cli import (
     FiniteFloat,
@@ -32,6 +32,7 @@ from rankalign._escape import for_csv, for_terminal
 from rankalign.data.errors import DataError
 
 from . import annotators as A
+from .cli import MAX_PRIOR
 
 
 def _read_annotated(path, layout, mapping, outcomes, skip_invalid):
@@ -103,6 +104,9 @@ def rate_by_annotator(file, *, model, groups, restarts, reference, prior, scale,
         common = dict(model=model, restarts=restarts, prior=prior, seed=seed, reference=reference, ci_level=level)
         if groups == "auto":
             mixture = A.choose_groups(data, **common)
+        elif int(groups) > len(data.annotators):
+            raise click.BadParameter(f"{groups} groups for the {len(data.annotators)} annotator(s) of {file}",
+                                     param_hint="--groups")
         else:
             mixture = A.fit_annotator_mixture(data, int(groups), **common)
         pooled = mixture if len(mixture.groups) == 1 else A.fit_annotator_mixture(data, 1, **common)
@@ -137,7 +141,7 @@ def rate_by_annotator(file, *, model, groups, restarts, reference, prior, scale,
                          for g, result in enumerate(group_results)]
         out["annotators"] = mixture.annotator_rows()
         out["selection"]["bic"] = {str(k): v for k, v in out["selection"]["bic"].items()}
-        sys.stdout.write(json.dumps(out) + "\n")
+        sys.stdout.write(strict_json.dumps(out) + "\n")
         return
     notes = [f"skipped {report.n_skipped} invalid rows: {dict(report.skipped)}"] if report.n_skipped else []
     selection = mixture.selection.get("bic") if mixture.selection else None
@@ -215,7 +219,7 @@ def _write_report_plot(report, path, title):
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--model", type=click.Choice(["bt", "pl"]), default="bt", show_default=True,
               help="Rating model under the flip noise: bt (every pair a judgment implies) or pl (rankings).")
-@click.option("--prior", type=FiniteFloat(min=0.0), default=A.DEFAULT_PRIOR, show_default=True,
+@click.option("--prior", type=FiniteFloat(min=0.0, max=MAX_PRIOR), default=A.DEFAULT_PRIOR, show_default=True,
               help="MAP penalty ALPHA * sum(theta^2) of the item ratings.")
 @click.option("--flip-prior", default="0,0", show_default=True, metavar="FLIPS,KEEPS",
               help="Pseudo-counts added to every annotator's flipped and kept judgments (MAP under a Beta prior); "
@@ -246,6 +250,9 @@ def annotators(file, model, prior, flip_prior, min_overlap, top, as_json, csv_pa
     except ValueError:
         raise click.BadParameter(f"expected two numbers FLIPS,KEEPS, got {flip_prior!r}",
                                  param_hint="--flip-prior") from None
+    if not all(0.0 <= v <= MAX_PRIOR for v in pseudo):  # also refuses nan and inf
+        raise click.BadParameter(f"pseudo-counts must be finite numbers in [0, {MAX_PRIOR:g}], got {flip_prior!r}",
+                                 param_hint="--flip-prior")
     try:
         data, read_report = _read_annotated(file, layout, mapping, outcomes, skip_invalid)
         report = annotator_report(data, model="bradley-terry" if model == "bt" else "plackett-luce", prior=prior,
@@ -264,7 +271,7 @@ def annotators(file, model, prior, flip_prior, min_overlap, top, as_json, csv_pa
     if plot_path:
         _write_report_plot(report, plot_path, f"{Path(file).name}: {report['n_annotators']} annotators")
     if as_json:
-        sys.stdout.write(json.dumps(report) + "\n")
+        sys.stdout.write(strict_json.dumps(report) + "\n")
         return
     from rich.console import Console
     from rich.table import Table

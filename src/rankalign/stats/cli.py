@@ -156,8 +156,9 @@ def _fit(kind, data, model, reference, prior, npseudo, home_advantage, path, tie
             raise DataError(f"need at least two items to rate, found {len(items)} ({', '.join(items)})",
                             path=path, reason="single_item")
         if model == "plackett-luce":
-            if home_advantage:
-                raise click.UsageError("--home-advantage applies to the pairwise models, not pl")
+            if home_advantage or covariates:
+                raise click.UsageError(f"{'--home-advantage' if home_advantage else '--covariate'} applies to "
+                                       "the pairwise models, not pl")
             tied = np.flatnonzero(data.outcome == 0.5)
             if ties == "davidson-luce":
                 rankings = [[a, b] if o == 1.0 else ([b, a] if o == 0.0 else [[a, b]])
@@ -174,8 +175,6 @@ def _fit(kind, data, model, reference, prior, npseudo, home_advantage, path, tie
                                 axis=1)
             return fit_plackett_luce(rankings, data.count, items=items, reference=reference, prior=prior,
                                      npseudo=npseudo)
-        if covariates and model == "plackett-luce":
-            raise click.UsageError("--covariate applies to the pairwise models, not pl")
         counts = pair_counts(data.first, data.second, data.outcome, data.count, n_items=len(items),
                              home=np.ones(len(data.first)) if home_advantage else None,
                              features=_covariate_matrix(data, covariates, path) if covariates else None)
@@ -392,7 +391,8 @@ def _print_notes(notes):
 @click.option("--bootstrap", "n_boot", type=click.IntRange(min=0), default=0, show_default=True,
               help="Bootstrap replicates for percentile CIs (0: Wald CIs from the observed information).")
 @click.option("--scale", type=click.Choice(["logit", "elo"]), default="logit", show_default=True,
-              help="elo = 400/ln(10) * rating + 1000.")
+              help="logit: the model's own scale (probit for thurstone); elo = 400/ln(10) * rating + 1000 "
+                   "(logistic models only).")
 @json_option
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Also write the table as CSV.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
@@ -416,8 +416,10 @@ def _print_notes(notes):
 @outcomes_option
 @skip_invalid_option
 @rank_by_option
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
-@click.option("--jobs", type=int, default=1, show_default=True, help="Processes for the bootstrap (-1: all cores).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the bootstrap (and of --by-annotator's EM restarts).")
+@click.option("--jobs", type=click.IntRange(min=-1), default=1, show_default=True,
+              help="Processes for the bootstrap (-1: all cores).")
 @click.option("--by-annotator", is_flag=True,
               help="Fit an EM mixture of bt/pl models over annotators: one leaderboard per group and each "
                    "annotator's group (see rankalign.stats.annotators).")
@@ -438,6 +440,8 @@ def rate(file, model, reference_item, legacy_reference, anchor, matrices_path, n
     from .uncertainty import bootstrap
 
     refuse_overwriting_inputs(file, csv_path, plot_path, matrices_path)
+    if jobs == 0:
+        raise click.BadParameter("0 processes; give 1 or more, or -1 for all cores", param_hint="--jobs")
     reference = resolve_deprecated(reference_item, legacy_reference, new="--reference-item", old="--reference")
     anchor = _parse_anchor(anchor)
     model_name = MODEL_NAMES[model]
@@ -474,7 +478,10 @@ def rate(file, model, reference_item, legacy_reference, anchor, matrices_path, n
             task = bar.add_task("bootstrap", total=n_boot)
             result = bootstrap(result, n_boot, seed=seed, n_jobs=jobs,
                                progress=lambda done: bar.advance(task, done))
-    result = result.to_scale(scale)
+    if scale == "elo" and result.scale == "probit":
+        raise click.BadParameter("the Elo scale rescales the logit scale of the logistic models; thurstone "
+                                 "ratings are on the probit scale (use --scale logit)", param_hint="--scale")
+    result = result.to_scale("natural" if scale == "logit" else scale)
     if anchor is not None:
         try:
             result = result.anchored(*anchor)

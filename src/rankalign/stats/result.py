@@ -134,20 +134,31 @@ class RatingResult:
         return win
 
     def to_scale(self, scale: str) -> RatingResult:
-        """The same result on the "logit" scale or the "elo" scale (400/ln 10 · theta + 1000)."""
+        """The same result on another scale: "elo" (400/ln 10 · theta + 1000) or back to "logit".
+
+        ``scale`` is "logit", "elo", "probit" or "natural" (the model's own: "probit" for Thurstone,
+        "logit" for the others). The Elo scale is a rescaled logit scale, so a Thurstone (probit) result has
+        no exact Elo or logit version and asking for one is a ValueError.
+        """
+        natural = "probit" if self.model == "thurstone" else "logit"
+        if scale == "natural":
+            scale = natural
+        if scale not in ("logit", "elo", "probit"):
+            raise ValueError(f"unknown scale {scale!r}; expected 'logit', 'elo', 'probit' or 'natural'")
         if scale == self.scale:
             return self
-        if {scale, self.scale} - {"logit", "elo", "probit"}:
-            raise ValueError(f"unknown scale {scale!r}; expected 'logit' or 'elo'")
+        if "probit" in (scale, self.scale):
+            raise ValueError(f"{self.model} ratings are on the {self.scale} scale and have no exact {scale} "
+                             f"version (the Elo scale rescales the logit scale of the logistic models)")
         if scale == "elo":
             factor, offset = ELO_SCALE, ELO_OFFSET
         else:
             factor, offset = 1.0 / ELO_SCALE, -ELO_OFFSET / ELO_SCALE
         cov = None if self.covariance is None else self.covariance * factor ** 2
+        anchor = None if self.anchor is None else (self.anchor[0], self.anchor[1] * factor + offset)
         return replace(self, ratings=self.ratings * factor + offset, se=self.se * factor,
                        ci_low=self.ci_low * factor + offset, ci_high=self.ci_high * factor + offset,
-                       scale=scale if scale == "elo" else ("probit" if self.model == "thurstone" else "logit"),
-                       covariance=cov)
+                       scale=scale, covariance=cov, anchor=anchor)
 
     def order(self) -> np.ndarray:
         """Item indices from best to worst rating."""
