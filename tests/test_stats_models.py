@@ -392,3 +392,46 @@ def test_scale_conversions_are_exact_or_refused():
     assert elo.ratings[1] == pytest.approx(400 / math.log(10) * 0.5 + 1000, abs=1e-9)
     assert elo.anchor == (bt.items[1], pytest.approx(400 / math.log(10) * 0.5 + 1000))
     assert elo.to_scale("logit").ratings == pytest.approx(bt.anchored(bt.items[1], 0.5).ratings, abs=1e-9)
+
+
+@pytest.mark.parametrize("call, field", [
+    (lambda: fit_bradley_terry([0, 1, 2.7], [1, 2, 0], [1, 1, 1]), "first"),        # 2.7 is not item 2
+    (lambda: fit_bradley_terry(np.zeros((2, 3), int), np.ones(6, int), np.ones(6)), "first"),  # not one row each
+    (lambda: fit_bradley_terry(["a", "b"], [1, 0], [1, 1]), "first"),
+    (lambda: fit_bradley_terry([math.nan, 1], [1, 0], [1, 1]), "first"),
+    (lambda: fit_bradley_terry([2 ** 70, 1], [0, 0], [1, 1]), "first"),
+    (lambda: fit_bradley_terry([0, 1], [1, 0], [1, 0], count=2.0), "count"),
+    (lambda: fit_bradley_terry([0, 1], [1, 0], [1, 0], n_items=0), "n_items"),
+    (lambda: fit_plackett_luce([[0, 1, 2.5], [2, 1, 0]]), "ranking[2]"),
+    (lambda: fit_plackett_luce([[0, 1], [1, 0]], weights=2.0), "weights"),
+])
+def test_api_inputs_that_are_not_what_they_claim_are_data_errors(call, field):
+    with pytest.raises(DataError) as caught:
+        call()
+    assert caught.value.field == field
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: fit_bradley_terry([0, 1, 2], [1, 2, 0], [1, 1, 1], ci_level=2), "ci_level"),
+    (lambda: fit_bradley_terry([0, 1, 2], [1, 2, 0], [1, 1, 1], ci_level=0), "ci_level"),
+    (lambda: fit_bradley_terry([0, 1, 2], [1, 2, 0], [1, 1, 1], prior=math.nan), "prior"),
+    (lambda: fit_bradley_terry([0, 1, 2], [1, 2, 0], [1, 1, 1], items=["a", "a", "b"]), "appears twice"),
+    (lambda: fit_plackett_luce([[0, 1], [1, 0]], npseudo=math.nan), "npseudo"),
+    (lambda: fit_plackett_luce([[0, 1], [1, 0]], npseudo=-1), "npseudo"),
+])
+def test_api_options_out_of_range_are_usage_errors(call, message):
+    from rankalign.errors import UsageError
+
+    with pytest.raises(UsageError, match=message):
+        call()
+
+
+def test_pair_probabilities_refuse_unknown_models_and_impossible_tie_parameters():
+    from rankalign.stats.result import pair_probabilities
+
+    with pytest.raises(ValueError, match="unknown model"):
+        pair_probabilities("nonsense", 0.0, {})
+    with pytest.raises(ValueError, match="theta"):
+        pair_probabilities("rao-kupper", 0.0, {"theta": 0.5})  # would give a negative tie probability
+    win, tie, loss = pair_probabilities("rao-kupper", 0.0, {"theta": 2.0})
+    assert (win, tie, loss) == pytest.approx((1 / 3, 1 / 3, 1 / 3))  # pi / (pi + 2 pi) each way

@@ -143,3 +143,18 @@ def test_multinomial_draw_has_multinomial_moments():
     cov = np.cov(draws.T)
     expected = total * (np.diag(p) - np.outer(p, p))
     np.testing.assert_allclose(cov, expected, rtol=0.12, atol=1.5)
+
+
+def test_bootstrap_of_an_anchored_result_keeps_the_anchor():
+    from rankalign.stats import bootstrap, fit_bradley_terry
+
+    first, second, outcome = [0, 0, 1, 1, 2, 2, 0, 1], [1, 2, 2, 0, 0, 1, 2, 2], [1, 1, 1, 1, 1, 1, 0, 0]
+    plain = fit_bradley_terry(first, second, outcome)
+    anchored = plain.anchored(plain.items[0], 5.0)
+    boot_plain, boot_anchored = bootstrap(plain, 50, seed=3), bootstrap(anchored, 50, seed=3)
+    shift = 5.0 - plain.ratings[0]
+    # the same replicates, shifted by the anchor's constant: intervals move with the ratings, widths stay
+    assert boot_anchored.ci_low == pytest.approx(boot_plain.ci_low + shift, abs=1e-9)
+    assert boot_anchored.ci_high == pytest.approx(boot_plain.ci_high + shift, abs=1e-9)
+    assert boot_anchored.se == pytest.approx(boot_plain.se, abs=1e-12)
+    assert boot_anchored.ci_low[0] < 5.0 < boot_anchored.ci_high[0]

@@ -166,6 +166,27 @@ def covariance(hessian, free, n_params):
     return full
 
 
+def check_ci_level(ci_level) -> None:
+    """A :class:`~rankalign.errors.UsageError` unless ``ci_level`` is a number strictly between 0 and 1."""
+    from rankalign.errors import UsageError
+
+    if isinstance(ci_level, bool) or not isinstance(ci_level, (int, float, np.integer, np.floating)) \
+            or not 0.0 < ci_level < 1.0:
+        raise UsageError(f"ci_level must be a number strictly between 0 and 1 (e.g. 0.95), got {ci_level!r}")
+
+
+def check_items(items) -> None:
+    """A :class:`~rankalign.errors.UsageError` when two items share a name (their ratings could not be told
+    apart by name)."""
+    from rankalign.errors import UsageError
+
+    seen = set()
+    for item in items:
+        if item in seen:
+            raise UsageError(f"the item name {item!r} appears twice in items")
+        seen.add(item)
+
+
 def reference_index(reference, items) -> int | None:
     """The index of the gauge's reference item: None (mean-zero gauge), an index, or an item name.
 

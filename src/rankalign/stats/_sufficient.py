@@ -9,6 +9,7 @@ as they are.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,7 @@ from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
 from rankalign.data.errors import DataError
+from rankalign.errors import UsageError
 
 # bincount over a dense key space is faster than sorting while the key space stays small
 _DENSE_KEY_LIMIT = 50_000_000
@@ -58,16 +60,57 @@ class PairCounts:
                 + np.bincount(self.second, weights=t, minlength=self.n_items))
 
 
+def as_vector(values, name: str, *, integer: bool = False) -> np.ndarray:
+    """``values`` as a one-dimensional int64 (``integer``) or float64 array, or a :class:`DataError` naming
+    ``name``: a scalar or a 2-D array (one entry per comparison is expected), text, and for indices any
+    value that is not a whole number (2.7 is not silently read as item 2; NaN, 2**70 and True are refused)."""
+    try:
+        array = np.asarray(values)
+    except (TypeError, ValueError) as error:
+        raise DataError(f"{name} is not an array of numbers ({error})", field=name, reason="bad_type") from None
+    if array.ndim != 1:
+        raise DataError(f"{name} must be one-dimensional (one entry per comparison or ranking), got shape {array.shape}",
+                        field=name, reason="bad_shape")
+    if array.size == 0:
+        return array.astype(np.int64 if integer else np.float64)
+    kind = array.dtype.kind
+    if kind not in "iuf":
+        raise DataError(f"{name} must hold numbers, got {array.ravel()[0]!r} ({array.dtype})", line=1, field=name,
+                        reason="bad_type")
+    if not integer:
+        return array.astype(np.float64)
+    if kind == "f":
+        bad = np.flatnonzero(~np.isfinite(array) | (array != np.round(array)) | (np.abs(array) >= 2 ** 62))
+        if bad.size:
+            raise DataError(f"{name} holds item indices, which are whole numbers; got {array[bad[0]].item()!r}",
+                            line=int(bad[0]) + 1, field=name, reason="bad_type")
+    elif kind == "u" and array.max() >= 2 ** 62:
+        bad = int(np.argmax(array >= 2 ** 62))
+        raise DataError(f"item index {array[bad].item()} is too large", line=bad + 1, field=name, reason="unknown_item")
+    return array.astype(np.int64)
+
+
+def check_penalties(prior=0.0, npseudo=0.0) -> None:
+    """A :class:`~rankalign.errors.UsageError` (a ValueError) naming ``prior`` or ``npseudo`` unless it is a
+    finite number >= 0."""
+    for name, value in (("prior", prior), ("npseudo", npseudo)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                or not (math.isfinite(value) and value >= 0):
+            raise UsageError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
 def validate_comparisons(first, second, outcome, count=None, *, n_items=None):
     """Check raw comparison arrays; return them as (int64, int64, float64, float64, n_items).
 
     Raises :class:`DataError` naming the (1-based) row and field of the first problem:
     self-comparisons, outcomes other than 1 / 0.5 / 0, negative or non-finite counts, unknown indices.
     """
-    first = np.asarray(first, dtype=np.int64).ravel()
-    second = np.asarray(second, dtype=np.int64).ravel()
-    outcome = np.asarray(outcome, dtype=np.float64).ravel()
-    count = np.ones_like(outcome) if count is None else np.asarray(count, dtype=np.float64).ravel()
+    first = as_vector(first, "first", integer=True)
+    second = as_vector(second, "second", integer=True)
+    outcome = as_vector(outcome, "outcome")
+    count = np.ones_like(outcome) if count is None else as_vector(count, "count")
+    if n_items is not None and (isinstance(n_items, bool) or int(n_items) != n_items or n_items < 1):
+        raise DataError(f"n_items must be a positive integer, got {n_items!r}", field="n_items", reason="bad_type")
     if not (len(first) == len(second) == len(outcome) == len(count)):
         raise DataError(f"first, second, outcome and count have different lengths "
                         f"({len(first)}, {len(second)}, {len(outcome)}, {len(count)})", reason="length_mismatch")

@@ -29,7 +29,8 @@ from scipy.special import ndtri
 from rankalign.data.errors import DataError
 
 from . import _newton
-from ._sufficient import check_identifiable
+from ._sufficient import check_identifiable, check_penalties
+from .plackett_luce import _item_index, _ranking_weights
 from .result import RatingResult
 
 
@@ -146,12 +147,15 @@ def fit_davidson_luce(rankings, weights=None, *, n_items=None, items=None, prior
     rankings = list(rankings)
     if not rankings:
         raise DataError("no rankings", reason="empty")
-    weights = np.ones(len(rankings)) if weights is None else np.asarray(weights, dtype=np.float64)
+    check_penalties(prior, npseudo)
+    weights = _ranking_weights(weights, len(rankings))
     if items is not None and n_items is None:
         n_items = len(items)
     if n_items is None:
-        n_items = 1 + max(int(i) for r in rankings for level in r
-                          for i in (level if isinstance(level, (list, tuple, set, frozenset)) else [level]))
+        n_items = 1 + max(_item_index(i, row, position) for row, r in enumerate(rankings)
+                          for position, i in enumerate(
+                              i for level in r
+                              for i in (level if isinstance(level, (list, tuple, set, frozenset)) else [level])))
     items = [str(i) for i in range(n_items)] if items is None else [str(i) for i in items]
     if n_items < 2:
         raise DataError(f"need at least two items to rate, got {n_items}")
@@ -169,6 +173,8 @@ def fit_davidson_luce(rankings, weights=None, *, n_items=None, items=None, prior
         design, stage_start, chosen, stage_weight = data_design, data_starts, data_chosen, data_weights
     else:
         design, stage_start, chosen, stage_weight, _, _ = _design(fit_rankings, fit_weights, n_fit)
+    _newton.check_items(items)
+    _newton.check_ci_level(ci_level)
     ref_index = _newton.reference_index(reference, items)
     regularised = prior > 0 or ghost is not None
     if check and not regularised:

@@ -34,10 +34,9 @@ from scipy import sparse
 from scipy.special import expit, log_ndtr, ndtri
 
 from rankalign.data.errors import DataError
-from rankalign.errors import UsageError
 
 from . import _newton
-from ._sufficient import PairCounts, check_pair_counts_identifiable, pair_counts
+from ._sufficient import PairCounts, check_pair_counts_identifiable, check_penalties, pair_counts
 from .result import RatingResult
 
 MODELS = ("bradley-terry", "thurstone", "davidson", "rao-kupper")
@@ -223,14 +222,15 @@ def fit_pairwise(model, counts: PairCounts, *, items=None, home=False, prior=0.0
     """Fit one of :data:`MODELS` to deduplicated counts. The ``fit_*`` functions call this."""
     if model not in _TERMS:
         raise ValueError(f"unknown model {model!r}; expected one of {MODELS}")
-    if prior < 0:
-        raise UsageError(f"prior must be >= 0, got {prior}")
+    check_penalties(prior)
     n = counts.n_items
     items = [str(i) for i in range(n)] if items is None else [str(i) for i in items]
     if len(items) != n:
         raise ValueError(f"{len(items)} item names for {n} items")
     if n < 2:
         raise DataError(f"need at least two items to rate, got {n}")
+    _newton.check_items(items)
+    _newton.check_ci_level(ci_level)
     ref_index = _newton.reference_index(reference, items)
     if check and prior == 0:
         check_pair_counts_identifiable(counts, items)

@@ -20,6 +20,7 @@ the same length (one Python loop over the few stages). Gauge, prior and standard
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -29,8 +30,19 @@ from scipy.special import expit, ndtri
 from rankalign.data.errors import DataError
 
 from . import _newton
-from ._sufficient import check_identifiable
+from ._sufficient import as_vector, check_identifiable, check_penalties
 from .result import RatingResult
+
+
+def _item_index(item, row, position) -> int:
+    """An item index as an int; a DataError for anything that is not a whole number (2.7, "a", True, nan)."""
+    if isinstance(item, (bool, np.bool_)) or not isinstance(item, (int, np.integer, float, np.floating)):
+        raise DataError(f"item indices are whole numbers, got {item!r}", line=row + 1,
+                        field=f"ranking[{position}]", reason="bad_type")
+    if isinstance(item, (float, np.floating)) and not (np.isfinite(item) and float(item).is_integer()):
+        raise DataError(f"item indices are whole numbers, got {float(item)!r}", line=row + 1,
+                        field=f"ranking[{position}]", reason="bad_type")
+    return int(item)
 
 
 def _normalise_ranking(ranking, row, n_items):
@@ -41,7 +53,8 @@ def _normalise_ranking(ranking, row, n_items):
     levels = [list(level) if isinstance(level, (list, tuple, set, frozenset, np.ndarray)) else [level]
               for level in ranking]
     levels = [level for level in levels if level]
-    order = [int(item) for level in levels for item in level]
+    order = [_item_index(item, row, position)
+             for position, item in enumerate(item for level in levels for item in level)]
     if len(order) != len(set(order)):
         seen = set()
         for position, item in enumerate(order):
@@ -85,9 +98,9 @@ def rankings_to_arrays(rankings, weights=None, *, n_items=None):
         if array is not None and array.ndim == 2 and np.issubdtype(array.dtype, np.integer):
             return _complete_rankings_array(array, weights, n_items)
     weights = _ranking_weights(weights, len(rankings))
-    if n_items is None:
-        n_items = 1 + max(int(item) for ranking in rankings for level in ranking
-                          for item in (level if isinstance(level, (list, tuple, set, frozenset)) else [level]))
+    if n_items is None:  # the largest index named (each ranking checked as below, without the range)
+        n_items = 1 + max(max(_normalise_ranking(ranking, row, math.inf)[0], default=-1)
+                          for row, ranking in enumerate(rankings))
     buckets: dict[tuple[int, int], tuple[list, list]] = {}
     for row, ranking in enumerate(rankings):
         order, stages = _normalise_ranking(ranking, row, n_items)
@@ -105,7 +118,7 @@ def rankings_to_arrays(rankings, weights=None, *, n_items=None):
 
 def _ranking_weights(weights, n_rankings: int) -> np.ndarray:
     """Per-ranking weights (default 1), checked: one per ranking, finite, >= 0 (the row is named)."""
-    weights = np.ones(n_rankings) if weights is None else np.asarray(weights, dtype=np.float64)
+    weights = np.ones(n_rankings) if weights is None else as_vector(weights, "weights")
     if len(weights) != n_rankings:
         raise DataError(f"{len(weights)} weights for {n_rankings} rankings", field="weights",
                         reason="length_mismatch")
@@ -269,14 +282,15 @@ def fit_plackett_luce(rankings, weights=None, *, n_items=None, items=None, prior
         pseudo-data terms. With ``npseudo > 0`` the standard errors come from the observed information
         of the data alone (pseudo-rankings excluded), as PlackettLuce's ``vcov`` reports them.
     """
-    if prior < 0 or npseudo < 0:
-        raise ValueError("prior and npseudo must be >= 0")
+    check_penalties(prior, npseudo)
     if items is not None and n_items is None:
         n_items = len(items)
     n, groups = rankings_to_arrays(rankings, weights, n_items=n_items)
     items = [str(i) for i in range(n)] if items is None else [str(i) for i in items]
     if n < 2:
         raise DataError(f"need at least two items to rate, got {n}")
+    _newton.check_items(items)
+    _newton.check_ci_level(ci_level)
     ref_index = _newton.reference_index(reference, items)
     regularised = prior > 0 or npseudo > 0
     if check and not regularised:

@@ -36,16 +36,27 @@ def rao_kupper_probabilities(d, theta):
     return win, 1.0 - win - loss, loss
 
 
+# models whose pairwise probability is the logistic sigma(d)
+_LOGISTIC_MODELS = ("bradley-terry", "plackett-luce", "davidson-luce", "elo", "bt", "pl")
+
+
 def pair_probabilities(model, d, params):
     """(P(first wins), P(tie), P(second wins)) for strength difference ``d`` under ``model``."""
     d = np.asarray(d, dtype=np.float64)
     if model == "davidson":
+        if not params["nu"] >= 0:
+            raise ValueError(f"the Davidson tie parameter nu must be >= 0, got {params['nu']!r}")
         return davidson_probabilities(d, params["nu"])
     if model == "rao-kupper":
+        if not params["theta"] >= 1:
+            raise ValueError(f"the Rao-Kupper tie parameter theta must be >= 1, got {params['theta']!r}")
         return rao_kupper_probabilities(d, params["theta"])
     if model == "thurstone":
         win = np.exp(log_ndtr(d))
         return win, np.zeros_like(d), 1.0 - win
+    if model not in _LOGISTIC_MODELS:
+        raise ValueError(f"unknown model {model!r}; expected one of "
+                         f"{', '.join(('davidson', 'rao-kupper', 'thurstone', *_LOGISTIC_MODELS))}")
     win = expit(d)  # Bradley-Terry, Plackett-Luce (pairwise marginal), Elo
     return win, np.zeros_like(d), 1.0 - win
 
@@ -167,6 +178,8 @@ class RatingResult:
     def anchored(self, item, value: float) -> RatingResult:
         """The same result shifted so that ``item`` is rated ``value`` on this scale (a change of gauge:
         differences, standard errors of differences and interval widths are unchanged)."""
+        if not math.isfinite(float(value)):
+            raise ValueError(f"an anchor value must be finite, got {value!r}")
         shift = float(value) - float(self.ratings[self.index(item)])
         return replace(self, ratings=self.ratings + shift, ci_low=self.ci_low + shift, ci_high=self.ci_high + shift,
                        anchor=(str(item), float(value)))

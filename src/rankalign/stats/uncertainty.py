@@ -216,8 +216,10 @@ def bootstrap(result: RatingResult, n_boot: int = 1000, *, seed: int = 0, n_jobs
     keeps every replicate instead. When fewer than 2 replicates (or fewer than half) have an estimate, a
     :class:`~rankalign.data.errors.DataError` is raised.
     """
-    if n_boot < 2:
-        raise UsageError(f"the bootstrap needs at least 2 replicates, got {n_boot}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 2:
+        raise UsageError(f"the bootstrap needs a whole number of at least 2 replicates, got {n_boot!r}")
+    if ci_level is not None:
+        _newton.check_ci_level(ci_level)
     state = result.state
     if "x" not in state:
         raise ValueError("this result does not carry its data; refit with a fit_* function first")
@@ -254,8 +256,12 @@ def bootstrap(result: RatingResult, n_boot: int = 1000, *, seed: int = 0, n_jobs
                         "(the resampled data separate some item), too many for a bootstrap interval",
                         reason="not_identified", hint="use the Wald intervals (no --bootstrap) or add --prior ALPHA")
     ratings = samples[ok, :n]
+    point = _newton.apply_gauge(np.asarray(state["x"], dtype=np.float64), n, state["ref_index"])[:n]
     if result.scale == "elo":
         ratings = ratings * ELO_SCALE + ELO_OFFSET
+        point = point * ELO_SCALE + ELO_OFFSET
+    if result.anchor is not None:  # the anchor's constant shift (RatingResult.anchored) moves the replicates too
+        ratings = ratings + float(np.mean(result.ratings - point))
     tail = (1.0 - level) / 2.0
     low, high = np.quantile(ratings, [tail, 1.0 - tail], axis=0)
     new_state = dict(state, bootstrap_samples=samples, bootstrap_failed=failed)
@@ -294,6 +300,10 @@ def online_elo(first, second, outcome, *, n_items=None, k: float = 4.0, initial:
     result depends on the order of the rows and does not converge to the Bradley-Terry estimate; it is
     provided as a baseline. Rows with a ``count`` should be expanded before calling this.
     """
+    for name, value, low in (("k", k, 0.0), ("initial", initial, -math.inf), ("scale", scale, 0.0), ("base", base, 1.0)):
+        if not (isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(value) and value > low
+                or (name == "k" and value == 0)):
+            raise UsageError(f"{name} must be a finite number{f' > {low:g}' if low > -math.inf else ''}, got {value!r}")
     first, second, outcome, _, n_items = validate_comparisons(first, second, outcome, None, n_items=n_items)
     ratings = np.full(n_items, float(initial))
     log_base = math.log(base)
