@@ -372,3 +372,24 @@ def test_a_row_of_another_layout_says_the_file_mixes_layouts(tmp_path):
     # a row that fits no layout keeps the plain message
     error = error_of(jsonl(tmp_path / "p.jsonl", [good_pair(0), {"prompt": "q", "chosen": "only one"}]))
     assert "layout" not in error.message and error.reason == "missing_field"
+
+
+def test_parquet_binary_columns_are_read_as_utf8_text(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    from rankalign.data import read_comparisons
+
+    good, bad = tmp_path / "binary.parquet", tmp_path / "not_text.parquet"
+    pq.write_table(pa.table({"winner": pa.array([b"A", "é".encode()], pa.binary()),
+                             "loser": pa.array([b"B", b"A"], pa.binary())}), good)
+    games = read_comparisons(good)
+    assert sorted(games.items) == ["A", "B", "é"]  # not "b'A'"
+    lists = pa.table({"prompt": ["p"], "candidates": pa.array([[b"x", b"y"]], pa.list_(pa.binary())),
+                      "ranks": [[0, 1]]})
+    pq.write_table(lists, tmp_path / "lists.parquet")
+    assert list(read(tmp_path / "lists.parquet")[0].candidates) == ["x", "y"]
+    pq.write_table(pa.table({"winner": pa.array([b"A", b"\xff"], pa.binary()),
+                             "loser": pa.array([b"B", b"A"], pa.binary())}), bad)
+    with pytest.raises(DataError, match="not UTF-8 text") as caught:
+        read_comparisons(bad)
+    assert (caught.value.line, caught.value.field) == (2, "winner")

@@ -435,3 +435,14 @@ def test_pair_probabilities_refuse_unknown_models_and_impossible_tie_parameters(
         pair_probabilities("rao-kupper", 0.0, {"theta": 0.5})  # would give a negative tie probability
     win, tie, loss = pair_probabilities("rao-kupper", 0.0, {"theta": 2.0})
     assert (win, tie, loss) == pytest.approx((1 / 3, 1 / 3, 1 / 3))  # pi / (pi + 2 pi) each way
+
+
+def test_rank_upper_bound_without_intervals_is_the_rank():
+    # no interval (NaN, as above DENSE_LIMIT items): the bound cannot claim a better rank than the point rank
+    result = fit_bradley_terry([0, 0, 1, 1, 1, 2, 2, 0, 0], [1, 1, 0, 2, 2, 1, 0, 2, 2], [1] * 9)
+    assert list(result.rank_upper_bounds()) == [1, 1, 1]  # wide overlapping intervals: none ranked apart
+    from dataclasses import replace
+
+    unknown = replace(result, ci_low=np.full(3, np.nan), ci_high=np.full(3, np.nan), se=np.full(3, np.nan))
+    assert list(unknown.rank_upper_bounds()) == list(unknown.ranks())
+    assert sorted(unknown.ranks()) == [1, 2, 3]

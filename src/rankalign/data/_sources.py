@@ -313,6 +313,35 @@ class _LineCounter:
         return errors
 
 
+def _holds_binary(arrow_type) -> bool:
+    """Whether a Parquet column's type is binary, or a list or struct with binary inside."""
+    import pyarrow as pa
+
+    if pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type) \
+            or pa.types.is_fixed_size_binary(arrow_type):
+        return True
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        return _holds_binary(arrow_type.value_type)
+    if pa.types.is_struct(arrow_type):
+        return any(_holds_binary(arrow_type.field(i).type) for i in range(arrow_type.num_fields))
+    return False
+
+
+def _decoded(value, path, line, field):
+    """``value`` with every ``bytes`` inside decoded as UTF-8 (a DataError naming the field if it is not)."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DataError(f"binary value {value[:20]!r} is not UTF-8 text", path=path, line=line, field=field,
+                            reason="bad_encoding") from None
+    if isinstance(value, list):
+        return [_decoded(item, path, line, field) for item in value]
+    if isinstance(value, dict):
+        return {key: _decoded(item, path, line, field) for key, item in value.items()}
+    return value
+
+
 def iter_parquet(path: str) -> Iterator[tuple[int, dict]]:
     """Parquet, read in record batches (needs ``pyarrow``: ``pip install 'rankalign[parquet]'``)."""
     pq = need_pyarrow()
@@ -322,8 +351,11 @@ def iter_parquet(path: str) -> Iterator[tuple[int, dict]]:
     try:
         batches = pq.ParquetFile(path).iter_batches(batch_size=16384)
         for batch in batches:
+            binary = [field.name for field in batch.schema if _holds_binary(field.type)]
             for row in batch.to_pylist():
                 row_number += 1
+                for name in binary:  # a binary column holds text as bytes: read it as UTF-8, as a CSV is
+                    row[name] = _decoded(row[name], path, row_number, name)
                 yield row_number, row
     except (pa.ArrowException, OSError) as error:  # not Parquet, truncated, or a corrupt page
         if isinstance(error, (FileNotFoundError, IsADirectoryError, PermissionError)):

@@ -488,6 +488,12 @@ def rate(file, model, reference_item, legacy_reference, anchor, matrices_path, n
         except KeyError:
             raise click.BadParameter(f"{anchor[0]!r} is not an item of {file}", param_hint="--anchor") from None
     notes = [f"skipped {report.n_skipped} invalid rows: {dict(report.skipped)}"] if report.n_skipped else []
+    from ._newton import DENSE_LIMIT
+
+    if len(result.items) > DENSE_LIMIT and not np.isfinite(result.se).any() and result.ci_method == "wald":
+        notes.append(f"note: no standard errors or intervals: with {len(result.items)} items (more than "
+                     f"{DENSE_LIMIT}) the information matrix is too large to invert; --bootstrap N gives "
+                     "percentile intervals")
     failed = result.state.get("bootstrap_failed", 0)
     if failed:
         notes.append(f"warning: {failed} of {n_boot} bootstrap replicates have no maximum-likelihood estimate "

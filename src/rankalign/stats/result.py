@@ -200,8 +200,13 @@ class RatingResult:
     def rank_upper_bounds(self) -> np.ndarray:
         """The best rank each item can claim from its interval, as LMSYS's arena leaderboard shows it:
         1 + the number of items whose lower bound is above this item's upper bound (items with
-        overlapping intervals are not ranked apart)."""
-        return 1 + (self.ci_low[None, :] > self.ci_high[:, None]).sum(axis=1)
+        overlapping intervals are not ranked apart). Without intervals (NaN: not computed, e.g. above
+        ``DENSE_LIMIT`` items) there is no uncertainty to widen the rank, so an item's bound is its rank."""
+        bounds = 1 + (self.ci_low[None, :] > self.ci_high[:, None]).sum(axis=1)
+        unknown = ~(np.isfinite(self.ci_low) & np.isfinite(self.ci_high))
+        if unknown.any():
+            bounds = np.where(unknown, self.ranks(), bounds)
+        return bounds
 
     def to_dataframe(self):
         """The leaderboard as a ``pandas.DataFrame`` (best first): item, rank, rank_ub, rating, se,
