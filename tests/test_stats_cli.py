@@ -232,3 +232,10 @@ def test_annotators_json_is_strict_json(tmp_path):
 
     payload = json.loads(result.stdout, parse_constant=refuse)
     assert payload["n_annotators"] == 1
+
+
+def test_a_covariate_that_is_not_a_number_names_its_line(tmp_path):
+    data = write(tmp_path / "cov.csv", "winner,loser,len\na,b,1\nb,a,x\na,b,3\n")
+    result = run(data, "--covariate", "len")
+    assert result.exit_code != 0
+    assert "cov.csv:3: field 'len': covariate column 'len' must be numeric, got 'x'" in result.output

@@ -415,6 +415,8 @@ def _describe(record) -> str:
 
 def _extra_array(uniques, codes, valid) -> np.ndarray:
     try:
+        if any(isinstance(u, bool) for u in uniques):  # true/false is not a number here (as for counts)
+            raise TypeError("boolean")
         values = np.array([math.nan if _is_missing(u) else float(u) for u in uniques], dtype=np.float64)
     except (TypeError, ValueError):
         values = np.array(["" if u is None else str(getattr(u, "value", u)) for u in uniques], dtype=str)

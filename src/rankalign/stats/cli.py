@@ -130,12 +130,25 @@ def _line_of_row(path, index):
     return index + 2 if str(path).lower().endswith(".csv") else index + 1
 
 
+def _is_number(text: str) -> bool:
+    """Whether a covariate cell reads as a number (an empty cell is a missing value, reported later)."""
+    if text in ("", "True", "False"):
+        return text == ""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _covariate_matrix(data, covariates, path):
     columns = []
     for name in covariates:
         column = data.extra[name]
         if column.dtype.kind not in "fiu":
-            raise DataError(f"covariate column {name!r} must be numeric", path=path, field=name, reason="bad_type")
+            row = next(i for i, value in enumerate(column.tolist()) if not _is_number(value))
+            raise DataError(f"covariate column {name!r} must be numeric, got {str(column[row])!r}", path=path,
+                            line=_line_of_row(path, row), field=name, reason="bad_type")
         bad = np.flatnonzero(~np.isfinite(column))
         if bad.size:
             raise DataError("covariate must be a finite number", path=path, line=_line_of_row(path, int(bad[0])),
