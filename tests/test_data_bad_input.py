@@ -393,3 +393,21 @@ def test_parquet_binary_columns_are_read_as_utf8_text(tmp_path):
     with pytest.raises(DataError, match="not UTF-8 text") as caught:
         read_comparisons(bad)
     assert (caught.value.line, caught.value.field) == (2, "winner")
+
+
+@pytest.mark.parametrize("name, content, hint", [
+    ("g.jsonl", __import__("gzip").compress(b'{"prompt": "p", "chosen": "a", "rejected": "b"}\n'), "gzip"),
+    ("u.csv", "winner,loser\na,b\n".encode("utf-16"), "UTF-16"),
+    ("u.jsonl", '{"prompt": "p", "chosen": "a", "rejected": "b"}\n'.encode("utf-16"), "UTF-16"),
+    ("cr.csv", b"winner,loser\ra,b\rb,a\r", "CR-only"),
+])
+def test_files_in_another_encoding_or_compressed_say_what_they_are(tmp_path, name, content, hint):
+    from rankalign.data import read_comparisons
+
+    path = tmp_path / name
+    path.write_bytes(content)
+    readers = [read] + ([read_comparisons] if name.endswith(".csv") else [])
+    for reader in readers:
+        with pytest.raises(DataError) as caught:
+            reader(path)
+        assert hint in f"{caught.value} {caught.value.hint}" and caught.value.line == 1

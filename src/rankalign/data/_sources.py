@@ -73,12 +73,28 @@ def need_pyarrow():
 
 
 # -------------------------------------------------------------------------------------------- readers
+_SIGNATURES = (
+    (b"\xff\xfe", "the file is UTF-16 (it starts with a UTF-16 byte order mark): save it as UTF-8"),
+    (b"\xfe\xff", "the file is UTF-16 (it starts with a UTF-16 byte order mark): save it as UTF-8"),
+    (b"\x1f\x8b", "the file is gzip-compressed: decompress it first (gunzip)"),
+    (b"PK\x03\x04", "the file is a zip archive (or an Excel workbook): extract it, or export CSV"),
+    (b"(\xb5/\xfd", "the file is zstd-compressed: decompress it first (unzstd)"),
+    (b"BZh", "the file is bzip2-compressed: decompress it first (bunzip2)"),
+)
+
+
+def encoding_hint(start: bytes) -> str | None:
+    """What a file that is not UTF-8 text most likely is, from its first bytes (None: no idea)."""
+    return next((hint for magic, hint in _SIGNATURES if start.startswith(magic)), None)
+
+
 def _decode_line(raw: bytes, path: str, line: int) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise DataError(f"invalid UTF-8 at byte {error.start} of the line ({raw[error.start:error.start + 4]!r})",
-                        path=path, line=line, reason="bad_encoding") from None
+                        path=path, line=line, reason="bad_encoding",
+                        hint=encoding_hint(raw) if line == 1 else None) from None
 
 
 class _DuplicateKey(Exception):
@@ -183,7 +199,7 @@ def _read_text(path: str) -> str:
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
         raise DataError(f"invalid UTF-8 ({data[error.start:error.start + 4]!r})", path=path, line=line,
-                        reason="bad_encoding") from None
+                        reason="bad_encoding", hint=encoding_hint(data[:4])) from None
 
 
 def iter_json(path: str) -> Iterator[tuple[int, dict | BadRow]]:
@@ -273,8 +289,17 @@ class _CsvRows:
         try:
             return next(self.reader)
         except csv.Error as error:
-            raise DataError(f"unreadable CSV: {error}", path=self.path, line=self.counter.line,
-                            reason="bad_format") from None
+            raise csv_error(error, self.path, self.counter.line) from None
+
+
+def csv_error(error: csv.Error, path, line) -> DataError:
+    """A DataError for what Python's csv module could not parse (its own words, with the usual cause)."""
+    text = str(error)
+    if "new-line character seen in unquoted field" in text:  # a CR alone ends the line: old Mac files
+        return DataError("unreadable CSV: a carriage return (CR) ends a line inside a cell; the file seems to "
+                         "use CR-only (old Mac) line endings", path=path, line=line, reason="bad_format",
+                         hint="convert the line endings to LF or CRLF")
+    return DataError(f"unreadable CSV: {text}", path=path, line=line, reason="bad_format")
 
 
 def _check_header(header: list[str], path: str):

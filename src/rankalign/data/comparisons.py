@@ -491,8 +491,7 @@ def _csv_table_module(text: str, path: str) -> _Table:
     except StopIteration:
         raise DataError("no records: the file is empty", path=path, reason="empty_file") from None
     except csv.Error as error:  # a newline in an unquoted cell (old Mac line endings), a bad quote
-        raise DataError(f"unreadable CSV: {error}", path=path, line=reader.line_num or None,
-                        reason="bad_format") from None
+        raise _sources.csv_error(error, path, reader.line_num or None) from None
     width = len(header)
     good, lines, bad_rows = [], [], []
     for row, line in zip(rows, starts.tolist()):
