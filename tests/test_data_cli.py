@@ -88,10 +88,12 @@ def test_to_lists_keeps_a_cycle_as_pairs():
 
 
 def test_convert_drops_judgments_with_a_count(tmp_path):
+    # every record is a judgment with no pair form: nothing converts, so nothing is written (exit 1)
     out = tmp_path / "x.jsonl"
-    result = invoke("convert", DATA / "native_judgments.jsonl", "-o", out, "--to", "pairs", "--json")
-    report = json.loads(result.stdout)
-    assert report["dropped"] == {"judgment_has_no_pair_form": 2} and report["written"] == 0
+    result = CliRunner().invoke(main, ["data", "convert", str(DATA / "native_judgments.jsonl"), "-o", str(out),
+                                       "--to", "pairs", "--json"])
+    assert result.exit_code == 1 and "judgment_has_no_pair_form 2" in result.output
+    assert not out.exists()
 
 
 def test_convert_positional_out_still_works_and_warns(tmp_path):
@@ -155,3 +157,13 @@ def test_convert_refuses_an_output_it_cannot_write_before_reading(tmp_path):
         assert result.exit_code == 2, result.output
         assert "cannot write" in result.output and "-o/--output" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.jsonl"]
+
+
+def test_convert_that_drops_every_record_writes_nothing_and_fails(tmp_path):
+    games = tmp_path / "games.csv"
+    games.write_text("winner,loser\na,b\nb,c\n", encoding="utf-8")
+    out = tmp_path / "rows.jsonl"
+    result = CliRunner().invoke(main, ["data", "convert", str(games), "-o", str(out), "--to", "trl"])
+    assert result.exit_code == 1
+    assert "nothing to write" in result.output and "no_prompt 2" in result.output
+    assert not out.exists()

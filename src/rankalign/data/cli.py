@@ -146,6 +146,11 @@ def convert(in_file, legacy_out, output, target, strategy, as_json, layout, mapp
         converted, report = to_trl(records, strategy)
     else:
         converted, report = to_trl_kto(records)
+    if not converted:  # an empty output file would look like a successful conversion
+        dropped = ", ".join(f"{k} {v}" for k, v in (report.get("dropped") or {}).items()) or "none"
+        raise DataError(f"nothing to write: no record converts to {target} (dropped: {dropped}); {output} was "
+                        "not written", path=in_file, reason="empty",
+                        hint="trl targets need a prompt on every record" if target in TRL_TARGETS else None)
     written = (write_rows if target in TRL_TARGETS else write)(converted, output)
     report["read"] = stream.report.to_dict()
     report["written"] = written
