@@ -239,3 +239,16 @@ def test_a_covariate_that_is_not_a_number_names_its_line(tmp_path):
     result = run(data, "--covariate", "len")
     assert result.exit_code != 0
     assert "cov.csv:3: field 'len': covariate column 'len' must be numeric, got 'x'" in result.output
+
+
+def test_annotators_skip_invalid_skips_a_record_without_an_annotator(tmp_path):
+    data = write(tmp_path / "anon.jsonl", ANNOTATED.replace(', "annotator": "x"}\n', '}\n', 1)
+                 + '{"candidates": ["a", "b"], "ranks": [1, 0], "annotator": "y"}\n')
+    strict = CliRunner().invoke(main, ["annotators", str(data)])
+    assert strict.exit_code == 1 and "anon.jsonl:1: field 'annotator'" in strict.output
+    result = CliRunner().invoke(main, ["annotators", str(data), "--skip-invalid", "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["n_judgments"] == 3 and payload["n_annotators"] == 2
+    table = CliRunner().invoke(main, ["annotators", str(data), "--skip-invalid"])
+    assert table.exit_code == 0 and "missing_annotator" in table.stderr

@@ -61,8 +61,18 @@ def _read_annotated(path, layout, mapping, outcomes, skip_invalid):
             if owners is not None and all(isinstance(o, str) and o for o in owners.tolist()):
                 return _from_comparisons(pairs, owners, path), pairs.report
     result = read(path, layout=layout, mapping=mapping, outcomes=outcomes, skip_invalid=skip_invalid)
-    lines = [_line_of_row(path, i) for i in range(len(result.records))]
-    return A.annotated_rankings(result.records, path=path, lines=lines), result.report
+    records, lines = result.records, [_line_of_row(path, i) for i in range(len(result.records))]
+    if skip_invalid:  # a record without an annotator is invalid here: skipped and counted like any other
+        kept = []
+        for record, line in zip(records, lines):
+            if getattr(record, "annotator", True) is None:
+                result.report.skip(DataError("the record has no annotator id", path=path, line=line,
+                                             field="annotator", reason="missing_annotator"))
+                result.report.records -= 1
+            else:
+                kept.append((record, line))
+        records, lines = [r for r, _ in kept], [line for _, line in kept]
+    return A.annotated_rankings(records, path=path, lines=lines), result.report
 
 
 def _from_comparisons(pairs, owners, path):
