@@ -218,6 +218,29 @@ def test_no_command_writes_over_its_input_file(tmp_path):
                                      "--to", "lists"]).exit_code == 0
 
 
+def test_no_command_writes_over_a_file_of_its_model_or_run_folder(tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n", encoding="utf-8")
+    run, model = tmp_path / "run", tmp_path / "run" / "final"
+    model.mkdir(parents=True)
+    protected = {run / "run_source.json": b'{"policy": "final"}\n', model / "model.safetensors": b"weights",
+                 model / "config.json": b"{}\n"}
+    for path, content in protected.items():
+        path.write_bytes(content)
+    calls = [
+        ["eval", "--run", str(run), "--data", str(data), "-o", str(run / "run_source.json")],
+        ["eval", "--run", str(run), "--data", str(data), "--plot", str(model / "model.safetensors")],
+        ["eval", "--policy", str(model), "--data", str(data), "-o", str(model / "model.safetensors")],
+        ["reward", "score", str(model), str(data), "-o", str(model / "config.json")],
+        ["reward", "eval", str(model), str(data), "--plot", str(model / "model.safetensors")],
+    ]
+    for args in calls:
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "is a file of the input" in result.output, (args, result.output)
+    assert {path: path.read_bytes() for path in protected} == protected
+
+
 def test_config_errors_keep_their_hint_in_both_trainers(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("data: x.jsonl\ndata_options: {skip_invlid: true}\n", encoding="utf-8")

@@ -125,10 +125,15 @@ def resolve_deprecated(new_value, old_value, *, new: str, old: str, new_default=
     return old_value
 
 
-def refuse_overwriting_inputs(source, *outputs) -> None:
+def refuse_overwriting_inputs(source, *outputs, models=()) -> None:
     """A usage error when an output path names the input file ``source`` (it would be replaced, atomically
     but replaced, before anyone sees the result), when two outputs name the same file (the second would
-    replace the first), or when an output path is empty. Outputs that are None were not given."""
+    replace the first), or when an output path is empty. Outputs that are None were not given.
+
+    ``models`` are the other inputs a command reads (model folders, a run folder, a ``.gguf`` file; None and
+    names that are not paths are ignored): an output may be a new file inside such a folder, but never one
+    of its existing files (``-o RUN/run_source.json`` or ``--plot MODEL/model.safetensors`` would destroy
+    the model or the run record)."""
     import os
 
     given = [output for output in outputs if output is not None]
@@ -141,11 +146,22 @@ def refuse_overwriting_inputs(source, *outputs) -> None:
             raise click.UsageError(f"two outputs name the same file ({seen[key]} and {output}); the second "
                                    "would replace the first")
         seen[key] = output
-    if source is None or not os.path.isfile(source):
-        return
-    for output in given:
-        if os.path.exists(output) and os.path.samefile(output, source):
-            raise click.UsageError(f"the output {output} is the input file {source}; write it elsewhere")
+    if source is not None and os.path.isfile(source):
+        for output in given:
+            if os.path.exists(output) and os.path.samefile(output, source):
+                raise click.UsageError(f"the output {output} is the input file {source}; write it elsewhere")
+    for model in models:
+        if model is None or not os.path.exists(str(model)):
+            continue
+        root = os.path.realpath(str(model))
+        for output in outputs:
+            if output is None or not str(output).strip() or not os.path.exists(output):
+                continue
+            target = os.path.realpath(output)
+            inside = os.path.isdir(root) and os.path.commonpath([root, target]) == root
+            if inside or target == root:
+                raise click.UsageError(f"the output {output} is a file of the input {model} (a model or run "
+                                       "folder); writing it would destroy that input: write elsewhere")
 
 
 def wrote(path, what: str) -> None:

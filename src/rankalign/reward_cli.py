@@ -220,7 +220,7 @@ def train_command(config_or_data, overrides, backbone, legacy_model, output, obj
 def score_command(model_dir, data, output, layout, mapping, outcomes, skip_invalid, file_format, max_records, rank_by,
                   device, batch_size, max_tokens, legacy_max_length, conservative_k, as_json):
     """Score every ranked candidate of DATA with the reward model in MODEL_DIR (JSONL, one line per record)."""
-    refuse_overwriting_inputs(data, output)
+    refuse_overwriting_inputs(data, output, models=(model_dir,))
     max_length = _trained_max_length(model_dir, resolve_deprecated(max_tokens, legacy_max_length,
                                                                    new="--max-tokens", old="--max-length"))
     from .data.records import RankedList
@@ -282,7 +282,7 @@ def score_command(model_dir, data, output, layout, mapping, outcomes, skip_inval
 def eval_command(model_dir, data, layout, mapping, outcomes, skip_invalid, file_format, max_records, rank_by, device,
                  group_by, plot_path, tie_margin, bins, batch_size, max_tokens, legacy_max_length, as_json):
     """Evaluate the reward model in MODEL_DIR on the ranked lists of DATA."""
-    refuse_overwriting_inputs(data, plot_path)
+    refuse_overwriting_inputs(data, plot_path, models=(model_dir,))
     max_length = _trained_max_length(model_dir, resolve_deprecated(max_tokens, legacy_max_length,
                                                                    new="--max-tokens", old="--max-length"))
     from .eval.report import plot_reliability_diagram, to_jsonable

@@ -67,7 +67,8 @@ def eval_command(policy_path, legacy_model, reference_path, run_dir, tokenizer_p
     """Evaluate a trained policy on a preference file: ranking accuracy, idealised ranking accuracy where
     preference rates are known, implicit-reward margins and calibration (with --reference or --run)."""
     policy_path = resolve_deprecated(policy_path, legacy_model, new="--policy", old="--model")
-    refuse_overwriting_inputs(data_path, output, plot_path)
+    refuse_overwriting_inputs(data_path, output, plot_path,
+                              models=(policy_path, reference_path, tokenizer_path, run_dir, cache_dir))
     if run_dir is not None and (policy_path or reference_path or tokenizer_path):
         raise click.UsageError("--run names the policy, reference and tokenizer; drop --policy/--reference/--tokenizer")
     if run_dir is None and not policy_path:
