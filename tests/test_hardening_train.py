@@ -111,15 +111,36 @@ def test_corrupted_checkpoint_falls_back_with_a_warning(tmp_path, damaged):
     assert trainer.state.global_step == 4 and output.global_step == 4
 
 
+@pytest.mark.parametrize("damage", ["optimizer.pt", "scheduler.pt", "model.safetensors", "trainer_state.json",
+                                    "state {}", "state []", "state global_step x"])
+def test_a_checkpoint_missing_what_a_resume_needs_is_skipped(tmp_path, damage):
+    # transformers restores the optimiser only when optimizer.pt and scheduler.pt are both there: without
+    # one of them the run used to resume silently with a fresh optimiser and end elsewhere
+    lists = toy_lists()
+    cfg = api_config(tmp_path)
+    train_preference(tiny_model(), None, lists, cfg)
+    checkpoint = tmp_path / "run" / "checkpoint-4"
+    if damage.startswith("state "):
+        body = {"{}": "{}", "[]": "[]", "global_step x": '{"global_step": "x"}'}[damage[6:]]
+        (checkpoint / "trainer_state.json").write_text(body)
+        name = "trainer_state.json"
+    else:
+        (checkpoint / damage).unlink()
+        name = damage
+    with pytest.warns(RankalignWarning, match=f"{name}.*skipping checkpoint-4"):
+        assert last_complete_checkpoint(cfg.output_dir).endswith("checkpoint-2")
+
+
 def test_checkpoint_problem_reads_each_kind_of_file(tmp_path):
     # independent of the trainer: hand-made whole and damaged files
     good = tmp_path / "good"
     good.mkdir()
     header = json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
     (good / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 8)
-    with zipfile.ZipFile(good / "optimizer.pt", "w") as archive:
-        archive.writestr("data.pkl", b"x" * 100)
-    (good / "trainer_state.json").write_text("{}")
+    for name in ("optimizer.pt", "scheduler.pt"):
+        with zipfile.ZipFile(good / name, "w") as archive:
+            archive.writestr("data.pkl", b"x" * 100)
+    (good / "trainer_state.json").write_text('{"global_step": 1}')
     assert checkpoint_problem(good) is None
     (good / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
     assert checkpoint_problem(good)[0].name == "model.safetensors"
@@ -249,3 +270,20 @@ def test_an_option_added_later_leaves_the_fingerprint_of_runs_that_do_not_set_it
     assert run_fingerprint(used, records)["hash"] != run_fingerprint(now, records)["hash"]
     replaying = config_to_dict(TrainConfig(objective="dpo", online=OnlineConfig(replay=True)))
     assert run_fingerprint(replaying, records)["hash"] != run_fingerprint(now, records)["hash"]
+
+
+def test_checkpoint_problem_of_a_plain_loop_checkpoint(tmp_path):
+    # the layout save_checkpoint writes for reward training and policy gradients, made by hand
+    folder = tmp_path / "checkpoint-1"
+    folder.mkdir()
+    header = json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    for name in ("trainable.safetensors", "optimizer.safetensors"):
+        (folder / name).write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 8)
+    state = {"step": 1, "optimizer": {"param_groups": [], "scalars": {}}, "scheduler": None, "history": []}
+    (folder / "trainer_state.json").write_text(json.dumps(state))
+    assert checkpoint_problem(folder) is None
+    (folder / "trainer_state.json").write_text("{}")
+    assert checkpoint_problem(folder)[0].name == "trainer_state.json"
+    (folder / "trainer_state.json").write_text(json.dumps(state))
+    (folder / "optimizer.safetensors").unlink()
+    assert checkpoint_problem(folder) == (folder / "optimizer.safetensors", "missing")

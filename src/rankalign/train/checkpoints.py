@@ -180,7 +180,9 @@ def _json_problem(path: Path) -> str | None:
 
 def checkpoint_problem(directory: str | os.PathLike) -> tuple[Path, str] | None:
     """``(bad file, what is wrong)`` for the first damaged file of a checkpoint folder, or None when every
-    ``.safetensors``, ``.pt``/``.pth``/``.bin`` (torch zip archives) and ``.json`` file in it is whole."""
+    ``.safetensors``, ``.pt``/``.pth``/``.bin`` (torch zip archives) and ``.json`` file in it is whole and
+    nothing a resume needs is missing (weights, optimiser and scheduler state, a trainer state that is what
+    the trainer wrote)."""
     checks = {".safetensors": _safetensors_problem, ".pt": _zip_problem, ".pth": _zip_problem,
               ".bin": _zip_problem, ".json": _json_problem}
     directory = Path(directory)
@@ -200,6 +202,40 @@ def checkpoint_problem(directory: str | os.PathLike) -> tuple[Path, str] | None:
             json.loads(marker.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
             return marker, "not valid JSON"
+    return _missing_part(directory)
+
+
+# the weights a transformers.Trainer checkpoint holds: plain, sharded, a PEFT adapter, or pickle (allow_bin)
+_TRAINER_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
+                    "pytorch_model.bin", "pytorch_model.bin.index.json", "adapter_model.bin")
+
+
+def _missing_part(directory: Path) -> tuple[Path, str] | None:
+    """``(file, what is wrong)`` when a checkpoint lacks a file a resume needs, or its trainer state is not
+    what the trainer wrote (a missing ``optimizer.pt`` would resume silently with a fresh optimiser)."""
+    state_path = directory / "trainer_state.json"
+    if not state_path.is_file():
+        return state_path, "missing"
+    state = json.loads(state_path.read_text(encoding="utf-8"))  # valid JSON: checked above
+    plain_loop = (directory / "trainable.safetensors").exists() or (directory / "optimizer.safetensors").exists() \
+        or (isinstance(state, dict) and "step" in state and "global_step" not in state)
+    if plain_loop:  # rankalign's own loops (reward train, policy gradient): see save_checkpoint
+        for name in ("trainable.safetensors", "optimizer.safetensors"):
+            if not (directory / name).is_file():
+                return directory / name, "missing"
+        fine = (isinstance(state, dict) and type(state.get("step")) is int and isinstance(state.get("optimizer"), dict)
+                and isinstance(state["optimizer"].get("param_groups"), list) and isinstance(state.get("history"), list))
+        return None if fine else (state_path, "not the state this trainer writes (step, optimizer, history)")
+    if not (isinstance(state, dict) and type(state.get("global_step")) is int and state["global_step"] >= 0):
+        return state_path, "not a transformers trainer state (no whole-number global_step)"
+    names = {path.name for path in directory.iterdir()}
+    if any(name.startswith("global_step") or "fsdp" in name or name.startswith("optimizer_") for name in names):
+        return None  # DeepSpeed or FSDP: their own layout of weights and optimiser shards
+    if not names & set(_TRAINER_WEIGHTS):
+        return directory / "model.safetensors", "missing (no weights in the checkpoint)"
+    for name in ("optimizer.pt", "scheduler.pt"):  # transformers restores neither unless both are there
+        if name not in names:
+            return directory / name, "missing"
     return None
 
 
