@@ -340,3 +340,46 @@ def test_a_file_that_is_not_a_readable_gguf_is_an_error_naming_it(home, gguf_fil
         sources.resolve_model(str(cut))
     folder = home / "models" / "gguf"
     assert not folder.exists() or all(not name.startswith(".") for name in os.listdir(folder))
+
+
+def _cut_in_half(path):
+    size = os.path.getsize(path)
+    with open(path, "r+b") as handle:
+        handle.truncate(size // 2)
+
+
+def test_a_weights_file_cut_short_is_named(home, tmp_path):
+    _tiny_folder(tmp_path / "m")
+    _cut_in_half(tmp_path / "m" / "model.safetensors")
+    with pytest.raises(sources.UnreadableModel, match=r"model\.safetensors: not a whole safetensors file"):
+        sources.load_causal_lm(str(tmp_path / "m"))
+
+
+def test_a_damaged_cached_conversion_is_converted_again(home, gguf_file):
+    path, written = gguf_file
+    folder = sources.resolve_model(str(path)).path
+    _cut_in_half(os.path.join(folder, "model.safetensors"))
+    messages = []
+    assert str(sources.convert_gguf(path, progress=messages.append)) == folder
+    assert any("damaged" in m for m in messages)
+    weights = load_file(os.path.join(folder, "model.safetensors"))  # whole again
+    np.testing.assert_array_equal(weights["model.norm.weight"].numpy(), written["output_norm.weight"])
+
+
+@pytest.mark.parametrize("pointer", ["{bad", "[]", '{"path": 5}'])
+def test_a_damaged_name_pointer_counts_as_not_fetched(home, pointer):
+    names = home / "models" / "names"
+    names.mkdir(parents=True, exist_ok=True)
+    (names / "smollm2-135m.json").write_text(pointer)
+    assert sources.fetched_folder("smollm2-135m") is None
+    listed = json.loads(CliRunner().invoke(models, ["list", "--json"]).stdout)
+    assert next(r for r in listed if r["name"] == "smollm2-135m")["path"] is None
+    with pytest.raises(sources.ModelNotFound, match="not fetched yet"):
+        sources.resolve_model("smollm2-135m")
+
+
+def test_a_reward_model_folder_is_not_taken_as_a_policy(home, tmp_path):
+    _tiny_folder(tmp_path / "rm")
+    (tmp_path / "rm" / "reward_config.json").write_text("{}")
+    with pytest.raises(sources.ModelNotFound, match="a reward model folder"):
+        sources.load_causal_lm(str(tmp_path / "rm"))

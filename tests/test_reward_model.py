@@ -387,3 +387,28 @@ def test_a_prompt_longer_than_max_length_keeps_its_end_and_leaves_the_responses_
     assert all(0 < len(r) <= 16 - 8 for r in item.response_ids)
     history = train_reward_model(model, tokenizer, [record] * 4, epochs=1, batch_size=2, max_length=16)
     assert len(history) == 2 and all(row["loss"] > 0 for row in history)
+
+
+def test_a_damaged_reward_model_folder_is_named(tokenizer, tmp_path):
+    from rankalign.engine.sources import UnreadableModel
+
+    model = tiny_reward_model(tokenizer)
+    model.save_pretrained(tmp_path / "rm", tokenizer=tokenizer)
+    config_path = tmp_path / "rm" / "config.json"
+    original = config_path.read_text()
+    config = json.loads(original)
+    config["rankalign_reward"]["kind"] = "weird"
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(UnreadableModel, match=r"config\.json: rankalign_reward settings do not describe"):
+        RewardModel.from_pretrained(tmp_path / "rm")
+    del config["rankalign_reward"]["attribute_weights"]
+    config["rankalign_reward"]["kind"] = json.loads(original)["rankalign_reward"]["kind"]
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(UnreadableModel, match="lacks 'attribute_weights'"):
+        RewardModel.from_pretrained(tmp_path / "rm")
+    config_path.write_text(original)
+    weights = tmp_path / "rm" / "model.safetensors"
+    with open(weights, "r+b") as handle:
+        handle.truncate(weights.stat().st_size // 2)
+    with pytest.raises(UnreadableModel, match=r"model\.safetensors: not a whole safetensors file"):
+        RewardModel.from_pretrained(tmp_path / "rm")

@@ -171,3 +171,17 @@ def test_reward_loss_params_are_checked_against_the_objective(tmp_path):
 
     with pytest.raises(ConfigError, match="objective 'bt_reward' has no parameter 'nope'"):
         load_config(write(tmp_path, "data: x.jsonl\n"), ["loss_params.nope=1"], cls=RewardTrainConfig)
+
+
+def test_a_model_inside_the_output_dir_is_refused(tmp_path):
+    # training into the folder the model came from would replace the reference with the policy
+    from rankalign.train.reward import RewardTrainConfig
+
+    (tmp_path / "run" / "final").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    config = write(tmp_path, "data: x.jsonl\n")
+    run = str(tmp_path / "run")
+    for cls, key in ((TrainConfig, "model"), (TrainConfig, "reference_model"), (RewardTrainConfig, "backbone")):
+        with pytest.raises(ConfigError, match=f"{key} .* lies inside output_dir"):
+            load_config(config, [f"{key}={run}/final", f"output_dir={run}"], cls=cls)
+        load_config(config, [f"{key}={tmp_path}/elsewhere", f"output_dir={run}"], cls=cls)  # fine

@@ -119,24 +119,35 @@ def file_sha256(path: str | os.PathLike, block: int = 1 << 20) -> str:
 
 
 # ---------------------------------------------------------------------------------------- weights check
-def check_weights(folder: str | os.PathLike, *, allow_bin: bool = False) -> str:
+def check_weights(folder: str | os.PathLike, *, allow_bin: bool = False, allowable: bool = True) -> str:
     """``"safetensors"`` or ``"bin"``: the weight format a transformers folder will load from.
 
-    Raises ModelNotFound when the folder has no ``config.json`` or no weights, and PermissionError when it
-    has only pickle weights (``*.bin``, ``*.pt``) and ``allow_bin`` is false: unpickling can run code.
+    Raises ModelNotFound when the folder has no ``config.json`` or no weights, UnreadableModel when a
+    ``.safetensors`` file is not whole (cut short), and PermissionError when it has only pickle weights
+    (``*.bin``, ``*.pt``) and ``allow_bin`` is false: unpickling can run code (``allowable``: whether the
+    message may point at ``allow_bin``; reward models load from safetensors only).
     """
+    from rankalign._safetensors import safetensors_problem
+
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise ModelNotFound(f"{folder}: not a transformers model folder (no config.json)")
-    if any(folder.glob("*.safetensors")):
+    weights = sorted(folder.glob("*.safetensors"))
+    if weights:
+        for path in weights:  # a file cut short fails in safetensors without naming itself
+            problem = safetensors_problem(path)
+            if problem:
+                raise UnreadableModel(f"{path}: not a whole safetensors file ({problem})")
         return "safetensors"
     pickled = sorted(p.name for p in [*folder.glob("*.bin"), *folder.glob("*.pt")])
     if pickled:
         if not allow_bin:
+            allow = (" Convert them to safetensors, or allow them explicitly (allow_bin=True, `allow_bin: true` "
+                     "in a config, --allow-bin on the command line) if you trust the file" if allowable else
+                     " Convert them to safetensors (this model loads from safetensors only)")
             raise PermissionError(
                 f"{folder}: holds only pickle weights ({', '.join(pickled[:3])}); loading them can run "
-                "arbitrary code. Convert them to safetensors, or allow them explicitly (allow_bin=True, "
-                "`allow_bin: true` in a config, --allow-bin on the command line) if you trust the file")
+                f"arbitrary code.{allow}")
         return "bin"
     raise ModelNotFound(f"{folder}: has config.json but no weights (*.safetensors)")
 
@@ -167,7 +178,15 @@ def convert_gguf(path: str | os.PathLike, *, progress=None) -> Path:
     sha256 = file_sha256(path)
     target = gguf_cache_folder(sha256)
     if (target / SOURCE_FILE).is_file():
-        return target
+        from rankalign._safetensors import safetensors_problem
+
+        damaged = [(p, problem) for p in sorted(target.glob("*.safetensors")) if (problem := safetensors_problem(p))]
+        if not damaged and any(target.glob("*.safetensors")):
+            return target
+
+        reason = f"{damaged[0][0].name}: {damaged[0][1]}" if damaged else "no weights"
+        say(f"the cached conversion {target} is damaged ({reason}); converting again")
+        shutil.rmtree(target)
     try:
         import gguf  # noqa: F401  (transformers needs it to read the file)
     except ImportError:
@@ -250,7 +269,10 @@ def fetched_folder(name: str) -> Path | None:
     pointer = _name_pointer(name)
     if not pointer.is_file():
         return None
-    folder = Path(json.loads(pointer.read_text())["path"])
+    try:  # a damaged pointer is as good as none: `models fetch` writes it again
+        folder = Path(json.loads(pointer.read_text(encoding="utf-8"))["path"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
     return folder if (folder / SOURCE_FILE).is_file() else None
 
 
@@ -388,6 +410,9 @@ def load_causal_lm(spec: str | os.PathLike | ModelSource, *, allow_bin: bool = F
     from transformers import AutoModelForCausalLM
 
     weights = check_weights(source.path, allow_bin=allow_bin)
+    if (Path(source.path) / "reward_config.json").is_file():  # loads as a causal LM with a random head
+        raise ModelNotFound(f"{source.spec}: a reward model folder (reward_config.json), not a causal LM; a policy "
+                            "needs a language model (score with `rankalign reward score`)")
     return AutoModelForCausalLM.from_pretrained(source.path, trust_remote_code=trust_remote_code,
                                                 local_files_only=True, use_safetensors=weights == "safetensors",
                                                 dtype=dtype or torch.float32)
@@ -422,7 +447,11 @@ def list_models() -> list[dict]:
     if gguf_root.is_dir():
         for folder in sorted(gguf_root.glob("sha256-*")):
             if (folder / SOURCE_FILE).is_file() and str(folder) not in named_paths:
-                origin = json.loads((folder / SOURCE_FILE).read_text())
+                try:
+                    origin = json.loads((folder / SOURCE_FILE).read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    origin = {}
+                origin = origin if isinstance(origin, dict) else {}
                 rows.append({"name": origin.get("file", folder.name), "path": str(folder),
                              "size": folder_size(folder), "source": "GGUF file, converted"})
     hub = hf_hub_cache()

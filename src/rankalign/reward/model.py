@@ -389,7 +389,10 @@ class RewardModel(nn.Module):
         from safetensors.torch import load_file
         from transformers import AutoConfig, AutoModelForSequenceClassification
 
+        from rankalign.engine.sources import UnreadableModel, check_weights
+
         directory = Path(directory)
+        check_weights(directory, allowable=False)  # a weights file cut short is named, pickle is refused
         config = AutoConfig.from_pretrained(directory, trust_remote_code=trust_remote_code)
         settings = getattr(config, "rankalign_reward", None)
         if not isinstance(settings, Mapping):
@@ -405,14 +408,20 @@ class RewardModel(nn.Module):
         classifier = AutoModelForSequenceClassification.from_pretrained(directory, **kwargs)
         prefix, head_name, _ = _classifier_layout(classifier.config)
         backbone = getattr(classifier, prefix)
-        ensemble = int(settings.get("ensemble_size", 1))
-        model = cls(backbone, num_attributes=1 if ensemble > 1 else int(settings["num_attributes"]),
-                    attribute_names=None if ensemble > 1 else settings["attribute_names"],
-                    attribute_weights="learned" if settings.get("learned_weights") else
-                    (None if ensemble > 1 else settings["attribute_weights"]),
-                    kind=settings["kind"], pooling=settings.get("pooling"),
-                    preference_dim=settings.get("preference_dim"), prompt_gate=bool(settings.get("prompt_gate")),
-                    ensemble_size=ensemble)
+        try:
+            ensemble = int(settings.get("ensemble_size", 1))
+            model = cls(backbone, num_attributes=1 if ensemble > 1 else int(settings["num_attributes"]),
+                        attribute_names=None if ensemble > 1 else settings["attribute_names"],
+                        attribute_weights="learned" if settings.get("learned_weights") else
+                        (None if ensemble > 1 else settings["attribute_weights"]),
+                        kind=settings["kind"], pooling=settings.get("pooling"),
+                        preference_dim=settings.get("preference_dim"), prompt_gate=bool(settings.get("prompt_gate")),
+                        ensemble_size=ensemble)
+        except KeyError as error:
+            raise UnreadableModel(f"{directory / 'config.json'}: rankalign_reward lacks {error}") from None
+        except (TypeError, ValueError) as error:
+            raise UnreadableModel(f"{directory / 'config.json'}: rankalign_reward settings do not describe a "
+                                  f"reward model ({error})") from None
         head = getattr(classifier, head_name)
         with torch.no_grad():
             model.head.weight.copy_(head.weight)

@@ -24,13 +24,13 @@ import dataclasses
 import hashlib
 import json
 import os
-import struct
 import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
 
 from rankalign._atomic import atomic_write_json
+from rankalign._safetensors import safetensors_problem as _safetensors_problem
 from rankalign.errors import RankalignWarning, UsageError
 
 CHECKPOINT_MARKER = "rankalign_checkpoint_complete"
@@ -141,26 +141,6 @@ def describe_difference(saved: dict, current: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------ integrity
-def _safetensors_problem(path: Path) -> str | None:
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-        if len(head) < 8:
-            return "shorter than its 8-byte header length"
-        (length,) = struct.unpack("<Q", head)
-        if length > size - 8:
-            return f"header of {length} bytes does not fit in {size} bytes (truncated)"
-        try:
-            header = json.loads(handle.read(length))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return "unreadable header"
-    end = max((entry["data_offsets"][1] for key, entry in header.items()
-               if key != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry), default=0)
-    if 8 + length + end != size:
-        return f"{size} bytes, the header describes {8 + length + end} (truncated or padded)"
-    return None
-
-
 def _zip_problem(path: Path) -> str | None:
     try:
         with zipfile.ZipFile(path) as archive:

@@ -310,6 +310,8 @@ class TrainConfig:
             value = getattr(self, name)
             need(not value or not Path(value).exists() or Path(value).is_dir(),
                  f"{name} {value!r} is a file; it must be a folder")
+        check_inputs_outside_output(self.output_dir, model=self.model, reference_model=self.reference_model,
+                                    tokenizer=self.tokenizer)
         if self.online.enabled:
             self.online.validate()
         self.validate_objective()
@@ -327,6 +329,23 @@ class TrainConfig:
             objective.check_params(self.loss_params, "loss_params")
         except UsageError as error:
             raise ConfigError(str(error), hint=error.hint) from None
+
+
+def check_inputs_outside_output(output_dir, **inputs) -> None:
+    """A :class:`ConfigError` when a model (or tokenizer) the run reads lies inside its ``output_dir``: the
+    run's checkpoints and ``final/`` would replace it while it is still the reference (``eval --run`` then
+    compares the policy with itself). ``inputs`` maps config keys to specs; names that are not local paths
+    (``tiny:llama``, ``smollm2-135m``) are ignored."""
+    if not output_dir:
+        return
+    root = os.path.realpath(output_dir)
+    for key, spec in inputs.items():
+        if not spec or not isinstance(spec, str) or not os.path.exists(spec):
+            continue
+        path = os.path.realpath(spec)
+        if path == root or os.path.commonpath([root, path]) == root:
+            raise ConfigError(f"{key} {spec!r} lies inside output_dir {output_dir!r}: this run would overwrite "
+                              "it while reading it", hint="copy it elsewhere, or choose another output_dir")
 
 
 def check_optimisation(config) -> None:

@@ -36,7 +36,14 @@ from typing import Any
 
 from rankalign.errors import UsageError
 
-from .config import ConfigError, PeftConfig, check_optimisation, config_to_dict, save_config
+from .config import (
+    ConfigError,
+    PeftConfig,
+    check_inputs_outside_output,
+    check_optimisation,
+    config_to_dict,
+    save_config,
+)
 from .run import split_by_prompt
 
 __all__ = ["RewardTrainConfig", "run_reward_config", "split_by_prompt", "load_backbone"]
@@ -136,6 +143,7 @@ class RewardTrainConfig:
         if self.micro_batch_tokens is not None and self.micro_batch_tokens < 1:
             raise ConfigError(f"micro_batch_tokens must be >= 1 or null, got {self.micro_batch_tokens}")
         check_optimisation(self)
+        check_inputs_outside_output(self.output_dir, backbone=self.backbone, tokenizer=self.tokenizer)
         if self.lr_scheduler not in ("constant", "linear"):
             raise ConfigError(f"lr_scheduler must be constant or linear, got {self.lr_scheduler!r}")
         if not 0.0 <= self.warmup_ratio < 1.0:
