@@ -85,7 +85,7 @@ def test_vote_is_stored_once_per_request_id(arena):
     ({"candidates": ["model-a", "model-b"], "ranks": [0]}, "ranks"),
     ({"candidates": ["model-a", "model-b"], "ranks": [0, 2]}, "ranks[1]"),
     ({"candidates": ["model-a", "model-b"], "ranks": [0, "1"]}, "ranks[1]"),
-    ({"candidates": ["model-a", "model-b"], "ranks": [0, None]}, "ranks"),
+    ({"candidates": ["model-a", "model-b"], "ranks": [0, None]}, "ranks[1]"),
     ({"candidates": ["model-a", "model-a"], "ranks": [0, 1]}, "candidates[1]"),
     ({"candidates": ["model-a"], "ranks": [0]}, "candidates"),
     ({"candidates": "model-a", "ranks": [0]}, "candidates"),
@@ -273,3 +273,39 @@ def test_cookie_votes_must_be_same_origin(arena):
     body = {"prompt": None, "candidates": ["model-a", "model-b"], "ranks": [0, 1], "request_id": "o1"}
     assert client.post("/api/votes", json=body, headers={"Origin": "http://evil.example"}).status_code == 403
     assert client.post("/api/votes", json=body, headers={"Origin": "http://testserver"}).status_code == 201
+
+
+def test_login_and_logout_must_be_same_origin(arena):
+    client, tokens, _ = arena
+    evil = {"Origin": "http://evil.example"}
+    refused = client.post("/login", data={"token": tokens["alice"]}, headers=evil, follow_redirects=False)
+    assert refused.status_code == 403 and "set-cookie" not in refused.headers
+    assert client.get("/vote", follow_redirects=False).status_code == 303  # still signed out
+    signed_in = client.post("/login", data={"token": tokens["alice"]}, headers={"Origin": "http://testserver"},
+                            follow_redirects=False)
+    assert signed_in.status_code == 303 and "set-cookie" in signed_in.headers
+    out = client.post("/logout", headers=evil, follow_redirects=False)
+    assert out.status_code == 403 and "set-cookie" not in out.headers
+    assert client.get("/vote", follow_redirects=False).status_code == 200  # still signed in
+
+
+def test_login_body_is_capped(arena):
+    client, tokens, _ = arena
+    upload = client.post("/login", data={"token": tokens["alice"]}, files={"f": ("big.bin", b"x" * 200_000)},
+                         follow_redirects=False)
+    assert upload.status_code == 413 and "set-cookie" not in upload.headers
+    # a chunked body (no Content-Length) is cut off at the cap too
+    chunked = client.post("/login", content=iter([b"token=", b"x" * 70_000]), follow_redirects=False,
+                          headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert chunked.status_code == 413
+    small = client.post("/login", files={"token": (None, tokens["alice"])}, follow_redirects=False)
+    assert small.status_code == 303  # a multipart form within the cap still signs in
+
+
+@pytest.mark.parametrize("rank", [None, "1", 1.5, True])
+def test_rank_errors_say_what_a_vote_accepts(arena, rank):
+    client, tokens, _ = arena
+    response = vote(client, tokens["alice"], ["model-a", "model-b"], [0, rank], "r-1", prompt=None)
+    assert response.status_code == 422 and response.json()["field"] == "ranks[1]"
+    assert "a rank must be an integer (every candidate is ranked)" in response.json()["error"]
+    assert "or null" not in response.json()["error"]  # null is refused, so the message does not offer it

@@ -12,13 +12,13 @@ Needs the ``arena`` extra (starlette, uvicorn, SQLAlchemy, Alembic, psycopg, Jin
 """
 
 from .app import Arena, RateLimiter, VoteError, create_app, validate_vote
-from .db import add_annotator, connect, hash_token, load_items, migrate
+from .db import add_annotator, connect, hash_token, load_items, migrate, open_database
 from .items import read_items
 from .records import agreement, vote_records
 from .sampling import SAMPLERS, bt_posterior, choose, pair_information, vote_comparisons
 
 __all__ = [
     "create_app", "Arena", "RateLimiter", "VoteError", "validate_vote",
-    "connect", "migrate", "add_annotator", "load_items", "hash_token", "read_items",
+    "connect", "open_database", "migrate", "add_annotator", "load_items", "hash_token", "read_items",
     "vote_records", "agreement", "SAMPLERS", "bt_posterior", "choose", "pair_information", "vote_comparisons",
 ]

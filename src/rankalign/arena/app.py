@@ -112,8 +112,12 @@ def validate_vote(payload, content: dict) -> dict:
         if item not in known:
             raise VoteError(f"unknown item {item!r}", f"candidates[{i}]")
     ranks = payload.get("ranks")
-    if not isinstance(ranks, list) or any(r is None for r in ranks):
+    if not isinstance(ranks, list):
         raise VoteError("ranks must be a list with one integer per candidate", "ranks")
+    for i, rank in enumerate(ranks):  # RankedList would take null (unranked); a vote ranks every candidate
+        if isinstance(rank, bool) or not (isinstance(rank, int) or (isinstance(rank, float) and rank.is_integer())):
+            raise VoteError(f"a rank must be an integer (every candidate is ranked), got {json.dumps(rank)[:40]}",
+                            f"ranks[{i}]")
     try:
         record = RankedList(candidates=candidates, ranks=ranks)
     except DataError as error:
@@ -282,6 +286,20 @@ def _same_origin(request: Request) -> bool:
     return origin.split("://", 1)[-1] == request.headers.get("host")
 
 
+async def _capped_body(request: Request) -> bytes | None:
+    """The request body, or None as soon as it is known to exceed MAX_BODY (nothing more is read)."""
+    declared = request.headers.get("content-length") or "0"
+    if not declared.isdigit() or int(declared) > MAX_BODY:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 # ------------------------------------------------------------------------------------------- API
 async def health(request: Request):
     arena: Arena = request.app.state.arena
@@ -322,10 +340,8 @@ async def post_vote(request: Request):
         return _error(403, "cross-origin request")
     if "application/json" not in request.headers.get("content-type", ""):
         return _error(415, "send the vote as application/json")
-    if int(request.headers.get("content-length") or 0) > MAX_BODY:
-        return _error(413, f"body larger than {MAX_BODY} bytes")
-    body = await request.body()
-    if len(body) > MAX_BODY:
+    body = await _capped_body(request)
+    if body is None:
         return _error(413, f"body larger than {MAX_BODY} bytes")
     try:
         payload = loads_json(body.decode("utf-8"))
@@ -409,7 +425,16 @@ async def home(request: Request):
 
 async def login(request: Request):
     arena: Arena = request.app.state.arena
-    form = await request.form()
+    if not _same_origin(request):
+        return _page(request, "login.html", status=403, error="Cross-origin sign-in refused.")
+    body = await _capped_body(request)
+    if body is None:
+        return _page(request, "login.html", status=413, error=f"Request larger than {MAX_BODY} bytes.")
+
+    async def replay():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    form = await Request(request.scope, replay).form()
     token = str(form.get("token", "")).strip()
     client = request.client.host if request.client else "unknown"
     annotator = await run_in_threadpool(db.find_annotator, arena.engine, token) if 0 < len(token) <= 200 else None
@@ -424,6 +449,8 @@ async def login(request: Request):
 
 
 async def logout(request: Request):
+    if not _same_origin(request):
+        return _page(request, "login.html", status=403, error="Cross-origin sign-out refused.")
     response = RedirectResponse("/", status_code=303)
     response.delete_cookie(COOKIE)
     return response

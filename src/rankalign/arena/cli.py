@@ -6,20 +6,13 @@ import click
 
 from rankalign._cli import FiniteFloat, deprecated_option, output_option, resolve_deprecated
 from rankalign.data.errors import DataError
+from rankalign.errors import RankalignError
 
+from .db import MAX_QUOTA
 from .sampling import SAMPLERS
 
 _db_option = click.option("--db", "url", required=True, metavar="URL",
                           help="sqlite:///arena.db (or a plain path) or postgresql://user@host/dbname.")
-
-
-def _migrated(url):
-    """An engine on ``url`` with the schema brought up to date (Alembic upgrade to head)."""
-    from . import db
-
-    engine = db.connect(url)
-    db.migrate(engine)
-    return engine
 
 
 @click.group()
@@ -41,7 +34,7 @@ def init(url, items_path, admin_name):
         records = read_items(items_path)
     except DataError as error:
         raise click.ClickException(str(error)) from None
-    engine = _migrated(url)
+    engine = db.open_database(url, create=True)
     try:
         counts = db.load_items(engine, records)
         token = db.add_annotator(engine, admin_name, admin=True)
@@ -56,13 +49,13 @@ def init(url, items_path, admin_name):
 @click.argument("name")
 @_db_option
 @click.option("--admin", is_flag=True, help="Give the account the admin role (admin page, export).")
-@click.option("--quota", type=click.IntRange(min=0), default=None, help="At most this many votes.")
+@click.option("--quota", type=click.IntRange(0, MAX_QUOTA), default=None, help="At most this many votes.")
 def add_annotator_command(name, url, admin, quota):
     """Create an annotator NAME and print its token (last line; only its hash is stored)."""
     from . import db
 
     try:
-        token = db.add_annotator(_migrated(url), name, admin=admin, quota=quota)
+        token = db.add_annotator(db.open_database(url), name, admin=admin, quota=quota)
     except ValueError as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"annotator {name!r} created{' (admin)' if admin else ''}"
@@ -84,21 +77,42 @@ def add_annotator_command(name, url, admin, quota):
               help="Requests per minute per token (0: no limit).")
 @click.option("--burst", type=click.IntRange(min=1), default=60, show_default=True,
               help="Requests a token may make at once before the rate limit applies.")
-@click.option("--seed", type=int, default=None, help="Seed of the sampler (default: random).")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed of the sampler (default: random).")
 def serve(url, host, port, sampler, k, prior, per_minute, burst, seed):
     """Run the arena server (uvicorn). Stop it with Ctrl-C; every acknowledged vote is committed."""
     import uvicorn
 
+    from . import db
     from .app import create_app
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: listening on {host}, reachable from other machines; put TLS in front.", err=True)
-    _migrated(url).dispose()
+    db.open_database(url).dispose()
     try:
         app = create_app(url, sampler=sampler, k=k, prior=prior, per_minute=per_minute, burst=burst, seed=seed)
     except ValueError as error:
         raise click.ClickException(str(error)) from None
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    listener = _listen(host, port)
+    shown_host = f"[{host}]" if ":" in host else host
+    click.echo(f"serving the arena at http://{shown_host}:{listener.getsockname()[1]}/ (Ctrl-C stops it)", err=True)
+    try:
+        uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run(sockets=[listener])
+    except KeyboardInterrupt:  # Ctrl-C is the way to stop it (as uvicorn.run does)
+        pass
+
+
+def _listen(host: str, port: int):
+    """A socket bound to ``host:port`` (as uvicorn binds it), or a ClickException saying why not."""
+    import socket
+
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as error:
+        listener.close()
+        raise click.ClickException(f"cannot listen on {host} port {port}: {error.strerror or error}") from None
+    return listener
 
 
 @arena.command("export")
@@ -114,16 +128,56 @@ def export(url, legacy_out, output, form):
     out = resolve_deprecated(output, legacy_out, new="-o/--output", old="the positional OUT")
     if out is None:
         raise click.UsageError("give the output file with -o/--output PATH")
+    from rankalign._cli import refuse_overwriting_inputs
+    from rankalign.data._sources import detect_format
     from rankalign.data.readers import write
 
     from . import db
     from .records import vote_records
 
-    records, dropped = vote_records(db.connect(url), form)
+    try:
+        writable = detect_format(out) in ("jsonl", "json", "csv", "parquet")
+    except DataError:
+        writable = False
+    if not writable:
+        raise click.BadParameter(f"cannot tell what to write to {out} from its extension; export writes .jsonl, "
+                                 ".json, .csv or .parquet", param_hint="-o/--output")
+    engine = db.open_database(url)
+    refuse_overwriting_inputs(db.sqlite_path(url), out)
+    records, dropped = vote_records(engine, form)
     count = write(records, out)
     click.echo(f"wrote {count} records to {out}")
     for reason, n in dropped.items():
         click.echo(f"left out {n} votes: {reason}", err=True)
+
+
+def _targets(ctx, param, value):
+    """``--targets``: distinct Kendall tau levels in [-1, 1], comma-separated."""
+    levels = []
+    for part in value.split(","):
+        try:
+            level = float(part)
+        except ValueError:
+            raise click.BadParameter(f"{part.strip()!r} is not a number (give levels such as 0.8,0.9)") from None
+        if not -1.0 <= level <= 1.0:
+            raise click.BadParameter(f"{part.strip()} is outside Kendall tau's range [-1, 1]")
+        if level in levels:
+            raise click.BadParameter(f"{part.strip()} is given twice")
+        levels.append(level)
+    return levels
+
+
+def _samplers(ctx, param, value):
+    """``--samplers``: one or more distinct sampler names, comma-separated."""
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    if not names:
+        raise click.BadParameter(f"name at least one sampler: {', '.join(SAMPLERS)}")
+    for name in names:
+        if name not in SAMPLERS:
+            raise click.BadParameter(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
+        if names.count(name) > 1:
+            raise click.BadParameter(f"{name} is given twice")
+    return names
 
 
 @arena.command("simulate")
@@ -140,11 +194,13 @@ def export(url, legacy_out, output, form):
               help="Standard deviation of the gold utilities.")
 @click.option("--temperature", type=FiniteFloat(min=1e-6), default=1.0, show_default=True,
               help="Annotator noise: the temperature of the Plackett-Luce choice.")
-@click.option("--targets", default="0.8,0.9", show_default=True, help="Kendall tau levels to report.")
-@click.option("--samplers", default=",".join(SAMPLERS), show_default=True, help="Comma-separated samplers to compare.")
+@click.option("--targets", default="0.8,0.9", show_default=True, callback=_targets,
+              help="Comma-separated Kendall tau levels to report, each in [-1, 1].")
+@click.option("--samplers", default=",".join(SAMPLERS), show_default=True, callback=_samplers,
+              help="Comma-separated samplers to compare.")
 @click.option("--exploration", type=FiniteFloat(min=0.0), default=1.0, show_default=True,
               help="c of the ucb sampler's bonus c * sigma.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the simulation.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the simulation.")
 @output_option("study.json, study.md and study.png (a folder)", file=False, default="arena_study", show_default=True)
 @deprecated_option("--out", "legacy_out", "-o/--output", type=click.Path(file_okay=False))
 def simulate(n_items, n_annotators, k, budget, repeats, spread, temperature, targets, samplers, exploration, seed,
@@ -153,14 +209,15 @@ def simulate(n_items, n_annotators, k, budget, repeats, spread, temperature, tar
     out_dir = resolve_deprecated(output, legacy_out, new="-o/--output", old="--out", new_default="arena_study")
     from .study import print_table, run_study, save_study
 
-    chosen = [s.strip() for s in samplers.split(",") if s.strip()]
-    unknown = [s for s in chosen if s not in SAMPLERS]
-    if unknown:
-        raise click.UsageError(f"unknown sampler(s) {unknown}; choose from {', '.join(SAMPLERS)}")
-    levels = [float(t) for t in targets.split(",")]
-    study = run_study(n_items=n_items, n_annotators=n_annotators, k=k, budget=budget, repeats=repeats,
-                      spread=spread, temperature=temperature, samplers=chosen, targets=levels, seed=seed,
-                      exploration=exploration)
+    if k > n_items:
+        raise click.BadParameter(f"{k} items per vote is more than the {n_items} --items", param_hint="--k")
+    try:
+        study = run_study(n_items=n_items, n_annotators=n_annotators, k=k, budget=budget, repeats=repeats,
+                          spread=spread, temperature=temperature, samplers=samplers, targets=targets, seed=seed,
+                          exploration=exploration)
+    except MemoryError:
+        raise RankalignError(f"out of memory simulating an arena of {n_items} items",
+                             hint="use fewer --items: the belief is an items x items matrix") from None
     paths = save_study(study, out_dir)
     print_table(study)
     for path in paths:

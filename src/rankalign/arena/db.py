@@ -42,6 +42,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine, make_url
 
+from rankalign.errors import RankalignError, UsageError
+
+# the largest quota: PostgreSQL's INTEGER column holds 32-bit values
+MAX_QUOTA = 2**31 - 1
+
 metadata = MetaData()
 
 items = Table(
@@ -127,6 +132,61 @@ def connect(url: str, *, pool_size: int = 10) -> Engine:
     return create_engine(url, pool_size=pool_size, max_overflow=2 * pool_size, pool_pre_ping=True)
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite database URL (or plain path), or None (another database, or in memory)."""
+    parsed = make_url(normalise_url(url))
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def open_database(url: str, *, create: bool = False) -> Engine:
+    """An engine on ``url`` with the schema brought up to date, or a one-line :class:`RankalignError`.
+
+    Only ``create=True`` (``rankalign arena init``) creates a database; otherwise a SQLite file that does
+    not exist is refused before anything is written, and so is a database without the arena's tables.
+    Every failure to reach the database (no driver, not a database, no such folder, server down) names the
+    URL (password hidden) and the cause.
+    """
+    from sqlalchemy import inspect
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+    from sqlalchemy.pool import NullPool
+
+    init_hint = f"create it with `rankalign arena init --db {url} --items ITEMS.jsonl`"
+    try:
+        shown = url if "://" not in url else make_url(url).render_as_string(hide_password=True)
+        path = sqlite_path(url)
+    except ArgumentError as error:
+        raise UsageError(f"cannot read the database URL {url!r}: {error}") from None
+    if path is not None:
+        if path.is_dir():
+            raise RankalignError(f"the database {shown} is a folder, not a SQLite file")
+        if not create and not path.exists():
+            raise RankalignError(f"no arena database at {shown}", hint=init_hint)
+        if not path.parent.is_dir():
+            raise RankalignError(f"cannot create the database {shown}: the folder {path.parent} does not exist")
+    try:
+        if not create:  # look without the durability pragmas, which would write to a file that is not ours
+            probe = create_engine(normalise_url(url), poolclass=NullPool)
+            try:
+                with probe.connect() as connection:
+                    found = set(inspect(connection).get_table_names())
+            finally:
+                probe.dispose()
+            if not {"items", "annotators"} <= found:  # the first schema's core; later ones are migrated in
+                raise RankalignError(f"{shown} is not an arena database (no items and annotators tables)",
+                                     hint=init_hint)
+        engine = connect(url)
+        migrate(engine)
+    except ImportError as error:
+        raise RankalignError(f"cannot open the database {shown}: its driver {error.name} is not installed",
+                             hint="the arena runs on SQLite or on PostgreSQL with psycopg: "
+                                  "pip install 'rankalign[arena]'") from None
+    except SQLAlchemyError as error:
+        raise RankalignError(f"cannot open the database {shown}: {getattr(error, 'orig', None) or error}") from None
+    return engine
+
+
 def migrate(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to ``revision`` with the Alembic scripts shipped in ``rankalign/arena/migrations``."""
     from alembic import command
@@ -183,8 +243,8 @@ def add_annotator(engine: Engine, name: str, *, admin: bool = False, quota: int 
     """Create an annotator and return its token (shown once; only its hash is stored)."""
     if not name or len(name) > 200 or not name.strip():
         raise ValueError("an annotator name must be 1-200 characters, not blank")
-    if quota is not None and quota < 0:
-        raise ValueError(f"quota must be >= 0, got {quota}")
+    if quota is not None and not 0 <= quota <= MAX_QUOTA:
+        raise ValueError(f"quota must be between 0 and {MAX_QUOTA}, got {quota}")
     token = new_token()
     with engine.begin() as connection:
         exists = connection.execute(select(annotators.c.id).where(annotators.c.name == name)).first()
