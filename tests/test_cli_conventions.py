@@ -248,3 +248,22 @@ def test_config_errors_keep_their_hint_in_both_trainers(tmp_path):
         result = CliRunner().invoke(main, command)
         assert result.exit_code == 2, (command, result.output)
         assert "(hint: did you mean 'skip_invalid'?)" in result.output, (command, result.output)
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "expected a JSON object"),
+    ('{"model": "tiny:llama", "tokenizer": "final", "reference": {"kind": "initial_model", "spec": "tiny:llama"}, '
+     '"seed": 0}', "field 'policy'"),
+    ('{"model": "tiny:llama", "tokenizer": "final", "policy": {"folder": "final", "adapter": false}, '
+     '"reference": {"kind": "initial_model", "spec": "tiny:llama"}, "seed": 0, "beta": "abc"}', "field 'beta'"),
+])
+def test_a_damaged_run_source_is_named(tmp_path, content, expected):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n", encoding="utf-8")
+    (tmp_path / "run" / "final").mkdir(parents=True)
+    (tmp_path / "run" / "run_source.json").write_text(content)
+    result = CliRunner().invoke(main, ["eval", "--run", str(tmp_path / "run"), "--data", str(data)])
+    assert result.exit_code != 0
+    assert "run_source.json: " in result.output and expected in result.output, result.output
+    assert "unexpected" not in result.output

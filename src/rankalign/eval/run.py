@@ -93,6 +93,46 @@ def load_causal_lm(spec: str, device: str, *, allow_bin: bool = False):
     return load_source(spec, allow_bin=allow_bin).to(device).eval()
 
 
+def _run_source_problem(record) -> str | None:
+    """What is wrong with a parsed ``run_source.json`` (None: it has what :func:`load_run` reads)."""
+    import math
+
+    if not isinstance(record, dict):
+        return f"expected a JSON object, got {type(record).__name__}"
+    for key, kinds in (("model", str), ("tokenizer", str), ("policy", dict), ("reference", dict), ("seed", int)):
+        if not isinstance(record.get(key), kinds) or isinstance(record.get(key), bool):
+            return f"field {key!r}: expected {kinds.__name__}, got {record.get(key)!r}"[:200]
+    policy, reference = record["policy"], record["reference"]
+    if not isinstance(policy.get("folder"), str) or not isinstance(policy.get("adapter"), bool):
+        return "field 'policy': expected {\"folder\": str, \"adapter\": bool}"
+    if reference.get("kind") not in ("adapter_disabled", "initial_model", "model") \
+            or not isinstance(reference.get("spec"), str):
+        return ("field 'reference': expected a kind (adapter_disabled, initial_model or model) and a spec, got "
+                f"{reference!r}")[:200]
+    beta = record.get("beta", 0.1)
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not (math.isfinite(beta) and beta > 0):
+        return f"field 'beta': expected a number > 0, got {beta!r}"
+    for key in ("max_prompt_tokens", "max_response_tokens"):
+        value = record.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            return f"field {key!r}: expected a whole number >= 1 or null, got {value!r}"
+    if not isinstance(record.get("tiny_model") or {}, dict):
+        return f"field 'tiny_model': expected an object, got {record['tiny_model']!r}"
+    return None
+
+
+def read_run_source(path) -> dict:
+    """``run_source.json`` of a run folder, checked; an :class:`EvalError` naming the file otherwise."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise EvalError(f"{path}: not valid JSON ({error})") from None
+    problem = _run_source_problem(record)
+    if problem:
+        raise EvalError(f"{path}: {problem}; it is not what `rankalign train` writes")
+    return record
+
+
 def load_run(run_dir: str, device: str):
     """(policy, reference context, run record) of a ``rankalign train`` output folder.
 
@@ -112,7 +152,7 @@ def load_run(run_dir: str, device: str):
     if not record_path.is_file():
         raise EvalError(f"{run}: no {RUN_SOURCE_FILE}; is it a `rankalign train` output folder "
                                    "(written by this version)?")
-    record = json.loads(record_path.read_text())
+    record = read_run_source(record_path)
     final = run / record["policy"]["folder"]
     if not final.is_dir():
         raise EvalError(f"{run}: no {final.name}/ folder: the run has not finished")
@@ -123,8 +163,13 @@ def load_run(run_dir: str, device: str):
     allow_bin = bool(record.get("allow_bin"))
 
     def base():
-        return load_source(record["model"], allow_bin=allow_bin, vocab_size=len(tokenizer), seed=record["seed"],
-                           tiny_options=record.get("tiny_model"))
+        from ..engine.sources import ModelNotFound, UnreadableModel
+
+        try:
+            return load_source(record["model"], allow_bin=allow_bin, vocab_size=len(tokenizer), seed=record["seed"],
+                               tiny_options=record.get("tiny_model"))
+        except (ModelNotFound, UnreadableModel, PermissionError) as error:
+            raise EvalError(f"{record_path}: the run's model {record['model']!r} cannot be loaded: {error}") from None
 
     if record["policy"]["adapter"]:
         from peft import PeftModel
@@ -283,11 +328,10 @@ def evaluate_policy(policy: str | None, data, *, reference: str | None = None, r
     if run_dir is not None:
         from ..train.run import RUN_SOURCE_FILE
 
-        try:
-            run_record = json.loads((Path(run_dir) / RUN_SOURCE_FILE).read_text())
-        except FileNotFoundError:
-            raise EvalError(f"{run_dir}: no {RUN_SOURCE_FILE}; is it a `rankalign train` output folder?") from None
-        beta = run_record["beta"] if beta is None else beta
+        if not (Path(run_dir) / RUN_SOURCE_FILE).is_file():
+            raise EvalError(f"{run_dir}: no {RUN_SOURCE_FILE}; is it a `rankalign train` output folder?")
+        run_record = read_run_source(Path(run_dir) / RUN_SOURCE_FILE)
+        beta = run_record.get("beta", 0.1) if beta is None else beta
         max_prompt_tokens = max_prompt_tokens or run_record.get("max_prompt_tokens")
         max_response_tokens = max_response_tokens or run_record.get("max_response_tokens")
         policy = f"{run_dir} (policy)"
