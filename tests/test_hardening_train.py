@@ -244,6 +244,26 @@ def test_finished_run_does_nothing_unless_extended(tmp_path):
     assert longer.exit_code == 0 and "trained 6 steps" in longer.stdout
 
 
+@pytest.mark.parametrize("marker", ['{"global_step": "two"}', '{"global_step": null}', "[]",
+                                    '{"global_step": 4, "fingerprint": [1]}'])
+def test_a_damaged_finished_marker_is_ignored_with_a_warning(tmp_path, marker):
+    from rankalign.train.checkpoints import FINISHED_MARKER, finished_run
+
+    (tmp_path / "final").mkdir()
+    (tmp_path / "final" / FINISHED_MARKER).write_text(marker)
+    with pytest.warns(RankalignWarning, match="not the marker a finished run writes"):
+        assert finished_run(tmp_path) is None
+
+
+def test_a_checkpoint_fingerprint_that_is_not_an_object_counts_as_none(tmp_path):
+    from rankalign.train.checkpoints import checkpoint_fingerprint, verify_checkpoint
+
+    (tmp_path / CHECKPOINT_MARKER).write_text('{"global_step": 2, "fingerprint": [1, 2]}')
+    assert checkpoint_fingerprint(tmp_path) is None
+    with pytest.raises(ResumeError, match="carries no run fingerprint"):
+        verify_checkpoint(tmp_path, {"hash": "x"})
+
+
 def test_resume_refuses_a_checkpoint_of_a_different_config(tmp_path):
     config = write_config(tmp_path, max_steps=6)
     assert train(config, "--set", "max_steps=2").exit_code == 0  # leaves checkpoint-2 of beta 0.5

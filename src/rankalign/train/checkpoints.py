@@ -258,7 +258,8 @@ def checkpoint_fingerprint(checkpoint: str | os.PathLike) -> dict | None:
         marker = json.loads((Path(checkpoint) / CHECKPOINT_MARKER).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
-    return marker.get("fingerprint") if isinstance(marker, dict) else None
+    fingerprint = marker.get("fingerprint") if isinstance(marker, dict) else None
+    return fingerprint if isinstance(fingerprint, dict) else None
 
 
 def verify_checkpoint(checkpoint: str | os.PathLike, fingerprint: dict | None) -> None:
@@ -319,7 +320,13 @@ def finished_run(output_dir: str | os.PathLike) -> dict | None:
         marker = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
-    return marker if isinstance(marker, dict) else None
+    whole = (isinstance(marker, dict) and type(marker.get("global_step")) is int
+             and type(marker.get("max_steps", -1)) is int and isinstance(marker.get("epochs", 0.0), (int, float))
+             and not isinstance(marker.get("epochs", 0.0), bool) and isinstance(marker.get("fingerprint") or {}, dict))
+    if not whole:  # as if the run had not finished: it resumes from its last checkpoint
+        warnings.warn(f"{path}: not the marker a finished run writes; ignoring it", RankalignWarning, stacklevel=2)
+        return None
+    return marker
 
 
 def finished_note(output_dir, fingerprint: dict, max_steps: int, epochs: float) -> str | None:
