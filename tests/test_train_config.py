@@ -185,3 +185,14 @@ def test_a_model_inside_the_output_dir_is_refused(tmp_path):
         with pytest.raises(ConfigError, match=f"{key} .* lies inside output_dir"):
             load_config(config, [f"{key}={run}/final", f"output_dir={run}"], cls=cls)
         load_config(config, [f"{key}={tmp_path}/elsewhere", f"output_dir={run}"], cls=cls)  # fine
+
+
+def test_tiny_model_keys_are_checked_in_both_configs(tmp_path):
+    from rankalign.train.reward import RewardTrainConfig
+
+    config = write(tmp_path, "data: x.jsonl\n")
+    for cls in (TrainConfig, RewardTrainConfig):
+        with pytest.raises(ConfigError, match="tiny_model.hiden_size") as caught:
+            load_config(config, ["tiny_model.hiden_size=64"], cls=cls)
+        assert "did you mean 'hidden_size'" in str(caught.value.hint)
+        load_config(config, ["tiny_model.hidden_size=64", "tiny_model.intermediate_size=96"], cls=cls)  # fine

@@ -78,6 +78,16 @@ def build_tokenizer(texts: Iterable[str], *, vocab_size: int = 512, kind: str = 
     return wrapped
 
 
+def tiny_model_options() -> tuple[str, ...]:
+    """Every keyword :func:`tiny_causal_lm` takes besides ``vocab_size`` (its own and the fields of the
+    Llama and GPT-2 configs), for checking a config's ``tiny_model`` section before anything is built."""
+    from transformers import GPT2Config, LlamaConfig
+
+    own = ("arch", "hidden_size", "layers", "heads", "seed", "attn_implementation")
+    fields = set(LlamaConfig().to_dict()) | set(GPT2Config().to_dict())
+    return tuple(sorted(set(own) | {name for name in fields if not name.startswith("_")}))
+
+
 def tiny_causal_lm(vocab_size: int, *, arch: str = "llama", hidden_size: int = 64, layers: int = 2,
                    heads: int = 4, seed: int = 0, **overrides):
     """A randomly initialised causal LM built from a config, float32, dropout off.

@@ -312,6 +312,7 @@ class TrainConfig:
                  f"{name} {value!r} is a file; it must be a folder")
         check_inputs_outside_output(self.output_dir, model=self.model, reference_model=self.reference_model,
                                     tokenizer=self.tokenizer)
+        check_tiny_model(self.tiny_model)
         if self.online.enabled:
             self.online.validate()
         self.validate_objective()
@@ -329,6 +330,24 @@ class TrainConfig:
             objective.check_params(self.loss_params, "loss_params")
         except UsageError as error:
             raise ConfigError(str(error), hint=error.hint) from None
+
+
+def check_tiny_model(options) -> None:
+    """A :class:`ConfigError` for a ``tiny_model`` key that :func:`rankalign.engine.tiny_causal_lm` does not
+    take (``hiden_size`` was ignored, and the model built with the default width)."""
+    if not options:
+        return
+    if not isinstance(options, dict):
+        raise ConfigError(f"tiny_model must be a mapping of tiny_causal_lm options, got {options!r}")
+    from rankalign.engine.tiny import tiny_model_options
+
+    known = tiny_model_options()
+    for key in options:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            raise ConfigError(f"tiny_model.{key}: not an option of the tiny model (hidden_size, layers, heads, "
+                              "intermediate_size, or another field of a Llama/GPT-2 config)",
+                              hint=f"did you mean {close[0]!r}?" if close else None)
 
 
 def check_inputs_outside_output(output_dir, **inputs) -> None:

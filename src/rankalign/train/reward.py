@@ -41,6 +41,7 @@ from .config import (
     PeftConfig,
     check_inputs_outside_output,
     check_optimisation,
+    check_tiny_model,
     config_to_dict,
     save_config,
 )
@@ -144,6 +145,7 @@ class RewardTrainConfig:
             raise ConfigError(f"micro_batch_tokens must be >= 1 or null, got {self.micro_batch_tokens}")
         check_optimisation(self)
         check_inputs_outside_output(self.output_dir, backbone=self.backbone, tokenizer=self.tokenizer)
+        check_tiny_model(self.tiny_model)
         if self.lr_scheduler not in ("constant", "linear"):
             raise ConfigError(f"lr_scheduler must be constant or linear, got {self.lr_scheduler!r}")
         if not 0.0 <= self.warmup_ratio < 1.0:
