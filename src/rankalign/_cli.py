@@ -38,6 +38,12 @@ class FiniteFloat(click.FloatRange):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
         return number
 
+    def _describe_range(self) -> str:
+        """``--help``'s range: click would print ``x<=None`` for an unbounded one."""
+        if self.min is None and self.max is None:
+            return "finite"
+        return super()._describe_range()
+
 
 def layout_option(f):
     return click.option("--layout", type=click.Choice(LAYOUTS), default=None,

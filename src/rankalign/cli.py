@@ -149,6 +149,9 @@ def main(debug):
     """rankalign: learn from human preference feedback, with the ranking as the native unit."""
     _one_line_warnings()
     _library_logs_to_stderr()
+    # one progress style, ours: no "Loading weights" / "Writing model shards" bars from transformers (read by
+    # huggingface_hub when transformers is first imported; a user's own setting wins)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 # Loggers of libraries that rankalign's commands import indirectly and that write to *stdout* (DeepSpeed

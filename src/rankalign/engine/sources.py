@@ -331,7 +331,8 @@ def _looks_like_hub_id(spec: str) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ resolver
-def resolve_model(spec: str | os.PathLike, *, allow_bin: bool = False, progress=None) -> ModelSource:
+def resolve_model(spec: str | os.PathLike, *, allow_bin: bool = False, progress=None,
+                  allowable: bool = True) -> ModelSource:
     """Resolve a model spec (see the module docstring) to a :class:`ModelSource`; download nothing.
 
     Raises
@@ -346,7 +347,7 @@ def resolve_model(spec: str | os.PathLike, *, allow_bin: bool = False, progress=
         return ModelSource(spec, "tiny", None, tiny_arch=spec.split(":", 1)[1] or "llama")
     expanded = os.path.expanduser(spec)
     if os.path.isdir(expanded):
-        check_weights(expanded, allow_bin=allow_bin)
+        check_weights(expanded, allow_bin=allow_bin, allowable=allowable)
         return ModelSource(spec, "local", os.path.abspath(expanded))
     if expanded.lower().endswith(".gguf"):
         if not os.path.isfile(expanded):
@@ -364,16 +365,16 @@ def resolve_model(spec: str | os.PathLike, *, allow_bin: bool = False, progress=
         if folder is None:
             raise ModelNotFound(f"model {spec!r}: not a local folder, and not in the local Hugging Face cache "
                                 f"({hf_hub_cache()}); nothing is downloaded")
-        check_weights(folder, allow_bin=allow_bin)
+        check_weights(folder, allow_bin=allow_bin, allowable=allowable)
         return ModelSource(spec, "hf_cache", str(folder))
     raise ModelNotFound(
         f"model {spec!r}: not a local folder, a .gguf file, a known name ({', '.join(sorted(KNOWN_MODELS))}), "
         "an owner/name in the local Hugging Face cache, or tiny:<arch>; nothing is downloaded")
 
 
-def resolve_path(spec: str | os.PathLike, *, allow_bin: bool = False) -> str:
+def resolve_path(spec: str | os.PathLike, *, allow_bin: bool = False, allowable: bool = True) -> str:
     """The local folder of a non-tiny spec (for tokenizers and other files that sit beside the weights)."""
-    source = resolve_model(spec, allow_bin=allow_bin)
+    source = resolve_model(spec, allow_bin=allow_bin, allowable=allowable)
     if source.path is None:
         raise ModelNotFound(f"{spec}: a tiny model has no folder")
     return source.path

@@ -249,7 +249,7 @@ def load_backbone(config: RewardTrainConfig, records):
         from rankalign.engine.sources import ModelNotFound, resolve_path
 
         try:  # a folder, a .gguf file (converted once), a fetched name (smollm2-135m) or an HF-cache id
-            spec = resolve_path(spec)
+            spec = resolve_path(spec, allowable=False)  # reward backbones load from safetensors only
         except (ModelNotFound, PermissionError) as error:
             raise ConfigError(f"backbone: {error}") from None
     tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or spec, trust_remote_code=False)
