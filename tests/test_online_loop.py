@@ -261,10 +261,11 @@ def test_replay_trains_each_round_on_every_round_so_far_and_resumes_without_re_j
     shutil.rmtree(tmp_path / "split" / "round_001" / "train")
     shutil.rmtree(tmp_path / "split" / "round_001" / "policy")
     state = json.loads((tmp_path / "split" / STATE_FILE).read_text())
-    (tmp_path / "split" / STATE_FILE).write_text(json.dumps({"rounds_done": 1, "summaries": state["summaries"][:1]}))
+    (tmp_path / "split" / STATE_FILE).write_text(json.dumps({"rounds_done": 1, "summaries": state["summaries"][:1],
+                                                           "fingerprint": state["fingerprint"]}))
 
     class Reversed:
-        id = "reversed"
+        id = "text_world_gold"  # the judge's id is part of the run's fingerprint
 
         def rank(self, prompt, candidates):
             raise AssertionError("a resumed round must not ask the judge again")

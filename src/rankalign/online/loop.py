@@ -24,7 +24,18 @@ Each round:
 Resume: a run restarted with the same settings skips finished rounds (loading the last round's
 policy), reuses a round's saved lists instead of sampling again, and resumes its training from the
 last complete trainer checkpoint (``save_steps``), so a run killed anywhere ends where an
-uninterrupted run ends.
+uninterrupted run ends. ``online_state.json`` holds the run's fingerprint (:func:`online_fingerprint`:
+the train config and online section, the judge's id, the prompts, the model's source), written before
+the first round; a restart whose fingerprint differs is refused, naming the changed keys
+(:class:`~rankalign.train.checkpoints.ResumeError`), since it would mix the saved samples and rankings
+of one run with the settings of another. Only ``online.rounds`` (a finished run can be extended) and the
+keys offline training may change on resume (``epochs``, ``save_steps`` ...) may differ. A damaged state
+or ``samples.json`` file is refused with a ResumeError naming it.
+
+Sampling needs ``temperature > 0`` (finite): greedy decoding (0) gives the K completions of a prompt
+identical, so no group would have two candidates to rank; such settings are a config error.
+A judge that raises, or returns anything but a RankedList of the candidates it was given, in order, is a
+:class:`JudgeError` naming the judge and the round.
 
 A judge is anything with an ``id`` and ``rank(prompt, candidates) -> RankedList``
 (:class:`rankalign.reward.judges.Judge`): the reward-model, ensemble and preference judges of
@@ -48,11 +59,17 @@ from .._atomic import atomic_write_text
 from ..data.records import RankedList
 from ..engine import TokenizedList
 from ..engine.cpu_memory import preallocate_optimizer_state, retain_if_cpu
+from ..errors import RankalignError
 from ..reward.judges import Judge
-from ..train.config import OnlineConfig
+from ..train.checkpoints import ResumeError, describe_difference, run_fingerprint
+from ..train.config import ConfigError, OnlineConfig, check_sampling, config_to_dict
 from .generate import sample_groups
 
 STATE_FILE = "online_state.json"
+
+
+class JudgeError(RankalignError):
+    """A judge failed, or gave something other than one RankedList of the candidates it was given, in order."""
 
 
 @dataclass
@@ -140,6 +157,31 @@ def _engine_lists(groups, records, soft_labels: bool) -> list[TokenizedList]:
     return lists
 
 
+def _judge_name(judge) -> str:
+    return repr(getattr(judge, "id", None) or type(judge).__name__)
+
+
+def _ask(judge, where: str, method: str, *args):
+    """``judge.<method>(*args)``; whatever it raises becomes a :class:`JudgeError` naming the judge and ``where``
+    (the original message kept)."""
+    try:
+        return getattr(judge, method)(*args)
+    except Exception as error:
+        raise JudgeError(f"{where}: judge {_judge_name(judge)} failed in {method}(): {type(error).__name__}: {error}",
+                         hint=getattr(error, "hint", None)) from error
+
+
+def _ranked(judge, where: str, record, candidates) -> RankedList:
+    """``record`` if it is a RankedList of ``candidates`` in the order given, else a :class:`JudgeError`."""
+    if not isinstance(record, RankedList):
+        raise JudgeError(f"{where}: judge {_judge_name(judge)} returned a {type(record).__name__} ({record!r:.80}) "
+                         "where a RankedList was expected")
+    if list(record.candidates) != list(candidates):
+        raise JudgeError(f"{where}: judge {_judge_name(judge)} returned candidates in another order or changed "
+                         "them; a judge must rank the candidates it was given, in place")
+    return record
+
+
 def judged_lists(tokenizer, judge, prompts, prompt_ids, completions, *, round_index: int,
                  soft_labels: bool = False) -> tuple[list[RankedList], list[TokenizedList]]:
     """Judge each prompt's K sampled completions; the records (text) and the engine lists (sampled ids).
@@ -152,18 +194,18 @@ def judged_lists(tokenizer, judge, prompts, prompt_ids, completions, *, round_in
     (:class:`rankalign.sim.maxmin.MaxMinJudge`); other judges are asked one prompt at a time.
     """
     groups = _distinct_groups(tokenizer, prompts, prompt_ids, completions)
+    where = f"round {round_index}"
     if hasattr(judge, "rank_many"):  # a judge that decides from the whole round (rankalign.sim.maxmin.MaxMinJudge)
-        ranked = list(judge.rank_many([g[1] for g in groups], [g[3] for g in groups]))
-        if len(ranked) != len(groups):
-            raise ValueError(f"judge {getattr(judge, 'id', judge)!r} returned {len(ranked)} rankings for "
-                             f"{len(groups)} groups")
+        ranked = _ask(judge, where, "rank_many", [g[1] for g in groups], [g[3] for g in groups])
+        if not isinstance(ranked, (list, tuple)) or len(ranked) != len(groups):
+            got = f"{len(ranked)} rankings" if isinstance(ranked, (list, tuple)) else f"a {type(ranked).__name__}"
+            raise JudgeError(f"{where}: judge {_judge_name(judge)} returned {got} from rank_many() where a list of "
+                             f"{len(groups)} RankedLists (one per group) was expected")
     else:
-        ranked = [judge.rank(prompt, texts) for _, prompt, _, texts, _ in groups]
+        ranked = [_ask(judge, where, "rank", prompt, texts) for _, prompt, _, texts, _ in groups]
     records = []
     for (_index, _prompt, _ids, texts, _kept), record in zip(groups, ranked):
-        if list(record.candidates) != texts:
-            raise ValueError(f"judge {getattr(judge, 'id', judge)!r} returned candidates in another order or "
-                             "changed them; a judge must rank the candidates it was given, in place")
+        record = _ranked(judge, where, record, texts)
         meta = dict(record.meta or {})
         meta.update({"round": round_index, "source": "rankalign.online"})
         records.append(dataclasses.replace(record, annotator=record.annotator or getattr(judge, "id", None),
@@ -177,10 +219,9 @@ def saved_round_lists(tokenizer, round_dir, prompts, prompt_ids, *, soft_labels:
     ``lists.jsonl``) without asking the judge again: a resumed or replayed round trains on exactly the
     rankings it was given the first time, whatever the judge's randomness."""
     from ..data import read
-    from ..train.checkpoints import ResumeError
 
     round_dir = Path(round_dir)
-    completions = json.loads((round_dir / "samples.json").read_text())["completions"]
+    completions = _read_samples(round_dir / "samples.json", len(prompt_ids))
     records = list(read(str(round_dir / "lists.jsonl")).records)
     groups = _distinct_groups(tokenizer, prompts, prompt_ids, completions)
     if len(records) != len(groups) or any(list(r.candidates) != g[3] for r, g in zip(records, groups)):
@@ -206,17 +247,90 @@ def curriculum_pairs(lists: Sequence[TokenizedList]) -> list[TokenizedList]:
     return [entry[2] for entry in pairs]
 
 
-def _read_state(output_dir: Path) -> dict:
+def _read_samples(path: Path, groups: int) -> list:
+    """The completions of a round's ``samples.json``, checked: ``groups`` lists of completions (token ids)."""
+    hint = f"delete {path.parent} to sample and judge that round again"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ResumeError(f"{path}: not valid JSON ({error})", hint=hint) from None
+    completions = data.get("completions") if isinstance(data, dict) else None
+    if not (isinstance(completions, list) and len(completions) == groups and all(
+            isinstance(group, list) and all(isinstance(c, list) and all(type(t) is int for t in c) for c in group)
+            for group in completions)):
+        raise ResumeError(f"{path}: not the samples of this round (expected 'completions': {groups} lists of "
+                          "completions, each a list of token ids)", hint=hint)
+    return completions
+
+
+SUMMARY_KEYS = ("round", "lists", "records", "mean_judge_score", "first_loss", "last_loss")
+
+
+def _read_state(output_dir: Path) -> dict | None:
+    """``online_state.json`` (None when there is none), checked: a mapping with a whole ``rounds_done`` >= 0
+    and ``summaries``, one mapping of :data:`SUMMARY_KEYS` per round."""
     path = output_dir / STATE_FILE
     if not path.exists():
-        return {"rounds_done": 0, "summaries": []}
+        return None
+    hint = "delete the run folder (or use another output_dir) to start afresh"
     try:
-        state = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error}); delete it to start the run afresh") from None
-    if not isinstance(state.get("rounds_done"), int):
-        raise ValueError(f"{path}: field 'rounds_done' must be an integer")
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ResumeError(f"{path}: not valid JSON ({error})", hint=hint) from None
+    if not isinstance(state, dict):
+        raise ResumeError(f"{path}: expected a mapping (rounds_done, summaries, fingerprint), got a "
+                          f"{type(state).__name__}", hint=hint)
+    done, summaries = state.get("rounds_done"), state.get("summaries", [])
+    if type(done) is not int or done < 0:
+        raise ResumeError(f"{path}: field 'rounds_done' must be a whole number >= 0, got {done!r}", hint=hint)
+    if not (isinstance(summaries, list) and all(isinstance(s, dict) and all(k in s for k in SUMMARY_KEYS)
+                                                for s in summaries)):
+        raise ResumeError(f"{path}: field 'summaries' must be a list of round summaries (mappings of "
+                          f"{', '.join(SUMMARY_KEYS)})", hint=hint)
     return state
+
+
+def online_fingerprint(train_config, online: OnlineConfig, prompts: Sequence, judge, model) -> dict:
+    """The fingerprint of an online run (:func:`rankalign.train.checkpoints.run_fingerprint`): the train config
+    without the keys that may change on resume, the online section without ``rounds`` (a run may be
+    extended), the judge's ``id``, the prompts and the model's source. Sections are flattened one level
+    (``online.k``, ``loss_params.beta``) so that a refusal names the changed keys."""
+    settings = config_to_dict(train_config)
+    settings["online"] = {k: v for k, v in dataclasses.asdict(online).items() if k != "rounds"}
+    settings["judge_id"] = getattr(judge, "id", None)
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict) and value:
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return run_fingerprint(flat, [{"prompt": p} for p in prompts], model=model, model_spec=train_config.model)
+
+
+def resume_state(output_dir: Path, fingerprint: dict) -> dict | None:
+    """The run's saved state (None for a new run), after refusing one that belongs to another run."""
+    state = _read_state(output_dir)
+    if state is None:
+        return None
+    path = output_dir / STATE_FILE
+    hint = "use another output_dir, or delete this one to start afresh"
+    saved = state.get("fingerprint")
+    if not isinstance(saved, dict):
+        raise ResumeError(f"{path} carries no run fingerprint, so nothing shows it belongs to this run", hint=hint)
+    if saved.get("hash") != fingerprint["hash"]:
+        raise ResumeError(f"{output_dir} belongs to a different online run "
+                          f"({describe_difference(saved, fingerprint)})", hint=hint)
+    return state
+
+
+def _write_state(output_dir: Path, rounds_done: int, summaries: list, fingerprint: dict) -> None:
+    atomic_write_text(output_dir / STATE_FILE, json.dumps({"rounds_done": rounds_done, "summaries": summaries,
+                                                           "fingerprint": fingerprint}, indent=1))
+
+
+def check_online(online: OnlineConfig) -> None:
+    """:meth:`OnlineConfig.validate` (its sampling settings by :func:`check_sampling`, naming key and value)."""
+    online.validate()
 
 
 def _load_weights(model, directory: Path) -> None:
@@ -282,20 +396,24 @@ def run_online(model, tokenizer, prompts: Sequence, judge, train_config, online:
     from ..data import write
     from ..train import train_preference
 
-    online.validate()
+    check_online(online)
     if online.backend == "vllm":
         from . import vllm_backend
 
         if not vllm_backend.vllm_available():
-            from ..train.config import ConfigError
-
             raise ConfigError("online: backend 'vllm' needs the vllm package and a CUDA device, and this machine "
                               "lacks one or both; use backend: transformers (the default)")
+    if isinstance(judge, type):
+        raise TypeError(f"{judge.__name__} is a class, not a judge: pass an instance of it")
     if isinstance(judge, Judge) is False:
         raise TypeError(f"{type(judge).__name__} is not a judge: it needs an `id` and `rank(prompt, candidates)`")
     output_dir = Path(train_config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    state = _read_state(output_dir)
+    fingerprint = online_fingerprint(train_config, online, prompts, judge, model)
+    state = resume_state(output_dir, fingerprint)
+    if state is None:  # a new run: its fingerprint is recorded before the first round writes anything
+        state = {"rounds_done": 0, "summaries": []}
+        _write_state(output_dir, 0, [], fingerprint)
     reference = ref_model if ref_model is not None else copy.deepcopy(model).eval()
     initial_reference = reference
     done = state["rounds_done"]
@@ -327,7 +445,7 @@ def run_online(model, tokenizer, prompts: Sequence, judge, train_config, online:
             records, lists = saved_round_lists(tokenizer, round_dir, round_prompts, prompt_ids, soft_labels=soft)
         else:
             if samples_path.exists():  # killed between writing the samples and their rankings
-                completions = json.loads(samples_path.read_text())["completions"]
+                completions = _read_samples(samples_path, len(prompt_ids))
             else:
                 generator = torch.Generator(device=next(model.parameters()).device)
                 round_seed = int(train_config.seed) * 100_003 + round_index
@@ -345,8 +463,13 @@ def run_online(model, tokenizer, prompts: Sequence, judge, train_config, online:
                                           round_index=round_index, soft_labels=soft)
             if lists:
                 write(records, lists_path)
+        if not lists and records:
+            raise JudgeError(f"round {round_index}: judge {_judge_name(judge)} ranked fewer than two candidates "
+                             f"in each of the {len(records)} groups of distinct completions; nothing to train on")
         if not lists:
-            raise RuntimeError(f"round {round_index}: no prompt had two distinct judged completions")
+            raise RankalignError(f"round {round_index}: no prompt had two distinct non-empty completions among its "
+                                 f"{online.k} samples; nothing to judge", hint="raise online.temperature, "
+                                 "online.max_new_tokens or online.k")
         training = replayed + lists if online.replay else lists
         stages = [training]
         if online.curriculum:
@@ -356,8 +479,11 @@ def run_online(model, tokenizer, prompts: Sequence, judge, train_config, online:
         history = []
         for stage_index, stage in enumerate(stages):
             stage_dir = round_dir / ("train" if len(stages) == 1 else f"train_stage_{stage_index}")
+            # online.rounds may grow between invocations: the round's training (and the fingerprint of its
+            # step checkpoints) sees a run of round_index + 1 rounds, whatever the run's length
             config = dataclasses.replace(train_config, output_dir=str(stage_dir), reference_cache_dir=None,
-                                         seed=int(train_config.seed) + round_index)
+                                         seed=int(train_config.seed) + round_index,
+                                         online=dataclasses.replace(train_config.online, rounds=round_index + 1))
             if (stage_dir / "done").exists():
                 _load_weights(model, stage_dir / "policy")
                 continue
@@ -376,8 +502,7 @@ def run_online(model, tokenizer, prompts: Sequence, judge, train_config, online:
                    "mean_judge_score": sum(rewards) / len(rewards) if rewards else None,
                    "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
         summaries.append(summary)
-        atomic_write_text(output_dir / STATE_FILE, json.dumps({"rounds_done": round_index + 1,
-                                                               "summaries": summaries}, indent=1))
+        _write_state(output_dir, round_index + 1, summaries, fingerprint)
         all_records.append(records)
         if callback is not None:
             callback(round_index, model, summary)
@@ -390,19 +515,21 @@ def run_online(model, tokenizer, prompts: Sequence, judge, train_config, online:
 
 
 # ------------------------------------------------------------------------------ GRPO / RLOO rounds
-def group_rewards(tokenizer, judge, prompt, completions) -> tuple[list[float] | None, list[int]]:
+def group_rewards(tokenizer, judge, prompt, completions, *, where: str = "policy gradient"
+                  ) -> tuple[list[float] | None, list[int]]:
     """Judge one group of K sampled completions: ``(rewards or None, dense ranks)`` for all K of them.
 
     The judge sees each distinct non-empty text once; duplicates share its rank and score; an empty
     completion (EOS at once) ranks below every judged one. Rewards are the judge's numeric scores when
-    it gives them (an empty completion gets the lowest score), else None (rank rewards are used).
+    it gives them (an empty completion gets the lowest score), else None (rank rewards are used). A judge
+    that ranks none of them ties them all. ``where`` (``"step 3"``) names the call in a :class:`JudgeError`.
     """
     texts = [_decode(tokenizer, c) for c in completions]
     distinct = list(dict.fromkeys(t for t in texts if t))
     if len(distinct) >= 2:
-        record = judge.rank(prompt, distinct)
+        record = _ranked(judge, where, _ask(judge, where, "rank", prompt, distinct), distinct)
         dense = record.dense_ranks()
-        worst = max(r for r in dense if r is not None) + 1
+        worst = max((r for r in dense if r is not None), default=-1) + 1
         rank_of = {t: (worst if r is None else r) for t, r in zip(distinct, dense)}
         scores = record.scores
         numeric = scores is not None and all(isinstance(v, (int, float)) for v in scores)
@@ -461,6 +588,8 @@ def run_policy_gradient(model, tokenizer, prompts: Sequence, judge, *, objective
 
     if save_steps < 1:
         raise ValueError(f"save_steps must be >= 1, got {save_steps}")
+    check_sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, per_round=prompts_per_step,
+                   per_round_key="prompts_per_step")
     retained = retain_if_cpu(model)  # no page faults per step on the CPU (engine/cpu_memory.py)
     reference = ref_model if ref_model is not None else copy.deepcopy(model).eval()
     optimizer = adamw(model.parameters(), lr=lr)
@@ -504,7 +633,8 @@ def run_policy_gradient(model, tokenizer, prompts: Sequence, judge, *, objective
         prompt_ids = [_encode_prompt(tokenizer, p) for p in step_prompts]
         groups = _sample(model, sampler, tokenizer, prompt_ids, k, max_new_tokens=max_new_tokens,
                          temperature=temperature, top_p=top_p, generator=generator, seed=seed * 100_003 + step)
-        judged = [group_rewards(tokenizer, judge, p, c) for p, c in zip(step_prompts, groups.completion_ids)]
+        judged = [group_rewards(tokenizer, judge, p, c, where=f"step {step}")
+                  for p, c in zip(step_prompts, groups.completion_ids)]
         if all(r is not None for r, _ in judged):
             signal = {"rewards": [r for r, _ in judged]}
         else:
@@ -524,5 +654,6 @@ def run_policy_gradient(model, tokenizer, prompts: Sequence, judge, *, objective
     return history
 
 
-__all__ = ["Judge", "OnlineConfig", "group_rewards", "run_policy_gradient", "OnlineResult", "run_online", "judged_lists", "win_probabilities",
+__all__ = ["Judge", "JudgeError", "OnlineConfig", "check_online", "check_sampling", "online_fingerprint",
+           "resume_state", "group_rewards", "run_policy_gradient", "OnlineResult", "run_online", "judged_lists", "win_probabilities",
            "curriculum_pairs", "STATE_FILE"]

@@ -12,7 +12,8 @@ from rankalign._cli import deprecated_option, json_option, output_option, resolv
 @click.command("demo")
 @output_option("results.json, results_table.txt and the PNG plots (a folder)", file=False)
 @deprecated_option("--out", "legacy_out", "-o/--output", type=click.Path(file_okay=False))
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of every random choice.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
+              help="Seed of every random choice (0 to 2**32 - 1, what numpy's seeding accepts).")
 @click.option("--quick", is_flag=True, help="A smoke run in seconds (tiny sizes; the numbers mean little).")
 @json_option
 def demo(output, legacy_out, seed, quick, as_json):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -123,6 +124,26 @@ def peft_quietly():
 ONLINE_BACKENDS = ("transformers", "vllm")
 
 
+def check_sampling(*, max_new_tokens, temperature, top_p, per_round=0, per_round_key: str = "prompts_per_round",
+                   prefix: str = "") -> None:
+    """A :class:`ConfigError` naming the key and value of the first sampling setting out
+    of range: ``max_new_tokens >= 1``, a finite ``temperature > 0`` (0 is greedy decoding: the K completions
+    of a prompt come out identical, so there is nothing to rank), ``0 < top_p <= 1``, and the prompts per
+    round (``per_round_key``) ``>= 0`` (0: all of them). ``prefix`` goes before each key (``"online."``)."""
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ConfigError(f"{prefix}max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ConfigError(f"{prefix}temperature must be a finite number > 0, got {temperature!r}")
+    if temperature == 0:
+        raise ConfigError(f"{prefix}temperature: 0 is greedy decoding, which makes the K completions of a prompt "
+                          "identical, so no group would have two candidates to rank; use a temperature > 0 (1.0, "
+                          "the default, samples from the policy itself)")
+    if not 0 < top_p <= 1:
+        raise ConfigError(f"{prefix}top_p must be in (0, 1], got {top_p!r}")
+    if not isinstance(per_round, int) or per_round < 0:
+        raise ConfigError(f"{prefix}{per_round_key} must be a whole number >= 0 (0: every prompt), got {per_round!r}")
+
+
 @dataclass
 class OnlineConfig:
     """The ``online:`` section (:mod:`rankalign.online`): ``enabled: true`` makes ``rankalign train`` run
@@ -159,8 +180,8 @@ class OnlineConfig:
     def validate(self) -> None:
         if self.rounds < 1 or self.k < 2:
             raise ConfigError(f"online: rounds must be >= 1 and k >= 2, got rounds={self.rounds}, k={self.k}")
-        if self.max_new_tokens < 1 or self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ConfigError("online: need max_new_tokens >= 1, temperature >= 0 and 0 < top_p <= 1")
+        check_sampling(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                       per_round=self.prompts_per_round, prefix="online.")
         if self.curriculum and self.curriculum_stages < 1:
             raise ConfigError("online: curriculum_stages must be >= 1")
         if self.backend not in ONLINE_BACKENDS:
