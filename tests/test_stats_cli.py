@@ -252,3 +252,26 @@ def test_annotators_skip_invalid_skips_a_record_without_an_annotator(tmp_path):
     assert payload["n_judgments"] == 3 and payload["n_annotators"] == 2
     table = CliRunner().invoke(main, ["annotators", str(data), "--skip-invalid"])
     assert table.exit_code == 0 and "missing_annotator" in table.stderr
+
+
+def test_an_anchor_too_large_for_float_precision_is_refused(tmp_path):
+    data = write(tmp_path / "pairs.csv", "winner,loser\na,b\na,b\nb,a\n")
+    result = run(data, "--anchor", "a=1e308")
+    assert result.exit_code == 2 and "--anchor" in result.output
+    fine = run(data, "--anchor", "a=1500", "--scale", "elo", "--json")
+    ratings = {e["item"]: e["rating"] for e in json.loads(fine.stdout)["items"]}
+    assert ratings["a"] == pytest.approx(1500.0)
+    assert ratings["a"] - ratings["b"] == pytest.approx(400 / math.log(10) * math.log(2), rel=1e-6)
+
+
+def test_out_of_memory_hints_only_at_options_the_command_has(tmp_path, monkeypatch):
+    import rankalign.stats.cli as stats_cli
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(stats_cli, "fit_file", exhausted)
+    data = write(tmp_path / "pairs.csv", "winner,loser\na,b\nb,a\n")
+    result = run(data)
+    assert result.exit_code == 1 and "out of memory" in result.output
+    assert "--bootstrap" in result.output and "--max-records" not in result.output

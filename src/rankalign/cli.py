@@ -132,7 +132,7 @@ def one_line_error(error: BaseException, ctx=None) -> tuple[str, int]:
     elif isinstance(error, RecursionError):
         message, hint = "input nested too deeply to read", "check the file's structure"
     elif isinstance(error, MemoryError):
-        message, hint = "out of memory", "use a smaller input (--max-records) or batch size"
+        message, hint = "out of memory", _memory_hint(ctx)
     else:
         message = f"unexpected {type(error).__name__}: {error}"
         hint = "rerun with `rankalign --debug ...` (or RANKALIGN_DEBUG=1) for the traceback, and report it"
@@ -140,6 +140,19 @@ def one_line_error(error: BaseException, ctx=None) -> tuple[str, int]:
     if hint:
         line += f" (hint: {_oneline(hint)})"
     return line, code
+
+
+def _memory_hint(ctx=None) -> str:
+    """What the failing command offers to use less memory (only options it has)."""
+    names = set()
+    command = ctx.command.get_command(ctx, ctx.invoked_subcommand) if ctx and ctx.invoked_subcommand else None
+    commands = [command] if not isinstance(command, click.Group) else \
+        [command.get_command(ctx, name) for name in command.list_commands(ctx)]  # a group: its commands' options
+    for each in commands:
+        names |= {param.name for param in getattr(each, "params", [])}
+    offers = [text for name, text in (("max_records", "--max-records"), ("batch_size", "--batch-size"),
+                                      ("n_boot", "fewer --bootstrap replicates")) if name in names]
+    return "use a smaller input" + (f" ({', '.join(offers)})" if offers else "")
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -38,6 +38,7 @@ from rankalign.errors import require
 
 # a prior this strong already pins every rating to 0 (variance 5e-7); larger values overflow the Hessian
 MAX_PRIOR = 1e6
+MAX_ANCHOR = 1e9  # ratings keep about 7 significant digits of their differences below this
 # layouts whose candidates are responses to a prompt, not item ids (rating them would rate answer texts)
 TEXT_LAYOUTS = ("pairs", "ranked_responses", "ratings", "unpaired")
 MODEL_NAMES = {"bt": "bradley-terry", "thurstone": "thurstone", "davidson": "davidson",
@@ -265,6 +266,9 @@ def _parse_anchor(text):
         number = math.nan
     if not sep or not item or not math.isfinite(number):
         raise click.BadParameter(f"expected ITEM=VALUE with a finite number, got {text!r}", param_hint="--anchor")
+    if abs(number) > MAX_ANCHOR:  # beyond float precision the ratings collapse onto the anchor
+        raise click.BadParameter(f"an anchor value must be within +-{MAX_ANCHOR:g}, got {number:g}",
+                                 param_hint="--anchor")
     return item, number
 
 
