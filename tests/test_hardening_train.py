@@ -307,3 +307,13 @@ def test_checkpoint_problem_of_a_plain_loop_checkpoint(tmp_path):
     (folder / "trainer_state.json").write_text(json.dumps(state))
     (folder / "optimizer.safetensors").unlink()
     assert checkpoint_problem(folder) == (folder / "optimizer.safetensors", "missing")
+
+
+def test_a_reward_run_meeting_a_policy_checkpoint_says_so():
+    from rankalign.train.checkpoints import describe_difference
+
+    policy = {"config": {"model": "tiny:llama", "lr": 1e-3, "objective": "dpo"}}
+    reward = {"config": {"backbone": "tiny", "lr": 3e-4, "objective": "bt_reward"}}
+    assert describe_difference(policy, reward) == "it holds a policy run, and this is a reward-model run"
+    assert describe_difference(reward, policy) == "it holds a reward-model run, and this is a policy run"
+    assert describe_difference(policy, {"config": {**policy["config"], "lr": 1e-4}}) == "config: lr changed"

@@ -125,9 +125,13 @@ def run_fingerprint(settings: dict[str, Any], records, model=None, model_spec: s
 
 
 def describe_difference(saved: dict, current: dict) -> str:
-    """What differs between two fingerprints, in words (config keys, data, model)."""
+    """What differs between two fingerprints, in words (config keys, data, model); a reward-model run against
+    a policy run (or the other way round) is said as such rather than as every key that differs."""
     changes = []
     old_config, new_config = saved.get("config") or {}, current.get("config") or {}
+    kinds = ["a reward-model run" if "backbone" in config else "a policy run" for config in (old_config, new_config)]
+    if old_config and new_config and kinds[0] != kinds[1]:
+        return f"it holds {kinds[0]}, and this is {kinds[1]}"
     keys = sorted(k for k in set(old_config) | set(new_config) if old_config.get(k) != new_config.get(k))
     if keys:
         changes.append(f"config: {', '.join(keys)} changed")
