@@ -383,3 +383,17 @@ def test_a_reward_model_folder_is_not_taken_as_a_policy(home, tmp_path):
     (tmp_path / "rm" / "reward_config.json").write_text("{}")
     with pytest.raises(sources.ModelNotFound, match="a reward model folder"):
         sources.load_causal_lm(str(tmp_path / "rm"))
+
+
+def test_rankalign_home_that_is_a_file_is_named(tmp_path, monkeypatch):
+    from rankalign.errors import UsageError
+
+    home_file = tmp_path / "home"
+    home_file.write_text("not a folder")
+    monkeypatch.setenv("RANKALIGN_HOME", str(home_file))
+    with pytest.raises(UsageError, match="RANKALIGN_HOME=.* is a file"):
+        sources.models_home()
+    from rankalign.cli import main
+
+    result = CliRunner().invoke(main, ["models", "list"])
+    assert result.exit_code == 2 and "error: RANKALIGN_HOME=" in result.output

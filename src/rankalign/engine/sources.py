@@ -98,6 +98,11 @@ class UnreadableModel(RankalignError, ValueError):
 def models_home() -> Path:
     """The model cache: ``$RANKALIGN_HOME/models``, else ``~/.cache/rankalign/models``."""
     root = os.environ.get("RANKALIGN_HOME")
+    if root and os.path.exists(root) and not os.path.isdir(root):
+        from rankalign.errors import UsageError
+
+        raise UsageError(f"RANKALIGN_HOME={root} is a file; it must be a folder (the model cache goes in "
+                         "RANKALIGN_HOME/models)")
     return Path(root) / "models" if root else Path.home() / ".cache" / "rankalign" / "models"
 
 
