@@ -51,7 +51,10 @@ TIE_MODES = ("strict", "half")
 def _host(values):
     """A torch tensor (possibly on a GPU, with grad) as a NumPy array; anything else unchanged."""
     if hasattr(values, "detach") and hasattr(values, "cpu"):
-        return values.detach().cpu().numpy()
+        values = values.detach().cpu()
+        if values.is_floating_point():  # bfloat16 has no NumPy dtype; float64 is what every metric uses
+            values = values.double()
+        return values.numpy()
     return values
 
 
@@ -61,6 +64,14 @@ def _as_float_array(values, name: str, *, ndim: int | tuple[int, ...] | None = N
     if allowed is not None and array.ndim not in allowed:
         raise ValueError(f"{name} must have {' or '.join(map(str, allowed))} dimension(s), got shape {array.shape}")
     return array
+
+
+def _no_nan(values: np.ndarray, name: str) -> None:
+    """Compared values must not be NaN: ``NaN > x`` is False, so a NaN would silently count as a wrong pair."""
+    if np.isnan(values).any():
+        where = np.flatnonzero(np.isnan(values))
+        raise ValueError(f"{name} has NaN at {where.size} compared position(s) (first: {int(where[0])}); "
+                         "a NaN cannot be compared -- drop those entries (in a ranked list: rank -1 pads)")
 
 
 def _same_shape(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:
@@ -106,13 +117,16 @@ def ordered_pair_indices(ranks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return list_of_pair, winner, loser
 
 
-def _ordered_pair_values(values: np.ndarray, ranks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Values at winners and losers of every ordered pair, and the list each pair comes from (1-D each)."""
-    values = _as_float_array(values, "values", ndim=2)
-    if np.shape(ranks) != values.shape:
-        raise ValueError(f"ranks has shape {np.shape(ranks)} but the values have shape {values.shape}")
+def _ordered_pair_values(values: np.ndarray, ranks, name: str = "values") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Values at winners and losers of every ordered pair, and the list each pair comes from (1-D each).
+    Padding may hold anything; a NaN at a candidate that is part of a pair is an error (:func:`_no_nan`)."""
+    values = _as_float_array(values, name, ndim=2)
+    if np.shape(_host(ranks)) != values.shape:
+        raise ValueError(f"ranks has shape {np.shape(_host(ranks))} but {name} has shape {values.shape}")
     list_of_pair, winner, loser = ordered_pair_indices(ranks)
-    return values[list_of_pair, winner], values[list_of_pair, loser], list_of_pair
+    at_winner, at_loser = values[list_of_pair, winner], values[list_of_pair, loser]
+    _no_nan(np.concatenate([at_winner, at_loser]), f"{name} (at ranked candidates)")
+    return at_winner, at_loser, list_of_pair
 
 
 def _average_pairs(correct: np.ndarray, list_of_pair: np.ndarray, n_lists: int, average: str,
@@ -120,8 +134,8 @@ def _average_pairs(correct: np.ndarray, list_of_pair: np.ndarray, n_lists: int, 
     """Share of correct pairs; ``weights`` (one per list, >= 0) weigh each list's pairs."""
     if weights is not None:
         weights = _as_float_array(weights, "weights", ndim=1)
-        if weights.shape[0] != n_lists or np.any(weights < 0):
-            raise ValueError(f"weights must be {n_lists} non-negative numbers, one per list")
+        if weights.shape[0] != n_lists or not np.all(np.isfinite(weights) & (weights >= 0)):
+            raise ValueError(f"weights must be {n_lists} finite non-negative numbers, one per list")
     if average == "pairs":
         if weights is None:
             return _share(correct)
@@ -387,6 +401,8 @@ def ranking_accuracy(logps_w, logps_l, *, ties: str = "strict") -> float:
     w = _as_float_array(logps_w, "logps_w", ndim=1)
     l_ = _as_float_array(logps_l, "logps_l", ndim=1)
     _same_shape(w, l_, "logps_w", "logps_l")
+    _no_nan(w, "logps_w")
+    _no_nan(l_, "logps_l")
     return _share(_correct(w, l_, ties))
 
 
@@ -418,7 +434,7 @@ def listwise_ranking_accuracy(logps, ranks, *, ties: str = "strict", average: st
         NaN when there is no ordered pair.
     """
     logps = _as_float_array(logps, "logps", ndim=2)
-    winner, loser, list_of_pair = _ordered_pair_values(logps, ranks)
+    winner, loser, list_of_pair = _ordered_pair_values(logps, ranks, "logps")
     return _average_pairs(_correct(winner, loser, ties), list_of_pair, logps.shape[0], average, weights)
 
 
@@ -426,7 +442,12 @@ def _idealised_correct(ref_logps_w, ref_logps_l, alpha, beta: float, ties: str) 
     w = _as_float_array(ref_logps_w, "ref_logps_w", ndim=1)
     l_ = _as_float_array(ref_logps_l, "ref_logps_l", ndim=1)
     _same_shape(w, l_, "ref_logps_w", "ref_logps_l")
-    alpha = np.broadcast_to(_as_float_array(alpha, "alpha"), w.shape)
+    _no_nan(w, "ref_logps_w")
+    _no_nan(l_, "ref_logps_l")
+    alpha = _as_float_array(alpha, "alpha")
+    if alpha.shape not in ((), w.shape):
+        raise ValueError(f"alpha must be a number or one rate per pair, shape {w.shape}; got {alpha.shape}")
+    alpha = np.broadcast_to(alpha, w.shape)
     if np.any(~np.isfinite(alpha)) or np.any((alpha < 0) | (alpha > 1)):
         raise ValueError("alpha (the true preference rate) must lie in [0, 1]")
     if not (beta > 0 and math.isfinite(beta)):
@@ -483,6 +504,9 @@ def alignment_gap(logps_w, logps_l, ref_logps_w, ref_logps_l, alpha, beta: float
     the ranking accuracy its own objective would reach at the optimum. Returns
     ``{"ranking_accuracy", "idealised_ranking_accuracy", "alignment_gap", "n"}``.
     """
+    if np.shape(_host(logps_w)) != np.shape(_host(ref_logps_w)):
+        raise ValueError(f"logps_w has shape {np.shape(_host(logps_w))} but ref_logps_w has shape "
+                         f"{np.shape(_host(ref_logps_w))}: the policy and the reference must score the same pairs")
     actual = ranking_accuracy(logps_w, logps_l, ties=ties)
     ideal = idealised_ranking_accuracy(ref_logps_w, ref_logps_l, alpha, beta, ties=ties)
     return {"ranking_accuracy": actual, "idealised_ranking_accuracy": ideal,
@@ -491,7 +515,9 @@ def alignment_gap(logps_w, logps_l, ref_logps_w, ref_logps_l, alpha, beta: float
 
 # ------------------------------------------------------------------------------- likelihood dynamics
 def _displacement_summary(before: np.ndarray, after: np.ndarray) -> dict[str, float]:
-    change = after - before
+    with np.errstate(invalid="ignore"):  # -inf - -inf: no defined change, left out like a missing value
+        change = after - before
+    change = change[~np.isnan(change)]  # missing (NaN) log-probs are left out of every statistic and of n
     mean, se = mean_with_se(change)
     return {
         "mean_change": mean,
@@ -524,7 +550,7 @@ def likelihood_displacement(logps_before, logps_after, which: str = "chosen") ->
     -------
     dict
         ``{"mean_change", "se", "median_change", "share_decreased", "n"}`` (nested per column for
-        ``"both"``).
+        ``"both"``). A NaN log-prob (missing) leaves its response out of every statistic and of ``n``.
     """
     before = _as_float_array(logps_before, "logps_before", ndim=(1, 2))
     after = _as_float_array(logps_after, "logps_after", ndim=(1, 2))
@@ -559,6 +585,8 @@ def reward_accuracy(rewards_w, rewards_l, *, ties: str = "strict") -> float:
     w = _as_float_array(rewards_w, "rewards_w", ndim=1)
     l_ = _as_float_array(rewards_l, "rewards_l", ndim=1)
     _same_shape(w, l_, "rewards_w", "rewards_l")
+    _no_nan(w, "rewards_w")
+    _no_nan(l_, "rewards_l")
     return _share(_correct(w, l_, ties))
 
 
@@ -566,7 +594,7 @@ def listwise_reward_accuracy(rewards, ranks, *, ties: str = "strict", average: s
     """:func:`reward_accuracy` over every ordered pair of ranked lists (see
     :func:`listwise_ranking_accuracy` for ``ranks``, ``ties`` and ``average``)."""
     rewards = _as_float_array(rewards, "rewards", ndim=2)
-    winner, loser, list_of_pair = _ordered_pair_values(rewards, ranks)
+    winner, loser, list_of_pair = _ordered_pair_values(rewards, ranks, "rewards")
     return _average_pairs(_correct(winner, loser, ties), list_of_pair, rewards.shape[0], average)
 
 
@@ -693,8 +721,9 @@ def expected_calibration_error(probs, outcomes, n_bins: int = 10) -> tuple[float
         raise ValueError("probs must lie in [0, 1]")
     if np.any(~np.isfinite(y)) or np.any((y < 0) | (y > 1)):
         raise ValueError("outcomes must lie in [0, 1]")
-    if int(n_bins) != n_bins or n_bins < 1:
-        raise ValueError(f"n_bins must be a positive integer, got {n_bins}")
+    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(n_bins) or int(n_bins) != n_bins or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
     n_bins = int(n_bins)
     index = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)
     counts = np.bincount(index, minlength=n_bins)
@@ -733,7 +762,14 @@ def preference_calibration(margins, *, beta: float = 1.0, outcomes=1.0,
     Returns :func:`expected_calibration_error` of the 2N oriented pairs.
     """
     h = _as_float_array(margins, "margins", ndim=1)
-    y = np.broadcast_to(_as_float_array(outcomes, "outcomes"), h.shape).astype(np.float64)
+    _no_nan(h, "margins")
+    if isinstance(beta, bool) or not isinstance(beta, (int, float, np.integer, np.floating)) \
+            or not (beta > 0 and math.isfinite(beta)):
+        raise ValueError(f"beta must be a positive finite number, got {beta!r}")
+    y = _as_float_array(outcomes, "outcomes")
+    if y.shape not in ((), h.shape):
+        raise ValueError(f"outcomes must be a number or one rate per margin, shape {h.shape}; got {y.shape}")
+    y = np.broadcast_to(y, h.shape).astype(np.float64)
     p = np.exp(_log_sigmoid(beta * h))
     q = np.exp(_log_sigmoid(-beta * h))
     return expected_calibration_error(np.concatenate([p, q]), np.concatenate([y, 1.0 - y]), n_bins)

@@ -21,6 +21,7 @@ from .metrics import (
     _correct,
     _host,
     _idealised_correct,
+    _no_nan,
     clustered_mean_with_se,
     group_metrics,
     likelihood_displacement,
@@ -123,6 +124,7 @@ def evaluate_logps(policy_logps, ranks, *, ref_logps=None, alpha=None, beta: flo
     out: dict = {"lists": int(policy.shape[0]), "lists_with_pairs": int(np.unique(list_of_pair).size),
                  "pairs": int(list_of_pair.size), "beta": float(beta)}
     policy_w, policy_l = policy[list_of_pair, winner], policy[list_of_pair, loser]
+    _no_nan(np.concatenate([policy_w, policy_l]), "policy_logps (at ranked candidates)")
     ranking_correct = _correct(policy_w, policy_l, "strict")
     out["ranking_accuracy"] = clustered_mean_with_se(ranking_correct, list_of_pair)
     if lengths is not None:
@@ -130,7 +132,7 @@ def evaluate_logps(policy_logps, ranks, *, ref_logps=None, alpha=None, beta: flo
         if lengths.shape != policy.shape:
             raise ValueError(f"lengths has shape {lengths.shape}, expected {policy.shape}")
         length_w, length_l = lengths[list_of_pair, winner], lengths[list_of_pair, loser]
-        if np.any(length_w <= 0) or np.any(length_l <= 0):
+        if not (np.all(length_w > 0) and np.all(length_l > 0)):  # NaN fails too
             raise ValueError("lengths must be positive for every ranked candidate")
         out["length_normalised_ranking_accuracy"] = clustered_mean_with_se(
             _correct(policy_w / length_w, policy_l / length_l, "strict"), list_of_pair)
@@ -152,6 +154,7 @@ def evaluate_logps(policy_logps, ranks, *, ref_logps=None, alpha=None, beta: flo
     if reference.shape != policy.shape:
         raise ValueError(f"ref_logps has shape {reference.shape}, expected {policy.shape}")
     ref_w, ref_l = reference[list_of_pair, winner], reference[list_of_pair, loser]
+    _no_nan(np.concatenate([ref_w, ref_l]), "ref_logps (at ranked candidates)")
     out["reference_ranking_accuracy"] = clustered_mean_with_se(_correct(ref_w, ref_l, "strict"), list_of_pair)
     log_ratio_gap = (policy_w - ref_w) - (policy_l - ref_l)
     out["reward_accuracy"] = clustered_mean_with_se(_correct(log_ratio_gap, np.zeros_like(log_ratio_gap),

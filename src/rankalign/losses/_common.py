@@ -30,6 +30,11 @@ def resolve_ranks(policy_logps: Tensor, ranks: Tensor | None) -> Tensor:
     ranks = torch.as_tensor(ranks, device=policy_logps.device)
     if ranks.shape != policy_logps.shape[:2]:
         raise ValueError(f"ranks has shape {tuple(ranks.shape)}, expected {tuple(policy_logps.shape[:2])}")
+    # Float ranks are read only if they hold whole numbers: .long() would truncate 0.7 and 0.3 (scores passed
+    # as ranks) into a silent tie. Checked on this (unusual) path only, so long ranks never wait on the device.
+    if ranks.is_floating_point() and not bool((torch.isfinite(ranks) & (ranks == ranks.round())).all()):
+        raise ValueError("ranks must be whole numbers (0 best, equal values tie, -1 pads); got non-integer or "
+                         "non-finite values -- pass scores as grades instead")
     return ranks.long()
 
 

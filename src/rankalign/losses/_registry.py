@@ -7,9 +7,12 @@ valid range (:data:`PARAM_RANGES`, overridable per objective).
 
 Registering wraps the function once with the checks every objective shares, so they hold whether it is
 called through :func:`get` or imported directly: every hyper-parameter passed is checked against its
-range (a :class:`~rankalign.errors.UsageError` naming the objective, the parameter and the range), integer
-log-prob tensors are cast to the default float dtype, and reference log-probs must have the policy's
-shape (no broadcasting, no dropped column).
+range (a :class:`~rankalign.errors.UsageError` naming the objective, the parameter and the range; None
+for a hyper-parameter and NumPy or 0-dim CPU tensor values are checked too), lists and NumPy arrays of
+log-probs become tensors and integer ones the default float dtype, the log-probs must have the family's
+number of dimensions (``[B]`` unpaired, ``[B, K]`` lists, ``[B, K, T]`` per-token), reference log-probs
+must have the policy's shape (no broadcasting, no dropped column), and lists of K = 0 candidates get
+loss 0.
 """
 
 from __future__ import annotations
@@ -149,8 +152,11 @@ class Objective:
 
 
 def _check_value(objective: str, key: str, value, valid: Range, prefix: str = "") -> None:
-    if hasattr(value, "dtype") and hasattr(value, "shape"):  # a tensor from the trainer (BCO's running mean)
-        return
+    if hasattr(value, "dtype") and hasattr(value, "shape"):  # a tensor (BCO's running mean) or a NumPy scalar
+        device = getattr(value, "device", None)
+        if getattr(value, "ndim", None) != 0 or (device is not None and getattr(device, "type", "cpu") != "cpu"):
+            return  # a vector, or a value on an accelerator (reading it would wait for the device): unchecked
+        value = value.item()
     if not valid.contains(value):
         why = f" ({valid.why})" if valid.why else ""
         raise UsageError(f"{prefix}{objective}: {key} must be {valid}{why}, got {value!r}",
@@ -158,13 +164,20 @@ def _check_value(objective: str, key: str, value, valid: Range, prefix: str = ""
 
 
 def _as_float(value):
-    """Integer (or bool) log-prob tensors become the default float dtype; anything else is unchanged."""
-    dtype = getattr(value, "dtype", None)
-    if dtype is None or getattr(dtype, "is_floating_point", True) or getattr(dtype, "is_complex", False):
+    """Log-probs as a float tensor: lists and NumPy arrays become tensors, integer (or bool) tensors the
+    default float dtype; None and float tensors are unchanged."""
+    if value is None:
         return value
     import torch
 
+    if not isinstance(value, torch.Tensor):
+        value = torch.as_tensor(value)
+    if value.dtype.is_floating_point or value.dtype.is_complex:
+        return value
     return value.to(torch.get_default_dtype())
+
+
+_SHAPES = {1: "[B]", 2: "[B, K]", 3: "[B, K, T]"}
 
 
 def _checked(name: str, fn: Callable, family: str, ranges: dict[str, Range]) -> Callable:
@@ -173,26 +186,35 @@ def _checked(name: str, fn: Callable, family: str, ranges: dict[str, Range]) -> 
     positional = [p.name for p in signature.parameters.values()
                   if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
     with_reference = family != "reward" and len(positional) >= 2
+    hyper = {p.name for p in signature.parameters.values()
+             if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
+             and p.default is not None}
+    # dimensions of the first argument: [B] one response per example, [B, K] lists, [B, K, T] per-token
+    ndim = 3 if positional[:1] == ["token_logps"] else 1 if family == "unpaired" else 2
 
     @functools.wraps(fn)
     def objective(*args, **kwargs):
         for key, value in kwargs.items():
             valid = ranges.get(key)
-            if valid is not None and value is not None:
+            if valid is not None and (value is not None or key in hyper):
                 _check_value(name, key, value, valid)
         args = tuple(_as_float(a) for a in args[:2]) + args[2:]
         for key in positional[:2]:
             if key in kwargs:
                 kwargs[key] = _as_float(kwargs[key])
+        bound = dict(zip(positional, args))
+        policy = bound.get(positional[0], kwargs.get(positional[0]))
+        shape = getattr(policy, "shape", None)
+        if shape is not None and len(shape) != ndim:
+            raise ValueError(f"{name}: {positional[0]} must be {_SHAPES[ndim]}, got shape {tuple(shape)}")
         if with_reference:
-            bound = dict(zip(positional, args))
-            policy = bound.get(positional[0], kwargs.get(positional[0]))
             reference = bound.get(positional[1], kwargs.get(positional[1]))
-            shape = getattr(policy, "shape", None)
             if reference is not None and shape is not None and tuple(reference.shape) != tuple(shape):
                 raise ValueError(f"{name}: {positional[1]} has shape {tuple(reference.shape)} but "
                                  f"{positional[0]} has {tuple(shape)}; they must match (one reference "
                                  "log-prob per candidate)")
+        if ndim == 2 and shape is not None and shape[1] == 0:
+            return policy.sum(1) * 0.0  # lists without candidates: no pair, loss 0 (as for all-padded lists)
         return fn(*args, **kwargs)
 
     return objective
@@ -257,4 +279,6 @@ class UnknownObjectiveError(UsageError, KeyError):
 
 def names(family: str | None = None) -> list[str]:
     """Registered names, optionally of one family, in registration order."""
+    if family is not None and family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
     return [n for n, o in _REGISTRY.items() if family is None or o.family == family]

@@ -126,14 +126,18 @@ def _plackett_luce_sorted(scores: Tensor, ranks: Tensor) -> Tensor:
     floor = torch.finfo(scores.dtype).min / 4
     sorted_scores = torch.where(present, sorted_scores, torch.full_like(scores, floor))
     suffix = torch.cat([_suffix_logsumexp(sorted_scores), sorted_scores.new_full((batch, 1), floor)], dim=1)
+    present_after = torch.cat([present, present.new_zeros((batch, 1))], dim=1)
     if bool((key_sorted[:, 1:] != key_sorted[:, :-1]).all()):  # no ties: below starts at the next position
         lower = suffix[:, 1:]
+        has_below = present_after[:, 1:]
     else:  # first position strictly below each candidate's tie group (K when nothing is below)
         below_start = torch.searchsorted(key_sorted.contiguous(), key_sorted.contiguous(), right=True)
         lower = suffix.gather(1, below_start)
-    # log(exp(s) + exp(lower)) - s = softplus(lower - s), written as -logsigmoid(s - lower): exact, stable
+        has_below = present_after.gather(1, below_start)
+    # log(exp(s) + exp(lower)) - s = softplus(lower - s), written as -logsigmoid(s - lower): exact, stable.
+    # A step with nothing below is replaced by 0 (its value is log 1), so a -inf score there cannot give inf.
     per_step = -F.logsigmoid(sorted_scores - lower)
-    return zero_padding(per_step, present).sum(1)
+    return zero_padding(per_step, present & has_below).sum(1)
 
 
 def _pro_ranking_with_temperatures(scores: Tensor, ranks: Tensor, rewards: Tensor) -> Tensor:

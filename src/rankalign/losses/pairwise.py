@@ -34,15 +34,21 @@ from ._registry import Range, register
 # exp() arguments of the f-divergence scores are capped here so that exp and its gradient stay finite
 # in float32 (exp(50) ~ 5e21); beyond the cap that term's gradient is zero (like TRL's capped exp).
 EXP_CAP = 50.0
+# EXO's margin beta * h is capped here: sigma(-1e4) is 0 in float64, so nothing finite changes (see exo)
+EXO_MARGIN_CAP = 1e4
 
 _DPO = ("Rafailov, Sharma, Mitchell, Ermon, Manning, Finn, Direct Preference Optimization: Your Language "
         "Model is Secretly a Reward Model, NeurIPS 2023 (arXiv:2305.18290)")
 
 
-def _require_lengths(lengths: Tensor | None, name: str) -> Tensor:
+def _require_lengths(lengths: Tensor | None, name: str, policy_logps: Tensor) -> Tensor:
     if lengths is None:
         raise ValueError(f"{name} needs `lengths` ([B, K] response token counts); pass lengths=torch.ones_like("
                          "policy_logps) if the log-probabilities are already averaged per token")
+    lengths = torch.as_tensor(lengths, device=policy_logps.device)
+    if lengths.shape != policy_logps.shape[:2]:  # a [B, K'] or [B] tensor would broadcast silently on K = 2
+        raise ValueError(f"{name}: lengths has shape {tuple(lengths.shape)}, expected {tuple(policy_logps.shape[:2])} "
+                         "(one token count per candidate)")
     return lengths
 
 
@@ -120,6 +126,8 @@ def robust_dpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: 
     def per_pair(rho_w, rho_l):
         margin = beta * (rho_w - rho_l)
         clean = -F.logsigmoid(margin)
+        if not label_smoothing:  # exactly DPO; 0 * flipped would be NaN at an infinite margin (-inf log-prob)
+            return clean
         flipped = -F.logsigmoid(-margin)
         return ((1.0 - label_smoothing) * clean - label_smoothing * flipped) / (1.0 - 2.0 * label_smoothing)
 
@@ -149,7 +157,7 @@ def ipo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor 
     """
     target = 1.0 / (2.0 * beta)
     if length_normalize:
-        lengths = _require_lengths(lengths, "ipo(length_normalize=True)")
+        lengths = _require_lengths(lengths, "ipo(length_normalize=True)", policy_logps)
 
         def per_pair(rho_w, rho_l, len_chosen, len_rejected):
             h = (rho_w / _safe_length(len_chosen)
@@ -214,7 +222,7 @@ def simpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tenso
     to the margin m, as the SimPO code and TRL allow (not in the paper; default 0). Needs ``lengths``;
     ``ref_logps`` is ignored. K > 2, ties, padding: the module's pair decomposition.
     """
-    lengths = _require_lengths(lengths, "simpo")
+    lengths = _require_lengths(lengths, "simpo", policy_logps)
 
     def per_pair(chosen, rejected, ref_chosen, ref_rejected, len_chosen, len_rejected):
         margin = beta * (chosen / _safe_length(len_chosen) - rejected / _safe_length(len_rejected)) - gamma
@@ -247,7 +255,7 @@ def cpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor 
     decomposition, so a candidate's NLL enters once per pair it wins (at K = 2 exactly the paper's loss).
     """
     if nll_length_normalize:
-        lengths = _require_lengths(lengths, "cpo(nll_length_normalize=True)")
+        lengths = _require_lengths(lengths, "cpo(nll_length_normalize=True)", policy_logps)
 
         def per_pair(chosen, rejected, ref_chosen, ref_rejected, len_chosen, len_rejected):
             preference = _logistic_pair(beta * (chosen - rejected), label_smoothing)
@@ -286,7 +294,7 @@ def orpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor
     The NLL term is the length-averaged one of the paper (L_SFT, the usual token-mean cross-entropy).
     Needs ``lengths``; ``ref_logps`` is ignored. K > 2, ties, padding: the module's pair decomposition.
     """
-    lengths = _require_lengths(lengths, "orpo")
+    lengths = _require_lengths(lengths, "orpo", policy_logps)
 
     def per_pair(chosen, rejected, ref_chosen, ref_rejected, len_chosen, len_rejected):
         eps = torch.finfo(chosen.dtype).eps
@@ -314,7 +322,7 @@ def ln_dpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tens
     the value Tulu 3 used. TRL's ``loss_type="sigmoid_norm"`` is the same loss. Needs ``lengths``.
     ``ref_logps=None``: reference-free. K > 2, ties, padding: the module's pair decomposition.
     """
-    lengths = _require_lengths(lengths, "ln_dpo")
+    lengths = _require_lengths(lengths, "ln_dpo", policy_logps)
 
     def per_pair(rho_w, rho_l, len_chosen, len_rejected):
         h = (rho_w / _safe_length(len_chosen)
@@ -363,7 +371,7 @@ def soft_dpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Te
         if prob.shape != policy_logps.shape[:1]:
             raise ValueError(f"soft_dpo: preference_prob has shape {tuple(prob.shape)}, "
                              f"expected ({policy_logps.shape[0]},)")
-        if bool(((prob < 0) | (prob > 1)).any()):
+        if not bool(((prob >= 0) & (prob <= 1)).all()):  # NaN fails too
             raise ValueError("soft_dpo: preference_prob must lie in [0, 1]")
         # column b holds P(column b beats the other one); gathering it at the pair's winner gives p.
         win_prob = torch.stack([prob, 1.0 - prob], dim=1).detach()
@@ -376,6 +384,8 @@ def soft_dpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Te
 
     if grades is not None:
         grades = torch.as_tensor(grades, device=policy_logps.device).to(policy_logps.dtype).detach()
+        if grades.shape != policy_logps.shape[:2]:
+            raise ValueError(f"soft_dpo: grades has shape {tuple(grades.shape)}, expected {tuple(policy_logps.shape[:2])}")
 
         def per_pair_grades(rho_w, rho_l, grade_chosen, grade_rejected):
             margin = beta * (rho_w - rho_l)
@@ -417,7 +427,9 @@ def exo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor 
     log_p_l = math.log(label_smoothing)
 
     def per_pair(rho_w, rho_l):
-        margin = beta * (rho_w - rho_l)
+        # Beyond |margin| = EXO_MARGIN_CAP both terms and their gradients have reached their limits in every
+        # float dtype; the cap keeps an infinite margin (a -inf log-prob) from giving 0 * inf = NaN.
+        margin = (beta * (rho_w - rho_l)).clamp(-EXO_MARGIN_CAP, EXO_MARGIN_CAP)
         log_q_w = F.logsigmoid(margin)
         log_q_l = F.logsigmoid(-margin)
         return log_q_w.exp() * (log_q_w - log_p_w) + log_q_l.exp() * (log_q_l - log_p_l)

@@ -32,6 +32,20 @@ _RLOO = ("Ahmadian, Cremer, Galle, Fadaee, Kreutzer, Pietquin, Ustun, Hooker, Ba
 
 ADVANTAGES = ("grpo", "rloo")
 
+# exp() of a per-token log-ratio (GRPO's importance ratio and k3 KL term) is capped here, as in the pairwise
+# module: exp and its gradient stay finite in float32 (exp(50) ~ 5e21); beyond it that term's gradient is 0.
+EXP_CAP = 50.0
+
+
+def _same_shape(value, name: str, like: Tensor, shape: str, objective: str) -> Tensor:
+    """``value`` as a tensor on ``like``'s device, required to have the shape ``shape`` names (``"[B, K]"``:
+    ``like``'s first two dimensions, ``"[B, K, T]"``: all three); no broadcasting."""
+    value = torch.as_tensor(value, device=like.device)
+    expected = tuple(like.shape[:shape.count(",") + 1])
+    if tuple(value.shape) != expected:
+        raise ValueError(f"{objective}: {name} has shape {tuple(value.shape)}, expected {shape} = {expected}")
+    return value
+
 
 def _valid(rewards: Tensor, valid: Tensor | None) -> Tensor:
     finite = torch.isfinite(rewards)
@@ -52,6 +66,8 @@ def rank_rewards(ranks: Tensor) -> Tensor:
         In ``[-1, 1]``; NaN at padding; 0 for a group of one.
     """
     ranks = torch.as_tensor(ranks)
+    if ranks.dim() != 2:
+        raise ValueError(f"ranks must be [B, K] (one ranked group per prompt), got shape {tuple(ranks.shape)}")
     valid = ranks >= 0
     both = valid.unsqueeze(2) & valid.unsqueeze(1)
     below = ((ranks.unsqueeze(2) < ranks.unsqueeze(1)) & both).sum(2)   # i strictly better than j
@@ -85,11 +101,20 @@ def group_advantages(rewards: Tensor, *, kind: str = "grpo", valid: Tensor | Non
     Returns
     -------
     Tensor [B, K] float32
-        0 at invalid entries and for groups of one.
+        0 at invalid entries and for groups of one (computed in float64, so extreme rewards keep their
+        advantages).
     """
     if kind not in ADVANTAGES:
         raise ValueError(f"unknown advantage kind {kind!r}; choose one of {', '.join(ADVANTAGES)}")
-    rewards = torch.as_tensor(rewards).detach().float()
+    if not epsilon >= 0:
+        raise ValueError(f"epsilon must be >= 0, got {epsilon}")
+    # float64 for the statistics: in float32 the squares of rewards beyond ~1e19 overflow and every
+    # advantage of the group would silently become 0
+    rewards = torch.as_tensor(rewards).detach().double()
+    if rewards.dim() != 2:
+        raise ValueError(f"rewards must be [B, K] (one group of K responses per prompt), got shape {tuple(rewards.shape)}")
+    if valid is not None:
+        valid = _same_shape(valid, "valid", rewards, "[B, K]", "group_advantages")
     valid = _valid(rewards, valid)
     safe = torch.where(valid, rewards, torch.zeros_like(rewards))
     n = valid.sum(1, keepdim=True).float()
@@ -103,7 +128,7 @@ def group_advantages(rewards: Tensor, *, kind: str = "grpo", valid: Tensor | Non
                                  torch.zeros_like(centred))
     else:
         advantages = centred * n / (n - 1).clamp_min(1)
-    return torch.where(n > 1, advantages, torch.zeros_like(advantages))
+    return torch.where(n > 1, advantages, torch.zeros_like(advantages)).float()
 
 
 def k3_kl(token_logps: Tensor, ref_token_logps: Tensor) -> Tensor:
@@ -146,24 +171,34 @@ def grpo(token_logps: Tensor, ref_token_logps: Tensor | None = None, *, advantag
         where the ratio is 1 and the gradient is ``A_i grad log pi``.
     clip_epsilon, beta : float
 
+    The per-token log-ratios inside exp() (the importance ratio's log pi - log pi_old and the KL term's
+    log pi_ref - log pi) are capped at :data:`EXP_CAP`, so loss and gradient stay finite however far apart
+    the log-probs are; beyond the cap that term gets no gradient (like a clipped ratio).
+
     Returns
     -------
     Tensor [B]
     """
     if advantages is None:
         raise ValueError("grpo needs advantages [B, K] (see group_advantages)")
+    advantages = _same_shape(advantages, "advantages", token_logps, "[B, K]", "grpo")
     if token_mask is None:
         token_mask = torch.ones_like(token_logps, dtype=torch.bool)
-    token_mask = token_mask.bool()
+    token_mask = _same_shape(token_mask, "token_mask", token_logps, "[B, K, T]", "grpo").bool()
     safe = torch.where(token_mask, token_logps, torch.zeros_like(token_logps))
-    old = safe.detach() if old_token_logps is None else torch.where(token_mask, old_token_logps, torch.zeros_like(safe))
-    ratio = torch.exp(safe - old)
+    if old_token_logps is None:
+        old = safe.detach()
+    else:
+        old_token_logps = _same_shape(old_token_logps, "old_token_logps", token_logps, "[B, K, T]", "grpo")
+        old = torch.where(token_mask, old_token_logps.to(safe.dtype), torch.zeros_like(safe))
+    ratio = torch.exp((safe - old).clamp(max=EXP_CAP))
     advantage = advantages.detach().to(safe.dtype).unsqueeze(2)
     surrogate = torch.minimum(ratio * advantage, ratio.clamp(1 - clip_epsilon, 1 + clip_epsilon) * advantage)
     per_token = -surrogate
     if ref_token_logps is not None and beta != 0:
         ref = torch.where(token_mask, ref_token_logps, torch.zeros_like(safe))
-        per_token = per_token + beta * k3_kl(safe, ref)
+        log_ratio = (ref - safe).clamp(max=EXP_CAP)  # k3 of the capped log-ratio: exp() stays finite
+        per_token = per_token + beta * (torch.expm1(log_ratio) - log_ratio)
     per_token = torch.where(token_mask, per_token, torch.zeros_like(per_token))
     counts = token_mask.sum(2)
     per_response = per_token.sum(2) / counts.clamp_min(1)
@@ -204,7 +239,7 @@ def rloo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, rewards: Tens
     valid = ranks >= 0
     if rewards is None:
         rewards = rank_rewards(ranks)
-    rewards = torch.as_tensor(rewards, device=policy_logps.device).float()
+    rewards = _same_shape(rewards, "rewards", policy_logps, "[B, K]", "rloo").float()
     valid = valid & torch.isfinite(rewards)
     if ref_logps is not None and beta != 0:
         rewards = rewards - beta * (policy_logps - ref_logps).detach().float()

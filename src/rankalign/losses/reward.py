@@ -144,7 +144,7 @@ def bce_reward(scores: Tensor, *, ranks: Tensor | None = None, grades: Tensor | 
     scores, ranks = _scores_and_ranks(scores, ranks, None)
     valid = valid_mask(ranks)
     labels = _required_grades(scores, grades, valid, "bce_reward")
-    if bool(((labels < 0) | (labels > 1)).any()):
+    if not bool(((labels >= 0) & (labels <= 1)).all()):  # NaN fails too
         raise ValueError("bce_reward needs grades (labels) in [0, 1]")
     per_item = F.binary_cross_entropy_with_logits(scores, labels, reduction="none")
     return zero_padding(per_item, valid).sum(1) / valid.sum(1).clamp_min(1).to(scores.dtype)

@@ -30,11 +30,14 @@ def _unpaired_inputs(policy_logps: Tensor, ref_logps: Tensor | None, labels) -> 
     if policy_logps.dim() != 1:
         raise ValueError(f"unpaired objectives take [B] log-probs, got shape {tuple(policy_logps.shape)}")
     rho = log_ratios(policy_logps, ref_logps)
+    if labels is None:
+        raise ValueError(f"unpaired objectives need labels, a [B] = ({rho.shape[0]},) bool or float tensor "
+                         "(True / 1 = desirable)")
     label = torch.as_tensor(labels, device=rho.device)
     if label.shape != rho.shape:
         raise ValueError(f"labels has shape {tuple(label.shape)}, expected {tuple(rho.shape)}")
     label = label.to(rho.dtype)
-    if bool(((label < 0) | (label > 1)).any()):
+    if not bool(((label >= 0) & (label <= 1)).all()):  # a NaN label fails too (it would drop both terms)
         raise ValueError("labels must be bool or floats in [0, 1]")
     return rho, label
 
@@ -138,6 +141,15 @@ class BCORunningMean:
         self.momentum, self.mean, self.count = state["momentum"], float(state["mean"]), int(state["count"])
 
 
+def _bco_shift(delta, like: Tensor) -> Tensor:
+    """BCO's delta as a detached 0-dim tensor (a vector would broadcast silently against the batch)."""
+    shift = torch.as_tensor(delta, dtype=like.dtype, device=like.device).detach()
+    if shift.dim() != 0:
+        raise ValueError(f"delta must be a float or a 0-dim tensor (the running mean reward), got shape "
+                         f"{tuple(shift.shape)}")
+    return shift
+
+
 def _bco_terms(reward: Tensor, delta) -> tuple[Tensor, Tensor]:
     """BCO's (desirable, undesirable) terms: ``-log sigma(r - delta)``, ``-log sigma(-(r - delta))``."""
     shifted = reward - delta
@@ -168,7 +180,7 @@ def bco(policy_logps: Tensor, ref_logps: Tensor | None = None, *, labels, beta: 
     Returns the per-example loss ``[B]``.
     """
     rho, label = _unpaired_inputs(policy_logps, ref_logps, labels)
-    shift = torch.as_tensor(delta, dtype=rho.dtype, device=rho.device).detach()
+    shift = _bco_shift(delta, rho)
     desirable, undesirable = _bco_terms(beta * rho, shift)
     return _mix(label, desirable, undesirable)
 
@@ -190,7 +202,7 @@ def bco_pair(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Te
     through the shared pair decomposition (mean over strictly ordered pairs; tied pairs and padding
     skipped; 0 for a list without an ordered pair). ``lengths`` and ``grades`` are unused.
     """
-    shift = torch.as_tensor(delta, dtype=policy_logps.dtype, device=policy_logps.device).detach()
+    shift = _bco_shift(delta, policy_logps)
     # Zero padded entries first: pairs touching padding are dropped, but NaN there would poison gradients.
     ranks = resolve_list_ranks(policy_logps, ranks, grades)
     valid = valid_mask(ranks)
