@@ -186,3 +186,55 @@ def test_real_pairs_tokenize_pack_and_score_consistently():
         shared = sequence_logps(model, pack_lists(lists, pad_token_id=tok.pad_token_id))
         duplicated = sequence_logps(model, pack_lists(lists, layout="duplicated", pad_token_id=tok.pad_token_id))
     torch.testing.assert_close(shared, duplicated, atol=1e-4, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------- bad arguments
+@pytest.mark.parametrize("name", ["max_prompt_tokens", "max_response_tokens", "max_length"])
+@pytest.mark.parametrize("value", [0, -1, 2.0, 1.5, "3", True])
+def test_token_limits_must_be_whole_numbers_of_at_least_one(words, name, value):
+    from rankalign.errors import UsageError
+
+    record = RankedList(prompt="one two", candidates=["yes", "no"], ranks=[0, 1])
+    # 2.0 and "3" used to fail in a slice (TypeError), True to be read as 1, max_length=2.0 to blame the data
+    with pytest.raises(UsageError, match=f"{name} must be a whole number >= 1"):
+        tokenize_records(words, [record], **{name: value})
+
+
+def test_switches_must_be_booleans(words):
+    from rankalign.errors import UsageError
+
+    record = RankedList(prompt="one two", candidates=["yes", "no"], ranks=[0, 1])
+    with pytest.raises(UsageError, match="check_boundary must be True or False"):
+        tokenize_records(words, [record], check_boundary="no")
+    with pytest.raises(UsageError, match="on_empty"):
+        tokenize_records(words, [record], on_empty="skip")
+
+
+def test_an_empty_response_with_a_tokenizer_without_eos_says_so(words):
+    import copy
+
+    tok = copy.deepcopy(words)
+    tok.eos_token = None
+    record = RankedList(prompt="one", candidates=["", "no"], ranks=[0, 1])
+    with pytest.raises(DataError, match="no EOS token") as error:  # not "raise the limits": there are none
+        tokenize_records(tok, [record])
+    assert error.value.field == "candidates[0]" and error.value.reason == "empty_response"
+    # with an EOS token the empty response is that one token
+    (item,), _ = tokenize_records(words, [record])
+    assert item.response_ids[0] == [words.eos_token_id]
+
+
+def test_chat_without_a_template_names_the_field_holding_messages(words):
+    import copy
+
+    tok = copy.deepcopy(words)
+    tok.chat_template = None
+    chat_prompt = RankedList(prompt=[{"role": "user", "content": "one"}], candidates=["yes", "no"], ranks=[0, 1])
+    with pytest.raises(DataError) as error:
+        tokenize_records(tok, [chat_prompt])
+    assert (error.value.field, error.value.reason) == ("prompt", "no_chat_template")
+    chat_response = RankedList(prompt="one", candidates=["yes", [{"role": "assistant", "content": "no"}]],
+                               ranks=[0, 1])
+    with pytest.raises(DataError) as error:
+        tokenize_records(tok, [chat_response])
+    assert (error.value.field, error.value.reason) == ("candidates[1]", "no_chat_template")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,11 +50,23 @@ def is_dataset(source) -> bool:
 
 def detect_format(source, format: str | None = None) -> str:
     """The file format of ``source``: ``format`` if given, else from the extension (``.gz`` not supported)."""
+    dataset = is_dataset(source)
+    if not dataset:
+        if type(source).__name__ in ("DatasetDict", "IterableDatasetDict"):
+            raise UsageError("source is a DatasetDict (a mapping of splits); pass one split, e.g. dataset['train']")
+        if not isinstance(source, (str, os.PathLike)):
+            raise TypeError(f"source must be a file path or a datasets.Dataset, got {type(source).__name__}")
+        if not str(source).strip():
+            raise UsageError("the path is empty (an empty string names no file)")
     if format is not None:
-        if format not in FORMATS:
+        if not isinstance(format, str) or format not in FORMATS:
             raise UsageError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+        if dataset != (format == "dataset"):  # a Dataset read as a file would be opened by its repr
+            hint = "omit format" if dataset else "format='dataset' is for a datasets.Dataset object"
+            raise UsageError(f"format={format!r} does not fit a {'datasets.Dataset' if dataset else 'file path'} "
+                             f"source; {hint}")
         return format
-    if is_dataset(source):
+    if dataset:
         return "dataset"
     if Path(source).is_dir():
         return "dataset_dir"  # a folder written by datasets.Dataset.save_to_disk

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rankalign.errors import UsageError
+
 from . import _sources
 from .errors import DataError
 from .layouts import (
@@ -37,7 +39,7 @@ from .layouts import (
     row_to_record,
 )
 from .readers import _MAX_LINES, _MAX_PROBLEMS, ReadReport
-from .records import RankedList
+from .records import RankedList, check_flag
 
 # our column names per layout: (first, second, outcome or None)
 _COLUMNS = {
@@ -218,6 +220,12 @@ def read_comparisons(source, *, layout: str | None = None, mapping=None, outcome
     """
     if layout is not None:
         check_layout(layout)
+    skip_invalid = check_flag(skip_invalid, "skip_invalid")
+    if keep is None:
+        keep = ()
+    if isinstance(keep, str) or not isinstance(keep, Sequence) or not all(isinstance(name, str) for name in keep):
+        raise UsageError(f"keep must be a list of column names, got {keep!r}",
+                         hint=f"keep=[{keep!r}]" if isinstance(keep, str) else None)
     fmt = _sources.detect_format(source, format)
     path = "<datasets.Dataset>" if fmt == "dataset" else str(source)
     if fmt == "preflib":

@@ -83,13 +83,24 @@ def parse_pairs_option(spec, what: str) -> dict[str, str]:
     if spec is None:
         return {}
     if isinstance(spec, Mapping):
-        return {str(k): str(v) for k, v in spec.items()}
+        out = {}
+        for key, value in spec.items():
+            for part, name in ((key, "key"), (value, "value")):
+                # a None, a list or a dict would be stored as its repr ("None", "['a']") and match nothing
+                if not isinstance(part, (str, int, float)) or (isinstance(part, str) and not part.strip()):
+                    raise UsageError(f"{what}: the {name} {part!r} (in {key!r}: {value!r}) is not a name or a label",
+                                     hint="give text keys and values, e.g. {'item_a': 'home'}")
+            out[str(key)] = str(value)
+        return out
+    if not isinstance(spec, str):
+        raise UsageError(f"{what}: expected a dict or a 'key=value,...' string, got {type(spec).__name__}",
+                         hint="e.g. {'item_a': 'home'} or 'item_a=home,item_b=away'")
     out = {}
-    for part in str(spec).split(","):
+    for part in spec.split(","):
         if not part.strip():
             continue
         key, eq, value = part.partition("=")
-        if not eq or not key.strip():
+        if not eq or not key.strip() or not value.strip():
             raise UsageError(f"{what}: expected key=value pairs separated by commas, got {part!r}",
                              hint="e.g. item_a=home,item_b=away")
         key = key.strip()
@@ -263,6 +274,9 @@ class RowContext:
         self.mapping = dict(mapping or {})
         self.outcomes = parse_outcomes(outcomes)
         self.table = outcome_table(layout, self.outcomes) if layout in DEFAULT_OUTCOMES else {}
+        if layout in ("unpaired", "judgment"):
+            for raw, target in self.outcomes.items():
+                _check_label_target(raw, target)
         self.notes: Counter = Counter()
 
     def name(self, column: str) -> str:
@@ -307,7 +321,7 @@ def _require(row, column, ctx, *, text=False):
 
 def _number(value) -> float:
     """``float(value)`` for a number or numeric text; a boolean is not a number here (TypeError)."""
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
+    if isinstance(value, bool) or type(value).__name__ in ("bool_", "bool"):  # numpy 1's bool_, numpy 2's bool
         raise TypeError("a boolean is not a number")
     return float(value)
 
@@ -342,8 +356,8 @@ def _item(row, column, ctx) -> str:
     value = _require(row, column, ctx)
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if isinstance(value, (dict, list, bool)):
-        raise DataError(f"an item id must be a string or an integer, got {type(value).__name__}",
+    if not isinstance(value, (str, int)) or isinstance(value, bool):  # 1.5, a list, a dict, true
+        raise DataError(f"an item id must be a string or an integer, got {type(value).__name__} {value!r}"[:120],
                         field=ctx.name(column), reason="bad_type")
     return str(value)
 
@@ -669,6 +683,20 @@ def parse_label(value, ctx, column="label"):
     if not math.isfinite(number):
         raise DataError(f"label must be finite, got {value!r}", field=ctx.name(column), reason="non_finite")
     return number
+
+
+def _check_label_target(raw: str, target: str) -> None:
+    """An ``outcomes`` target for labels must be true/false-like or a probability; anything else would make
+    every row it relabels a ``bad_label`` row error, blaming the data for the argument."""
+    if target in _TRUE or target in _FALSE:
+        return
+    try:
+        number = float(target)
+    except ValueError:
+        number = math.nan
+    if not 0.0 <= number <= 1.0:
+        raise UsageError(f"--outcomes {raw}={target}: a label must become true, false or a probability in [0, 1]",
+                         hint="e.g. good=true,bad=false or 5=1.0,1=0.0")
 
 
 def _unpaired(row, ctx):

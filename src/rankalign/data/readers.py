@@ -31,7 +31,7 @@ from .layouts import (
     parse_mapping,
     row_to_record,
 )
-from .records import Judgment, RankedList
+from .records import Judgment, RankedList, check_flag
 
 _DETECT_ROWS = 100  # rows whose columns (together) decide the layout
 _MAX_PROBLEMS = 20  # messages kept in a report
@@ -104,6 +104,7 @@ class RecordStream:
     def __init__(self, source, *, layout=None, mapping=None, outcomes=None, skip_invalid=False, format=None):
         if layout is not None:
             check_layout(layout)
+        skip_invalid = check_flag(skip_invalid, "skip_invalid")
         self.source = source
         self.format = _sources.detect_format(source, format)
         self.path = "<datasets.Dataset>" if self.format == "dataset" else str(source)
@@ -298,6 +299,9 @@ def write(records: Iterable, path, format: str | None = None) -> int:
     scores, meta, chat messages) as JSON text in their cells, which :func:`read` decodes. Reading the file
     back gives records equal to the ones written. Returns the number of records written.
     """
+    if isinstance(records, (RankedList, Judgment)) or not isinstance(records, Iterable):
+        raise TypeError(f"write() takes an iterable of records, got {type(records).__name__}"
+                        + (" (wrap one record in a list)" if isinstance(records, (RankedList, Judgment)) else ""))
     fmt = _sources.detect_format(path, format)
     if fmt not in ("jsonl", "json", "csv", "parquet"):
         raise UsageError(f"cannot write format {fmt!r}; use jsonl, json, csv or parquet")
@@ -325,7 +329,7 @@ def write(records: Iterable, path, format: str | None = None) -> int:
 
     kinds = {type(r) for r in records}
     if len(kinds) > 1:
-        raise ValueError(f"{fmt} files hold one kind of record; got both RankedList and Judgment "
+        raise UsageError(f"{fmt} files hold one kind of record; got both RankedList and Judgment "
                          "(write JSONL for mixed records)")
     for record in records:
         if not isinstance(record, (RankedList, Judgment)):

@@ -18,10 +18,13 @@ returns plain lists and dicts for serialisation.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
+
+from rankalign.errors import UsageError
 
 from .errors import DataError
 
@@ -33,6 +36,21 @@ PAIR_STRATEGIES = ("all", "adjacent", "best_vs_rest")
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+def check_flag(value, name: str) -> bool:
+    """``value`` as a bool, or a :class:`~rankalign.errors.UsageError` naming the argument: a switch given as
+    ``"no"`` or ``None`` would otherwise be read by its truthiness (``"false"`` is true)."""
+    import numpy as np
+
+    if not isinstance(value, (bool, np.bool_)):
+        raise UsageError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _check_strategy(strategy) -> None:
+    if not isinstance(strategy, str) or strategy not in PAIR_STRATEGIES:
+        raise UsageError(f"unknown pair strategy {strategy!r}; choose one of {', '.join(PAIR_STRATEGIES)}")
+
+
 def _freeze_messages(value, field_name: str) -> tuple[Message, ...]:
     if len(value) == 0:
         raise DataError("empty message list", field=field_name, reason="empty_text")
@@ -46,6 +64,8 @@ def _freeze_messages(value, field_name: str) -> tuple[Message, ...]:
             raise DataError("a chat message needs 'role' and 'content'", field=where, reason="missing_field")
         if not isinstance(message["role"], str):
             raise DataError("'role' must be a string", field=f"{where}.role", reason="bad_type")
+        if not message["role"].strip():  # a chat template cannot render a turn without a speaker
+            raise DataError("'role' is empty", field=f"{where}.role", reason="empty_text")
         if not isinstance(message["content"], str):
             raise DataError("'content' must be a string", field=f"{where}.content", reason="bad_type")
         frozen.append(MappingProxyType(dict(message)))
@@ -119,6 +139,11 @@ def _text_key(value: Text):
     if isinstance(value, str):
         return value
     return tuple((m["role"], m["content"]) for m in value)
+
+
+def _score_key(score):
+    """Hashable form of one score (a float, None, or a read-only attribute mapping)."""
+    return tuple(sorted(score.items())) if isinstance(score, Mapping) else score
 
 
 def _thaw(value):
@@ -240,6 +265,14 @@ class RankedList:
         set_(self, "weight", weight)
         set_(self, "meta", MappingProxyType(dict(self.meta)))
 
+    def __hash__(self) -> int:
+        # the generated hash would hash the read-only mappings (meta, score mappings, chat messages), which
+        # are unhashable; equal records have equal candidates, ranks, prompt, scores, annotator and weight
+        return hash((tuple(_text_key(c) for c in self.candidates), self.ranks,
+                     None if self.prompt is None else _text_key(self.prompt),
+                     None if self.scores is None else tuple(_score_key(s) for s in self.scores),
+                     self.annotator, self.weight))
+
     # --------------------------------------------------------------------------------- views
     @property
     def k(self) -> int:
@@ -281,8 +314,8 @@ class RankedList:
         With ``ties=True`` each pair of tied candidates is added as a tie (``is_tie=True``), for
         ``"all"`` and ``"adjacent"`` within every group, for ``"best_vs_rest"`` within the best group.
         """
-        if strategy not in PAIR_STRATEGIES:
-            raise ValueError(f"unknown pair strategy {strategy!r}; choose one of {', '.join(PAIR_STRATEGIES)}")
+        _check_strategy(strategy)
+        ties = check_flag(ties, "ties")
         levels = self.levels()
         out: list[tuple[int, int, bool]] = []
         if strategy == "all":
@@ -337,8 +370,14 @@ class RankedList:
         of the attributes present. Candidates whose score is None are left unranked. The original scores
         are stored on the record. Other keyword arguments (``prompt``, ``annotator``, ...) are passed on.
         """
-        if tie_tolerance < 0 or not math.isfinite(tie_tolerance):
-            raise ValueError(f"tie_tolerance must be a finite number >= 0, got {tie_tolerance}")
+        if isinstance(tie_tolerance, bool) or not isinstance(tie_tolerance, numbers.Real) \
+                or not math.isfinite(tie_tolerance) or tie_tolerance < 0:
+            raise UsageError(f"tie_tolerance must be a finite number >= 0, got {tie_tolerance!r}")
+        higher_is_better = check_flag(higher_is_better, "higher_is_better")
+        for name, value in (("scores", scores), ("candidates", candidates)):
+            if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+                raise DataError(f"expected a list of {name}, got {type(value).__name__}", field=name,
+                                reason="bad_type")
         if len(scores) != len(candidates):
             raise DataError(f"{len(scores)} scores for {len(candidates)} candidates", field="scores",
                             reason="length_mismatch")
@@ -391,6 +430,9 @@ class RankedList:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RankedList:
         """Build from the :meth:`to_dict` form; unknown keys are an error naming them."""
+        if not isinstance(data, Mapping):  # a string or a list would be read key by key ("unknown key 'a'")
+            raise DataError(f"expected a mapping of fields (the to_dict form), got {type(data).__name__}",
+                            reason="bad_type")
         allowed = {"prompt", "candidates", "ranks", "scores", "annotator", "weight", "meta"}
         unknown = set(data) - allowed
         if unknown:
@@ -421,8 +463,10 @@ class Judgment:
         response = _normalise_text(self.response, "response", allow_none=False, allow_empty=True)
         prompt = _normalise_text(self.prompt, "prompt", allow_none=True)
         label = self.label
-        if isinstance(label, bool):
-            pass
+        import numpy as np
+
+        if isinstance(label, (bool, np.bool_)):  # numpy's bool (from pandas or an array) is a bool too
+            label = bool(label)
         elif isinstance(label, (int, float)) or hasattr(label, "__float__"):
             label = _finite_float(label, "label")
             if not 0.0 <= label <= 1.0:
@@ -445,6 +489,10 @@ class Judgment:
         set_(self, "annotator", annotator)
         set_(self, "meta", MappingProxyType(dict(self.meta)))
 
+    def __hash__(self) -> int:  # see RankedList.__hash__ (meta and chat messages are read-only mappings)
+        return hash((_text_key(self.response), None if self.prompt is None else _text_key(self.prompt),
+                     self.label, self.annotator, self.weight))
+
     @property
     def desirable(self) -> bool:
         """``label`` as a bool (probabilities threshold at 0.5)."""
@@ -462,6 +510,9 @@ class Judgment:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Judgment:
+        if not isinstance(data, Mapping):  # a string or a list would be read key by key ("unknown key 'a'")
+            raise DataError(f"expected a mapping of fields (the to_dict form), got {type(data).__name__}",
+                            reason="bad_type")
         allowed = {"prompt", "response", "label", "annotator", "weight", "meta"}
         unknown = set(data) - allowed
         if unknown:
@@ -478,7 +529,13 @@ Record = RankedList | Judgment
 
 def iter_pairs(records, strategy: str = "all", *, ties: bool = True) -> Iterator[RankedList]:
     """Pairs from a stream of :class:`RankedList` records (see :meth:`RankedList.to_pairs`)."""
-    for record in records:
+    _check_strategy(strategy)
+    ties = check_flag(ties, "ties")
+    for index, record in enumerate(records):
+        if not isinstance(record, RankedList):
+            what = "a Judgment (unpaired feedback has no pair form; rankalign.data.to_pairs drops and counts " \
+                "them)" if isinstance(record, Judgment) else f"a {type(record).__name__}"
+            raise TypeError(f"iter_pairs takes RankedList records; record {index} is {what}")
         yield from record.to_pairs(strategy, ties=ties)
 
 

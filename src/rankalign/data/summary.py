@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator, Mapping
 import numpy as np
 
 from .errors import DataError
-from .records import PAIR_STRATEGIES, Judgment, RankedList, _text_key, _thaw
+from .records import Judgment, RankedList, _check_strategy, _text_key, _thaw, check_flag
 
 PERCENTILES = (5, 25, 50, 75, 95)
 
@@ -53,6 +53,16 @@ def _percentiles(values: list[int]) -> dict | None:
     return out
 
 
+def _checked(records: Iterable, what: str) -> Iterator:
+    """``records`` with each one checked to be a record (a mapping or a string would otherwise fail deep
+    inside with an AttributeError)."""
+    for index, record in enumerate(records):
+        if not isinstance(record, (RankedList, Judgment)):
+            raise TypeError(f"{what} takes RankedList or Judgment records; record {index} is a "
+                            f"{type(record).__name__} (build records with RankedList.from_dict / Judgment.from_dict)")
+        yield record
+
+
 def _record_key(record) -> int:
     return hash(json.dumps(record.to_dict(), sort_keys=True, ensure_ascii=False))
 
@@ -80,7 +90,7 @@ def summarize(records: Iterable, report=None) -> dict:
     duplicates = 0
     empty_responses = 0
     total_weight = 0.0
-    for record in records:
+    for record in _checked(records, "summarize"):
         key = _record_key(record)
         if key in seen:
             duplicates += 1
@@ -150,12 +160,12 @@ def to_pairs(records: Iterable, strategy: str = "all", *, ties: bool = True) -> 
     Judgments (unpaired feedback) have no pair form: they are dropped and counted, as are lists that give
     no pair (a single ranked candidate).
     """
-    if strategy not in PAIR_STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(PAIR_STRATEGIES)}")
+    _check_strategy(strategy)
+    ties = check_flag(ties, "ties")
     out: list = []
     report = {"input_records": 0, "output_records": 0, "lists_expanded": 0, "pairs_passed_through": 0,
               "dropped": Counter()}
-    for record in records:
+    for record in _checked(records, "to_pairs"):
         report["input_records"] += 1
         if isinstance(record, Judgment):
             report["dropped"]["judgment_has_no_pair_form"] += 1
@@ -239,7 +249,7 @@ def to_lists(records: Iterable) -> tuple[list, dict]:
     report = {"input_records": 0, "output_records": 0, "lists_passed_through": 0, "single_pairs": 0,
               "groups_merged": 0, "pairs_merged": 0, "groups_kept_as_pairs": Counter(),
               "pairs_kept_separate": Counter(), "dropped": Counter()}
-    for record in records:
+    for record in _checked(records, "to_lists"):
         report["input_records"] += 1
         if isinstance(record, Judgment):
             report["dropped"]["judgment_has_no_list_form"] += 1

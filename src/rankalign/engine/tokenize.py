@@ -20,12 +20,14 @@ A :class:`~rankalign.data.RankedList` (or a :class:`~rankalign.data.Judgment`, a
 
 from __future__ import annotations
 
+import numbers
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..data.errors import DataError
-from ..data.records import Judgment, RankedList
+from ..data.records import Judgment, RankedList, check_flag
+from ..errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -210,8 +212,11 @@ def _plan_record(tokenizer, record, index: int, candidates, names, encoder: _Enc
     conversational = _is_messages(record.prompt) or any(_is_messages(c) for c in candidates)
     if conversational:
         if getattr(tokenizer, "chat_template", None) is None:
-            raise DataError("chat messages need a tokenizer with a chat template", line=index, field=names[0],
-                            reason="no_chat_template")
+            field = "prompt" if _is_messages(record.prompt) else \
+                next(name for name, c in zip(names, candidates) if _is_messages(c))
+            raise DataError("chat messages need a tokenizer with a chat template (this one has none); give one "
+                            "(tokenizer.chat_template = ...) or plain-text prompts and responses", line=index,
+                            field=field, reason="no_chat_template")
         prompt_messages = _as_messages(record.prompt, "user")
         prompt_slot = encoder.add(_render_chat(tokenizer, prompt_messages, generation_prompt=True))
         fulls = [encoder.add(_render_chat(tokenizer, prompt_messages + _as_messages(c, "assistant"),
@@ -299,11 +304,13 @@ def tokenize_records(tokenizer, records: Iterable, *, max_prompt_tokens: int | N
     report : TruncationReport
     """
     if on_empty not in ("error", "drop"):
-        raise ValueError(f"on_empty must be 'error' or 'drop', got {on_empty!r}")
+        raise UsageError(f"on_empty must be 'error' or 'drop', got {on_empty!r}")
+    check_boundary = check_flag(check_boundary, "check_boundary")
     for name, value in (("max_prompt_tokens", max_prompt_tokens), ("max_response_tokens", max_response_tokens),
                         ("max_length", max_length)):
-        if value is not None and value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
+        # a token count: 2.0, "3" or True would fail deep inside (slicing) or be read as 1
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
+            raise UsageError(f"{name} must be a whole number >= 1 (or None), got {value!r}")
     report = TruncationReport()
     out: list[TokenizedList] = []
     bos_id = tokenizer.bos_token_id
@@ -359,8 +366,12 @@ def tokenize_records(tokenizer, records: Iterable, *, max_prompt_tokens: int | N
             cut_responses.append(kept)
         if empty_field is not None:
             if on_empty == "error":
+                if budget is None:  # nothing was cut: an empty response and no EOS token to stand for it
+                    raise DataError("the response is empty and the tokenizer has no EOS token to end it; give the "
+                                    "tokenizer an eos_token or pass on_empty='drop'", line=index, field=empty_field,
+                                    reason="empty_response")
                 raise DataError(f"the response has no tokens left (prompt {len(cut_prompt)} tokens, response "
-                                f"budget {budget}); raise the limits or pass on_empty='drop'",
+                                f"budget {max(budget, 0)}); raise the limits or pass on_empty='drop'",
                                 line=index, field=empty_field, reason="empty_response")
             report.rows_dropped["empty_response"] += 1
             continue

@@ -36,6 +36,7 @@ ideal point, mean latent). The loss is a registered reward objective (``bt_rewar
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -45,7 +46,8 @@ from torch import Tensor, nn
 
 from .. import losses
 from ..data.errors import DataError
-from ..data.records import RankedList
+from ..data.records import RankedList, _annotator_id
+from ..errors import UsageError
 
 __all__ = ["PERSONAL_MODELS", "PersonalRewardModel", "fit_personal_reward", "adapt_annotator", "pair_outcomes",
            "save_personal_reward", "load_personal_reward",
@@ -174,6 +176,48 @@ class UserLatentReward(nn.Module):
         return 0.5 * (self.user_table ** 2).sum()
 
 
+#: The size settings (``**sizes``) each model takes, with the least value each may have.
+MODEL_SIZES = {
+    "shared": {},
+    "mixture": {"num_prototypes": 1},
+    "pal": {"num_prototypes": 1, "embedding_dim": 1, "hidden_size": 0},
+    "ideal_point": {"embedding_dim": 1},
+    "user_latent": {"latent_dim": 1, "hidden_size": 1},
+}
+
+
+def check_count(value, name: str, least: int = 1) -> int:
+    """A whole number >= ``least`` (not a bool, not 2.0), or a :class:`~rankalign.errors.UsageError` naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        raise UsageError(f"{name} must be a whole number >= {least}, got {value!r}")
+    return int(value)
+
+
+def check_real(value, name: str, *, positive: bool = False) -> float:
+    """A finite number > 0 (``positive``) or >= 0, or a :class:`~rankalign.errors.UsageError` naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or value < 0 or (positive and value == 0):
+        raise UsageError(f"{name} must be a finite number {'>' if positive else '>='} 0, got {value!r}")
+    return float(value)
+
+
+def _check_sizes(model, sizes: Mapping) -> None:
+    """``model`` is known and ``sizes`` holds only its own settings, each in range (a misspelt or another
+    model's setting would otherwise be ignored without a word)."""
+    import difflib
+
+    if not isinstance(model, str) or model not in PERSONAL_MODELS:
+        raise UsageError(f"unknown personal model {model!r}; choose one of {', '.join(PERSONAL_MODELS)}")
+    allowed = MODEL_SIZES[model]
+    for name, value in sizes.items():
+        if name not in allowed:
+            close = difflib.get_close_matches(name, [n for sizes_ in MODEL_SIZES.values() for n in sizes_], n=1)
+            guess = f"; did you mean {close[0]!r}?" if close and close[0] in allowed else ""
+            raise UsageError(f"model {model!r} takes no setting {name!r}{guess}",
+                             hint=f"its settings: {', '.join(allowed) or 'none'}")
+        check_count(value, name, allowed[name])
+
+
 def _build_module(kind: str, feature_dim: int, num_annotators: int, settings: Mapping) -> nn.Module:
     if kind == "shared":
         return SharedLinearReward(feature_dim, num_annotators)
@@ -195,6 +239,9 @@ FeatureSource = Mapping[str, Sequence[float]] | Callable
 
 
 def _feature(features: FeatureSource, prompt, candidate, index: int, i: int) -> np.ndarray:
+    if not isinstance(features, Mapping) and not callable(features):
+        raise TypeError("features must be a mapping candidate -> vector or a callable (prompt, candidate) -> "
+                        f"vector, got {type(features).__name__}")
     if callable(features) and not isinstance(features, Mapping):
         value = features(prompt, candidate)
     else:
@@ -203,9 +250,13 @@ def _feature(features: FeatureSource, prompt, candidate, index: int, i: int) -> 
             raise DataError(f"no feature vector for candidate {str(key)[:60]!r}", line=index,
                             field=f"candidates[{i}]", reason="missing_feature")
         value = features[key]
-    array = np.asarray(value, dtype=np.float64)
-    if array.ndim != 1 or not np.all(np.isfinite(array)):
-        raise DataError(f"a feature vector must be a finite 1-D array, got shape {array.shape}", line=index,
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError(f"a feature vector must hold numbers, got {str(value)[:60]}", line=index,
+                        field=f"candidates[{i}]", reason="bad_feature") from None
+    if array.ndim != 1 or array.size == 0 or not np.all(np.isfinite(array)):
+        raise DataError(f"a feature vector must be a finite, non-empty 1-D array, got shape {array.shape}", line=index,
                         field=f"candidates[{i}]", reason="bad_feature")
     return array
 
@@ -294,10 +345,24 @@ class PersonalRewardModel:
         except ValueError:
             return -1
 
+    @property
+    def feature_dim(self) -> int:
+        """The length D of the feature vectors the model was fitted on."""
+        return _feature_dim(self.module)
+
+    def _check_dim(self, found: int, where: str) -> None:
+        if found != self.feature_dim:
+            raise DataError(f"feature vectors of length {found}; the model was fitted on length {self.feature_dim}",
+                            field=where, reason="bad_feature")
+
     @torch.no_grad()
     def rewards(self, features, annotator: str | None = None) -> np.ndarray:
         """Rewards ``[N]`` of feature vectors ``[N, D]`` for one annotator (None/unseen: population mean)."""
         x = torch.as_tensor(np.asarray(features, dtype=np.float64))
+        if x.ndim == 0:
+            raise DataError("expected feature vectors [N, D] (or one vector [D]), got a scalar", field="features",
+                            reason="bad_feature")
+        self._check_dim(x.shape[-1], "features")
         users = torch.full(x.shape[:-1], self.annotator_index(annotator), dtype=torch.long)
         return self.module(x, users).numpy()
 
@@ -306,6 +371,7 @@ class PersonalRewardModel:
         """Rewards of each record's ranked candidates for the record's annotator: one ``[K]`` array each."""
         records = _as_records(records)
         data = _tensors(records, features, {a: i for i, a in enumerate(self.annotators)})
+        self._check_dim(data.features.shape[-1], "features")
         rewards = self.module(data.features, data.users.unsqueeze(1).expand_as(data.ranks))
         return [rewards[b, data.ranks[b] >= 0].numpy() for b in range(len(records))]
 
@@ -369,6 +435,11 @@ def fit_personal_reward(records: Iterable, features: FeatureSource, *, model: st
     -------
     PersonalRewardModel
     """
+    _check_sizes(model, sizes)
+    _check_training(epochs=epochs, lr=lr, seed=seed)
+    if batch_size is not None:
+        check_count(batch_size, "batch_size")
+    check_real(prior_weight, "prior_weight")
     fn = losses.get(objective)
     if fn.family != "reward":
         raise ValueError(f"{objective!r} is a {fn.family} objective, not a reward objective")
@@ -377,6 +448,10 @@ def fit_personal_reward(records: Iterable, features: FeatureSource, *, model: st
         raise ValueError("no records to fit")
     annotators = sorted({r.annotator for r in records if r.annotator is not None})
     data = _tensors(records, features, {a: i for i, a in enumerate(annotators)})
+    if not annotators and model != "shared":  # no row for the per-annotator table: nothing to personalise
+        raise DataError(f"model {model!r} learns per-annotator parameters, but no record has an annotator",
+                        field="annotator", reason="missing_field",
+                        hint="give the records annotator ids, or fit model='shared'")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         module = _build_module(model, data.features.shape[-1], len(annotators), sizes)
@@ -387,6 +462,12 @@ def fit_personal_reward(records: Iterable, features: FeatureSource, *, model: st
                     seed=seed, prior_weight=prior_weight)
     return PersonalRewardModel(kind=model, module=module.eval(), annotators=list(annotators), settings=settings,
                                history=history)
+
+
+def _check_training(*, epochs, lr, seed) -> None:
+    check_count(epochs, "epochs")
+    check_real(lr, "lr", positive=True)
+    check_count(seed, "seed", 0)
 
 
 def adapt_annotator(model: PersonalRewardModel, annotator: str, records: Iterable, features: FeatureSource, *,
@@ -400,8 +481,15 @@ def adapt_annotator(model: PersonalRewardModel, annotator: str, records: Iterabl
     """
     import copy
 
+    if not isinstance(model, PersonalRewardModel):
+        raise TypeError(f"model must be a PersonalRewardModel (from fit_personal_reward), got {type(model).__name__}")
     if model.kind == "shared":
         raise ValueError("the shared model has no per-annotator parameters to adapt")
+    # None (or a blank id) would be stored as the annotator "None"
+    if _annotator_id(annotator) is None:
+        raise UsageError(f"annotator must be an annotator id (a non-empty string or an integer), got {annotator!r}")
+    annotator = _annotator_id(annotator)
+    _check_training(epochs=epochs, lr=lr, seed=seed)
     records = [RankedList(prompt=r.prompt, candidates=r.candidates, ranks=r.ranks, scores=r.scores,
                           annotator=str(annotator), weight=r.weight, meta=r.meta) for r in _as_records(records)]
     module = copy.deepcopy(model.module)
@@ -427,6 +515,7 @@ def adapt_annotator(model: PersonalRewardModel, annotator: str, records: Iterabl
             return 0.5 * (new_row ** 2).sum() if prior else new_row.new_zeros(())
 
     data = _tensors(records, features, {a: i for i, a in enumerate(annotators)})
+    model._check_dim(data.features.shape[-1], "features")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         history = _fit(OneRow(), data, [new_row], objective=losses.get(model.settings.get("objective", "bt_reward")),

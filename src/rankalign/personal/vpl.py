@@ -30,7 +30,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.functional import logsigmoid
 
-from .models import FeatureSource, _as_records, _feature
+from ..data.errors import DataError
+from ..errors import UsageError
+from .models import PERSONAL_MODELS, FeatureSource, _as_records, _feature, check_count, check_real
 
 
 class PairSetEncoder(nn.Module):
@@ -76,11 +78,17 @@ def gaussian_kl_to_standard(mean: Tensor, log_var: Tensor) -> Tensor:
 def _user_pairs(records, features: FeatureSource) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """annotator -> (winner features [n, D], loser features [n, D]) of every strictly ordered pair."""
     out: dict[str, tuple[list, list]] = {}
+    dim = None
     for index, record in enumerate(records):
         if record.annotator is None:
             continue
         keep = [i for i, r in enumerate(record.ranks) if r is not None]
         vectors = {i: _feature(features, record.prompt, record.candidates[i], index, i) for i in keep}
+        for i, vector in vectors.items():  # one length for all, as fit_personal_reward checks
+            dim = len(vector) if dim is None else dim
+            if len(vector) != dim:
+                raise DataError(f"feature vector of length {len(vector)}, expected {dim}", line=index,
+                                field=f"candidates[{i}]", reason="bad_feature")
         for i in keep:
             for j in keep:
                 if record.ranks[i] < record.ranks[j]:
@@ -98,6 +106,11 @@ class VPLRewardModel:
     settings: dict = field(default_factory=dict)
     history: list[float] = field(default_factory=list)
 
+    def _check(self, found: int, expected: int, what: str, field: str) -> None:
+        if found != expected:
+            raise DataError(f"{what} of length {found}; the model was fitted on length {expected}", field=field,
+                            reason="bad_feature")
+
     @torch.no_grad()
     def latent(self, context: Iterable, features: FeatureSource) -> np.ndarray:
         """Posterior mean ``mu(C)`` of a user's context records (the prior mean 0 for none)."""
@@ -109,6 +122,7 @@ class VPLRewardModel:
             return np.zeros(latent_dim)
         winners = np.concatenate([w for w, _ in pairs.values()])
         losers = np.concatenate([v for _, v in pairs.values()])
+        self._check(winners.shape[1], self.encoder.pair[0].in_features // 2, "feature vectors", "features")
         mean, _ = self.encoder(torch.as_tensor(winners)[None], torch.as_tensor(losers)[None],
                                torch.ones(1, len(winners), dtype=torch.float64))
         return mean[0].numpy()
@@ -118,6 +132,11 @@ class VPLRewardModel:
         """Rewards ``[N]`` of feature vectors ``[N, D]`` for a user with latent ``z``."""
         x = torch.as_tensor(np.asarray(features, dtype=np.float64))
         z = torch.as_tensor(np.asarray(latent, dtype=np.float64))
+        if x.ndim == 0 or z.ndim != 1:
+            raise DataError(f"expected feature vectors [N, D] and one latent [z], got shapes {tuple(x.shape)} and "
+                            f"{tuple(z.shape)}", field="features" if x.ndim == 0 else "latent", reason="bad_feature")
+        self._check(x.shape[-1], self.encoder.pair[0].in_features // 2, "feature vectors", "features")
+        self._check(z.shape[0], self.encoder.mean.out_features, "the latent", "latent")
         return self.reward(x, z).numpy()
 
 
@@ -145,6 +164,12 @@ def fit_vpl_reward(records: Iterable, features: FeatureSource, *, latent_dim: in
     seed : int
         Seeds the initial weights and the sampling.
     """
+    for name, value in (("latent_dim", latent_dim), ("hidden_size", hidden_size), ("context_size", context_size),
+                        ("steps", steps), ("users_per_step", users_per_step)):
+        check_count(value, name)
+    check_count(seed, "seed", 0)
+    check_real(kl_weight, "kl_weight")
+    check_real(lr, "lr", positive=True)
     records = _as_records(records)
     pairs = _user_pairs(records, features)
     if not pairs:
@@ -209,12 +234,29 @@ def few_shot_curve(train_records: Sequence, test_records: Sequence, features: Fe
     """
     from .models import adapt_annotator, fit_personal_reward
 
+    shots = list(shots)
+    if not shots:
+        raise UsageError("shots is empty; give the numbers of examples to evaluate, e.g. (0, 1, 2, 4)")
+    for k in shots:
+        check_count(k, "each of shots", 0)
+    for name in models:
+        if name != "vpl" and name not in PERSONAL_MODELS:
+            raise UsageError(f"unknown model {name!r} in models; choose from {', '.join((*PERSONAL_MODELS, 'vpl'))}")
     settings = dict(fit_settings or {})
     pool_size = max(shots) if pool_size is None else pool_size
+    check_count(pool_size, "pool_size", max(shots))
     test_records = _as_records(test_records)
     by_user: dict[str, list] = {}
-    for record in test_records:
+    for index, record in enumerate(test_records):
+        if record.annotator is None:
+            raise DataError("a test record needs an annotator (the curve is per unseen annotator)", line=index,
+                            field="annotator", reason="missing_field")
         by_user.setdefault(record.annotator, []).append(record)
+    for user, user_records in sorted(by_user.items()):
+        if user not in _user_pairs(user_records[pool_size:], features):
+            raise DataError(f"test annotator {user!r} has no strictly ordered pair left to score after the first "
+                            f"{pool_size} records (the support pool, pool_size)", field="annotator",
+                            reason="no_queries", hint="give each test annotator more records than pool_size")
     fitted = {}
     for name in models:
         if name == "vpl":
