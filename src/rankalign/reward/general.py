@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import UsageError
 from ..losses.reward import general_preference_logits, general_preference_loss
 
 __all__ = ["skew_symmetric_operator", "general_preference_logits", "general_preference_loss",
@@ -34,6 +35,9 @@ def skew_symmetric_operator(dim: int, eigenvalues: Tensor | None = None, *, dtyp
         raise ValueError(f"the preference dimension must be even and >= 2, got {dim}")
     blocks = dim // 2
     scales = torch.ones(blocks, dtype=dtype) if eigenvalues is None else torch.as_tensor(eigenvalues, dtype=dtype)
+    if scales.shape != (blocks,):  # one scale would otherwise be broadcast to every block without a word
+        raise UsageError(f"eigenvalues must hold one scale per 2x2 block ({blocks} for dim {dim}), got shape "
+                         f"{tuple(scales.shape)}")
     operator = torch.zeros(dim, dim, dtype=dtype)
     index = torch.arange(blocks) * 2
     operator[index, index + 1] = -scales

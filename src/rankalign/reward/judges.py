@@ -22,12 +22,15 @@ calls ``judge.rank`` once per prompt on its K samples and trains on the returned
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import numbers
+from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from ..data.records import RankedList
+from ..errors import UsageError
 
 __all__ = ["Judge", "ranking_from_scores", "aggregate_pairwise", "RewardModelJudge", "EnsembleJudge",
            "PreferenceJudge", "AGGREGATIONS"]
@@ -47,6 +50,22 @@ class Judge(Protocol):
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return np.exp(-np.logaddexp(0.0, -x))
+
+
+def _check_tolerance(tie_tolerance) -> float:
+    """``tie_tolerance`` as a float, or a UsageError: a negative one would split exact ties, NaN would tie all."""
+    if isinstance(tie_tolerance, bool) or not isinstance(tie_tolerance, numbers.Real) or not (
+            math.isfinite(tie_tolerance) and tie_tolerance >= 0):
+        raise UsageError(f"tie_tolerance must be a finite number >= 0, got {tie_tolerance!r}")
+    return float(tie_tolerance)
+
+
+def _check_reward_model(model, judge: str):
+    from .model import RewardModel
+
+    if not isinstance(model, RewardModel):
+        raise UsageError(f"{judge} needs a rankalign.reward.RewardModel, got {type(model).__name__}",
+                         hint="RewardModel(backbone) or rankalign.reward.load(path)[0]")
 
 
 def _dense_ranks(scores: np.ndarray, tolerance: float) -> list[int]:
@@ -73,6 +92,7 @@ def ranking_from_scores(judge_id: str, prompt, candidates: Sequence, scores, *, 
     Candidates whose sorted scores differ by at most ``tie_tolerance`` tie. ``probabilities`` ``[K, K]``
     (default ``sigma(s_i - s_j)``) give the confidence.
     """
+    tie_tolerance = _check_tolerance(tie_tolerance)
     scores = np.asarray(scores, dtype=np.float64)
     if scores.shape != (len(candidates),):
         raise ValueError(f"{len(candidates)} candidates but scores of shape {scores.shape}")
@@ -95,6 +115,8 @@ def aggregate_pairwise(probabilities, method: str = "copeland") -> np.ndarray:
     p = np.asarray(probabilities, dtype=np.float64)
     if p.ndim != 2 or p.shape[0] != p.shape[1]:
         raise ValueError(f"probabilities must be [K, K], got {p.shape}")
+    if not np.all((p >= 0) & (p <= 1)):  # NaN fails too
+        raise UsageError(f"probabilities must lie in [0, 1], got {float(p[~((p >= 0) & (p <= 1))][0])}")
     off = ~np.eye(p.shape[0], dtype=bool)
     if method == "copeland":
         return np.where(off, (p > 0.5) + 0.5 * (p == 0.5), 0.0).sum(1)
@@ -104,6 +126,9 @@ def aggregate_pairwise(probabilities, method: str = "copeland") -> np.ndarray:
 
 
 def _single_list(prompt, candidates) -> RankedList:
+    if isinstance(candidates, (str, bytes, Mapping)) or not isinstance(candidates, Sequence):
+        raise UsageError(f"candidates must be a list of responses, got {type(candidates).__name__}"
+                         + (" (one string: wrap it in a list)" if isinstance(candidates, str) else ""))
     if not candidates:
         raise ValueError("a judge needs at least one candidate")
     return RankedList(prompt=prompt, candidates=list(candidates), ranks=[0] * len(candidates))
@@ -130,11 +155,12 @@ class RewardModelJudge:
 
     def __init__(self, model, tokenizer, *, id: str | None = None, tie_tolerance: float = 0.0,
                  max_length: int | None = None):
+        _check_reward_model(model, "RewardModelJudge")
         if model.preference_dim is not None:
             raise ValueError("a general preference model has no scalar reward; use PreferenceJudge")
         self.model, self.tokenizer = model, tokenizer
         self.id = id or f"rm:{_model_name(model)}"
-        self.tie_tolerance, self.max_length = tie_tolerance, max_length
+        self.tie_tolerance, self.max_length = _check_tolerance(tie_tolerance), max_length
 
     def rank(self, prompt, candidates: Sequence) -> RankedList:
         from .model import score_lists
@@ -154,11 +180,14 @@ class EnsembleJudge:
 
     def __init__(self, model, tokenizer, *, k: float = 1.0, id: str | None = None, tie_tolerance: float = 0.0,
                  max_length: int | None = None):
+        _check_reward_model(model, "EnsembleJudge")
         if model.ensemble_size < 2:
             raise ValueError("EnsembleJudge needs a model with ensemble_size >= 2")
+        if isinstance(k, bool) or not isinstance(k, numbers.Real) or not math.isfinite(k):
+            raise UsageError(f"k must be a finite number (the score is mean - k std), got {k!r}")
         self.model, self.tokenizer, self.k = model, tokenizer, float(k)
         self.id = id or f"ensemble{model.ensemble_size}:k={self.k:g}:{_model_name(model)}"
-        self.tie_tolerance, self.max_length = tie_tolerance, max_length
+        self.tie_tolerance, self.max_length = _check_tolerance(tie_tolerance), max_length
 
     def rank(self, prompt, candidates: Sequence) -> RankedList:
         from .model import ensemble_scores
@@ -181,6 +210,7 @@ class PreferenceJudge:
 
     def __init__(self, model, tokenizer, *, aggregate: str = "copeland", id: str | None = None,
                  max_length: int | None = None):
+        _check_reward_model(model, "PreferenceJudge")
         if aggregate not in AGGREGATIONS:
             raise ValueError(f"unknown aggregation {aggregate!r}; choose one of {', '.join(AGGREGATIONS)}")
         self.model, self.tokenizer, self.aggregate = model, tokenizer, aggregate

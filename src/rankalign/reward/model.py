@@ -32,6 +32,7 @@ Saving follows ``transformers``' convention: the backbone's ``config.json`` and 
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import tempfile
 import warnings
@@ -48,6 +49,7 @@ from ..data.records import Judgment, RankedList
 from ..engine.logps import base_hidden_states, base_model_of, choose_layout
 from ..engine.packing import PackedBatch, pack_lists
 from ..engine.tokenize import TokenizedList, tokenize_records
+from ..errors import UsageError
 
 __all__ = ["RewardModel", "score_lists", "reward_scores", "preference_probabilities", "ENCODER_MODEL_TYPES", "REWARD_CONFIG_NAME",
            "write_file_atomic", "load", "encoder_inputs", "ensemble_scores", "center_ensemble_heads", "sequence_classification_class"]
@@ -155,6 +157,17 @@ def _safe_pad_token_id(tokenizer, config) -> int | None:
 POOLINGS = ("last", "mean", "cls")
 
 
+def _check_count(name: str, value, minimum: int = 1) -> None:
+    """A :class:`~rankalign.errors.UsageError` naming ``name`` unless ``value`` is a whole number >= ``minimum``
+    (2.5 heads are not silently 2, and True is not 1)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise UsageError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+
+
+def _check_batch_size(batch_size) -> None:
+    _check_count("batch_size", batch_size)
+
+
 class RewardModel(nn.Module):
     """A backbone and a linear reward head with ``num_attributes`` outputs (or an ensemble of heads).
 
@@ -203,10 +216,24 @@ class RewardModel(nn.Module):
                  pooling: str | None = None, preference_dim: int | None = None, prompt_gate: bool = False,
                  ensemble_size: int = 1, seed: int = 0):
         super().__init__()
+        if not isinstance(backbone, nn.Module) or getattr(backbone, "config", None) is None:
+            raise UsageError(f"backbone must be a transformers model (a causal LM or a base model such as BertModel), "
+                             f"got {type(backbone).__name__}", hint="e.g. AutoModel.from_pretrained(path)")
+        _check_count("num_attributes", num_attributes)
+        _check_count("ensemble_size", ensemble_size)
+        if preference_dim is not None:
+            _check_count("preference_dim", preference_dim, minimum=2)
+        if attribute_names is not None and (isinstance(attribute_names, (str, bytes)) or not all(
+                isinstance(name, str) and name for name in attribute_names)):
+            raise UsageError(f"attribute_names must be a list of non-empty strings, got {attribute_names!r}")
+        if attribute_weights is not None and not isinstance(attribute_weights, str):
+            if isinstance(attribute_weights, (numbers.Number, bytes)) or not all(
+                    isinstance(w, numbers.Real) and not isinstance(w, bool) and math.isfinite(w)
+                    for w in attribute_weights):
+                raise UsageError(f"attribute_weights must be a list of finite numbers, 'learned' or None, got "
+                                 f"{attribute_weights!r}")
         self.preference_dim = None if preference_dim is None else int(preference_dim)
         self.ensemble_size = int(ensemble_size)
-        if self.ensemble_size < 1:
-            raise ValueError(f"ensemble_size must be >= 1, got {ensemble_size}")
         if self.preference_dim is not None:
             if self.preference_dim < 2 or self.preference_dim % 2:
                 raise ValueError(f"preference_dim must be even and >= 2, got {preference_dim}")
@@ -717,6 +744,7 @@ def score_lists(model: RewardModel, tokenizer, records: Iterable, *, batch_size:
     if model.preference_dim is not None and not return_attributes:
         raise ValueError("a general preference model has no scalar reward; use preference_probabilities "
                          "(or return_attributes=True for the embeddings)")
+    _check_batch_size(batch_size)
     was_training = model.training
     model.eval()
     try:
@@ -748,6 +776,7 @@ def preference_probabilities(model: RewardModel, tokenizer, records: Iterable, *
     """
     from .general import general_preference_logits
 
+    _check_batch_size(batch_size)
     records = list(records)
     if model.preference_dim is None:
         scores = score_lists(model, tokenizer, records, batch_size=batch_size, layout=layout,
@@ -821,6 +850,8 @@ def ensemble_scores(model: RewardModel, tokenizer, records: Iterable, *, k: floa
     """
     if model.ensemble_size < 2:
         raise ValueError("ensemble_scores needs a model with ensemble_size >= 2")
+    if isinstance(k, bool) or not isinstance(k, numbers.Real) or not math.isfinite(k):
+        raise UsageError(f"k must be a finite number (mean - k std), got {k!r}")
     heads = score_lists(model, tokenizer, records, batch_size=batch_size, layout=layout, max_length=max_length,
                         return_attributes=True)
     out = []

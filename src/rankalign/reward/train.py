@@ -9,6 +9,7 @@ with the records' weights. For larger runs use ``rankalign.train``.
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Iterable, Mapping
 
@@ -18,7 +19,7 @@ from torch import Tensor
 from .. import losses
 from .._optim import adamw
 from ..engine.cpu_memory import preallocate_optimizer_state, retain_if_cpu
-from ..errors import RankalignWarning
+from ..errors import RankalignWarning, UsageError
 from .general import general_preference_loss
 from .model import RewardModel, center_ensemble_heads, prepare_lists, reward_scores, score_lists
 
@@ -229,6 +230,48 @@ def pairwise_accuracy(scores: Iterable[Tensor], records: Iterable) -> float:
     return float((metrics["ranking_accuracy"] * metrics["pairs"]).sum() / pairs)
 
 
+def _check_settings(*, epochs, batch_size, lr, weight_decay, max_grad_norm, warmup_ratio) -> float | None:
+    """Each optimiser setting in its range, or a UsageError naming it; returns ``max_grad_norm`` with 0 read as
+    None (off), as the reward config documents: clipping to norm 0 would zero every gradient, and a negative
+    norm would reverse them (the clip coefficient turns negative)."""
+    def real(value) -> bool:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise UsageError(f"{name} must be a whole number >= 1, got {value!r}")
+    if not (real(lr) and lr > 0):
+        raise UsageError(f"lr must be a finite number > 0, got {lr!r}")
+    if not (real(weight_decay) and weight_decay >= 0):
+        raise UsageError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    if max_grad_norm is not None and not (real(max_grad_norm) and max_grad_norm >= 0):
+        raise UsageError(f"max_grad_norm must be a finite number >= 0 (0 or None: no clipping), got {max_grad_norm!r}")
+    if not (real(warmup_ratio) and 0 <= warmup_ratio < 1):
+        raise UsageError(f"warmup_ratio must be in [0, 1), got {warmup_ratio!r}")
+    return None if max_grad_norm is None or max_grad_norm == 0 else float(max_grad_norm)
+
+
+# reward objectives that learn only from strictly ordered pairs (a tied or one-candidate list gives them 0)
+_PAIR_OBJECTIVES = ("bt_reward", "pl_reward", GENERAL_PREFERENCE)
+
+
+def _check_learnable(lists, objective: str) -> None:
+    """A DataError when no list gives ``objective`` anything to learn (its loss and gradient would be 0 on every
+    step): the pair-based objectives need a list with two candidates of different rank, Davidson's tie model
+    a list with two candidates; the score objectives check their scores when they read them."""
+    from ..data.errors import DataError
+
+    if objective in _PAIR_OBJECTIVES and not any(len(set(item.ranks)) >= 2 for item in lists):
+        raise DataError(f"none of the {len(lists)} lists holds two candidates of different rank (each has one "
+                        f"candidate, or all of its candidates tie): objective {objective!r} learns from strictly "
+                        "ordered pairs only, so its loss would be 0", field="ranks", reason="no_ordered_pair",
+                        hint="rank the candidates, or use davidson_reward (ties) or bce_reward/rating_regression "
+                             "(scores)")
+    if objective == "davidson_reward" and not any(item.k >= 2 for item in lists):
+        raise DataError(f"each of the {len(lists)} lists has one candidate: davidson_reward compares candidates, "
+                        "so there is nothing to learn", field="candidates", reason="one_candidate")
+
+
 def train_reward_model(model: RewardModel, tokenizer, records: Iterable, *, objective: str = "bt_reward",
                        epochs: int = 1, lr: float = 1e-4, batch_size: int = 8, seed: int = 0,
                        weight_decay: float = 0.0, max_length: int | None = None, layout: str = "shared",
@@ -264,7 +307,7 @@ def train_reward_model(model: RewardModel, tokenizer, records: Iterable, *, obje
     objective_params : mapping, optional
         Hyper-parameters for the objective (``{"nu": 0.5}`` for Davidson, ...).
     max_grad_norm : float, optional
-        Gradient-norm clipping (None: off).
+        Gradient-norm clipping (None or 0: off).
     eval_records : iterable of RankedList, optional
         Held-out lists: after each epoch their pairwise accuracy is added to that epoch's last history
         entry as ``"eval_accuracy"`` (scalar reward models only).
@@ -319,16 +362,24 @@ def train_reward_model(model: RewardModel, tokenizer, records: Iterable, *, obje
         if fn.family != "reward":
             raise ValueError(f"{objective!r} is a {fn.family} objective; reward models take one of "
                              f"{', '.join(n for n in losses.names() if losses.get(n).family == 'reward')}")
+    if objective_params is not None and not isinstance(objective_params, Mapping):
+        raise UsageError(f"objective_params must be a mapping, got {type(objective_params).__name__}")
     params = dict(objective_params or {})
+    if fn == GENERAL_PREFERENCE:
+        if params:
+            raise UsageError(f"objective 'general_preference' takes no objective_params, got {sorted(params)}")
+    else:
+        fn.check_params(params, "objective_params")  # names and ranges, before any record is read
+    max_grad_norm = _check_settings(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                                    max_grad_norm=max_grad_norm, warmup_ratio=warmup_ratio)
     records = list(records)
-    if epochs < 1 or batch_size < 1:
-        raise ValueError("epochs and batch_size must be >= 1")
     lists = prepare_lists(model, tokenizer, records, max_length=max_length)
     eval_records = None if eval_records is None else list(eval_records)
     if eval_records is not None and model.preference_dim is not None:
         raise ValueError("eval_records needs a scalar reward model (pairwise accuracy of rewards)")
     if not lists:
         raise ValueError("no ranked list to train on")
+    _check_learnable(lists, objective)
     if disable_dropout:
         _disable_dropout(model)
     trainable = [p for p in model.parameters() if p.requires_grad]

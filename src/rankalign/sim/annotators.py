@@ -24,6 +24,7 @@ preference is flipped); ``tie_strength`` nu > 0 gives Davidson (1970) ties on pa
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ import numpy as np
 from scipy.special import expit
 
 from ..data.records import Judgment, RankedList
+from ..errors import UsageError
 from ..stats import pair_probabilities as rating_model_probabilities
 
 CHOICE_MODELS = ("bradley_terry", "plackett_luce", "thurstone", "deterministic")
@@ -75,23 +77,58 @@ class Annotator:
     group: str | None = None
 
     def __post_init__(self):
+        if not isinstance(self.id, str) or not self.id:
+            raise UsageError(f"id must be a non-empty string (every record's annotator), got {self.id!r}")
         if self.choice not in CHOICE_MODELS:
-            raise ValueError(f"unknown choice model {self.choice!r}; choose one of {', '.join(CHOICE_MODELS)}")
+            raise UsageError(f"unknown choice model {self.choice!r}; choose one of {', '.join(CHOICE_MODELS)}")
+        for name in ("temperature", "flip_rate", "tie_strength", "rating_center", "rating_slope", "rating_noise",
+                     "thumbs_threshold"):
+            _check_finite(name, getattr(self, name))
         if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+            raise UsageError(f"temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.flip_rate <= 0.5:
-            raise ValueError(f"flip_rate must be in [0, 0.5], got {self.flip_rate}")
+            raise UsageError(f"flip_rate must be in [0, 0.5], got {self.flip_rate}",
+                             hint="above 1/2 the annotator prefers the worse candidate more often than not")
         if self.tie_strength < 0:
-            raise ValueError(f"tie_strength must be >= 0, got {self.tie_strength}")
+            raise UsageError(f"tie_strength must be >= 0, got {self.tie_strength}")
+        if self.rating_noise < 0:
+            raise UsageError(f"rating_noise must be >= 0 (a standard deviation), got {self.rating_noise}")
+        if self.group is not None and not isinstance(self.group, str):
+            raise UsageError(f"group must be a string or None, got {self.group!r}")
         if self.weights is not None:
-            object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
+            try:
+                weights = () if isinstance(self.weights, (str, bytes)) else tuple(self.weights)
+            except TypeError:
+                weights = ()
+            if not weights:
+                raise UsageError(f"weights must be a non-empty sequence of numbers (one per utility component), "
+                                 f"got {self.weights!r}")
+            for i, weight in enumerate(weights):
+                _check_finite(f"weights[{i}]", weight)
+            object.__setattr__(self, "weights", tuple(float(w) for w in weights))
 
     def utilities(self, components: np.ndarray, gold_weights: np.ndarray | None = None) -> np.ndarray:
         """``u = components @ w`` for components of shape (..., C); ``w`` is own weights or ``gold_weights``."""
         weights = self.weights if self.weights is not None else gold_weights
         if weights is None:
             raise ValueError(f"annotator {self.id!r} has no weights and no gold weights were given")
-        return np.asarray(components, dtype=np.float64) @ np.asarray(weights, dtype=np.float64)
+        components = np.asarray(components, dtype=np.float64)
+        weights = np.asarray(weights, dtype=np.float64)
+        if weights.ndim != 1 or components.ndim < 1 or components.shape[-1] != weights.shape[0]:
+            source = "its own" if self.weights is not None else "the gold weights"
+            raise UsageError(f"annotator {self.id!r}: {weights.size} weights ({source}) for components of shape "
+                             f"{components.shape}; the last axis must hold one component per weight")
+        return components @ weights
+
+
+def _check_finite(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise UsageError(f"{name} must be a finite number, got {value!r}")
+
+
+def _check_count(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise UsageError(f"{name} must be a whole number >= {minimum}, got {value!r}")
 
 
 # ------------------------------------------------------------------------------------------ probabilities
@@ -208,6 +245,11 @@ def annotate(annotator: Annotator, prompt, candidates: Sequence, components: np.
     * ``"best_of"``: a best-of-K pick, ranks ``[1, .., 0, .., 1]``;
     * ``"thumbs"``: one ``Judgment`` (thumbs up = True) per candidate.
     """
+    if isinstance(candidates, (str, bytes)) or not isinstance(candidates, Sequence):
+        raise UsageError(f"candidates must be a list of responses, got {type(candidates).__name__}")
+    if np.ndim(components) != 2 or np.shape(components)[0] != len(candidates):
+        raise UsageError(f"components must be (K, C), one row per candidate: {len(candidates)} candidates, "
+                         f"components of shape {np.shape(components)}")
     utilities = annotator.utilities(components, gold_weights)
     meta = {**(meta or {}), **({"group": annotator.group} if annotator.group else {})}
     if kind == "ranking":
@@ -233,11 +275,21 @@ def make_population(groups: Sequence[tuple[str, int, Sequence[float] | None]], *
     ``annotator_settings`` (choice, temperature, flip_rate, ...).
     """
     population = []
-    for name, size, weights in groups:
+    seen = set()
+    for index, group in enumerate(groups):
+        if not isinstance(group, (tuple, list)) or len(group) != 3:
+            raise UsageError(f"groups[{index}] must be (name, size, weights), got {group!r}")
+        name, size, weights = group
+        if not isinstance(name, str) or not name:
+            raise UsageError(f"groups[{index}]: the name must be a non-empty string, got {name!r}")
+        if name in seen:  # two groups of one name would give two annotators each id
+            raise UsageError(f"groups[{index}]: group name {name!r} is used twice")
+        seen.add(name)
+        _check_count(f"groups[{index}] ({name!r}): size", size, 1)
         for i in range(size):
             population.append(Annotator(id=f"{name}-{i}", weights=weights, group=name, **annotator_settings))
     if not population:
-        raise ValueError("empty population")
+        raise UsageError("empty population: give at least one group of size >= 1")
     return population
 
 
@@ -248,6 +300,11 @@ def annotate_items(population: Sequence[Annotator], items: Sequence[tuple], rng:
 
     Returns a flat list of records (thumbs contribute one ``Judgment`` per candidate).
     """
+    if not population:
+        raise UsageError("population is empty: give at least one annotator")
+    if not all(isinstance(a, Annotator) for a in population):
+        raise UsageError("population must hold Annotator objects")
+    _check_count("annotations_per_item", annotations_per_item, 1)
     records: list = []
     for prompt, candidates, components in items:
         for _ in range(annotations_per_item):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import os
 import tempfile
 import time
@@ -38,6 +39,7 @@ import numpy as np
 
 from .._atomic import atomic_write_text
 from ..data.records import RankedList
+from ..errors import UsageError
 from .annotators import annotate, make_population, pair_probabilities
 from .text_world import (
     TextWorld,
@@ -93,6 +95,47 @@ class DemoSettings:
     #                                   "reward_model" (fitted on the annotated lists: no more human labels)
     rm_epochs: int = 8           # reward-model judge: Plackett-Luce epochs over the annotated lists
     rm_learning_rate: float = 3e-4
+
+    def __post_init__(self):
+        """Every setting in its range (a UsageError naming it), so a nonsense value fails here, not minutes into
+        the run: whole numbers >= 1 for the counts (``k`` and ``online_k`` >= 2: a list to rank), the
+        seed in [0, 2**32) as ``rankalign demo --seed``, ``num_prompts`` at most the world's 24, finite positive
+        rates, ``pg_beta`` >= 0 and ``online_judge`` one of its two names."""
+        def fail(name, what):
+            raise UsageError(f"DemoSettings.{name} must be {what}, got {getattr(self, name)!r}")
+
+        def whole(value):
+            return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+        def positive(value):
+            return (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+                    and value > 0)
+
+        if not (whole(self.seed) and 0 <= self.seed < 2**32):
+            fail("seed", "a whole number in [0, 2**32)")
+        for name in ("k", "online_k"):
+            value = getattr(self, name)
+            if not (value is None and name == "online_k") and not (whole(value) and value >= 2):
+                fail(name, "a whole number >= 2 (candidates per list)" + (" or None" if name == "online_k" else ""))
+        for name in ("sft_steps", "rounds", "eval_rounds", "eval_samples", "batch_size", "online_rounds",
+                     "pg_prompts_per_step", "pg_iterations", "rm_epochs"):
+            if not (whole(getattr(self, name)) and getattr(self, name) >= 1):
+                fail(name, "a whole number >= 1")
+        if not (whole(self.num_prompts) and 1 <= self.num_prompts <= 24):
+            fail("num_prompts", "a whole number in [1, 24] (the text world has 24 prompts)")
+        for name in ("beta", "learning_rate", "epochs", "temperature", "pg_learning_rate", "rm_learning_rate",
+                     "online_epochs", "online_learning_rate"):
+            value = getattr(self, name)
+            if not (value is None and name.startswith("online_")) and not positive(value):
+                fail(name, "a finite number > 0" + (" or None" if name.startswith("online_") else ""))
+        if not (isinstance(self.pg_beta, numbers.Real) and not isinstance(self.pg_beta, bool)
+                and math.isfinite(self.pg_beta) and self.pg_beta >= 0):
+            fail("pg_beta", "a finite number >= 0")
+        for name in ("online_replay", "online_refresh_reference"):
+            if not isinstance(getattr(self, name), bool):
+                fail(name, "true or false")
+        if self.online_judge not in ("population", "reward_model"):
+            fail("online_judge", "'population' or 'reward_model'")
 
     @classmethod
     def quick(cls, seed: int = 0) -> DemoSettings:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ..data.records import RankedList
+from ..errors import UsageError
 from .annotators import Annotator, pair_probabilities, sample_ranks
 
 __all__ = ["AnnotatorJudge"]
@@ -39,6 +40,11 @@ class AnnotatorJudge:
 
     def __init__(self, annotator: Annotator, components: Callable | None = None, *,
                  gold_weights: np.ndarray | None = None, seed: int = 0):
+        if not isinstance(annotator, Annotator):
+            raise UsageError(f"annotator must be a rankalign.sim.Annotator, got {type(annotator).__name__}")
+        if components is not None and not callable(components):
+            raise UsageError(f"components must be a function (prompt, candidate) -> array, got "
+                             f"{type(components).__name__}")
         if components is None or gold_weights is None:
             from .text_world import GOLD_WEIGHTS, reward_components
 
@@ -51,6 +57,9 @@ class AnnotatorJudge:
     def rank(self, prompt, candidates: Sequence) -> RankedList:
         from ..reward.judges import ranking_from_scores
 
+        if isinstance(candidates, (str, bytes)) or not isinstance(candidates, Sequence):
+            raise UsageError(f"candidates must be a list of responses, got {type(candidates).__name__}"
+                             + (" (one string: wrap it in a list)" if isinstance(candidates, str) else ""))
         if not candidates:
             raise ValueError("a judge needs at least one candidate")
         matrix = np.stack([np.asarray(self.components(prompt, c), dtype=np.float64) for c in candidates])

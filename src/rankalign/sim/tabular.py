@@ -20,6 +20,7 @@ candidates ``"y{j}"`` (see :func:`records_to_tabular`).
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..data.records import RankedList
+from ..errors import UsageError
 
 
 # ------------------------------------------------------------------------------------------------ world
@@ -89,6 +91,14 @@ def make_tabular_world(num_prompts: int = 16, num_candidates: int = 8, dim: int 
     max_length : int
         Candidate lengths are uniform on 1..max_length.
     """
+    for name, value, minimum in (("num_prompts", num_prompts, 1), ("num_candidates", num_candidates, 2),
+                                 ("dim", dim, 0 if one_hot else 1), ("max_length", max_length, 1)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+            why = " (a preference needs two candidates)" if name == "num_candidates" else ""
+            raise UsageError(f"{name} must be a whole number >= {minimum}{why}, got {value!r}")
+    for name, value in (("reference_scale", reference_scale), ("gold_scale", gold_scale)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value >= 0):
+            raise UsageError(f"{name} must be a finite number >= 0, got {value!r}")
     rng = np.random.default_rng(seed)
     if one_hot:
         dim = num_prompts * num_candidates
@@ -163,6 +173,8 @@ def kl_regularised_optimum(ref_log_probs: np.ndarray, rewards: np.ndarray, beta:
     With Bradley-Terry preferences of temperature T (``P(a > b) = sigmoid((u_a - u_b) / T)``) this is
     also the population optimum of DPO in a fully expressive (one-hot) world with ``r = u / T``.
     """
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not (math.isfinite(beta) and beta > 0):
+        raise UsageError(f"beta must be a finite number > 0 (the KL weight), got {beta!r}")
     return _log_softmax(ref_log_probs + np.asarray(rewards, dtype=np.float64) / beta)
 
 
@@ -174,8 +186,8 @@ def best_of_n_log_probs(ref_log_probs: np.ndarray, rewards: np.ndarray, n: int) 
     whose probability is shared in proportion to ``pi_ref`` (a uniformly random tie-break among equal
     draws gives exactly this). Works on (N,) or (P, N) arrays; returns log-probs of the same shape.
     """
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise UsageError(f"n must be a whole number >= 1, got {n!r}")
     ref = np.atleast_2d(np.asarray(ref_log_probs, dtype=np.float64))
     rew = np.atleast_2d(np.asarray(rewards, dtype=np.float64))
     out = np.empty_like(ref)
@@ -269,6 +281,10 @@ def pairwise_population(preference: np.ndarray, prompts: Sequence[int] | None = 
     weight ``preference[p, j, i]``; minimising the weighted loss minimises the population risk.
     """
     preference = np.asarray(preference, dtype=np.float64)
+    if preference.ndim != 3 or preference.shape[1] != preference.shape[2]:
+        raise UsageError(f"preference must be (P, N, N), got shape {preference.shape}")
+    if not np.all((preference >= 0) & (preference <= 1)):  # NaN fails too; these become record weights
+        raise UsageError("preference holds probabilities: every entry must lie in [0, 1]")
     num_prompts, n, _ = preference.shape
     prompts = range(num_prompts) if prompts is None else prompts
     rows_p, rows_c, rows_w = [], [], []

@@ -31,6 +31,8 @@ The model
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -39,6 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..data.records import RankedList
+from ..errors import UsageError
 
 TOPICS: dict[str, tuple[str, ...]] = {
     "food": ("apple", "bread", "cheese", "soup", "rice", "honey"),
@@ -61,8 +64,22 @@ class TextWorld:
     prompts: tuple[str, ...]
     gold_weights: np.ndarray
 
+    def __post_init__(self):
+        if isinstance(self.prompts, (str, bytes)) or not isinstance(self.prompts, Sequence) or not self.prompts:
+            raise UsageError(f"prompts must be a non-empty sequence of text-world prompts, got {self.prompts!r}")
+        for prompt in self.prompts:
+            prompt_topic(prompt)  # 'about <topic> <noun>', or a UsageError naming the prompt
+        weights = np.asarray(self.gold_weights, dtype=np.float64)
+        if weights.shape != (len(COMPONENTS),) or not np.all(np.isfinite(weights)):
+            raise UsageError(f"gold_weights must be {len(COMPONENTS)} finite numbers, one per component "
+                             f"({', '.join(COMPONENTS)}), got {self.gold_weights!r}")
+
     def components(self, prompt: str, responses: Sequence[str]) -> np.ndarray:
         """Utility components, shape (len(responses), 4)."""
+        _check_texts("responses", responses)
+        if not responses:
+            prompt_topic(prompt)
+            return np.zeros((0, len(COMPONENTS)))
         return np.stack([reward_components(prompt, r) for r in responses])
 
     def gold_rewards(self, prompt: str, responses: Sequence[str]) -> np.ndarray:
@@ -82,17 +99,31 @@ def vocabulary() -> list[str]:
     return list(dict.fromkeys(words))
 
 
+def _check_texts(name: str, texts) -> None:
+    """``texts`` is a sequence of strings (one string would be read as its characters), or a UsageError."""
+    if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
+        raise UsageError(f"{name} must be a list of strings, got {type(texts).__name__}"
+                         + (" (one string: wrap it in a list)" if isinstance(texts, str) else ""))
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise UsageError(f"{name}[{i}] must be a string, got {type(text).__name__}")
+
+
 def prompt_topic(prompt: str) -> str:
     """The topic a prompt asks about (its second word)."""
+    if not isinstance(prompt, str):
+        raise UsageError(f"a text-world prompt is a string 'about <topic> <noun>', got {type(prompt).__name__}")
     words = prompt.split()
     if len(words) < 2 or words[0] != "about" or words[1] not in TOPICS:
-        raise ValueError(f"not a prompt of the text world: {prompt!r} (expected 'about <topic> <noun>')")
+        raise UsageError(f"not a prompt of the text world: {prompt!r} (expected 'about <topic> <noun>')")
     return words[1]
 
 
 def reward_components(prompt: str, response: str) -> np.ndarray:
     """``(on_topic, off_topic, repeats, words)`` of a response (module docstring)."""
     topic = prompt_topic(prompt)
+    if not isinstance(response, str):
+        raise UsageError(f"a response is a string, got {type(response).__name__}")
     words = response.split()
     nouns = [w for w in words if w in _TOPIC_OF_NOUN]
     counts = Counter(nouns)
@@ -140,6 +171,8 @@ def grammar_ranked_lists(num_lists: int = 256, *, k: int = 4, seed: int = 0,
     rewards that are equal in exact arithmetic). Prompts cycle through the world's prompts; deterministic
     for a seed.
     """
+    _check_count("num_lists", num_lists, 0)
+    _check_count("k", k, 1)
     world = make_text_world()
     rng = np.random.default_rng(seed)
     records = []
@@ -170,7 +203,15 @@ class GoldJudge:
     id: str = "text_world_gold"
     tie_tolerance: float = 1e-9
 
+    def __post_init__(self):
+        if isinstance(self.tie_tolerance, bool) or not isinstance(self.tie_tolerance, numbers.Real) or not (
+                math.isfinite(self.tie_tolerance) and self.tie_tolerance >= 0):
+            raise UsageError(f"tie_tolerance must be a finite number >= 0, got {self.tie_tolerance!r}")
+
     def rank(self, prompt: str, candidates: Sequence[str]) -> RankedList:
+        _check_texts("candidates", candidates)
+        if not candidates:
+            raise UsageError("a judge needs at least one candidate")
         rewards = self.world.gold_rewards(prompt, list(candidates))
         return RankedList.from_scores([float(r) for r in rewards], candidates=list(candidates), prompt=prompt,
                                       tie_tolerance=self.tie_tolerance, annotator=self.id)
@@ -209,6 +250,10 @@ def train_reference_policy(world: TextWorld, tokenizer, *, steps: int = 300, bat
 
     from ..engine import tiny_causal_lm
 
+    if not isinstance(world, TextWorld):
+        raise UsageError(f"world must be a TextWorld (make_text_world()), got {type(world).__name__}")
+    _check_count("steps", steps, 1)
+    _check_count("batch_size", batch_size, 1)
     rng = np.random.default_rng([seed, 17])
     model = tiny_causal_lm(len(tokenizer), hidden_size=hidden_size, layers=layers, heads=4, seed=seed,
                            max_position_embeddings=128)
@@ -248,6 +293,10 @@ def sample_responses(model, tokenizer, prompts: Sequence[str], k: int, *, seed: 
     """
     import torch
 
+    _check_texts("prompts", prompts)
+    _check_count("k", k, 1)
+    _check_count("max_new_tokens", max_new_tokens, 1)
+    _check_count("max_tries", max_tries, 1)
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
@@ -300,6 +349,12 @@ def response_logps(model, tokenizer, prompts: Sequence[str], responses: Sequence
     """
     from ..engine import TokenizedList, score_lists
 
+    _check_texts("prompts", prompts)
+    if isinstance(responses, (str, bytes)) or not isinstance(responses, Sequence) or len(responses) != len(prompts):
+        raise UsageError(f"responses must be a list of response lists, one per prompt: {len(prompts)} prompts, "
+                         f"got {len(responses) if isinstance(responses, Sequence) else type(responses).__name__}")
+    for i, group in enumerate(responses):
+        _check_texts(f"responses[{i}]", group)
     lists = []
     for index, (prompt, group) in enumerate(zip(prompts, responses)):
         prompt_ids, _ = _encode(tokenizer, prompt)
@@ -308,6 +363,11 @@ def response_logps(model, tokenizer, prompts: Sequence[str], responses: Sequence
     scores = score_lists(model, lists, batch_size=batch_size, pad_token_id=tokenizer.pad_token_id, precision=None,
                          progress=False, announce=False)
     return [values.double().numpy() for values in scores.logps]
+
+
+def _check_count(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise UsageError(f"{name} must be a whole number >= {minimum}, got {value!r}")
 
 
 class Timer:

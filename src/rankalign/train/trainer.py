@@ -62,6 +62,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,9 +89,11 @@ from .data import (
     EpochShuffleSampler,
     ListDataset,
     PreferenceCollator,
+    check_training_lists,
     mismatched_pairs,
     tokenize_training_data,
 )
+from .run import check_config
 
 # the TrainingArguments that change what a run computes (part of PreferenceTrainer's default fingerprint)
 _FINGERPRINT_ARGUMENTS = ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "seed",
@@ -111,6 +114,50 @@ def _engine_model(model):
     if hasattr(model, "get_base_model"):
         return model.get_base_model()
     return model
+
+
+# objective families that another trainer runs, and where
+_OTHER_TRAINERS = {
+    "reward": "reward objectives train a RewardModel: rankalign.reward.train_reward_model or `rankalign reward train`",
+    "policy_gradient": "GRPO and RLOO train on sampled groups: rankalign.online.run_policy_gradient",
+}
+
+
+def _vocab_size(model) -> int | None:
+    """The number of token ids ``model`` can embed and predict (the smaller of its input embedding and output
+    head), or None when it has neither (nothing to check)."""
+    if model is None:
+        return None
+    inner = _engine_model(model)
+    sizes = []
+    for getter, attribute in (("get_input_embeddings", "num_embeddings"), ("get_output_embeddings", "out_features")):
+        try:
+            module = getattr(inner, getter)()
+        except (AttributeError, NotImplementedError):
+            module = None
+        size = getattr(module, attribute, None)
+        if isinstance(size, int) and size > 0:
+            sizes.append(size)
+    if not sizes:
+        size = getattr(getattr(inner, "config", None), "vocab_size", None)
+        return size if isinstance(size, int) and size > 0 else None
+    return min(sizes)
+
+
+def _check_loaded(name: str, model) -> None:
+    """A :class:`~rankalign.errors.UsageError` unless ``model`` is a torch module whose weights hold values (a
+    model built under ``torch.device("meta")`` or loaded with ``device_map="meta"`` has none, and fails deep
+    inside autocast or ``.to()``)."""
+    from rankalign.errors import UsageError
+
+    if model is None:
+        return
+    if not isinstance(model, torch.nn.Module):
+        raise UsageError(f"{name} must be a torch model (a transformers PreTrainedModel), got {type(model).__name__}")
+    if any(parameter.is_meta for parameter in model.parameters()):
+        raise UsageError(f"{name} has weights on the meta device (shapes without values): it was never loaded",
+                         hint="load the weights (from_pretrained without device_map='meta', or to_empty() and "
+                              "load a state dict) before training")
 
 
 def bf16_available() -> bool:
@@ -160,9 +207,17 @@ class PreferenceTrainer(transformers.Trainer):
                  max_tokens_per_row: int | None = None, pad_token_id: int | None = None,
                  processing_class=None, callbacks=None, reference_batch_size: int = 8):
         from rankalign import engine
+        from rankalign.errors import UsageError
 
         args.remove_unused_columns = False
         self.objective = losses.get(objective)
+        if self.objective.family in _OTHER_TRAINERS:
+            raise UsageError(f"objective {self.objective.name!r} is a {self.objective.family} objective, which "
+                             "PreferenceTrainer does not train; it takes a pairwise, listwise or unpaired objective",
+                             hint=_OTHER_TRAINERS[self.objective.family])
+        if loss_params is not None and not isinstance(loss_params, Mapping):
+            raise UsageError(f"loss_params must be a mapping of the objective's parameters, got "
+                             f"{type(loss_params).__name__}")
         self.loss_params = dict(loss_params or {})
         import inspect
 
@@ -177,6 +232,14 @@ class PreferenceTrainer(transformers.Trainer):
         # BCO: the reward shift delta is the running mean of the rewards, unless loss_params fixes delta
         self.bco_running = (BCORunningMean() if "delta" in keyword_params and "delta" not in self.loss_params
                             else None)
+
+        if layout not in ("auto", "shared", "duplicated"):
+            raise UsageError(f"layout must be auto, shared or duplicated, got {layout!r}")
+        # once per run, before the reference pass: lists that fit the objective and every model's vocabulary
+        for name, candidate in (("model", model), ("ref_model", ref_model)):
+            _check_loaded(name, candidate)
+        check_training_lists(train_lists, self.objective,
+                             {"model": _vocab_size(model), "ref_model": _vocab_size(ref_model)})
 
         # shared only when the engine's layout probe accepts the model; says once which layout and why
         self.layout = engine.choose_layout(_engine_model(model), layout)
@@ -209,7 +272,7 @@ class PreferenceTrainer(transformers.Trainer):
             pad_token_id = getattr(tokenizer, "pad_token_id", None)
             if pad_token_id is None:
                 pad_token_id = getattr(getattr(_engine_model(model), "config", None), "pad_token_id", None) or 0
-        collator = PreferenceCollator(layout=layout, pad_token_id=pad_token_id, max_tokens_per_row=max_tokens_per_row,
+        collator = PreferenceCollator(layout=self.layout, pad_token_id=pad_token_id, max_tokens_per_row=max_tokens_per_row,
                                       mismatched_pairs=self.estimate_z0)
         dataset = ListDataset(train_lists, ref_logps)
         callbacks = list(callbacks or [])
@@ -726,7 +789,7 @@ def train_preference(model, tokenizer, records_or_lists, config, *, ref_model=No
     TrainResult
         The logged history (one dict per logging step), the trained model, wall time and tokens/s.
     """
-    config.validate()
+    check_config(config)
     transformers.set_seed(config.seed)
     lists, report = tokenized or tokenize_training_data(tokenizer, records_or_lists, config)
     model = maybe_apply_peft(model, config)
