@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from rankalign.cli import main
@@ -167,3 +168,17 @@ def test_convert_that_drops_every_record_writes_nothing_and_fails(tmp_path):
     assert result.exit_code == 1
     assert "nothing to write" in result.output and "no_prompt 2" in result.output
     assert not out.exists()
+
+
+def test_rank_by_on_a_file_without_rated_lists_is_refused(tmp_path):
+    from rankalign.data.summary import rank_by
+    from rankalign.errors import UsageError
+
+    pairs = [RankedList(candidates=["a", "b"], ranks=[0, 1], prompt="p")]
+    with pytest.raises(UsageError, match="nothing to re-rank"):
+        list(rank_by(pairs, "helpfulness"))
+    assert list(rank_by(pairs, None)) == pairs  # no key: nothing asked, nothing refused
+    games = tmp_path / "games.csv"
+    games.write_text("winner,loser\na,b\nb,a\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["rate", str(games), "--rank-by", "score"])
+    assert result.exit_code == 2 and "nothing to re-rank" in result.output

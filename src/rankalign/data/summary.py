@@ -294,15 +294,19 @@ def rank_by(records: Iterable, key: str | None) -> Iterator:
     of the per-candidate score mappings (e.g. ``helpfulness``); or a per-completion field the reader kept
     in ``meta["completions"]`` (e.g. UltraFeedback's ``overall_score``, the critique's overall grade).
     A rated list that lacks the key for a candidate leaves that candidate unranked; a list where no
-    candidate has it raises a DataError naming the record.
+    candidate has it raises a DataError naming the record; records without any rated list among them are a
+    :class:`~rankalign.errors.UsageError` once they are exhausted (the key would re-rank nothing).
     """
     if key in (None, "mean"):
         yield from records
         return
+    rated = seen = 0
     for number, record in enumerate(records, start=1):
+        seen = number
         if not isinstance(record, RankedList) or record.scores is None:
             yield record
             continue
+        rated += 1
         extras = (record.meta or {}).get("completions") or [{}] * record.k
         values = []
         for score, extra in zip(record.scores, extras):
@@ -318,6 +322,11 @@ def rank_by(records: Iterable, key: str | None) -> Iterator:
         ranked = RankedList.from_scores(values, candidates=record.candidates, prompt=record.prompt,
                                         annotator=record.annotator, weight=record.weight, meta=record.meta)
         yield dataclasses.replace(ranked, scores=record.scores)
+    if seen and not rated:
+        from rankalign.errors import UsageError
+
+        raise UsageError(f"rank by {key!r}: none of the {seen} records is a rated list (per-candidate scores), "
+                         "so there is nothing to re-rank", hint="drop --rank-by for files without ratings")
 
 
 def _number(value, line, key) -> float:
