@@ -10,22 +10,31 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from pathlib import PurePath
 from typing import Any
 
 
-def plain(value: Any) -> Any:
-    """``value`` with NumPy scalars and arrays as Python objects and every non-finite float as None."""
+def plain(value: Any, special=None) -> Any:
+    """``value`` as plain JSON types: NumPy scalars and arrays as Python objects, paths as text, every
+    non-finite float as None; a TypeError for anything else. ``special(item)`` may replace an item first
+    (return ``NotImplemented`` to leave it): ``rankalign.eval.report.to_jsonable`` writes its estimates so."""
+    if special is not None:
+        replaced = special(value)
+        if replaced is not NotImplemented:  # its parts, not itself, are looked at again
+            value = replaced
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if hasattr(value, "tolist"):  # a NumPy scalar or array
-        return plain(value.tolist())
+        return plain(value.tolist(), special)
     if isinstance(value, Mapping):
-        return {str(key): plain(item) for key, item in value.items()}
+        return {str(key): plain(item, special) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [plain(item) for item in value]
-    return value
+        return [plain(item, special) for item in value]
+    if isinstance(value, PurePath):
+        return str(value)
+    raise TypeError(f"cannot write a {type(value).__name__} to JSON")
 
 
 def dumps(value: Any, **options) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 
 from .._atomic import atomic_write, atomic_write_json
 from .._escape import for_terminal
+from .._json import plain
 
 __all__ = [
     "EvalReport",
@@ -84,25 +85,14 @@ def format_value(value, digits: int = 3) -> str:
 
 
 def to_jsonable(value: Any) -> Any:
-    """Plain JSON types: estimates -> ``{"value", "se"}``, NumPy scalars/arrays -> Python, NaN/inf -> None."""
-    estimate = _estimate(value)
-    if estimate is not None:
-        return {"value": to_jsonable(estimate[0]), "se": to_jsonable(estimate[1])}
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if hasattr(value, "tolist"):  # NumPy scalar or array
-        return to_jsonable(value.tolist())
-    if isinstance(value, Mapping):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot write a {type(value).__name__} to JSON")
+    """Plain JSON types: estimates -> ``{"value", "se"}``, NumPy scalars/arrays -> Python, NaN/inf -> None
+    (:func:`rankalign._json.plain` with the estimates as a special case)."""
+
+    def estimates(item):
+        estimate = _estimate(item)
+        return NotImplemented if estimate is None else {"value": estimate[0], "se": estimate[1]}
+
+    return plain(value, estimates)
 
 
 def _atomic_write(path, write) -> Path:
