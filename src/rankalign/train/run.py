@@ -5,90 +5,11 @@ Used by ``rankalign train``; scripts can call :func:`run_config` directly.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
 
-from .config import ConfigError, TrainConfig, save_config
-
-
-def check_config(config) -> None:
-    """Validate a :class:`~rankalign.train.config.TrainConfig` built in Python as a YAML config is validated.
-
-    ``load_config`` converts every YAML value to its field's declared type before
-    :meth:`~rankalign.train.config.TrainConfig.validate` checks the ranges; a config constructed in Python skips
-    that conversion, so here each field (and each field of ``peft`` and ``online``) must already have its
-    declared type -- ``epochs="2"``, ``report_to="none"`` or ``peft={...}`` would otherwise fail deep inside
-    transformers -- and then ``validate()`` runs. Values are checked, never converted. A
-    :class:`~rankalign.train.config.ConfigError` names the field."""
-    if not isinstance(config, TrainConfig):
-        raise ConfigError(f"config must be a rankalign.train.TrainConfig, got {type(config).__name__}",
-                          hint="TrainConfig(objective='dpo', ...) or rankalign.train.load_config(path)")
-    _check_field_types(config, "")
-    config.validate()
-
-
-def _check_field_types(config, prefix: str) -> None:
-    import typing
-
-    hints = typing.get_type_hints(type(config))
-    for field_ in dataclasses.fields(config):
-        value = getattr(config, field_.name)
-        annotation = hints[field_.name]
-        where = f"{prefix}{field_.name}"
-        if dataclasses.is_dataclass(annotation):
-            if not isinstance(value, annotation):
-                raise ConfigError(f"{where}: expected a {annotation.__name__}, got {type(value).__name__}",
-                                  hint=f"{where}={annotation.__name__}(...)")
-            _check_field_types(value, f"{where}.")
-        elif not _has_type(value, annotation):
-            raise ConfigError(f"{where}: expected {_type_name(annotation)}, got {value!r}")
-
-
-def _has_type(value, annotation) -> bool:
-    """Whether ``value`` has the declared type (ints for a float field; no bool for a number; a list's items too)."""
-    import numbers
-    import types
-    import typing
-
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        return any(_has_type(value, option) for option in typing.get_args(annotation))
-    if annotation is typing.Any:
-        return True
-    if annotation is type(None):
-        return value is None
-    if annotation is bool:
-        return isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    if annotation is float:
-        return isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if annotation is str:
-        return isinstance(value, str)
-    if origin is list:
-        (item,) = typing.get_args(annotation) or (typing.Any,)
-        return isinstance(value, list) and all(_has_type(v, item) for v in value)
-    if origin is dict:
-        return isinstance(value, dict)
-    return isinstance(value, annotation) if isinstance(annotation, type) else True
-
-
-def _type_name(annotation) -> str:
-    import types
-    import typing
-
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(option) for option in typing.get_args(annotation))
-    if origin is list:
-        (item,) = typing.get_args(annotation) or (typing.Any,)
-        return f"a list of {_type_name(item).removeprefix('a ')}s"
-    if origin is dict:
-        return "a mapping"
-    return {bool: "true or false", int: "a whole number", float: "a number", str: "a string",
-            type(None): "None"}.get(annotation, getattr(annotation, "__name__", str(annotation)))
+from .config import ConfigError, TrainConfig, check_config, save_config
 
 
 def read_records(config: TrainConfig, *, with_report: bool = False, cap: bool = True):
@@ -96,7 +17,6 @@ def read_records(config: TrainConfig, *, with_report: bool = False, cap: bool = 
     the first ``max_records`` of them when ``cap``."""
     from rankalign.data import read
 
-    from .config import ConfigError
 
     if not config.data:
         raise ConfigError("the config has no `data` file", hint="set data: PATH in the YAML or --set data=PATH")

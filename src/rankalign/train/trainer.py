@@ -84,7 +84,7 @@ from .callbacks import (
     last_complete_checkpoint,
 )
 from .checkpoints import run_fingerprint, select_checkpoint, verify_checkpoint
-from .config import config_to_dict
+from .config import check_config, config_to_dict
 from .data import (
     EpochShuffleSampler,
     ListDataset,
@@ -93,7 +93,6 @@ from .data import (
     mismatched_pairs,
     tokenize_training_data,
 )
-from .run import check_config
 
 # the TrainingArguments that change what a run computes (part of PreferenceTrainer's default fingerprint)
 _FINGERPRINT_ARGUMENTS = ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "seed",
