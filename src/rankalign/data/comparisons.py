@@ -259,7 +259,7 @@ def read_comparisons(source, *, layout: str | None = None, mapping=None, outcome
     if n and layout in _COLUMNS:  # e.g. --layout arena on a winner/loser file
         check_columns(layout, table.factorized.keys(), path=path, line=table.line_of(0))
     report.layout = layout
-    context = RowContext(layout, mapping, outcomes)
+    context = RowContext(layout, mapping, outcomes, text_cells=fmt in ("csv", "parquet"))  # as read() does
     if layout == "rankedlist":
         names, first_all, second_all, outcome, count, reasons = _native_columns(table, context)
     else:
@@ -466,6 +466,10 @@ def _csv_table_split(text: str, path: str) -> _Table | None:
     if "" in body:
         return None  # blank lines: let the csv module sort out the line numbers
     n = len(body)
+    if any(line.count(",") != width - 1 for line in body):
+        # a ragged row (or a quoted comma): the total could still come to width * n ("A,B,C" then "D"),
+        # and slicing would then shift every later cell into the wrong column
+        return None
     joined = ",".join(body)
     del lines, body  # memory: only the cells are needed from here on
     cells = joined.split(",") if n else []

@@ -269,7 +269,7 @@ class RowContext:
         self.layout = layout
         # True where an empty cell means "no value": CSV, and the CSV-like Parquet files `write` makes (None
         # as an empty cell); in JSON, JSONL and a Dataset an explicit "" is a value, so an empty prompt is an
-        # error there rather than an absent one
+        # error there rather than an absent one, and a string is text, never a chat-message list's JSON
         self.text_cells = text_cells
         self.mapping = dict(mapping or {})
         self.outcomes = parse_outcomes(outcomes)
@@ -393,9 +393,11 @@ def _decode_json_field(value, field: str):
     return value
 
 
-def _maybe_messages(value):
-    """A CSV cell holding a JSON chat-message list becomes that list; other text stays text."""
-    if isinstance(value, str) and value.lstrip().startswith("[{"):
+def _maybe_messages(value, ctx):
+    """A CSV (or Parquet) cell holding a JSON chat-message list becomes that list; other text stays text.
+    In JSON, JSONL and a Dataset a string is a string: messages are a list there, and a response that
+    happens to be such JSON text (an answer about chat formats) is kept as the text it is."""
+    if ctx.text_cells and isinstance(value, str) and value.lstrip().startswith("[{"):
         try:
             decoded = json.loads(value)
         except (json.JSONDecodeError, RecursionError):
@@ -512,9 +514,9 @@ def split_messages(chosen: list, rejected: list) -> tuple[list, list, list, bool
 
 
 def _pairs(row, ctx):
-    chosen = _maybe_messages(_require(row, "chosen", ctx, text=True))
-    rejected = _maybe_messages(_require(row, "rejected", ctx, text=True))
-    prompt = _maybe_messages(_optional(row, "prompt"))
+    chosen = _maybe_messages(_require(row, "chosen", ctx, text=True), ctx)
+    rejected = _maybe_messages(_require(row, "rejected", ctx, text=True), ctx)
+    prompt = _maybe_messages(_optional(row, "prompt"), ctx)
     if prompt is None and not ctx.text_cells and isinstance(row.get("prompt"), str):
         raise DataError("empty text", field=ctx.name("prompt"), reason="empty_text")
     if prompt is None:
@@ -527,6 +529,9 @@ def _pairs(row, ctx):
                             reason="bad_type")
     else:
         early = None
+        repeated = _opens_with_prompt(chosen) and _opens_with_prompt(rejected)
+        if repeated:
+            prompt, chosen, rejected = _split_repeated_prompt(prompt, chosen, rejected, ctx)
     names = [ctx.name("chosen"), ctx.name("rejected")]
     try:
         record = RankedList(prompt=prompt, candidates=(chosen, rejected), ranks=(0, 1), weight=_weight(row, ctx),
@@ -540,7 +545,40 @@ def _pairs(row, ctx):
     if early is not None:  # counted for records actually read
         ctx.notes["implicit_prompt"] += 1
         ctx.notes["implicit_prompt_early_divergence"] += early
+    elif repeated:
+        ctx.notes["prompt_repeated_in_responses"] += 1
     return record
+
+
+def _opens_with_prompt(value) -> bool:
+    """Whether chosen / rejected is a message list that starts with a prompt turn (user, system) rather than
+    with the assistant's answer, i.e. holds the whole conversation."""
+    return isinstance(value, list) and bool(value) and isinstance(value[0], Mapping) \
+        and value[0].get("role") != "assistant"
+
+
+def _split_repeated_prompt(prompt, chosen: list, rejected: list, ctx) -> tuple[list, list, list]:
+    """An explicit prompt next to chosen / rejected conversations that repeat it (as in
+    HuggingFaceH4/ultrafeedback_binarized: the prompt as text, chosen and rejected from the user turn on).
+    The prompt turns are split off the conversations, as for an implicit prompt (TRL does the same), so that
+    they are not read as part of each response; the prompt column must be the last of those turns (text:
+    the last user message) or all of them, else the row says two things and is an error."""
+    try:
+        shared, chosen, rejected, _ = split_messages(chosen, rejected)
+    except DataError:  # they begin with different prompt turns: neither can be the prompt column
+        shared = []
+    given = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+    def key(message):
+        return (message.get("role"), message.get("content")) if isinstance(message, Mapping) else repr(message)
+
+    if len(given) > len(shared) or [key(m) for m in shared[len(shared) - len(given):]] != [key(m) for m in given]:
+        raise DataError(f"{ctx.name('chosen')} and {ctx.name('rejected')} begin with prompt turns that differ from "
+                        f"the prompt column ({len(shared)} shared message(s) before the answers)",
+                        field=ctx.name("prompt"), reason="prompt_mismatch",
+                        hint="give chosen / rejected as the assistant's answer(s) only, or leave out the prompt "
+                        "column to split the conversations")
+    return shared, chosen, rejected
 
 
 def _ranking_levels(ranking, field: str) -> list[list]:
@@ -551,7 +589,7 @@ def _ranking_levels(ranking, field: str) -> list[list]:
 
 
 def _ranked_responses(row, ctx):
-    prompt = _maybe_messages(_require(row, "prompt", ctx))
+    prompt = _maybe_messages(_require(row, "prompt", ctx), ctx)
     responses = _decode_json_field(_require(row, "responses", ctx), ctx.name("responses"))
     if not isinstance(responses, list):
         raise DataError("expected a list of responses", field=ctx.name("responses"), reason="bad_type")
@@ -638,7 +676,7 @@ def _completion_scores(completion: dict, field: str):
 
 
 def _ratings(row, ctx):
-    prompt = _maybe_messages(_optional(row, "prompt") or _optional(row, "instruction"))
+    prompt = _maybe_messages(_optional(row, "prompt") or _optional(row, "instruction"), ctx)
     completions = _decode_json_field(_require(row, "completions", ctx), ctx.name("completions"))
     if not isinstance(completions, list) or not completions:
         raise DataError("expected a non-empty list of completions", field=ctx.name("completions"), reason="bad_type")
@@ -702,8 +740,8 @@ def _check_label_target(raw: str, target: str) -> None:
 def _unpaired(row, ctx):
     label = parse_label(_require(row, "label", ctx), ctx)
     try:
-        return Judgment(prompt=_maybe_messages(_optional(row, "prompt")),
-                        response=_maybe_messages(_require(row, "completion", ctx, text=True)), label=label,
+        return Judgment(prompt=_maybe_messages(_optional(row, "prompt"), ctx),
+                        response=_maybe_messages(_require(row, "completion", ctx, text=True), ctx), label=label,
                         annotator=_annotator(row, "annotator"), weight=_weight(row, ctx),
                         meta=_meta(row, {"prompt", "completion", "label", "annotator", "count", "weight"}))
     except DataError as error:
@@ -721,7 +759,7 @@ def _native_fields(row, allowed_json, ctx):
         if key in allowed_json:
             value = _decode_json_field(value, key)
         elif key in ("prompt", "response"):
-            value = _maybe_messages(value)
+            value = _maybe_messages(value, ctx)
         elif key == "weight" and isinstance(value, str):
             try:
                 value = float(value)

@@ -158,7 +158,7 @@ def to_pairs(records: Iterable, strategy: str = "all", *, ties: bool = True) -> 
     """Every ranked list as pairs (:meth:`RankedList.to_pairs`); returns ``(pairs, report)``.
 
     Judgments (unpaired feedback) have no pair form: they are dropped and counted, as are lists that give
-    no pair (a single ranked candidate).
+    no pair (a single ranked candidate) and the unranked candidates of the lists that do (``ranks`` None).
     """
     _check_strategy(strategy)
     ties = check_flag(ties, "ties")
@@ -178,6 +178,8 @@ def to_pairs(records: Iterable, strategy: str = "all", *, ties: bool = True) -> 
             report["pairs_passed_through"] += 1
         else:
             report["lists_expanded"] += 1
+        if None in record.ranks:  # an unranked candidate is in no pair
+            report["dropped"]["unranked_candidate"] += record.ranks.count(None)
         out.extend(pairs)
     report["output_records"] = len(out)
     report["dropped"] = dict(report["dropped"])

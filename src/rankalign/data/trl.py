@@ -13,9 +13,9 @@ A list of K > 2 is decomposed into pairs with a :data:`~rankalign.data.PAIR_STRA
 ``--to trl``; for ``--to trl-kto`` a pair gives chosen -> True and rejected -> False (what TRL's
 ``unpair_preference_dataset`` does), and a longer list gives its best rank group True and its worst group
 False. What has no TRL form is dropped and counted by reason, never silently: ties (TRL's preference rows
-have a winner), lists with one ranked candidate, middle ranks of a list (trl-kto), item comparisons
-without a prompt (no text to train on), and judgments with a fractional label (trl-kto: TRL's labels are
-booleans).
+have a winner), lists with one ranked candidate, unranked candidates (``ranks`` None), middle ranks of a
+list (trl-kto), item comparisons without a prompt (no text to train on), and judgments with a fractional
+label (trl-kto: TRL's labels are booleans).
 """
 
 from __future__ import annotations
@@ -80,6 +80,8 @@ def to_trl(records: Iterable, strategy: str = "all") -> tuple[list[dict], dict]:
         kept = [p for p in pairs if p.ranks[0] != p.ranks[1]]
         if not pairs:
             dropped["list_gives_no_pair"] += 1
+        else:
+            dropped["unranked_candidate"] += record.ranks.count(None)
         for pair in kept:
             rows.append({"prompt": _as_prompt(pair.prompt, conversational),
                          "chosen": _as_completion(pair.candidates[0], conversational),
