@@ -149,3 +149,21 @@ def test_trl_conversational_rows_with_answers_only_are_unchanged(tmp_path):
     assert result.records == [RankedList(prompt=[_user("hi")], candidates=[[_assistant("yo")], [_assistant("no")]],
                                          ranks=[0, 1])]
     assert "prompt_repeated_in_responses" not in result.report.notes
+
+
+# -- a row with both count and weight ---------------------------------------------------------------------
+def test_count_and_weight_in_one_row_is_an_error_in_both_readers(tmp_path):
+    """Before: ``read`` took the count and dropped the weight (in neither weight nor meta), while
+    ``read_comparisons`` used the count column for every row, so a row with an empty count and a weight of
+    0.5 weighed 1.0 there and 0.5 in ``read``. Now the one given counts, per row, and both is an error."""
+    both = tmp_path / "both.csv"
+    both.write_text("winner,loser,count,weight\nA,B,3,0.5\n", encoding="utf-8")
+    for reader in (read, read_comparisons):
+        with pytest.raises(DataError) as caught:
+            reader(str(both))
+        assert caught.value.reason == "count_and_weight" and caught.value.line == 2, reader
+
+    either = tmp_path / "either.csv"
+    either.write_text("winner,loser,count,weight\nA,B,3,\nB,C,,0.5\nC,A,,\n", encoding="utf-8")
+    assert [r.weight for r in read(str(either))] == [3.0, 0.5, 1.0]
+    assert read_comparisons(str(either)).count.tolist() == [3.0, 0.5, 1.0]

@@ -323,7 +323,7 @@ def read_comparisons(source, *, layout: str | None = None, mapping=None, outcome
 
 
 _REASONS = ["missing_field", "bad_type", "unknown_outcome", "bad_count", "non_finite", "negative_count",
-            "self_comparison", "not_a_pair", "invalid"]
+            "count_and_weight", "self_comparison", "not_a_pair", "invalid"]
 _CODE = {reason: code for code, reason in enumerate(_REASONS)}
 
 
@@ -357,18 +357,20 @@ def _comparison_columns(table: _Table, layout: str, context):
         _mark(reasons, np.isnan(values)[codes], "unknown_outcome")
         outcome = values[codes]
     count = np.ones(n, dtype=np.float64)
-    for column in ("count", "weight"):
+    given_before = np.zeros(n, dtype=bool)
+    for column in ("count", "weight"):  # per row, as the record reader: the one given, never both
         if column not in table.factorized:
             continue
         uniques, codes = table.factorized[column]
-        if all(u is None or (isinstance(u, str) and not u.strip()) for u in uniques):
-            continue  # an empty column: no counts given (the record reader falls back the same way)
+        given = np.array([not (u is None or (isinstance(u, str) and not u.strip())) for u in uniques],
+                         dtype=bool)[codes] if len(uniques) else np.zeros(n, dtype=bool)
+        _mark(reasons, given & given_before, "count_and_weight")
         parsed = [_parse_count(u) for u in uniques]
         values = np.array([p[0] for p in parsed], dtype=np.float64)
         for reason in ("bad_count", "non_finite", "negative_count"):
-            _mark(reasons, np.array([p[1] == reason for p in parsed], dtype=bool)[codes], reason)
-        count = values[codes]
-        break
+            _mark(reasons, given & np.array([p[1] == reason for p in parsed], dtype=bool)[codes], reason)
+        count = np.where(given, values[codes] if len(uniques) else count, count)
+        given_before |= given
     # one sorted index over the names of both columns
     names = sorted({u for uniques, _, bad in item_columns for u, b in zip(uniques, bad.tolist()) if not b})
     index_of = {name: i for i, name in enumerate(names)}

@@ -332,10 +332,15 @@ def _optional(row, column):
 
 
 def _weight(row, ctx) -> float:
-    for column in ("count", "weight"):
-        value = row.get(column)
-        if value is None or (isinstance(value, str) and not value.strip()):
-            continue  # absent (an explicit NaN is not: it is refused below as non-finite)
+    """The row's ``count`` (identical votes) or ``weight``, 1.0 when it has neither; both is an error (which
+    one is meant, or their product, the row does not say)."""
+    given = {column: row.get(column) for column in ("count", "weight")}
+    given = {c: v for c, v in given.items() if not (v is None or (isinstance(v, str) and not v.strip()))}
+    if len(given) == 2:
+        raise DataError(f"both count ({given['count']!r}) and weight ({given['weight']!r}) are given; give one"[:160],
+                        field=ctx.name("weight"), reason="count_and_weight",
+                        hint="a count is the number of identical votes and becomes the record's weight")
+    for column, value in given.items():  # absent ones are left out (an explicit NaN is refused below)
         try:
             number = _number(value)
         except (TypeError, ValueError):
