@@ -167,3 +167,21 @@ def test_count_and_weight_in_one_row_is_an_error_in_both_readers(tmp_path):
     either.write_text("winner,loser,count,weight\nA,B,3,\nB,C,,0.5\nC,A,,\n", encoding="utf-8")
     assert [r.weight for r in read(str(either))] == [3.0, 0.5, 1.0]
     assert read_comparisons(str(either)).count.tolist() == [3.0, 0.5, 1.0]
+
+
+# -- native score dicts through Arrow ---------------------------------------------------------------------
+def test_scores_with_an_attribute_missing_read_back_from_a_dataset_and_parquet(tmp_path):
+    """Arrow stores a column of score dicts as a struct of every key seen, so ``{"help": 0.5}`` next to
+    ``{"help": 1.0, "safe": 2.0}`` comes back as ``{"help": 0.5, "safe": None}``; before, that None was
+    refused as a score (a Dataset or Parquet file of rankalign's own records could not be read back)."""
+    datasets = pytest.importorskip("datasets")
+    rows = [{"prompt": "p", "candidates": ["a", "b"], "ranks": [0, 1],
+             "scores": [{"help": 1.0, "safe": 2.0}, {"help": 0.5}]}]
+    expected = [RankedList(prompt="p", candidates=["a", "b"], ranks=[0, 1],
+                           scores=[{"help": 1.0, "safe": 2.0}, {"help": 0.5}])]
+    dataset = datasets.Dataset.from_list(rows)
+    assert dataset[0]["scores"][1] == {"help": 0.5, "safe": None}  # what Arrow hands the reader
+    assert read(dataset).records == expected
+    path = tmp_path / "scores.parquet"
+    dataset.to_parquet(str(path))
+    assert read(str(path)).records == expected

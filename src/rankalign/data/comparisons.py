@@ -259,7 +259,8 @@ def read_comparisons(source, *, layout: str | None = None, mapping=None, outcome
     if n and layout in _COLUMNS:  # e.g. --layout arena on a winner/loser file
         check_columns(layout, table.factorized.keys(), path=path, line=table.line_of(0))
     report.layout = layout
-    context = RowContext(layout, mapping, outcomes, text_cells=fmt in ("csv", "parquet"))  # as read() does
+    context = RowContext(layout, mapping, outcomes, text_cells=fmt in ("csv", "parquet"),
+                         arrow=fmt in ("parquet", "dataset"))  # as read() does
     if layout == "rankedlist":
         names, first_all, second_all, outcome, count, reasons = _native_columns(table, context)
     else:

@@ -265,8 +265,11 @@ def apply_mapping(row: dict, mapping: Mapping[str, str]) -> dict:
 class RowContext:
     """What a row converter needs besides the row: names for messages, the outcome table, counters."""
 
-    def __init__(self, layout: str, mapping=None, outcomes=None, *, text_cells: bool = True):
+    def __init__(self, layout: str, mapping=None, outcomes=None, *, text_cells: bool = True, arrow: bool = False):
         self.layout = layout
+        # True for Parquet and a Dataset: Arrow stores a column of dicts as a struct of every key seen, so a
+        # key a row does not have comes back as None there (a score attribute that was never given)
+        self.arrow = arrow
         # True where an empty cell means "no value": CSV, and the CSV-like Parquet files `write` makes (None
         # as an empty cell); in JSON, JSONL and a Dataset an explicit "" is a value, so an empty prompt is an
         # error there rather than an absent one, and a string is text, never a chat-message list's JSON
@@ -763,6 +766,9 @@ def _native_fields(row, allowed_json, ctx):
             continue  # an empty CSV cell is no value; an explicit "" elsewhere is checked as one
         if key in allowed_json:
             value = _decode_json_field(value, key)
+            if key == "scores" and ctx.arrow and isinstance(value, list):
+                value = [{k: v for k, v in s.items() if v is not None} if isinstance(s, Mapping) else s
+                         for s in value]
         elif key in ("prompt", "response"):
             value = _maybe_messages(value, ctx)
         elif key == "weight" and isinstance(value, str):

@@ -161,7 +161,8 @@ class RecordStream:
         if self.layout == "preflib":
             raise DataError("layout 'preflib' needs a PrefLib file (.soc/.soi/.toc/.toi or format='preflib')",
                             path=self.path, reason="unknown_layout")
-        context = RowContext(self.layout, self.mapping, self.outcomes, text_cells=self.format in ("csv", "parquet"))
+        context = RowContext(self.layout, self.mapping, self.outcomes, text_cells=self.format in ("csv", "parquet"),
+                             arrow=self.format in ("parquet", "dataset"))
         report = self.report
         seen_any = False
         for line, row in _chain(buffered, rows):
