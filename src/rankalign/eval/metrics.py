@@ -514,11 +514,15 @@ def alignment_gap(logps_w, logps_l, ref_logps_w, ref_logps_l, alpha, beta: float
 
 
 # ------------------------------------------------------------------------------- likelihood dynamics
-def _displacement_summary(before: np.ndarray, after: np.ndarray) -> dict[str, float]:
+def _displacement_summary(before: np.ndarray, after: np.ndarray, clusters=None) -> dict[str, float]:
     with np.errstate(invalid="ignore"):  # -inf - -inf: no defined change, left out like a missing value
         change = after - before
-    change = change[~np.isnan(change)]  # missing (NaN) log-probs are left out of every statistic and of n
-    mean, se = mean_with_se(change)
+    present = ~np.isnan(change)  # missing (NaN) log-probs are left out of every statistic and of n
+    change = change[present]
+    if clusters is None:
+        mean, se = mean_with_se(change)
+    else:
+        mean, se = clustered_mean_with_se(change, np.asarray(clusters)[present])
     return {
         "mean_change": mean,
         "se": se,
@@ -528,7 +532,7 @@ def _displacement_summary(before: np.ndarray, after: np.ndarray) -> dict[str, fl
     }
 
 
-def likelihood_displacement(logps_before, logps_after, which: str = "chosen") -> dict:
+def likelihood_displacement(logps_before, logps_after, which: str = "chosen", *, clusters=None) -> dict:
     """How responses' log-probabilities move during training.
 
     Razin et al. 2024, "Unintentional Unalignment: Likelihood Displacement in Direct Preference
@@ -545,6 +549,10 @@ def likelihood_displacement(logps_before, logps_after, which: str = "chosen") ->
     which : {"chosen", "rejected", "both"}
         Which column to summarise for 2-D input; ``"both"`` returns ``{"chosen": ..., "rejected": ...,
         "margin": ...}`` where ``margin`` is the change of ``log pi(y_w) - log pi(y_l)``.
+    clusters : sequence of hashable, length N, optional
+        The unit each row belongs to (e.g. the ranked list a pair comes from): the SE is then
+        cluster-robust (:func:`clustered_mean_with_se`), so the pairs of one list do not count as
+        independent. Default: every row its own unit.
 
     Returns
     -------
@@ -555,22 +563,24 @@ def likelihood_displacement(logps_before, logps_after, which: str = "chosen") ->
     before = _as_float_array(logps_before, "logps_before", ndim=(1, 2))
     after = _as_float_array(logps_after, "logps_after", ndim=(1, 2))
     _same_shape(before, after, "logps_before", "logps_after")
+    if clusters is not None and len(clusters) != before.shape[0]:
+        raise ValueError(f"{len(clusters)} cluster labels for {before.shape[0]} rows")
     if which not in ("chosen", "rejected", "both"):
         raise ValueError(f"which must be 'chosen', 'rejected' or 'both', got {which!r}")
     if before.ndim == 1:
         if which == "both":
             raise ValueError("which='both' needs [N, 2] arrays of (chosen, rejected) log-probabilities")
-        return _displacement_summary(before, after)
+        return _displacement_summary(before, after, clusters)
     if before.shape[1] != 2:
         raise ValueError(f"2-D log-probabilities must be [N, 2] (chosen, rejected), got shape {before.shape}")
     if which == "chosen":
-        return _displacement_summary(before[:, 0], after[:, 0])
+        return _displacement_summary(before[:, 0], after[:, 0], clusters)
     if which == "rejected":
-        return _displacement_summary(before[:, 1], after[:, 1])
+        return _displacement_summary(before[:, 1], after[:, 1], clusters)
     return {
-        "chosen": _displacement_summary(before[:, 0], after[:, 0]),
-        "rejected": _displacement_summary(before[:, 1], after[:, 1]),
-        "margin": _displacement_summary(before[:, 0] - before[:, 1], after[:, 0] - after[:, 1]),
+        "chosen": _displacement_summary(before[:, 0], after[:, 0], clusters),
+        "rejected": _displacement_summary(before[:, 1], after[:, 1], clusters),
+        "margin": _displacement_summary(before[:, 0] - before[:, 1], after[:, 0] - after[:, 1], clusters),
     }
 
 
@@ -807,7 +817,7 @@ def cohens_kappa(labels_a: Sequence[Hashable], labels_b: Sequence[Hashable]) -> 
 
 # ----------------------------------------------------------------------------------------------- groups
 def group_metrics(values, groups, *, all_groups: Sequence[Hashable] | None = None,
-                  higher_is_better: bool = True, min_count: int = 1) -> dict:
+                  higher_is_better: bool = True, min_count: int = 1, clusters=None) -> dict:
     """Per-group mean (with SE) of a per-example metric, and the worst group.
 
     Worst-group performance (Sagawa et al. 2020, "Distributionally Robust Neural Networks") shows whether
@@ -825,6 +835,9 @@ def group_metrics(values, groups, *, all_groups: Sequence[Hashable] | None = Non
         The worst group is the one with the lowest mean (True) or the highest (False).
     min_count : int
         Groups with fewer examples are reported but cannot be the worst group.
+    clusters : sequence of hashable, length N, optional
+        The unit of each example (e.g. the ranked list a pair comes from): each group's SE is then
+        cluster-robust (:func:`clustered_mean_with_se`). Default: examples are independent.
 
     Returns
     -------
@@ -837,14 +850,20 @@ def group_metrics(values, groups, *, all_groups: Sequence[Hashable] | None = Non
     groups = list(groups)
     if len(groups) != values.size:
         raise ValueError(f"{values.size} values but {len(groups)} group labels")
+    if clusters is not None and len(clusters) != values.size:
+        raise ValueError(f"{values.size} values but {len(clusters)} cluster labels")
+    unit = list(range(values.size)) if clusters is None else list(clusters)
     members: dict = {g: [] for g in (all_groups or [])}
-    for value, group in zip(values, groups):
-        members.setdefault(group, []).append(value)
+    for value, group, cluster in zip(values, groups, unit):
+        members.setdefault(group, []).append((value, cluster))
     per_group = {}
-    for group, vals in members.items():
-        array = np.asarray(vals, dtype=np.float64)
-        array = array[np.isfinite(array)]
-        mean, se = mean_with_se(array)
+    for group, rows in members.items():
+        finite = [(v, c) for v, c in rows if math.isfinite(v)]
+        array = np.asarray([v for v, _ in finite], dtype=np.float64)
+        if clusters is None or not finite:
+            mean, se = mean_with_se(array)
+        else:
+            mean, se = clustered_mean_with_se(array, np.asarray([c for _, c in finite]))
         per_group[group] = {"mean": mean, "se": se, "n": int(array.size)}
     eligible = [(g, r["mean"]) for g, r in per_group.items() if r["n"] >= max(1, min_count)]
     out = {"groups": per_group, "worst_group": None, "worst_value": math.nan,

@@ -85,7 +85,8 @@ def evaluate_logps(policy_logps, ranks, *, ref_logps=None, alpha=None, beta: flo
       labels (the known rate ``alpha`` where given, else 1), both orientations of every pair
       (:func:`~rankalign.eval.metrics.preference_calibration`);
     * ``likelihood_displacement``: change of ``log pi`` from the reference to the policy for the chosen
-      (winner) and rejected (loser) side of every pair, and of their margin (Razin et al. 2024).
+      (winner) and rejected (loser) side of every pair, and of their margin (Razin et al. 2024); SEs with
+      the list as the unit.
     With ``ref_logps`` and ``alpha``:
 
     * ``idealised_ranking_accuracy``: the DPO optimum's ranking accuracy on the pairs with a known rate
@@ -109,7 +110,7 @@ def evaluate_logps(policy_logps, ranks, *, ref_logps=None, alpha=None, beta: flo
     groups : sequence of hashable, length N, optional
         A group per list (annotator, population, topic): adds ``groups``, the per-group ranking accuracy
         (and implicit-reward accuracy with a reference) over each group's pairs, with the worst group
-        (:func:`~rankalign.eval.metrics.group_metrics`; SEs there treat pairs as independent).
+        (:func:`~rankalign.eval.metrics.group_metrics`; SEs there, too, treat the list as the unit).
 
     Returns
     -------
@@ -143,7 +144,8 @@ def evaluate_logps(policy_logps, ranks, *, ref_logps=None, alpha=None, beta: flo
             raise ValueError(f"{len(groups)} group labels for {policy.shape[0]} lists")
         group_of_pair = [groups[i] for i in list_of_pair]
         out["groups"] = {"ranking_accuracy": group_metrics(ranking_correct, group_of_pair,
-                                                           all_groups=list(dict.fromkeys(groups)))}
+                                                           all_groups=list(dict.fromkeys(groups)),
+                                                           clusters=list_of_pair)}
     if ref_logps is None:
         if alpha is not None:
             raise ValueError("alpha (true preference rates) needs ref_logps: the idealised ranking accuracy is "
@@ -163,7 +165,7 @@ def evaluate_logps(policy_logps, ranks, *, ref_logps=None, alpha=None, beta: flo
     if group_of_pair is not None:
         out["groups"]["reward_accuracy"] = group_metrics(
             _correct(log_ratio_gap, np.zeros_like(log_ratio_gap), "strict"), group_of_pair,
-            all_groups=list(dict.fromkeys(groups)))
+            all_groups=list(dict.fromkeys(groups)), clusters=list_of_pair)
 
     rates = _alpha_per_pair(alpha, policy.shape[0], policy.shape[1], list_of_pair, winner, loser)
     known = np.zeros(list_of_pair.shape, dtype=bool) if rates is None else np.isfinite(rates)
@@ -184,5 +186,6 @@ def evaluate_logps(policy_logps, ranks, *, ref_logps=None, alpha=None, beta: flo
     out["calibration"] = table
     before = np.stack([ref_w, ref_l], axis=1)
     after = np.stack([policy_w, policy_l], axis=1)
-    out["likelihood_displacement"] = likelihood_displacement(before, after, which="both") if before.size else {}
+    out["likelihood_displacement"] = likelihood_displacement(before, after, which="both",
+                                                             clusters=list_of_pair) if before.size else {}
     return out

@@ -9,8 +9,8 @@ probabilities) with the metrics of :mod:`rankalign.eval.metrics`:
 * tie accuracy: the share of pairs the data calls tied (equal ranks) that the model also calls close,
   ``|P(i > j) - 1/2| < tie_margin``;
 * best-of-K accuracy: lists with K >= 3, the share whose top-scored candidate is among the best-ranked;
-* per-group accuracy (``group_by``: ``annotator`` or any ``meta`` field) with the worst group
-  (:func:`~rankalign.eval.metrics.group_metrics`);
+* per-group accuracy (``group_by``: ``annotator`` or any ``meta`` field) with the worst group and
+  cluster-robust SEs (:func:`~rankalign.eval.metrics.group_metrics`);
 * calibration of ``P(w > l)`` (:func:`~rankalign.eval.metrics.preference_calibration`, ECE and its
   reliability table);
 * a RewardBench-style table by ``subset`` when the records carry one (``meta["subset"]``), with the
@@ -109,7 +109,7 @@ def reward_metrics(probabilities: list, records: list, *, group_by: str | None =
     out["ece"] = ece
     out["reliability"] = table
     if group_by is not None:
-        result = group_metrics(correct, [str(g) for g in groups])
+        result = group_metrics(correct, [str(g) for g in groups], clusters=clusters)
         out["group_by"] = group_by
         out["groups"] = {g: {"accuracy": v["mean"], "se": v["se"], "n": v["n"]} for g, v in result["groups"].items()}
         out["worst_group"] = result["worst_group"]
@@ -119,8 +119,8 @@ def reward_metrics(probabilities: list, records: list, *, group_by: str | None =
         for name, (hits, cl) in sorted(subsets.items(), key=lambda item: str(item[0])):
             mean, subset_se = clustered_mean_with_se(np.asarray(hits), np.asarray(cl))
             rows[str(name)] = {"accuracy": mean, "n": len(hits),
-                               "ci_low": mean - Z_95 * subset_se if math.isfinite(subset_se) else math.nan,
-                               "ci_high": mean + Z_95 * subset_se if math.isfinite(subset_se) else math.nan}
+                               "ci_low": max(0.0, mean - Z_95 * subset_se) if math.isfinite(subset_se) else math.nan,
+                               "ci_high": min(1.0, mean + Z_95 * subset_se) if math.isfinite(subset_se) else math.nan}
         out["subsets"] = rows
         out["subset_macro_accuracy"] = float(np.mean([r["accuracy"] for r in rows.values()]))
     return out

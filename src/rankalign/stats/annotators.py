@@ -858,13 +858,33 @@ def krippendorff_alpha(unit, rater, value, *, metric: str = "ordinal") -> float:
     return float("nan") if expected == 0 else 1.0 - observed / expected
 
 
+def _both_orientations(unit, rater, value, n_items: int):
+    """Pair units read both ways: each (i, j) unit also as (j, i) with ``value`` mirrored (0 <-> 2).
+
+    Which item of a pair is "first" is an accident of the data (the order in which items first appear), yet
+    the category frequencies behind a kappa's chance agreement depend on it: reading the same file in
+    another row order changes Fleiss' and Cohen's kappa. Counting every unit in both orientations makes the
+    frequencies of "first wins" and "second wins" equal, so chance agreement depends only on how often
+    raters tie, and the observed agreement (and with it the kappa's numerator) is unchanged.
+    """
+    return (np.concatenate([unit, unit + n_items * n_items]), np.concatenate([rater, rater]),
+            np.concatenate([value, 2 - value]))
+
+
 def agreement_report(data: AnnotatedRankings, *, min_overlap: int = 5) -> dict:
-    """Fleiss' kappa and mean Cohen's kappa on pair units, Krippendorff's alpha (ordinal) on rank units."""
+    """Fleiss' kappa and mean Cohen's kappa on pair units, Krippendorff's alpha (ordinal) on rank units.
+
+    The kappas count every pair unit in both orientations (:func:`_both_orientations`), so they do not
+    depend on the order of the records: chance agreement is ``p_tie^2 + (1 - p_tie)^2 / 2`` (Fleiss, pooled
+    tie share) and ``t_a t_b + (1 - t_a)(1 - t_b) / 2`` (Cohen, each rater's own tie share ``t``).
+    ``min_overlap`` counts pairs of items, each once.
+    """
     units = agreement_units(data)
     pairs, ranks = units["pairs"], units["ranks"]
-    kappa, rater_pairs = mean_cohen_kappa(*pairs, min_overlap=min_overlap)
+    both_ways = _both_orientations(*pairs, len(data.items))
+    kappa, rater_pairs = mean_cohen_kappa(*both_ways, min_overlap=2 * min_overlap)
     shared_pairs = int((np.bincount(np.unique(pairs[0], return_inverse=True)[1].ravel()) >= 2).sum())
-    return {"fleiss_kappa": fleiss_kappa(*pairs), "mean_cohen_kappa": kappa, "cohen_rater_pairs": rater_pairs,
+    return {"fleiss_kappa": fleiss_kappa(*both_ways), "mean_cohen_kappa": kappa, "cohen_rater_pairs": rater_pairs,
             "krippendorff_alpha_ordinal": krippendorff_alpha(*ranks, metric="ordinal"),
             "units_with_two_or_more": shared_pairs}
 
