@@ -54,25 +54,35 @@ def _load(path, layout, mapping, outcomes, skip_invalid, covariates=(), rank_by=
     fmt = detect_format(path)
     if fmt != "preflib" and rank_by is None:
         try:
-            return "pairs", read_comparisons(path, layout=layout, mapping=mapping, outcomes=outcomes,
-                                             skip_invalid=skip_invalid, keep=tuple(covariates))
+            pairs = read_comparisons(path, layout=layout, mapping=mapping, outcomes=outcomes,
+                                     skip_invalid=skip_invalid, keep=tuple(covariates))
         except DataError as error:
             if error.reason not in ("unknown_layout", "not_a_pair"):  # rankings: read them as records
                 raise
+        else:
+            # --skip-invalid makes the columnar reader skip (as "not_a_pair") the records it cannot hold:
+            # lists of three or more, pairs judged on a prompt. They are valid rankings, so a file that has
+            # any is read as rankings, as it is without --skip-invalid (skipping them would drop data)
+            if not pairs.report.skipped.get("not_a_pair"):
+                return "pairs", pairs
     if covariates:
         raise click.UsageError("--covariate needs two-item comparisons (one row per comparison)")
     result = read(path, layout=layout, mapping=mapping, outcomes=outcomes, skip_invalid=skip_invalid)
     if rank_by is not None:
         result.records = list(rank_records(result.records, rank_by))
-    return "rankings", _records_to_rankings(result, path)
+    return "rankings", _records_to_rankings(result, path, skip_invalid)
 
 
-def _records_to_rankings(result, path):
+def _records_to_rankings(result, path, skip_invalid=False):
     from rankalign.data import RankedList
 
     names = set()
     lists = []
     for number, record in enumerate(result.records, start=1):
+        if skip_invalid and result.report.layout not in TEXT_LAYOUTS and not isinstance(record, RankedList):
+            result.report.skip(DataError("rating needs comparisons or rankings, not unpaired judgments", path=path,
+                                         line=number, reason="bad_layout"))
+            continue
         if result.report.layout in TEXT_LAYOUTS:
             raise DataError(f"this file has no item ids: it holds prompts and responses (layout "
                             f"{result.report.layout}), and rating compares items", path=path, line=number,
@@ -274,7 +284,10 @@ def _parse_anchor(text):
 
 def write_matrices(result, kind, data, path):
     """Observed win rates (ties count 1/2), predicted win rates on neutral ground and battle counts
-    between every two items, rows and columns in leaderboard order, as one JSON file (atomic; NaN -> null)."""
+    between every two items, rows and columns in leaderboard order, as one JSON file (atomic; NaN -> null).
+
+    The predicted rate counts a predicted tie as half a win too (P(win) + P(tie) / 2), so that under the
+    tie models it is comparable with the observed rate (P(win) alone would leave out a share of every game)."""
     from rankalign._atomic import atomic_write_json
 
     from .uncertainty import battle_count_matrix, win_rate_matrix
@@ -287,7 +300,7 @@ def write_matrices(result, kind, data, path):
     order = result.order()
     observed = win_rate_matrix(first, second, outcome, count, n_items=n)[np.ix_(order, order)]
     battles = battle_count_matrix(first, second, count, n_items=n)[np.ix_(order, order)]
-    predicted = result.win_matrix()[np.ix_(order, order)]
+    predicted = result.win_matrix(tie_credit=0.5)[np.ix_(order, order)]
 
     def plain(matrix):
         return [[None if not math.isfinite(v) else float(v) for v in row] for row in matrix]
@@ -295,7 +308,8 @@ def write_matrices(result, kind, data, path):
     atomic_write_json(path, {"items": [str(result.items[i]) for i in order], "model": result.model,
                              "observed_win_rate": plain(observed), "predicted_win_rate": plain(predicted),
                              "battles": plain(battles),
-                             "note": "row item vs column item; observed: ties count 1/2; predicted: no order effect"})
+                             "note": "row item vs column item; observed: ties count 1/2; predicted: "
+                                     "P(win) + P(tie)/2, no order effect"})
 
 
 def write_csv(result, path):
@@ -403,8 +417,9 @@ def _print_notes(notes):
               help="Shift the reported ratings so that ITEM is rated VALUE on the chosen scale (as LMSYS "
                    "anchors one model at a fixed Elo); differences and interval widths do not change.")
 @click.option("--matrices", "matrices_path", type=click.Path(dir_okay=False), default=None,
-              help="Also write a JSON file with the observed win rates, the model's predicted win rates and "
-                   "the battle counts between every two items (rows and columns in leaderboard order).")
+              help="Also write a JSON file with the observed win rates, the model's predicted win rates (a tie "
+                   "counts 1/2 in both) and the battle counts between every two items (rows and columns in "
+                   "leaderboard order).")
 @click.option("--bootstrap", "n_boot", type=click.IntRange(min=0), default=0, show_default=True,
               help="Bootstrap replicates for percentile CIs (0: Wald CIs from the observed information).")
 @click.option("--scale", type=click.Choice(["logit", "elo"]), default="logit", show_default=True,

@@ -41,8 +41,15 @@ _LOGISTIC_MODELS = ("bradley-terry", "plackett-luce", "davidson-luce", "elo", "b
 
 
 def pair_probabilities(model, d, params):
-    """(P(first wins), P(tie), P(second wins)) for strength difference ``d`` under ``model``."""
+    """(P(first wins), P(tie), P(second wins)) for strength difference ``d`` under ``model``.
+
+    Davidson-Luce with ties (``params["tie2"]`` = log delta_2) compares two items as Davidson's model with
+    nu = delta_2 (a ranking of two is one choice among {i}, {j} and the tied {i, j}); without ties it is
+    Plackett-Luce, whose pairwise probability is sigma(d).
+    """
     d = np.asarray(d, dtype=np.float64)
+    if model == "davidson-luce" and "tie2" in params:
+        return davidson_probabilities(d, math.exp(params["tie2"]))
     if model == "davidson":
         if not params["nu"] >= 0:
             raise ValueError(f"the Davidson tie parameter nu must be >= 0, got {params['nu']!r}")
@@ -136,11 +143,16 @@ class RatingResult:
         win, tie, loss = pair_probabilities(self.model, d, self.params)
         return {"win": float(win), "tie": float(tie), "loss": float(loss)}
 
-    def win_matrix(self) -> np.ndarray:
-        """Predicted P(row item beats column item) on neutral ground; the diagonal is NaN."""
+    def win_matrix(self, *, tie_credit: float = 0.0) -> np.ndarray:
+        """Predicted P(row item beats column item) on neutral ground; the diagonal is NaN.
+
+        ``tie_credit=0.5`` gives the expected score P(win) + P(tie) / 2 instead, the quantity an observed
+        win rate that counts a tie as half a win estimates (it differs from P(win) only under the tie
+        models: Davidson, Rao-Kupper, Davidson-Luce).
+        """
         theta = self._logit(self.ratings)
-        win, _, _ = pair_probabilities(self.model, theta[:, None] - theta[None, :], self.params)
-        win = np.array(win, dtype=np.float64)
+        win, tie, _ = pair_probabilities(self.model, theta[:, None] - theta[None, :], self.params)
+        win = np.array(win + tie_credit * tie, dtype=np.float64)
         np.fill_diagonal(win, np.nan)
         return win
 
