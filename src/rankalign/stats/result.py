@@ -84,7 +84,9 @@ class RatingResult:
     ci_low, ci_high : float arrays [n]
         Confidence interval (``ci_method`` "wald": rating -/+ z se; "bootstrap": percentile interval).
     n : int array [n]
-        Number of comparisons each item took part in (for rankings: rankings it appears in).
+        Number of comparisons each item took part in, weighted (record weights, counts) and rounded; for
+        Plackett-Luce, the rankings it appears in; for a pairwise model fitted to rankings, the pairs the
+        rankings imply.
     log_likelihood : float
         Data log-likelihood at the estimate (prior or pseudo-data terms not included).
     model : str
