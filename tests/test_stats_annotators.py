@@ -155,7 +155,9 @@ def test_flip_rates_are_recovered_and_weighting_helps():
     fit = A.fit_annotator_reliability(data)
     order = [int(a[1:]) for a in fit.annotators]
     np.testing.assert_allclose(fit.flip_rate, flips[order], atol=0.05)
-    assert np.all(fit.flip_rate_se > 0) and np.all(fit.flip_rate_se < 0.05)
+    interior = flips[order] > 0  # the flip-free annotator's estimate sits at the boundary 0: no Wald SE
+    assert np.all(fit.flip_rate_se[interior] > 0) and np.all(fit.flip_rate_se[interior] < 0.05)
+    assert np.all(np.isnan(fit.flip_rate_se[~interior]))
     weighted = A.weight_by_reliability(records, fit)
     expected = {a: (1 - 2 * e) ** 2 for a, e in zip(fit.annotators, fit.flip_rate)}
     assert [r.weight for r in weighted] == pytest.approx([expected[r.annotator] for r in records])
@@ -264,3 +266,26 @@ def test_train_config_weights_records_by_reliability(tmp_path):
     assert {r.weight for r in plain} == {1.0}
     by_annotator = {r.annotator: r.weight for r in weighted}
     assert by_annotator["c"] < 0.05 and by_annotator["a"] > 0.9 and by_annotator["b"] > 0.9
+
+
+def test_flip_rate_on_the_boundary_has_no_standard_error():
+    """An annotator whose one judgment the ratings agree with gets the maximum-likelihood flip rate 0, a
+    boundary estimate: a Wald SE there (before: about 1.0) means nothing, so it is nan; an interior
+    estimate keeps its SE."""
+    rng = np.random.default_rng(0)
+    strengths = np.linspace(-2, 2, 5)
+    records = []
+    for u, flip in enumerate([0.1, 0.2, 0.3]):
+        for _ in range(400):
+            a, b = rng.choice(5, size=2, replace=False)
+            first_wins = rng.random() < expit(strengths[a] - strengths[b])
+            if rng.random() < flip:
+                first_wins = not first_wins
+            winner, loser = (a, b) if first_wins else (b, a)
+            records.append(RankedList(candidates=[f"i{winner}", f"i{loser}"], ranks=[0, 1], annotator=f"a{u}"))
+    records.append(RankedList(candidates=["i4", "i0"], ranks=[0, 1], annotator="solo"))  # the strongest wins
+    fit = A.fit_annotator_reliability(A.annotated_rankings(records))
+    by_name = dict(zip(fit.annotators, zip(fit.flip_rate, fit.flip_rate_se)))
+    assert by_name["solo"][0] < 1e-6 and np.isnan(by_name["solo"][1])
+    for name in ("a0", "a1", "a2"):
+        assert 0 < by_name[name][0] < 0.5 and 0 < by_name[name][1] < 0.1

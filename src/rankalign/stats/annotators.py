@@ -567,7 +567,9 @@ class AnnotatorReliability:
         ``eps_u`` in [0, 1/2].
     flip_rate_se : float array [U]
         Standard error of ``eps_u`` from the observed information of the annotator's own judgments with the
-        ratings held fixed (so it ignores the ratings' uncertainty; nan where no judgment informs it).
+        ratings held fixed (so it ignores the ratings' uncertainty; nan where no judgment informs it and
+        where the estimate sits on the boundary, 0 or 1/2, where a Wald standard error means nothing; a
+        ``flip_prior`` keeps estimates inside).
     n : float array [U]
         Weighted judgments per annotator.
     agreement : float array [U]
@@ -674,6 +676,10 @@ def fit_annotator_reliability(data: AnnotatedRankings, *, model: str = "bradley-
     information = np.bincount(owner, w * score ** 2, n_annotators)
     with np.errstate(divide="ignore"):
         se = np.where(information > 0, 1.0 / np.sqrt(information), np.nan)
+    # an estimate on the boundary (0 or 1/2, e.g. an annotator all of whose judgments the ratings agree with)
+    # has no Wald standard error: the information there describes a maximum the estimate cannot move past
+    # (EM approaches 0 geometrically and stops near it: 1e-6 counts as there)
+    se = np.where((eps > 1e-6) & (eps < 0.5 - 1e-6), se, np.nan)
     agree = np.bincount(owner, w * (forward > backward) + 0.5 * w * (forward == backward), n_annotators)
     return AnnotatorReliability(ratings=ratings, annotators=list(data.annotators), flip_rate=eps, flip_rate_se=se,
                                 n=per_annotator, agreement=agree / np.maximum(per_annotator, 1e-300),
