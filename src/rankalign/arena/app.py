@@ -33,7 +33,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from rankalign.data._sources import loads_json
+from rankalign.data import loads_json
 from rankalign.data.errors import DataError
 from rankalign.data.readers import write
 from rankalign.data.records import RankedList

@@ -129,7 +129,7 @@ def export(url, legacy_out, output, form):
     if out is None:
         raise click.UsageError("give the output file with -o/--output PATH")
     from rankalign._cli import refuse_overwriting_inputs
-    from rankalign.data._sources import detect_format
+    from rankalign.data import detect_format
     from rankalign.data.readers import write
 
     from . import db

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from rankalign.data._sources import iter_jsonl
+from rankalign.data import iter_jsonl
 from rankalign.data.errors import DataError
 
 ITEM_ID = re.compile(r"^[A-Za-z0-9._:/@+\-]{1,200}$")

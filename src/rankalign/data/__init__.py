@@ -11,7 +11,7 @@ Layouts: :data:`LAYOUTS` (columns in :data:`LAYOUT_COLUMNS`). Bad rows raise :cl
 line and field, or are skipped and counted with ``skip_invalid=True``.
 """
 
-from ._sources import FORMATS, detect_format
+from ._sources import FORMATS, BadRow, detect_format, iter_jsonl, loads_json
 from .comparisons import Comparisons, read_comparisons
 from .errors import DataError
 from .layouts import LAYOUT_COLUMNS, LAYOUTS, split_messages, split_transcripts
@@ -21,6 +21,7 @@ from .summary import summarize, to_lists, to_pairs
 
 __all__ = [
     "DataError", "RankedList", "Judgment", "Record", "iter_pairs", "PAIR_STRATEGIES",
-    "LAYOUTS", "LAYOUT_COLUMNS", "FORMATS", "detect_format", "read", "iter_records", "write", "ReadResult", "ReadReport", "RecordStream",
+    "LAYOUTS", "LAYOUT_COLUMNS", "FORMATS", "detect_format", "loads_json", "iter_jsonl", "BadRow",
+    "read", "iter_records", "write", "ReadResult", "ReadReport", "RecordStream",
     "Comparisons", "read_comparisons", "split_transcripts", "split_messages", "summarize", "to_pairs", "to_lists",
 ]

@@ -185,7 +185,9 @@ def loads_json(text: str, path=None, line=None, field=None, *, _hook=_unique_obj
 
 
 def iter_jsonl(path: str) -> Iterator[tuple[int, dict | BadRow]]:
-    """JSON Lines: one object per line; blank lines are ignored; a UTF-8 byte-order mark is accepted."""
+    """JSON Lines: ``(line number, object)`` per line, or ``(line number, BadRow)`` for a line that is not a
+    JSON object (its ``error`` is the :class:`DataError` naming file and line, to raise or count); blank lines
+    are ignored; a UTF-8 byte-order mark is accepted."""
     with open(path, "rb") as handle:
         for line, raw in enumerate(handle, 1):
             if line == 1 and raw.startswith(b"\xef\xbb\xbf"):

@@ -42,11 +42,11 @@ def _read_annotated(path, layout, mapping, outcomes, skip_invalid):
     (:func:`rankalign.data.read_comparisons`, arrays, no object per row); everything else (rankings, an
     annotator under another name such as an arena's ``judge``, missing ids to report) the record reader.
     """
-    from rankalign.data import _sources, read, read_comparisons
+    from rankalign.data import detect_format, read, read_comparisons
 
     from .cli import _line_of_row
 
-    if _sources.detect_format(path) != "preflib" and layout not in ("rankedlist_lists", "lists"):
+    if detect_format(path) != "preflib" and layout not in ("rankedlist_lists", "lists"):
         try:
             pairs = read_comparisons(path, layout=layout, mapping=mapping, outcomes=outcomes,
                                      skip_invalid=skip_invalid, keep=("annotator",))
