@@ -726,9 +726,48 @@ def _check_positions(model, batch: PackedBatch) -> None:
                          "max_response_tokens=... or max_length=...)")
 
 
+def _attention_window(model) -> int | None:
+    """The shortest sliding window (or attention chunk) of the model's layers, None when every layer sees the
+    whole sequence."""
+    config = unwrap_model(model).config
+    layer_types = getattr(config, "layer_types", None)
+    windows = []
+    for field, kind in (("sliding_window", "sliding_attention"), ("attention_chunk_size", "chunked_attention")):
+        value = getattr(config, field, None)
+        if isinstance(value, int) and value > 0 and (not layer_types or kind in layer_types):
+            windows.append(value)
+    return min(windows, default=None)
+
+
+def _exceeds_window(model, batch: PackedBatch) -> int | None:
+    """The model's attention window when a list of ``batch`` has a prompt + response longer than it, else None.
+
+    transformers builds a sliding window (or chunk) from token indices, which in the shared layout are not a
+    response's positions; a 4D mask is taken as given, without the window. So the shared layout equals the
+    duplicated one only while no sequence reaches the window (the layout probe's short list never does).
+    """
+    window = _attention_window(model)
+    if window is None or batch.source is None:
+        return None
+    longest = max(len(item.prompt_ids) + max(len(r) for r in item.response_ids) for item in batch.source)
+    return window if longest > window else None
+
+
 def _usable_batch(model, batch: PackedBatch) -> PackedBatch:
     """``batch``, repacked as ``"duplicated"`` (with a warning) when the model cannot compute it shared."""
     _check_positions(model, batch)
+    window = _exceeds_window(model, batch) if batch.layout == "shared" else None
+    if window is not None:
+        inner = unwrap_model(model)
+        if not getattr(inner, "_rankalign_window_announced", False):
+            warnings.warn(f"{type(inner).__name__} attends within a window of {window} tokens and a prompt + "
+                          "response of this batch is longer; such batches use the duplicated layout (the "
+                          "shared layout's mask would ignore the window)", stacklevel=3)
+            try:
+                inner._rankalign_window_announced = True
+            except AttributeError:
+                pass
+        return pack_lists(batch.source, layout="duplicated").to(batch.input_ids.device)
     if batch.layout == "shared" and not supports_shared_layout(model):
         if batch.source is None:
             raise ValueError(f"{type(unwrap_model(model)).__name__} does not support the shared layout and this "

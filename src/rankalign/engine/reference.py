@@ -1,7 +1,8 @@
 """Reference log-probs: computed once, cached on disk, validated; or the PEFT base with the adapter off.
 
 The cache key is a sha256 over everything the numbers depend on: the reference model's weights (every
-state-dict tensor's name, dtype, shape and bytes), the tokenizer (its serialised JSON, chat template and
+state-dict tensor's name, dtype, shape and bytes) and its class and config (rotary base, norm epsilon,
+activation, ...: what the weights do), the tokenizer (its serialised JSON, chat template and
 special tokens), the tokenized data (every list's prompt and response ids) and the settings (a JSON
 object). A cache directory holds ``<name>.safetensors`` (all lists' log-probs flattened, with offsets)
 and ``<name>.json`` (a manifest with the key, the number of lists, each list's K and the sha256 of the
@@ -29,8 +30,20 @@ CACHE_FORMAT = 1
 
 
 # ------------------------------------------------------------------------------------------------ hashing
+# config fields that record where a model came from or what a forward returns, not what it computes
+_CONFIG_BOOKKEEPING = ("_name_or_path", "transformers_version", "_commit_hash", "architectures", "dtype",
+                       "torch_dtype", "use_cache", "output_hidden_states", "output_attentions", "return_dict")
+
+
 def _hash_model(digest, model) -> None:
-    state = unwrap_model(model).state_dict()
+    inner = unwrap_model(model)
+    # the config too: rotary frequencies, norm epsilons, activations and logit scaling change the numbers
+    # without changing a single weight (rotary frequencies are not even in the state dict)
+    config = getattr(inner, "config", None)
+    described = config.to_dict() if hasattr(config, "to_dict") else {}
+    described = {key: value for key, value in described.items() if key not in _CONFIG_BOOKKEEPING}
+    digest.update(f"{type(inner).__name__}|{json.dumps(described, sort_keys=True, default=str)}\n".encode())
+    state = inner.state_dict()
     for name in sorted(state):
         tensor = state[name].detach()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())

@@ -4,10 +4,11 @@ A :class:`~rankalign.data.RankedList` (or a :class:`~rankalign.data.Judgment`, a
 :class:`TokenizedList`: the prompt's token ids once and each ranked response's token ids.
 
 * Plain text: ``prompt_ids = [BOS] + encode(prompt)``, ``response_ids = encode(response) + [EOS]``
-  (each part encoded on its own, without the tokenizer's own special tokens). A response whose tokens
-  would merge with the prompt's when the two strings are encoded together is counted in the report
-  (``boundary_merges``); the separately encoded tokens are used, so every response of a list shares the
-  same prompt tokens.
+  (each part encoded on its own, without the tokenizer's own special tokens; a prompt whose text already
+  starts with the BOS token, or a response whose text already ends with EOS, is not given a second one).
+  A response whose tokens would merge with the prompt's when the two strings are encoded together is
+  counted in the report (``boundary_merges``); the separately encoded tokens are used, so every response
+  of a list shares the same prompt tokens.
 * Chat messages (a message-list prompt or candidate): the conversation is rendered with the tokenizer's
   chat template, the prompt with ``add_generation_prompt=True``; the response's ids are the full
   conversation's ids after the prompt's. The boundary is checked on tokens: the full conversation must
@@ -253,10 +254,12 @@ def _assemble(tokenizer, plan, encoder: _Encoder, index: int, names, report: Tru
         for joint, response in zip(joint_slots, responses):
             if encoder[joint] != prompt_ids + response:
                 report.boundary_merges += 1
-    if tokenizer.bos_token_id is not None:
-        prompt_ids = [tokenizer.bos_token_id] + prompt_ids
-    if tokenizer.eos_token_id is not None:
-        responses = [r + [tokenizer.eos_token_id] for r in responses]
+    # text that already carries them (a prompt rendered with a chat template, "<s>...", "...</s>") keeps one
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    if bos is not None and prompt_ids[:1] != [bos]:
+        prompt_ids = [bos] + prompt_ids
+    if eos is not None:
+        responses = [r if r[-1:] == [eos] else r + [eos] for r in responses]
     return prompt_ids, responses
 
 
@@ -336,8 +339,6 @@ def tokenize_records(tokenizer, records: Iterable, *, max_prompt_tokens: int | N
             ranks = [dense[i] for i in keep]
             scores = None if record.scores is None else [_grade(record.scores[i]) for i in keep]
             label = None
-            if len(set(ranks)) < 2:
-                report.unordered_lists["one_candidate" if len(ranks) == 1 else "all_tied"] += 1
             names = [f"candidates[{i}]" for i in keep]
         plan = _plan_record(tokenizer, record, index, candidates, names, encoder, check_boundary)
         pending.append((index, record, names, ranks, scores, label, plan))
@@ -380,6 +381,8 @@ def tokenize_records(tokenizer, records: Iterable, *, max_prompt_tokens: int | N
             report.prompt_tokens_cut += len(prompt_ids) - len(cut_prompt)
         report.responses_truncated += truncated
         report.response_tokens_cut += tokens_cut
+        if isinstance(record, RankedList) and len(set(ranks)) < 2:  # counted once kept (the docstring's "kept")
+            report.unordered_lists["one_candidate" if len(ranks) == 1 else "all_tied"] += 1
         grades = scores if scores is not None and all(s is not None for s in scores) else None
         out.append(TokenizedList(prompt_ids=cut_prompt, response_ids=cut_responses, ranks=ranks, grades=grades,
                                  weight=float(record.weight), label=label, index=index))
