@@ -28,8 +28,9 @@ feature vector ``x`` (``[D]``), sharing structure across annotators so each need
   fixed, which is what VPL's encoder amortises.
 
 Every model's per-annotator parameters form one table (a row per annotator). An annotator not seen in
-training (or None) gets the *population mean*: the mean row of that table (mean mixture weights, mean
-ideal point, mean latent). The loss is a registered reward objective (``bt_reward`` by default, or
+training (or None) gets the *population mean*: the mean of the training annotators' rows of that table
+(mean mixture weights, mean ideal point, mean latent; rows added later by :func:`adapt_annotator` leave it
+unchanged). The loss is a registered reward objective (``bt_reward`` by default, or
 ``pl_reward`` for lists) on the rewards ``[B, K]``, weighted by the records' weights.
 """
 
@@ -73,9 +74,10 @@ class SharedLinearReward(nn.Module):
         return self.weight.new_zeros(())
 
 
-def _user_rows(table: Tensor, users: Tensor) -> Tensor:
-    """Row ``users[i]`` of the per-annotator table; the mean row where ``users[i] == -1`` (unseen)."""
-    mean = table.mean(0, keepdim=True)
+def _user_rows(table: Tensor, users: Tensor, population: int) -> Tensor:
+    """Row ``users[i]`` of the per-annotator table; where ``users[i] == -1`` (unseen), the mean of its first
+    ``population`` rows (the annotators seen in training: rows added by :func:`adapt_annotator` do not move it)."""
+    mean = table[:population].mean(0, keepdim=True)
     rows = table.index_select(0, users.clamp_min(0))
     return torch.where((users < 0).unsqueeze(-1), mean.expand_as(rows), rows)
 
@@ -91,10 +93,11 @@ class MixtureReward(nn.Module):
         super().__init__()
         self.prototypes = nn.Parameter(torch.randn(num_prototypes, feature_dim, dtype=torch.float64))
         self.user_table = nn.Parameter(torch.randn(num_annotators, num_prototypes, dtype=torch.float64) * 0.1)
+        self.population = num_annotators  # the training annotators' rows (the unseen get their mean)
 
     def mixture_weights(self, users: Tensor, user_table: Tensor | None = None) -> Tensor:
         table = self.user_table if user_table is None else user_table
-        return _user_rows(torch.softmax(table, dim=-1), users)
+        return _user_rows(torch.softmax(table, dim=-1), users, self.population)
 
     def forward(self, features: Tensor, users: Tensor, user_table: Tensor | None = None) -> Tensor:
         per_prototype = features @ self.prototypes.T                    # [..., M]
@@ -123,11 +126,12 @@ class PALIdealPointReward(nn.Module):
             self.projection = nn.Linear(feature_dim, embedding_dim, bias=False).to(torch.float64)
         self.prototypes = nn.Parameter(torch.randn(num_prototypes, embedding_dim, dtype=torch.float64))
         self.user_table = nn.Parameter(torch.randn(num_annotators, num_prototypes, dtype=torch.float64) * 0.1)
+        self.population = num_annotators  # the training annotators' rows (the unseen get their mean)
 
     def ideal_points(self, users: Tensor, user_table: Tensor | None = None) -> Tensor:
         """``a_u = w_u @ P`` for each user (the mean weights for -1)."""
         table = self.user_table if user_table is None else user_table
-        return _user_rows(torch.softmax(table, dim=-1), users) @ self.prototypes
+        return _user_rows(torch.softmax(table, dim=-1), users, self.population) @ self.prototypes
 
     def forward(self, features: Tensor, users: Tensor, user_table: Tensor | None = None) -> Tensor:
         embedded = self.projection(features)                            # [..., d]
@@ -146,11 +150,12 @@ class IdealPointReward(nn.Module):
         self.projection = nn.Parameter(torch.randn(embedding_dim, feature_dim, dtype=torch.float64)
                                        / math.sqrt(feature_dim))
         self.user_table = nn.Parameter(torch.randn(num_annotators, embedding_dim, dtype=torch.float64) * 0.1)
+        self.population = num_annotators  # the training annotators' rows (the unseen get their mean)
 
     def forward(self, features: Tensor, users: Tensor, user_table: Tensor | None = None) -> Tensor:
         table = self.user_table if user_table is None else user_table
         embedded = features @ self.projection.T                         # [..., d]
-        ideal = _user_rows(table, users.reshape(-1)).reshape(*users.shape, -1)
+        ideal = _user_rows(table, users.reshape(-1), self.population).reshape(*users.shape, -1)
         return -((embedded - ideal) ** 2).sum(-1)
 
     def penalty(self) -> Tensor:
@@ -163,12 +168,13 @@ class UserLatentReward(nn.Module):
     def __init__(self, feature_dim: int, num_annotators: int, latent_dim: int = 2, hidden_size: int = 16):
         super().__init__()
         self.user_table = nn.Parameter(torch.randn(num_annotators, latent_dim, dtype=torch.float64) * 0.1)
+        self.population = num_annotators  # the training annotators' rows (the unseen get their mean)
         self.network = nn.Sequential(nn.Linear(feature_dim + latent_dim, hidden_size), nn.Tanh(),
                                      nn.Linear(hidden_size, 1)).to(torch.float64)
 
     def forward(self, features: Tensor, users: Tensor, user_table: Tensor | None = None) -> Tensor:
         table = self.user_table if user_table is None else user_table
-        latent = _user_rows(table, users.reshape(-1)).reshape(*users.shape, -1)
+        latent = _user_rows(table, users.reshape(-1), self.population).reshape(*users.shape, -1)
         return self.network(torch.cat([features, latent], dim=-1)).squeeze(-1)
 
     def penalty(self) -> Tensor:
@@ -337,11 +343,15 @@ class PersonalRewardModel:
     history: list[float] = field(default_factory=list)
 
     def annotator_index(self, annotator: str | None) -> int:
-        """Row of ``annotator`` in the per-annotator table; -1 (population mean) if unseen or None."""
+        """Row of ``annotator`` in the per-annotator table; -1 (population mean) if unseen or None.
+
+        Ids are read as the records read them (``7``, ``7.0`` and ``"7"`` are one annotator, ``"7"``).
+        """
+        annotator = _annotator_id(annotator)
         if annotator is None:
             return -1
         try:
-            return self.annotators.index(str(annotator))
+            return self.annotators.index(annotator)
         except ValueError:
             return -1
 
@@ -477,7 +487,9 @@ def adapt_annotator(model: PersonalRewardModel, annotator: str, records: Iterabl
     The new row starts at the population mean (the mean row) and is fitted by maximum a posteriori with
     the model's prior (user latent) or by maximum likelihood (mixture and PAL weight logits, ideal point):
     for ``"pal"`` this is PAL's few-shot step, only the user's K simplex weights move. This is the
-    few-shot step that VPL's encoder amortises. Returns a new model; ``model`` is not changed.
+    few-shot step that VPL's encoder amortises. Returns a new model; ``model`` is not changed. A new
+    annotator's row leaves the population mean that unseen annotators get as it was (the mean of the
+    training annotators' rows).
     """
     import copy
 
@@ -500,7 +512,7 @@ def adapt_annotator(model: PersonalRewardModel, annotator: str, records: Iterabl
     else:
         annotators.append(str(annotator))
         row = len(annotators) - 1
-        table = torch.cat([table, table.mean(0, keepdim=True)])
+        table = torch.cat([table, table[:module.population].mean(0, keepdim=True)])
     new_row = nn.Parameter(table[row].clone())
     prior = model.kind == "user_latent"
 
@@ -561,7 +573,8 @@ PERSONAL_WEIGHTS_NAME = "personal_model.safetensors"
 
 def save_personal_reward(model: PersonalRewardModel, directory) -> None:
     """Save to ``directory``: ``personal_model.safetensors`` (parameters) and ``personal_config.json``
-    (kind, feature size, annotator ids, settings, history), each written atomically, the config last."""
+    (kind, feature size, annotator ids, the number of training annotators whose mean the unseen get,
+    settings, history), each written atomically, the config last."""
     from pathlib import Path
 
     from safetensors.torch import save_file
@@ -574,7 +587,8 @@ def save_personal_reward(model: PersonalRewardModel, directory) -> None:
     atomic_write_path(directory / PERSONAL_WEIGHTS_NAME, lambda temp: save_file(state, temp, metadata={"format": "pt"}))
     feature_dim = _feature_dim(model.module)
     config = {"format_version": 1, "kind": model.kind, "feature_dim": feature_dim,
-              "annotators": list(model.annotators), "settings": model.settings, "history": model.history}
+              "annotators": list(model.annotators), "population": getattr(model.module, "population", None),
+              "settings": model.settings, "history": model.history}
     atomic_write_json(directory / PERSONAL_CONFIG_NAME, config, sort_keys=True)
 
 
@@ -601,6 +615,8 @@ def load_personal_reward(directory) -> PersonalRewardModel:
         module.user_table = nn.Parameter(torch.zeros_like(state["user_table"]),
                                          requires_grad=module.user_table.requires_grad)
     module.load_state_dict(state)
+    if config.get("population") is not None:  # older saves: every row is the population
+        module.population = int(config["population"])
     return PersonalRewardModel(kind=config["kind"], module=module.eval(), annotators=annotators,
                                settings=settings, history=list(config.get("history") or []))
 

@@ -223,12 +223,13 @@ def few_shot_curve(train_records: Sequence, test_records: Sequence, features: Fe
                    adapt_epochs: int = 150) -> dict:
     """Accuracy on unseen annotators against the number of their own labelled pairs the model may use.
 
-    Each unseen annotator's strictly ordered pairs (in record order) are split into a *support pool* (the
-    first ``pool_size = max(shots)`` pairs) and *queries* (the rest). For ``k`` shots the model sees the
-    first ``k`` support pairs: ``"shared"`` ignores them (one Bradley-Terry reward), ``"pal"`` fits only
-    the user's K simplex weights (:func:`rankalign.personal.adapt_annotator`; 0 shots: the population's mean
-    weights), ``"vpl"`` encodes them into ``z`` (0 shots: the prior mean). Accuracy = the share of query
-    pairs whose preferred response gets the higher reward, averaged over unseen annotators.
+    Each unseen annotator's records (in file order) are split into a *support pool* (the first
+    ``pool_size = max(shots)`` records) and *queries* (the strictly ordered pairs of the rest). For ``k``
+    shots the model sees the first ``k`` support records (``k`` pairs when the records are pairs; every
+    strictly ordered pair of a longer list): ``"shared"`` ignores them (one Bradley-Terry reward), ``"pal"``
+    fits only the user's K simplex weights (:func:`rankalign.personal.adapt_annotator`; 0 shots: the
+    population's mean weights), ``"vpl"`` encodes them into ``z`` (0 shots: the prior mean). Accuracy = the
+    share of query pairs whose preferred response gets the higher reward, averaged over unseen annotators.
 
     Returns ``{"shots": [...], model: [accuracy per shot], model + "_se": [standard error over annotators]}``.
     """
