@@ -503,13 +503,17 @@ def sppo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor
 
         loss = (1/n) sum_i (rho_i - (P_i - 1/2) / beta)^2
 
-    ``P_i = P(y_i beats pi_t | x)``, estimated from a group of samples of pi_t (``grades``, in [0, 1]):
-    the paper averages a preference model's ``P(y_i > y_j)`` over the other samples of the group. With
-    ``grades=None`` the ranking gives ``P_i`` = the share of the others it beats, ties counting 1/2
-    (:func:`win_rates_from_ranks`). Intuition: a response that beats the current policy more often than
-    not gets a higher log-ratio, in proportion to its margin; unlike DPO the targets are absolute, so the
-    objective cannot push log-ratios without bound. With hard ``P`` (1 and 0) on a pair it is
-    ``sppo_hard``. Padding (-1) is excluded.
+    ``P_i = P(y_i beats pi_t | x)``, estimated from a group of n samples of pi_t (``grades``, in [0, 1]).
+    The paper (and the authors' code) average a preference model's ``P(y_i > y_k)`` over *all* n samples,
+    ``y_i`` itself included (``P(y_i > y_i) = 1/2``): ``P_i = (1/n) sum_k P(y_i > y_k)``; pass those as
+    ``grades`` for the paper's targets. With ``grades=None`` the ranking gives the leave-one-out rate
+    ``P_i`` = the share of the *other* n - 1 it beats, ties counting 1/2 (:func:`win_rates_from_ranks`),
+    whose centred value ``P_i - 1/2`` is n/(n-1) times that of the all-samples average of the same hard
+    comparisons. Intuition: a response that beats the current policy more often than not gets a higher
+    log-ratio, in proportion to its margin; unlike DPO the targets are absolute, so the objective cannot
+    push log-ratios without bound. With ``grades=None`` on a strict pair (leave-one-out rates 1 and 0) it
+    is half of ``sppo_hard`` (a mean over the two responses where ``sppo_hard`` sums them). Padding (-1)
+    is excluded.
     """
     ranks = resolve_list_ranks(policy_logps, ranks, None)
     valid = valid_mask(ranks)
