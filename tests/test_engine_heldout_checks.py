@@ -399,3 +399,28 @@ def test_first_logged_loss_is_the_weighted_objective_of_plain_log_probs(tmp_path
         total += record.weight * _own_objective(objective, rho, item.ranks, 0.5)
         weight_sum += record.weight
     assert logged == pytest.approx(total / weight_sum, abs=1e-5)
+
+
+def test_pairs_form_keeps_and_counts_the_tied_pairs_of_longer_lists():
+    """``data_form: pairs`` used to drop the tied pairs of lists of three or more (``ties=False``), so an
+    all-tied list of three vanished without a count, while a tied list of two was kept and counted. Now both
+    are kept and counted (``pair_indices``' documented pairs, ties within the best group for best_vs_rest,
+    within every group for "all"): best_vs_rest on ranks [0, 0, 0] gives its 3 tied pairs, on [0, 1, 1] the 2
+    strict ones; "all" on [0, 1, 1] gives the 2 strict pairs and the tied one."""
+    from types import SimpleNamespace
+
+    from rankalign.data import RankedList
+    from rankalign.train.data import tokenize_training_data
+
+    tokenizer = build_tokenizer(TEXTS * 4, vocab_size=200)
+    records = [RankedList(prompt="p", candidates=["a", "b", "c"], ranks=[0, 0, 0]),
+               RankedList(prompt="q", candidates=["d", "e", "f"], ranks=[0, 1, 1]),
+               RankedList(prompt="q", candidates=["d", "e"], ranks=[0, 0])]
+    config = SimpleNamespace(data_form="pairs", pair_strategy="best_vs_rest", max_prompt_tokens=None,
+                             max_response_tokens=None, on_empty="drop")
+    lists, report = tokenize_training_data(tokenizer, records, config)
+    assert len(lists) == 3 + 2 + 1
+    assert report.unordered_lists["all_tied"] == 3 + 1
+    config.pair_strategy = "all"
+    lists, report = tokenize_training_data(tokenizer, records, config)
+    assert len(lists) == 3 + 3 + 1 and report.unordered_lists["all_tied"] == 3 + 1 + 1

@@ -208,7 +208,8 @@ class TrainConfig:
         model directory's tokenizer.
         ``data``: a data file read by :func:`rankalign.data.read` with ``data_options`` (e.g.
         ``layout``, ``map``); ``data_form``: ``lists`` (keep ranked lists whole) or ``pairs`` (decompose
-        with ``pair_strategy``). ``max_records`` keeps the first N records (0 = all). ``eval_split``: the
+        with ``pair_strategy``, tied pairs included: the tokenization report counts them as unordered lists,
+        pair objectives give them zero loss, tie-aware ones learn from them). ``max_records`` keeps the first N records (0 = all). ``eval_split``: the
         share of distinct prompts held out (0 = none); the split is drawn on the whole file with
         ``eval_split_seed`` (``max_records`` then caps the training side only) and written to
         ``output_dir/split/{train,heldout}.jsonl`` (``rankalign eval --run OUTPUT_DIR``).

@@ -266,7 +266,10 @@ def tokenize_training_data(tokenizer, records_or_lists, config):
         expanded = []
         for record in items:
             if isinstance(record, RankedList) and record.k > 2:
-                expanded.extend(record.to_pairs(config.pair_strategy, ties=False))
+                # tied pairs included, as a tied list of two passes through: the report counts them under
+                # unordered_lists, strict pair objectives give them zero loss, tie-aware ones learn from them
+                # (dropping them dropped an all-tied list of three or more without a count)
+                expanded.extend(record.to_pairs(config.pair_strategy, ties=True))
             else:
                 expanded.append(record)
         items = expanded
