@@ -107,6 +107,9 @@ def test_win_rates_from_ranks_by_hand():
     rates = win_rates_from_ranks(torch.tensor([[0, 1, 1, 2], [0, -1, -1, -1]]))
     assert rates[0].tolist() == pytest.approx([1.0, 0.5, 0.5, 0.0])
     assert rates[1, 0].item() == 0.5
+    # SPPO's estimator: the mean over all 4 samples, itself counting 1/2: (3 + 1/2)/4, (1 + 1/2 + 1/2)/4, ...
+    paper = win_rates_from_ranks(torch.tensor([[0, 1, 1, 2]]), estimator="all_samples")
+    assert paper[0].tolist() == pytest.approx([3.5 / 4, 2 / 4, 2 / 4, 0.5 / 4])
 
 
 def test_sppo_by_hand_and_against_sppo_hard():
@@ -115,7 +118,9 @@ def test_sppo_by_hand_and_against_sppo_hard():
     assert loss.item() == pytest.approx(((0.1 - 0.5) ** 2 + (-0.2 + 0.5) ** 2) / 2)
     # hard win probabilities on a pair: half of sppo_hard's per-pair loss (a mean over 2 responses)
     hard = get("sppo_hard")(policy, ref, beta=0.5)
-    assert get("sppo")(policy, ref, beta=0.5).item() == pytest.approx(hard.item() / 2)
+    assert get("sppo")(policy, ref, beta=0.5, estimator="leave_one_out").item() == pytest.approx(hard.item() / 2)
+    # the paper's estimator (the default): the mean over both samples, itself included at 1/2 -> 3/4, 1/4
+    assert get("sppo")(policy, ref, beta=0.5).item() == pytest.approx(loss.item())
 
 
 def test_finite_gradients_at_extremes():

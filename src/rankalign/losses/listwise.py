@@ -476,26 +476,42 @@ def best_vs_rest(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks
     return best_pairs.mean(_dpo_per_pair(chosen, rejected))
 
 
-def win_rates_from_ranks(ranks: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Each candidate's share of the other candidates it beats, ties counting 1/2: ``(#below + #tied/2) / (n-1)``.
+#: How :func:`sppo` estimates ``P(y_i beats the policy)`` from a ranking (see :func:`win_rates_from_ranks`).
+SPPO_ESTIMATORS = ("all_samples", "leave_one_out")
 
-    The empirical estimate of ``P(y_i beats the policy)`` from one ranked group of samples (0.5 for a
-    group of one and at padding, where it is never used).
+
+def win_rates_from_ranks(ranks: Tensor, dtype: torch.dtype = torch.float32, *,
+                         estimator: str = "leave_one_out") -> Tensor:
+    """The empirical ``P(y_i beats the policy)`` of each candidate of a ranked group of n samples, ties 1/2.
+
+    * ``"leave_one_out"``: the share of the *other* n - 1 it beats, ``(#below + #tied/2) / (n - 1)``;
+    * ``"all_samples"``: SPPO's estimator (Wu et al. 2024, and the authors' code), the mean of
+      ``P(y_i > y_k)`` over all n samples with ``P(y_i > y_i) = 1/2``: ``(#below + #tied/2 + 1/2) / n``.
+      Its centred value ``P_i - 1/2`` is (n - 1)/n times the leave-one-out one.
+
+    0.5 for a group of one and at padding (where it is never used).
     """
+    if estimator not in SPPO_ESTIMATORS:
+        raise ValueError(f"estimator must be one of {SPPO_ESTIMATORS}, got {estimator!r}")
     valid = valid_mask(ranks)
     both = valid.unsqueeze(2) & valid.unsqueeze(1)
     below = ((ranks.unsqueeze(2) < ranks.unsqueeze(1)) & both).sum(2).to(dtype)
     tied = ((ranks.unsqueeze(2) == ranks.unsqueeze(1)) & both).sum(2).to(dtype) - 1  # minus itself
     others = (valid.sum(1, keepdim=True) - 1).to(dtype)
-    rates = (below + 0.5 * tied.clamp_min(0)) / others.clamp_min(1)
+    if estimator == "all_samples":
+        rates = (below + 0.5 * tied.clamp_min(0) + 0.5) / (others + 1).clamp_min(1)
+    else:
+        rates = (below + 0.5 * tied.clamp_min(0)) / others.clamp_min(1)
     return torch.where(valid & (others > 0), rates, torch.full_like(rates, 0.5))
 
 
 @register("sppo", family="listwise",
           paper="Wu, Sun, Yuan, Ji, Yang, Gu, Self-Play Preference Optimization for Language Model Alignment, "
-                "ICLR 2025 (arXiv:2405.00675)")
+                "ICLR 2025 (arXiv:2405.00675)",
+          ranges={"estimator": Range(kind="choice", choices=SPPO_ESTIMATORS)})
 def sppo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor | None = None,
-         lengths: Tensor | None = None, grades: Tensor | None = None, beta: float = 0.1) -> Tensor:
+         lengths: Tensor | None = None, grades: Tensor | None = None, beta: float = 0.1,
+         estimator: str = "all_samples") -> Tensor:
     """Self-Play Preference Optimisation with soft win probabilities (SPPO; Wu et al., ICLR 2025, Eq. 4.7).
 
     Each sampled response's log-ratio against the previous self-play policy is regressed onto its
@@ -506,19 +522,19 @@ def sppo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor
     ``P_i = P(y_i beats pi_t | x)``, estimated from a group of n samples of pi_t (``grades``, in [0, 1]).
     The paper (and the authors' code) average a preference model's ``P(y_i > y_k)`` over *all* n samples,
     ``y_i`` itself included (``P(y_i > y_i) = 1/2``): ``P_i = (1/n) sum_k P(y_i > y_k)``; pass those as
-    ``grades`` for the paper's targets. With ``grades=None`` the ranking gives the leave-one-out rate
-    ``P_i`` = the share of the *other* n - 1 it beats, ties counting 1/2 (:func:`win_rates_from_ranks`),
-    whose centred value ``P_i - 1/2`` is n/(n-1) times that of the all-samples average of the same hard
-    comparisons. Intuition: a response that beats the current policy more often than not gets a higher
-    log-ratio, in proportion to its margin; unlike DPO the targets are absolute, so the objective cannot
-    push log-ratios without bound. With ``grades=None`` on a strict pair (leave-one-out rates 1 and 0) it
-    is half of ``sppo_hard`` (a mean over the two responses where ``sppo_hard`` sums them). Padding (-1)
-    is excluded.
+    ``grades`` for soft preferences. With ``grades=None`` the ranking's hard comparisons give ``P_i``
+    (:func:`win_rates_from_ranks`, ties counting 1/2) by the paper's estimator, ``estimator="all_samples"``:
+    ``(#below + #tied/2 + 1/2) / n``, e.g. 3/4 and 1/4 on a strict pair. ``estimator="leave_one_out"``
+    averages over the *other* n - 1 samples instead (1 and 0 on a strict pair: then the loss is half of
+    ``sppo_hard``, a mean over the two responses where ``sppo_hard`` sums them); its centred targets are
+    n/(n-1) times the paper's. Intuition: a response that beats the current policy more often than not
+    gets a higher log-ratio, in proportion to its margin; unlike DPO the targets are absolute, so the
+    objective cannot push log-ratios without bound. Padding (-1) is excluded.
     """
     ranks = resolve_list_ranks(policy_logps, ranks, None)
     valid = valid_mask(ranks)
     if grades is None:
-        rates = win_rates_from_ranks(ranks, policy_logps.dtype)
+        rates = win_rates_from_ranks(ranks, policy_logps.dtype, estimator=estimator)
     else:
         rates = list_tensor(grades, policy_logps, valid, "grades", fill=0.5)
     rho = _scaled_log_ratios(policy_logps, ref_logps, valid, 1.0)
