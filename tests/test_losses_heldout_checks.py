@@ -141,7 +141,7 @@ PAIRWISE_CASES = [
     ("f_dpo", {"beta": 0.3, "divergence": "alpha", "alpha": 0.3}), ("bco_pair", {"beta": 0.2, "delta": 0.3}),
 ]
 NO_REFERENCE = {"simpo", "cpo", "orpo"}
-WITH_LENGTHS = {"simpo", "orpo", "ln_dpo", "pro"}
+WITH_LENGTHS = {"simpo", "orpo", "ln_dpo", "r_dpo", "pro"}
 
 
 def random_lists(seed, batch, k):

@@ -14,9 +14,9 @@ torch = pytest.importorskip("torch")
 import rankalign.losses.pairwise  # noqa: E402,F401  (registers the pairwise objectives)
 from rankalign.losses import get, names  # noqa: E402
 
-PAIRWISE = ["dpo", "robust_dpo", "ipo", "hinge", "simpo", "cpo", "orpo", "ln_dpo", "soft_dpo", "exo", "nca",
-            "apo_zero", "apo_down", "sppo_hard", "discopop", "f_dpo"]
-NEEDS_LENGTHS = {"simpo", "orpo", "ln_dpo"}
+PAIRWISE = ["dpo", "robust_dpo", "ipo", "hinge", "r_dpo", "dpop", "simpo", "cpo", "orpo", "ln_dpo", "soft_dpo",
+            "exo", "nca", "apo_zero", "apo_down", "sppo_hard", "discopop", "f_dpo"]
+NEEDS_LENGTHS = {"r_dpo", "simpo", "orpo", "ln_dpo"}
 
 
 def softplus(x):  # -log sigma(-x) = log(1 + e^x), by hand
@@ -63,6 +63,10 @@ HAND = [
     # hinge beta = 0.1: max(0, 1 - 0.15) = 0.85; beta = 1: max(0, 1 - 1.5) = 0
     ("hinge", {"beta": 0.1}, 0.85),
     ("hinge", {"beta": 1.0}, 0.0),
+    # R-DPO beta = 0.1, alpha = 0.05: 0.1 * 1.5 + 0.05 * (4 - 2) = 0.25 (length term outside beta)
+    ("r_dpo", {"beta": 0.1, "alpha": 0.05}, nls(0.25)),
+    # DPOP: rho_w = 1 >= 0, so no penalty: DPO's -log sigma(0.15) whatever lambda
+    ("dpop", {"beta": 0.1, "dpop_lambda": 50.0}, nls(0.15)),
     # SimPO beta = 2, gamma = 0.5: 2 * (-1/4 - -3/2) - 0.5 = 2 * 1.25 - 0.5 = 2.0
     ("simpo", {"beta": 2.0, "gamma": 0.5}, nls(2.0)),
     # CPO beta = 0.1, alpha = 1: -log sigma(0.1 * (-1 - -3)) + 1 * 1 (summed NLL of the winner)
@@ -199,6 +203,10 @@ def _kwargs(name, k):
         kwargs["label_smoothing"] = 0.1
     if name == "robust_dpo":
         kwargs["label_smoothing"] = 0.2
+    if name == "r_dpo":
+        kwargs["alpha"] = 0.3
+    if name == "dpop":
+        kwargs["dpop_lambda"] = 5.0
     return kwargs
 
 
@@ -529,7 +537,7 @@ def test_invalid_settings_raise():
         get("dpo")(policy, ref, label_smoothing=1.5)
     with pytest.raises(ValueError, match="label_smoothing"):
         get("exo")(policy, ref, label_smoothing=0.0)
-    for name in ("simpo", "orpo", "ln_dpo"):
+    for name in ("r_dpo", "simpo", "orpo", "ln_dpo"):
         with pytest.raises(ValueError, match="lengths"):
             get(name)(policy, ref)
     with pytest.raises(ValueError, match="lengths"):

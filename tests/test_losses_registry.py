@@ -10,7 +10,7 @@ from rankalign import losses  # noqa: E402
 from rankalign.losses import FAMILIES, get, names  # noqa: E402
 
 STABLE_NAMES = [
-    "dpo", "robust_dpo", "ipo", "hinge", "simpo", "cpo", "orpo", "ln_dpo", "soft_dpo", "exo", "nca",
+    "dpo", "robust_dpo", "ipo", "hinge", "r_dpo", "dpop", "simpo", "cpo", "orpo", "ln_dpo", "soft_dpo", "exo", "nca",
     "apo_zero", "apo_down", "sppo_hard", "discopop", "f_dpo", "pl_dpo", "pro", "lipo_lambda",
     "all_pairs_dpo", "listnet", "best_vs_rest", "kto", "bco", "bco_pair", "apo_zero_unpaired",
     "bt_reward", "pl_reward", "davidson_reward", "bce_reward", "rating_regression",

@@ -105,6 +105,8 @@ PARAM_RANGES: dict[str, Range] = {
     "delta": FINITE,
     "z0": FINITE,
     "discopop_tau": POSITIVE,
+    # DPOP's weight on the preferred response's likelihood drop below the reference (0 is DPO)
+    "dpop_lambda": NON_NEGATIVE,
     # PPO/GRPO clip range [1 - eps, 1 + eps] of the importance ratio
     "clip_epsilon": Range(0.0, 1.0, low_open=True, high_open=True),
     "length_normalize": BOOL,

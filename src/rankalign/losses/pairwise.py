@@ -198,6 +198,87 @@ def hinge(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tenso
     return pairwise_ratio_loss(per_pair, policy_logps, ref_logps, ranks)
 
 
+@register("r_dpo", family="pairwise",
+          paper="Park, Rafailov, Ermon, Finn, Disentangling Length from Quality in Direct Preference "
+                "Optimization, Findings of ACL 2024 (arXiv:2403.19159)")
+def r_dpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor | None = None,
+          lengths: Tensor | None = None, grades: Tensor | None = None, beta: float = 0.1, alpha: float = 0.05,
+          label_smoothing: float = 0.0) -> Tensor:
+    """Length-regularised DPO (R-DPO; Park, Rafailov, Ermon and Finn, Findings of ACL 2024).
+
+    Per pair, with ``|y|`` the response's token count::
+
+        loss = -log sigma(beta h + alpha (|y_w| - |y_l|)),   h = rho_w - rho_l   (summed log-ratios)
+
+    Derivation and sign: the paper regularises the RLHF objective with a length penalty,
+    max E[r(x, y) - alpha |y|] - beta KL(pi || pi_ref). Its optimal policy gives
+    r(x, y) = beta rho(y) + alpha |y| + beta log Z(x), and the Bradley-Terry likelihood of the preference
+    under that reward is the loss above: the length term enters with a **plus** sign, outside beta.
+    Intuition: the part of a preference that the length difference already explains (a longer winner)
+    no longer has to be explained by the policy's log-ratios, so a pair whose winner is longer pushes
+    less and one whose winner is shorter pushes more; the implicit reward beta * rho is the
+    length-penalised reward, which stops DPO's drift towards ever longer answers. (Writing
+    ``- alpha (|y_w| - |y_l|)`` instead, as some re-implementations do, would reward length.)
+
+    ``alpha`` (>= 0) is the paper's alpha, in logits per token of length difference; alpha = 0 is DPO.
+    Neither the paper nor TRL fixes a default (TRL has no R-DPO; its ``ld_alpha`` is LD-DPO and its
+    ``rpo_alpha`` is RPO's NLL weight, both different methods). The paper tunes alpha per dataset; the
+    default 0.05 is our choice of a small value, not the paper's. Its effect scales with the typical
+    token-length gap of the data (a 20-token gap at alpha = 0.05 shifts the logit by 1), so tune it
+    together with beta. ``label_smoothing`` eps > 0
+    applies the cDPO smoothing -(1 - eps) log sigma(m) - eps log sigma(-m) to the logit m (not in the
+    paper; default 0). Needs ``lengths`` (``rankalign train`` passes each response's token count).
+    ``ref_logps=None``: reference-free (rho = log pi_theta). K > 2, ties, padding: the module's pair
+    decomposition.
+    """
+    lengths = _require_lengths(lengths, "r_dpo", policy_logps)
+
+    def per_pair(rho_w, rho_l, len_chosen, len_rejected):
+        margin = beta * (rho_w - rho_l) + alpha * (len_chosen - len_rejected)
+        return _logistic_pair(margin, label_smoothing)
+
+    return pairwise_ratio_loss(per_pair, policy_logps, ref_logps, ranks, lengths)
+
+
+@register("dpop", family="pairwise",
+          paper="Pal, Karkhanis, Dooley, Roberts, Naidu, White, Smaug: Fixing Failure Modes of Preference "
+                "Optimisation with DPO-Positive, arXiv 2024 (arXiv:2402.13228)")
+def dpop(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor | None = None,
+         lengths: Tensor | None = None, grades: Tensor | None = None, beta: float = 0.1,
+         dpop_lambda: float = 50.0) -> Tensor:
+    """DPO-Positive (DPOP; Pal et al., "Smaug", 2024).
+
+    Per pair, with summed (sequence) log-ratios as in DPO::
+
+        loss = -log sigma(beta * (rho_w - rho_l - lambda * max(0, -rho_w))),
+        max(0, -rho_w) = max(0, log pi_ref(y_w|x) - log pi_theta(y_w|x))
+
+    The penalty sits inside the beta-scaled logit, on the whole-sequence log-probabilities of the
+    preferred response (the paper's L_DPOP).
+
+    Intuition: DPO only needs the *gap* rho_w - rho_l to grow, and on pairs that differ in a few tokens
+    it often gets there by lowering the preferred response's likelihood too (the failure mode the paper
+    proves and observes). DPOP adds a hinge that is zero while the policy keeps the preferred response
+    at least as likely as the reference does (rho_w >= 0; the gradient is then exactly DPO's) and
+    otherwise charges lambda per nat that the preferred response lost.
+
+    ``dpop_lambda`` (>= 0; ``lambda`` is a Python keyword) is the paper's lambda; 0 is DPO. Default 50:
+    the larger of the two values the paper trains with (50, and 5 on some datasets) and the default of
+    public DPOP implementations (which call it ``dpop_lambda`` too); treat it as a per-dataset setting.
+    At beta = 0.1 it charges 5 logits per nat the preferred response drops. TRL has no DPOP loss. No label smoothing: flipping the logit
+    would turn the penalty into a reward for lowering the preferred response. ``lengths``/``grades`` are
+    unused. ``ref_logps=None``: reference-free (rho = log pi_theta, so the hinge is -log pi_theta(y_w),
+    always active: the module's uniform-reference convention). K > 2, ties, padding: the module's pair
+    decomposition, so a candidate's penalty enters once for every pair it wins.
+    """
+
+    def per_pair(rho_w, rho_l):
+        penalty = torch.relu(-rho_w)
+        return -F.logsigmoid(beta * (rho_w - rho_l - dpop_lambda * penalty))
+
+    return pairwise_ratio_loss(per_pair, policy_logps, ref_logps, ranks)
+
+
 # ------------------------------------------------------------------------------- reference-free family
 @register("simpo", family="pairwise", reference_free=True,
           paper="Meng, Xia, Chen, SimPO: Simple Preference Optimization with a Reference-Free Reward, "
