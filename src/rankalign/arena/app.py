@@ -173,7 +173,7 @@ class Arena:
         }
         self.index = {item["id"]: i for i, item in enumerate(self.items)}
         self.belief_lock = threading.Lock()
-        self.seen_vote = 0
+        self.seen_vote, self.seen_count = 0, 0  # the largest vote id and the number of votes in the belief
         self.pairs = [np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)]  # first, second, outcome
         self.belief = (np.zeros(len(self.items)), np.eye(len(self.items)) * prior_variance)
         self.board_lock = threading.Lock()
@@ -183,10 +183,17 @@ class Arena:
     def current_belief(self):
         with self.belief_lock:
             rows = db.vote_rows(self.engine, after_id=self.seen_vote)
+            if db.vote_count(self.engine) > self.seen_count + len(rows):
+                # a vote committed after one with a larger id (concurrent PostgreSQL transactions take ids
+                # from a sequence before they commit): reading on from the largest id would skip it for good
+                rows = db.vote_rows(self.engine)
+                self.pairs = [np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)]
+                self.seen_count = 0
             if rows:
                 new = vote_comparisons([([self.index[c] for c in row.candidates], list(row.ranks)) for row in rows])
                 self.pairs = [np.concatenate([old, more]) for old, more in zip(self.pairs, new)]
-                self.seen_vote = rows[-1].id
+                self.seen_vote = max(self.seen_vote, rows[-1].id)
+                self.seen_count += len(rows)
                 self.belief = bt_posterior(len(self.items), *self.pairs, prior_variance=self.prior_variance)
             return self.belief
 
@@ -234,6 +241,8 @@ class Arena:
                         result, _ = fit_file(path, model=model, prior=prior, reference=reference)
                         board = result.to_scale("natural" if scale == "logit" else scale).to_dict()
                     except (DataError, ValueError) as error:
+                        if isinstance(error, DataError):  # the line is the vote's line in the export
+                            error = DataError(error.message, line=error.line, field=error.field)
                         board = {"model": None, "scale": scale, "items": [],
                                  "error": str(error).replace(str(path) + ": ", "")}
                 board["votes"] = len(records)

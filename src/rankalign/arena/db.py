@@ -214,6 +214,14 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def utc_iso(moment: datetime | None) -> str | None:
+    """A stored time as ISO 8601 in UTC with its offset, the same text from every backend: SQLite gives the
+    UTC time back without a zone, PostgreSQL with the session's zone."""
+    if moment is None:
+        return None
+    return (moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)).isoformat()
+
+
 # ------------------------------------------------------------------------------------------- writes
 def load_items(engine: Engine, records: list[dict]) -> dict:
     """Insert validated item records (see :func:`rankalign.arena.items.read_items`); return counts.
@@ -260,17 +268,18 @@ def insert_vote(engine: Engine, annotator_id: int, quota: int | None, vote: dict
 
     The annotator's row is locked first (``SELECT ... FOR UPDATE`` on PostgreSQL, the database write lock
     of ``BEGIN IMMEDIATE`` on SQLite), so that a retry racing its original and the quota check see every
-    earlier vote of this annotator. A replayed ``request_id`` whose content differs raises ValueError.
+    earlier vote of this annotator. A replayed ``request_id`` whose content differs (candidates, ranks, prompt
+    or comment) raises ValueError.
     Raises PermissionError when the annotator's quota is used up.
     """
     with engine.begin() as connection:
         connection.execute(select(annotators.c.id).where(annotators.c.id == annotator_id).with_for_update())
         existing = connection.execute(
-            select(votes.c.id, votes.c.candidates, votes.c.ranks, votes.c.prompt_id)
+            select(votes.c.id, votes.c.candidates, votes.c.ranks, votes.c.prompt_id, votes.c.comment)
             .where(votes.c.annotator_id == annotator_id, votes.c.request_id == vote["request_id"])).first()
         if existing is not None:
             same = (list(existing.candidates) == vote["candidates"] and list(existing.ranks) == vote["ranks"]
-                    and existing.prompt_id == vote["prompt_id"])
+                    and existing.prompt_id == vote["prompt_id"] and existing.comment == vote.get("comment"))
             if not same:
                 raise ValueError(f"request_id {vote['request_id']!r} was already used for a different vote")
             return existing.id, False
@@ -345,7 +354,7 @@ def annotator_table(engine: Engine) -> list[dict]:
             .select_from(annotators.outerjoin(votes, votes.c.annotator_id == annotators.c.id))
             .group_by(annotators.c.id).order_by(annotators.c.id)).all()
     return [{"name": r.name, "admin": bool(r.is_admin), "quota": r.quota, "votes": int(r.votes),
-             "created_at": r.created_at.isoformat() if r.created_at else None} for r in rows]
+             "created_at": utc_iso(r.created_at)} for r in rows]
 
 
 def dumps(value) -> str:

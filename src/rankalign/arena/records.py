@@ -9,7 +9,8 @@ export is read by ``rankalign data inspect``, ``rankalign rate`` and ``rankalign
   the ids) -- what ``rankalign train`` needs. Votes that cannot be written in this form (no prompt, or two
   items that gave the same response) are counted in the report, never dropped silently.
 
-``meta`` carries the vote id, request id, time and the annotator's rationale (``comment``).
+``meta`` carries the vote id, request id, time (``created_at``: ISO 8601 in UTC, ``+00:00``) and the
+annotator's rationale (``comment``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def vote_records(engine, form: str = "items") -> tuple[list[RankedList], Counter
     for row in db.vote_rows(engine):
         prompt = None if row.prompt_id is None else content["prompts"][row.prompt_id]
         meta = {"vote_id": row.id, "request_id": row.request_id,
-                "created_at": row.created_at.isoformat() if row.created_at else None}
+                "created_at": db.utc_iso(row.created_at)}
         if row.comment:
             meta["comment"] = row.comment
         candidates = list(row.candidates)

@@ -104,7 +104,9 @@ def choose(rule: str, mean, cov, k: int, rng: np.random.Generator, *, allowed: S
     sub_mean, sub_cov = mean[pool], cov[np.ix_(pool, pool)]
     if rule == "info":
         gain = pair_information(sub_mean, sub_cov)
-        flat = _argmax_random(gain.ravel(), rng)
+        pairs = gain.copy()
+        np.fill_diagonal(pairs, -np.inf)  # decided pairs gain 0, as an item against itself does: never pick that
+        flat = _argmax_random(pairs.ravel(), rng)
         chosen = [flat // len(pool), flat % len(pool)]
         while len(chosen) < k:
             total = gain[:, chosen].sum(axis=1)
