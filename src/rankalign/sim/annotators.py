@@ -138,16 +138,15 @@ def pair_probabilities(annotator: Annotator, u_a, u_b) -> tuple[np.ndarray, np.n
     These are the true preference rates alpha that the idealised ranking accuracy needs. The choice
     models are the rating models of :mod:`rankalign.stats` on the utility difference scaled by the
     temperature T: Bradley-Terry sigma(d / T); Thurstone Phi(d / (T sqrt 2)) (each utility perceived with
-    N(0, T^2) noise); Davidson ties with nu = ``tie_strength`` on d / T. Flip noise then swaps win and loss
-    with probability ``flip_rate``.
+    N(0, T^2) noise); Davidson ties with nu = ``tie_strength`` on d / T; deterministic: the larger utility
+    wins, equal utilities tie. Flip noise then swaps win and loss with probability ``flip_rate``.
     """
     u_a, u_b = np.asarray(u_a, dtype=np.float64), np.asarray(u_b, dtype=np.float64)
     t = annotator.temperature
     diff = u_a - u_b
-    if annotator.choice == "deterministic":
-        win = np.where(diff > 0, 1.0, np.where(diff == 0, 0.5, 0.0))
-        tie = np.zeros_like(win)
-        loss_ = 1.0 - win
+    if annotator.choice == "deterministic":  # equal utilities share a rank (sample_ranks): a sure tie
+        win, tie, loss_ = ((diff > 0).astype(np.float64), (diff == 0).astype(np.float64),
+                           (diff < 0).astype(np.float64))
     elif annotator.choice == "thurstone":
         win, tie, loss_ = rating_model_probabilities("thurstone", diff / (t * math.sqrt(2.0)), {})
     elif annotator.tie_strength > 0:

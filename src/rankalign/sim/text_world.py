@@ -16,9 +16,13 @@ The gold reward (documented, linear in four *utility components* of the text)
     * ``on_topic``: the number of *distinct* nouns of the prompt's topic in the response;
     * ``off_topic``: occurrences of nouns of other topics;
     * ``repeats``: noun occurrences beyond the first of each noun (repetition);
-    * ``words``: whitespace-separated tokens, punctuation included (the length component: a small
+    * ``words``: the response's tokens, words and ``.`` alike (the length component: a small
       per-token bonus, so that a policy can gain gold reward by being longer, and an annotator group
       that weighs length more can be exploited by growing responses).
+
+    A response is read as its tokens (:func:`response_tokens`): whitespace-separated, with ``.`` a token of
+    its own even when attached to a word, so ``"a red wave."`` (how a tokenizer's ``decode`` joins a word
+    and the full stop after it) counts as ``"a red wave ."`` does.
 
     The components are what simulated annotators see (:mod:`rankalign.sim.annotators`): an annotator's
     utility is its own weights on them, the gold weights by default.
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -119,12 +124,21 @@ def prompt_topic(prompt: str) -> str:
     return words[1]
 
 
+_TOKEN = re.compile(r"\.|[^\s.]+")
+
+
+def response_tokens(response: str) -> list[str]:
+    """The tokens of a response: whitespace-separated words, with ``.`` always a token of its own
+    (``"big."`` is ``["big", "."]``, as the word-level tokenizer reads it)."""
+    return _TOKEN.findall(response)
+
+
 def reward_components(prompt: str, response: str) -> np.ndarray:
     """``(on_topic, off_topic, repeats, words)`` of a response (module docstring)."""
     topic = prompt_topic(prompt)
     if not isinstance(response, str):
         raise UsageError(f"a response is a string, got {type(response).__name__}")
-    words = response.split()
+    words = response_tokens(response)
     nouns = [w for w in words if w in _TOPIC_OF_NOUN]
     counts = Counter(nouns)
     on_topic = sum(1 for n in counts if _TOPIC_OF_NOUN[n] == topic)
@@ -385,7 +399,8 @@ class Timer:
 
 __all__ = [
     "TOPICS", "ADJECTIVES", "COMPONENTS", "GOLD_WEIGHTS", "TextWorld", "make_text_world", "vocabulary",
-    "prompt_topic", "reward_components", "gold_reward", "sample_reference_response", "grammar_ranked_lists",
+    "prompt_topic", "response_tokens", "reward_components", "gold_reward", "sample_reference_response",
+    "grammar_ranked_lists",
     "GoldJudge", "gold_judge",
     "build_text_tokenizer",
     "train_reference_policy", "sample_responses", "response_logps", "Timer",
