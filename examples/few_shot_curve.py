@@ -16,7 +16,7 @@ for a new user). Writes the plot and a JSON of the numbers.
 
 Run::
 
-    python examples/few_shot_curve.py --out few_shot.png
+    python examples/few_shot_curve.py --out runs/few_shot.png
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def write_plot(curve, path, title):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("few_shot.png"), help="PNG of the curve (JSON beside it)")
+    parser.add_argument("--out", type=Path, default=Path("runs/few_shot.png"), help="PNG of the curve (JSON beside it)")
     parser.add_argument("--backbone", choices=["minilm", "tiny"], default="minilm")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-per-group", type=int, default=30)

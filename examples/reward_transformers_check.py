@@ -3,6 +3,10 @@
     rankalign reward score MODEL_DIR DATA --max-records 64 [--max-tokens N] -o scores.jsonl
     python examples/reward_transformers_check.py MODEL_DIR DATA scores.jsonl [--max-records 64] [--max-tokens N]
 
+``--max-tokens`` defaults, as in ``reward score``, to the ``max_length`` in ``MODEL_DIR/train_config.yaml``;
+a causal model's prompt then keeps its last ``ceil(N / 2)`` tokens, as :func:`rankalign.reward.prepare_lists`
+cuts it, so every response keeps at least half of the budget.
+
 Loads ``MODEL_DIR`` with ``AutoModelForSequenceClassification.from_pretrained`` (reporting any weight it had
 to initialise: there must be none), builds each (prompt, response) input the documented way --
 :func:`rankalign.engine.tokenize_records` (BOS + prompt + response + EOS) for causal backbones,
@@ -22,14 +26,29 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def _trained_max_length(model_dir: str) -> int | None:
+    """The ``max_length`` ``reward train`` saved beside the model, which ``reward score`` cuts to by default."""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(model_dir) / "train_config.yaml"
+    saved = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    value = saved.get("max_length") if isinstance(saved, dict) else None
+    return value if isinstance(value, int) and value > 0 else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model_dir")
     parser.add_argument("data")
     parser.add_argument("scores", help="the JSONL written by `rankalign reward score`")
     parser.add_argument("--max-records", type=int, default=64)
-    parser.add_argument("--max-tokens", type=int, default=None, help="as given to `reward score`")
+    parser.add_argument("--max-tokens", type=int, default=None,
+                        help="as given to `reward score` (default: MODEL_DIR/train_config.yaml's max_length)")
     args = parser.parse_args()
+    if args.max_tokens is None:
+        args.max_tokens = _trained_max_length(args.model_dir)
 
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -52,7 +71,8 @@ def main() -> None:
     got = []
     with torch.no_grad():
         if settings["kind"] == "causal":
-            lists, _ = tokenize_records(tokenizer, records, max_length=args.max_tokens)
+            max_prompt = None if args.max_tokens is None else args.max_tokens - args.max_tokens // 2
+            lists, _ = tokenize_records(tokenizer, records, max_length=args.max_tokens, max_prompt_tokens=max_prompt)
             for item in lists:
                 got.append([float(classifier(input_ids=torch.tensor([item.prompt_ids + response])).logits[0, 0])
                             for response in item.response_ids])
