@@ -92,3 +92,27 @@ def test_adding_an_annotator_leaves_the_population_mean_as_it_was(kind, tmp_path
     loaded = load_personal_reward(tmp_path)
     np.testing.assert_allclose(loaded.rewards(x, None), population, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(loaded.rewards(x, "new"), adapted.rewards(x, "new"), rtol=1e-12, atol=1e-12)
+
+
+def test_backbone_features_from_a_causal_backbone_are_its_last_token_states():
+    """``backbone_features`` zeroed the identity head's bias, which a causal reward model's head does not have
+    (AttributeError on ``None.zero_()``); the feature of a candidate is the backbone's final hidden state at
+    the last token of BOS + prompt + response + EOS, computed here with a plain forward."""
+    import torch
+
+    from rankalign.data import RankedList
+    from rankalign.engine import build_tokenizer, tiny_causal_lm
+    from rankalign.personal import backbone_features
+
+    texts = ["the cat sat", "a dog ran", "on the mat", "in the sun"]
+    tokenizer = build_tokenizer(texts * 4, vocab_size=80)
+    model = tiny_causal_lm(len(tokenizer), hidden_size=16, layers=1, heads=2)
+    records = [RankedList(prompt="the cat", candidates=["sat on the mat", "ran in the sun"], ranks=[0, 1])]
+    features = backbone_features(model, tokenizer, records)
+    base = model.model
+    for candidate in records[0].candidates:
+        ids = ([tokenizer.bos_token_id] + tokenizer("the cat", add_special_tokens=False)["input_ids"]
+               + tokenizer(candidate, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
+        with torch.no_grad():
+            expected = base(input_ids=torch.tensor([ids])).last_hidden_state[0, -1].double().numpy()
+        np.testing.assert_allclose(features("the cat", candidate), expected, rtol=1e-4, atol=1e-5)

@@ -147,3 +147,18 @@ def test_hh_example_config_reads_the_shared_file_and_counts_the_empty_responses(
     assert 0.2 < len(held_out) / len(records) < 0.3
     smol = load_config(root / "examples" / "reward_hh_smollm2.yaml", [f"data={HH}"], cls=RewardTrainConfig)
     assert smol.peft.enabled and smol.layout == "shared"
+
+
+def test_eval_and_history_files_are_strict_json(tmp_path):
+    """``reward train`` wrote ``eval.json`` with ``NaN`` for every empty reliability bin, which is not JSON
+    (``json.loads`` with a strict parser refuses it); it is ``null`` now, as ``reward eval --json`` writes."""
+    _write_pairs(tmp_path / "pairs.jsonl", 40)
+    from rankalign.eval.reward import evaluate_reward_model
+
+    run_reward_config(_config(tmp_path, output_dir=str(tmp_path / "a"), epochs=1), evaluate=evaluate_reward_model)
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    for name in ("eval.json", "train_history.json"):
+        json.loads((tmp_path / "a" / name).read_text(), parse_constant=refuse)

@@ -42,7 +42,8 @@ def backbone_features(backbone, tokenizer, records: Iterable, *, kind: str | Non
     identity = RewardModel(base, num_attributes=hidden, kind=kind)
     with torch.no_grad():
         identity.head.weight.copy_(torch.eye(hidden, dtype=identity.head.weight.dtype))
-        identity.head.bias.zero_()
+        if identity.head.bias is not None:  # a causal backbone's head has none
+            identity.head.bias.zero_()
     records = _as_records(records)
     table: dict = {}
     identity.eval()

@@ -375,13 +375,16 @@ def run_reward_config(config: RewardTrainConfig, *, resume: bool | None = None, 
         metrics = {"accuracy": pairwise_accuracy(scored, held_out), "n": _pairs(held_out)}
     if metrics is not None:
         from rankalign._atomic import atomic_write_json
+        from rankalign._json import plain
 
-        atomic_write_json(output_dir / "eval.json", metrics, default=float)
+        atomic_write_json(output_dir / "eval.json", plain(metrics), allow_nan=False)  # NaN (an empty bin) -> null
     from rankalign._atomic import atomic_write_json
+    from rankalign._json import plain
 
     atomic_write_json(output_dir / "train_history.json",
-                      {"config": dataclasses.asdict(config), "train_records": len(train_records),
-                       "eval_records": len(held_out), "wall_time_s": wall, "steps": history}, default=float)
+                      plain({"config": dataclasses.asdict(config), "train_records": len(train_records),
+                             "eval_records": len(held_out), "wall_time_s": wall, "steps": history}),
+                      allow_nan=False)
     return RewardRunResult(model=model, tokenizer=tokenizer, history=history, eval_metrics=metrics, wall_time=wall,
                            train_records=len(train_records), eval_records=len(held_out), data_report=report,
                            resumed_from=resumed_from,
