@@ -23,9 +23,13 @@ from rankalign.train import OnlineConfig, TrainConfig
 def test_win_probabilities_by_hand():
     scored = RankedList(prompt="p", candidates=["a", "b", "c"], ranks=[0, 1, 1], scores=[1.0, 0.0, 0.0])
     s = 1 / (1 + math.exp(-1.0))  # sigma(1)
-    assert win_probabilities(scored) == pytest.approx([s, (0.5 + (1 - s)) / 2, (0.5 + (1 - s)) / 2])
+    # SPPO's estimator (the default): the mean over all 3 samples, each against itself at 1/2
+    assert win_probabilities(scored) == pytest.approx([(2 * s + 0.5) / 3, (1 - s + 1.0) / 3, (1 - s + 1.0) / 3])
+    loo = win_probabilities(scored, "leave_one_out")
+    assert loo == pytest.approx([s, (0.5 + (1 - s)) / 2, (0.5 + (1 - s)) / 2])
     ranked = RankedList(prompt="p", candidates=["a", "b", "c"], ranks=[0, 1, 1])
-    assert win_probabilities(ranked) == pytest.approx([1.0, 0.25, 0.25])
+    assert win_probabilities(ranked) == pytest.approx([2.5 / 3, 1 / 3, 1 / 3])
+    assert win_probabilities(ranked, "leave_one_out") == pytest.approx([1.0, 0.25, 0.25])
 
 
 def test_curriculum_orders_pairs_from_easy_to_hard():

@@ -104,21 +104,33 @@ def _decode(tokenizer, ids: Sequence[int]) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
-def win_probabilities(record: RankedList) -> list[float]:
-    """Each candidate's estimated ``P(beats the policy)`` within its group (SPPO's soft labels).
+def win_probabilities(record: RankedList, estimator: str = "all_samples") -> list[float]:
+    """Each candidate's estimated ``P(beats the policy)`` within its group of k samples (SPPO's soft labels).
 
-    With scores: the mean over the other candidates of ``sigma(s_i - s_j)`` (Bradley-Terry on the judge's
-    scores). Without: the share of the others ranked below it, ties counting 1/2.
+    ``P(i > j)`` is ``sigma(s_i - s_j)`` with scores (Bradley-Terry on the judge's scores), else 1, 1/2 or 0
+    from the ranking. ``estimator="all_samples"`` (SPPO's, Wu et al. 2024): the mean over all k samples,
+    ``P(i > i) = 1/2`` included; ``"leave_one_out"``: the mean over the other k - 1
+    (:func:`rankalign.losses.listwise.win_rates_from_ranks` computes the same from ranks).
     """
+    from rankalign.losses.listwise import SPPO_ESTIMATORS
+
+    if estimator not in SPPO_ESTIMATORS:
+        raise ValueError(f"estimator must be one of {SPPO_ESTIMATORS}, got {estimator!r}")
     k = record.k
     scores = record.scores
     if scores is not None and all(isinstance(s, (int, float)) for s in scores):
         values = [float(s) for s in scores]
-        return [sum(1.0 / (1.0 + math.exp(values[j] - values[i])) for j in range(k) if j != i) / (k - 1)
-                for i in range(k)]
-    ranks = record.dense_ranks()
-    return [(sum(ranks[j] > ranks[i] for j in range(k)) + 0.5 * sum(ranks[j] == ranks[i] for j in range(k) if j != i))
-            / (k - 1) for i in range(k)]
+
+        def beats(i, j):
+            return 1.0 / (1.0 + math.exp(values[j] - values[i]))
+    else:
+        ranks = record.dense_ranks()
+
+        def beats(i, j):
+            return 1.0 if ranks[i] < ranks[j] else 0.5 if ranks[i] == ranks[j] else 0.0
+    if estimator == "all_samples":
+        return [sum(beats(i, j) if j != i else 0.5 for j in range(k)) / k for i in range(k)]
+    return [sum(beats(i, j) for j in range(k) if j != i) / (k - 1) for i in range(k)]
 
 
 def _distinct_groups(tokenizer, prompts, prompt_ids, completions) -> list[tuple]:
