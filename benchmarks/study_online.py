@@ -6,10 +6,12 @@ the reference policy trained by SFT, 192 lists of K = 4 ranked by the simulated 
 then the offline Plackett-Luce DPO and DPO (pairs) rows and a set of online Plackett-Luce DPO variants,
 each from the same 192 judged groups and judged by the same population:
 
-* ``online``: the demo's row (3 rounds of 64 lists, the offline row's beta, learning rate and epochs);
+* ``online``: the demo's first online row (3 rounds of 64 lists, the offline row's beta, learning rate and
+  epochs); ``replay, 6 rounds, 2 epochs``: its second;
 * ``refresh``: the reference becomes the policy each round (iterative DPO);
 * ``6 rounds``: 6 rounds of 32 lists; ``6 epochs``: 6 epochs per round; ``lr 4e-4``;
-* ``replay``: each round trains on every round's lists so far (``OnlineConfig.replay``); with 6 rounds;
+* ``replay``: each round trains on every round's lists so far (``OnlineConfig.replay``); with 6 rounds,
+  and with 1, 2 or 3 epochs a round (1: about the offline rows' optimiser steps);
 * ``6 rounds, 6 epochs``;
 * ``K = 8, replay, 6 rounds``: lists of 8 samples, half as many (the same 768 judged samples);
 * online DPO (all ordered pairs of each judged list): as the demo's row; with ``replay`` over 6 rounds,
@@ -28,7 +30,7 @@ that difference, :func:`rankalign.eval.paired_win_rate_difference`) and ``RESULT
 whose KL is at most the DPO (pairs) row's, in units of their combined SE (``hypot`` of the two rows' SEs,
 as if the rows were independent) and of the paired SE (both rows are judged on the same prompts against
 the same reference samples, so the prompts' difficulty is shared). Deterministic for a seed (one thread);
-about 9 minutes here.
+about 12 minutes here.
 
 ``--offline-k 8`` gives the offline rows lists of 8 (half as many, the same judged samples), so that they
 and the online rows judge lists of one size; ``--variants`` runs a subset of the online rows.
@@ -59,12 +61,21 @@ VARIANTS = (  # (objective, label, DemoSettings overrides)
     ("pl_dpo", "replay, 6 rounds", {"online_replay": True, "online_rounds": 6}),
     ("pl_dpo", "6 rounds, 6 epochs", {"online_rounds": 6, "online_epochs": 6.0}),
     ("pl_dpo", "K = 8, replay, 6 rounds", {"online_k": 8, "online_replay": True, "online_rounds": 6}),
+    # replay with 1 epoch per round: about as many optimiser steps as the offline rows' 3 epochs (84 against 72)
+    ("pl_dpo", "replay, 6 rounds, 1 epoch", {"online_replay": True, "online_rounds": 6, "online_epochs": 1.0}),
+    ("pl_dpo", "replay, 6 rounds, 2 epochs", {"online_replay": True, "online_rounds": 6, "online_epochs": 2.0}),
+    ("pl_dpo", "K = 8, replay, 6 rounds, 1 epoch",
+     {"online_k": 8, "online_replay": True, "online_rounds": 6, "online_epochs": 1.0}),
     ("dpo", "online", {}),
     ("dpo", "replay, 6 rounds", {"online_replay": True, "online_rounds": 6}),
     ("dpo", "replay, 8 rounds", {"online_replay": True, "online_rounds": 8}),
     ("dpo", "replay, 6 rounds, lr 4e-4", {"online_replay": True, "online_rounds": 6, "online_learning_rate": 4e-4}),
     ("dpo", "replay, 6 rounds, 6 epochs", {"online_replay": True, "online_rounds": 6, "online_epochs": 6.0}),
     ("dpo", "K = 8, replay, 6 rounds", {"online_k": 8, "online_replay": True, "online_rounds": 6}),
+    ("dpo", "replay, 6 rounds, 1 epoch", {"online_replay": True, "online_rounds": 6, "online_epochs": 1.0}),
+    ("dpo", "replay, 6 rounds, 2 epochs", {"online_replay": True, "online_rounds": 6, "online_epochs": 2.0}),
+    ("dpo", "K = 8, replay, 6 rounds, 2 epochs",
+     {"online_k": 8, "online_replay": True, "online_rounds": 6, "online_epochs": 2.0}),
     ("grpo", "lr 3e-4", {"pg_learning_rate": 3e-4}),
     ("grpo", "lr 1e-3", {"pg_learning_rate": 1e-3}),
     ("rloo", "lr 3e-4", {"pg_learning_rate": 3e-4}),

@@ -90,7 +90,8 @@ def test_demo_smoke_runs_end_to_end_and_writes_outputs(tmp_path):
     results = run_demo(str(tmp_path / "out"), settings=settings, console=console, progress=False)
     rows = results["table"]["rows"]
     assert [r["method"] for r in rows] == ["reference", "dpo (pairs)", "pl_dpo (lists)", "lipo_lambda (lists)",
-                                           "online pl_dpo (3 rounds)", "grpo", "rloo"]
+                                           "online pl_dpo (3 rounds)", "online pl_dpo (6 rounds, replay)", "grpo",
+                                           "rloo"]
     for row in rows:  # estimates are written as {"value": v, "se": s}
         win, se = row["gold win rate"]["value"], row["gold win rate"]["se"]
         assert 0.0 <= win <= 1.0 and math.isfinite(se)

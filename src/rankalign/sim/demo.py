@@ -11,7 +11,8 @@
 3b. On-policy rows (:func:`online_stage`, :mod:`rankalign.online`), from the same budget of judged samples
    (192 groups of K = 4) and the same annotator population as judge (:class:`PopulationJudge`):
    online Plackett-Luce DPO over 3 rounds of 64 lists sampled from the current policy (same objective,
-   beta, learning rate and epochs as the offline row, reference fixed), and GRPO and RLOO (24 steps of
+   beta, learning rate and epochs as the offline row, reference fixed); the same over 6 rounds of 32 lists,
+   each round training 2 epochs on every round's lists so far (``replay``); and GRPO and RLOO (24 steps of
    8 groups; rank rewards, since the annotators only rank).
 4. Evaluate every policy (:mod:`rankalign.eval`): gold win rate against the reference policy (± SE over
    prompts), mean gold reward and response length, KL(π‖π_ref) (Monte Carlo, k1), ranking accuracy and
@@ -27,6 +28,7 @@ Deterministic for a seed (single CPU thread).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import numbers
 import os
@@ -56,9 +58,13 @@ METHODS = (
     ("pl_dpo (lists)", "pl_dpo", "lists"),
     ("lipo_lambda (lists)", "lipo_lambda", "lists"),
 )
-# on-policy rows (rankalign.online), from the same budget of judged samples as the rows above
+# on-policy rows (rankalign.online), from the same budget of judged samples as the rows above:
+# (name, objective[, DemoSettings overrides for this row])
 ONLINE_METHODS = (
     ("online pl_dpo (3 rounds)", "pl_dpo"),
+    # each round trains on every round's lists so far; the setting that did best across seeds 0-2 in
+    # benchmarks/study_online.py (README, "On-policy learning")
+    ("online pl_dpo (6 rounds, replay)", "pl_dpo", {"online_rounds": 6, "online_replay": True, "online_epochs": 2.0}),
     ("grpo", "grpo"),
     ("rloo", "rloo"),
 )
@@ -233,7 +239,8 @@ def online_stage(reference, tokenizer, world, population, prompts, budget_lists:
     or, with ``settings.online_judge == "reward_model"``, by a reward model fitted on ``judge_lists`` (the
     annotated lists, :func:`fit_reward_judge`).
     Returns ``{"name", "row", "rewards", "trajectory", "history"}`` per row
-    (``methods``: ``(name, objective)`` pairs, a subset of :data:`ONLINE_METHODS` by default all).
+    (``methods``: ``(name, objective)`` pairs, or ``(name, objective, overrides)`` with
+    :class:`DemoSettings` fields for that row only; by default :data:`ONLINE_METHODS`).
     """
     import torch
 
@@ -249,7 +256,9 @@ def online_stage(reference, tokenizer, world, population, prompts, budget_lists:
         reward_judge = fit_reward_judge(reference, tokenizer, judge_lists, settings)
     judged_by = "the annotator population" if reward_judge is None else "a reward model fitted on the annotated lists"
     out = []
-    for name, objective in methods:
+    base_settings = settings
+    for name, objective, *overrides in methods:
+        settings = dataclasses.replace(base_settings, **overrides[0]) if overrides else base_settings
         judge = reward_judge if reward_judge is not None else PopulationJudge(
             world, population, np.random.default_rng([settings.seed, 11]))
         policy = copy.deepcopy(reference)
@@ -293,7 +302,7 @@ def online_stage(reference, tokenizer, world, population, prompts, budget_lists:
             epochs = settings.epochs if settings.online_epochs is None else settings.online_epochs
             config = TrainConfig(model="tiny:llama", objective=objective, loss_params={"beta": settings.beta},
                                  lr=lr, epochs=epochs, batch_size=settings.batch_size,
-                                 seed=settings.seed, output_dir=os.path.join(runs, "online_" + objective), report_to=[],
+                                 seed=settings.seed, output_dir=os.path.join(runs, f"online_{len(out)}_{objective}"), report_to=[],
                                  save_steps=0, progress=progress, logging_steps=1, resume=False, bf16=False)
             online = OnlineConfig(enabled=True, rounds=settings.online_rounds, k=k,
                                   prompts_per_round=per_round, max_new_tokens=40, replay=settings.online_replay,
