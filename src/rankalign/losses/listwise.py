@@ -480,29 +480,38 @@ def best_vs_rest(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks
 SPPO_ESTIMATORS = ("all_samples", "leave_one_out")
 
 
-def win_rates_from_ranks(ranks: Tensor, dtype: torch.dtype = torch.float32, *,
-                         estimator: str = "leave_one_out") -> Tensor:
-    """The empirical ``P(y_i beats the policy)`` of each candidate of a ranked group of n samples, ties 1/2.
+def sppo_win_rates(pairwise: Tensor, valid: Tensor, estimator: str = "all_samples") -> Tensor:
+    """Each candidate's ``P(y_i beats the policy)`` from the pairwise ``P(y_i > y_j)`` of its group of n samples.
 
-    * ``"leave_one_out"``: the share of the *other* n - 1 it beats, ``(#below + #tied/2) / (n - 1)``;
-    * ``"all_samples"``: SPPO's estimator (Wu et al. 2024, and the authors' code), the mean of
-      ``P(y_i > y_k)`` over all n samples with ``P(y_i > y_i) = 1/2``: ``(#below + #tied/2 + 1/2) / n``.
-      Its centred value ``P_i - 1/2`` is (n - 1)/n times the leave-one-out one.
+    * ``"all_samples"``: SPPO's estimator (Wu et al. 2024, and the authors' code), the mean over all n
+      samples with ``P(y_i > y_i) = 1/2``;
+    * ``"leave_one_out"``: the mean over the *other* n - 1; its centred value ``P_i - 1/2`` is n/(n - 1)
+      times the all-samples one.
 
-    0.5 for a group of one and at padding (where it is never used).
+    ``pairwise`` is ``[B, K, K]`` (its diagonal is not read), ``valid`` ``[B, K]``; 0.5 for a group of one
+    and at padding (where it is never used).
     """
     if estimator not in SPPO_ESTIMATORS:
         raise ValueError(f"estimator must be one of {SPPO_ESTIMATORS}, got {estimator!r}")
-    valid = valid_mask(ranks)
     both = valid.unsqueeze(2) & valid.unsqueeze(1)
-    below = ((ranks.unsqueeze(2) < ranks.unsqueeze(1)) & both).sum(2).to(dtype)
-    tied = ((ranks.unsqueeze(2) == ranks.unsqueeze(1)) & both).sum(2).to(dtype) - 1  # minus itself
-    others = (valid.sum(1, keepdim=True) - 1).to(dtype)
+    off_diagonal = ~torch.eye(pairwise.shape[-1], dtype=torch.bool, device=pairwise.device)
+    beats = torch.where(both & off_diagonal, pairwise, torch.zeros_like(pairwise)).sum(2)
+    others = (valid.sum(1, keepdim=True) - 1).to(pairwise.dtype)
     if estimator == "all_samples":
-        rates = (below + 0.5 * tied.clamp_min(0) + 0.5) / (others + 1).clamp_min(1)
+        rates = (beats + 0.5) / (others + 1).clamp_min(1)
     else:
-        rates = (below + 0.5 * tied.clamp_min(0)) / others.clamp_min(1)
+        rates = beats / others.clamp_min(1)
     return torch.where(valid & (others > 0), rates, torch.full_like(rates, 0.5))
+
+
+def win_rates_from_ranks(ranks: Tensor, dtype: torch.dtype = torch.float32, *,
+                         estimator: str = "leave_one_out") -> Tensor:
+    """:func:`sppo_win_rates` of hard comparisons from a ranking: ``P(y_i > y_j)`` is 1, 1/2 (tie) or 0, so
+    ``"leave_one_out"`` gives ``(#below + #tied/2) / (n - 1)`` and ``"all_samples"``
+    ``(#below + #tied/2 + 1/2) / n``."""
+    pairwise = ((ranks.unsqueeze(2) < ranks.unsqueeze(1)).to(dtype)
+                + 0.5 * (ranks.unsqueeze(2) == ranks.unsqueeze(1)).to(dtype))
+    return sppo_win_rates(pairwise, valid_mask(ranks), estimator)
 
 
 @register("sppo", family="listwise",

@@ -108,29 +108,21 @@ def win_probabilities(record: RankedList, estimator: str = "all_samples") -> lis
     """Each candidate's estimated ``P(beats the policy)`` within its group of k samples (SPPO's soft labels).
 
     ``P(i > j)`` is ``sigma(s_i - s_j)`` with scores (Bradley-Terry on the judge's scores), else 1, 1/2 or 0
-    from the ranking. ``estimator="all_samples"`` (SPPO's, Wu et al. 2024): the mean over all k samples,
-    ``P(i > i) = 1/2`` included; ``"leave_one_out"``: the mean over the other k - 1
-    (:func:`rankalign.losses.listwise.win_rates_from_ranks` computes the same from ranks).
+    from the ranking; averaged by :func:`rankalign.losses.listwise.sppo_win_rates` (``estimator``:
+    ``"all_samples"``, SPPO's, or ``"leave_one_out"``).
     """
-    from rankalign.losses.listwise import SPPO_ESTIMATORS
+    import torch
 
-    if estimator not in SPPO_ESTIMATORS:
-        raise ValueError(f"estimator must be one of {SPPO_ESTIMATORS}, got {estimator!r}")
-    k = record.k
+    from rankalign.losses.listwise import sppo_win_rates, win_rates_from_ranks
+
     scores = record.scores
     if scores is not None and all(isinstance(s, (int, float)) for s in scores):
-        values = [float(s) for s in scores]
-
-        def beats(i, j):
-            return 1.0 / (1.0 + math.exp(values[j] - values[i]))
+        values = torch.tensor([float(s) for s in scores], dtype=torch.float64)
+        pairwise = torch.sigmoid(values[:, None] - values[None, :])
+        rates = sppo_win_rates(pairwise[None], torch.ones(1, record.k, dtype=torch.bool), estimator)
     else:
-        ranks = record.dense_ranks()
-
-        def beats(i, j):
-            return 1.0 if ranks[i] < ranks[j] else 0.5 if ranks[i] == ranks[j] else 0.0
-    if estimator == "all_samples":
-        return [sum(beats(i, j) if j != i else 0.5 for j in range(k)) / k for i in range(k)]
-    return [sum(beats(i, j) for j in range(k) if j != i) / (k - 1) for i in range(k)]
+        rates = win_rates_from_ranks(torch.tensor([record.dense_ranks()]), torch.float64, estimator=estimator)
+    return rates[0].tolist()
 
 
 def _distinct_groups(tokenizer, prompts, prompt_ids, completions) -> list[tuple]:
