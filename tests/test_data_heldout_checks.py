@@ -11,17 +11,23 @@ from rankalign.data import DataError, Judgment, RankedList, read, read_compariso
 from rankalign.data.trl import to_trl
 
 
+def _both_readers_refuse(path) -> tuple[DataError, DataError]:
+    """The errors of ``read`` and ``read_comparisons`` on ``path`` (each must refuse it)."""
+    with pytest.raises(DataError) as record_error:
+        read(path)
+    with pytest.raises(DataError) as columnar_error:
+        read_comparisons(path)
+    return record_error.value, columnar_error.value
+
+
 def test_read_comparisons_refuses_ragged_csv_rows_whose_cells_add_up(tmp_path):
     # row 2 has an extra cell and row 3 a missing one: 3 + 1 cells = 2 rows of 2, which the fast CSV split
     # read as (A, B), (C, D), shifting C into row 3's winner column
     path = tmp_path / "ragged.csv"
     path.write_text("winner,loser\nA,B,C\nD\nE,F\n", encoding="utf-8")
-    with pytest.raises(DataError) as record_error:
-        read(path)
-    with pytest.raises(DataError) as columnar_error:
-        read_comparisons(path)
-    assert (columnar_error.value.line, columnar_error.value.reason) == (2, "extra_field")
-    assert (record_error.value.line, record_error.value.reason) == (2, "extra_field")
+    record_error, columnar_error = _both_readers_refuse(path)
+    assert (columnar_error.line, columnar_error.reason) == (2, "extra_field")
+    assert (record_error.line, record_error.reason) == (2, "extra_field")
 
     skipped = read_comparisons(path, skip_invalid=True)
     assert list(skipped.rows()) == [("E", "F", 1.0, 1.0)]  # only line 4 is a whole row
@@ -71,12 +77,9 @@ def test_a_csv_cell_of_chat_messages_is_still_messages(tmp_path):
 def test_read_comparisons_refuses_an_explicit_empty_prompt_in_jsonl_as_read_does(tmp_path):
     path = tmp_path / "native.jsonl"
     path.write_text('{"prompt": "", "candidates": ["a", "b"], "ranks": [0, 1]}\n', encoding="utf-8")
-    with pytest.raises(DataError) as record_error:
-        read(path)
-    with pytest.raises(DataError) as columnar_error:
-        read_comparisons(path)
-    assert (record_error.value.field, record_error.value.reason) == ("prompt", "empty_text")
-    assert (columnar_error.value.field, columnar_error.value.reason) == ("prompt", "empty_text")
+    record_error, columnar_error = _both_readers_refuse(path)
+    assert (record_error.field, record_error.reason) == ("prompt", "empty_text")
+    assert (columnar_error.field, columnar_error.reason) == ("prompt", "empty_text")
     assert len(read_comparisons(path, skip_invalid=True)) == 0
 
 
@@ -158,10 +161,8 @@ def test_count_and_weight_in_one_row_is_an_error_in_both_readers(tmp_path):
     0.5 weighed 1.0 there and 0.5 in ``read``. Now the one given counts, per row, and both is an error."""
     both = tmp_path / "both.csv"
     both.write_text("winner,loser,count,weight\nA,B,3,0.5\n", encoding="utf-8")
-    for reader in (read, read_comparisons):
-        with pytest.raises(DataError) as caught:
-            reader(str(both))
-        assert caught.value.reason == "count_and_weight" and caught.value.line == 2, reader
+    for error in _both_readers_refuse(str(both)):
+        assert (error.reason, error.line) == ("count_and_weight", 2)
 
     either = tmp_path / "either.csv"
     either.write_text("winner,loser,count,weight\nA,B,3,\nB,C,,0.5\nC,A,,\n", encoding="utf-8")
