@@ -7,7 +7,7 @@ then the offline Plackett-Luce DPO and DPO (pairs) rows and a set of online Plac
 each from the same 192 judged groups and judged by the same population:
 
 * ``online``: the demo's first online row (3 rounds of 64 lists, the offline row's beta, learning rate and
-  epochs); ``replay, 6 rounds, 2 epochs``: its second;
+  epochs);
 * ``refresh``: the reference becomes the policy each round (iterative DPO);
 * ``6 rounds``: 6 rounds of 32 lists; ``6 epochs``: 6 epochs per round; ``lr 4e-4``;
 * ``replay``: each round trains on every round's lists so far (``OnlineConfig.replay``); with 6 rounds,
@@ -16,6 +16,9 @@ each from the same 192 judged groups and judged by the same population:
 * ``K = 8, replay, 6 rounds``: lists of 8 samples, half as many (the same 768 judged samples);
 * online DPO (all ordered pairs of each judged list): as the demo's row; with ``replay`` over 6 rounds,
   over 8 rounds, over 6 rounds with a learning rate of 4e-4 or 6 epochs per round, and with K = 8.
+* ``beta 0.2`` / ``beta 0.3`` / ``beta 0.5``: the online rows' DPO beta (``DemoSettings.online_beta``; the
+  offline rows keep 0.1), with ``replay``; online DPO with ``replay`` over 6 rounds at beta 0.3 is the demo's
+  second online row.
 * GRPO and RLOO (the demo's rows, 24 steps of 8 groups of K = 4) at learning rates 3e-4 and 1e-3 (the
   demo's: 1e-4).
 * ``RM judge``: online PL-DPO (3 rounds; ``replay`` over 6 rounds; K = 8 with ``replay``), online DPO
@@ -32,10 +35,11 @@ as if the rows were independent) and of the paired SE (both rows are judged on t
 the same reference samples, so the prompts' difficulty is shared). Deterministic for a seed (one thread);
 about 12 minutes here.
 
-``--offline-k 8`` gives the offline rows lists of 8 (half as many, the same judged samples), so that they
+``--eval-samples N`` sets the samples per prompt and policy behind each win rate and KL (the demo's 64 by
+default; the tables in the README before 2026-12-01 21:00 used 16). ``--offline-k 8`` gives the offline rows lists of 8 (half as many, the same judged samples), so that they
 and the online rows judge lists of one size; ``--variants`` runs a subset of the online rows.
 
-Run: ``.venv/bin/python benchmarks/study_online.py [--seed 0] [--quick] [--offline-k 8] [--variants 'pl_dpo (K = 8']``.
+Run: ``.venv/bin/python benchmarks/study_online.py [--seed 0] [--quick] [--offline-k 8] [--eval-samples 64] [--variants 'pl_dpo (K = 8;beta 0.3)']``.
 """
 
 from __future__ import annotations
@@ -76,6 +80,18 @@ VARIANTS = (  # (objective, label, DemoSettings overrides)
     ("dpo", "replay, 6 rounds, 2 epochs", {"online_replay": True, "online_rounds": 6, "online_epochs": 2.0}),
     ("dpo", "K = 8, replay, 6 rounds, 2 epochs",
      {"online_k": 8, "online_replay": True, "online_rounds": 6, "online_epochs": 2.0}),
+    # a larger beta for the online rows: a tighter hold on the reference (the offline rows keep 0.1)
+    ("pl_dpo", "replay, 6 rounds, 2 epochs, beta 0.2",
+     {"online_replay": True, "online_rounds": 6, "online_epochs": 2.0, "online_beta": 0.2}),
+    ("pl_dpo", "replay, 6 rounds, beta 0.3", {"online_replay": True, "online_rounds": 6, "online_beta": 0.3}),
+    ("dpo", "replay, 6 rounds, 2 epochs, beta 0.2",
+     {"online_replay": True, "online_rounds": 6, "online_epochs": 2.0, "online_beta": 0.2}),
+    ("dpo", "replay, 6 rounds, beta 0.3", {"online_replay": True, "online_rounds": 6, "online_beta": 0.3}),
+    ("dpo", "replay, 8 rounds, beta 0.3", {"online_replay": True, "online_rounds": 8, "online_beta": 0.3}),
+    ("dpo", "replay, 7 rounds, beta 0.3", {"online_replay": True, "online_rounds": 7, "online_beta": 0.3}),
+    ("dpo", "replay, 8 rounds, beta 0.4", {"online_replay": True, "online_rounds": 8, "online_beta": 0.4}),
+    ("dpo", "replay, 6 rounds, beta 0.5", {"online_replay": True, "online_rounds": 6, "online_beta": 0.5}),
+    ("dpo", "replay, 8 rounds, beta 0.5", {"online_replay": True, "online_rounds": 8, "online_beta": 0.5}),
     ("grpo", "lr 3e-4", {"pg_learning_rate": 3e-4}),
     ("grpo", "lr 1e-3", {"pg_learning_rate": 1e-3}),
     ("rloo", "lr 3e-4", {"pg_learning_rate": 3e-4}),
@@ -106,12 +122,16 @@ def main(argv=None) -> None:
                              "prompt shrink so that the judged samples stay the same, and the online rows without "
                              "a K of their own judge lists of this size too")
     parser.add_argument("--variants", default=None,
-                        help="run only the online variants whose label contains one of these comma-separated "
-                             "strings (default: all)")
+                        help="run only the online variants whose name, as 'pl_dpo (replay, 6 rounds)', contains one "
+                             "of these ';'-separated strings (labels have commas in them; default: all)")
+    parser.add_argument("--eval-samples", type=int, default=None,
+                        help="samples per prompt per policy for win rate and KL (default: the demo's)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     console = Console(stderr=True)
     settings = demo.DemoSettings.quick(args.seed) if args.quick else demo.DemoSettings(seed=args.seed)
+    if args.eval_samples is not None:
+        settings = dataclasses.replace(settings, eval_samples=args.eval_samples)
     if args.offline_k is not None:
         samples = settings.rounds * settings.k
         if args.offline_k < 2 or samples % args.offline_k:
@@ -119,7 +139,7 @@ def main(argv=None) -> None:
         settings = dataclasses.replace(settings, k=args.offline_k, rounds=samples // args.offline_k)
     variants = VARIANTS
     if args.variants:
-        wanted = [w.strip() for w in args.variants.split(",") if w.strip()]
+        wanted = [w.strip() for w in args.variants.split(";") if w.strip()]
         variants = [v for v in VARIANTS if any(w in f"{v[0]} ({v[1]})" for w in wanted)]
         if not variants:
             parser.error(f"no variant matches {args.variants!r}")

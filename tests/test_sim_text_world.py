@@ -90,7 +90,7 @@ def test_demo_smoke_runs_end_to_end_and_writes_outputs(tmp_path):
     results = run_demo(str(tmp_path / "out"), settings=settings, console=console, progress=False)
     rows = results["table"]["rows"]
     assert [r["method"] for r in rows] == ["reference", "dpo (pairs)", "pl_dpo (lists)", "lipo_lambda (lists)",
-                                           "online pl_dpo (3 rounds)", "online pl_dpo (6 rounds, replay)", "grpo",
+                                           "online pl_dpo (3 rounds)", "online dpo (6 rounds, replay)", "grpo",
                                            "rloo"]
     for row in rows:  # estimates are written as {"value": v, "se": s}
         win, se = row["gold win rate"]["value"], row["gold win rate"]["se"]
@@ -238,3 +238,31 @@ def test_reward_model_judge_learns_the_annotators_ranking_and_judges_online_rows
     with pytest.raises(ValueError, match="judge_lists"):
         demo.online_stage(reference, tokenizer, world, population, prompts, 16, rm_settings, evaluate, str(tmp_path),
                           Console(file=io.StringIO()), False, **stage)
+
+
+def test_online_versus_offline_by_hand():
+    """The demo's on-policy comparison: the difference against offline PL-DPO in combined SE (the rows'
+    SEs as given) and paired by prompt (outcomes worked out by hand), and the KL check against DPO (pairs)."""
+    from rankalign.sim import demo
+
+    state = demo.DemoState(out_dir="", settings=demo.DemoSettings(), console=None)
+    state.rows = [{"method": "dpo (pairs)", "gold win rate": (0.6, 0.1), "KL": (2.0, 0.1)},
+                  {"method": "pl_dpo (lists)", "gold win rate": (1 / 3, 0.1), "KL": (1.5, 0.1)},
+                  {"method": "online a", "gold win rate": (5 / 6, 0.2), "KL": (3.0, 0.1)},
+                  {"method": "online b", "gold win rate": (1 / 3, 0.1), "KL": (1.0, 0.1)}]
+    state.online_names = ["online a", "online b"]
+    state.reference_rewards = np.zeros((3, 1))
+    state.all_rewards = {"pl_dpo (lists)": np.array([[1.0], [-1.0], [-1.0]]),   # outcomes 1, 0, 0
+                         "online a": np.array([[1.0], [1.0], [0.0]]),           # 1, 1, 1/2 (a tie)
+                         "online b": np.array([[1.0], [-1.0], [-1.0]])}
+    a, b = demo.online_versus_offline(state)
+    difference, combined = a["vs pl_dpo (lists)"]
+    assert difference == pytest.approx(0.5) and combined == pytest.approx(math.sqrt(0.1**2 + 0.2**2))
+    assert a["in combined SE"] == pytest.approx(0.5 / math.sqrt(0.05))
+    # per-prompt differences 0, 1, 1/2: mean 1/2, sample SD 1/2, SE 1/(2 sqrt 3)
+    assert a["paired"][0] == pytest.approx(0.5) and a["paired"][1] == pytest.approx(0.5 / math.sqrt(3))
+    assert a["in paired SE"] == pytest.approx(math.sqrt(3))
+    assert a["KL <= dpo (pairs)"] is False and b["KL <= dpo (pairs)"] is True
+    assert b["paired"] == (0.0, 0.0) and math.isnan(b["in paired SE"])
+    state.rows = state.rows[1:]  # no DPO (pairs) row: nothing to compare against
+    assert demo.online_versus_offline(state) == []

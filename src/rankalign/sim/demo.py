@@ -11,14 +11,16 @@
 3b. On-policy rows (:func:`online_stage`, :mod:`rankalign.online`), from the same budget of judged samples
    (192 groups of K = 4) and the same annotator population as judge (:class:`PopulationJudge`):
    online Plackett-Luce DPO over 3 rounds of 64 lists sampled from the current policy (same objective,
-   beta, learning rate and epochs as the offline row, reference fixed); the same over 6 rounds of 32 lists,
-   each round training 2 epochs on every round's lists so far (``replay``); and GRPO and RLOO (24 steps of
-   8 groups; rank rewards, since the annotators only rank).
+   beta, learning rate and epochs as the offline row, reference fixed); online DPO on every ordered pair of
+   each judged list over 6 rounds of 32 lists, each round training on every round's lists so far
+   (``replay``), beta 0.3; and GRPO and RLOO (24 steps of 8 groups; rank rewards, since the annotators only
+   rank).
 4. Evaluate every policy (:mod:`rankalign.eval`): gold win rate against the reference policy (± SE over
    prompts), mean gold reward and response length, KL(π‖π_ref) (Monte Carlo, k1), ranking accuracy and
    idealised ranking accuracy on held-out annotated lists (the true preference rates are known here),
    and wall time; then rate all policies with Bradley-Terry (:func:`rankalign.stats.fit_bradley_terry`) on
-   gold-judged head-to-head battles.
+   gold-judged head-to-head battles; compare each on-policy row with offline Plackett-Luce DPO
+   (:func:`online_versus_offline`).
 5. Write ``results.json``, ``results_table.txt``, ``gold_reward_vs_kl.png`` and ``accuracy_curves.png`` to
    the output directory (atomically), and print the table.
 
@@ -62,9 +64,11 @@ METHODS = (
 # (name, objective[, DemoSettings overrides for this row])
 ONLINE_METHODS = (
     ("online pl_dpo (3 rounds)", "pl_dpo"),
-    # each round trains on every round's lists so far; the setting that did best across seeds 0-2 in
-    # benchmarks/study_online.py (README, "On-policy learning")
-    ("online pl_dpo (6 rounds, replay)", "pl_dpo", {"online_rounds": 6, "online_replay": True, "online_epochs": 2.0}),
+    # online DPO on every ordered pair of each judged list, 6 rounds of 32 lists, each round training on every
+    # round's lists so far (replay), beta 0.3 (a tighter hold on the reference than the offline rows' 0.1):
+    # the setting that won within the DPO (pairs) row's KL on every seed of benchmarks/study_online.py
+    # (README, "On-policy learning")
+    ("online dpo (6 rounds, replay)", "dpo", {"online_rounds": 6, "online_replay": True, "online_beta": 0.3}),
     ("grpo", "grpo"),
     ("rloo", "rloo"),
 )
@@ -79,7 +83,8 @@ class DemoSettings:
     sft_steps: int = 400
     rounds: int = 8              # annotated lists per prompt (24 prompts)
     eval_rounds: int = 2         # held-out annotated lists per prompt (ranking accuracy)
-    eval_samples: int = 16       # samples per prompt per policy (win rate, KL)
+    eval_samples: int = 64       # samples per prompt per policy (win rate, KL); at 16 their noise made most
+    #                              of each win rate's SE over the 24 prompts (about twice the SE at 64)
     beta: float = 0.1
     learning_rate: float = 2e-4
     epochs: float = 3.0
@@ -89,6 +94,7 @@ class DemoSettings:
     online_rounds: int = 3       # online Plackett-Luce DPO: rounds (the judged budget split evenly)
     online_epochs: float | None = None         # epochs per round (None: ``epochs``)
     online_learning_rate: float | None = None  # (None: ``learning_rate``)
+    online_beta: float | None = None  # online DPO rows' beta (None: ``beta``)
     online_replay: bool = False  # each round trains on every round's lists so far (OnlineConfig.replay)
     online_refresh_reference: bool = False  # iterative DPO (OnlineConfig.refresh_reference)
     online_k: int | None = None  # online DPO rows: completions per prompt (None: ``k``); the judged-sample
@@ -130,7 +136,7 @@ class DemoSettings:
         if not (whole(self.num_prompts) and 1 <= self.num_prompts <= 24):
             fail("num_prompts", "a whole number in [1, 24] (the text world has 24 prompts)")
         for name in ("beta", "learning_rate", "epochs", "temperature", "pg_learning_rate", "rm_learning_rate",
-                     "online_epochs", "online_learning_rate"):
+                     "online_epochs", "online_learning_rate", "online_beta"):
             value = getattr(self, name)
             if not (value is None and name.startswith("online_")) and not positive(value):
                 fail(name, "a finite number > 0" + (" or None" if name.startswith("online_") else ""))
@@ -300,7 +306,8 @@ def online_stage(reference, tokenizer, world, population, prompts, budget_lists:
                             f"(K={k}), ranked by {judged_by}")
             lr = settings.learning_rate if settings.online_learning_rate is None else settings.online_learning_rate
             epochs = settings.epochs if settings.online_epochs is None else settings.online_epochs
-            config = TrainConfig(model="tiny:llama", objective=objective, loss_params={"beta": settings.beta},
+            beta = settings.beta if settings.online_beta is None else settings.online_beta
+            config = TrainConfig(model="tiny:llama", objective=objective, loss_params={"beta": beta},
                                  lr=lr, epochs=epochs, batch_size=settings.batch_size,
                                  seed=settings.seed, output_dir=os.path.join(runs, f"online_{len(out)}_{objective}"), report_to=[],
                                  save_steps=0, progress=progress, logging_steps=1, resume=False, bf16=False)
@@ -352,6 +359,7 @@ class DemoState:
     trajectories: dict = field(default_factory=dict)    # method -> rows by epoch
     histories: dict = field(default_factory=dict)       # method -> training log
     rating_rows: list = field(default_factory=list)
+    online_names: list = field(default_factory=list)    # the on-policy rows, in table order
 
 
 def _ranks_array(records, k: int) -> np.ndarray:
@@ -511,6 +519,7 @@ def align_stage(state: DemoState) -> None:
                                   len(state.train_lists), settings, evaluate, runs, state.console, state.progress,
                                   judge_lists=state.train_lists):
             state.rows.append(entry["row"])
+            state.online_names.append(entry["name"])
             state.all_rewards[entry["name"]] = entry["rewards"]
             state.histories[entry["name"]] = entry["history"]
             state.trajectories[entry["name"]] = [{"epoch": 0.0, "row": state.rows[0]}] + entry["trajectory"]
@@ -536,6 +545,32 @@ def rate_stage(state: DemoState) -> None:
         table_row["BT rating"] = float(ratings.ratings[names.index(item)])
     if not np.all(np.isfinite(ratings.ratings)):
         raise RuntimeError(f"Bradley-Terry ratings are not finite: {ratings.ratings}")
+
+
+def online_versus_offline(state: DemoState, offline: str = "pl_dpo (lists)", bound: str = "dpo (pairs)") -> list[dict]:
+    """Each on-policy row against the offline row ``offline``: the gold win rate difference, in units of the
+    two rows' SEs combined as if independent (``hypot``) and paired by prompt
+    (:func:`rankalign.eval.paired_win_rate_difference`: both rows answer the same prompts and are judged
+    against the same reference samples), and whether the row's KL is at most the ``bound`` row's."""
+    from .. import eval as evaluation
+
+    rows = {row["method"]: row for row in state.rows}
+    if offline not in rows or bound not in rows:
+        return []
+    base, limit = rows[offline], rows[bound]["KL"][0]
+    out = []
+    for name in state.online_names:
+        row = rows[name]
+        difference = row["gold win rate"][0] - base["gold win rate"][0]
+        combined = math.hypot(row["gold win rate"][1], base["gold win rate"][1])
+        paired, paired_se = evaluation.paired_win_rate_difference(state.all_rewards[name], state.all_rewards[offline],
+                                                                  state.reference_rewards)
+        out.append({"method": name, f"vs {offline}": (difference, combined),
+                    "in combined SE": difference / combined if combined > 0 else math.nan,
+                    "paired": (paired, paired_se),
+                    "in paired SE": paired / paired_se if paired_se > 0 else math.nan,
+                    "KL": row["KL"][0], f"KL <= {bound}": bool(row["KL"][0] <= limit)})
+    return out
 
 
 def report_stage(state: DemoState) -> dict:
@@ -565,6 +600,15 @@ def report_stage(state: DemoState) -> dict:
     ratings_report = EvalReport(title="Bradley-Terry ratings of the policies (gold-judged battles)",
                                 rows=state.rating_rows)
     ratings_report.print(state.console)
+    versus_rows = online_versus_offline(state)
+    versus_report = EvalReport(
+        title="On-policy rows against offline Plackett-Luce DPO (same prompts, same reference samples)",
+        rows=versus_rows,
+        notes=["vs pl_dpo (lists): gold win rate difference ± the two rows' SEs combined as if independent;",
+               "paired: the same difference ± its SE over prompts (rankalign.eval.paired_win_rate_difference);",
+               "KL <= dpo (pairs): the row's KL is at most the DPO (pairs) row's."])
+    if versus_rows:
+        versus_report.print(state.console)
 
     points = []
     for name, trajectory in state.trajectories.items():
@@ -590,10 +634,12 @@ def report_stage(state: DemoState) -> dict:
                                                                if k not in ("method", "train s")}}
                         for name, trajectory in state.trajectories.items() for e in trajectory]
     results = {"table": report.to_dict(), "ratings": ratings_report.to_dict(),
+               "online_vs_offline": versus_report.to_dict(),
                "by_epoch": EvalReport(title="by epoch", rows=trajectory_table).to_dict(),
                "histories": state.histories, "seconds": time.perf_counter() - state.started}
     write_json_atomic(os.path.join(out_dir, "results.json"), results)
-    atomic_write_text(os.path.join(out_dir, "results_table.txt"), report.to_text() + "\n" + ratings_report.to_text())
+    atomic_write_text(os.path.join(out_dir, "results_table.txt"), "\n".join(
+        [report.to_text(), ratings_report.to_text()] + ([versus_report.to_text()] if versus_rows else [])))
     _stage(state.console, f"done in {results['seconds']:.0f} s; wrote results.json, results_table.txt, "
                           f"gold_reward_vs_kl.png, accuracy_curves.png to {out_dir}")
     return results
@@ -653,4 +699,4 @@ def _EpochEvaluation(evaluate):
 
 __all__ = ["METHODS", "DemoSettings", "DemoState", "STAGES", "annotator_population", "annotate_lists",
            "best_worst_pairs", "true_preference_rates", "train_reference_stage", "annotate_stage", "align_stage",
-           "rate_stage", "report_stage", "evaluate_demo_policy", "run_demo"]
+           "rate_stage", "report_stage", "evaluate_demo_policy", "online_versus_offline", "run_demo"]
