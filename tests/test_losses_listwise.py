@@ -458,3 +458,57 @@ def test_best_vs_rest_single_best_shortcut_agrees_with_pair_enumeration():
     with_tied_row = best_vs_rest(torch.cat([policy, policy[:1]]), torch.cat([ref, ref[:1]]),
                                  ranks=torch.cat([ranks, torch.tensor([[0, 0, 1, 2, 3]])]))
     torch.testing.assert_close(with_tied_row[:4], shortcut, rtol=1e-12, atol=1e-12)
+
+
+def test_a_list_without_grades_in_a_graded_batch_gets_the_rank_grades():
+    """A training batch that mixes scored and unscored lists carries NaN grades for the unscored ones
+    (engine.packing); those lists get g = max_rank - rank, not a NaN loss. Values by hand at K = 2:
+    rho = (1, 0), s = beta rho = (0.1, 0), positions (1, 2), so |1/D(1) - 1/D(2)| = 1 - ln 2 / ln 3."""
+    from rankalign.engine.packing import pack_lists
+    from rankalign.engine.tokenize import TokenizedList
+
+    lists = [TokenizedList(prompt_ids=[1], response_ids=[[5, 2], [6, 2]], ranks=[0, 1], grades=[3.0, 1.0]),
+             TokenizedList(prompt_ids=[1], response_ids=[[7, 2], [8, 2]], ranks=[0, 1])]
+    batch = pack_lists(lists, layout="duplicated")
+    assert torch.isnan(batch.grades[1]).all()
+    policy, ref = torch.tensor([[-1.0, -2.0]] * 2), torch.tensor([[-2.0, -2.0]] * 2)
+    dpo = math.log1p(math.exp(-0.1))
+    discount = 1 - math.log(2) / math.log(3)
+    lipo = lipo_lambda(policy, ref, ranks=batch.ranks, grades=batch.grades, beta=0.1)
+    assert lipo.tolist() == pytest.approx([(2**3 - 2**1) * discount * dpo, (2**1 - 2**0) * discount * dpo])
+    # ListNet: p = softmax(g), q = softmax(s); the unscored list's grades are (1, 0)
+    net = get("listnet")(policy, ref, ranks=batch.ranks, grades=batch.grades, beta=0.1)
+
+    def cross(g):
+        p = [math.exp(x) / (math.exp(g[0]) + math.exp(g[1])) for x in g]
+        log_q = [s - math.log(math.exp(0.1) + 1.0) for s in (0.1, 0.0)]
+        return -sum(a * b for a, b in zip(p, log_q))
+
+    assert net.tolist() == pytest.approx([cross((3.0, 1.0)), cross((1.0, 0.0))])
+
+
+def test_grades_whose_gain_overflows_are_an_error_not_an_infinite_loss():
+    """2^200 overflows float32 (max about 2^128): LiPO-lambda names the grade instead of returning inf; in
+    float64 it fits. An infinite grade is refused by every objective that reads grades."""
+    policy, ref = torch.tensor([[-1.0, -2.0, -3.0]]), torch.full((1, 3), -2.0)
+    grades = torch.tensor([[200.0, 1.0, 0.0]])
+    with pytest.raises(ValueError, match="grade 200 overflows torch.float32"):
+        lipo_lambda(policy, ref, grades=grades)
+    assert math.isfinite(lipo_lambda(policy.double(), ref.double(), grades=grades).item())
+    for name in ("lipo_lambda", "listnet"):
+        with pytest.raises(ValueError, match="grades must be finite"):
+            get(name)(policy, ref, ranks=torch.tensor([[0, 1, 2]]), grades=torch.tensor([[math.inf, 1.0, 0.0]]))
+
+
+def test_pro_list_without_grades_in_a_graded_batch_has_unit_temperatures():
+    """PRO (reference-free, lengths 1, no SFT term) at K = 2 on scores s = (-1, -2): the scored list with
+    rewards (3, 1) has gap 2, so -log sigma(2 * -1 - 2 * -2) = log(1 + e^-2); the unscored one (NaN grades,
+    as engine.packing writes them) has T = 1: -log sigma(-1 - -2) = log(1 + e^-1)."""
+    policy = torch.tensor([[-1.0, -2.0], [-1.0, -2.0]])
+    grades = torch.tensor([[3.0, 1.0], [math.nan, math.nan]])
+    loss = get("pro")(policy, ranks=torch.tensor([[0, 1], [0, 1]]), lengths=torch.ones(2, 2), grades=grades,
+                      sft_weight=0.0)
+    assert loss.tolist() == pytest.approx([math.log1p(math.exp(-2.0)), math.log1p(math.exp(-1.0))])
+    policy.requires_grad_(True)
+    get("pro")(policy, ranks=torch.tensor([[0, 1], [0, 1]]), lengths=torch.ones(2, 2), grades=grades).sum().backward()
+    assert torch.isfinite(policy.grad).all()

@@ -49,10 +49,19 @@ def grades_from_ranks(ranks: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def _grades_or_default(grades, ranks: Tensor, policy_logps: Tensor, valid: Tensor, dtype: torch.dtype) -> Tensor:
-    """The given ``[B, K]`` grades (padding zeroed), or :func:`grades_from_ranks` in ``dtype`` when None."""
+    """The given ``[B, K]`` grades (padding zeroed), or :func:`grades_from_ranks` in ``dtype`` when None.
+
+    A list with a NaN grade on a present candidate has no grades (a training batch that mixes scored and
+    unscored lists carries NaN rows for the unscored ones) and gets :func:`grades_from_ranks` for the whole
+    list; an infinite grade is a ValueError."""
+    default = grades_from_ranks(ranks, dtype)
     if grades is None:
-        return grades_from_ranks(ranks, dtype)
-    return list_tensor(grades, policy_logps, valid, "grades")
+        return default
+    given = list_tensor(grades, policy_logps, valid, "grades").to(dtype)
+    if bool(torch.isinf(given).any()):
+        raise ValueError(f"grades must be finite, got {given[torch.isinf(given)][0].item()}")
+    missing = (torch.isnan(given) & valid).any(1, keepdim=True)
+    return torch.where(missing, default, given)
 
 
 def _winner_loser_keys(ranks: Tensor) -> tuple[Tensor, Tensor]:
@@ -255,7 +264,8 @@ def pro(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor 
         else column order.
     lengths : ``[B, K]`` response token counts, required (PRO is defined on length-averaged scores).
     grades : optional ``[B, K]`` rewards r for the temperatures. The ordering comes from ``ranks``; gaps
-        ``r_k - r_i`` that are negative (grades disagreeing with ranks) are clamped to 0.
+        ``r_k - r_i`` that are negative (grades disagreeing with ranks) are clamped to 0. A list with a NaN
+        grade on a present candidate (a list without scores in a batch with scored ones) has every T = 1.
     sft_weight : float, the weight (the paper's beta) of the SFT term; default 0.05, the value in the
         paper's experiments as we read them. 0 gives the ranking term alone.
     sft_form : {"authors", "mean_token"}
@@ -282,7 +292,14 @@ def pro(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor 
     if grades is None:
         ranking = plackett_luce_nll(scores, ranks)
     else:
-        ranking = _pro_ranking_with_temperatures(scores, ranks, list_tensor(grades, policy_logps, valid, "grades"))
+        rewards = list_tensor(grades, policy_logps, valid, "grades")
+        if bool(torch.isinf(rewards).any()):
+            raise ValueError(f"grades must be finite, got {rewards[torch.isinf(rewards)][0].item()}")
+        # a list with a NaN grade has no rewards (an unscored list in a batch with scored ones): every T = 1
+        missing = (torch.isnan(rewards) & valid).any(1)
+        ranking = _pro_ranking_with_temperatures(scores, ranks, rewards.masked_fill(missing.unsqueeze(1), 0.0))
+        if bool(missing.any()):
+            ranking = torch.where(missing, plackett_luce_nll(scores, ranks), ranking)
     if sft_weight == 0:
         return ranking
     best_rank = torch.where(valid, ranks, torch.full_like(ranks, torch.iinfo(torch.long).max)).amin(1, keepdim=True)
@@ -320,7 +337,9 @@ def lipo_lambda(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks:
         padding skipped). None: derived from ``grades`` when given (so pairs are exactly ``g_i > g_j``),
         else column order.
     grades : optional ``[B, K]`` label values g (the paper uses values in [0, 1]). Default: derived from
-        the ranks as ``g = max_rank - rank`` (K-1, ..., 1, 0 for a strict list of K).
+        the ranks as ``g = max_rank - rank`` (K-1, ..., 1, 0 for a strict list of K); so is a list with a
+        NaN grade on a present candidate (a list without scores in a batch with scored ones). A grade whose
+        gain ``2^g - 1`` overflows the dtype (g >= 128 in float32) is a ValueError.
     lengths : unused (common signature).
     beta : float, default 0.1.
 
@@ -338,15 +357,17 @@ def lipo_lambda(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks:
     scores_t = scores.t().contiguous()  # [K, B]: the batch contiguous, each pair side gathered as whole rows
     with torch.no_grad():
         gains = torch.exp2(grades.t().contiguous()) - 1.0
+        if not bool(torch.isfinite(gains).all()):
+            largest = grades.amax().item()
+            limit = math.log2(torch.finfo(gains.dtype).max)
+            raise ValueError(f"lipo_lambda: the gain 2^g - 1 of grade {largest:g} overflows {gains.dtype} (grades "
+                             f"below {limit:.0f} fit); rescale the grades (the paper's lie in [0, 1]) or compute "
+                             f"in float64")
         position = _positions_by_score_t(scores_t.detach(), valid.t().contiguous())
         inverse_discount = 1.0 / torch.log2(1.0 + position)
         weights = ((gains.index_select(0, first) - gains.index_select(0, second)).abs()
                    * (inverse_discount.index_select(0, first) - inverse_discount.index_select(0, second)).abs())
-        # 0 off the ordered pairs: multiplying by |sign| is exact when every gain is finite
-        if bool(torch.isfinite(gains).all()):
-            weights = weights * sign.abs()
-        else:
-            weights = torch.where(sign != 0, weights, 0.0)
+        weights = weights * sign.abs()  # 0 off the ordered pairs (every gain is finite)
     # -log sigma(s_w - s_l) per pair, [P, B]; an unordered pair sees 0 (finite) and has weight 0
     log_sig = F.logsigmoid((scores_t.index_select(0, first) - scores_t.index_select(0, second)) * sign)
     return -(log_sig * weights).sum(0)
@@ -425,7 +446,8 @@ def listnet(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Ten
     policy_logps, ref_logps : ``[B, K]``; ``ref_logps=None`` is reference-free.
     ranks : ``[B, K]`` (only -1 padding matters when grades are given). None: derived from ``grades``
         when given (a NaN grade pads), else column order.
-    grades : optional ``[B, K]`` label scores; default ``g = max_rank - rank`` from the ranks.
+    grades : optional ``[B, K]`` label scores; default ``g = max_rank - rank`` from the ranks, also for a
+        list with a NaN grade on a present candidate (a list without scores in a batch with scored ones).
     lengths : unused.
     beta : float, default 0.1; temperature : float, the target softmax temperature, default 1.
 
