@@ -7,6 +7,7 @@ here with a plain forward pass per (prompt + response) and a full log-softmax.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -225,3 +226,18 @@ def test_lora_top_layers_adapts_only_the_last_layers_and_backward_stops_below_th
     with pytest.raises(ConfigError, match="top_layers is 4 but the model has 3 layers"):
         maybe_apply_peft(tiny_causal_lm(VOCAB, hidden_size=32, layers=3, heads=2, seed=0),
                          TrainConfig(peft=PeftConfig(enabled=True, top_layers=4)))
+
+
+@pytest.mark.parametrize("objective", ["lipo_lambda", "listnet", "pro"])
+def test_a_batch_of_scored_and_unscored_lists_trains_with_a_finite_loss(tmp_path, objective):
+    """Lists with grades (the records' scores) and lists without them in one batch: the unscored ones
+    arrive as NaN grade rows and must not turn the loss or the weights into NaN. Before the first update
+    the policy is the reference, so every loss is positive (LiPO-lambda's: sum over pairs of Delta_ij log 2)."""
+    lists = toy_lists(n=4, k=3)
+    lists[:2] = [dataclasses.replace(item, grades=[0.9, 0.5, 0.1]) for item in lists[:2]]
+    params = {} if objective == "pro" else {"beta": 0.5}
+    result = train_preference(tiny_model(), None, lists, config(tmp_path, objective=objective, max_steps=2,
+                                                                 loss_params=params))
+    losses = losses_of(result)
+    assert len(losses) == 2 and all(math.isfinite(value) and value > 0 for value in losses)
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())
