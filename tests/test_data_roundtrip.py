@@ -155,3 +155,15 @@ def test_saved_dataset_folder_without_datasets_names_the_extra(tmp_path, monkeyp
     monkeypatch.setitem(sys.modules, "datasets", None)
     with pytest.raises(ModuleNotFoundError, match=r"rankalign\[train\]"):
         read(tmp_path / "saved")
+
+
+def test_annotator_id_is_public_and_one_rule_for_every_spelling():
+    """rankalign.data.annotator_id: the record model's rule, which the readers and the personal models share:
+    7, 7.0 and "7" are one annotator; a blank string is none; a bool or a fraction is refused."""
+    from rankalign.data import DataError, annotator_id
+
+    assert annotator_id(7) == annotator_id(7.0) == annotator_id("7") == "7"
+    assert annotator_id("  ") is None and annotator_id(None) is None
+    for bad in (True, 7.5, [7]):
+        with pytest.raises(DataError, match="annotator id"):
+            annotator_id(bad)

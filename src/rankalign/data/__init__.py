@@ -16,11 +16,11 @@ from .comparisons import Comparisons, read_comparisons
 from .errors import DataError
 from .layouts import LAYOUT_COLUMNS, LAYOUTS, split_messages, split_transcripts
 from .readers import ReadReport, ReadResult, RecordStream, iter_records, read, write
-from .records import PAIR_STRATEGIES, Judgment, RankedList, Record, iter_pairs
+from .records import PAIR_STRATEGIES, Judgment, RankedList, Record, annotator_id, iter_pairs
 from .summary import summarize, to_lists, to_pairs
 
 __all__ = [
-    "DataError", "RankedList", "Judgment", "Record", "iter_pairs", "PAIR_STRATEGIES",
+    "DataError", "RankedList", "Judgment", "Record", "iter_pairs", "PAIR_STRATEGIES", "annotator_id",
     "LAYOUTS", "LAYOUT_COLUMNS", "FORMATS", "detect_format", "loads_json", "iter_jsonl", "BadRow",
     "read", "iter_records", "write", "ReadResult", "ReadReport", "RecordStream",
     "Comparisons", "read_comparisons", "split_transcripts", "split_messages", "summarize", "to_pairs", "to_lists",

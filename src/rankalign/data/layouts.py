@@ -23,7 +23,7 @@ from rankalign.errors import UsageError
 
 from ._sources import _DuplicateKey, _unique_object, duplicate_key_error
 from .errors import DataError
-from .records import Judgment, RankedList, _annotator_id
+from .records import Judgment, RankedList, annotator_id
 
 LAYOUTS = (
     "pairs", "arena", "winner_loser", "item_outcome", "ranked_responses", "item_ranking", "ratings",
@@ -375,7 +375,7 @@ def _annotator(row, *columns):
         value = _optional(row, column)
         if value is not None:
             try:
-                return _annotator_id(value)  # the record model's rule: text, or an integer (7.0 -> "7")
+                return annotator_id(value)  # the record model's rule: text, or an integer (7.0 -> "7")
             except DataError as error:
                 raise DataError(error.message, field=column, reason=error.reason) from None
     return None

@@ -115,7 +115,7 @@ def _finite_float(value, field_name: str) -> float:
     return value
 
 
-def _annotator_id(value) -> str | None:
+def annotator_id(value) -> str | None:
     """An annotator id as text: a string, or an integer (``7`` -> ``"7"``, also ``7.0`` from a float column);
     a blank string is no annotator (as an empty CSV cell is, in every layout); a mapping, a list or a
     boolean is refused rather than stored as its repr."""
@@ -249,7 +249,7 @@ class RankedList:
                     clean_scores.append(_finite_float(s, f"scores[{i}]"))
             scores = tuple(clean_scores)
 
-        annotator = _annotator_id(self.annotator)
+        annotator = annotator_id(self.annotator)
         weight = _finite_float(self.weight, "weight")
         if weight < 0:
             raise DataError(f"weight must be >= 0, got {weight}", field="weight", reason="negative_weight")
@@ -478,7 +478,7 @@ class Judgment:
         weight = _finite_float(self.weight, "weight")
         if weight < 0:
             raise DataError(f"weight must be >= 0, got {weight}", field="weight", reason="negative_weight")
-        annotator = _annotator_id(self.annotator)
+        annotator = annotator_id(self.annotator)
         if not isinstance(self.meta, Mapping):
             raise DataError("meta must be a mapping", field="meta", reason="bad_type")
         set_ = object.__setattr__

@@ -46,8 +46,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import losses
+from ..data import RankedList, annotator_id
 from ..data.errors import DataError
-from ..data.records import RankedList, _annotator_id
 from ..errors import UsageError
 
 __all__ = ["PERSONAL_MODELS", "PersonalRewardModel", "fit_personal_reward", "adapt_annotator", "pair_outcomes",
@@ -347,7 +347,7 @@ class PersonalRewardModel:
 
         Ids are read as the records read them (``7``, ``7.0`` and ``"7"`` are one annotator, ``"7"``).
         """
-        annotator = _annotator_id(annotator)
+        annotator = annotator_id(annotator)
         if annotator is None:
             return -1
         try:
@@ -498,9 +498,9 @@ def adapt_annotator(model: PersonalRewardModel, annotator: str, records: Iterabl
     if model.kind == "shared":
         raise ValueError("the shared model has no per-annotator parameters to adapt")
     # None (or a blank id) would be stored as the annotator "None"
-    if _annotator_id(annotator) is None:
+    if annotator_id(annotator) is None:
         raise UsageError(f"annotator must be an annotator id (a non-empty string or an integer), got {annotator!r}")
-    annotator = _annotator_id(annotator)
+    annotator = annotator_id(annotator)
     _check_training(epochs=epochs, lr=lr, seed=seed)
     records = [RankedList(prompt=r.prompt, candidates=r.candidates, ranks=r.ranks, scores=r.scores,
                           annotator=str(annotator), weight=r.weight, meta=r.meta) for r in _as_records(records)]
