@@ -2,6 +2,8 @@
 
 import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -266,3 +268,24 @@ def test_online_versus_offline_by_hand():
     assert b["paired"] == (0.0, 0.0) and math.isnan(b["in paired SE"])
     state.rows = state.rows[1:]  # no DPO (pairs) row: nothing to compare against
     assert demo.online_versus_offline(state) == []
+
+
+def test_cli_demo_json_carries_the_online_comparison(tmp_path, monkeypatch):
+    """`rankalign demo --json` prints the on-policy comparison beside the tables, as strict JSON."""
+    from click.testing import CliRunner
+
+    from rankalign.cli import main
+    from rankalign.sim import demo
+
+    def fake_run_demo(out_dir, settings=None, console=None, progress=True):
+        os.makedirs(out_dir, exist_ok=True)
+        for name in ("results.json", "results_table.txt", "gold_reward_vs_kl.png", "accuracy_curves.png"):
+            (Path(out_dir) / name).write_text("x")
+        versus = {"title": "t", "rows": [{"method": "online dpo (6 rounds, replay)", "in paired SE": None}]}
+        return {"table": {"rows": []}, "ratings": {"rows": []}, "online_vs_offline": versus, "seconds": 1.0}
+
+    monkeypatch.setattr(demo, "run_demo", fake_run_demo)
+    result = CliRunner().invoke(main, ["demo", "--json", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout.splitlines()[0])
+    assert printed["online_vs_offline"]["rows"][0]["method"] == "online dpo (6 rounds, replay)"

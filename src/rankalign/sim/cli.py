@@ -19,8 +19,9 @@ from rankalign._cli import deprecated_option, json_option, output_option, resolv
 def demo(output, legacy_out, seed, quick, as_json):
     """Train a tiny reference LM on a synthetic language, annotate K = 4 samples per prompt with a
     simulated annotator population, align it with DPO (pairs), Plackett-Luce DPO and LiPO-λ (full lists)
-    and on-policy (online Plackett-Luce DPO, GRPO, RLOO) from the same budget of judged samples, and
-    report gold win rate, KL, ranking accuracy and plots (default folder: demo_output)."""
+    and on-policy (online Plackett-Luce DPO, online DPO with replay, GRPO, RLOO) from the same budget of
+    judged samples, and report gold win rate, KL, ranking accuracy, each on-policy row against offline
+    Plackett-Luce DPO, and plots (default folder: demo_output)."""
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -35,7 +36,8 @@ def demo(output, legacy_out, seed, quick, as_json):
 
         results = run_demo(out_dir, settings=settings, console=Console(stderr=True))
         click.echo(json.dumps({"output": out_dir, "table": results["table"], "ratings": results["ratings"],
-                               "seconds": results["seconds"]}, default=float, allow_nan=False))
+                               "online_vs_offline": results["online_vs_offline"], "seconds": results["seconds"]},
+                              default=float, allow_nan=False))
     else:
         run_demo(out_dir, settings=settings)
     for name in ("results.json", "results_table.txt", "gold_reward_vs_kl.png", "accuracy_curves.png"):
