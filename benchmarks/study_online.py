@@ -165,10 +165,14 @@ def main(argv=None) -> None:
                                           judge_lists=state.train_lists)[0]
                 rows.append((entry["name"], entry["row"]))
                 rewards[entry["name"]] = entry["rewards"]
-    offline_name = "pl_dpo (lists)"
-    paired = {name: evaluation.paired_win_rate_difference(rewards[name], rewards[offline_name],
-                                                          state.reference_rewards)
-              for name, _ in rows if name != offline_name}
+                state.rows.append(entry["row"])
+                state.online_names.append(entry["name"])
+                state.all_rewards[entry["name"]] = entry["rewards"]
+    # each online variant against offline PL-DPO as the demo reports it (combined and paired SE, KL bound)
+    comparison = {c["method"]: c for c in demo.online_versus_offline(state)}
+    paired = {name: c["paired"] for name, c in comparison.items()}
+    paired["dpo (pairs)"] = evaluation.paired_win_rate_difference(rewards["dpo (pairs)"], rewards["pl_dpo (lists)"],
+                                                                  state.reference_rewards)
     print(f"{'policy':<40} {'gold win rate':>16} {'KL':>14} {'words':>6} {'train s':>8} {'vs PL-DPO, paired':>18}")
     for name, row in rows:
         win, kl = row["gold win rate"], row["KL"]
@@ -177,7 +181,7 @@ def main(argv=None) -> None:
               f"{row['train s']:>8.1f} {versus:>18}")
     by_name = dict(rows)
     dpo, offline = by_name["dpo (pairs)"], by_name["pl_dpo (lists)"]
-    allowed = [(name, row) for name, row in rows if name.startswith("online") and row["KL"][0] <= dpo["KL"][0]]
+    allowed = [(name, row) for name, row in rows if name in comparison and comparison[name]["KL <= dpo (pairs)"]]
     if not allowed:
         print(f"no online variant has a KL at most the DPO (pairs) row's {dpo['KL'][0]:.2f}")
         print("RESULT " + json.dumps({"case": "online_minus_offline", "best": None,
@@ -185,22 +189,21 @@ def main(argv=None) -> None:
                                       "kl_dpo_pairs": round(dpo["KL"][0], 2)}))
         return
     best_name, best = max(allowed, key=lambda item: item[1]["gold win rate"][0])
-    gap = best["gold win rate"][0] - offline["gold win rate"][0]
-    se = math.hypot(best["gold win rate"][1], offline["gold win rate"][1])
-    paired_gap, paired_se = paired[best_name]
+    versus = comparison[best_name]
+    gap, paired_gap, paired_se = versus["vs pl_dpo (lists)"][0], *versus["paired"]
 
-    def in_se(difference, se):
-        return difference / se if se > 0 else math.copysign(math.inf, difference) if difference else 0.0
+    def rounded(value):  # NaN (a zero SE, only at smoke sizes) -> null
+        return round(value, 2) if math.isfinite(value) else None
 
     print(f"best online variant at KL <= {dpo['KL'][0]:.2f} (DPO pairs): {best_name}, "
-          f"{gap:+.3f} against offline PL-DPO = {in_se(gap, se):+.2f} combined SE (goal > 2); paired over the "
-          f"prompts: {paired_gap:+.3f} ± {paired_se:.3f} = {in_se(paired_gap, paired_se):+.2f} SE of the difference "
+          f"{gap:+.3f} against offline PL-DPO = {versus['in combined SE']:+.2f} combined SE (goal > 2); paired over "
+          f"the prompts: {paired_gap:+.3f} ± {paired_se:.3f} = {versus['in paired SE']:+.2f} SE of the difference "
           f"(the best of {len(allowed)} online variants on one seed: a winner's pick, to confirm on another seed)")
     print("RESULT " + json.dumps({"case": "online_minus_offline", "best": best_name,
                                   "online": round(best["gold win rate"][0], 4),
                                   "offline": round(offline["gold win rate"][0], 4),
-                                  "difference_in_se": round(in_se(gap, se), 2),
-                                  "paired_difference_in_se": round(in_se(paired_gap, paired_se), 2),
+                                  "difference_in_se": rounded(versus["in combined SE"]),
+                                  "paired_difference_in_se": rounded(versus["in paired SE"]),
                                   "kl_online": round(best["KL"][0], 2), "kl_dpo_pairs": round(dpo["KL"][0], 2)}))
 
 

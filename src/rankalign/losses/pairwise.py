@@ -226,7 +226,8 @@ def r_dpo(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tenso
     default 0.05 is our choice of a small value, not the paper's. Its effect scales with the typical
     token-length gap of the data (a 20-token gap at alpha = 0.05 shifts the logit by 1), so tune it
     together with beta. ``label_smoothing`` eps > 0 applies the cDPO smoothing
-    -(1 - eps) log sigma(m) - eps log sigma(-m) to the logit m (not in the paper; default 0). Needs ``lengths`` (``rankalign train`` passes each response's token count).
+    -(1 - eps) log sigma(m) - eps log sigma(-m) to the logit m (not in the paper; default 0). Needs
+    ``lengths`` (``rankalign train`` passes each response's token count).
     ``ref_logps=None``: reference-free (rho = log pi_theta). K > 2, ties, padding: the module's pair
     decomposition.
     """
@@ -265,10 +266,10 @@ def dpop(policy_logps: Tensor, ref_logps: Tensor | None = None, *, ranks: Tensor
     the larger of the two values the paper trains with (50, and 5 on some datasets); treat it as a
     per-dataset setting. At beta = 0.1 it charges 5 logits per nat the preferred response drops. TRL has
     no DPOP loss. No label smoothing: flipping the logit would turn the penalty into a reward for lowering
-    the preferred response. ``lengths``/``grades`` are
-    unused. ``ref_logps=None``: reference-free (rho = log pi_theta, so the hinge is -log pi_theta(y_w),
-    always active: the module's uniform-reference convention). K > 2, ties, padding: the module's pair
-    decomposition, so a candidate's penalty enters once for every pair it wins.
+    the preferred response. ``lengths``/``grades`` are unused. ``ref_logps=None``: reference-free
+    (rho = log pi_theta, so the hinge is -log pi_theta(y_w), always active: the module's uniform-reference
+    convention). K > 2, ties, padding: the module's pair decomposition, so a candidate's penalty enters
+    once for every pair it wins.
     """
 
     def per_pair(rho_w, rho_l):

@@ -66,7 +66,7 @@ ONLINE_METHODS = (
     ("online pl_dpo (3 rounds)", "pl_dpo"),
     # online DPO on every ordered pair of each judged list, 6 rounds of 32 lists, each round training on every
     # round's lists so far (replay), beta 0.3 (a tighter hold on the reference than the offline rows' 0.1):
-    # the setting that won within the DPO (pairs) row's KL on every seed of benchmarks/study_online.py
+    # the setting that won within the DPO (pairs) row's KL on seeds 0-4 of benchmarks/study_online.py
     # (README, "On-policy learning")
     ("online dpo (6 rounds, replay)", "dpo", {"online_rounds": 6, "online_replay": True, "online_beta": 0.3}),
     ("grpo", "grpo"),

@@ -373,14 +373,11 @@ def run_reward_config(config: RewardTrainConfig, *, resume: bool | None = None, 
 
         scored = score_lists(model, tokenizer, held_out, max_length=config.max_length)
         metrics = {"accuracy": pairwise_accuracy(scored, held_out), "n": _pairs(held_out)}
-    if metrics is not None:
-        from rankalign._atomic import atomic_write_json
-        from rankalign._json import plain
-
-        atomic_write_json(output_dir / "eval.json", plain(metrics), allow_nan=False)  # NaN (an empty bin) -> null
     from rankalign._atomic import atomic_write_json
     from rankalign._json import plain
 
+    if metrics is not None:
+        atomic_write_json(output_dir / "eval.json", plain(metrics), allow_nan=False)  # NaN (an empty bin) -> null
     atomic_write_json(output_dir / "train_history.json",
                       plain({"config": dataclasses.asdict(config), "train_records": len(train_records),
                              "eval_records": len(held_out), "wall_time_s": wall, "steps": history}),
