@@ -295,8 +295,12 @@ def run_ours(case: str, args, model_dir: str, workdir: str) -> dict:
 
 
 def worker_main(args) -> None:
+    if args.worker == "ours" or args.peer_mkl_avx2:
+        # before torch, as `rankalign train` does: on an AMD CPU, oneMKL's AVX2 kernels (rankalign/_mkl_avx2.py)
+        import rankalign  # noqa: F401
     import torch
 
+    from rankalign import _mkl_avx2
     from rankalign.engine import cpu_memory
 
     torch.set_num_threads(args.threads)
@@ -306,6 +310,7 @@ def worker_main(args) -> None:
         run = run_trl if args.worker == "trl" else run_ours
         result = run(args.case, args, args.model_dir, workdir)
     result["retains_memory"] = bool(cpu_memory._applied)
+    result["mkl_avx2"] = _mkl_avx2.describe().startswith("oneMKL's AVX2")
     if args.device == "cpu":
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     else:  # the GPU's memory is the one that limits: peak allocated by torch
@@ -358,6 +363,8 @@ def spawn(side: str, case: str, args, model_dir: str) -> dict:
         command.append("--declare-shared")
     if args.peer_retain_memory:
         command.append("--peer-retain-memory")
+    if args.peer_mkl_avx2:
+        command.append("--peer-mkl-avx2")
     completed = subprocess.run(command, capture_output=True, text=True)
     if completed.returncode != 0:
         sys.stderr.write(completed.stdout[-4000:] + completed.stderr[-8000:])
@@ -410,6 +417,9 @@ def main(argv=None) -> None:
     parser.add_argument("--peer-retain-memory", action="store_true",
                         help="TRL's worker also keeps freed memory (rankalign.engine.retain_freed_memory), as "
                              "rankalign's trainer does by itself on the CPU")
+    parser.add_argument("--peer-mkl-avx2", action="store_true",
+                        help="TRL's worker also imports rankalign before torch, so that on an AMD CPU oneMKL runs "
+                             "its AVX2 kernels (rankalign/_mkl_avx2.py), as rankalign's side does")
     parser.add_argument("--worker", choices=("trl", "ours"), help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
@@ -422,6 +432,9 @@ def main(argv=None) -> None:
     if args.worker:
         worker_main(args)
         return
+    # the matmul probe below measures this machine's matrix speed with oneMKL's best kernels: on an AMD CPU
+    # that takes rankalign's import before torch's (rankalign/_mkl_avx2.py), as rankalign's worker has it
+    import rankalign  # noqa: F401
 
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     for case in cases:
@@ -430,7 +443,7 @@ def main(argv=None) -> None:
     peak_flops = matmul_flops(args.threads, device=args.device, bf16=args.bf16)
     precision = "bf16" if args.bf16 else "float32"
     print(f"machine: {os.cpu_count()} CPUs, {args.threads} torch threads, device {args.device}; {precision} "
-          f"matmul {peak_flops / 1e9:.1f} GFLOP/s (torch.matmul)")
+          f"matmul {peak_flops / 1e9:.1f} GFLOP/s (torch.matmul; {rankalign._mkl_avx2.describe()})")
     print(f"steps per side and case: {args.warmup} warm-up + {args.steps} timed or more, until the timed steps span "
           f"{args.min_seconds:g} s (at most {max(args.steps, args.max_timed_steps)}); {args.rounds} round(s); "
           f"prompt {PROMPT_TOKENS} tokens, "
@@ -487,6 +500,9 @@ def main(argv=None) -> None:
         print(f"{case}: glibc malloc keeps freed memory: TRL {'yes' if peer['retains_memory'] else 'no'}, "
               f"rankalign {'yes' if ours['retains_memory'] else 'no'} (rankalign.engine.cpu_memory; "
               f"RANKALIGN_CPU_MALLOC=default turns it off, --peer-retain-memory turns it on for TRL)")
+        print(f"{case}: oneMKL's AVX2 kernels on an AMD CPU: TRL {'yes' if peer['mkl_avx2'] else 'no'}, "
+              f"rankalign {'yes' if ours['mkl_avx2'] else 'no'} (rankalign/_mkl_avx2.py; RANKALIGN_MKL_AVX2=off "
+              f"turns it off, --peer-mkl-avx2 turns it on for TRL)")
     print(f"seconds per step, the first {args.warmup} of each run untimed:")
     for case, peer, ours in results:
         for row in (peer, ours):
@@ -515,6 +531,7 @@ def main(argv=None) -> None:
                         memory_share=round(ours["peak_rss_mb"] / peer["peak_rss_mb"], 3),
                         layout=ours.get("layout"), declared_shared=bool(args.declare_shared), rounds=args.rounds,
                         peer_retains_memory=peer["retains_memory"], ours_retains_memory=ours["retains_memory"],
+                        peer_mkl_avx2=peer["mkl_avx2"], ours_mkl_avx2=ours["mkl_avx2"],
                         device=args.device, precision=precision)
         print("RESULT " + json.dumps(line))
 

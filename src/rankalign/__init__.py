@@ -7,8 +7,12 @@ eval never imports sim. Importing ``rankalign`` itself is light: it exposes the 
 subpackages are imported on demand.
 """
 
-from .data.errors import DataError
-from .data.records import Judgment, RankedList
+from . import _mkl_avx2
+
+_mkl_avx2.enable()  # before anything imports torch: oneMKL's AVX2 kernels on AMD CPUs (see _mkl_avx2.py)
+
+from .data.errors import DataError  # noqa: E402
+from .data.records import Judgment, RankedList  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["RankedList", "Judgment", "DataError", "__version__"]

@@ -105,6 +105,9 @@ def retain_if_cpu(device) -> bool:
         device = parameter.device if parameter is not None else "cpu"
     if str(device).split(":")[0] != "cpu":
         return False
+    from .._mkl_avx2 import announce_once
+
+    announce_once()  # the other CPU setting: which oneMKL kernels the matrix products run (rankalign/_mkl_avx2.py)
     return retain_freed_memory()
 
 
