@@ -5,8 +5,8 @@ PyTorch's CPU wheels do their BLAS (``torch.mm``, ``nn.Linear``) with Intel oneM
 runs its generic x86-64 code path, whatever the CPU's vector units. ``MKL_VERBOSE=1`` shows it: on an AMD
 EPYC (Zen 3, AVX2 and FMA) its banner ends in "Intel(R) Architecture processors", where an Intel CPU of
 the same generation gets "Intel(R) Advanced Vector Extensions 2 (Intel(R) AVX2) enabled processors". The
-environment switches of older releases (``MKL_DEBUG_CPU_TYPE=5``) no longer exist, and ``MKL_CBWR`` and
-``MKL_ENABLE_INSTRUCTIONS`` do not change this choice.
+switch of older releases (``MKL_DEBUG_CPU_TYPE=5``), ``MKL_CBWR=AVX2`` and ``MKL_ENABLE_INSTRUCTIONS=AVX2``
+do not change this choice (checked with oneMKL 2024.0 in PyTorch 2.13).
 
 The choice goes through one exported function, ``mkl_serv_intel_cpu_true``. A shared library that
 defines it to return 1, loaded with ``RTLD_GLOBAL`` **before** PyTorch, comes first in the dynamic
@@ -14,7 +14,8 @@ linker's search, so oneMKL's call lands there and it then picks its kernels from
 as on an Intel processor. The results are those of oneMKL's AVX2 kernels:
 the same products, rounded as those kernels round. On this project's 2-core AMD EPYC machine a steady
 SmolLM2-135M DPO step (four pairs, prompt 256, responses 64) took 10.2-11.0 s against 13.1-13.8 s in runs
-back to back (README, "Benchmarks on the real model").
+back to back (README, "Benchmarks on the real model", which also gives the figures with TRL on the same
+kernels).
 
 :func:`enable` does this once per process, and ``import rankalign`` calls it, when all of these hold:
 
