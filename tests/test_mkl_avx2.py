@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -82,7 +83,7 @@ def field(output: str, name: str) -> str:
 
 
 @pytest.mark.skipif(_mkl_avx2.cpu_wants_it(Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists()
-                                            else "", os.uname().machine, os.uname().sysname) is not None,
+                                            else "", platform.machine(), platform.system()) is not None,
                     reason="not an AMD x86-64 CPU with AVX2 and FMA")
 def test_on_this_amd_cpu_import_order_decides_the_kernels(tmp_path):
     import torch
