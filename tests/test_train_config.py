@@ -42,6 +42,15 @@ def test_unknown_nested_key_and_synonym(tmp_path):
         load_config(write(tmp_path, "learning_rate: 0.1\n"))
 
 
+def test_misspelt_synonym_points_at_our_key(tmp_path):
+    # a typo of another tool's name means our key, not whichever of ours the typo happens to resemble
+    # (``learnig_rate`` used to get "did you mean 'pair_strategy'?")
+    for typo, ours in [("learnig_rate", "lr"), ("per_device_batch_size", "batch_size"),
+                       ("gradient_accumulation_step", "gradient_accumulation"), ("num_train_epoch", "epochs")]:
+        with pytest.raises(ConfigError, match=rf"unknown key '{typo}'; did you mean '{ours}'\?"):
+            load_config(write(tmp_path, f"{typo}: 1\n"))
+
+
 def test_wrong_type_in_yaml_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="batch_size: expected an integer"):
         load_config(write(tmp_path, "batch_size: two\n"))
