@@ -13,7 +13,9 @@ Texts are built from words that are one token each in the model's tokenizer (pro
 responses 64 with EOS), as in ``bench_train_vs_trl.py``. Reported: pairs/s per side (best of
 ``--repeats`` passes over all pairs, after one warm-up batch), the largest difference between the two
 sides' log-probs (they must agree to float32 rounding), and ``RESULT`` with case ``eval_<model>``.
-Target (issue 9): rankalign >= 1.5x the plain forward on SmolLM2-135M-Instruct.
+Target (issue 9): rankalign >= 1.5x the plain forward on SmolLM2-135M-Instruct. Both sides run in one process and so on the same
+matrix kernels (rankalign is imported before torch, as the ``rankalign`` command does: on an AMD CPU that gives
+both oneMKL's AVX2 kernels; the header says which).
 
 Run: ``python benchmarks/bench_eval.py --model smollm2-135m`` (after ``rankalign models fetch smollm2-135m``).
 """
@@ -68,6 +70,9 @@ def main(argv=None) -> None:
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (GPU)")
     args = parser.parse_args(argv)
 
+    # before torch, as the rankalign command does: on an AMD CPU oneMKL's AVX2 kernels (rankalign/_mkl_avx2.py);
+    # both sides run in this process, so they share whichever kernels oneMKL picked
+    import rankalign  # noqa: I001  (first: it must come before torch)
     import numpy as np
     import torch
 
@@ -129,6 +134,8 @@ def main(argv=None) -> None:
     tag = args.tag or "".join(ch for ch in args.model.split("-")[0].lower() if ch.isalnum())
     print(f"model {args.model} ({source.path}); device {args.device}, {precision}, {args.threads} threads; "
           f"{len(pairs)} pairs, {args.batch} per batch; prompt 256 tokens, responses 64; rankalign layout {layout}")
+    if args.device == "cpu":
+        print(f"matrix kernels, both sides: {rankalign._mkl_avx2.describe()}")
     print(f"{'side':<28} {'pairs/s':>9} {'seconds':>9}")
     print(f"{'plain forward (TRL-style)':<28} {rate['peer']:>9.2f} {seconds['peer']:>9.2f}")
     print(f"{'rankalign eval scoring':<28} {rate['ours']:>9.2f} {seconds['ours']:>9.2f}")
