@@ -13,9 +13,9 @@ Texts are built from words that are one token each in the model's tokenizer (pro
 responses 64 with EOS), as in ``bench_train_vs_trl.py``. Reported: pairs/s per side (best of
 ``--repeats`` passes over all pairs, after one warm-up batch), the largest difference between the two
 sides' log-probs (they must agree to float32 rounding), and ``RESULT`` with case ``eval_<model>``.
-Target (issue 9): rankalign >= 1.5x the plain forward on SmolLM2-135M-Instruct. Both sides run in one process and so on the same
-matrix kernels (rankalign is imported before torch, as the ``rankalign`` command does: on an AMD CPU that gives
-both oneMKL's AVX2 kernels; the header says which).
+Target (issue 9): rankalign >= 1.5x the plain forward on SmolLM2-135M-Instruct. Both sides run in one
+process and so on the same matrix kernels (rankalign is imported before torch, as the ``rankalign`` command
+does: on an AMD CPU both get oneMKL's AVX2 kernels; the header says which).
 
 Run: ``python benchmarks/bench_eval.py --model smollm2-135m`` (after ``rankalign models fetch smollm2-135m``).
 """
