@@ -575,15 +575,10 @@ SYNONYMS = {
 def _closest_key(key: str, known) -> str | None:
     """Our key that ``key`` most likely means: a synonym's target (``learning_rate`` -> ``lr``), also when the
     synonym is misspelt (``learnig_rate``), else the most similar of ``known`` (similarity >= 0.5), else None."""
-    targets = {name: target for name, target in SYNONYMS.items() if target.split(".")[0] in known}
-    if key in targets:
-        return targets[key]
-    best, best_score = None, 0.5
-    for candidate, meant in [(name, name) for name in known] + list(targets.items()):
-        score = difflib.SequenceMatcher(None, key, candidate).ratio()
-        if score > best_score or (score == best_score and best is None):
-            best, best_score = meant, score
-    return best
+    meaning = {name: name for name in known}
+    meaning.update({name: target for name, target in SYNONYMS.items() if target.split(".")[0] in known})
+    close = difflib.get_close_matches(key, list(meaning), n=1, cutoff=0.5)
+    return meaning[close[0]] if close else None
 
 
 def _unknown_key_error(key: str, known, where: str) -> ConfigError:
